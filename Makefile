@@ -1,0 +1,85 @@
+# pifleet.netboot — set-up, tests, demo and benchmarks.
+# `make demo` and `make test` each set themselves up on a fresh Debian 12 host (as root).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+BUILD := $(CURDIR)/.build
+# The collection must be importable as ansible_collections/pifleet/netboot: a symlink for running,
+# a copy for ansible-test (which insists on the real path).
+COLLECTIONS := $(BUILD)/collections
+SANITY_TREE := $(BUILD)/sanity/ansible_collections/pifleet/netboot
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
+export ANSIBLE_NOCOLOR := 1
+export ANSIBLE_FORCE_COLOR := 0
+export PYTHONPATH := $(COLLECTIONS)
+export PATH := $(VENV)/bin:$(PATH)
+
+# Debian packages the tests, demo and modules use (installed only when missing).
+APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
+	attr libcap2-bin coreutils
+
+.PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench clean
+
+help:
+	@echo "make demo   - set up, build a sample Pi image and register it with the bakeform module"
+	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests"
+	@echo "make unit | integration | sanity | lint | ruff | bench | clean"
+
+setup: apt venv collection
+
+apt:
+	@missing=(); for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$$p"); done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  echo "apt: installing $${missing[*]}"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
+	fi
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+collection:
+	@mkdir -p $(COLLECTIONS)/ansible_collections/pifleet
+	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/pifleet/netboot
+
+ruff: setup
+	$(VENV)/bin/ruff check .
+
+lint: setup
+	$(VENV)/bin/ansible-lint --profile production --offline
+
+# ansible-test bootstraps pip in its venvs from a download we cannot reach: give it a local stand-in.
+sanity: setup
+	@ver=$$(grep -oP "pip='\K[0-9.]+" $(VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py); \
+	mkdir -p ~/.ansible/test/cache; cp tests/sanity/get_pip_standin.py ~/.ansible/test/cache/get_pip_$${ver//./_}.py
+	rm -rf $(dir $(SANITY_TREE)); mkdir -p $(SANITY_TREE)
+	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(SANITY_TREE)
+	cd $(SANITY_TREE) && git init -q && git add -A && \
+	  env -u PYTHONPATH -u ANSIBLE_COLLECTIONS_PATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+integration: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+test: setup ruff lint sanity unit integration
+
+demo: setup
+	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/demo.yml
+
+bench: setup
+	$(PY) bench/bench_bakeform.py
+
+clean:
+	rm -rf $(BUILD) tests/output

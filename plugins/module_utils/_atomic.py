@@ -1,0 +1,147 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Build directories beside their target and swap them into place atomically.
+
+A scratch directory ``<parent>/.pifleet-tmp-<label>-<pid>-<random>/`` holds a ``.lock`` file that
+its builder keeps flock()ed. A later run that can take that lock knows the builder died (even by
+SIGKILL) and removes the leftovers, undoing a half-finished swap first, so a crash never leaves a
+visible half-made tree and never loses the old one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+
+PREFIX = '.pifleet-tmp-'
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+_OCTAL = re.compile(r'\\([0-7]{3})')  # mountinfo escapes space, tab, newline, backslash
+
+
+class ScratchDir:
+    """A locked scratch directory inside ``parent``; ``with`` removes it unless it was kept."""
+
+    def __init__(self, parent, label):
+        self.parent = parent
+        self.path = tempfile.mkdtemp(prefix='%s%s-%d-' % (PREFIX, label, os.getpid()), dir=parent)
+        self._lock = os.open(os.path.join(self.path, '.lock'), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def join(self, *names):
+        return os.path.join(self.path, *names)
+
+    def close(self, unmount=None):
+        """Remove the scratch directory; ``unmount`` is called first for anything mounted inside."""
+        if self.path is None:
+            return
+        release_mounts(self.path, unmount)
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock)
+        self.path = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def mounts_under(path):
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    path = os.path.realpath(path)
+    found = []
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as info:
+            for line in info:
+                point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                if point == path or point.startswith(path + '/'):
+                    found.append(point)
+    except OSError:
+        return []
+    return sorted(found, key=len, reverse=True)
+
+
+def release_mounts(path, unmount):
+    for point in mounts_under(path):
+        if unmount is not None:
+            unmount(point)
+
+
+def exchange(a, b):
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False when the kernel/fs cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def install(scratch, built, dest):
+    """Move ``built`` (inside ``scratch``) to ``dest``; an existing ``dest`` ends up in ``scratch/old``.
+
+    The caller removes the scratch directory afterwards, which disposes of the old tree.
+    """
+    if not os.path.lexists(dest):
+        os.rename(built, dest)
+        return
+    if exchange(built, dest):
+        os.rename(built, scratch.join('old'))
+        return
+    # No RENAME_EXCHANGE here: two renames; sweep_stale() puts 'old' back if we die in between.
+    os.rename(dest, scratch.join('old'))
+    os.rename(built, dest)
+
+
+def sweep_stale(parent, target_for, unmount=None):
+    """Remove scratch directories in ``parent`` whose builder is gone.
+
+    ``target_for(label)`` names the destination a scratch directory was building; if the builder
+    died between the two renames of install(), the old tree is moved back there first.
+    Returns the names removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return removed
+    for name in sorted(names):
+        if not name.startswith(PREFIX):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            lock = os.open(os.path.join(path, '.lock'), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            lock = None  # died before creating its lock: nothing of value inside
+        except OSError:
+            continue
+        try:
+            if lock is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live builder
+            label = name[len(PREFIX):].rsplit('-', 2)[0]
+            dest = target_for(label)
+            old = os.path.join(path, 'old')
+            if dest and os.path.isdir(old) and not os.path.lexists(dest):
+                os.rename(old, dest)
+            release_mounts(path, unmount)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+        finally:
+            if lock is not None:
+                os.close(lock)
+    return removed

@@ -1,0 +1,323 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The bakeform store: ingest a Pi OS image into boot files, a golden root and a manifest.
+
+Pure logic plus an ``Ingest`` that drives external tools through one ``run(argv)`` callable
+(``AnsibleModule.run_command`` in the module, ``subprocess`` in tests). No AnsibleModule here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import lzma
+import os
+import re
+import stat
+import struct
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
+    PartitionError,
+    detect_kernels,
+    detect_models,
+    read_table,
+    select_boot_and_root,
+)
+from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
+
+NAME_RE = re.compile(r'^[a-z0-9][a-z0-9._-]*$')
+CHECKSUM_RE = re.compile(r'^sha256:([0-9a-fA-F]{64})$')
+CHUNK = 1024 * 1024
+XZ_MAGIC = b'\xfd7zXZ\x00'
+EXT_MAGIC = 0xEF53
+MANIFEST = 'manifest.json'
+# What identifies "the same source file" without hashing it again.
+STAT_KEYS = ('size', 'mtime_ns', 'inode', 'device')
+
+
+class IngestError(Exception):
+    """A problem with the source or the host; the message says what and how to fix it."""
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.details = details
+
+
+def check_name(name):
+    if not NAME_RE.match(name):
+        return ('bakeform name %r is not valid: use lower-case letters, digits, ".", "_" and "-", '
+                'starting with a letter or digit (for example "bookworm-lite-2025.05")' % name)
+    return None
+
+
+def parse_checksum(checksum):
+    """Return the lower-case hex digest of ``sha256:<hex>``, or None when not given."""
+    if not checksum:
+        return None
+    match = CHECKSUM_RE.match(checksum.strip())
+    if not match:
+        raise IngestError('checksum %r is not of the form "sha256:<64 hex digits>"' % checksum)
+    return match.group(1).lower()
+
+
+def source_stat(path):
+    st = os.stat(path)
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'inode': st.st_ino, 'device': st.st_dev}
+
+
+def hash_file(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as src:
+        for block in iter(lambda: src.read(CHUNK), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(dest):
+    try:
+        with open(os.path.join(dest, MANIFEST), encoding='utf-8') as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise IngestError('%s is not valid JSON (%s): remove that bakeform directory or run with force: true'
+                          % (os.path.join(dest, MANIFEST), exc)) from exc
+
+
+def same_source(manifest, src, digest):
+    """Decide whether the stored bakeform came from this source, as cheaply as possible.
+
+    Returns ``(same, digest)``; ``digest`` is the source's sha256 if it had to be (or was) known.
+    A given checksum settles it; then a source file whose path, size, mtime, inode and device are
+    those recorded at ingest; only then is the source hashed again.
+    """
+    if digest:
+        return digest == manifest.get('sha256'), digest
+    if src and os.path.abspath(src) == manifest.get('source'):
+        try:
+            if source_stat(src) == manifest.get('source_stat'):
+                return True, manifest.get('sha256')
+        except OSError:
+            pass
+    if src:
+        digest = hash_file(src)
+        return digest == manifest.get('sha256'), digest
+    return False, None
+
+
+def summary(manifest):
+    """The part of a manifest shown in diffs: what identifies the bakeform's content."""
+    if not manifest:
+        return {}
+    keys = ('name', 'source', 'sha256', 'models', 'kernels', 'pretty_name')
+    return {key: manifest[key] for key in keys if key in manifest}
+
+
+_ZEROS = bytes(65536)
+
+
+class SparseWriter:
+    """Write a byte stream to a file, seeking over all-zero blocks so the result is sparse."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.size = 0
+
+    def write(self, data):
+        view = memoryview(data)
+        for offset in range(0, len(view), 65536):
+            block = view[offset:offset + 65536]
+            if block == _ZEROS[:block.nbytes]:
+                self.handle.seek(block.nbytes, os.SEEK_CUR)
+            else:
+                self.handle.write(block)
+        self.size += len(view)
+
+    def close(self):
+        self.handle.truncate(self.size)
+
+
+def stream_image(reader, out_path, name):
+    """Copy a source stream (``read(n)``) to ``out_path``: hash it, unpack xz, write sparsely.
+
+    One pass, whatever the source. Returns ``(sha256_hex, source_bytes, image_bytes)``.
+    """
+    digest = hashlib.sha256()
+    source_bytes = 0
+    decompressor = None
+    with open(out_path, 'wb') as handle:
+        sink = SparseWriter(handle)
+        while True:
+            chunk = reader.read(CHUNK)
+            if not chunk:
+                break
+            if decompressor is None and source_bytes == 0:
+                decompressor = lzma.LZMADecompressor() if chunk.startswith(XZ_MAGIC) else False
+            digest.update(chunk)
+            source_bytes += len(chunk)
+            if decompressor:
+                try:
+                    sink.write(decompressor.decompress(chunk))
+                except lzma.LZMAError as exc:
+                    raise IngestError('source of bakeform %s is not a valid .xz stream (%s): download it again'
+                                      % (name, exc)) from exc
+            else:
+                sink.write(chunk)
+        if decompressor and not decompressor.eof:
+            raise IngestError('source of bakeform %s is a truncated .xz file (the stream ends before its '
+                              'end-of-stream marker, after %d bytes): download it again' % (name, source_bytes))
+        sink.close()
+    if source_bytes == 0:
+        raise IngestError('source of bakeform %s is empty (0 bytes)' % name)
+    return digest.hexdigest(), source_bytes, sink.size
+
+
+def check_ext_superblock(handle, part):
+    handle.seek(part['start'] + 1024 + 56)
+    magic = handle.read(2)
+    if len(magic) < 2 or struct.unpack('<H', magic)[0] != EXT_MAGIC:
+        raise PartitionError('partition %d is marked Linux but holds no ext2/3/4 file system' % part['number'])
+
+
+def list_tree(top):
+    """Relative paths of the regular files below ``top``, sorted."""
+    found = []
+    for base, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in files:
+            found.append(os.path.relpath(os.path.join(base, name), top))
+    return sorted(found)
+
+
+def normalise_boot_tree(top):
+    """Boot files are served to Pis by an unprivileged service: 0644 files, 0755 dirs, whatever the umask."""
+    os.chmod(top, 0o755)
+    for base, dirs, files in os.walk(top):
+        for name in dirs:
+            os.chmod(os.path.join(base, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(base, name), 0o644)
+
+
+def read_os_release(root):
+    """PRETTY_NAME of a root tree, following /etc/os-release's symlink inside the tree only."""
+    for rel in ('etc/os-release', 'usr/lib/os-release'):
+        path = os.path.join(root, rel)
+        if os.path.islink(path):
+            continue  # Debian links etc/os-release to usr/lib/os-release: read that one directly
+        try:
+            with open(path, encoding='utf-8', errors='replace') as handle:
+                for line in handle:
+                    key, sep, value = line.strip().partition('=')
+                    if sep and key == 'PRETTY_NAME':
+                        return value.strip().strip('"\'')
+        except OSError:
+            continue
+    return None
+
+
+class Ingest:
+    """Turn an image file into ``boot/``, ``root/`` and a manifest inside a build directory."""
+
+    def __init__(self, run, name, root_extract='auto'):
+        self.run = run
+        self.name = name
+        self.root_extract = root_extract
+        self.method = None
+
+    def _check(self, argv, what):
+        rc, out, err = self.run(argv)
+        if rc != 0:
+            raise IngestError('%s for bakeform %s failed: %s' % (what, self.name, (err or out).strip()),
+                              rc=rc, stderr=err, cmd=argv)
+        return out
+
+    def partitions(self, image):
+        size = os.path.getsize(image)
+        with open(image, 'rb') as handle:
+            table = read_table(handle)
+            boot, root = select_boot_and_root(table, size)
+            check_ext_superblock(handle, root)
+        boot['role'], root['role'] = 'boot', 'root'
+        return table, boot, root
+
+    def extract_boot(self, image, boot, dest):
+        os.mkdir(dest, 0o755)
+        # mtools reads FAT in userspace: no vfat module, no mount.
+        self._check(['mcopy', '-s', '-m', '-n', '-i', '%s@@%d' % (image, boot['start']), '::/*', dest + '/'],
+                    'copying the boot files out of the FAT partition')
+        normalise_boot_tree(dest)
+        files = list_tree(dest)
+        if not files:
+            raise IngestError('the FAT boot partition of bakeform %s holds no files' % self.name)
+        return files
+
+    def extract_root(self, image, root, mountpoint, dest):
+        """Copy the ext4 root to ``dest`` keeping owners, modes, links, devices and xattrs.
+
+        Kernel ext4 on a loop device where the host allows it, inside a private mount namespace
+        whose only process dies with us (so a SIGKILL cannot leak the mount or the loop device);
+        FUSE (fuse2fs) otherwise.
+        """
+        os.mkdir(mountpoint, 0o700)
+        errors = []
+        if self.root_extract in ('auto', 'kernel'):
+            rc, out, err = self.run([
+                'setpriv', '--pdeathsig', 'KILL', '--',
+                'unshare', '--mount', '--propagation', 'private', '--',
+                'sh', '-ec', 'mount -t ext4 -o "ro,loop,offset=$1,sizelimit=$2" -- "$3" "$4"; '
+                             'exec cp -a -- "$4/." "$5"',
+                'pifleet-extract', str(root['start']), str(root['size']), image, mountpoint, dest])
+            if rc == 0:
+                self.method = 'kernel'
+                return
+            errors.append('kernel loop mount: %s' % (err or out).strip())
+            if os.path.lexists(dest):
+                raise IngestError('copying the root file system of bakeform %s failed: %s'
+                                  % (self.name, errors[-1]), rc=rc, stderr=err)
+        if self.root_extract in ('auto', 'fuse'):
+            rc, out, err = self.run(['fuse2fs', image, mountpoint, '-o', 'ro,offset=%d' % root['start']])
+            if rc == 0:
+                try:
+                    self._check(['cp', '-a', '--', mountpoint + '/.', dest], 'copying the root file system')
+                finally:
+                    self.run(['umount', mountpoint])
+                self.method = 'fuse'
+                return
+            errors.append('fuse2fs: %s' % (err or out).strip())
+        raise IngestError('cannot read the ext4 root partition of bakeform %s on this host (%s); run as root '
+                          'on a host with loop devices and ext4, or install fuse2fs' % (self.name, '; '.join(errors)))
+
+    def manifest(self, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info, root_dir):
+        return {
+            'name': self.name,
+            'source': source,
+            'source_stat': stat_info,
+            'sha256': digest,
+            'source_size': source_bytes,
+            'image_size': image_bytes,
+            'partition_table': {'type': table['table'], 'disk_id': table['disk_id']},
+            'partitions': [boot, root],
+            'boot_files': boot_files,
+            'models': detect_models(boot_files),
+            'kernels': detect_kernels(boot_files),
+            'pretty_name': read_os_release(root_dir),
+            'root_extract': self.method,
+            'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+            'collection_version': COLLECTION_VERSION,
+        }
+
+
+def write_json(path, data):
+    with open(path, 'w', encoding='utf-8') as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write('\n')
+    os.chmod(path, 0o644)
+
+
+def is_dir(path):
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,102 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
+
+
+def child_holding_scratch(parent, label):
+    """Start a process that makes a scratch dir, reports its path and waits to be killed."""
+    code = ('import sys, time\n'
+            'from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic\n'
+            's = _atomic.ScratchDir(sys.argv[1], sys.argv[2])\n'
+            'open(s.join("payload"), "w").write("x")\n'
+            'print(s.path, flush=True)\n'
+            'time.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code, str(parent), label], stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_scratch_dir_is_removed_on_exit(tmp_path):
+    with _atomic.ScratchDir(str(tmp_path), 'x') as scratch:
+        assert os.path.basename(scratch.path).startswith('.pifleet-tmp-x-%d-' % os.getpid())
+        path = scratch.path
+    assert not os.path.exists(path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sweep_keeps_live_builders_and_removes_dead_ones(tmp_path):
+    proc, path = child_holding_scratch(tmp_path, 'live')
+    try:
+        assert _atomic.sweep_stale(str(tmp_path), lambda label: None) == []
+        assert os.path.isdir(path)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _atomic.sweep_stale(str(tmp_path), lambda label: None) == [os.path.basename(path)]
+        assert os.listdir(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sweep_restores_the_old_tree_of_a_half_done_swap(tmp_path):
+    proc, path = child_holding_scratch(tmp_path, 'thing')
+    proc.kill()
+    proc.wait()
+    # The builder died after moving the old tree aside and before moving the new one in.
+    os.mkdir(os.path.join(path, 'old'))
+    open(os.path.join(path, 'old', 'data'), 'w').write('precious')
+    _atomic.sweep_stale(str(tmp_path), lambda label: str(tmp_path / label))
+    assert (tmp_path / 'thing' / 'data').read_text() == 'precious'
+    assert sorted(os.listdir(tmp_path)) == ['thing']
+
+
+def test_install_new_and_replace(tmp_path):
+    dest = str(tmp_path / 'dest')
+    for content in ('one', 'two'):
+        with _atomic.ScratchDir(str(tmp_path), 'dest') as scratch:
+            built = scratch.join('build')
+            os.mkdir(built)
+            open(os.path.join(built, 'f'), 'w').write(content)
+            _atomic.install(scratch, built, dest)
+        assert open(os.path.join(dest, 'f')).read() == content
+    assert sorted(os.listdir(tmp_path)) == ['dest']
+
+
+def test_install_without_exchange_uses_two_renames(tmp_path, monkeypatch):
+    monkeypatch.setattr(_atomic, 'exchange', lambda a, b: False)
+    dest = tmp_path / 'dest'
+    dest.mkdir()
+    with _atomic.ScratchDir(str(tmp_path), 'dest') as scratch:
+        os.mkdir(scratch.join('build'))
+        _atomic.install(scratch, scratch.join('build'), str(dest))
+        assert os.path.isdir(scratch.join('old'))
+    assert sorted(os.listdir(tmp_path)) == ['dest']
+
+
+def test_exchange_swaps(tmp_path):
+    (tmp_path / 'a').write_text('a')
+    (tmp_path / 'b').write_text('b')
+    assert _atomic.exchange(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    assert (tmp_path / 'a').read_text() == 'b'
+
+
+def test_mounts_under_unescapes(monkeypatch, tmp_path):
+    table = ('36 35 98:0 / /mnt/with\\040space rw - ext4 /dev/x rw\n'
+             '37 35 98:0 / /other rw - ext4 /dev/y rw\n')
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == '/proc/self/mountinfo':
+            import io
+            return io.StringIO(table)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr('builtins.open', fake_open)
+    assert _atomic.mounts_under('/mnt/with space') == ['/mnt/with space']
