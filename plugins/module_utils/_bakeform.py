@@ -138,7 +138,7 @@ class SparseWriter:
         self.handle.truncate(self.size)
 
 
-def stream_image(reader, out_path, name):
+def stream_image(reader, out_path, what):
     """Copy a source stream (``read(n)``) to ``out_path``: hash it, unpack xz, write sparsely.
 
     One pass, whatever the source. Returns ``(sha256_hex, source_bytes, image_bytes)``.
@@ -160,16 +160,18 @@ def stream_image(reader, out_path, name):
                 try:
                     sink.write(decompressor.decompress(chunk))
                 except lzma.LZMAError as exc:
-                    raise IngestError('source of bakeform %s is not a valid .xz stream (%s): download it again'
-                                      % (name, exc)) from exc
+                    raise IngestError('%s is not a valid .xz stream (%s): download it again'
+                                      % (what, exc)) from exc
             else:
                 sink.write(chunk)
         if decompressor and not decompressor.eof:
-            raise IngestError('source of bakeform %s is a truncated .xz file (the stream ends before its '
-                              'end-of-stream marker, after %d bytes): download it again' % (name, source_bytes))
+            raise IngestError('%s is a truncated .xz file (the stream ends before its end-of-stream marker, '
+                              'after %d bytes): download it again' % (what, source_bytes))
         sink.close()
     if source_bytes == 0:
-        raise IngestError('source of bakeform %s is empty (0 bytes)' % name)
+        raise IngestError('%s is empty (0 bytes)' % what)
+    if sink.size == 0:
+        raise IngestError('%s decompresses to nothing (an empty image)' % what)
     return digest.hexdigest(), source_bytes, sink.size
 
 
@@ -289,7 +291,8 @@ class Ingest:
         raise IngestError('cannot read the ext4 root partition of bakeform %s on this host (%s); run as root '
                           'on a host with loop devices and ext4, or install fuse2fs' % (self.name, '; '.join(errors)))
 
-    def manifest(self, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info, root_dir):
+    def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
+                 root_dir):
         return {
             'name': self.name,
             'source': source,
@@ -304,7 +307,7 @@ class Ingest:
             'kernels': detect_kernels(boot_files),
             'pretty_name': read_os_release(root_dir),
             'root_extract': self.method,
-            'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+            'created': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'),
             'collection_version': COLLECTION_VERSION,
         }
 

@@ -147,4 +147,5 @@ def detect_models(boot_files):
 
 
 def detect_kernels(boot_files):
-    return sorted(name for name in boot_files if '/' not in name and name.startswith('kernel') and name.endswith('.img'))
+    return sorted(name for name in boot_files
+                  if '/' not in name and name.startswith('kernel') and name.endswith('.img'))

@@ -23,7 +23,7 @@ description:
   - An unchanged source is recognised without re-reading it (same checksum, or same path, size,
     mtime, inode and device as recorded at ingest).
 author:
-  - pifleet maintainers
+  - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
 attributes:
@@ -270,7 +270,8 @@ class BakeformModule:
             os.mkdir(built, 0o755)
             reader, stat_info = self.open_source()
             with reader:
-                digest, source_bytes, image_bytes = stream_image(reader, image, self.name)
+                digest, source_bytes, image_bytes = stream_image(
+                    reader, image, 'source %s of bakeform %s' % (self.source(), self.name))
             if expected and digest != expected:
                 raise IngestError('checksum mismatch for bakeform %s: expected sha256:%s, the source %s has '
                                   'sha256:%s; download it again or correct checksum'
@@ -278,12 +279,14 @@ class BakeformModule:
             try:
                 table, boot, root = ingest.partitions(image)
             except PartitionError as exc:
-                raise IngestError('source %s of bakeform %s cannot be used: %s' % (self.source(), self.name, exc))
+                raise IngestError('source %s of bakeform %s cannot be used: %s' % (self.source(), self.name, exc)) from exc
             boot_files = ingest.extract_boot(image, boot, os.path.join(built, 'boot'))
             ingest.extract_root(image, root, scratch.join('mnt'), os.path.join(built, 'root'))
             os.unlink(image)
-            manifest = ingest.manifest(self.source(), digest, source_bytes, image_bytes, table, boot, root,
-                                       boot_files, stat_info, os.path.join(built, 'root'))
+            manifest = ingest.manifest(
+                source=self.source(), digest=digest, source_bytes=source_bytes, image_bytes=image_bytes,
+                table=table, boot=boot, root=root, boot_files=boot_files, stat_info=stat_info,
+                root_dir=os.path.join(built, 'root'))
             write_json(os.path.join(built, MANIFEST), manifest)
             _atomic.install(scratch, built, self.dest)
             return manifest

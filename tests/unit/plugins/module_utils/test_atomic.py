@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -94,7 +95,6 @@ def test_mounts_under_unescapes(monkeypatch, tmp_path):
 
     def fake_open(path, *args, **kwargs):
         if path == '/proc/self/mountinfo':
-            import io
             return io.StringIO(table)
         return real_open(path, *args, **kwargs)
 

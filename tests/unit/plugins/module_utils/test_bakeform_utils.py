@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.pifleet.netboot.plugins.module_utils import _bakeform
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     IngestError,
     check_name,
@@ -83,14 +84,14 @@ def test_stream_image_trailing_zeros_keep_length(tmp_path):
 
 def test_stream_image_truncated_xz(tmp_path):
     source = lzma.compress(payload())
-    with pytest.raises(IngestError, match='truncated .xz file'):
+    with pytest.raises(IngestError, match=r'truncated \.xz file'):
         stream_image(io.BytesIO(source[:len(source) // 2]), str(tmp_path / 'i'), 'demo')
 
 
 def test_stream_image_corrupt_xz(tmp_path):
     source = bytearray(lzma.compress(payload()))
     source[100:200] = bytes(100)
-    with pytest.raises(IngestError, match='not a valid .xz stream'):
+    with pytest.raises(IngestError, match=r'not a valid \.xz stream'):
         stream_image(io.BytesIO(bytes(source)), str(tmp_path / 'i'), 'demo')
 
 
@@ -108,7 +109,6 @@ def test_same_source_prefers_checksum_then_stat_then_hash(tmp_path, monkeypatch)
     assert same_source(manifest, str(src), 'f' * 64) == (False, 'f' * 64)
 
     hashed = []
-    from ansible_collections.pifleet.netboot.plugins.module_utils import _bakeform
     real_hash = _bakeform.hash_file
     monkeypatch.setattr(_bakeform, 'hash_file', lambda path: hashed.append(path) or real_hash(path))
     assert same_source(manifest, str(src), None) == (True, digest)

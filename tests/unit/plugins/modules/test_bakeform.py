@@ -88,7 +88,8 @@ def test_check_mode_predicts_replace_with_diff(run_module, store):
 
 
 def test_check_mode_new_bakeform_writes_nothing(run_module, store):
-    result = run_module(bakeform.main, args(store, name='fresh', src=str(store / 'src.img')), check_mode=True, diff=True)
+    params = args(store, name='fresh', src=str(store / 'src.img'))
+    result = run_module(bakeform.main, params, check_mode=True, diff=True)
     assert result.result['changed'] is True
     assert result.result['diff']['before'] == {}
     assert result.result['diff']['after']['name'] == 'fresh'
