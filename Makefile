@@ -75,11 +75,21 @@ integration: setup
 
 test: setup ruff lint sanity unit integration
 
+LAB := $(BUILD)/lab
+
+# The lab at this stage: a sample Pi OS-like image (models 3, 4 and 5), registered on this host
+# (the lab bakery) with the bakeform module through ansible-playbook; the play prints the manifest.
 demo: setup
-	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/demo.yml
+	@mkdir -p $(LAB)
+	@echo "demo: building a sample Raspberry Pi OS-like image in $(LAB)"
+	$(PY) tests/tools/piimage.py --out $(LAB)/raspios-sample.img.xz --models 3,4,5 >/dev/null
+	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/bakeforms.yml
+	@echo "demo: second run, which must change nothing"
+	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/bakeforms.yml | grep -A3 'PLAY RECAP'
+	@echo "demo: the bakeform is in $(LAB)/bakeforms/raspios-sample (boot/, root/, manifest.json)"
 
 bench: setup
-	$(PY) bench/bench_bakeform.py
+	$(PY) bench/bench_bakeform.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output

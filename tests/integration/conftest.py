@@ -9,27 +9,15 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from piimage import VARIANTS, build_image
 
 if os.geteuid() != 0:
     pytest.skip('integration tests need root (loop devices, owners, device nodes)', allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_module(name, args, check=False, diff=False):
-    """Invoke pifleet.netboot.<name> the way Ansible does; return its JSON result."""
-    payload = {'ANSIBLE_MODULE_ARGS': dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
-    proc = subprocess.run([sys.executable, '-m', 'ansible_collections.pifleet.netboot.plugins.modules.' + name,
-                           json.dumps(payload)], capture_output=True, text=True, check=False, timeout=600)
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError('module %s printed no JSON (rc %d):\n%s\n%s'
-                             % (name, proc.returncode, proc.stdout, proc.stderr)) from None
 
 
 def describe(root):
@@ -110,8 +98,6 @@ def loops_backed_by(path):
 @pytest.fixture(scope='session')
 def images(tmp_path_factory):
     """Factory images shared by the session: good ones and every broken variant."""
-    from piimage import VARIANTS, build_image
-
     top = tmp_path_factory.mktemp('images')
     built = {
         'good-xz': build_image(top / 'good.img.xz', seed=1),

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, describe, expected_tree, loops_backed_by, mounts_below, run_module, snapshot
+from conftest import REPO, describe, expected_tree, loops_backed_by, mounts_below, snapshot
+from modrun import module_argv, run_module
+from piimage import build_image
 
 
 def sidecar(image):
@@ -143,14 +145,11 @@ def test_absent_removes(images, store):
 
 
 def test_sigkill_mid_ingest_leaves_store_as_it_was(tmp_path, store):
-    from piimage import build_image
-
     # Enough files that the root copy takes a while, so the kill lands inside it.
     image = build_image(tmp_path / 'big.img', profile='realistic', root_files=4000, root_mb=100, seed=5)
     before = snapshot(store)
-    payload = ('{"ANSIBLE_MODULE_ARGS": {"name": "big", "src": "%s", "store": "%s"}}' % (image['path'], store))
-    proc = subprocess.Popen([sys.executable, '-m', 'ansible_collections.pifleet.netboot.plugins.modules.bakeform',
-                             payload], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = module_argv('bakeform', {'name': 'big', 'src': image['path'], 'store': str(store)})
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -229,7 +228,8 @@ def test_playbook_check_then_apply_then_idempotent(images, tmp_path):
         % (sys.executable, tmp_path / 'store', images['good-xz']['path'], images['other-xz']['path']))
 
     def play(*extra):
-        proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', str(inventory), str(REPO / 'playbooks/bakeforms.yml'), *extra],
+        playbook = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
+        proc = subprocess.run([playbook, '-i', str(inventory), str(REPO / 'playbooks/bakeforms.yml'), *extra],
                               capture_output=True, text=True, check=False, timeout=600,
                               env=dict(os.environ, ANSIBLE_NOCOLOR='1'))
         assert proc.returncode == 0, proc.stdout + proc.stderr
