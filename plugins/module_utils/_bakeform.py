@@ -14,7 +14,6 @@ import json
 import lzma
 import os
 import re
-import stat
 import struct
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
@@ -72,6 +71,11 @@ def hash_file(path):
         for block in iter(lambda: src.read(CHUNK), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_complete(dest):
+    """A stored bakeform has its boot files and its golden root beside the manifest."""
+    return all(os.path.isdir(os.path.join(dest, part)) for part in ('boot', 'root'))
 
 
 def load_manifest(dest):
@@ -317,10 +321,3 @@ def write_json(path, data):
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write('\n')
     os.chmod(path, 0o644)
-
-
-def is_dir(path):
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False

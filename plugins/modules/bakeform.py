@@ -156,6 +156,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     IngestError,
     PartitionError,
     check_name,
+    is_complete,
     hash_file,
     load_manifest,
     parse_checksum,
@@ -227,10 +228,13 @@ class BakeformModule:
                       'or remove it' % (self.dest, MANIFEST))
         if existing is not None:
             same, digest = same_source(existing, src, digest)
-            if same:
+            if same and is_complete(self.dest):
                 self.result['manifest'] = existing
                 return
-            if not self.params['force']:
+            if same:
+                # Someone removed boot/ or root/ by hand: rebuild from the same source, no force needed.
+                self.module.warn('bakeform %s is incomplete (boot/ or root/ missing): rebuilding it' % self.name)
+            elif not self.params['force']:
                 self.fail('bakeform %s already holds another image (sha256 %s from %s); the new source has %s. '
                           'Use a new name, or force: true to replace it (per-Pi roots are not touched)'
                           % (self.name, existing.get('sha256'), existing.get('source'),

@@ -27,6 +27,8 @@ def store(tmp_path):
         'source_stat': bakeform.source_stat(str(src)), 'models': ['4'],
     }
     (dest / 'manifest.json').write_text(json.dumps(manifest))
+    (dest / 'boot').mkdir()
+    (dest / 'root').mkdir()
     return tmp_path
 
 
@@ -116,3 +118,11 @@ def test_non_root_is_told_to_become(run_module, store, monkeypatch):
     monkeypatch.setattr(bakeform.os, 'geteuid', lambda: 1000)
     result = run_module(bakeform.main, args(store, name='fresh', src=str(store / 'src.img')))
     assert result.failed and 'add become: true' in result.result['msg']
+
+
+def test_incomplete_bakeform_is_rebuilt_without_force(run_module, store):
+    # A manifest without root/: the same source means rebuild, not refuse.
+    (store / 'store/golden/root').rmdir()
+    result = run_module(bakeform.main, args(store, src=str(store / 'src.img')), check_mode=True, diff=True)
+    assert not result.failed and result.result['changed'] is True
+    assert result.result['diff']['before']['sha256'] == result.result['diff']['after']['sha256']
