@@ -22,7 +22,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'tests' / 'tools'))
-sys.path.insert(0, str(REPO / '.build' / 'collections'))
 
 from modrun import run_module  # noqa: E402
 from piimage import build_image  # noqa: E402

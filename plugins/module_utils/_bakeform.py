@@ -15,6 +15,8 @@ import lzma
 import os
 import re
 import struct
+import subprocess
+import threading
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
     PartitionError,
@@ -142,41 +144,100 @@ class SparseWriter:
         self.handle.truncate(self.size)
 
 
-def stream_image(reader, out_path, what):
+def stream_image(reader, out_path, what, xz_bin=None):
     """Copy a source stream (``read(n)``) to ``out_path``: hash it, unpack xz, write sparsely.
 
-    One pass, whatever the source. Returns ``(sha256_hex, source_bytes, image_bytes)``.
+    One pass, whatever the source. xz (detected by its magic, not the file name) is unpacked by
+    the ``xz`` program when ``xz_bin`` is given, which uses every core, else by Python's lzma.
+    Returns ``(sha256_hex, source_bytes, image_bytes)``.
     """
     digest = hashlib.sha256()
-    source_bytes = 0
-    decompressor = None
+    first = reader.read(CHUNK)
+    if not first:
+        raise IngestError('%s is empty (0 bytes)' % what)
+    counted = [0]
+
+    def chunks():
+        chunk = first
+        while chunk:
+            digest.update(chunk)
+            counted[0] += len(chunk)
+            yield chunk
+            try:
+                chunk = reader.read(CHUNK)
+            except OSError as exc:  # a dropped download, an I/O error on the source disk
+                raise IngestError('reading %s failed after %d bytes: %s' % (what, counted[0], exc)) from exc
+
     with open(out_path, 'wb') as handle:
         sink = SparseWriter(handle)
-        while True:
-            chunk = reader.read(CHUNK)
-            if not chunk:
-                break
-            if decompressor is None and source_bytes == 0:
-                decompressor = lzma.LZMADecompressor() if chunk.startswith(XZ_MAGIC) else False
-            digest.update(chunk)
-            source_bytes += len(chunk)
-            if decompressor:
-                try:
-                    sink.write(decompressor.decompress(chunk))
-                except lzma.LZMAError as exc:
-                    raise IngestError('%s is not a valid .xz stream (%s): download it again'
-                                      % (what, exc)) from exc
-            else:
+        if not first.startswith(XZ_MAGIC):
+            for chunk in chunks():
                 sink.write(chunk)
-        if decompressor and not decompressor.eof:
-            raise IngestError('%s is a truncated .xz file (the stream ends before its end-of-stream marker, '
-                              'after %d bytes): download it again' % (what, source_bytes))
+        elif xz_bin:
+            _unxz_process(xz_bin, chunks(), sink, what)
+        else:
+            _unxz_python(chunks(), sink, what)
         sink.close()
-    if source_bytes == 0:
-        raise IngestError('%s is empty (0 bytes)' % what)
     if sink.size == 0:
         raise IngestError('%s decompresses to nothing (an empty image)' % what)
-    return digest.hexdigest(), source_bytes, sink.size
+    return digest.hexdigest(), counted[0], sink.size
+
+
+def _truncated(what):
+    return IngestError('%s is a truncated .xz file (the stream ends before its end-of-stream marker): '
+                       'download it again' % what)
+
+
+def _unxz_python(chunks, sink, what):
+    decompressor = lzma.LZMADecompressor()
+    for chunk in chunks:
+        try:
+            sink.write(decompressor.decompress(chunk))
+        except lzma.LZMAError as exc:
+            raise IngestError('%s is not a valid .xz stream (%s): download it again' % (what, exc)) from exc
+    if not decompressor.eof:
+        raise _truncated(what)
+
+
+def _unxz_process(xz_bin, chunks, sink, what):
+    # A pipe rather than run_command: the image is far bigger than memory and must stream through.
+    proc = subprocess.Popen([xz_bin, '--decompress', '--stdout', '--threads=0', '--quiet'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    failure = []
+
+    def feed():
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # xz stopped on bad data; its exit status tells why
+        except IngestError as exc:  # a source read error, re-raised in the caller's thread
+            failure.append(exc)
+            proc.kill()
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        for block in iter(lambda: proc.stdout.read(CHUNK), b''):
+            sink.write(block)
+    except BaseException:
+        proc.kill()  # unblocks the feeder, which may be waiting on a full pipe
+        raise
+    finally:
+        feeder.join()
+        err = proc.stderr.read().decode(errors='replace').strip()
+        proc.wait()
+    if failure:
+        raise failure[0]
+    if proc.returncode != 0:
+        if 'Unexpected end of input' in err:
+            raise _truncated(what)
+        raise IngestError('%s is not a valid .xz stream (%s): download it again' % (what, err or proc.returncode))
 
 
 def check_ext_superblock(handle, part):

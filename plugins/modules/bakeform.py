@@ -275,7 +275,8 @@ class BakeformModule:
             reader, stat_info = self.open_source()
             with reader:
                 digest, source_bytes, image_bytes = stream_image(
-                    reader, image, 'source %s of bakeform %s' % (self.source(), self.name))
+                    reader, image, 'source %s of bakeform %s' % (self.source(), self.name),
+                    self.module.get_bin_path('xz'))
             if expected and digest != expected:
                 raise IngestError('checksum mismatch for bakeform %s: expected sha256:%s, the source %s has '
                                   'sha256:%s; download it again or correct checksum'

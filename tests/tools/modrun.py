@@ -1,15 +1,34 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Run a pifleet.netboot module as its own process, the way Ansible does, for tests and benchmarks.
+"""Run pifleet.netboot modules as their own processes, the way Ansible does (tests, benchmarks).
 
-The collection must be importable (tests/conftest.py or `make` sets PYTHONPATH).
+``ensure_importable()`` makes the checkout importable as ansible_collections.pifleet.netboot, for
+this process and its children, wherever the checkout sits.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / '.build' / 'collections'
+
+
+def ensure_importable():
+    link = COLLECTIONS / 'ansible_collections' / 'pifleet' / 'netboot'
+    if not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO)
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
+    paths = os.environ.get('PYTHONPATH', '').split(os.pathsep)
+    if str(COLLECTIONS) not in paths:
+        os.environ['PYTHONPATH'] = os.pathsep.join(p for p in [str(COLLECTIONS), *paths] if p)
+    os.environ['ANSIBLE_COLLECTIONS_PATH'] = str(COLLECTIONS)
 
 
 def module_argv(name, args, check=False, diff=False):
@@ -19,6 +38,7 @@ def module_argv(name, args, check=False, diff=False):
 
 def run_module(name, args, check=False, diff=False, timeout=3600):
     """Invoke pifleet.netboot.<name>; return its JSON result."""
+    ensure_importable()
     proc = subprocess.run(module_argv(name, args, check, diff), capture_output=True, text=True, check=False,
                           timeout=timeout)
     try:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import lzma
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,17 @@ def payload():
     return data + bytes(3 * 1024 * 1024) + data
 
 
+# Both ways of unpacking xz: the xz program (multi-threaded) and Python's lzma (no xz on the host).
+UNXZ = pytest.mark.parametrize('xz_bin', [shutil.which('xz'), None], ids=['xz-program', 'python-lzma'])
+
+
+@UNXZ
 @pytest.mark.parametrize('compress', [False, True], ids=['raw', 'xz'])
-def test_stream_image_hashes_source_unpacks_and_writes_sparse(tmp_path, compress):
+def test_stream_image_hashes_source_unpacks_and_writes_sparse(tmp_path, compress, xz_bin):
     raw = payload()
     source = lzma.compress(raw, preset=0) if compress else raw
     out = tmp_path / 'image.raw'
-    digest, source_bytes, image_bytes = stream_image(io.BytesIO(source), str(out), 'demo')
+    digest, source_bytes, image_bytes = stream_image(io.BytesIO(source), str(out), 'demo', xz_bin)
     assert digest == hashlib.sha256(source).hexdigest()
     assert (source_bytes, image_bytes) == (len(source), len(raw))
     assert out.read_bytes() == raw
@@ -82,22 +88,46 @@ def test_stream_image_trailing_zeros_keep_length(tmp_path):
     assert out.stat().st_size == 200003
 
 
-def test_stream_image_truncated_xz(tmp_path):
+@UNXZ
+def test_stream_image_truncated_xz(tmp_path, xz_bin):
     source = lzma.compress(payload())
-    with pytest.raises(IngestError, match=r'truncated \.xz file'):
-        stream_image(io.BytesIO(source[:len(source) // 2]), str(tmp_path / 'i'), 'demo')
+    with pytest.raises(IngestError, match=r'demo is a truncated \.xz file'):
+        stream_image(io.BytesIO(source[:len(source) // 2]), str(tmp_path / 'i'), 'demo', xz_bin)
 
 
-def test_stream_image_corrupt_xz(tmp_path):
+@UNXZ
+def test_stream_image_corrupt_xz(tmp_path, xz_bin):
     source = bytearray(lzma.compress(payload()))
     source[100:200] = bytes(100)
-    with pytest.raises(IngestError, match=r'not a valid \.xz stream'):
-        stream_image(io.BytesIO(bytes(source)), str(tmp_path / 'i'), 'demo')
+    with pytest.raises(IngestError, match=r'demo is not a valid \.xz stream'):
+        stream_image(io.BytesIO(bytes(source)), str(tmp_path / 'i'), 'demo', xz_bin)
 
 
-def test_stream_image_empty(tmp_path):
-    with pytest.raises(IngestError, match='is empty'):
-        stream_image(io.BytesIO(b''), str(tmp_path / 'i'), 'demo')
+@UNXZ
+def test_stream_image_empty(tmp_path, xz_bin):
+    with pytest.raises(IngestError, match='demo is empty'):
+        stream_image(io.BytesIO(b''), str(tmp_path / 'i'), 'demo', xz_bin)
+    with pytest.raises(IngestError, match='demo decompresses to nothing'):
+        stream_image(io.BytesIO(lzma.compress(b'')), str(tmp_path / 'i'), 'demo', xz_bin)
+
+
+class FailingReader:
+    """A source that breaks after its first chunk, like a dropped download."""
+
+    def __init__(self, data):
+        self.chunks = [data]
+
+    def read(self, size):
+        if self.chunks:
+            return self.chunks.pop()
+        raise OSError('connection reset by peer')
+
+
+@UNXZ
+def test_stream_image_source_read_error(tmp_path, xz_bin):
+    source = lzma.compress(payload())
+    with pytest.raises(IngestError, match=r'reading demo failed after \d+ bytes: connection reset by peer'):
+        stream_image(FailingReader(source[:4096]), str(tmp_path / 'i'), 'demo', xz_bin)
 
 
 def test_same_source_prefers_checksum_then_stat_then_hash(tmp_path, monkeypatch):
