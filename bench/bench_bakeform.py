@@ -72,7 +72,7 @@ def main(argv=None):
                         ('xz -dc -T1', lambda: xz_to_null(image, 1)),
                         ('bakeform ingest', ingest),
                         ('bakeform re-run (unchanged)', rerun)):
-        rows[label] = min(timed(func) for _ in range(args.repeat))
+        rows[label] = min(timed(func) for _attempt in range(args.repeat))
         print('%-30s %8.2f s' % (label, rows[label]), flush=True)
     base = rows['xz -dc (default threads)']
     report = {

@@ -27,14 +27,12 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
 
-NAME_RE = re.compile(r'^[a-z0-9][a-z0-9._-]*$')
-CHECKSUM_RE = re.compile(r'^sha256:([0-9a-fA-F]{64})$')
+NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
+CHECKSUM_RE = re.compile(r'sha256:([0-9a-fA-F]{64})')
 CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
 EXT_MAGIC = 0xEF53
 MANIFEST = 'manifest.json'
-# What identifies "the same source file" without hashing it again.
-STAT_KEYS = ('size', 'mtime_ns', 'inode', 'device')
 
 
 class IngestError(Exception):
@@ -46,7 +44,7 @@ class IngestError(Exception):
 
 
 def check_name(name):
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         return ('bakeform name %r is not valid: use lower-case letters, digits, ".", "_" and "-", '
                 'starting with a letter or digit (for example "bookworm-lite-2025.05")' % name)
     return None
@@ -56,13 +54,14 @@ def parse_checksum(checksum):
     """Return the lower-case hex digest of ``sha256:<hex>``, or None when not given."""
     if not checksum:
         return None
-    match = CHECKSUM_RE.match(checksum.strip())
+    match = CHECKSUM_RE.fullmatch(checksum.strip())
     if not match:
         raise IngestError('checksum %r is not of the form "sha256:<64 hex digits>"' % checksum)
     return match.group(1).lower()
 
 
 def source_stat(path):
+    """What identifies "the same source file" without hashing it again."""
     st = os.stat(path)
     return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'inode': st.st_ino, 'device': st.st_dev}
 
@@ -372,7 +371,7 @@ class Ingest:
             'kernels': detect_kernels(boot_files),
             'pretty_name': read_os_release(root_dir),
             'root_extract': self.method,
-            'created': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ'),
+            'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
             'collection_version': COLLECTION_VERSION,
         }
 

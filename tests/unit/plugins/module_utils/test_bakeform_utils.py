@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[4]
 NAMES = [
     ('bookworm-lite', True), ('raspios_2025.05', True), ('0day', True),
     ('Bookworm', False), ('-lead', False), ('.hidden', False), ('a/b', False), ('', False), ('sp ace', False),
-    ('../escape', False),
+    ('../escape', False), ('trailing\n', False),
 ]
 
 
