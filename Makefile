@@ -22,7 +22,7 @@ export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages the tests, demo and modules use (installed only when missing).
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
-	attr libcap2-bin coreutils
+	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client
 
 .PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench clean
 

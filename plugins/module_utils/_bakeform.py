@@ -33,6 +33,7 @@ CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
 EXT_MAGIC = 0xEF53
 MANIFEST = 'manifest.json'
+MOUNT_FAILED = 90  # exit status of our extract script when the loop mount itself fails
 
 
 class IngestError(Exception):
@@ -291,6 +292,7 @@ class Ingest:
         self.name = name
         self.root_extract = root_extract
         self.method = None
+        self.subvolume = False
 
     def _check(self, argv, what):
         rc, out, err = self.run(argv)
@@ -327,21 +329,22 @@ class Ingest:
         FUSE (fuse2fs) otherwise.
         """
         os.mkdir(mountpoint, 0o700)
+        self.make_root_dir(dest)
         errors = []
         if self.root_extract in ('auto', 'kernel'):
             rc, out, err = self.run([
                 'setpriv', '--pdeathsig', 'KILL', '--',
                 'unshare', '--mount', '--propagation', 'private', '--',
-                'sh', '-ec', 'mount -t ext4 -o "ro,loop,offset=$1,sizelimit=$2" -- "$3" "$4"; '
-                             'exec cp -a -- "$4/." "$5"',
+                'sh', '-c', 'mount -t ext4 -o "ro,loop,offset=$1,sizelimit=$2" -- "$3" "$4" || exit %d; '
+                            'exec cp -a -- "$4/." "$5"' % MOUNT_FAILED,
                 'pifleet-extract', str(root['start']), str(root['size']), image, mountpoint, dest])
             if rc == 0:
                 self.method = 'kernel'
                 return
-            errors.append('kernel loop mount: %s' % (err or out).strip())
-            if os.path.lexists(dest):
+            if rc != MOUNT_FAILED:
                 raise IngestError('copying the root file system of bakeform %s failed: %s'
-                                  % (self.name, errors[-1]), rc=rc, stderr=err)
+                                  % (self.name, (err or out).strip()), rc=rc, stderr=err)
+            errors.append('kernel loop mount: %s' % (err or out).strip())
         if self.root_extract in ('auto', 'fuse'):
             rc, out, err = self.run(['fuse2fs', image, mountpoint, '-o', 'ro,offset=%d' % root['start']])
             if rc == 0:
@@ -354,6 +357,16 @@ class Ingest:
             errors.append('fuse2fs: %s' % (err or out).strip())
         raise IngestError('cannot read the ext4 root partition of bakeform %s on this host (%s); run as root '
                           'on a host with loop devices and ext4, or install fuse2fs' % (self.name, '; '.join(errors)))
+
+    def make_root_dir(self, dest):
+        """The golden root's directory: a btrfs subvolume where the store is on btrfs, so that
+        pi_root can snapshot it in constant time; a plain directory elsewhere."""
+        rc, out, err = self.run(['stat', '--file-system', '--format=%T', os.path.dirname(dest)])
+        self.subvolume = rc == 0 and out.strip() == 'btrfs'
+        if self.subvolume:
+            self._check(['btrfs', 'subvolume', 'create', dest], 'creating the golden root subvolume')
+        else:
+            os.mkdir(dest, 0o755)
 
     def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
                  root_dir):
@@ -371,6 +384,7 @@ class Ingest:
             'kernels': detect_kernels(boot_files),
             'pretty_name': read_os_release(root_dir),
             'root_extract': self.method,
+            'root_subvolume': self.subvolume,
             'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
             'collection_version': COLLECTION_VERSION,
         }

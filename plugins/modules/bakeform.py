@@ -17,6 +17,8 @@ description:
     C(<store>/<name>/manifest.json).
   - Owners, modes, setuid/setgid bits, symlinks, hard links, device nodes, FIFOs and extended
     attributes (file capabilities) of the root survive the extraction.
+  - When the store is on btrfs, the golden root is created as a subvolume, so that per-Pi roots can be
+    snapshots of it (constant time whatever the number of files).
   - Everything is built in a locked scratch directory inside the store and renamed into place, so a
     failed or killed run leaves the store as it was; leftovers of a killed run are removed by the
     next run.
@@ -126,8 +128,8 @@ manifest:
   description:
     - The bakeform's manifest (the content of C(manifest.json)); empty after V(absent) and in check mode before a first ingest.
     - Keys C(name), C(source), C(source_stat), C(sha256), C(source_size), C(image_size), C(partition_table),
-      C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(root_extract), C(created),
-      C(collection_version).
+      C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(root_extract), C(root_subvolume)
+      (the golden root is a btrfs subvolume, so per-Pi roots can be snapshots), C(created), C(collection_version).
   returned: always
   type: dict
   sample:

@@ -241,3 +241,40 @@ def test_playbook_check_then_apply_then_idempotent(images, tmp_path):
     assert sorted(os.listdir(tmp_path / 'store')) == ['one', 'two']
     assert 'changed=0' in play()
     assert 'changed=0' in play('--check', '--diff')
+
+
+@pytest.fixture
+def btrfs_store(tmp_path):
+    """A store on a btrfs file system in a loop file, unmounted (and its loop device freed) afterwards."""
+    backing, mnt = tmp_path / 'btrfs.img', tmp_path / 'btrfs'
+    mnt.mkdir()
+    with open(backing, 'wb') as handle:
+        handle.truncate(512 * 1024 * 1024)
+    subprocess.run(['mkfs.btrfs', '-q', str(backing)], check=True)
+    subprocess.run(['mount', '-o', 'loop', str(backing), str(mnt)], check=True)
+    try:
+        yield mnt / 'store'
+    finally:
+        subprocess.run(['umount', str(mnt)], check=True)
+
+
+def test_golden_root_is_a_subvolume_on_btrfs(images, btrfs_store):
+    image = images['good-xz']
+    args = {'name': 'bf', 'src': image['path'], 'store': str(btrfs_store)}
+    result = run_module('bakeform', args)
+    assert result['changed'] is True, result
+    assert result['manifest']['root_subvolume'] is True
+    root = btrfs_store / 'bf' / 'root'
+    assert subprocess.run(['btrfs', 'subvolume', 'show', str(root)], capture_output=True).returncode == 0
+    assert describe(root) == expected_tree(image['expect'])
+    replaced = run_module('bakeform', dict(args, src=images['other-xz']['path'], force=True))
+    assert replaced['changed'] is True and replaced['manifest']['root_subvolume'] is True
+    assert run_module('bakeform', dict(args, state='absent'))['changed'] is True
+    assert os.listdir(btrfs_store) == []
+    listed = subprocess.run(['btrfs', 'subvolume', 'list', str(btrfs_store.parent)], capture_output=True, text=True)
+    assert listed.stdout.strip() == ''  # no orphaned subvolumes
+
+
+def test_golden_root_is_a_plain_directory_elsewhere(images, store):
+    result = run_module('bakeform', {'name': 'bf', 'src': images['other-xz']['path'], 'store': str(store)})
+    assert result['manifest']['root_subvolume'] is False
