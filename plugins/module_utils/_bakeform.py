@@ -361,7 +361,7 @@ class Ingest:
     def make_root_dir(self, dest):
         """The golden root's directory: a btrfs subvolume where the store is on btrfs, so that
         pi_root can snapshot it in constant time; a plain directory elsewhere."""
-        rc, out, err = self.run(['stat', '--file-system', '--format=%T', os.path.dirname(dest)])
+        rc, out, _err = self.run(['stat', '--file-system', '--format=%T', os.path.dirname(dest)])
         self.subvolume = rc == 0 and out.strip() == 'btrfs'
         if self.subvolume:
             self._check(['btrfs', 'subvolume', 'create', dest], 'creating the golden root subvolume')

@@ -265,13 +265,14 @@ def test_golden_root_is_a_subvolume_on_btrfs(images, btrfs_store):
     assert result['changed'] is True, result
     assert result['manifest']['root_subvolume'] is True
     root = btrfs_store / 'bf' / 'root'
-    assert subprocess.run(['btrfs', 'subvolume', 'show', str(root)], capture_output=True).returncode == 0
+    assert subprocess.run(['btrfs', 'subvolume', 'show', str(root)], capture_output=True, check=False).returncode == 0
     assert describe(root) == expected_tree(image['expect'])
     replaced = run_module('bakeform', dict(args, src=images['other-xz']['path'], force=True))
     assert replaced['changed'] is True and replaced['manifest']['root_subvolume'] is True
     assert run_module('bakeform', dict(args, state='absent'))['changed'] is True
     assert os.listdir(btrfs_store) == []
-    listed = subprocess.run(['btrfs', 'subvolume', 'list', str(btrfs_store.parent)], capture_output=True, text=True)
+    listed = subprocess.run(['btrfs', 'subvolume', 'list', str(btrfs_store.parent)],
+                            capture_output=True, text=True, check=True)
     assert listed.stdout.strip() == ''  # no orphaned subvolumes
 
 
