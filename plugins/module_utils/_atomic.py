@@ -105,6 +105,22 @@ def install(scratch, built, dest):
     os.rename(built, dest)
 
 
+def discard(parent, label, path, remove=None):
+    """Take ``path`` away from its name at once, then delete it at leisure.
+
+    It is renamed into a scratch directory as ``trash`` (never restored by sweep_stale(), unlike
+    ``old``), so a crash mid-delete leaves nothing half-deleted under the name. ``remove(path)``
+    deletes special trees first (a btrfs subvolume, say); the scratch directory goes in any case.
+    """
+    scratch = ScratchDir(parent, label)
+    try:
+        os.rename(path, scratch.join('trash'))
+        if remove is not None:
+            remove(scratch.join('trash'))
+    finally:
+        scratch.close()
+
+
 def sweep_stale(parent, target_for, unmount=None):
     """Remove scratch directories in ``parent`` whose builder is gone.
 

@@ -217,9 +217,7 @@ class BakeformModule:
         self.diff(existing, None)
         if self.module.check_mode:
             return
-        # Move it out of sight first so a crash mid-delete never leaves a half bakeform under its name.
-        with _atomic.ScratchDir(self.store, self.name) as scratch:
-            os.rename(self.dest, scratch.join('old'))
+        _atomic.discard(self.store, self.name, self.dest)
 
     def present(self, existing, digest):
         src = self.params['src']

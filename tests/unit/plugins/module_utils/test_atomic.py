@@ -100,3 +100,19 @@ def test_mounts_under_unescapes(monkeypatch, tmp_path):
 
     monkeypatch.setattr('builtins.open', fake_open)
     assert _atomic.mounts_under('/mnt/with space') == ['/mnt/with space']
+
+
+def test_discard_is_never_restored(tmp_path):
+    (tmp_path / 'thing').mkdir()
+    (tmp_path / 'thing' / 'f').write_text('x')
+    removed = []
+    _atomic.discard(str(tmp_path), 'thing', str(tmp_path / 'thing'), remove=removed.append)
+    assert os.listdir(tmp_path) == []
+    assert removed and removed[0].endswith('/trash')
+    # A killed delete leaves 'trash' in a stale scratch dir: the sweep deletes it, it does not restore it.
+    proc, path = child_holding_scratch(tmp_path, 'thing')
+    proc.kill()
+    proc.wait()
+    os.mkdir(os.path.join(path, 'trash'))
+    _atomic.sweep_stale(str(tmp_path), lambda label: str(tmp_path / label))
+    assert os.listdir(tmp_path) == []
