@@ -22,7 +22,8 @@ export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages the tests, demo and modules use (installed only when missing).
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
-	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client
+	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
+	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr
 
 .PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench clean
 

@@ -8,10 +8,12 @@ this process and its children, wherever the checkout sits.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,16 +33,32 @@ def ensure_importable():
     os.environ['ANSIBLE_COLLECTIONS_PATH'] = str(COLLECTIONS)
 
 
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def module_argv(name, args, check=False, diff=False):
+    """The command that runs a module with ``args``, passed in a file (an argv string caps at ~128 KiB
+    and ansible-core tries it as a path first, which fails beyond 4 KiB). The file lives until exit."""
     payload = {'ANSIBLE_MODULE_ARGS': dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
-    return [sys.executable, '-m', 'ansible_collections.pifleet.netboot.plugins.modules.' + name, json.dumps(payload)]
+    handle = tempfile.NamedTemporaryFile('w', prefix='pifleet-args-', suffix='.json', delete=False)
+    with handle:
+        json.dump(payload, handle)
+    atexit.register(_remove, handle.name)
+    return [sys.executable, '-m', 'ansible_collections.pifleet.netboot.plugins.modules.' + name, handle.name]
 
 
 def run_module(name, args, check=False, diff=False, timeout=3600):
     """Invoke pifleet.netboot.<name>; return its JSON result."""
     ensure_importable()
-    proc = subprocess.run(module_argv(name, args, check, diff), capture_output=True, text=True, check=False,
-                          timeout=timeout)
+    argv = module_argv(name, args, check, diff)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    finally:
+        _remove(argv[-1])
     try:
         return json.loads(proc.stdout)
     except ValueError:
