@@ -1,0 +1,392 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nfs_export
+short_description: NFS exports of Pi roots, disks and boot files, each limited to its Pi
+version_added: 0.1.0
+description:
+  - Manages the NFS exports of the bakery in one file that pifleet owns and never touches any other line.
+  - For the kernel NFS server (O(backend=kernel)) that file is C(/etc/exports.d/pifleet.exports); after a change
+    the module runs C(exportfs -ra) and, if that fails, puts the previous file back and fails with its error.
+  - For NFS-Ganesha (O(backend=ganesha)) it is C(/etc/ganesha/pifleet.conf), made of C(EXPORT) blocks, which the
+    module includes from O(ganesha_config) with one C(%include) line (added once, no other line touched); after a
+    change it sends C(SIGHUP) to the running C(ganesha.nfsd), which reloads its exports live.
+  - Each Ganesha export keeps its C(Export_Id) across runs; new exports get the lowest free id from 100 on, so ids
+    below 100 stay free for the user's own exports (ids used in O(ganesha_config) are skipped as well).
+  - A Pi's root and disks should go read-write to that Pi's address only (the default O(options) suit them, as root
+    must not be squashed on an NFS root); boot files should go read-only (O(options) C([ro, sync, no_subtree_check,
+    no_root_squash])). Exports to the world (C(*), C(0.0.0.0/0), C(::/0), name patterns) are refused unless
+    O(allow_world=true); a read-write export to a network draws a warning.
+  - Without O(exclusive), entries are merged by path into the managed file (an entry replaces the same path's
+    entry); with O(exclusive=true) the managed file holds exactly the entries of this call.
+author:
+  - pifleet maintainers (@pifleet)
+extends_documentation_fragment:
+  - pifleet.netboot._attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+requirements:
+  - netaddr (Debian package C(python3-netaddr)) on the bakery host.
+  - C(exportfs) (Debian C(nfs-kernel-server)) for O(backend=kernel) with O(reload=true).
+options:
+  path:
+    description:
+      - Directory to export (absolute, normalised, existing for O(state=present)).
+      - Required unless O(exports) is given.
+    type: path
+  clients:
+    description:
+      - Hosts allowed to mount O(path) (IPv4 or IPv6 addresses, CIDR networks or RFC 1123 host names).
+      - Required for O(state=present). With O(exports), the default for items that give none.
+    type: list
+    elements: str
+  options:
+    description:
+      - exports(5) options, one per item, applied to every client of the entry; validated against what the
+        server accepts. With O(exports), the default for items that give none.
+      - For O(backend=ganesha) only V(rw), V(ro), V(root_squash), V(no_root_squash), V(all_squash),
+        V(anonuid=N), V(anongid=N), V(sec=sys), V(sync) and V(no_subtree_check) are accepted (the last two are
+        what Ganesha does anyway).
+      - Boot file exports should pass V(ro) instead of V(rw).
+    type: list
+    elements: str
+    default: [rw, sync, no_subtree_check, no_root_squash]
+  state:
+    description:
+      - V(present) exports O(path) to O(clients); V(absent) removes the export of O(path).
+      - With O(exports), the default for items that give none.
+    type: str
+    choices: [present, absent]
+    default: present
+  exports:
+    description:
+      - Many entries in one call; top-level O(clients), O(options) and O(state) are their defaults.
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: Directory to export.
+        type: path
+        required: true
+      clients:
+        description: Hosts allowed to mount it.
+        type: list
+        elements: str
+      options:
+        description: exports(5) options for it.
+        type: list
+        elements: str
+      state:
+        description: Whether the export should be there.
+        type: str
+        choices: [present, absent]
+  exclusive:
+    description:
+      - When true, the managed file holds exactly the entries of this call (others are removed).
+    type: bool
+    default: false
+  backend:
+    description:
+      - V(kernel) for the kernel NFS server (exportfs), V(ganesha) for NFS-Ganesha.
+    type: str
+    choices: [kernel, ganesha]
+    default: kernel
+  exports_file:
+    description:
+      - The file pifleet owns. Default C(/etc/exports.d/pifleet.exports) for V(kernel) (exportfs reads only
+        C(*.exports) files there), C(/etc/ganesha/pifleet.conf) for V(ganesha).
+    type: path
+  ganesha_config:
+    description:
+      - Main NFS-Ganesha config, which gets the line C(%include "<exports_file>") if it lacks it.
+    type: path
+    default: /etc/ganesha/ganesha.conf
+  ganesha_pidfile:
+    description:
+      - PID file of the running C(ganesha.nfsd), signalled with C(SIGHUP) to reload exports.
+    type: path
+    default: /run/ganesha/ganesha.pid
+  reload:
+    description:
+      - Apply a changed file to the running server (C(exportfs -ra), or C(SIGHUP) to Ganesha).
+      - When Ganesha is not running, nothing fails and RV(reloaded) is false.
+    type: bool
+    default: true
+  allow_world:
+    description:
+      - Allow clients that let any host in (C(*), C(0.0.0.0/0), C(::/0), host name patterns).
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Export Pi A's root read-write to Pi A only
+  pifleet.netboot.nfs_export:
+    path: /srv/pifleet/roots/pi-a
+    clients: [192.168.1.50]
+
+- name: Converge the fleet's exports in one call, replacing every other managed export
+  pifleet.netboot.nfs_export:
+    exclusive: true
+    exports:
+      - path: /srv/pifleet/roots/pi-a
+        clients: [192.168.1.50]
+      - path: /srv/pifleet/roots/pi-b
+        clients: [192.168.1.51]
+      - path: /srv/pifleet/boot/bookworm-lite
+        clients: [192.168.1.50, 192.168.1.51]
+        options: [ro, sync, no_subtree_check, no_root_squash]
+
+- name: Serve the same exports with NFS-Ganesha
+  pifleet.netboot.nfs_export:
+    backend: ganesha
+    path: /srv/pifleet/roots/pi-a
+    clients: [192.168.1.50]
+
+- name: Stop exporting a retired Pi's root
+  pifleet.netboot.nfs_export:
+    path: /srv/pifleet/roots/pi-old
+    state: absent
+"""
+
+RETURN = r"""
+exports:
+  description: The managed exports after the run (in check mode, as they would be), sorted by path.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: Exported directory.
+      type: str
+    clients:
+      description: Allowed clients, normalised.
+      type: list
+      elements: str
+    options:
+      description: exports(5) options.
+      type: list
+      elements: str
+    export_id:
+      description: Ganesha C(Export_Id) (V(ganesha) backend only).
+      type: int
+      returned: when backend is ganesha
+  sample:
+    - path: /srv/pifleet/roots/pi-a
+      clients: [192.168.1.50]
+      options: [rw, sync, no_subtree_check, no_root_squash]
+file:
+  description: The managed exports file.
+  returned: always
+  type: str
+  sample: /etc/exports.d/pifleet.exports
+reloaded:
+  description: Whether the running server was told to apply the change (C(exportfs -ra) ran, or Ganesha got C(SIGHUP)).
+  returned: always
+  type: bool
+  sample: true
+results:
+  description: One item per requested entry, with whether it changed the managed set.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - path: /srv/pifleet/roots/pi-a
+      state: present
+      changed: true
+"""
+
+import os
+import signal
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
+from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
+
+ITEM_KEYS = ('path', 'clients', 'options', 'state')
+
+
+class NfsExport:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.backend = self.params['backend']
+        self.file = self.params['exports_file'] or ex.DEFAULT_FILES[self.backend]
+        self.result = {'changed': False, 'exports': [], 'file': self.file, 'reloaded': False, 'results': []}
+        self.diffs = []
+
+    def fail(self, msg, **details):
+        self.module.fail_json(msg=msg, **self.result, **details)
+
+    def items(self):
+        try:
+            return self.validate(expand(self.params, 'exports', ITEM_KEYS))
+        except ex.ExportsError as exc:
+            return self.fail(str(exc))
+
+    def validate(self, items):
+        if not os.path.isabs(self.file):
+            raise ex.ExportsError('exports_file %s is not an absolute path; give the full path' % self.file)
+        if self.backend == 'ganesha':
+            ex.check_ganesha_path(self.file)
+        missing = [i for i, item in enumerate(items) if not item['path']]
+        if missing:
+            self.fail('path missing for item %d of exports; give each item a path' % missing[0])
+        dupes = find_duplicates(items, 'path')
+        if dupes:
+            self.fail('exports lists %s more than once; give one item per path' % ', '.join(dupes))
+        for item in items:
+            ex.check_path(item['path'], must_exist=item['state'] == 'present')
+            if self.backend == 'ganesha':
+                ex.check_ganesha_path(item['path'])
+            if item['state'] == 'absent':
+                continue
+            if not item['clients']:
+                raise ex.ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
+            clients = [ex.normalise_client(c, item['path'], self.params['allow_world']) for c in item['clients']]
+            item['clients'] = list(dict.fromkeys(clients))
+            item['options'] = ex.normalise_options(item['options'], item['path'], self.backend)
+            if 'rw' in item['options']:
+                for client in item['clients']:
+                    if ex.is_network(client):
+                        self.module.warn('export %s is read-write to %s: every host there can write; a Pi\'s root '
+                                         'should go to its own address only' % (item['path'], client))
+        return items
+
+    def run(self):
+        if not ex.HAS_NETADDR:
+            self.module.fail_json(msg=missing_required_lib('netaddr'), exception=ex.NETADDR_IMPORT_ERROR)
+        items = self.items()
+        if self.backend == 'kernel' and os.path.basename(os.path.dirname(self.file)) == 'exports.d' \
+                and not self.file.endswith('.exports'):
+            self.module.warn('exportfs reads only *.exports files in %s: %s will be ignored; name it '
+                             '<something>.exports' % (os.path.dirname(self.file), self.file))
+        before = ex.read_text(self.file)
+        parse = ex.parse_kernel if self.backend == 'kernel' else ex.parse_ganesha
+        current, extra = parse(before or '')
+        if self.backend == 'kernel' and extra:
+            self.module.warn('%s held lines pifleet does not write (%s); they are dropped: keep your own exports '
+                             'in another file' % (self.file, '; '.join(extra)))
+        wanted = ex.merge(current, items, self.params['exclusive'])
+        self.result['results'] = [
+            {'path': i['path'], 'state': i['state'], 'changed': current.get(i['path']) != wanted.get(i['path'])}
+            for i in items]
+        after = self.render(wanted, extra)
+        file_changed = after != before and not (before is None and not wanted)
+        config_before, config_after = self.include()
+        include_changed = config_after != config_before
+        self.result['changed'] = file_changed or include_changed
+        if self.module._diff:
+            if file_changed:
+                self.diffs.append(self.diff(self.file, before, after))
+            if include_changed:
+                self.diffs.append(self.diff(self.params['ganesha_config'], config_before, config_after))
+            self.result['diff'] = self.diffs
+        if self.result['changed'] and not self.module.check_mode:
+            self.apply(file_changed, before, after, config_after if include_changed else None)
+        self.module.exit_json(**self.result)
+
+    def render(self, wanted, extra):
+        if self.backend == 'kernel':
+            self.result['exports'] = [wanted[p] for p in sorted(wanted)]
+            return ex.render_kernel(wanted)
+        old_ids = extra
+        reserved = ex.used_export_ids(ex.read_text(self.params['ganesha_config']))
+        ids = ex.assign_ids(list(wanted), old_ids, reserved)
+        self.result['exports'] = [dict(wanted[p], export_id=ids[p]) for p in sorted(wanted)]
+        return ex.render_ganesha(wanted, ids)
+
+    def include(self):
+        """The Ganesha config before and after adding our include line (equal when nothing is to add)."""
+        if self.backend != 'ganesha':
+            return None, None
+        config = self.params['ganesha_config']
+        text = ex.read_text(config)
+        if text is None:
+            self.fail('NFS-Ganesha config %s not found for the include of %s; install nfs-ganesha or set '
+                      'ganesha_config' % (config, self.file))
+        if ex.has_include(text, self.file):
+            return text, text
+        return text, ex.add_include(text, self.file)
+
+    @staticmethod
+    def diff(path, before, after):
+        return {'before': before or '', 'after': after or '', 'before_header': path, 'after_header': path}
+
+    def apply(self, file_changed, before, after, config_after):
+        if file_changed:
+            os.makedirs(os.path.dirname(self.file), 0o755, exist_ok=True)
+            ex.write_atomic(self.file, after)
+        if config_after is not None:
+            # After the exports file exists, so the config never includes a missing file.
+            ex.write_atomic(self.params['ganesha_config'], config_after)
+        if not self.params['reload']:
+            return
+        if self.backend == 'kernel':
+            self.exportfs(before)
+        else:
+            self.hup()
+
+    def exportfs(self, before):
+        exportfs = self.module.get_bin_path('exportfs', required=True)
+        rc, out, err = self.module.run_command([exportfs, '-ra'], environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        if rc != 0:
+            ex.restore(self.file, before)
+            self.module.run_command([exportfs, '-ra'])
+            self.result['changed'] = False
+            self.fail('exportfs -ra failed for %s: %s; the previous file is back in place, correct the exports and '
+                      'run again' % (self.file, err.strip() or out.strip()), rc=rc, stdout=out, stderr=err)
+        self.result['reloaded'] = True
+
+    def hup(self):
+        pid = ex.ganesha_pid(self.params['ganesha_pidfile'])
+        if pid is None:
+            self.module.warn('NFS-Ganesha is not running (no live ganesha.nfsd in %s): the exports apply when it '
+                             'starts' % self.params['ganesha_pidfile'])
+            return
+        os.kill(pid, signal.SIGHUP)  # Ganesha re-reads its exports live
+        self.result['reloaded'] = True
+
+
+def main():
+    item = dict(
+        path=dict(type='path', required=True),
+        clients=dict(type='list', elements='str'),
+        options=dict(type='list', elements='str'),
+        state=dict(type='str', choices=['present', 'absent']),
+    )
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type='path'),
+            clients=dict(type='list', elements='str'),
+            options=dict(type='list', elements='str', default=list(ex.DEFAULT_OPTIONS)),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            exports=dict(type='list', elements='dict', options=item),
+            exclusive=dict(type='bool', default=False),
+            backend=dict(type='str', choices=['kernel', 'ganesha'], default='kernel'),
+            exports_file=dict(type='path'),
+            ganesha_config=dict(type='path', default='/etc/ganesha/ganesha.conf'),
+            ganesha_pidfile=dict(type='path', default='/run/ganesha/ganesha.pid'),
+            reload=dict(type='bool', default=True),
+            allow_world=dict(type='bool', default=False),
+        ),
+        required_one_of=[('path', 'exports')],
+        mutually_exclusive=[('path', 'exports')],
+        supports_check_mode=True,
+    )
+    NfsExport(module).run()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,222 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""nfs_export's main(): merging, exclusive lists, check and diff mode, reload and restore, on temp files.
+
+exportfs and the Ganesha signal are replaced here; the real ones run in tests/integration/test_nfs_export.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ansible.module_utils import basic
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
+from ansible_collections.pifleet.netboot.plugins.modules import nfs_export
+
+pytestmark = pytest.mark.skipif(not ex.HAS_NETADDR, reason='netaddr is not installed')
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """The module's warnings (the test harness's exit_json does not collect them)."""
+    seen = []
+    monkeypatch.setattr(basic.AnsibleModule, 'warn', lambda self, msg: seen.append(msg))
+    return seen
+
+
+@pytest.fixture
+def lab(tmp_path):
+    for name in ('pi-a', 'pi-b', 'boot'):
+        (tmp_path / name).mkdir()
+    (tmp_path / 'exports.d').mkdir()
+    return tmp_path
+
+
+def kernel(lab, **extra):
+    return dict({'exports_file': str(lab / 'exports.d' / 'pifleet.exports'), 'reload': False}, **extra)
+
+
+def ganesha(lab, **extra):
+    config = lab / 'ganesha.conf'
+    if not config.exists():
+        config.write_text('# mine\nEXPORT { Export_Id = 100; Path = /elsewhere; }\n')
+    return dict({'backend': 'ganesha', 'exports_file': str(lab / 'pifleet.conf'), 'ganesha_config': str(config),
+                 'ganesha_pidfile': str(lab / 'ganesha.pid')}, **extra)
+
+
+def test_single_export_check_then_real_then_unchanged(run_module, lab):
+    args = kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'])
+    target = lab / 'exports.d' / 'pifleet.exports'
+    checked = run_module(nfs_export.main, args, check_mode=True, diff=True).result
+    assert checked['changed'] is True and not target.exists()
+    line = '%s 10.99.20.50(rw,sync,no_subtree_check,no_root_squash)' % (lab / 'pi-a')
+    assert checked['diff'] == [{'before': '', 'after': ex.HEADER + '\n' + line + '\n',
+                                'before_header': str(target), 'after_header': str(target)}]
+    real = run_module(nfs_export.main, args, diff=True).result
+    assert real['changed'] is True and real['reloaded'] is False and real['diff'] == checked['diff']
+    assert target.read_text() == checked['diff'][0]['after']
+    assert real['exports'] == [{'path': str(lab / 'pi-a'), 'clients': ['10.99.20.50'],
+                                'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
+    again = run_module(nfs_export.main, args, diff=True).result
+    assert again['changed'] is False and again['diff'] == [] and again['results'][0]['changed'] is False
+
+
+def test_calls_merge_by_path_and_exclusive_replaces(run_module, lab):
+    target = lab / 'exports.d' / 'pifleet.exports'
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50']))
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-b'), clients=['10.99.20.51']))
+    assert [line.split()[0] for line in target.read_text().splitlines()[1:]] == [str(lab / 'pi-a'), str(lab / 'pi-b')]
+    # Same path again: its entry is replaced, not duplicated.
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-b'), clients=['10.99.20.52'], options=['ro']))
+    assert target.read_text().splitlines()[2] == '%s 10.99.20.52(ro)' % (lab / 'pi-b')
+    result = run_module(nfs_export.main, kernel(lab, exclusive=True, options=['ro', 'sync'], exports=[
+        {'path': str(lab / 'boot'), 'clients': ['10.99.20.50', '10.99.20.51']},
+        {'path': str(lab / 'pi-a'), 'clients': ['10.99.20.50'], 'options': ['rw', 'sync']},
+    ])).result
+    assert result['changed'] is True
+    assert target.read_text().splitlines()[1:] == [
+        '%s 10.99.20.50(ro,sync) 10.99.20.51(ro,sync)' % (lab / 'boot'), '%s 10.99.20.50(rw,sync)' % (lab / 'pi-a')]
+    removed = run_module(nfs_export.main, kernel(lab, path=str(lab / 'gone'), state='absent')).result
+    assert removed['changed'] is False
+    removed = run_module(nfs_export.main, kernel(lab, path=str(lab / 'boot'), state='absent')).result
+    assert removed['changed'] is True and [e['path'] for e in removed['exports']] == [str(lab / 'pi-a')]
+
+
+def test_absent_on_a_fresh_host_creates_nothing(run_module, lab):
+    result = run_module(nfs_export.main, kernel(lab, path='/srv/none', state='absent')).result
+    assert result['changed'] is False and os.listdir(lab / 'exports.d') == []
+
+
+INVALID = [
+    ({'path': 'PI', 'clients': ['*']}, 'exports to the world'),
+    ({'path': 'PI', 'clients': ['10.99.20.50 (rw)']}, 'a space before "(" exports to the whole world'),
+    ({'path': 'PI', 'clients': ['0.0.0.0/0']}, 'set allow_world: true'),
+    ({'path': 'PI', 'clients': ['10.99.20.50'], 'options': ['rw', 'bogus']}, 'option bogus of export'),
+    ({'path': 'PI'}, 'clients missing for export'),
+    ({'path': '/nonexistent/pi', 'clients': ['10.99.20.50']}, 'is not a directory'),
+    ({'exports': [{'path': 'PI', 'clients': ['h']}, {'path': 'PI', 'state': 'absent'}]}, 'more than once'),
+    ({'clients': ['h']}, 'one of the following is required: path, exports'),
+]
+
+
+@pytest.mark.parametrize(('extra', 'message'), INVALID)
+def test_invalid_arguments_fail_and_write_nothing(run_module, lab, extra, message):
+    extra = {k: (str(lab / 'pi-a') if v == 'PI' else v) for k, v in extra.items()}
+    if 'exports' in extra:
+        extra['exports'] = [dict(i, path=str(lab / 'pi-a')) for i in extra['exports']]
+    result = run_module(nfs_export.main, kernel(lab, **extra))
+    assert result.failed and message in result.result['msg']
+    assert os.listdir(lab / 'exports.d') == []
+
+
+def test_allow_world_lets_star_through(run_module, lab):
+    result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'boot'), clients=['*'], options=['ro'],
+                                                allow_world=True)).result
+    assert result['exports'][0]['clients'] == ['*']
+
+
+def test_rw_to_a_network_warns(run_module, lab, warnings):
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.0/24']))
+    assert any('read-write to 10.99.20.0/24: every host there can write' in w for w in warnings)
+    warnings.clear()
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.0/24'], options=['ro']))
+    assert warnings == []
+
+
+def test_manual_lines_are_dropped_with_a_warning(run_module, lab, warnings):
+    target = lab / 'exports.d' / 'pifleet.exports'
+    target.write_text('/manual host (rw)\n')
+    result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'])).result
+    assert result['changed'] is True and '/manual' not in target.read_text()
+    assert any('/manual host (rw)' in w for w in warnings)
+
+
+@pytest.fixture
+def fake_exportfs(monkeypatch):
+    calls = []
+
+    def run_command(self, argv, **kwargs):
+        calls.append(list(argv))
+        return calls_rc.pop(0) if calls_rc else (0, '', '')
+
+    calls_rc = []
+    monkeypatch.setattr(basic.AnsibleModule, 'run_command', run_command)
+    monkeypatch.setattr(basic.AnsibleModule, 'get_bin_path', lambda self, name, **kw: '/usr/sbin/' + name)
+    return calls, calls_rc
+
+
+def test_kernel_reload_runs_exportfs_only_on_change(run_module, lab, fake_exportfs):
+    calls, _unused = fake_exportfs
+    args = kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'], reload=True)
+    assert run_module(nfs_export.main, args).result['reloaded'] is True
+    assert calls == [['/usr/sbin/exportfs', '-ra']]
+    assert run_module(nfs_export.main, args).result['reloaded'] is False
+    assert len(calls) == 1
+
+
+def test_exportfs_failure_restores_the_previous_file(run_module, lab, fake_exportfs):
+    calls, rcs = fake_exportfs
+    target = lab / 'exports.d' / 'pifleet.exports'
+    run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50']))
+    before = target.read_text()
+    rcs.append((1, '', 'exportfs: bad things'))
+    result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-b'), clients=['10.99.20.51'], reload=True))
+    assert result.failed and 'exportfs -ra failed for %s: exportfs: bad things' % target in result.result['msg']
+    assert target.read_text() == before
+    assert calls == [['/usr/sbin/exportfs', '-ra']] * 2  # the second one re-applies the restored file
+
+
+def test_ganesha_writes_include_once_and_keeps_ids(run_module, lab, monkeypatch, warnings):
+    config = lab / 'ganesha.conf'
+    args = ganesha(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'])
+    original = config.read_text()
+    result = run_module(nfs_export.main, args, diff=True).result
+    assert result['changed'] is True and result['reloaded'] is False  # no live ganesha.nfsd
+    assert any('NFS-Ganesha is not running' in w for w in warnings)
+    assert config.read_text() == original + '%%include "%s"\n' % (lab / 'pifleet.conf')
+    assert [d['after_header'] for d in result['diff']] == [str(lab / 'pifleet.conf'), str(config)]
+    assert result['exports'][0]['export_id'] == 101  # 100 is the user's own in ganesha.conf
+    hups = []
+    monkeypatch.setattr(ex, 'ganesha_pid', lambda pidfile: 4242)
+    monkeypatch.setattr(os, 'kill', lambda pid, sig: hups.append((pid, sig)))
+    result = run_module(nfs_export.main, ganesha(lab, path=str(lab / 'boot'), clients=['10.99.20.51'],
+                                                 options=['ro'])).result
+    assert result['reloaded'] is True and hups == [(4242, 1)]
+    assert {e['path']: e['export_id'] for e in result['exports']} == {str(lab / 'pi-a'): 101, str(lab / 'boot'): 102}
+    assert config.read_text().count('%include') == 1
+    again = run_module(nfs_export.main, ganesha(lab, path=str(lab / 'boot'), clients=['10.99.20.51'],
+                                                options=['ro'])).result
+    assert again['changed'] is False and hups == [(4242, 1)]
+
+
+def test_ganesha_check_mode_writes_nothing(run_module, lab):
+    config = lab / 'ganesha.conf'
+    args = ganesha(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'])
+    original = config.read_text()
+    result = run_module(nfs_export.main, args, check_mode=True, diff=True).result
+    assert result['changed'] is True and len(result['diff']) == 2
+    assert config.read_text() == original and not (lab / 'pifleet.conf').exists()
+
+
+def test_ganesha_refuses_what_it_cannot_express(run_module, lab):
+    result = run_module(nfs_export.main, ganesha(lab, path=str(lab / 'pi-a'), clients=['h'], options=['rw', 'async']))
+    assert result.failed and 'cannot be expressed for NFS-Ganesha' in result.result['msg']
+
+
+def test_ganesha_missing_config_fails(run_module, lab):
+    args = ganesha(lab, path=str(lab / 'pi-a'), clients=['h'], ganesha_config=str(lab / 'none.conf'))
+    result = run_module(nfs_export.main, args)
+    assert result.failed and 'NFS-Ganesha config %s not found' % (lab / 'none.conf') in result.result['msg']
+
+
+def test_kernel_file_outside_exports_d_naming_warns(run_module, lab, warnings):
+    args = kernel(lab, path=str(lab / 'pi-a'), clients=['h'], exports_file=str(lab / 'exports.d' / 'pifleet.conf'))
+    assert run_module(nfs_export.main, args).result['changed'] is True
+    assert any('exportfs reads only *.exports files' in w for w in warnings)
+
+
+def test_relative_exports_file_fails(run_module, lab):
+    result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['h'], exports_file='x.exports'))
+    assert result.failed and 'is not an absolute path' in result.result['msg']
