@@ -8,6 +8,7 @@ import json
 
 import pytest
 from ansible.module_utils import basic
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 
@@ -20,12 +21,15 @@ class ModuleExit(Exception):
 
 @pytest.fixture
 def run_module(monkeypatch):
+    # Like the real ones, they report the warnings the module issued (module.warn()).
     def exit_json(self, **kwargs):
         kwargs.setdefault('changed', False)
+        kwargs['warnings'] = list(warnings.get_warning_messages())
         raise ModuleExit(kwargs, failed=False)
 
     def fail_json(self, msg, **kwargs):
         kwargs['msg'] = msg
+        kwargs['warnings'] = list(warnings.get_warning_messages())
         raise ModuleExit(kwargs, failed=True)
 
     monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
@@ -33,6 +37,7 @@ def run_module(monkeypatch):
 
     def run(main, args, check_mode=False, diff=False):
         args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+        warnings._global_warnings.clear()  # warnings are per run, as in a real module process
         with patch_module_args(args), pytest.raises(ModuleExit) as info:
             main()
         return info.value

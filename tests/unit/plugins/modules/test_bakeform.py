@@ -126,3 +126,4 @@ def test_incomplete_bakeform_is_rebuilt_without_force(run_module, store):
     result = run_module(bakeform.main, args(store, src=str(store / 'src.img')), check_mode=True, diff=True)
     assert not result.failed and result.result['changed'] is True
     assert result.result['diff']['before']['sha256'] == result.result['diff']['after']['sha256']
+    assert any('is incomplete (boot/ or root/ missing)' in w for w in result.result['warnings'])
