@@ -1,0 +1,222 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The NFS-root fixes as pure functions (tables), then planned and applied on a small tree."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _rootfix as rf
+
+PIOS_FSTAB = (
+    '# a comment\n'
+    'proc            /proc           proc    defaults          0       0\n'
+    'PARTUUID=5a1e0c3d-01  /boot/firmware  vfat    defaults          0       2\n'
+    'PARTUUID=5a1e0c3d-02  /               ext4    defaults,noatime  0       1\n'
+)
+PIOS_KEPT = '# a comment\nproc            /proc           proc    defaults          0       0\n'
+BOOT = '10.99.0.2:/srv/pifleet/bakeforms/bw/boot /boot/firmware nfs ro,vers=3,nolock 0 0'
+
+
+@pytest.mark.parametrize('text, boot, expected', [
+    (PIOS_FSTAB, None, PIOS_KEPT),
+    (PIOS_FSTAB, BOOT, PIOS_KEPT + BOOT + '\n'),
+    ('/dev/mmcblk0p1 /boot vfat defaults 0 2\n/dev/mmcblk0p2 / ext4 defaults 0 1\n'
+     '/dev/mmcblk0p3 none swap sw 0 0\nproc /proc proc defaults 0 0', None, 'proc /proc proc defaults 0 0\n'),
+    ('LABEL=rootfs / ext4 defaults 0 1\nLABEL=bootfs /boot/firmware vfat defaults 0 2\n'
+     'LABEL=data /data ext4 defaults,nofail 0 2\n', None, 'LABEL=data /data ext4 defaults,nofail 0 2\n'),
+    ('tmpfs /tmp tmpfs defaults 0 0\n\n#PARTUUID=x-02 / ext4 defaults 0 1\n', None,
+     'tmpfs /tmp tmpfs defaults 0 0\n\n#PARTUUID=x-02 / ext4 defaults 0 1\n'),
+    # a changed server replaces our own earlier boot line
+    ('proc /proc proc defaults 0 0\n10.0.0.1:/old/boot /boot/firmware nfs ro,vers=3,nolock 0 0\n', BOOT,
+     'proc /proc proc defaults 0 0\n' + BOOT + '\n'),
+    ('', None, ''),
+])
+def test_fix_fstab(text, boot, expected):
+    assert rf.fix_fstab(text, boot) == expected
+    assert rf.fix_fstab(expected, boot) == expected  # a second pass changes nothing
+
+
+@pytest.mark.parametrize('mode, mountpoint, expected', [
+    ('none', '/boot/firmware', None),
+    ('nfs', '/boot/firmware', '10.99.0.2:/s/bw/boot /boot/firmware nfs ro,vers=3,nolock 0 0'),
+    ('nfs', '/boot', '10.99.0.2:/s/bw/boot /boot nfs ro,vers=3,nolock 0 0'),
+])
+def test_boot_line(mode, mountpoint, expected):
+    line = rf.boot_line(mode, '10.99.0.2', '/s/bw/boot', mountpoint)
+    assert line == expected
+    assert 'proto=' not in (line or '')  # klibc nfsmount rejects it (NETBOOT-FACTS 6)
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n', '127.0.0.1\tlocalhost\n127.0.1.1\tkitchen\n'),
+    ('127.0.0.1 localhost\n', '127.0.0.1 localhost\n127.0.1.1\tkitchen\n'),
+    ('127.0.1.1 a\n::1 localhost\n127.0.1.1 b\n', '127.0.1.1\tkitchen\n::1 localhost\n'),
+    ('# 127.0.1.1 commented\n', '# 127.0.1.1 commented\n127.0.1.1\tkitchen\n'),
+    ('', '127.0.1.1\tkitchen\n'),
+])
+def test_fix_hosts(text, expected):
+    assert rf.fix_hosts(text, 'kitchen') == expected
+    assert rf.fix_hosts(expected, 'kitchen') == expected
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('hostname\n', 'hostname\n# pifleet: the NFS root lives on this NIC, dhcpcd must leave it alone\n'
+                   'denyinterfaces eth0 end0\n'),
+    ('option x', 'option x\n# pifleet: the NFS root lives on this NIC, dhcpcd must leave it alone\n'
+                 'denyinterfaces eth0 end0\n'),
+    ('denyinterfaces eth0 end0\n', 'denyinterfaces eth0 end0\n'),
+])
+def test_fix_dhcpcd(text, expected):
+    assert rf.fix_dhcpcd(text) == expected
+    assert rf.fix_dhcpcd(expected) == expected
+
+
+def test_networkmanager_conf_leaves_both_nic_names_unmanaged():
+    lines = rf.NM_CONF_TEXT.splitlines()
+    assert '[keyfile]' in lines
+    assert 'unmanaged-devices=interface-name:eth0;interface-name:end0' in lines
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('# x\nCONF_SWAPSIZE=100\n', '# x\nCONF_SWAPSIZE=0\n'),
+    ('#CONF_SWAPSIZE=\n', '#CONF_SWAPSIZE=\nCONF_SWAPSIZE=0\n'),
+    (' CONF_SWAPSIZE = 2048\nCONF_MAXSWAP=2048\n', 'CONF_SWAPSIZE=0\nCONF_MAXSWAP=2048\n'),
+])
+def test_fix_swapfile(text, expected):
+    assert rf.fix_swapfile(text) == expected
+
+
+@pytest.mark.parametrize('hostname, ok', [
+    ('kitchen', True), ('pi-3a4b5c6d', True), ('rack1.lab', True), ('a' * 63, True),
+    ('', False), ('Kitchen', False), ('-pi', False), ('pi-', False), ('a' * 64, False), ('pi_1', False),
+    ('a..b', False), ('pi 1', False),
+])
+def test_check_hostname(hostname, ok):
+    assert (rf.check_hostname(hostname) is None) is ok
+
+
+@pytest.mark.parametrize('keys, expected', [
+    (None, None),
+    ([], ''),
+    (['ssh-ed25519 AAA a@b', '  ssh-rsa BBB c@d \n', ''], 'ssh-ed25519 AAA a@b\nssh-rsa BBB c@d\n'),
+])
+def test_authorized_keys_text(keys, expected):
+    assert rf.authorized_keys_text(keys) == expected
+
+
+def test_machine_id_is_32_hex_and_random():
+    first, second = rf.new_machine_id(), rf.new_machine_id()
+    assert rf.valid_machine_id(first) and rf.valid_machine_id(second)
+    assert first != second and first.endswith('\n') and len(first) == 33
+    assert not rf.valid_machine_id('uninitialized\n') and not rf.valid_machine_id(None)
+
+
+# --------------------------------------------------------------------------- planned and applied on a tree
+
+
+def make_root(top, nm=True, dhcpcd=True):
+    def write(rel, text, mode=0o644):
+        path = top / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+    write('etc/fstab', PIOS_FSTAB)
+    write('etc/hostname', 'raspberrypi\n')
+    os.setxattr(top / 'etc/hostname', 'user.pifleet', b'golden')
+    write('etc/hosts', '127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n')
+    write('etc/machine-id', 'a' * 32 + '\n', 0o444)
+    write('var/lib/dbus/machine-id', 'a' * 32 + '\n')
+    write('etc/dphys-swapfile', 'CONF_SWAPSIZE=100\n')
+    write('lib/systemd/system/ssh.service', '[Unit]\n')
+    (top / 'boot/firmware').mkdir(parents=True)
+    (top / 'root').mkdir(mode=0o700)
+    (top / 'etc/rc3.d').mkdir()
+    os.symlink('../init.d/resize2fs_once', top / 'etc/rc3.d/S01resize2fs_once')
+    (top / rf.WANTS).mkdir(parents=True)
+    os.symlink('/lib/systemd/system/resize2fs_once.service', top / rf.WANTS / 'resize2fs_once.service')
+    if nm:
+        (top / 'etc/NetworkManager').mkdir()
+    if dhcpcd:
+        write('etc/dhcpcd.conf', 'hostname\n')
+    return top
+
+
+def test_clone_changes_then_apply(tmp_path):
+    root = make_root(tmp_path / 'root')
+    machine_id = 'b' * 32 + '\n'
+    changes = rf.clone_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id)
+    assert rf.fixes_of(changes) == ['authorized_keys', 'firstboot_disabled', 'fstab', 'hostname', 'hosts',
+                                    'machine_id', 'network', 'ssh_enabled', 'swap_disabled']
+    assert (root / 'etc/hostname').read_text() == 'raspberrypi\n'  # planning writes nothing
+    rf.apply(str(root), changes)
+
+    assert (root / 'etc/fstab').read_text() == PIOS_KEPT + BOOT + '\n'
+    assert (root / 'etc/hostname').read_text() == 'kitchen\n'
+    assert os.getxattr(root / 'etc/hostname', 'user.pifleet') == b'golden'  # metadata kept across the rewrite
+    assert (root / 'etc/hosts').read_text().endswith('127.0.1.1\tkitchen\n')
+    assert (root / 'etc/machine-id').read_text() == machine_id
+    assert (root / 'etc/machine-id').stat().st_mode & 0o777 == 0o444
+    assert (root / 'var/lib/dbus/machine-id').read_text() == machine_id
+    assert not os.path.lexists(root / rf.WANTS / 'resize2fs_once.service')
+    assert not os.path.lexists(root / 'etc/rc3.d/S01resize2fs_once')
+    assert os.readlink(root / rf.SWAP_MASK) == '/dev/null'
+    assert (root / 'etc/dphys-swapfile').read_text() == 'CONF_SWAPSIZE=0\n'
+    assert (root / rf.NM_CONF).read_text() == rf.NM_CONF_TEXT
+    assert (root / 'etc/dhcpcd.conf').read_text().endswith('denyinterfaces eth0 end0\n')
+    assert os.readlink(root / rf.WANTS / 'ssh.service') == '/lib/systemd/system/ssh.service'
+    keys = os.lstat(root / rf.AUTHORIZED_KEYS)
+    assert (keys.st_mode & 0o7777, keys.st_uid, keys.st_gid) == (0o600, 0, 0)
+    assert os.lstat(root / rf.SSH_DIR).st_mode & 0o7777 == 0o700
+    assert not [n for n in os.listdir(root / 'etc') if n.startswith('.pifleet-')]  # no temp files left
+
+    # Fixed once: the option-driven fixes have nothing left to do; only a new machine-id would differ.
+    assert rf.inplace_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n') == []
+    again = rf.clone_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id)
+    assert again == []
+
+
+def test_without_network_stacks_no_network_fix(tmp_path):
+    root = make_root(tmp_path / 'root', nm=False, dhcpcd=False)
+    changes = rf.clone_changes(str(root), 'kitchen', None, None, 'c' * 32 + '\n')
+    assert 'network' not in rf.fixes_of(changes) and 'authorized_keys' not in rf.fixes_of(changes)
+    rf.apply(str(root), changes)
+    assert not (root / 'etc/NetworkManager').exists() and not (root / 'etc/dhcpcd.conf').exists()
+    assert not (root / 'root/.ssh').exists()
+
+
+def test_inplace_changes_report_only_what_differs(tmp_path):
+    root = make_root(tmp_path / 'root')
+    rf.apply(str(root), rf.inplace_changes(str(root), 'kitchen', None, None))
+    changes = rf.inplace_changes(str(root), 'garage', None, None)
+    assert [(c['path'], c['before'], c['after']) for c in changes] == [
+        ('etc/hostname', 'kitchen\n', 'garage\n'),
+        ('etc/hosts', '127.0.0.1\tlocalhost\n127.0.1.1\tkitchen\n', '127.0.0.1\tlocalhost\n127.0.1.1\tgarage\n')]
+    os.chmod(root / 'etc/hostname', 0o640)
+    rf.apply(str(root), changes)
+    assert (root / 'etc/hostname').stat().st_mode & 0o777 == 0o640  # the file's own mode is kept
+
+
+def test_symlinked_file_is_replaced_not_followed(tmp_path):
+    root = make_root(tmp_path / 'root')
+    outside = tmp_path / 'outside'
+    outside.write_text('bakery\n')
+    os.unlink(root / 'etc/hostname')
+    os.symlink(str(outside), root / 'etc/hostname')
+    changes = rf.inplace_changes(str(root), 'kitchen', None, None)
+    assert [c['before'] for c in changes if c['path'] == 'etc/hostname'] == [None]
+    rf.apply(str(root), changes)
+    assert outside.read_text() == 'bakery\n'
+    assert not os.path.islink(root / 'etc/hostname')
+
+
+def test_parent_symlink_out_of_the_root_is_refused(tmp_path):
+    root = make_root(tmp_path / 'root')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    os.rename(root / 'etc', tmp_path / 'etc-moved')
+    os.symlink(str(elsewhere), root / 'etc')
+    with pytest.raises(rf.FixError, match='outside the root'):
+        rf.inplace_changes(str(root), 'kitchen', None, None)
