@@ -25,7 +25,7 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr
 
-.PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench clean
+.PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench bench-bakeform bench-roots clean
 
 help:
 	@echo "make demo   - set up, build a sample Pi image and register it with the bakeform module"
@@ -89,8 +89,14 @@ demo: setup
 	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/bakeforms.yml | grep -A3 'PLAY RECAP'
 	@echo "demo: the bakeform is in $(LAB)/bakeforms/raspios-sample (boot/, root/, manifest.json)"
 
-bench: setup
+# Benchmarks report ratios against a baseline timed in the same run (results in .build/bench/).
+bench: bench-bakeform bench-roots
+
+bench-bakeform: setup
 	$(PY) bench/bench_bakeform.py $(BENCH_ARGS)
+
+bench-roots: setup
+	$(PY) bench/bench_roots.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output

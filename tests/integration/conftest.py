@@ -4,95 +4,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import stat
-import subprocess
-from pathlib import Path
 
 import pytest
+from fstree import loops_backed_by, mounts_below
 from piimage import VARIANTS, build_image
 
 if os.geteuid() != 0:
     pytest.skip('integration tests need root (loop devices, owners, device nodes)', allow_module_level=True)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def describe(root):
-    """The golden tree entry by entry, in the factory's `expect` format (hard links as path sets)."""
-    entries, groups = [], {}
-    for base, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(base, name)
-            rel = os.path.relpath(path, root)
-            if rel == 'lost+found':
-                continue
-            st = os.lstat(path)
-            kind = {stat.S_IFREG: 'file', stat.S_IFDIR: 'dir', stat.S_IFLNK: 'symlink', stat.S_IFCHR: 'char',
-                    stat.S_IFBLK: 'block', stat.S_IFIFO: 'fifo'}[stat.S_IFMT(st.st_mode)]
-            xattrs = {}
-            if kind != 'symlink':
-                xattrs = {n: os.getxattr(path, n, follow_symlinks=False).hex()
-                          for n in sorted(os.listxattr(path, follow_symlinks=False))}
-            if kind == 'file' and st.st_nlink > 1:
-                groups.setdefault((st.st_dev, st.st_ino), []).append(rel)
-            entries.append({
-                'path': rel, 'type': kind, 'uid': st.st_uid, 'gid': st.st_gid, 'mode': st.st_mode & 0o7777,
-                'size': st.st_size if kind == 'file' else None,
-                'target': os.readlink(path) if kind == 'symlink' else None,
-                'rdev': [os.major(st.st_rdev), os.minor(st.st_rdev)] if kind in ('char', 'block') else None,
-                'xattrs': xattrs, 'inode': (st.st_dev, st.st_ino) if kind == 'file' and st.st_nlink > 1 else None,
-            })
-    return normalise(entries, lambda e: e.pop('inode'))
-
-
-def normalise(entries, key):
-    """Replace per-tree hard-link ids by the sorted paths sharing the inode, so trees compare."""
-    members = {}
-    for entry in entries:
-        ident = key(entry)
-        if ident is not None:
-            members.setdefault(ident, []).append(entry['path'])
-            entry['links'] = ident
-    for entry in entries:
-        entry['links'] = sorted(members[entry['links']]) if entry.get('links') is not None else None
-    return {entry['path']: entry for entry in entries}
-
-
-def expected_tree(expect):
-    entries = [dict(entry) for entry in expect if entry['path'] not in ('.', '')]
-    return normalise(entries, lambda e: e.pop('inode_group'))
-
-
-def snapshot(top):
-    """Everything about a directory tree that a failed run must leave untouched."""
-    seen = {}
-    for base, dirs, files in os.walk(top):
-        for name in dirs + files:
-            path = os.path.join(base, name)
-            st = os.lstat(path)
-            digest = None
-            if stat.S_ISREG(st.st_mode):
-                with open(path, 'rb') as handle:
-                    digest = hashlib.sha256(handle.read()).hexdigest()
-            seen[os.path.relpath(path, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, digest)
-    return seen
-
-
-def mounts_below(path):
-    path = os.path.realpath(path)
-    with open('/proc/self/mountinfo', encoding='utf-8') as info:
-        return [line.split()[4] for line in info if line.split()[4].startswith(path)]
-
-
-def loops_backed_by(path):
-    """Loop devices whose backing file lives below ``path``."""
-    out = subprocess.run(['losetup', '--json', '--list'], capture_output=True, text=True, check=False).stdout
-    devices = json.loads(out)['loopdevices'] if out.strip() else []
-    return [d['name'] for d in devices if (d.get('back-file') or '').startswith(os.path.realpath(path))]
 
 
 @pytest.fixture(scope='session')

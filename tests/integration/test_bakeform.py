@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, describe, expected_tree, loops_backed_by, mounts_below, snapshot
+from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounts_below, snapshot
 from modrun import module_argv, run_module
 from piimage import build_image
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sidecar(image):
@@ -245,17 +247,9 @@ def test_playbook_check_then_apply_then_idempotent(images, tmp_path):
 
 @pytest.fixture
 def btrfs_store(tmp_path):
-    """A store on a btrfs file system in a loop file, unmounted (and its loop device freed) afterwards."""
-    backing, mnt = tmp_path / 'btrfs.img', tmp_path / 'btrfs'
-    mnt.mkdir()
-    with open(backing, 'wb') as handle:
-        handle.truncate(512 * 1024 * 1024)
-    subprocess.run(['mkfs.btrfs', '-q', str(backing)], check=True)
-    subprocess.run(['mount', '-o', 'loop', str(backing), str(mnt)], check=True)
-    try:
+    """A store on a btrfs file system in a loop file."""
+    with loop_fs(tmp_path, 'btrfs', size='512M') as mnt:
         yield mnt / 'store'
-    finally:
-        subprocess.run(['umount', str(mnt)], check=True)
 
 
 def test_golden_root_is_a_subvolume_on_btrfs(images, btrfs_store):

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import snapshot
+from fstree import snapshot
 from modrun import run_module
 
 MIB = 1024 * 1024

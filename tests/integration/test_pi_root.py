@@ -14,14 +14,12 @@ import os
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
-from conftest import describe, loops_backed_by, mounts_below, snapshot
+from fstree import describe, loop_fs, snapshot
 from modrun import module_argv, run_module
 from piimage import build_image
 
-MKFS = {'xfs': ['mkfs.xfs', '-q', '-m', 'reflink=1'], 'ext4': ['mkfs.ext4', '-q', '-F'], 'btrfs': ['mkfs.btrfs', '-q']}
 AUTO_METHOD = {'xfs': 'reflink', 'ext4': 'copy', 'btrfs': 'snapshot'}
 KEY_A = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0dWJrZXlmb3J0ZXN0aW5nMTIzNDU2Nzg5MA admin@bakery'
 KEY_B = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG90aGVya2V5Zm9ydGVzdGluZzEyMzQ1Njc4OTA ops@bakery'
@@ -34,26 +32,6 @@ CHANGED = {'etc/fstab', 'etc/hostname', 'etc/hosts', 'etc/machine-id', 'var/lib/
 REMOVED = {WANTS + '/resize2fs_once.service', 'etc/rc3.d/S01resize2fs_once'}
 ADDED = {'.pifleet.json', 'etc/systemd/system/dphys-swapfile.service', WANTS + '/ssh.service',
          'etc/NetworkManager/conf.d', NM_CONF, 'root/.ssh', 'root/.ssh/authorized_keys'}
-
-
-@contextmanager
-def loop_fs(top, fstype, size='2G'):
-    backing, mnt = top / ('%s.img' % fstype), top / ('%s-mnt' % fstype)
-    mnt.mkdir()
-    subprocess.run(['truncate', '-s', size, str(backing)], check=True)
-    subprocess.run([*MKFS[fstype], str(backing)], check=True, capture_output=True)
-    subprocess.run(['mount', '-o', 'loop', str(backing), str(mnt)], check=True)  # autoclear frees the loop device
-    try:
-        yield mnt
-    finally:
-        for _attempt in range(50):  # a process of a failed test may still hold it for a moment
-            if subprocess.run(['umount', str(mnt)], check=False, capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run(['umount', '--lazy', str(mnt)], check=False)
-        backing.unlink()
-        assert mounts_below(top) == [] and loops_backed_by(top) == [], 'loop file system left behind'
 
 
 def like_pi_os(golden):
