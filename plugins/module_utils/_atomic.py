@@ -52,18 +52,29 @@ class ScratchDir:
         self.close()
 
 
+def read_mounts(mountinfo='/proc/self/mountinfo'):
+    """(mount point, fstype, source) of every mount in this mount namespace."""
+    mounts = []
+    with open(mountinfo, encoding='utf-8') as info:
+        for line in info:
+            fields = line.split()
+            sep = fields.index('-')
+            mounts.append((_unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
+    return mounts
+
+
+def _unescape(field):
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mounts_under(path):
     """Mount points at or below ``path`` in this mount namespace, deepest first."""
     path = os.path.realpath(path)
-    found = []
     try:
-        with open('/proc/self/mountinfo', encoding='utf-8') as info:
-            for line in info:
-                point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
-                if point == path or point.startswith(path + '/'):
-                    found.append(point)
+        mounts = read_mounts()
     except OSError:
         return []
+    found = [point for point, _fstype, _source in mounts if point == path or point.startswith(path + '/')]
     return sorted(found, key=len, reverse=True)
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._atomic import read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
 
 MARKER = '.pifleet.json'
@@ -24,7 +25,6 @@ METHODS = ('snapshot', 'reflink', 'copy')
 DEFAULT_KEY_TYPES = ('ed25519', 'rsa', 'ecdsa')
 SSH_DIR = 'etc/ssh'
 _HOST_KEY = re.compile(r'ssh_host_([a-z0-9]+)_key')
-_OCTAL = re.compile(r'\\([0-7]{3})')
 BTRFS_SUBVOL_INO = 256
 NO_REFLINK_FS = ('ext2', 'ext3', 'ext4', 'tmpfs')
 
@@ -113,10 +113,6 @@ def updated_marker(marker, *, hostname, fixes, keys_sha256, boot_mount):
 # --------------------------------------------------------------------------- file systems
 
 
-def _unescape(field):
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_of(path, mountinfo='/proc/self/mountinfo'):
     """(source, fstype) of the mount holding ``path``: the longest mount point that is a prefix of it.
 
@@ -125,14 +121,10 @@ def mount_of(path, mountinfo='/proc/self/mountinfo'):
     """
     path = os.path.realpath(path)
     best, found = -1, (None, None)
-    with open(mountinfo, encoding='utf-8') as info:
-        for line in info:
-            fields = line.split()
-            sep = fields.index('-')
-            point = _unescape(fields[4])
-            inside = path == point or path.startswith(point.rstrip('/') + '/')
-            if inside and len(point) >= best:
-                best, found = len(point), (_unescape(fields[sep + 2]), fields[sep + 1])
+    for point, fstype, source in read_mounts(mountinfo):
+        inside = path == point or path.startswith(point.rstrip('/') + '/')
+        if inside and len(point) >= best:
+            best, found = len(point), (source, fstype)
     return found
 
 
