@@ -67,6 +67,29 @@ def _unescape(field):
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
+def write_text(path, text, mode=0o644):
+    """Write ``text`` to ``path`` by rename, keeping an existing file's mode and owner."""
+    directory = os.path.dirname(path) or '.'
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix='.pifleet-', dir=directory)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777 if st else mode)
+        if st is not None and os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def mounts_under(path):
     """Mount points at or below ``path`` in this mount namespace, deepest first."""
     path = os.path.realpath(path)

@@ -241,7 +241,7 @@ def make_dir(path, mode=0o755):
 
 
 def write_index(serial_dir, text):
-    """Replace (or remove, for '') disks.json atomically: build in a locked scratch dir, rename over."""
+    """Replace (or remove, for '') disks.json atomically."""
     path = os.path.join(serial_dir, INDEX)
     if not text:
         try:
@@ -249,14 +249,7 @@ def write_index(serial_dir, text):
         except FileNotFoundError:
             pass
         return
-    with _atomic.ScratchDir(serial_dir, 'disks.json') as scratch:
-        built = scratch.join(INDEX)
-        with open(built, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(built, 0o644)
-        os.replace(built, path)
+    _atomic.write_text(path, text, 0o644)
 
 
 class DiskWorker:

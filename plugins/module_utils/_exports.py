@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import traceback
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 
 try:
     import netaddr
@@ -349,27 +350,7 @@ def read_text(path):
         return None
 
 
-def write_atomic(path, text, mode=0o644):
-    """Write ``text`` to ``path`` by rename, keeping an existing file's mode and owner."""
-    directory = os.path.dirname(path) or '.'
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    fd, tmp = tempfile.mkstemp(prefix='.pifleet-', dir=directory)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, st.st_mode & 0o7777 if st else mode)
-        if st is not None and os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+write_atomic = _atomic.write_text  # the managed files are replaced as a whole
 
 
 def restore(path, text):
