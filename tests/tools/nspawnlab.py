@@ -1,0 +1,431 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Real test hosts for molecule: a Debian 12 systemd-nspawn container on a network-namespace LAN.
+
+    python3 tests/tools/nspawnlab.py image
+    python3 tests/tools/nspawnlab.py up --name pfmol --subnet 10.99.40 --state DIR [--pis N]
+    python3 tests/tools/nspawnlab.py down --state DIR
+
+``image`` debootstraps (``--variant=minbase``) a bookworm root with every package the roles
+install baked in (test hosts have no internet), into a scratch dir renamed into
+``.build/cache/nspawn/bookworm-<sha>``; the name hashes the package list and IMAGE_VERSION, so a
+cached image is reused until either changes. debootstrap keeps services from starting while it
+installs (its own policy-rc.d and fake start-stop-daemon); afterwards the baked services are
+disabled with ``systemctl --root`` (no chroot), so the roles must enable and start them. sshd
+allows root by key only; the key is per lab and bind-mounted read-only at ``up``, never baked.
+
+``up`` builds a LAN with ``nfslab.Lan`` (namespaces ``<name>-<host>``): ``router`` .1 runs dnsmasq
+as the home router (authoritative DHCP, range .100-.150, DNS off, pi1 pinned to .50 so exports can
+name it), ``bakery`` .2 hosts the container (systemd as PID 1, ``--volatile=overlay`` so every
+boot starts clean, ``--register=no --keep-unit`` as this host has no systemd, CAP_NET_ADMIN for
+dnsmasq, open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
+DIR/data/ dirs for NFS-Ganesha (overlayfs has no file handles), no resolv.conf), ``pi1..piN`` have
+eth0 up with a Pi MAC and no address (they DHCP), ``outsider`` .60 is a stranger for "denied"
+checks. It waits until sshd in the container accepts the lab key, then writes DIR/lab.json
+(namespaces, addresses, MACs, PIDs, key), DIR/ssh_config and DIR/inventory.yml (ssh through
+``ip netns exec <name>-bakery socat STDIO TCP:127.0.0.1:22``). An ``up`` over an old state dir
+first runs ``down``.
+
+``down`` stops the container (SIGTERM to systemd-nspawn = orderly poweroff; SIGKILL after a
+grace period) and dnsmasq by the PIDs in lab.json (checked against /proc/PID/cmdline, so a reused
+PID is never hit) and deletes the namespaces; it keeps the state dir and the image. Idempotent,
+and lab.json is written before anything starts, so it also cleans up a partial ``up``.
+Root only. Needs debootstrap, systemd-container, socat, dnsmasq (-base), iproute2, openssh-client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nfslab import Lan, run
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / '.build' / 'cache' / 'nspawn'
+IMAGE_VERSION = 1  # bump when the baking below changes
+PACKAGES = (
+    'systemd', 'systemd-sysv', 'dbus', 'python3', 'python3-apt', 'openssh-server', 'dnsmasq',
+    'nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind', 'nfs-kernel-server', 'logrotate', 'iproute2', 'procps',
+    'ca-certificates', 'python3-netaddr',  # nfs_export imports netaddr on the bakery
+    'libnss-myhostname',  # the container's own name resolves without DNS (Ganesha waits 10 s otherwise)
+)
+# Units the packages enable; the roles are the ones that must enable them on the test host.
+BAKED_OFF = ('dnsmasq.service', 'nfs-ganesha.service', 'nfs-ganesha-lock.service', 'rpcbind.service',
+             'rpcbind.socket', 'nfs-server.service', 'nfs-client.target', 'nfs-blkmap.service', 'logrotate.timer',
+             'apt-daily.timer', 'apt-daily-upgrade.timer')  # the last two would reach for the internet
+SSHD_CONF = """\
+# nspawnlab test host: root by the lab key only.
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+"""
+DEFAULT_MIRROR = 'http://deb.debian.org/debian'
+DATA_DIRS = ('/srv/pifleet', '/var/lib/pifleet')  # bind-mounted from DIR/data/ at `up`
+
+
+def log(message):
+    print('nspawnlab: %s' % message, flush=True)
+
+
+def image_tag():
+    text = '\n'.join([*PACKAGES, *BAKED_OFF, SSHD_CONF, str(IMAGE_VERSION)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def host_mirror(sources=Path('/etc/apt/sources.list.d')):
+    """The host's Debian mirror for bookworm (deb822 .sources or one-line .list), else deb.debian.org."""
+    for path in sorted(sources.glob('*.sources')):
+        for stanza in path.read_text().split('\n\n'):
+            fields = dict(re.findall(r'^([A-Za-z-]+):\s*(.*)$', stanza, re.M))
+            if 'bookworm' in fields.get('Suites', '').split() and 'deb' in fields.get('Types', '').split():
+                return fields.get('URIs', DEFAULT_MIRROR).split()[0]
+    for path in [Path('/etc/apt/sources.list'), *sorted(sources.glob('*.list'))]:
+        if path.is_file():
+            match = re.search(r'^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s', path.read_text(), re.M)
+            if match:
+                return match.group(1)
+    return DEFAULT_MIRROR
+
+
+def bake(root):
+    """Configure a fresh debootstrap root for use as a test host (no chroot needed)."""
+    (root / 'etc/ssh/sshd_config.d').mkdir(parents=True, exist_ok=True)
+    (root / 'etc/ssh/sshd_config.d/nspawnlab.conf').write_text(SSHD_CONF)
+    (root / 'root/.ssh').mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Empty machine-id: systemd gives each boot a fresh one instead of sharing the baked id.
+    (root / 'etc/machine-id').write_text('')
+    # debootstrap copied the build host's name; without the file systemd takes nspawn's --machine.
+    (root / 'etc/hostname').unlink(missing_ok=True)
+    run(['systemctl', '--root', str(root), 'disable', '--no-reload', *BAKED_OFF], check=False)
+
+
+def image(cache=CACHE, mirror=None):
+    """Path of the cached image, built first when missing (a few minutes, progress on stdout)."""
+    dest = cache / ('bookworm-%s' % image_tag())
+    if dest.is_dir():
+        log('image %s (cached)' % dest)
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of the same image finishes first
+        if dest.is_dir():
+            return dest
+        for stale in cache.glob('.build-*'):  # scratch dirs of killed builds (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix='.build-', dir=cache))
+        try:
+            scratch.chmod(0o755)
+            mirror = mirror or host_mirror()
+            log('debootstrap bookworm from %s into %s (takes minutes)' % (mirror, scratch))
+            argv = ['debootstrap', '--variant=minbase', '--include=%s' % ','.join(PACKAGES),
+                    'bookworm', str(scratch), mirror]
+            with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                for line in proc.stdout:
+                    if line.startswith(('I: Retrieving', 'I: Validating')):
+                        continue  # one line per package: too chatty for progress
+                    print('  ' + line.rstrip(), flush=True)
+            if proc.returncode != 0:
+                tail = (scratch / 'debootstrap/debootstrap.log')
+                raise RuntimeError('debootstrap failed (rc %d): %s' % (
+                    proc.returncode, tail.read_text()[-3000:] if tail.exists() else ''))
+            bake(scratch)
+            scratch.rename(dest)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    log('image %s built' % dest)
+    return dest
+
+
+# ---------------------------------------------------------------- processes
+
+
+def alive(pid, marker):
+    """True when ``pid`` runs and its command line contains ``marker`` (never a reused PID)."""
+    try:
+        cmdline = Path('/proc/%d/cmdline' % pid).read_bytes().replace(b'\0', b' ').decode(errors='replace')
+        state = Path('/proc/%d/stat' % pid).read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != 'Z' and marker in cmdline
+
+
+def stop(pid, marker, grace=20.0, sig=signal.SIGTERM):
+    if not pid or not alive(pid, marker):
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not alive(pid, marker):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    for _unused in range(100):
+        if not alive(pid, marker):
+            return
+        time.sleep(0.1)
+
+
+STARTED = {}  # name -> Popen of what this process started: `up` polls these, not /proc (exec races)
+
+
+def spawn(name, argv, logfile):
+    with open(logfile, 'ab') as out:
+        # Own session and no inherited pipes: the lab outlives `up` (and Ansible's command module).
+        STARTED[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+    return STARTED[name].pid
+
+
+def running(name):
+    return name in STARTED and STARTED[name].poll() is None
+
+
+def comm(pid):
+    try:
+        return Path('/proc/%d/comm' % pid).read_text().strip()
+    except OSError:
+        return None
+
+
+def children(pid):
+    try:
+        return [int(c) for c in Path('/proc/%d/task/%d/children' % (pid, pid)).read_text().split()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- the lab
+
+
+def pi_mac(subnet, index):
+    return 'dc:a6:32:%02x:%02x:%02x' % (int(subnet.split('.')[2]), index // 256, index % 256)
+
+
+ROUTER_CONF = """\
+# nspawnlab home router: authoritative DHCP, no DNS.
+port=0
+interface=eth0
+bind-interfaces
+dhcp-authoritative
+dhcp-range={subnet}.100,{subnet}.150,1h
+dhcp-option=option:router,{subnet}.1
+dhcp-leasefile={state}/router.leases
+log-dhcp
+{hosts}
+"""
+
+
+def save(state, lab):
+    tmp = state / 'lab.json.tmp'
+    tmp.write_text(json.dumps(lab, indent=2, sort_keys=True) + '\n')
+    tmp.rename(state / 'lab.json')
+
+
+def load(state):
+    path = state / 'lab.json'
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ssh_argv(lab, *command):
+    return ['ssh', '-F', lab['ssh_config'], lab['machine'], *command]
+
+
+def write_access(state, lab):
+    proxy = 'ip netns exec %s socat STDIO TCP:127.0.0.1:22' % lab['namespaces']['bakery']
+    options = ['-o StrictHostKeyChecking=no', '-o UserKnownHostsFile=/dev/null', '-o LogLevel=ERROR',
+               '-o IdentitiesOnly=yes', '-o ProxyCommand="%s"' % proxy]
+    (state / 'ssh_config').write_text(
+        'Host %s\n  HostName %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n'
+        '  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ProxyCommand %s\n'
+        % (lab['machine'], lab['addresses']['bakery'], lab['ssh_key'], proxy))
+    (state / 'inventory.yml').write_text(
+        'all:\n  hosts:\n    %s:\n      ansible_host: %s\n      ansible_user: root\n'
+        '      ansible_ssh_private_key_file: %s\n      ansible_ssh_common_args: %s\n'
+        '      ansible_python_interpreter: /usr/bin/python3\n'
+        % (lab['machine'], lab['addresses']['bakery'], lab['ssh_key'], json.dumps(' '.join(options))))
+    lab['ssh_config'] = str(state / 'ssh_config')
+    lab['inventory'] = str(state / 'inventory.yml')
+    lab['ssh_common_args'] = ' '.join(options)
+
+
+def wait_ssh(lab, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    last = ''
+    while time.monotonic() < deadline:
+        if not running('nspawn'):
+            raise RuntimeError('systemd-nspawn exited; see %s' % lab['console_log'])
+        proc = run(ssh_argv(lab, '-o', 'ConnectTimeout=5', 'systemctl', 'is-system-running'),
+                   check=False, timeout=30)
+        if proc.returncode in (0, 1) and proc.stdout.strip():  # 1 = "degraded": still up
+            return proc.stdout.strip()
+        last = proc.stderr.strip()
+        time.sleep(0.5)
+    raise RuntimeError('sshd in %s did not answer in %ds: %s' % (lab['machine'], timeout, last))
+
+
+def start_lan(lan, lab):
+    lan.start()
+    for pi, facts in lab['pis'].items():
+        ns = lan.ns(pi)
+        # Lan gives every host an address; a Pi must DHCP, so drop it and put on a Pi 4 MAC.
+        run(['ip', '-n', ns, 'addr', 'flush', 'dev', 'eth0'])
+        run(['ip', '-n', ns, 'link', 'set', 'eth0', 'down'])
+        run(['ip', '-n', ns, 'link', 'set', 'eth0', 'address', facts['mac']])
+        run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up'])
+    # A default route gives the container an ansible_default_ipv4 (the router forwards nowhere).
+    run(['ip', '-n', lan.ns('bakery'), 'route', 'add', 'default', 'via', lab['addresses']['router']])
+
+
+def start_router(lan, lab, state):
+    conf = state / 'router-dnsmasq.conf'
+    conf.write_text(ROUTER_CONF.format(subnet=lab['subnet'], state=state, hosts='\n'.join(
+        'dhcp-host=%s,%s' % (facts['mac'], facts['pinned']) for facts in lab['pis'].values())))
+    pidfile = state / 'router-dnsmasq.pid'
+    pidfile.unlink(missing_ok=True)
+    lab['pids']['dnsmasq'] = spawn('dnsmasq', lan.exec_argv('router', [
+        'dnsmasq', '--keep-in-foreground', '--conf-file=%s' % conf, '--pid-file=%s' % pidfile,
+        '--log-facility=%s' % (state / 'router-dnsmasq.log')]), state / 'router-dnsmasq.out')
+    save(state, lab)
+    deadline = time.monotonic() + 10
+    while not pidfile.exists():
+        if not running('dnsmasq') or time.monotonic() > deadline:
+            raise RuntimeError('router dnsmasq did not start: %s' % (state / 'router-dnsmasq.out').read_text())
+        time.sleep(0.05)
+
+
+def make_key(lab, state):
+    key = state / 'id_ed25519'
+    for stale in (key, key.with_suffix('.pub')):
+        stale.unlink(missing_ok=True)
+    run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'nspawnlab-%s' % lab['name'], '-f', str(key)])
+    keys = state / 'authorized_keys'
+    keys.write_text(key.with_suffix('.pub').read_text())
+    keys.chmod(0o600)
+    lab['ssh_key'] = str(key)
+    write_access(state, lab)
+    return keys
+
+
+def start_container(lab, state, image_dir, keys):
+    # Ganesha's VFS backend needs file handles, which overlayfs (--volatile=overlay) lacks: the
+    # pifleet data trees live on fresh host directories instead, as on a real bakery's data disk.
+    lab['data_dirs'] = {inside: str(state / 'data' / inside.strip('/').replace('/', '-')) for inside in DATA_DIRS}
+    for outside in lab['data_dirs'].values():
+        shutil.rmtree(outside, ignore_errors=True)
+        Path(outside).mkdir(mode=0o755, parents=True)
+    Path(lab['console_log']).unlink(missing_ok=True)
+    lab['pids']['nspawn'] = spawn('nspawn', [
+        'systemd-nspawn', '--quiet', '--directory=%s' % image_dir, '--volatile=overlay', '--register=no',
+        '--keep-unit', '--boot', '--console=pipe',
+        '--network-namespace-path=/run/netns/%s' % lab['namespaces']['bakery'],
+        '--machine=%s' % lab['machine'], '--bind-ro=%s:/root/.ssh/authorized_keys' % keys,
+        # nspawn grants CAP_NET_ADMIN only with a private network it made itself; dnsmasq needs it for DHCP.
+        '--capability=CAP_NET_ADMIN',
+        # nspawn's seccomp filter refuses open_by_handle_at (EPERM), which Ganesha's VFS backend lives on.
+        '--system-call-filter=open_by_handle_at',
+        # No resolv.conf: lookups fail at once instead of timing out on the host's unreachable DNS.
+        '--resolv-conf=delete',
+        *('--bind=%s:%s' % (outside, inside) for inside, outside in lab['data_dirs'].items()),
+    ], lab['console_log'])
+    save(state, lab)
+    deadline = time.monotonic() + 30
+    while not lab['leader_pid'] and time.monotonic() < deadline and running('nspawn'):
+        # The container's PID 1 is the child of systemd-nspawn that runs systemd.
+        for child in children(lab['pids']['nspawn']):
+            if comm(child) == 'systemd':
+                lab['leader_pid'] = child
+        time.sleep(0.1)
+    if not lab['leader_pid']:
+        raise RuntimeError('no container leader under systemd-nspawn; see %s' % lab['console_log'])
+    save(state, lab)
+
+
+def up(name, subnet, state, pis=1, image_dir=None):
+    state = Path(state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    if load(state):
+        down(state)
+    image_dir = Path(image_dir) if image_dir else image()
+    # Pis take .50 on; the outsider moves to .200 when they would reach .60.
+    addresses = {'router': subnet + '.1', 'bakery': subnet + '.2', 'outsider': subnet + ('.60' if pis < 11 else '.200')}
+    pis = {'pi%d' % i: {'mac': pi_mac(subnet, i), 'pinned': '%s.%d' % (subnet, 49 + i)} for i in range(1, pis + 1)}
+    lan = Lan(name, {**addresses, **{pi: facts['pinned'] for pi, facts in pis.items()}})
+    lab = {'name': name, 'subnet': subnet, 'state': str(state), 'image': str(image_dir),
+           'machine': '%s-bakery' % name, 'namespaces': {h: lan.ns(h) for h in ['lan', *lan.hosts]},
+           'addresses': addresses, 'pis': pis, 'pids': {}, 'leader_pid': None,
+           'console_log': str(state / 'bakery-console.log')}
+    save(state, lab)  # before anything exists, so `down` can clean up whatever follows
+    start_lan(lan, lab)
+    start_router(lan, lab, state)
+    start_container(lab, state, image_dir, make_key(lab, state))
+    lab['system_state'] = wait_ssh(lab)
+    save(state, lab)
+    return lab
+
+
+def down(state):
+    state = Path(state).resolve()
+    lab = load(state)
+    if lab is None:
+        return None
+    pids = lab.get('pids', {})
+    stop(pids.get('nspawn'), 'systemd-nspawn', grace=30.0)
+    if lab.get('leader_pid'):  # only left when nspawn had to be killed
+        stop(lab['leader_pid'], 'systemd', grace=0.0, sig=signal.SIGKILL)
+    stop(pids.get('dnsmasq'), 'dnsmasq', grace=10.0)
+    for ns in reversed(list(lab.get('namespaces', {}).values())):
+        run(['ip', 'netns', 'delete', ns], check=False)
+    lab['pids'] = {}
+    lab['leader_pid'] = None
+    save(state, lab)
+    return lab
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('image', help='build (or reuse) the cached Debian 12 image')
+    p_up = sub.add_parser('up', help='start the LAN, the router and the bakery container')
+    p_up.add_argument('--name', default='pfmol')
+    p_up.add_argument('--subnet', default='10.99.40', help='first three octets of the /24')
+    p_up.add_argument('--state', required=True, help='directory for lab.json, keys, logs')
+    p_up.add_argument('--pis', type=int, default=1)
+    p_down = sub.add_parser('down', help='stop everything `up` started')
+    p_down.add_argument('--state', required=True)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error('must run as root')
+    started = time.monotonic()
+    if args.command == 'image':
+        print(image())
+    elif args.command == 'up':
+        if not re.fullmatch(r'\d+\.\d+\.\d+', args.subnet):
+            parser.error('--subnet takes three octets, e.g. 10.99.40')
+        try:
+            lab = up(args.name, args.subnet, args.state, pis=args.pis)
+        except BaseException:
+            down(args.state)  # nothing half-started stays behind
+            raise
+        print(json.dumps(lab, indent=2, sort_keys=True))
+    else:
+        down(args.state)
+    log('%s took %.1f s' % (args.command, time.monotonic() - started))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
