@@ -23,14 +23,15 @@ export PATH := $(VENV)/bin:$(PATH)
 # Debian packages the tests, demo and modules use (installed only when missing).
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
-	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr
+	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
+	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables
 
-.PHONY: help setup apt venv collection test unit integration sanity lint ruff demo bench bench-bakeform bench-roots clean
+.PHONY: help setup apt venv collection test unit integration molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm clean
 
 help:
 	@echo "make demo   - set up, build a sample Pi image and register it with the bakeform module"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests"
-	@echo "make unit | integration | sanity | lint | ruff | bench | clean"
+	@echo "make unit | integration | molecule | ee | sanity | lint | ruff | bench | clean"
 
 setup: apt venv collection
 
@@ -74,7 +75,21 @@ unit: setup
 integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-test: setup ruff lint sanity unit integration
+# Molecule scenarios converge the roles on real systemd-nspawn test hosts (tests/tools/nspawnlab.py).
+molecule: setup
+	$(VENV)/bin/molecule test --all
+
+# The AWX execution environment's build context (ansible-builder create; `build` needs a container engine).
+ee: setup
+	@rm -rf $(BUILD)/ee; mkdir -p $(BUILD)/ee
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/ee . >/dev/null
+	mv $(BUILD)/ee/pifleet-netboot-*.tar.gz $(BUILD)/ee/pifleet-netboot.tar.gz
+	$(VENV)/bin/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context --output-filename Containerfile
+	@grep -q 'pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
+	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot.tar.gz
+	@echo "ee: build context in $(BUILD)/ee/context"
+
+test: setup ruff lint sanity unit integration molecule ee
 
 LAB := $(BUILD)/lab
 
@@ -90,13 +105,16 @@ demo: setup
 	@echo "demo: the bakeform is in $(LAB)/bakeforms/raspios-sample (boot/, root/, manifest.json)"
 
 # Benchmarks report ratios against a baseline timed in the same run (results in .build/bench/).
-bench: bench-bakeform bench-roots
+bench: bench-bakeform bench-roots bench-storm
 
 bench-bakeform: setup
 	$(PY) bench/bench_bakeform.py $(BENCH_ARGS)
 
 bench-roots: setup
 	$(PY) bench/bench_roots.py $(BENCH_ARGS)
+
+bench-storm: setup
+	$(PY) bench/bench_storm.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils import basic
+from ansible.module_utils import _internal, basic
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
@@ -32,6 +32,9 @@ def run_module(monkeypatch):
         kwargs['warnings'] = list(warnings.get_warning_messages())
         raise ModuleExit(kwargs, failed=True)
 
+    # Importing any controller code (a filter or inventory plugin test ran first) flips the process
+    # into controller mode, where module warnings go to Display instead of the result: undo that.
+    monkeypatch.setattr(_internal, 'is_controller', False)
     monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
     monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
 

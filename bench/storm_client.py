@@ -1,0 +1,54 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One simulated Pi of the boot storm (run by bench_storm.py inside the Pi's network namespace).
+
+It imports the simulator, prints ``ready`` once it is loaded, waits for one byte on stdin (the start
+signal: every Pi starts together, after Python start-up, which would otherwise be timed too), boots
+as a Pi 4 from ``--server`` and prints the simulator's JSON report.
+
+    python bench/storm_client.py --server IP --serial HEX8 --blksize N --expect-dir DIR [--expect-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests' / 'tools'))
+
+import pisim
+
+
+def expect_from_dirs(dirs):
+    """The bytes the hook should serve for a request: the path after the prefix, first dir that has it."""
+    def expect(request):
+        name = request.split('/', 1)[-1]
+        for folder in dirs:
+            path = Path(folder) / name
+            if path.is_file():
+                return path.read_bytes()
+        return None
+    return expect
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--server', required=True)
+    parser.add_argument('--serial', required=True)
+    parser.add_argument('--blksize', type=int, required=True)
+    parser.add_argument('--model', type=int, default=4)
+    parser.add_argument('--expect-dir', action='append', required=True)
+    args = parser.parse_args()
+    expect = expect_from_dirs(args.expect_dir)
+    print('ready', flush=True)
+    sys.stdin.read(1)
+    report = pisim.boot(args.model, args.server, serial=args.serial, mac='dc:a6:32:00:00:01',
+                        prefix='serial', blksize=args.blksize, expect=expect)
+    print(json.dumps(report), flush=True)
+    return 0 if report['ok'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
