@@ -67,8 +67,12 @@ def _unescape(field):
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def write_text(path, text, mode=0o644):
-    """Write ``text`` to ``path`` by rename, keeping an existing file's mode and owner."""
+def write_text(path, text, mode=0o644, fsync=True):
+    """Write ``text`` to ``path`` by rename, keeping an existing file's mode and owner.
+
+    ``fsync=False`` skips the per-file flush to disk, for callers writing many small files that
+    call ``os.sync()`` once at the end.
+    """
     directory = os.path.dirname(path) or '.'
     try:
         st = os.stat(path)
@@ -78,8 +82,9 @@ def write_text(path, text, mode=0o644):
     try:
         with os.fdopen(fd, 'w', encoding='utf-8') as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, st.st_mode & 0o7777 if st else mode)
         if st is not None and os.geteuid() == 0:
             os.chown(tmp, st.st_uid, st.st_gid)
