@@ -1,0 +1,32 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters over the TFTP hook's event log (documented in boot_events_summary.yml beside this file)."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._events import parse_events, parse_since, summarise
+
+
+def boot_events_summary(events, fleet_map=None, include_known=False, since=None):
+    """Event log text (or a list of its lines) -> one dict per Pi seen, discovered ones only by default."""
+    if isinstance(events, (list, tuple)):
+        events = '\n'.join(str(line) for line in events) + '\n'
+    if not isinstance(events, (str, bytes)):
+        raise AnsibleFilterError('boot_events_summary expects the event log as text, got %s; pass the slurped '
+                                 'content through b64decode' % type(events).__name__)
+    if fleet_map is not None and not isinstance(fleet_map, dict):
+        raise AnsibleFilterError('boot_events_summary: fleet_map is a %s, not the hook map as a dict; pass it '
+                                 'through from_json' % type(fleet_map).__name__)
+    try:
+        cutoff = parse_since(since) if since else None
+        parsed, _malformed = parse_events(events)
+        return summarise(parsed, fleet_map, bool(include_known), cutoff)
+    except ValueError as exc:
+        raise AnsibleFilterError('boot_events_summary: %s' % exc) from None
+
+
+class FilterModule:
+    def filters(self):
+        return {'boot_events_summary': boot_events_summary}

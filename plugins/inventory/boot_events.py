@@ -1,0 +1,279 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# (Ansible plugins put DOCUMENTATION/EXAMPLES before the imports.)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: boot_events
+author: pifleet maintainers (@pifleet)
+short_description: Raspberry Pis seen by the pifleet TFTP hook but not yet in the fleet
+version_added: 0.1.0
+description:
+  - Reads the event log of the pifleet TFTP hook (one JSON object per line per TFTP read request) on the bakery,
+    locally or over SSH, and adds one host per discovered Pi to the group V(discovered).
+  - A Pi is discovered when it asks for files under a TFTP prefix (its serial, its MAC or a custom string) that the
+    hook's fleet map does not know. Root-level requests (the Pi 3 C(bootcode.bin)) are credited to the next prefix
+    the same client asks for; if none followed, they make a host named after the client address.
+  - "Host variables: C(pi_serial) (8-hex prefixes), C(pi_mac) (MAC prefixes, or a Pi 3 serial), C(pi_tftp_prefix),
+    C(pi_model) (guessed from the requested files, omitted when unknown), C(pifleet_prefix), C(pifleet_known),
+    C(pifleet_address) (last client address), C(pifleet_first_seen), C(pifleet_last_seen), C(pifleet_requests),
+    C(pifleet_last_file), C(pifleet_last_outcome)."
+  - Malformed lines are skipped with a warning giving their count; a missing log gives an empty inventory and a
+    warning. Denied requests (traversal and other hostile names) never make hosts.
+  - Usable as an AWX inventory source; set O(ssh_host) there, because the inventory update runs in an execution
+    environment, not on the bakery.
+  - The configuration file name must end in C(boot_events.yml) or C(boot_events.yaml).
+extends_documentation_fragment:
+  - constructed
+  - inventory_cache
+options:
+  plugin:
+    description: The name of this plugin, so Ansible knows the file is its configuration.
+    required: true
+    type: str
+    choices: [pifleet.netboot.boot_events]
+  events:
+    description: Path of the hook's JSON-lines event log (on the bakery when O(ssh_host) is set).
+    type: path
+    default: /var/log/pifleet/boot-events.jsonl
+  fleet_map:
+    description:
+      - Path of the hook's fleet map JSON (on the bakery when O(ssh_host) is set). Its prefixes are known, not
+        discovered, even in events written before the map listed them.
+      - A missing map is a warning; a map that is not valid JSON is an error.
+    type: path
+  include_known:
+    description:
+      - Also add the Pis the hook knew, to the group V(known), named as in the fleet map, so their boot
+        variables join the fleet inventory's hosts of the same name.
+    type: bool
+    default: false
+  since:
+    description:
+      - Ignore events before this time. An ISO 8601 time (V(2026-11-23T10:00:00+00:00)) or an age ending in
+        V(s), V(m), V(h), V(d) or V(w) (V(24h), V(7d)).
+    type: str
+  max_bytes:
+    description:
+      - Read only the last O(max_bytes) bytes of the log; the partial line at the start of that window is skipped.
+    type: int
+    default: 67108864
+  ssh_host:
+    description:
+      - Read the files on this host with C(ssh -o BatchMode=yes [-p port] [-i key] [user@]host), so keys or an
+        agent must grant access without a prompt. Unset, the files are read on the controller.
+    type: str
+  ssh_user:
+    description: User for O(ssh_host).
+    type: str
+  ssh_port:
+    description: Port for O(ssh_host).
+    type: int
+  ssh_private_key_file:
+    description: Private key for O(ssh_host).
+    type: path
+  ssh_args:
+    description: Extra C(ssh) arguments, before the host (V(-o StrictHostKeyChecking=accept-new) as two items).
+    type: list
+    elements: str
+    default: []
+  ssh_timeout:
+    description: Seconds to wait for each C(ssh) command before failing.
+    type: int
+    default: 120
+"""
+
+EXAMPLES = r"""
+---
+# discovered.boot_events.yml, on the bakery: ansible-inventory -i discovered.boot_events.yml --graph
+plugin: pifleet.netboot.boot_events
+fleet_map: /var/lib/pifleet/tftp/map.json
+since: 7d
+
+---
+# awx.boot_events.yml: an AWX inventory source reading the bakery's log over SSH (give the SSH key as a
+# machine credential or mount it into the execution environment).
+plugin: pifleet.netboot.boot_events
+ssh_host: bakery.example.net
+ssh_user: pifleet
+ssh_private_key_file: /runner/ssh/id_ed25519
+ssh_args: [-o, StrictHostKeyChecking=accept-new]
+fleet_map: /var/lib/pifleet/tftp/map.json
+compose:
+  ansible_host: pifleet_address
+keyed_groups:
+  - key: pi_model | default('unknown') | string
+    prefix: model
+cache: true
+cache_plugin: ansible.builtin.jsonfile
+cache_connection: /tmp/pifleet-inventory-cache
+cache_timeout: 300
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._events import (
+    host_vars,
+    parse_events,
+    parse_since,
+    summarise,
+    tail_window,
+)
+
+# ssh exits 255 on its own errors; the remote command below exits 66 when the file is absent.
+_SSH_MISSING = 66
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+    NAME = 'pifleet.netboot.boot_events'
+
+    def verify_file(self, path):
+        return super().verify_file(path) and path.endswith(('boot_events.yml', 'boot_events.yaml'))
+
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        cache_key = self.get_cache_key(path)
+        use_cache = self.get_option('cache') and cache
+        update_cache = self.get_option('cache') and not cache
+        summaries = None
+        if use_cache:
+            try:
+                summaries = self._cache[cache_key]
+            except KeyError:
+                update_cache = True
+        if summaries is None:
+            summaries = self._summaries()
+        if update_cache:
+            self._cache[cache_key] = summaries
+        self._populate(summaries)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _summaries(self):
+        since = self.get_option('since')
+        try:
+            since = parse_since(since) if since else None
+        except ValueError as exc:
+            raise AnsibleParserError('bad option since for the boot_events inventory: %s' % exc) from None
+        max_bytes = self.get_option('max_bytes')
+        if max_bytes is not None and max_bytes < 1:
+            raise AnsibleParserError('bad option max_bytes for the boot_events inventory: %d is not a positive '
+                                     'byte count; give e.g. 67108864 (64 MiB)' % max_bytes)
+        fleet_map = None
+        if self.get_option('fleet_map'):
+            fleet_map = self._load_map(self.get_option('fleet_map'))
+        events_path = self.get_option('events')
+        data = self._read(events_path, max_bytes)
+        if data is None:
+            self.display.warning('boot_events inventory: no event log at %s%s; no Pis discovered'
+                                 % (self._where(), events_path))
+            return []
+        events, malformed = parse_events(tail_window(data, max_bytes))
+        if malformed:
+            self.display.warning('boot_events inventory: skipped %d malformed line(s) in %s%s'
+                                 % (malformed, self._where(), events_path))
+        try:
+            return summarise(events, fleet_map, self.get_option('include_known'), since)
+        except ValueError as exc:
+            raise AnsibleParserError('cannot use fleet map %s%s for the boot_events inventory: %s'
+                                     % (self._where(), self.get_option('fleet_map'), exc)) from None
+
+    def _where(self):
+        return '%s:' % self.get_option('ssh_host') if self.get_option('ssh_host') else ''
+
+    def _load_map(self, map_path):
+        data = self._read(map_path, None)
+        if data is None:
+            self.display.warning('boot_events inventory: no fleet map at %s%s; every prefix counts as unknown '
+                                 'unless the hook marked it known' % (self._where(), map_path))
+            return None
+        try:
+            fleet_map = json.loads(data)
+        except ValueError as exc:
+            raise AnsibleParserError('cannot read fleet map %s%s for the boot_events inventory: not JSON (%s); '
+                                     'point fleet_map at the hook map written by the fleet role'
+                                     % (self._where(), map_path, exc)) from None
+        if not isinstance(fleet_map, dict):
+            raise AnsibleParserError('cannot read fleet map %s%s for the boot_events inventory: not a JSON object'
+                                     % (self._where(), map_path))
+        return fleet_map
+
+    def _read(self, path, max_bytes):
+        """The file's bytes (its last ``max_bytes + 1`` if bigger, see tail_window); None if absent."""
+        if self.get_option('ssh_host'):
+            return self._read_ssh(path, max_bytes)
+        try:
+            with open(path, 'rb') as handle:
+                if max_bytes is not None:
+                    size = os.fstat(handle.fileno()).st_size
+                    handle.seek(max(0, size - max_bytes - 1))
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AnsibleParserError('cannot read %s for the boot_events inventory: %s; run as a user who may '
+                                     'read it (the hook writes it as its own user)' % (path, exc)) from None
+
+    def ssh_argv(self, path, max_bytes):
+        """The ssh command reading ``path`` on ``ssh_host`` (exit 66 when it is absent)."""
+        ssh = shutil.which('ssh')
+        if not ssh:
+            raise AnsibleParserError('cannot read the boot event log over ssh for the boot_events inventory: no '
+                                     'ssh on PATH; install openssh-client (bindep) in the execution environment')
+        argv = [ssh, '-o', 'BatchMode=yes']
+        if self.get_option('ssh_port'):
+            argv += ['-p', str(self.get_option('ssh_port'))]
+        if self.get_option('ssh_private_key_file'):
+            argv += ['-i', self.get_option('ssh_private_key_file')]
+        argv += list(self.get_option('ssh_args') or [])
+        host = self.get_option('ssh_host')
+        if self.get_option('ssh_user'):
+            host = '%s@%s' % (self.get_option('ssh_user'), host)
+        quoted = shlex.quote(path)
+        # ssh hands the remote side one shell string: quote the path; tail -c keeps big logs off the wire.
+        reader = 'tail -c %d -- %s' % (max_bytes + 1, quoted) if max_bytes is not None else 'cat -- %s' % quoted
+        remote = 'test -e %s || exit %d; exec %s' % (quoted, _SSH_MISSING, reader)
+        return [*argv, '--', host, remote]
+
+    def _read_ssh(self, path, max_bytes):
+        argv = self.ssh_argv(path, max_bytes)
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                                  timeout=self.get_option('ssh_timeout'))
+        except subprocess.TimeoutExpired:
+            raise AnsibleParserError('reading %s:%s for the boot_events inventory timed out after %ss; check that '
+                                     'the bakery is reachable or raise ssh_timeout'
+                                     % (self.get_option('ssh_host'), path, self.get_option('ssh_timeout'))) from None
+        if proc.returncode == _SSH_MISSING:
+            return None
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode('utf-8', errors='replace').strip()
+            raise AnsibleParserError('reading %s:%s over ssh for the boot_events inventory failed (rc=%d): %s; check '
+                                     'ssh_host/ssh_user/ssh_private_key_file and that the user may read the file'
+                                     % (self.get_option('ssh_host'), path, proc.returncode, stderr))
+        return proc.stdout
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _populate(self, summaries):
+        strict = self.get_option('strict')
+        self.inventory.add_group('discovered')  # present even when empty, for plays that target it
+        for summary in summaries:
+            group = 'known' if summary['known'] else 'discovered'
+            self.inventory.add_group(group)
+            host = self.inventory.add_host(summary['host'], group=group)
+            variables = host_vars(summary)
+            for key, value in variables.items():
+                self.inventory.set_variable(host, key, value)
+            self._set_composite_vars(self.get_option('compose'), variables, host, strict=strict)
+            self._add_host_to_composed_groups(self.get_option('groups'), variables, host, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option('keyed_groups'), variables, host, strict=strict)

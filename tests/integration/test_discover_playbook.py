@@ -1,0 +1,83 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/discover.yml run for real against this machine as the bakery (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = str(Path(sys.executable).parent / 'ansible-playbook')
+
+
+def line(seconds, client, request, known=False, outcome='ok'):
+    prefix, path = request.split('/', 1) if '/' in request else ('', request)
+    return json.dumps({'time': '2026-11-23T10:%02d:00+00:00' % seconds, 'client': client, 'request': request,
+                       'prefix': prefix, 'path': path, 'name': None, 'known': known, 'outcome': outcome}) + '\n'
+
+
+def run_discover(tmp_path, *extra):
+    inventory = tmp_path / 'hosts.yml'
+    inventory.write_text(yaml.safe_dump({'bakery': {'hosts': {'lab-bakery': {
+        'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': sys.executable,
+        'tftp_hook_events_path': str(tmp_path / 'boot-events.jsonl'),
+        'tftp_hook_map_path': str(tmp_path / 'map.json')}}}}))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
+               ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1', ANSIBLE_CALLBACK_RESULT_FORMAT='yaml',
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_REMOTE_TEMP=str(tmp_path / 'rtmp'))
+    proc = subprocess.run([PLAYBOOK, '-i', str(inventory), 'pifleet.netboot.discover', *extra], env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r'lab-bakery\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0', proc.stdout), proc.stdout
+    return proc.stdout, printed_block(proc.stdout)
+
+
+def printed_block(stdout):
+    """The text of the debug msg, as the yaml result format prints it (a block scalar, indented 8)."""
+    kept = []
+    for row in stdout.split('msg: |-\n', 1)[1].split('\n'):
+        if row and not row.startswith(' ' * 8):
+            break
+        kept.append(row)
+    return textwrap.dedent('\n'.join(kept))
+
+
+def test_prints_paste_ready_inventory_of_unknown_pis(tmp_path):
+    (tmp_path / 'boot-events.jsonl').write_text(
+        line(0, '10.99.40.50', 'bootcode.bin') + line(1, '10.99.40.50', '3a4b5c6d/start.elf', outcome='unknown_prefix')
+        + line(2, '10.99.40.51', 'dc-a6-32-01-36-c2/start4.elf', outcome='probe')
+        + line(3, '10.99.40.52', 'lab-x/kernel_2712.img', outcome='not_found')
+        + line(4, '10.99.40.53', '1234abcd/start4.elf', known=True) + 'torn line\n')
+    (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {'lab-x': {'name': 'pi-x', 'dirs': []}}}))
+    stdout, text = run_discover(tmp_path)
+    assert yaml.safe_load(text) == {'pis': {'hosts': {
+        'pi-3a4b5c6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
+        'pi-dc-a6-32-01-36-c2': {'pi_mac': 'dc:a6:32:01:36:c2', 'pi_tftp_prefix': 'mac', 'pi_model': 4}}}}
+    assert '# 10.99.40.51, last seen 2026-11-23T10:02:00+00:00' in text
+    # The pasted text is the inventory; the whole log fitted, so slurp read it.
+    assert re.search(r'TASK \[Read the end of a big event log\] \*+\nskipping', stdout)
+    (tmp_path / 'map.json').unlink()
+    _unused, text = run_discover(tmp_path, '-e', 'pifleet_discover_include_known=true', '-e',
+                                 'pifleet_discover_since=2026-11-23T10:03:00+00:00')
+    assert set(yaml.safe_load(text)['pis']['hosts']) == {'pi-lab-x', 'pi-1234abcd'}
+    assert 'pi_tftp_prefix: "lab-x"' in text
+
+
+def test_big_log_is_tailed_and_missing_log_is_reported(tmp_path):
+    old = ''.join(line(0, '10.99.40.50', 'aaaaaaaa/start4.elf') for _unused in range(100))
+    new = line(5, '10.99.40.51', 'bbbbbbbb/start4.elf')
+    (tmp_path / 'boot-events.jsonl').write_text(old + new)
+    stdout, text = run_discover(tmp_path, '-e', 'pifleet_discover_max_bytes=%d' % (len(new) + 10))
+    assert re.search(r'TASK \[Read the end of a big event log\] \*+\nok', stdout)
+    assert list(yaml.safe_load(text)['pis']['hosts']) == ['pi-bbbbbbbb']
+    (tmp_path / 'boot-events.jsonl').unlink()
+    _unused, text = run_discover(tmp_path)
+    assert text.startswith('# no event log at %s' % (tmp_path / 'boot-events.jsonl'))

@@ -1,0 +1,247 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The boot_events inventory plugin, run for real: ``ansible-inventory --list`` on event logs written here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[4]
+INVENTORY = str(Path(sys.executable).parent / 'ansible-inventory')
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
+
+# A stand-in for the bakery reached over ssh: it records its argv, then runs the remote command the
+# way sshd would (one shell string) on this machine. Host "unreachable" fails like ssh does (255).
+FAKE_SSH = '''#!%s
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ['FAKE_SSH_LOG'], 'a') as handle:
+    handle.write(json.dumps(args) + '\\n')
+while args and args[0] != '--':
+    args = args[2:] if args[0] in ('-o', '-p', '-i') else args[1:]
+host, command = args[1], args[2]
+if host.endswith('unreachable'):
+    sys.stderr.write('ssh: connect to host unreachable port 22: Connection refused\\n')
+    sys.exit(255)
+os.execv('/bin/sh', ['sh', '-c', command])
+'''
+
+
+def event(when, client, request, known=False, outcome='ok', *, name=None):
+    """An event line as the hook writes it; ``when`` is seconds after T0 or a datetime."""
+    moment = when if isinstance(when, datetime) else T0 + timedelta(seconds=when)
+    prefix, path = request.split('/', 1) if '/' in request else ('', request)
+    return json.dumps({'time': moment.isoformat(), 'client': client, 'port': 49152, 'server': '10.99.40.2',
+                       'request': request, 'prefix': prefix, 'path': path, 'name': name, 'known': known,
+                       'source': None, 'outcome': outcome, 'bytes': 0, 'size': None, 'blksize': 1024,
+                       'windowsize': 1, 'tsize': True, 'duration': 0.1, 'retransmits': 0, 'error': None}) + '\n'
+
+
+BOOT = [
+    event(0, '10.99.40.50', 'bootcode.bin'),
+    event(1, '10.99.40.50', '3a4b5c6d/start.elf', outcome='unknown_prefix'),
+    event(2, '10.99.40.51', 'dc-a6-32-01-36-c2/start4.elf', outcome='probe'),
+    event(3, '10.99.40.52', '1234abcd/start4.elf', known=True, name='pi-01'),
+    event(4, '10.99.40.53', 'bootcode.bin'),
+    event(5, '10.99.40.51', 'dc-a6-32-01-36-c2/config.txt', outcome='unknown_prefix'),
+]
+
+
+def plain(value):
+    """ansible-inventory marks strings from plugins as unsafe (data it will never template): unwrap."""
+    if isinstance(value, dict):
+        if set(value) == {'__ansible_unsafe'}:
+            return value['__ansible_unsafe']
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_events.yml'):
+    source = tmp_path / name
+    source.write_text(yaml.safe_dump(dict({'plugin': 'pifleet.netboot.boot_events'}, **config)))
+    environ = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
+                   ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1',
+                   ANSIBLE_INVENTORY_UNPARSED_FAILED='true', ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'),
+                   **(env or {}))
+    proc = subprocess.run([INVENTORY, '-i', str(source), '--list', *extra], env=environ,
+                          capture_output=True, text=True, check=False, timeout=120)
+    if not ok:
+        assert proc.returncode != 0, proc.stdout
+        return None, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    return plain(json.loads(proc.stdout)), proc.stderr
+
+
+def hosts_of(result, group):
+    return sorted(result.get(group, {}).get('hosts', []))
+
+
+def write_log(tmp_path, lines, name='boot-events.jsonl'):
+    path = tmp_path / name
+    path.write_text(''.join(lines))
+    return str(path)
+
+
+def test_discovered_pis_with_their_variables(tmp_path):
+    events = write_log(tmp_path, [*BOOT[:3], 'garbage\n', '{"time": "never"}\n', *BOOT[3:]])
+    result, stderr = run_inventory(tmp_path, {'events': events})
+    assert hosts_of(result, 'discovered') == ['pi-3a4b5c6d', 'pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
+    assert 'skipped 2 malformed line(s)' in stderr
+    hostvars = result['_meta']['hostvars']
+    assert hostvars['pi-3a4b5c6d'] == {
+        'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_tftp_prefix': 'serial', 'pi_model': 3,
+        'pifleet_prefix': '3a4b5c6d', 'pifleet_known': False, 'pifleet_address': '10.99.40.50',
+        'pifleet_first_seen': (T0).isoformat(), 'pifleet_last_seen': (T0 + timedelta(seconds=1)).isoformat(),
+        'pifleet_requests': 2, 'pifleet_last_file': 'start.elf', 'pifleet_last_outcome': 'unknown_prefix'}
+    pi4 = hostvars['pi-dc-a6-32-01-36-c2']
+    assert (pi4['pi_mac'], pi4['pi_tftp_prefix'], pi4['pi_model'], pi4['pifleet_requests']) == \
+        ('dc:a6:32:01:36:c2', 'mac', 4, 2)
+    assert pi4['pifleet_last_file'] == 'config.txt' and 'pi_serial' not in pi4
+    assert 'pifleet_prefix' not in hostvars['pi-ip-10-99-40-53']
+    assert 'pi-01' not in hostvars
+
+
+def test_missing_log_is_an_empty_inventory_with_a_warning(tmp_path):
+    result, stderr = run_inventory(tmp_path, {'events': str(tmp_path / 'absent.jsonl')})
+    assert result['_meta']['hostvars'] == {}
+    assert 'no event log at %s' % (tmp_path / 'absent.jsonl') in stderr
+
+
+def test_fleet_map_and_include_known(tmp_path):
+    events = write_log(tmp_path, BOOT)
+    fleet_map = tmp_path / 'map.json'
+    fleet_map.write_text(json.dumps({'version': 1, 'default': [], 'prefixes': {
+        'DC-A6-32-01-36-C2': {'name': 'pi-02', 'dirs': []}}}))
+    result, _unused = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map)})
+    assert hosts_of(result, 'discovered') == ['pi-3a4b5c6d', 'pi-ip-10-99-40-53']
+    assert 'known' not in result
+    result, _unused = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map), 'include_known': True})
+    assert hosts_of(result, 'known') == ['pi-01', 'pi-02']
+    assert result['_meta']['hostvars']['pi-02']['pifleet_known'] is True
+    assert result['_meta']['hostvars']['pi-01']['pi_serial'] == '1234abcd'
+    fleet_map.write_text('{not json')
+    _unused, stderr = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map)}, ok=False)
+    assert 'not JSON' in stderr
+
+
+def test_since_iso_and_relative(tmp_path):
+    now = datetime.now(timezone.utc)
+    events = write_log(tmp_path, [event(now - timedelta(days=3), '10.99.40.50', 'aaaaaaaa/start4.elf'),
+                                  event(now - timedelta(hours=2), '10.99.40.51', 'bbbbbbbb/start4.elf')])
+    result, _unused = run_inventory(tmp_path, {'events': events, 'since': '1d'})
+    assert hosts_of(result, 'discovered') == ['pi-bbbbbbbb']
+    result, _unused = run_inventory(tmp_path, {'events': events, 'since': (now - timedelta(days=4)).isoformat()})
+    assert hosts_of(result, 'discovered') == ['pi-aaaaaaaa', 'pi-bbbbbbbb']
+    _unused, stderr = run_inventory(tmp_path, {'events': events, 'since': 'last week'}, ok=False)
+    assert 'neither an ISO time' in stderr
+
+
+def test_max_bytes_reads_only_the_end_and_skips_the_cut_line(tmp_path):
+    old = [event(index, '10.99.40.50', 'aaaaaaaa/start4.elf') for index in range(200)]
+    new = [event(1000, '10.99.40.51', 'bbbbbbbb/start4.elf'), event(1001, '10.99.40.51', 'bbbbbbbb/config.txt')]
+    events = write_log(tmp_path, old + new)
+    window = len(''.join(new)) + len(old[-1]) // 2  # starts in the middle of the last old line
+    result, stderr = run_inventory(tmp_path, {'events': events, 'max_bytes': window})
+    assert hosts_of(result, 'discovered') == ['pi-bbbbbbbb']
+    assert result['_meta']['hostvars']['pi-bbbbbbbb']['pifleet_requests'] == 2
+    assert 'malformed' not in stderr
+    # A window that starts exactly on a line keeps that line.
+    result, stderr = run_inventory(tmp_path, {'events': events, 'max_bytes': len(''.join(new)) + len(old[-1])})
+    assert hosts_of(result, 'discovered') == ['pi-aaaaaaaa', 'pi-bbbbbbbb']
+    assert result['_meta']['hostvars']['pi-aaaaaaaa']['pifleet_requests'] == 1
+
+
+def test_compose_groups_and_keyed_groups(tmp_path):
+    events = write_log(tmp_path, BOOT)
+    config = {'events': events,
+              'compose': {'ansible_host': 'pifleet_address', 'pi_hostname': "'rpi-' ~ pifleet_address.split('.')[-1]"},
+              'groups': {'needs_serial': "pi_serial is not defined and pi_mac is not defined"},
+              'keyed_groups': [{'key': "pi_model | default('unknown') | string", 'prefix': 'model'},
+                               {'key': 'pi_tftp_prefix', 'prefix': 'by'}]}
+    result, _unused = run_inventory(tmp_path, config)
+    hostvars = result['_meta']['hostvars']
+    assert hostvars['pi-dc-a6-32-01-36-c2']['ansible_host'] == '10.99.40.51'
+    assert hostvars['pi-3a4b5c6d']['pi_hostname'] == 'rpi-50'
+    assert hosts_of(result, 'needs_serial') == ['pi-ip-10-99-40-53']
+    assert hosts_of(result, 'model_3') == ['pi-3a4b5c6d', 'pi-ip-10-99-40-53']
+    assert hosts_of(result, 'model_4') == ['pi-dc-a6-32-01-36-c2']
+    assert hosts_of(result, 'by_mac') == ['pi-dc-a6-32-01-36-c2']
+    assert hosts_of(result, 'by_serial') == ['pi-3a4b5c6d']
+
+
+def test_cache_serves_until_flushed(tmp_path):
+    events = write_log(tmp_path, BOOT[:2])
+    config = {'events': events, 'cache': True, 'cache_plugin': 'ansible.builtin.jsonfile',
+              'cache_connection': str(tmp_path / 'cache'), 'cache_timeout': 3600}
+    first, _unused = run_inventory(tmp_path, config)
+    assert hosts_of(first, 'discovered') == ['pi-3a4b5c6d']
+    assert list((tmp_path / 'cache').iterdir())
+    write_log(tmp_path, BOOT)
+    cached, _unused = run_inventory(tmp_path, config)
+    assert cached == first
+    fresh, _unused = run_inventory(tmp_path, config, '--flush-cache')
+    assert hosts_of(fresh, 'discovered') == ['pi-3a4b5c6d', 'pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
+
+
+def test_other_file_names_are_not_ours(tmp_path):
+    _unused, stderr = run_inventory(tmp_path, {'events': write_log(tmp_path, BOOT)}, ok=False, name='pifleet.yml')
+    assert 'pifleet.yml' in stderr
+
+
+@pytest.fixture
+def fake_ssh(tmp_path):
+    """A fake ``ssh`` first on PATH (a stand-in for the bakery), and the file it records its argv in."""
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    program = bindir / 'ssh'
+    program.write_text(FAKE_SSH % sys.executable)
+    program.chmod(0o755)
+    calls = tmp_path / 'ssh-calls.jsonl'
+    env = {'PATH': '%s:%s' % (bindir, os.environ['PATH']), 'FAKE_SSH_LOG': str(calls)}
+
+    def recorded():
+        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return env, recorded
+
+
+def test_ssh_reads_the_log_and_map_on_the_bakery(tmp_path, fake_ssh):
+    env, recorded = fake_ssh
+    remote = tmp_path / 'bakery dir'  # a space: the remote command must quote the path
+    remote.mkdir()
+    events = write_log(remote, BOOT)
+    fleet_map = remote / 'map.json'
+    fleet_map.write_text(json.dumps({'version': 1, 'prefixes': {'3a4b5c6d': {'name': 'pi-03', 'dirs': []}}}))
+    config = {'events': events, 'fleet_map': str(fleet_map), 'ssh_host': 'bakery.example.net',
+              'ssh_user': 'pifleet', 'ssh_port': 2222, 'ssh_private_key_file': '/keys/id_ed25519',
+              'ssh_args': ['-o', 'StrictHostKeyChecking=accept-new'], 'max_bytes': 1 << 20}
+    result, _unused = run_inventory(tmp_path, config, env=env)
+    assert hosts_of(result, 'discovered') == ['pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
+    calls = recorded()
+    assert len(calls) == 2  # the map, then the log
+    for argv in calls:
+        assert argv[:8] == ['-o', 'BatchMode=yes', '-p', '2222', '-i', '/keys/id_ed25519',
+                            '-o', 'StrictHostKeyChecking=accept-new']
+        assert argv[8:10] == ['--', 'pifleet@bakery.example.net']
+    assert "tail -c %d -- '%s'" % ((1 << 20) + 1, events) in calls[1][10]
+
+
+def test_ssh_missing_log_warns_and_unreachable_host_fails(tmp_path, fake_ssh):
+    env, recorded = fake_ssh
+    config = {'events': str(tmp_path / 'absent.jsonl'), 'ssh_host': 'bakery.example.net'}
+    result, stderr = run_inventory(tmp_path, config, env=env)
+    assert result['_meta']['hostvars'] == {}
+    assert 'no event log at bakery.example.net:%s' % (tmp_path / 'absent.jsonl') in stderr
+    assert recorded()[0][:4] == ['-o', 'BatchMode=yes', '--', 'bakery.example.net']
+    config['ssh_host'] = 'unreachable'
+    _unused, stderr = run_inventory(tmp_path, config, env=env, ok=False)
+    assert 'rc=255' in stderr and 'Connection refused' in stderr
