@@ -43,7 +43,7 @@ IP_PKTINFO = getattr(socket, 'IP_PKTINFO', 8)
 IPV6_RECVPKTINFO = getattr(socket, 'IPV6_RECVPKTINFO', 49)
 IPV6_PKTINFO = getattr(socket, 'IPV6_PKTINFO', 50)
 DEFAULTS = {
-    'port': 69, 'roots': ['/var/lib/pifleet'], 'root_files': ['bootcode.bin', 'bootsig.bin'],
+    'port': 69, 'roots': ['/srv/pifleet', '/var/lib/pifleet'], 'root_files': ['bootcode.bin', 'bootsig.bin'],
     'events': '/var/log/pifleet/boot-events.jsonl', 'hook_url': None, 'hook_timeout': 5.0,
     'hook_max_bytes': 64 * 1024 * 1024, 'max_blksize': 1468, 'timeout': 1.0, 'retries': 5,
     'max_transfers': 1000, 'map_poll': 2.0, 'workers': 1, 'cache_bytes': 256 * 1024 * 1024,

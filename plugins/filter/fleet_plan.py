@@ -1,0 +1,139 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+name: fleet_plan
+short_description: Validate the Pis of the inventory and plan the fleet's module calls
+version_added: 0.1.0
+author:
+  - pifleet maintainers (@pifleet)
+description:
+  - Reads the C(pi_*) variables of the given inventory hosts, validates all of them at once (missing or malformed
+    serials, MACs, addresses, models, prefixes, host names; duplicates; bakeforms not declared or unable to boot
+    the Pi's model; a Pi without C(pi_ip) unless O(export_scope) widens its exports) and fails with every problem
+    listed, or returns the argument lists for C(pi_root), C(pi_disk), C(nfs_export) and C(pi_boot).
+  - Used by the C(pifleet.netboot.fleet) role; one call plans the whole fleet.
+options:
+  _input:
+    description: Inventory names of the Pis (for example C(groups['pis'])).
+    type: list
+    elements: str
+    required: true
+  hostvars:
+    description: The C(hostvars) of the play.
+    type: dict
+    required: true
+  bakeforms:
+    description:
+      - The declared bakeforms (C(pifleet_bakeforms)); an item's C(models), when known, lists the Pi models it
+        boots.
+    type: list
+    elements: dict
+    required: true
+  default_bakeform:
+    description: Bakeform of Pis that name none.
+    type: str
+  export_scope:
+    description: Network (CIDR) that exports of Pis without C(pi_ip) go to. Empty means such a Pi is an error.
+    type: str
+  roots_dir:
+    description: Directory of the per-Pi roots.
+    type: str
+    default: /srv/pifleet/roots
+  disks_dir:
+    description: Directory of the per-Pi disks.
+    type: str
+    default: /srv/pifleet/disks
+  nfs_server:
+    description: Address of the bakery that the Pis mount their roots from.
+    type: str
+    required: true
+  ssh_authorized_keys:
+    description: Keys for Pis that set no C(pi_ssh_authorized_keys).
+    type: list
+    elements: str
+  models:
+    description:
+      - Pi models each bakeform boots, by bakeform name, as found in its manifest after ingest (the C(models) of
+        the C(pifleet.netboot.bakeform) result). Overrides the declared C(models).
+    type: dict
+  bakery:
+    description:
+      - Inventory name of the bakery being planned. Only Pis whose C(pi_bakery) names it, or Pis without
+        C(pi_bakery) when it is the first of O(bakeries), are planned.
+    type: str
+  bakeries:
+    description: Inventory names of all bakeries (for example C(groups['bakery'])). Defaults to [O(bakery)].
+    type: list
+    elements: str
+"""
+
+EXAMPLES = r"""
+- name: Plan the fleet
+  ansible.builtin.set_fact:
+    fleet: "{{ groups['pis'] | pifleet.netboot.fleet_plan(hostvars, bakeforms=pifleet_bakeforms,
+               nfs_server=ansible_default_ipv4.address) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: >-
+    A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
+    modules) and C(serials).
+  type: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import PlanError, plan
+
+PI_VARS = ('pi_serial', 'pi_mac', 'pi_tftp_prefix', 'pi_model', 'pi_ip', 'pi_bakeform', 'pi_hostname', 'pi_disks',
+           'pi_power', 'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys')
+
+
+def _models(item):
+    models = item.get('models')
+    if models is None:
+        return None
+    return [int(m) for m in models]
+
+
+def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scope=None, roots_dir='/srv/pifleet/roots',
+               disks_dir='/srv/pifleet/disks', nfs_server=None, ssh_authorized_keys=None, bakery=None,
+               bakeries=None, models=None):
+    declared = {}
+    for item in bakeforms or []:
+        if not isinstance(item, dict) or not item.get('name'):
+            raise AnsibleFilterError('every item of pifleet_bakeforms needs a name; got %r' % (item,))
+        declared[item['name']] = _models(item)
+    for name, found in (models or {}).items():
+        if name in declared and found is not None:
+            declared[name] = _models({'models': found})
+    if not default_bakeform and len(declared) == 1:
+        default_bakeform = next(iter(declared))
+    bakeries = list(bakeries or ([bakery] if bakery else []))
+    pis_vars = {}
+    for name in names or []:
+        host = hostvars[name]
+        owner = host['pi_bakery'] if 'pi_bakery' in host else None
+        if owner and bakeries and owner not in bakeries:
+            raise AnsibleFilterError('%s: pi_bakery %r is not a bakery of the inventory (bakeries: %s)'
+                                     % (name, owner, ', '.join(bakeries)))
+        if bakery and (owner or bakeries[0]) != bakery:
+            continue
+        pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
+    settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
+                'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
+                'ssh_authorized_keys': ssh_authorized_keys}
+    try:
+        return plan(pis_vars, settings)
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+class FilterModule:
+    def filters(self):
+        return {'fleet_plan': fleet_plan}

@@ -1,0 +1,185 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet role from inventory to booting Pis (root), on this host with every path in a temp dir.
+
+ansible-playbook applies ``pifleet.netboot.fleet`` for an inventory of three Pis (a Pi 3 by serial, a
+Pi 4 with a disk, a Pi 5 by MAC prefix) and a factory image: check mode first (nothing written),
+then for real, then again (changed=0). Then the result is booted for real: the TFTP hook serves the
+fleet map the role wrote, NFS-Ganesha serves the exports file it wrote, and each Pi, simulated in its
+own namespace on 10.99.32.0/24, fetches its boot set (its own cmdline.txt first) and reads its root
+over NFS, while the outsider is refused. Finally a Pi leaves the inventory (its export goes, its
+root stays) and, with pruning, its root goes too; and a broken inventory fails naming every problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
+from piimage import build_image
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
+PISIM = REPO / 'tests' / 'tools' / 'pisim.py'
+BAKERY = '10.99.32.2'
+HOSTS = {'srv': BAKERY, 'pi3': '10.99.32.50', 'pi4': '10.99.32.51', 'pi5': '10.99.32.52', 'out': '10.99.32.60'}
+PIS = {
+    'pi-03': {'pi_serial': '00b3b3b3', 'pi_model': 3, 'pi_ip': HOSTS['pi3']},
+    'pi-04': {'pi_serial': '100000004a4a4a4a', 'pi_model': 4, 'pi_ip': HOSTS['pi4'],
+              'pi_disks': [{'name': 'data', 'size': '16M', 'fstype': 'ext4'}], 'pi_config_txt': ['dtparam=audio=off'],
+              'pi_cmdline_extra': 'quiet'},
+    'pi-05': {'pi_serial': '5c5c5c5c', 'pi_mac': '2c:cf:67:5c:5c:5c', 'pi_tftp_prefix': 'mac', 'pi_model': 5,
+              'pi_ip': HOSTS['pi5']},
+}
+MISSING = missing_tools(('ip', 'unshare', 'ganesha.nfsd', 'nfs-ls', 'ssh-keygen'))
+
+pytestmark = pytest.mark.skipif(bool(MISSING), reason='missing %s' % ', '.join(MISSING))
+
+
+def playbook(tmp, pis, **extra):
+    """Inventory + playbook applying the fleet role to this host, everything under ``tmp``."""
+    image = tmp / 'raspios.img.xz'
+    fleet = {
+        'fleet_store': str(tmp / 'srv/bakeforms'), 'fleet_roots_dir': str(tmp / 'srv/roots'),
+        'fleet_disks_dir': str(tmp / 'srv/disks'), 'fleet_boot_dir': str(tmp / 'srv/pis'),
+        'fleet_map_path': str(tmp / 'map.json'), 'fleet_nfs_server': BAKERY, 'fleet_hook_service': '',
+        'fleet_nfs_backend': 'ganesha', 'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'),
+        'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
+        'fleet_clone_method': 'copy',
+    }
+    fleet.update(extra)
+    inventory = {'bakery': {'hosts': {'lab-bakery': {'ansible_connection': 'local',
+                                                     'ansible_python_interpreter': sys.executable}},
+                            'vars': {'pifleet_bakeforms': [{'name': 'raspios', 'src': str(image)}]}},
+                 'pis': {'hosts': pis}}
+    (tmp / 'hosts.yml').write_text(yaml.safe_dump(inventory))
+    (tmp / 'play.yml').write_text(yaml.safe_dump([{'name': 'Fleet', 'hosts': 'bakery', 'gather_facts': False,
+                                                   'roles': [{'role': 'pifleet.netboot.fleet', 'vars': fleet}]}]))
+
+
+def ansible(tmp, *args):
+    """(rc, recap counters of the bakery, output)."""
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1')
+    proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'),
+                           str(tmp / 'play.yml'), *args], capture_output=True, text=True, env=env, check=False,
+                          timeout=600)
+    output = proc.stdout + proc.stderr
+    recap = re.search(r'^lab-bakery\s+:\s+(.*)$', proc.stdout, re.M)
+    assert recap, output[-3000:]
+    counters = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', recap.group(1))}
+    return proc.returncode, counters, output
+
+
+@pytest.fixture(scope='module')
+def bakery(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('fleet')
+    tmp.chmod(0o755)  # the hook may run as another user elsewhere; here: keep paths traversable
+    build_image(tmp / 'raspios.img.xz', seed=7, models=(3, 4, 5))
+    lan = Lan('pffleet', HOSTS)
+    server = Ganesha(lan, 'srv', tmp / 'ganesha')
+    try:
+        lan.start()
+        server.dir.mkdir()
+        server.write_config()
+        yield tmp, lan, server
+    finally:
+        server.close()
+        lan.close()
+
+
+def test_inventory_to_booting_pis(bakery):
+    tmp, lan, server = bakery
+    playbook(tmp, PIS)
+    rc, checked, output = ansible(tmp, '--check', '--diff')
+    assert rc == 0, output[-4000:]
+    assert checked['changed'] > 0 and not (tmp / 'srv/roots').exists() and not (tmp / 'map.json').exists()
+
+    rc, applied, output = ansible(tmp)
+    assert rc == 0, output[-4000:]
+    assert applied['changed'] >= 5  # bakeform, roots, disks, exports, boot folders + map
+    rc, again, output = ansible(tmp)
+    assert rc == 0 and again['changed'] == 0, output[-4000:]
+
+    fleet_map = json.loads((tmp / 'map.json').read_text())
+    assert sorted(fleet_map['prefixes']) == ['00b3b3b3', '2c-cf-67-5c-5c-5c', '4a4a4a4a']
+    cmdline = (tmp / 'srv/pis/4a4a4a4a/cmdline.txt').read_text()
+    assert 'root=/dev/nfs nfsroot=%s:%s,vers=3 rw ip=dhcp rootwait' % (BAKERY, tmp / 'srv/roots/4a4a4a4a') in cmdline
+    assert 'proto=' not in cmdline and cmdline.rstrip().endswith('quiet')
+    assert 'dtparam=audio=off' in (tmp / 'srv/pis/4a4a4a4a/config.txt').read_text()
+    assert (tmp / 'srv/disks/4a4a4a4a/data/disk.img').stat().st_size == 16 << 20
+
+    # Boot it: the hook serves the role's map, Ganesha the role's exports.
+    server.start()
+    config = {'listen': [BAKERY], 'map': str(tmp / 'map.json'), 'roots': [str(tmp)],
+              'events': str(tmp / 'events.jsonl')}
+    (tmp / 'hook.json').write_text(json.dumps(config))
+    hook = subprocess.Popen(lan.exec_argv('srv', [sys.executable, '-I', str(SERVICE), '--config',
+                                                  str(tmp / 'hook.json')]), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not run(lan.exec_argv('srv', ['ss', '-Hlun', 'sport = :69']), check=False).stdout.strip():
+            assert hook.poll() is None and time.monotonic() < deadline, hook.stderr.read() if hook.poll() else 'slow'
+            time.sleep(0.1)
+        boot = tmp / 'srv/bakeforms/raspios/boot'
+        for name, host in (('pi-03', 'pi3'), ('pi-04', 'pi4'), ('pi-05', 'pi5')):
+            pi = PIS[name]
+            serial = pi['pi_serial'][-8:]
+            prefix = fleet_map and next(p for p, e in fleet_map['prefixes'].items() if e['name'] == name)
+            argv = [sys.executable, str(PISIM), 'boot', '--model', str(pi['pi_model']), '--serial', serial,
+                    '--server', BAKERY, '--prefix', 'mac' if prefix.count('-') == 5 else 'serial', '--json',
+                    '--expect-dir', str(tmp / 'srv/pis' / prefix), '--expect-dir', str(boot),
+                    '--nfs', '%s:%s' % (BAKERY, tmp / 'srv/roots' / serial)]
+            if 'pi_mac' in pi:
+                argv += ['--mac', pi['pi_mac']]
+            proc = run(lan.exec_argv(host, argv), check=False, timeout=180)
+            assert proc.returncode == 0, (name, proc.stdout[-3000:], proc.stderr[-2000:])
+        refused = nfs(lan, 'out', ['nfs-ls', nfs_url(BAKERY, str(tmp / 'srv/roots/4a4a4a4a'), 3)])
+        assert refused.returncode != 0
+    finally:
+        hook.send_signal(signal.SIGTERM)
+        hook.wait(timeout=10)
+    events = [json.loads(line) for line in (tmp / 'events.jsonl').read_text().splitlines()]
+    assert {e['name'] for e in events if e['outcome'] == 'ok' and e['prefix']} == set(PIS)
+    assert {e['path'] for e in events if e['outcome'] == 'ok' and not e['prefix']} == {'bootcode.bin'}  # the Pi 3
+
+
+def test_a_pi_leaving_loses_its_export_and_with_prune_its_root(bakery):
+    tmp, _lan, _server = bakery
+    remaining = {name: PIS[name] for name in ('pi-03', 'pi-05')}
+    playbook(tmp, remaining)
+    rc, _counters, output = ansible(tmp)
+    assert rc == 0, output[-4000:]
+    exports = (tmp / 'ganesha/pifleet.conf').read_text()
+    assert '4a4a4a4a' not in exports and '00b3b3b3' in exports
+    assert (tmp / 'srv/roots/4a4a4a4a/.pifleet.json').exists()  # kept: no prune
+    assert '4a4a4a4a' not in json.loads((tmp / 'map.json').read_text())['prefixes']
+    playbook(tmp, remaining, fleet_prune=True)
+    rc, _counters, output = ansible(tmp)
+    assert rc == 0, output[-4000:]
+    assert not (tmp / 'srv/roots/4a4a4a4a').exists() and not (tmp / 'srv/disks/4a4a4a4a/data').exists()
+    assert (tmp / 'srv/roots/00b3b3b3/.pifleet.json').exists()
+
+
+def test_a_broken_inventory_fails_up_front_naming_every_problem(bakery):
+    tmp, _lan, _server = bakery
+    before = sorted(str(p) for p in (tmp / 'srv').rglob('*'))
+    broken = {'pi-03': PIS['pi-03'], 'pi-04': dict(PIS['pi-04'], pi_serial='00b3b3b3'),
+              'pi-05': dict(PIS['pi-05'], pi_ip=None), 'pi-06': {'pi_model': 7, 'pi_ip': '10.99.32.56'}}
+    playbook(tmp, {name: {k: v for k, v in pi.items() if v is not None} for name, pi in broken.items()})
+    rc, counters, message = ansible(tmp)
+    assert rc != 0 and counters['failed'] == 1
+    assert "TASK [pifleet.netboot.fleet : Validate the inventory and plan this bakery's Pis]" in message
+    assert 'TASK [pifleet.netboot.fleet : Register the bakeforms]' not in message
+    for expected in ('serial 00b3b3b3 is used by pi-03, pi-04', 'pi-05: pi_ip is not set',
+                     'pi-06: neither pi_serial nor pi_mac', "pi-06: pi_model 7"):
+        assert expected in message, message
+    assert sorted(str(p) for p in (tmp / 'srv').rglob('*')) == before
