@@ -396,7 +396,7 @@ def down(state):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('image', help='build (or reuse) the cached Debian 12 image')
     p_up = sub.add_parser('up', help='start the LAN, the router and the bakery container')
