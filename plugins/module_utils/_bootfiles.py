@@ -173,13 +173,8 @@ def model_problem(name, model, bakeform, models):
 
 def read_map(text):
     """The prefixes and default of an existing map text; None when there is none or it is unusable."""
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get('prefixes'), dict):
+    data = json_object(text)
+    if data is None or not isinstance(data.get('prefixes'), dict):
         return None
     return data
 

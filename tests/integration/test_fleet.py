@@ -22,10 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+import threading
+from datetime import datetime, timezone
+
 import pytest
 import yaml
 from nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
 from piimage import build_image
+from powerfakes import PlugServer
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
@@ -45,7 +49,7 @@ MISSING = missing_tools(('ip', 'unshare', 'ganesha.nfsd', 'nfs-ls', 'ssh-keygen'
 pytestmark = pytest.mark.skipif(bool(MISSING), reason='missing %s' % ', '.join(MISSING))
 
 
-def playbook(tmp, pis, **extra):
+def playbook(tmp, pis, bakery_vars=None, **extra):
     """Inventory + playbook applying the fleet role to this host, everything under ``tmp``."""
     image = tmp / 'raspios.img.xz'
     fleet = {
@@ -57,8 +61,8 @@ def playbook(tmp, pis, **extra):
         'fleet_clone_method': 'copy',
     }
     fleet.update(extra)
-    inventory = {'bakery': {'hosts': {'lab-bakery': {'ansible_connection': 'local',
-                                                     'ansible_python_interpreter': sys.executable}},
+    host = dict({'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}, **(bakery_vars or {}))
+    inventory = {'bakery': {'hosts': {'lab-bakery': host},
                             'vars': {'pifleet_bakeforms': [{'name': 'raspios', 'src': str(image)}]}},
                  'pis': {'hosts': pis}}
     (tmp / 'hosts.yml').write_text(yaml.safe_dump(inventory))
@@ -66,14 +70,14 @@ def playbook(tmp, pis, **extra):
                                                    'roles': [{'role': 'pifleet.netboot.fleet', 'vars': fleet}]}]))
 
 
-def ansible(tmp, *args):
-    """(rc, recap counters of the bakery, output)."""
+def ansible(tmp, *args, host='lab-bakery'):
+    """(rc, recap counters of ``host``, output)."""
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1')
     proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'),
                            str(tmp / 'play.yml'), *args], capture_output=True, text=True, env=env, check=False,
                           timeout=600)
     output = proc.stdout + proc.stderr
-    recap = re.search(r'^lab-bakery\s+:\s+(.*)$', proc.stdout, re.M)
+    recap = re.search(r'^%s\s+:\s+(.*)$' % re.escape(host), proc.stdout, re.M)
     assert recap, output[-3000:]
     counters = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', recap.group(1))}
     return proc.returncode, counters, output
@@ -150,6 +154,43 @@ def test_inventory_to_booting_pis(bakery):
     events = [json.loads(line) for line in (tmp / 'events.jsonl').read_text().splitlines()]
     assert {e['name'] for e in events if e['outcome'] == 'ok' and e['prefix']} == set(PIS)
     assert {e['path'] for e in events if e['outcome'] == 'ok' and not e['prefix']} == {'bootcode.bin'}  # the Pi 3
+
+
+def test_reimage_rebuilds_power_cycles_and_waits_for_the_boot(bakery):
+    tmp, _lan, _server = bakery
+    plugs = PlugServer()
+    root = tmp / 'srv/roots/4a4a4a4a'
+    keys = sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key'))
+    (root / 'root/left-behind').write_text('not in the bakeform\n')
+    events = tmp / 'events.jsonl'
+    stop = threading.Event()
+
+    def pi_boots():  # what the hook logs while pi-04 fetches its files after the power cycle
+        while not stop.wait(1):
+            with events.open('a') as log:
+                log.write(json.dumps({'time': datetime.now(timezone.utc).isoformat(), 'client': HOSTS['pi4'],
+                                      'request': '4a4a4a4a/kernel8.img', 'prefix': '4a4a4a4a', 'path': 'kernel8.img',
+                                      'name': 'pi-04', 'known': True, 'outcome': 'ok'}) + '\n')
+    try:
+        pis = dict(PIS, **{'pi-04': dict(PIS['pi-04'], pi_power={'driver': 'http', 'api': 'shelly1',
+                                                                'url': plugs.add('p4', 'shelly1', on=True)})})
+        playbook(tmp, pis, bakery_vars={'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'),
+                                        'pifleet_roots_dir': str(tmp / 'srv/roots'),
+                                        'pifleet_events_path': str(events)})
+        (tmp / 'play.yml').write_text((REPO / 'playbooks/reimage.yml').read_text())
+        feeder = threading.Thread(target=pi_boots)
+        feeder.start()
+        rc, counters, output = ansible(tmp, '--limit', 'pi-04', '-e', 'pifleet_reimage_wait=60', host='pi-04')
+    finally:
+        stop.set()
+        plugs.close()
+    feeder.join()
+    assert rc == 0, output[-4000:]
+    assert not (root / 'root/left-behind').exists()  # a fresh clone of the bakeform
+    assert sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key')) == keys  # its identity kept
+    assert plugs.plugs['p4'].state == [True] and plugs.plugs['p4'].sets == 2  # off, then on
+    assert 'pi-04 booted, last file kernel8.img' in output
+    assert counters['changed'] >= 2
 
 
 def test_a_pi_leaving_loses_its_export_and_with_prune_its_root(bakery):

@@ -1,0 +1,108 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The power and status playbooks, run by ansible-playbook against this host as the bakery.
+
+Power devices are the loopback fakes of tests/tools/powerfakes.py (a Shelly Gen1 and a Tasmota plug
+over real HTTP); the status table reads a fleet state made in a temp dir and a boot event log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from powerfakes import PlugServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def plugs():
+    server = PlugServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def inventory(tmp, plugs, **bakery_vars):
+    pis = {
+        'pi-01': {'pi_serial': '1234abcd', 'pi_model': 4, 'pi_ip': '10.99.33.51',
+                  'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add('p1', 'shelly1')}},
+        'pi-02': {'pi_serial': '1234abce', 'pi_model': 5, 'pi_ip': '10.99.33.52',
+                  'pi_power': {'driver': 'http', 'api': 'tasmota', 'url': plugs.add('p2', 'tasmota', on=True)}},
+        'pi-03': {'pi_serial': '1234abcf', 'pi_model': 3, 'pi_ip': '10.99.33.53'},  # no power device
+    }
+    hosts = {'bakery': {'hosts': {'lab-bakery': dict({'ansible_connection': 'local',
+                                                      'ansible_python_interpreter': sys.executable}, **bakery_vars)}},
+             'pis': {'hosts': pis}}
+    (tmp / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+
+
+def play(tmp, name, *args):
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1')
+    proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'),
+                           str(REPO / 'playbooks' / name), *args], capture_output=True, text=True, env=env,
+                          check=False, timeout=300)
+    recaps = dict(re.findall(r'^(\S+)\s+:\s+(ok=.*)$', proc.stdout, re.M))
+    counters = {host: {k: int(v) for k, v in re.findall(r'(\w+)=(\d+)', line)} for host, line in recaps.items()}
+    return proc.returncode, counters, proc.stdout + proc.stderr
+
+
+def test_power_on_one_pi_then_status_of_all(tmp_path, plugs):
+    inventory(tmp_path, plugs)
+    rc, counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=on', '--limit', 'pi-01')
+    assert rc == 0, output[-3000:]
+    assert plugs.plugs['p1'].state == [True] and plugs.plugs['p1'].sets == 1
+    assert plugs.plugs['p2'].sets == 0  # not in --limit
+    assert counters['pi-01']['changed'] == 1
+    rc, counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=on', '--limit', 'pi-01')
+    assert rc == 0 and counters['pi-01']['changed'] == 0 and plugs.plugs['p1'].sets == 1, output[-3000:]
+    rc, counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=off', '--check')
+    assert rc == 0 and plugs.plugs['p1'].state == [True] and plugs.plugs['p2'].state == [True], output[-3000:]
+    rc, counters, output = play(tmp_path, 'power.yml')  # power_state defaults to status: reads only
+    assert rc == 0 and all(c['changed'] == 0 for c in counters.values()), output[-3000:]
+    assert 'pi-01: on' in output and 'pi-02: on' in output
+
+
+def test_power_failure_names_the_pi_and_device(tmp_path, plugs):
+    inventory(tmp_path, plugs)
+    plugs.plugs['p1'].state = [True]
+    plugs.plugs['p2'].mode = 'refuse'
+    rc, _counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=off')
+    assert rc != 0
+    assert 'pi-02' in output and plugs.url('p2') in output
+    assert plugs.plugs['p1'].state == [False]  # the other Pi was still switched off
+
+
+def test_status_table(tmp_path, plugs):
+    roots, disks = tmp_path / 'roots', tmp_path / 'disks'
+    (roots / '1234abcd').mkdir(parents=True)
+    (roots / '1234abcd' / '.pifleet.json').write_text('{}')
+    (disks / '1234abcd' / 'data').mkdir(parents=True)
+    (disks / '1234abcd' / 'data' / 'disk.img').write_bytes(b'')
+    fleet_map = {'version': 1, 'default': [], 'prefixes': {'1234abcd': {'name': 'pi-01', 'dirs': []},
+                                                          '1234abce': {'name': 'pi-02', 'dirs': []}}}
+    (tmp_path / 'map.json').write_text(json.dumps(fleet_map))
+    events = [{'time': '2026-11-23T10:00:0%d+00:00' % i, 'client': '10.99.33.51', 'port': 4000 + i,
+               'request': '1234abcd/' + path, 'prefix': '1234abcd', 'path': path, 'name': 'pi-01', 'known': True,
+               'outcome': outcome, 'bytes': 10, 'size': 10}
+              for i, (path, outcome) in enumerate([('start4.elf', 'probe'), ('start4.elf', 'ok'),
+                                                   ('kernel8.img', 'ok')])]
+    (tmp_path / 'events.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in events))
+    inventory(tmp_path, plugs, pifleet_roots_dir=str(roots), pifleet_disks_dir=str(disks),
+              pifleet_events_path=str(tmp_path / 'events.jsonl'), pifleet_map_path=str(tmp_path / 'map.json'))
+    rc, counters, output = play(tmp_path, 'status.yml')
+    assert rc == 0 and counters['lab-bakery']['changed'] == 0, output[-3000:]
+    rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines()
+            if re.match(r'\s*"pi-0\d ', line)}
+    assert rows['pi-01'][1:6] == ['4', '-', 'yes', '1', 'off'], rows
+    assert rows['pi-01'][6] == '2026-11-23T10:00:02+00:00' and rows['pi-01'][7] == 'kernel8.img'
+    assert rows['pi-02'][3:5] == ['missing', '0'] and rows['pi-02'][6] == 'never'
+    assert rows['pi-03'][5] == '-'  # no power device
