@@ -19,11 +19,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
-
 import threading
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
