@@ -171,8 +171,8 @@ def test_reimage_rebuilds_power_cycles_and_waits_for_the_boot(bakery):
                                       'request': '4a4a4a4a/kernel8.img', 'prefix': '4a4a4a4a', 'path': 'kernel8.img',
                                       'name': 'pi-04', 'known': True, 'outcome': 'ok'}) + '\n')
     try:
-        pis = dict(PIS, **{'pi-04': dict(PIS['pi-04'], pi_power={'driver': 'http', 'api': 'shelly1',
-                                                                'url': plugs.add('p4', 'shelly1', on=True)})})
+        power = {'driver': 'http', 'api': 'shelly1', 'url': plugs.add('p4', 'shelly1', on=True)}
+        pis = dict(PIS, **{'pi-04': dict(PIS['pi-04'], pi_power=power)})
         playbook(tmp, pis, bakery_vars={'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'),
                                         'pifleet_roots_dir': str(tmp / 'srv/roots'),
                                         'pifleet_events_path': str(events)})

@@ -87,8 +87,8 @@ def test_status_table(tmp_path, plugs):
     (roots / '1234abcd' / '.pifleet.json').write_text('{}')
     (disks / '1234abcd' / 'data').mkdir(parents=True)
     (disks / '1234abcd' / 'data' / 'disk.img').write_bytes(b'')
-    fleet_map = {'version': 1, 'default': [], 'prefixes': {'1234abcd': {'name': 'pi-01', 'dirs': []},
-                                                          '1234abce': {'name': 'pi-02', 'dirs': []}}}
+    prefixes = {'1234abcd': {'name': 'pi-01', 'dirs': []}, '1234abce': {'name': 'pi-02', 'dirs': []}}
+    fleet_map = {'version': 1, 'default': [], 'prefixes': prefixes}
     (tmp_path / 'map.json').write_text(json.dumps(fleet_map))
     events = [{'time': '2026-11-23T10:00:0%d+00:00' % i, 'client': '10.99.33.51', 'port': 4000 + i,
                'request': '1234abcd/' + path, 'prefix': '1234abcd', 'path': path, 'name': 'pi-01', 'known': True,
