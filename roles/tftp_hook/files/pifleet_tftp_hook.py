@@ -744,7 +744,10 @@ class Service:
             return
         fd, size, t.source = found
         t.fd = fd  # closed by close() even if begin() fails
-        data = self.cache.get(fd)
+        try:
+            data = self.cache.get(fd)
+        except OSError:
+            data = None  # an unreadable file: the transfer reads it block by block and reports the error
         if data is not None:
             os.close(fd)
             t.fd = None
