@@ -249,16 +249,20 @@ class PpiFake:
         return _load(self.state_file)['calls']
 
 
-UHUBCTL_SCRIPT = r'''import json, sys, time
+UHUBCTL_SCRIPT = r'''import fcntl, json, os, sys, time
 args = sys.argv[1:]
 opt = {args[i]: args[i + 1] for i in range(0, len(args) - 1, 2)}
 path = __file__ + '.json'
+# Pis on one hub are switched in parallel: one uhubctl at a time reads and rewrites the state.
+lock = open(path + '.lock', 'w')
+fcntl.flock(lock, fcntl.LOCK_EX)
 state = json.load(open(path))
 hub = state['hubs'].get(opt.get('-l'))
 if hub is None:
     sys.stderr.write('No compatible devices detected at location %s!\nRun with -h to get usage info.\n' % opt.get('-l'))
     sys.exit(1)
 if hub.get('hang'):
+    lock.close()  # a hung hub must not hold up the others
     time.sleep(60)
 ports = [p for p in opt.get('-p', ','.join(hub['ports'])).split(',') if p in hub['ports']]
 desc = '2109:3431 VIA Labs, Inc. USB2.0 Hub, USB 2.10, %d ports, ppps' % len(hub['ports'])
@@ -272,7 +276,9 @@ if '-a' in opt:
     for port in ports:
         hub['ports'][port] = 'on' if opt['-a'] in ('on', '1') else 'off'
     state['calls'].append([opt['-l'], ports, opt['-a']])
-    json.dump(state, open(path, 'w'))
+    with open(path + '.tmp', 'w') as out:
+        json.dump(state, out)
+    os.replace(path + '.tmp', path)
     print('Sent power %s request' % ('on' if opt['-a'] in ('on', '1') else 'off'))
     show('New')
 '''

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -145,6 +146,7 @@ class Server:
         self.config = config
         self.config_path.write_text(json.dumps(config))
         self.port = config['port']
+        self.first_event = {}  # client port -> index of the first event line that can be its own
         self.stderr_path = tmp / 'stderr.log'
         with open(self.stderr_path, 'wb') as stderr:
             self.proc = subprocess.Popen([sys.executable, '-I', str(SERVICE), '--config', str(self.config_path)],
@@ -156,14 +158,19 @@ class Server:
             time.sleep(0.02)
 
     def client(self, timeout=3.0):
-        return Client(self.port, timeout)
+        client = Client(self.port, timeout)
+        # A closed client's port can be handed out again: its events count from here on.
+        self.first_event[client.port] = len(self.events())
+        return client
 
     def stderr(self):
         return self.stderr_path.read_text(errors='replace')
 
     def events(self):
         path = Path(self.config['events'])
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        text = path.read_text() if path.exists() else ''
+        # Only whole lines: the service may be half-way through appending the last one.
+        return [json.loads(line) for line in text[:text.rfind('\n') + 1].splitlines()]
 
     def wait_events(self, count, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -195,9 +202,16 @@ def _port_taken(port):
 
 
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
+    """A free UDP port below the ephemeral range (32768-60999), so no client socket of a parallel test
+    can be given it between this check and the service binding it."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+            return port
 
 
 def make_tree(tmp):

@@ -14,11 +14,16 @@ import pytest
 SIZES = ['0', '1', 'bs-1', 'bs', 'bs+1', '3M']
 
 
+def own_events(server, port):
+    """Events of the client on ``port`` (not of an earlier, closed client that had the same port)."""
+    return [e for e in server.events()[server.first_event.get(port, 0):] if e['port'] == port]
+
+
 def event_for(server, port, timeout=5.0):
     """The one event of the request from client ``port`` (waits for it)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [e for e in server.events() if e['port'] == port]
+        found = own_events(server, port)
         if found or time.monotonic() > deadline:
             assert len(found) == 1, found
             return found[0]
@@ -68,7 +73,7 @@ def test_tsize_probe_then_full_request(running, tftp):
     assert got['data'] == want
     assert got['tid'] != tid
     deadline = time.monotonic() + 5
-    while len(events := [e for e in running.events() if e['port'] == client.port]) < 2:
+    while len(events := own_events(running, client.port)) < 2:
         assert time.monotonic() < deadline, events
         time.sleep(0.02)
     assert [(e['outcome'], e['tsize'], e['bytes']) for e in events] == [('probe', True, 0), ('ok', False, len(want))]
