@@ -21,18 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests' / 'tools
 import pisim
 
 
-def expect_from_dirs(dirs):
-    """The bytes the hook should serve for a request: the path after the prefix, first dir that has it."""
-    def expect(request):
-        name = request.split('/', 1)[-1]
-        for folder in dirs:
-            path = Path(folder) / name
-            if path.is_file():
-                return path.read_bytes()
-        return None
-    return expect
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--server', required=True)
@@ -41,7 +29,7 @@ def main():
     parser.add_argument('--model', type=int, default=4)
     parser.add_argument('--expect-dir', action='append', required=True)
     args = parser.parse_args()
-    expect = expect_from_dirs(args.expect_dir)
+    expect = pisim.expect_from_dirs(args.expect_dir)
     print('ready', flush=True)
     sys.stdin.read(1)
     report = pisim.boot(args.model, args.server, serial=args.serial, mac='dc:a6:32:00:00:01',

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def test_reimage_rebuilds_power_cycles_and_waits_for_the_boot(bakery):
                                         'pifleet_roots_dir': str(tmp / 'srv/roots'),
                                         'pifleet_events_path': str(events)})
         (tmp / 'play.yml').write_text((REPO / 'playbooks/reimage.yml').read_text())
+        shutil.copytree(REPO / 'playbooks/vars', tmp / 'vars', dirs_exist_ok=True)  # its vars_files
         feeder = threading.Thread(target=pi_boots)
         feeder.start()
         rc, counters, output = ansible(tmp, '--limit', 'pi-04', '-e', 'pifleet_reimage_wait=60', host='pi-04')
