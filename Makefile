@@ -29,7 +29,7 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 .PHONY: help setup apt venv collection test unit integration molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm clean
 
 help:
-	@echo "make demo   - set up, build a sample Pi image and register it with the bakeform module"
+	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests"
 	@echo "make unit | integration | molecule | ee | sanity | lint | ruff | bench | clean"
 
@@ -40,7 +40,7 @@ apt:
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  echo "apt: installing $${missing[*]}"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
 	fi
 
 venv: $(VENV)/.stamp
@@ -93,18 +93,11 @@ ee: setup
 
 test: setup ruff lint sanity unit integration molecule ee
 
-LAB := $(BUILD)/lab
-
-# The lab at this stage: a sample Pi OS-like image (models 3, 4 and 5), registered on this host
-# (the lab bakery) with the bakeform module through ansible-playbook; the play prints the manifest.
+# The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
+# Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.
+# DEMO_ARGS=--keep leaves the lab running (tests/tools/labdemo.py says how to take it down).
 demo: setup
-	@mkdir -p $(LAB)
-	@echo "demo: building a sample Raspberry Pi OS-like image in $(LAB)"
-	$(PY) tests/tools/piimage.py --out $(LAB)/raspios-sample.img.xz --models 3,4,5 >/dev/null
-	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/bakeforms.yml
-	@echo "demo: second run, which must change nothing"
-	$(VENV)/bin/ansible-playbook -i inventories/lab/hosts.yml playbooks/bakeforms.yml | grep -A3 'PLAY RECAP'
-	@echo "demo: the bakeform is in $(LAB)/bakeforms/raspios-sample (boot/, root/, manifest.json)"
+	$(PY) tests/tools/labdemo.py $(DEMO_ARGS)
 
 # Benchmarks report ratios against a baseline timed in the same run (results in .build/bench/).
 bench: bench-bakeform bench-roots bench-storm

@@ -103,6 +103,6 @@ def test_status_table(tmp_path, plugs):
     rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines()
             if re.match(r'\s*"pi-0\d ', line)}
     assert rows['pi-01'][1:6] == ['4', '-', 'yes', '1', 'off'], rows
-    assert rows['pi-01'][6] == '2026-11-23T10:00:02+00:00' and rows['pi-01'][7] == 'kernel8.img'
+    assert rows['pi-01'][6] == '2026-11-23T10:00:02Z' and rows['pi-01'][7] == 'kernel8.img'
     assert rows['pi-02'][3:5] == ['missing', '0'] and rows['pi-02'][6] == 'never'
     assert rows['pi-03'][5] == '-'  # no power device

@@ -3,7 +3,7 @@
 """Real test hosts for molecule: a Debian 12 systemd-nspawn container on a network-namespace LAN.
 
     python3 tests/tools/nspawnlab.py image
-    python3 tests/tools/nspawnlab.py up --name pfmol --subnet 10.99.40 --state DIR [--pis N]
+    python3 tests/tools/nspawnlab.py up --name pfmol --subnet 10.99.40 --state DIR [--pis N] [--macs M1,M2]
     python3 tests/tools/nspawnlab.py down --state DIR
 
 ``image`` debootstraps (``--variant=minbase``) a bookworm root with every package the roles
@@ -15,13 +15,14 @@ disabled with ``systemctl --root`` (no chroot), so the roles must enable and sta
 allows root by key only; the key is per lab and bind-mounted read-only at ``up``, never baked.
 
 ``up`` builds a LAN with ``nfslab.Lan`` (namespaces ``<name>-<host>``): ``router`` .1 runs dnsmasq
-as the home router (authoritative DHCP, range .100-.150, DNS off, pi1 pinned to .50 so exports can
-name it), ``bakery`` .2 hosts the container (systemd as PID 1, ``--volatile=overlay`` so every
-boot starts clean, ``--register=no --keep-unit`` as this host has no systemd, CAP_NET_ADMIN for
-dnsmasq, open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
+as the home router (authoritative DHCP, range .100-.150, DNS off, pi1, pi2, ... pinned to .50, .51,
+... so exports can name them), ``bakery`` .2 hosts the container (systemd as PID 1,
+``--volatile=overlay`` so every boot starts clean, ``--register=no --keep-unit`` as this host has
+no systemd, CAP_NET_ADMIN for dnsmasq, /dev/fuse for bakeform's fuse2fs (a container has no loop
+devices), open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
 DIR/data/ dirs for NFS-Ganesha (overlayfs has no file handles), no resolv.conf), ``pi1..piN`` have
-eth0 up with a Pi MAC and no address (they DHCP), ``outsider`` .60 is a stranger for "denied"
-checks. It waits until sshd in the container accepts the lab key, then writes DIR/lab.json
+eth0 up with a Pi MAC (``--macs``, else a Pi 4 one) and no address (they DHCP), ``outsider`` .60
+is a stranger for "denied" checks. It waits until sshd in the container accepts the lab key, then writes DIR/lab.json
 (namespaces, addresses, MACs, PIDs, key), DIR/ssh_config and DIR/inventory.yml (ssh through
 ``ip netns exec <name>-bakery socat STDIO TCP:127.0.0.1:22``). An ``up`` over an old state dir
 first runs ``down``.
@@ -60,6 +61,7 @@ PACKAGES = (
     'nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind', 'nfs-kernel-server', 'logrotate', 'iproute2', 'procps',
     'ca-certificates', 'python3-netaddr',  # nfs_export imports netaddr on the bakery
     'libnss-myhostname',  # the container's own name resolves without DNS (Ganesha waits 10 s otherwise)
+    'mtools', 'fuse2fs', 'xz-utils', 'e2fsprogs', 'openssh-client',  # the fleet role's tools (bakeform, pi_root)
 )
 # Units the packages enable; the roles are the ones that must enable them on the test host.
 BAKED_OFF = ('dnsmasq.service', 'nfs-ganesha.service', 'nfs-ganesha-lock.service', 'rpcbind.service',
@@ -281,7 +283,7 @@ def start_lan(lan, lab):
     lan.start()
     for pi, facts in lab['pis'].items():
         ns = lan.ns(pi)
-        # Lan gives every host an address; a Pi must DHCP, so drop it and put on a Pi 4 MAC.
+        # Lan gives every host an address; a Pi must DHCP, so drop it and put on the Pi's MAC.
         run(['ip', '-n', ns, 'addr', 'flush', 'dev', 'eth0'])
         run(['ip', '-n', ns, 'link', 'set', 'eth0', 'down'])
         run(['ip', '-n', ns, 'link', 'set', 'eth0', 'address', facts['mac']])
@@ -339,6 +341,8 @@ def start_container(lab, state, image_dir, keys):
         '--system-call-filter=open_by_handle_at',
         # No resolv.conf: lookups fail at once instead of timing out on the host's unreachable DNS.
         '--resolv-conf=delete',
+        # No loop devices in here: bakeform reads an image's root through fuse2fs instead.
+        '--bind=/dev/fuse',
         *('--bind=%s:%s' % (outside, inside) for inside, outside in lab['data_dirs'].items()),
     ], lab['console_log'])
     save(state, lab)
@@ -354,7 +358,8 @@ def start_container(lab, state, image_dir, keys):
     save(state, lab)
 
 
-def up(name, subnet, state, pis=1, image_dir=None):
+def up(name, subnet, state, *, pis=1, image_dir=None, macs=()):
+    """Start the lab; ``macs`` gives pi1, pi2, ... their MACs (the rest get a Pi 4 one)."""
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     if load(state):
@@ -362,7 +367,8 @@ def up(name, subnet, state, pis=1, image_dir=None):
     image_dir = Path(image_dir) if image_dir else image()
     # Pis take .50 on; the outsider moves to .200 when they would reach .60.
     addresses = {'router': subnet + '.1', 'bakery': subnet + '.2', 'outsider': subnet + ('.60' if pis < 11 else '.200')}
-    pis = {'pi%d' % i: {'mac': pi_mac(subnet, i), 'pinned': '%s.%d' % (subnet, 49 + i)} for i in range(1, pis + 1)}
+    macs = [mac.lower() for mac in macs] + [pi_mac(subnet, i) for i in range(len(macs) + 1, pis + 1)]
+    pis = {'pi%d' % i: {'mac': macs[i - 1], 'pinned': '%s.%d' % (subnet, 49 + i)} for i in range(1, pis + 1)}
     lan = Lan(name, {**addresses, **{pi: facts['pinned'] for pi, facts in pis.items()}})
     lab = {'name': name, 'subnet': subnet, 'state': str(state), 'image': str(image_dir),
            'machine': '%s-bakery' % name, 'namespaces': {h: lan.ns(h) for h in ['lan', *lan.hosts]},
@@ -404,6 +410,7 @@ def main(argv=None):
     p_up.add_argument('--subnet', default='10.99.40', help='first three octets of the /24')
     p_up.add_argument('--state', required=True, help='directory for lab.json, keys, logs')
     p_up.add_argument('--pis', type=int, default=1)
+    p_up.add_argument('--macs', default='', help='comma-separated MACs of pi1, pi2, ... (default: Pi 4 MACs)')
     p_down = sub.add_parser('down', help='stop everything `up` started')
     p_down.add_argument('--state', required=True)
     args = parser.parse_args(argv)
@@ -416,7 +423,10 @@ def main(argv=None):
         if not re.fullmatch(r'\d+\.\d+\.\d+', args.subnet):
             parser.error('--subnet takes three octets, e.g. 10.99.40')
         try:
-            lab = up(args.name, args.subnet, args.state, pis=args.pis)
+            macs = [mac for mac in args.macs.split(',') if mac]
+            if len(macs) > args.pis or not all(re.fullmatch(r'([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}', m) for m in macs):
+                parser.error('--macs takes at most --pis MACs like b8:27:eb:00:00:01, comma-separated')
+            lab = up(args.name, args.subnet, args.state, pis=args.pis, macs=macs)
         except BaseException:
             down(args.state)  # nothing half-started stays behind
             raise
