@@ -26,7 +26,7 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
 	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables
 
-.PHONY: help setup apt venv collection test unit integration molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm clean
+.PHONY: help setup apt venv collection test unit integration molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
@@ -100,7 +100,7 @@ demo: setup
 	$(PY) tests/tools/labdemo.py $(DEMO_ARGS)
 
 # Benchmarks report ratios against a baseline timed in the same run (results in .build/bench/).
-bench: bench-bakeform bench-roots bench-storm
+bench: bench-bakeform bench-roots bench-storm bench-scale
 
 bench-bakeform: setup
 	$(PY) bench/bench_bakeform.py $(BENCH_ARGS)
@@ -110,6 +110,9 @@ bench-roots: setup
 
 bench-storm: setup
 	$(PY) bench/bench_storm.py $(BENCH_ARGS)
+
+bench-scale: setup
+	$(PY) bench/bench_scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output

@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._atomic import read_mounts
+from ansible_collections.pifleet.netboot.plugins.module_utils._atomic import ScratchDir, read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
 
 MARKER = '.pifleet.json'
@@ -201,10 +203,11 @@ class Cloner:
         btrfs = self.which('btrfs', False) if is_subvolume(path) else None
         return bool(btrfs) and self.run([btrfs, 'subvolume', 'delete', path])[0] == 0
 
-    def host_keys(self, root, hostname, types, carry_from=None):
+    def host_keys(self, root, hostname, types, carry_from=None, forged=None):
         """Give the root its own SSH host keys: the old root's when rebuilding, new ones otherwise.
 
-        Returns the key types freshly generated.
+        ``forged`` ({type: private key path}, from a ``KeyForge``) holds keys made ahead for this root;
+        a type it lacks is generated here. Returns the key types freshly generated.
         """
         ssh = os.path.join(root, SSH_DIR)
         for name in os.listdir(ssh) if os.path.isdir(ssh) else []:
@@ -216,21 +219,99 @@ class Cloner:
             for name in sorted(os.listdir(old_ssh)):
                 match = _HOST_KEY.fullmatch(name.replace('.pub', ''))
                 src = os.path.join(old_ssh, name)
-                if match and os.path.isfile(src) and not os.path.islink(src):
+                if match and is_regular(src):
                     shutil.copy2(src, os.path.join(ssh, name))
                     st = os.lstat(src)
                     os.chown(os.path.join(ssh, name), st.st_uid, st.st_gid)
                     carried.add(match.group(1))
         made = []
         for kind in types:
-            if kind in carried and os.path.exists(os.path.join(ssh, 'ssh_host_%s_key' % kind)):
+            key = os.path.join(ssh, 'ssh_host_%s_key' % kind)
+            if kind in carried and os.path.exists(key):
                 continue
             os.makedirs(ssh, 0o755, exist_ok=True)
-            self._check([self.which('ssh-keygen', True), '-q', '-N', '', '-t', kind, '-C', 'root@%s' % hostname,
-                         '-f', os.path.join(ssh, 'ssh_host_%s_key' % kind)],
-                        'generating the %s SSH host key for %s' % (kind, hostname))
+            if not take_forged(forged, kind, key):
+                self._check(keygen_argv(self.which('ssh-keygen', True), kind, hostname, key),
+                            'generating the %s SSH host key for %s' % (kind, hostname))
             made.append(kind)
         return made
+
+
+def is_regular(path):
+    return os.path.isfile(path) and not os.path.islink(path)
+
+
+def keygen_argv(keygen, kind, hostname, key):
+    return [keygen, '-q', '-N', '', '-t', kind, '-C', 'root@%s' % hostname, '-f', key]
+
+
+def take_forged(forged, kind, key):
+    """Move the ``kind`` key pair made ahead to ``key`` (and ``key``.pub); False when there is none."""
+    made = (forged or {}).get(kind)
+    if not made or not os.path.isfile(made) or not os.path.isfile(made + '.pub'):
+        return False
+    shutil.move(made + '.pub', key + '.pub')  # a rename, or a copy into a btrfs snapshot (another subvolume)
+    shutil.move(made, key)
+    return True
+
+
+def run_in_thread(argv):
+    """(rc, stdout, stderr) of ``argv``, safe to call from several threads at once (run_command's preexec_fn is not)."""
+    proc = subprocess.run(argv, capture_output=True, text=True, errors='replace', check=False, close_fds=True,
+                          env=dict(os.environ, LANG='C', LC_ALL='C'))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+class KeyForge:
+    """SSH host keys of the roots about to be cloned, made ahead and several at a time.
+
+    ssh-keygen is CPU-bound (an RSA key takes about a second) while cloning waits on the disk, so a
+    first run of a fleet would spend a second per Pi on keys, one after the other. The forge runs
+    them on at most ``workers`` threads (default: the CPU count) into a locked scratch directory of
+    ``parent``, while the clones go on in order; ``take()`` waits for one root's keys. A key that
+    could not be made is left out, so ``Cloner.host_keys`` makes it itself and fails as it always did.
+    ``run(argv)`` must be thread-safe; ``setpriv`` (if given) kills a key's ssh-keygen with its module.
+    """
+
+    def __init__(self, parent, keygen, run=run_in_thread, setpriv=None, workers=None):
+        self.keygen, self.run = keygen, run
+        self.prefix = [setpriv, '--pdeathsig', 'KILL', '--'] if setpriv else []
+        self.scratch = ScratchDir(parent, 'keys')
+        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+        self.orders = {}  # label -> {kind: future}
+
+    def order(self, label, hostname, kinds):
+        """Start making the ``kinds`` of keys for ``label`` (a serial), commented root@``hostname``."""
+        folder = self.scratch.join(label)
+        os.mkdir(folder, 0o700)
+        self.orders[label] = {kind: self.pool.submit(self._make, os.path.join(folder, 'ssh_host_%s_key' % kind),
+                                                     kind, hostname) for kind in kinds}
+
+    def _make(self, key, kind, hostname):
+        rc, _out, _err = self.run([*self.prefix, *keygen_argv(self.keygen, kind, hostname, key)])
+        return key if rc == 0 else None
+
+    def take(self, label):
+        """{kind: private key path} of the keys made for ``label``, once they are all done."""
+        made = {}
+        for kind, future in self.orders.pop(label, {}).items():
+            try:
+                key = future.result()
+            except Exception:  # the key is then made in place, with the usual error if it fails
+                key = None
+            if key:
+                made[kind] = key
+        return made
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.scratch.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def host_key_types(root):

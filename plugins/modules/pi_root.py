@@ -15,6 +15,8 @@ description:
     a reflink copy (XFS, btrfs) or a full copy, keeping owners, modes, links, device nodes and xattrs.
   - The clone is built in a locked scratch directory beside its target, fixed, then renamed into place,
     so a Pi never sees a half-made root; leftovers of a killed run are removed by the next run.
+  - The SSH host keys of the roots a call clones are generated ahead, at most one C(ssh-keygen) per CPU at a
+    time, while the roots are cloned and installed one after the other in the order given.
   - "Fixes for life on NFS: SD-card lines out of C(/etc/fstab) (C(proc) kept), the boot files mounted per
     O(boot_mount), hostname and C(/etc/hosts), SSH host keys of its own, a fresh machine-id, first-boot resize
     and swap file disabled, C(ssh) enabled, authorized keys for root, and NetworkManager/dhcpcd kept off the
@@ -189,12 +191,18 @@ swept:
   sample: []
 """
 
+import contextlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _rootfix, _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import IngestError, check_name, load_manifest
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
+    MANIFEST,
+    IngestError,
+    check_name,
+    load_manifest,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
 
@@ -212,6 +220,7 @@ class PiRootModule:
         self.diffs = []
         self.manifests = {}
         self._cloner = None
+        self.forge = None
 
     def fail(self, msg, **details):
         self.module.fail_json(msg=msg, **self.result, **details)
@@ -229,8 +238,9 @@ class PiRootModule:
             if not self.module.check_mode and os.path.isdir(self.roots_dir):
                 self.result['swept'] = _atomic.sweep_stale(
                     self.roots_dir, lambda label: os.path.join(self.roots_dir, label))
-            for item in items:
-                self.result['pis'].append(self.converge(item))
+            with self.key_forge(items):
+                for item in items:
+                    self.result['pis'].append(self.converge(item))
         except (_roots.RootError, _rootfix.FixError, IngestError) as exc:
             self.fail(str(exc), **getattr(exc, 'details', {}))
         except OSError as exc:
@@ -262,6 +272,37 @@ class PiRootModule:
             if dupes:
                 self.fail('duplicate %ss in pis: %s; each Pi needs its own' % (key, ', '.join(dupes)))
         return items
+
+    def key_forge(self, items):
+        """A KeyForge already making the SSH host keys of the roots this run clones (none to make: a no-op)."""
+        orders = [] if self.module.check_mode else [(item, self.keys_to_make(item)) for item in items]
+        orders = [(item, kinds) for item, kinds in orders if kinds]
+        keygen = self.module.get_bin_path('ssh-keygen') if orders else None
+        if not keygen:
+            return contextlib.nullcontext()  # without ssh-keygen, host_keys() fails as it always did
+        os.makedirs(self.roots_dir, 0o755, exist_ok=True)
+        self.forge = _roots.KeyForge(self.roots_dir, keygen, setpriv=self.module.get_bin_path('setpriv'))
+        try:
+            for item, kinds in orders:
+                self.forge.order(item['serial'], item['hostname'], kinds)
+        except BaseException:
+            self.forge.close()
+            raise
+        return self.forge
+
+    def keys_to_make(self, item):
+        """Host key types a clone of this Pi's root will generate (its plan is made again, in order, later)."""
+        if item['state'] == 'absent' or check_name(item['bakeform']):
+            return []
+        path, bakeform = os.path.join(self.roots_dir, item['serial']), os.path.join(self.store, item['bakeform'])
+        golden = os.path.join(bakeform, 'root')
+        rebuild = item['state'] == 'rebuilt' and os.path.lexists(path)
+        if (os.path.lexists(path) and not rebuild) or not os.path.isdir(golden) \
+                or not os.path.isfile(os.path.join(bakeform, MANIFEST)):
+            return []
+        old_ssh = os.path.join(path, _roots.SSH_DIR)
+        return [kind for kind in _roots.host_key_types(golden)  # a rebuild carries the old root's keys over
+                if not (rebuild and _roots.is_regular(os.path.join(old_ssh, 'ssh_host_%s_key' % kind)))]
 
     def manifest(self, name, serial):
         """Each bakeform's manifest is read once per call, however many Pis use it."""
@@ -358,7 +399,8 @@ class PiRootModule:
             method = cloner.clone(golden, built, methods, 'Pi %s' % serial)
             changes = _rootfix.clone_changes(built, *fix_args)
             _rootfix.apply(built, changes)
-            cloner.host_keys(built, item['hostname'], _roots.host_key_types(golden), carry_from=path if rebuild else None)
+            cloner.host_keys(built, item['hostname'], _roots.host_key_types(golden), carry_from=path if rebuild else None,
+                             forged=self.forge.take(serial) if self.forge else None)
             wanted = self.marker(item, method, changes)
             _rootfix.write_file(built, _roots.MARKER, _roots.marker_text(wanted))
             self.clone_diff(item, changes, old_marker, wanted)

@@ -72,11 +72,12 @@ def lab_pis(inventory=INVENTORY / 'hosts.yml'):
         out.append({'name': name, 'model': int(facts['pi_model']), 'serial': str(facts['pi_serial']).lower(),
                     'mac': mac, 'ip': facts['pi_ip'], 'prefix': prefix, 'ns': '%s-pi%d' % (NAME, index),
                     'folder': pisim.tftp_prefix(prefix, serial, mac), 'root_key': serial})
-    for pi in out:
-        if pi['ip'] != '%s.%d' % (SUBNET, 49 + out.index(pi) + 1):
-            raise DemoError('%s: pi_ip %s is not the address the lab router reserves for Pi number %d (%s.%d); '
-                            'keep inventories/lab Pis on %s.50 and up, in order'
-                            % (pi['name'], pi['ip'], out.index(pi) + 1, SUBNET, 49 + out.index(pi) + 1, SUBNET))
+    for number, pi in enumerate(out, start=1):
+        reserved = '%s.%d' % (SUBNET, 49 + number)  # what nspawnlab's router pins for pi<number>
+        if pi['ip'] != reserved:
+            raise DemoError('%s: pi_ip %s is not the address the lab router reserves for Pi number %d (%s); keep '
+                            'the Pis of inventories/lab on %s.50 and up, in order' % (
+                                pi['name'], pi['ip'], number, reserved, SUBNET))
     return out
 
 
@@ -131,8 +132,8 @@ def boot_pi(lab, pi, fleet_map):
     try:
         report = json.loads(proc.stdout)
     except ValueError:
-        raise DemoError('%s: the simulator failed (rc %d): %s' % (pi['name'], proc.returncode,
-                                                                   (proc.stderr or proc.stdout)[-2000:])) from None
+        detail = (proc.stderr or proc.stdout)[-2000:]
+        raise DemoError('%s: the simulator failed (rc %d): %s' % (pi['name'], proc.returncode, detail)) from None
     dhcp = report.get('dhcp') or {}
     got = [f for f in report.get('files', []) if f['ok'] and f['bytes']]
     bad = [f for f in report.get('files', []) if not f['ok']]

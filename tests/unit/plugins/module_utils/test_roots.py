@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -180,3 +181,59 @@ def test_host_keys_new_then_carried(tmp_path):
     for name in ('ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub'):
         assert (rebuilt / 'etc/ssh' / name).read_bytes() == (first / 'etc/ssh' / name).read_bytes()
     assert (rebuilt / 'etc/ssh/ssh_host_ed25519_key').stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen (openssh-client)')
+def test_key_forge_makes_keys_ahead_and_host_keys_moves_them_in(tmp_path):
+    cloner = _roots.Cloner(real_run, lambda name, required: shutil.which(name))
+    roots = {serial: tmp_path / serial for serial in ('3a4b5c6d', '3a4b5c6e')}
+    with _roots.KeyForge(str(tmp_path), shutil.which('ssh-keygen'), workers=2) as forge:
+        for serial in roots:
+            forge.order(serial, 'pi-%s' % serial, ['ed25519', 'ecdsa'])
+        scratch = forge.scratch.path
+        for serial, root in roots.items():
+            (root / 'etc/ssh').mkdir(parents=True)
+            forged = forge.take(serial)
+            assert sorted(forged) == ['ecdsa', 'ed25519'] and all(path.startswith(scratch) for path in forged.values())
+            made = cloner.host_keys(str(root), 'pi-%s' % serial, ['ed25519', 'ecdsa'], forged=forged)
+            assert made == ['ed25519', 'ecdsa']
+            key = root / 'etc/ssh/ssh_host_ed25519_key'
+            assert key.stat().st_mode & 0o777 == 0o600
+            assert (root / 'etc/ssh/ssh_host_ed25519_key.pub').read_text().strip().endswith('root@pi-%s' % serial)
+            assert not any(os.path.exists(path) for path in forged.values())  # moved, not copied
+        assert forge.take('never-ordered') == {}
+    assert not os.path.exists(scratch)  # the scratch dir (with any key left in it) goes with the forge
+    first, second = ((root / 'etc/ssh/ssh_host_ed25519_key').read_bytes() for root in roots.values())
+    assert first != second
+
+
+@pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen (openssh-client)')
+def test_key_forge_failure_falls_back_to_the_inline_error(tmp_path):
+    failing = tmp_path / 'ssh-keygen'
+    failing.write_text('#!/bin/sh\necho "ssh-keygen: no entropy" >&2\nexit 1\n')
+    failing.chmod(0o755)
+    with _roots.KeyForge(str(tmp_path), str(failing), workers=1) as forge:
+        forge.order('3a4b5c6d', 'pi-x', ['ed25519'])
+        forged = forge.take('3a4b5c6d')
+    assert forged == {}
+    root = tmp_path / 'root'
+    (root / 'etc/ssh').mkdir(parents=True)
+    cloner = _roots.Cloner(real_run, lambda name, required: str(failing))
+    with pytest.raises(_roots.RootError, match=r'generating the ed25519 SSH host key for pi-x.*no entropy'):
+        cloner.host_keys(str(root), 'pi-x', ['ed25519'], forged=forged)
+
+
+def test_key_forge_close_cancels_what_has_not_started(tmp_path):
+    started = []
+
+    def slow_run(argv):
+        started.append(argv)
+        time.sleep(0.3)
+        return 1, '', 'stopped'
+
+    forge = _roots.KeyForge(str(tmp_path), '/usr/bin/ssh-keygen', run=slow_run, workers=1)
+    for index in range(20):
+        forge.order('%08x' % index, 'pi-%d' % index, ['rsa'])
+    scratch = forge.scratch.path
+    forge.close()
+    assert 1 <= len(started) < 20 and not os.path.exists(scratch)
