@@ -219,7 +219,7 @@ def main(argv=None):
         parser.error('must run as root (network namespaces, systemd-nspawn)')
     try:
         demo(Path(args.state).resolve(), args.keep)
-    except DemoError as exc:
+    except (DemoError, RuntimeError, subprocess.SubprocessError) as exc:  # nspawnlab says RuntimeError
         print('demo: FAILED: %s' % exc, file=sys.stderr, flush=True)
         return 1
     return 0
