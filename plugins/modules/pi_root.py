@@ -292,14 +292,15 @@ class PiRootModule:
 
     def keys_to_make(self, item):
         """Host key types a clone of this Pi's root will generate (its plan is made again, in order, later)."""
-        if item['state'] == 'absent' or check_name(item['bakeform']):
+        path = os.path.join(self.roots_dir, item['serial'])
+        action = _roots.plan_action(item['state'], os.path.lexists(path), None, None)  # no marker: clones only
+        if action not in ('clone', 'rebuild') or check_name(item['bakeform']):
             return []
-        path, bakeform = os.path.join(self.roots_dir, item['serial']), os.path.join(self.store, item['bakeform'])
+        bakeform = os.path.join(self.store, item['bakeform'])
         golden = os.path.join(bakeform, 'root')
-        rebuild = item['state'] == 'rebuilt' and os.path.lexists(path)
-        if (os.path.lexists(path) and not rebuild) or not os.path.isdir(golden) \
-                or not os.path.isfile(os.path.join(bakeform, MANIFEST)):
+        if not os.path.isdir(golden) or not os.path.isfile(os.path.join(bakeform, MANIFEST)):
             return []
+        rebuild = action == 'rebuild'
         old_ssh = os.path.join(path, _roots.SSH_DIR)
         return [kind for kind in _roots.host_key_types(golden)  # a rebuild carries the old root's keys over
                 if not (rebuild and _roots.is_regular(os.path.join(old_ssh, 'ssh_host_%s_key' % kind)))]

@@ -40,6 +40,7 @@ REPO = TOOLS.parents[1]
 sys.path.insert(0, str(TOOLS))
 import nspawnlab  # noqa: E402
 import pisim  # noqa: E402
+from modrun import ensure_importable  # noqa: E402
 from piimage import build_image  # noqa: E402
 
 INVENTORY = REPO / 'inventories' / 'lab'
@@ -69,27 +70,21 @@ def lab_pis(inventory=INVENTORY / 'hosts.yml'):
         serial = pisim.normalise_serial(str(facts['pi_serial']))
         mac = pisim.normalise_mac(facts['pi_mac'])
         prefix = str(facts.get('pi_tftp_prefix', 'serial'))
-        out.append({'name': name, 'model': int(facts['pi_model']), 'serial': str(facts['pi_serial']).lower(),
-                    'mac': mac, 'ip': facts['pi_ip'], 'prefix': prefix, 'ns': '%s-pi%d' % (NAME, index),
-                    'folder': pisim.tftp_prefix(prefix, serial, mac), 'root_key': serial})
-    for number, pi in enumerate(out, start=1):
-        reserved = '%s.%d' % (SUBNET, 49 + number)  # what nspawnlab's router pins for pi<number>
-        if pi['ip'] != reserved:
+        reserved = nspawnlab.pi_address(SUBNET, index)
+        if facts['pi_ip'] != reserved:
             raise DemoError('%s: pi_ip %s is not the address the lab router reserves for Pi number %d (%s); keep '
-                            'the Pis of inventories/lab on %s.50 and up, in order' % (
-                                pi['name'], pi['ip'], number, reserved, SUBNET))
+                            'the Pis of inventories/lab on %s and up, in order' % (
+                                name, facts['pi_ip'], index, reserved, nspawnlab.pi_address(SUBNET, 1)))
+        out.append({'name': name, 'model': int(facts['pi_model']), 'serial': str(facts['pi_serial']).lower(),
+                    'mac': mac, 'ip': facts['pi_ip'], 'prefix': prefix, 'host': 'pi%d' % index,
+                    'folder': pisim.tftp_prefix(prefix, serial, mac), 'root_key': serial})
     return out
 
 
 def ansible_env(state):
-    collections = REPO / '.build' / 'collections'
-    link = collections / 'ansible_collections' / 'pifleet' / 'netboot'
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO)
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false',
-                ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0', ANSIBLE_PIPELINING='true',
-                ANSIBLE_LOCALHOST_WARNING='false', PYTHONPATH=str(collections), PIFLEET_LAB_STATE=str(state))
+    ensure_importable()  # the collection symlink, ANSIBLE_COLLECTIONS_PATH and PYTHONPATH
+    return dict(os.environ, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0',
+                ANSIBLE_PIPELINING='true', ANSIBLE_LOCALHOST_WARNING='false', PIFLEET_LAB_STATE=str(state))
 
 
 def playbook(state, name, *extra):
@@ -123,7 +118,7 @@ def boot_pi(lab, pi, fleet_map):
     if entry is None:
         raise DemoError('%s: the fleet map has no prefix %s' % (pi['name'], pi['folder']))
     bakery = lab['addresses']['bakery']
-    argv = ['ip', 'netns', 'exec', pi['ns'], sys.executable, str(TOOLS / 'pisim.py'), 'boot',
+    argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, str(TOOLS / 'pisim.py'), 'boot',
             '--model', str(pi['model']), '--serial', pi['serial'], '--mac', pi['mac'], '--prefix', pi['prefix'],
             '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/%s' % (bakery, pi['root_key']), '--json']
     for folder in [*entry['dirs'], *fleet_map['default']]:
@@ -152,7 +147,7 @@ def boot_pi(lab, pi, fleet_map):
 
 def outsider_refused(lab, pi):
     url = pisim.nfs_url(lab['addresses']['bakery'], '/srv/pifleet/roots/%s' % pi['root_key'])
-    proc = subprocess.run(['ip', 'netns', 'exec', '%s-outsider' % NAME, 'nfs-ls', url], capture_output=True,
+    proc = subprocess.run(['ip', 'netns', 'exec', lab['namespaces']['outsider'], 'nfs-ls', url], capture_output=True,
                           text=True, timeout=60, check=False)
     if proc.returncode == 0:
         raise DemoError('the outsider %s could list %s: exports are not limited to their Pi'

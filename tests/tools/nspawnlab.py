@@ -213,6 +213,11 @@ def children(pid):
 # ---------------------------------------------------------------- the lab
 
 
+def pi_address(subnet, index):
+    """The address the router reserves for pi<index> (1-based): .50, .51, ..."""
+    return '%s.%d' % (subnet, 49 + index)
+
+
 def pi_mac(subnet, index):
     return 'dc:a6:32:%02x:%02x:%02x' % (int(subnet.split('.')[2]), index // 256, index % 256)
 
@@ -368,7 +373,7 @@ def up(name, subnet, state, *, pis=1, image_dir=None, macs=()):
     # Pis take .50 on; the outsider moves to .200 when they would reach .60.
     addresses = {'router': subnet + '.1', 'bakery': subnet + '.2', 'outsider': subnet + ('.60' if pis < 11 else '.200')}
     macs = [mac.lower() for mac in macs] + [pi_mac(subnet, i) for i in range(len(macs) + 1, pis + 1)]
-    pis = {'pi%d' % i: {'mac': macs[i - 1], 'pinned': '%s.%d' % (subnet, 49 + i)} for i in range(1, pis + 1)}
+    pis = {'pi%d' % i: {'mac': macs[i - 1], 'pinned': pi_address(subnet, i)} for i in range(1, pis + 1)}
     lan = Lan(name, {**addresses, **{pi: facts['pinned'] for pi, facts in pis.items()}})
     lab = {'name': name, 'subnet': subnet, 'state': str(state), 'image': str(image_dir),
            'machine': '%s-bakery' % name, 'namespaces': {h: lan.ns(h) for h in ['lan', *lan.hosts]},
