@@ -144,13 +144,14 @@ def install(scratch, built, dest):
     os.rename(built, dest)
 
 
-def discard(parent, label, path, remove=None):
+def discard(parent, label, path, remove=None, unmount=None):
     """Take ``path`` away from its name at once, then delete it at leisure.
 
     It is renamed into a scratch directory as ``trash`` (never restored by sweep_stale(), unlike
     ``old``), so a crash mid-delete leaves nothing half-deleted under the name. ``remove(path)``
     deletes special trees first (a btrfs subvolume, say); the scratch directory goes in any case.
     """
+    release_mounts(path, unmount)  # a mount point inside cannot stay mounted in the trash
     scratch = ScratchDir(parent, label)
     try:
         os.rename(path, scratch.join('trash'))
@@ -158,6 +159,17 @@ def discard(parent, label, path, remove=None):
             remove(scratch.join('trash'))
     finally:
         scratch.close()
+
+
+def free_bytes(path):
+    """Bytes free for root at ``path`` (its nearest existing parent); None when unknown."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path.rstrip('/')) or '/'
+    try:
+        st = os.statvfs(path or '/')
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def sweep_stale(parent, target_for, unmount=None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -18,6 +19,7 @@ import struct
 import subprocess
 import threading
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
     PartitionError,
     detect_kernels,
@@ -31,9 +33,12 @@ NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
 CHECKSUM_RE = re.compile(r'sha256:([0-9a-fA-F]{64})')
 CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
-EXT_MAGIC = 0xEF53
 MANIFEST = 'manifest.json'
-MOUNT_FAILED = 90  # exit status of our extract script when the loop mount itself fails
+ROOT_IMAGE = 'root.img'  # the golden root: the image's own root partition, an ext4 file system
+BOOT_IMAGE = 'boot.img'  # the boot files as a read-only ext4 file system, for Pis that mount them over NFS
+BOOT_DIR = 'boot'  # the boot files as a tree, for the TFTP hook
+BOOT_EXPORT = 'boot-nfs'  # where pi_root mounts boot.img read-only, for the NFS export
+STORE_FORMAT = 2  # 1: golden root as a directory tree (before 0.3.0)
 
 
 class IngestError(Exception):
@@ -75,9 +80,12 @@ def hash_file(path):
     return digest.hexdigest()
 
 
-def is_complete(dest):
-    """A stored bakeform has its boot files and its golden root beside the manifest."""
-    return all(os.path.isdir(os.path.join(dest, part)) for part in ('boot', 'root'))
+def is_complete(dest, manifest=None):
+    """A stored bakeform of this format has its boot files and images beside the manifest."""
+    if manifest is not None and manifest.get('format') != STORE_FORMAT:
+        return False
+    return os.path.isdir(os.path.join(dest, BOOT_DIR)) and all(
+        os.path.isfile(os.path.join(dest, name)) for name in (ROOT_IMAGE, BOOT_IMAGE))
 
 
 def load_manifest(dest):
@@ -121,6 +129,7 @@ def summary(manifest):
 
 
 _ZEROS = bytes(65536)
+HEAD = 1024 * 1024  # decompressed bytes kept before the partition table is read (MBR and GPT fit)
 
 
 class SparseWriter:
@@ -144,11 +153,85 @@ class SparseWriter:
         self.handle.truncate(self.size)
 
 
-def stream_image(reader, out_path, what, xz_bin=None):
-    """Copy a source stream (``read(n)``) to ``out_path``: hash it, unpack xz, write sparsely.
+class ImageSplitter:
+    """The sink of a decompressed image: each partition's bytes go straight to a sparse file of their own.
 
-    One pass, whatever the source. xz (detected by its magic, not the file name) is unpacked by
-    the ``xz`` program when ``xz_bin`` is given, which uses every core, else by Python's lzma.
+    The first ``HEAD`` bytes are held until the partition table in them is read (a bad table stops
+    the stream there); then the boot (FAT) partition goes to ``boot_path`` and the root (ext4) to
+    ``root_path``, and the bytes between and after them are only counted. No full image is ever
+    written, so unpacking costs one pass and the root partition is the golden root file system as is.
+    ``limit`` caps the decompressed size (a small file can unpack to terabytes).
+    """
+
+    def __init__(self, boot_path, root_path, what, limit=None, free_space=None):
+        self.paths = {'boot': boot_path, 'root': root_path}
+        self.what = what
+        self.limit = limit
+        self.free_space = free_space  # callable(bytes needed) raising when the store lacks them
+        self.head = bytearray()
+        self.size = 0
+        self.table = self.boot = self.root = None
+        self.sinks = []  # (start, end, SparseWriter)
+
+    def write(self, data):
+        if self.limit is not None and self.size + len(data) > self.limit:
+            raise IngestError('%s unpacks to more than max_size (%s bytes); raise max_size if the image is '
+                              'really that large' % (self.what, self.limit))
+        if self.table is None:
+            self.head += data
+            self.size += len(data)
+            if len(self.head) >= HEAD:
+                self._open()
+                self._route(bytes(self.head), 0)
+                self.head = None
+            return
+        self._route(data, self.size)
+        self.size += len(data)
+
+    def _open(self):
+        try:
+            self.table = read_table(io.BytesIO(bytes(self.head)))
+            self.boot, self.root = select_boot_and_root(self.table, None)
+        except (PartitionError, struct.error) as exc:
+            raise PartitionError(str(exc)) from None
+        if self.free_space is not None:
+            self.free_space(self.boot['size'] + self.root['size'])
+        for part in (self.boot, self.root):
+            handle = open(self.paths['boot' if part is self.boot else 'root'], 'wb')
+            self.sinks.append((part['start'], part['start'] + part['size'], SparseWriter(handle)))
+
+    def _route(self, data, offset):
+        end = offset + len(data)
+        for start, stop, sink in self.sinks:
+            lo, hi = max(start, offset), min(stop, end)
+            if lo < hi:
+                sink.handle.seek(lo - start)
+                sink.size = lo - start
+                sink.write(memoryview(data)[lo - offset:hi - offset])
+
+    def close(self):
+        if self.table is None and self.size:
+            self._open()
+            self._route(bytes(self.head), 0)
+            self.head = None
+        for start, stop, sink in self.sinks:
+            sink.size = stop - start  # the partition's length, holes included
+            sink.close()
+            sink.handle.close()
+        if self.table is not None:
+            select_boot_and_root(self.table, self.size)  # a partition past the end of the stream is an error
+
+    def abort(self):
+        for _start, _stop, sink in self.sinks:
+            sink.handle.close()
+
+
+def stream_image(reader, out, what, xz_bin=None):
+    """Copy a source stream (``read(n)``) to ``out``: hash it, unpack xz, write sparsely.
+
+    ``out`` is a path (the whole image, sparse) or a sink such as ``ImageSplitter``. One pass,
+    whatever the source. xz (detected by its magic, not the file name) is unpacked by the ``xz``
+    program when ``xz_bin`` is given, which uses every core, else by Python's lzma.
     Returns ``(sha256_hex, source_bytes, image_bytes)``.
     """
     digest = hashlib.sha256()
@@ -168,8 +251,9 @@ def stream_image(reader, out_path, what, xz_bin=None):
             except OSError as exc:  # a dropped download, an I/O error on the source disk
                 raise IngestError('reading %s failed after %d bytes: %s' % (what, counted[0], exc)) from exc
 
-    with open(out_path, 'wb') as handle:
-        sink = SparseWriter(handle)
+    handle = open(out, 'wb') if isinstance(out, str) else None
+    sink = SparseWriter(handle) if handle else out
+    try:
         if not first.startswith(XZ_MAGIC):
             for chunk in chunks():
                 sink.write(chunk)
@@ -178,9 +262,55 @@ def stream_image(reader, out_path, what, xz_bin=None):
         else:
             _unxz_python(chunks(), sink, what)
         sink.close()
+    except BaseException:
+        if handle is None:
+            sink.abort()
+        raise
+    finally:
+        if handle is not None:
+            handle.close()
     if sink.size == 0:
         raise IngestError('%s decompresses to nothing (an empty image)' % what)
     return digest.hexdigest(), counted[0], sink.size
+
+
+def hash_stream(reader, what, limit=None):
+    """sha256 and length of a whole stream, refusing more than ``limit`` bytes."""
+    digest, count = hashlib.sha256(), 0
+    while True:
+        try:
+            chunk = reader.read(CHUNK)
+        except OSError as exc:
+            raise IngestError('reading %s failed after %d bytes: %s' % (what, count, exc)) from exc
+        if not chunk:
+            return digest.hexdigest(), count
+        count += len(chunk)
+        if limit is not None and count > limit:
+            raise IngestError('%s is larger than max_size (%d bytes); raise max_size if it is really that large'
+                              % (what, limit))
+        digest.update(chunk)
+
+
+def copy_stream(reader, path, what, limit=None):
+    """Save a download to ``path`` while hashing it; (sha256, bytes). Nothing is unpacked."""
+    digest, count = hashlib.sha256(), 0
+    with open(path, 'wb') as out:
+        while True:
+            try:
+                chunk = reader.read(CHUNK)
+            except OSError as exc:
+                raise IngestError('downloading %s failed after %d bytes: %s' % (what, count, exc)) from exc
+            if not chunk:
+                break
+            count += len(chunk)
+            if limit is not None and count > limit:
+                raise IngestError('%s is larger than max_size (%d bytes); stopped the download. Raise max_size '
+                                  'if the image is really that large' % (what, limit))
+            digest.update(chunk)
+            out.write(chunk)
+    if count == 0:
+        raise IngestError('%s is empty (0 bytes)' % what)
+    return digest.hexdigest(), count
 
 
 def _truncated(what):
@@ -240,13 +370,6 @@ def _unxz_process(xz_bin, chunks, sink, what):
         raise IngestError('%s is not a valid .xz stream (%s): download it again' % (what, err or proc.returncode))
 
 
-def check_ext_superblock(handle, part):
-    handle.seek(part['start'] + 1024 + 56)
-    magic = handle.read(2)
-    if len(magic) < 2 or struct.unpack('<H', magic)[0] != EXT_MAGIC:
-        raise PartitionError('partition %d is marked Linux but holds no ext2/3/4 file system' % part['number'])
-
-
 def list_tree(top):
     """Relative paths of the regular files below ``top``, sorted."""
     found = []
@@ -267,53 +390,42 @@ def normalise_boot_tree(top):
             os.chmod(os.path.join(base, name), 0o644)
 
 
-def read_os_release(root):
-    """PRETTY_NAME of a root tree, following /etc/os-release's symlink inside the tree only."""
-    for rel in ('etc/os-release', 'usr/lib/os-release'):
-        path = os.path.join(root, rel)
-        if os.path.islink(path):
-            continue  # Debian links etc/os-release to usr/lib/os-release: read that one directly
-        try:
-            with open(path, encoding='utf-8', errors='replace') as handle:
-                for line in handle:
-                    key, sep, value = line.strip().partition('=')
-                    if sep and key == 'PRETTY_NAME':
-                        return value.strip().strip('"\'')
-        except OSError:
-            continue
+def pretty_name(os_release):
+    """PRETTY_NAME of an os-release text; None when absent."""
+    for line in (os_release or '').splitlines():
+        key, sep, value = line.strip().partition('=')
+        if sep and key == 'PRETTY_NAME':
+            return value.strip().strip('"\'')
     return None
 
 
-class Ingest:
-    """Turn an image file into ``boot/``, ``root/`` and a manifest inside a build directory."""
+def tree_bytes(top):
+    total = count = 0
+    for base, _dirs, files in os.walk(top):
+        for name in files:
+            total += os.lstat(os.path.join(base, name)).st_size
+            count += 1
+    return total, count
 
-    def __init__(self, run, name, root_extract='auto'):
+
+class Ingest:
+    """Turn the two partitions of an image into ``boot/``, ``boot.img``, ``root.img`` and a manifest."""
+
+    def __init__(self, run, name):
         self.run = run
         self.name = name
-        self.root_extract = root_extract
-        self.method = None
-        self.subvolume = False
 
-    def _check(self, argv, what):
+    def _check(self, argv, what, ok=(0,)):
         rc, out, err = self.run(argv)
-        if rc != 0:
+        if rc not in ok:
             raise IngestError('%s for bakeform %s failed: %s' % (what, self.name, (err or out).strip()),
                               rc=rc, stderr=err, cmd=argv)
         return out
 
-    def partitions(self, image):
-        size = os.path.getsize(image)
-        with open(image, 'rb') as handle:
-            table = read_table(handle)
-            boot, root = select_boot_and_root(table, size)
-            check_ext_superblock(handle, root)
-        boot['role'], root['role'] = 'boot', 'root'
-        return table, boot, root
-
-    def extract_boot(self, image, boot, dest):
+    def extract_boot(self, fat, dest):
         os.mkdir(dest, 0o755)
         # mtools reads FAT in userspace: no vfat module, no mount.
-        self._check(['mcopy', '-s', '-m', '-n', '-i', '%s@@%d' % (image, boot['start']), '::/*', dest + '/'],
+        self._check(['mcopy', '-s', '-m', '-n', '-i', fat, '::/*', dest + '/'],
                     'copying the boot files out of the FAT partition')
         normalise_boot_tree(dest)
         files = list_tree(dest)
@@ -321,57 +433,43 @@ class Ingest:
             raise IngestError('the FAT boot partition of bakeform %s holds no files' % self.name)
         return files
 
-    def extract_root(self, image, root, mountpoint, dest):
-        """Copy the ext4 root to ``dest`` keeping owners, modes, links, devices and xattrs.
+    def prepare_root(self, image):
+        """Check the golden root file system and make per-Pi clones of it cheap to give a UUID of their own."""
+        sb = read_superblock(image)
+        if sb is None:
+            raise PartitionError('its Linux root partition holds no ext2/3/4 file system')
+        # -p fixes only what is safe to fix unattended and records a fresh check, which tune2fs -U needs later.
+        self._check(['e2fsck', '-f', '-p', image], 'checking the root file system (e2fsck)', ok=(0, 1))
+        if sb['metadata_csum'] and not sb['csum_seed']:
+            # With the seed stored, a clone's new UUID rewrites the superblock only, not every checksum.
+            self._check(['tune2fs', '-O', 'metadata_csum_seed', image], 'storing the checksum seed (tune2fs)')
+        return read_superblock(image)
 
-        Kernel ext4 on a loop device where the host allows it, inside a private mount namespace
-        whose only process dies with us (so a SIGKILL cannot leak the mount or the loop device);
-        FUSE (fuse2fs) otherwise.
+    def os_release(self, image):
+        """PRETTY_NAME of the root, read from the image by debugfs (no mount; it cannot leave the image)."""
+        for rel in ('/usr/lib/os-release', '/etc/os-release'):
+            rc, out, _err = self.run(['debugfs', '-R', 'cat %s' % rel, image])
+            name = pretty_name(out) if rc == 0 else None
+            if name:
+                return name
+        return None
+
+    def boot_image(self, boot_dir, dest):
+        """The boot files as a small read-only ext4 file system: what a Pi mounts at /boot/firmware over NFS.
+
+        A file system of its own, so a Pi that forges NFS handles through this export reaches boot files only.
         """
-        os.mkdir(mountpoint, 0o700)
-        self.make_root_dir(dest)
-        errors = []
-        if self.root_extract in ('auto', 'kernel'):
-            rc, out, err = self.run([
-                'setpriv', '--pdeathsig', 'KILL', '--',
-                'unshare', '--mount', '--propagation', 'private', '--',
-                'sh', '-c', 'mount -t ext4 -o "ro,loop,offset=$1,sizelimit=$2" -- "$3" "$4" || exit %d; '
-                            'exec cp -a -- "$4/." "$5"' % MOUNT_FAILED,
-                'pifleet-extract', str(root['start']), str(root['size']), image, mountpoint, dest])
-            if rc == 0:
-                self.method = 'kernel'
-                return
-            if rc != MOUNT_FAILED:
-                raise IngestError('copying the root file system of bakeform %s failed: %s'
-                                  % (self.name, (err or out).strip()), rc=rc, stderr=err)
-            errors.append('kernel loop mount: %s' % (err or out).strip())
-        if self.root_extract in ('auto', 'fuse'):
-            rc, out, err = self.run(['fuse2fs', image, mountpoint, '-o', 'ro,offset=%d' % root['start']])
-            if rc == 0:
-                try:
-                    self._check(['cp', '-a', '--', mountpoint + '/.', dest], 'copying the root file system')
-                finally:
-                    self.run(['umount', mountpoint])
-                self.method = 'fuse'
-                return
-            errors.append('fuse2fs: %s' % (err or out).strip())
-        raise IngestError('cannot read the ext4 root partition of bakeform %s on this host (%s); run as root '
-                          'on a host with loop devices and ext4, or install fuse2fs' % (self.name, '; '.join(errors)))
-
-    def make_root_dir(self, dest):
-        """The golden root's directory: a btrfs subvolume where the store is on btrfs, so that
-        pi_root can snapshot it in constant time; a plain directory elsewhere."""
-        rc, out, _err = self.run(['stat', '--file-system', '--format=%T', os.path.dirname(dest)])
-        self.subvolume = rc == 0 and out.strip() == 'btrfs'
-        if self.subvolume:
-            self._check(['btrfs', 'subvolume', 'create', dest], 'creating the golden root subvolume')
-        else:
-            os.mkdir(dest, 0o755)
+        total, count = tree_bytes(boot_dir)
+        kib = (total * 11 // 10 + count * 4096 + 16 * 1024 * 1024) // 1024
+        self._check(['mke2fs', '-q', '-F', '-t', 'ext4', '-O', '^has_journal', '-m', '0', '-N', str(count + 256),
+                     '-L', 'pifleet-boot', '-d', boot_dir, dest, '%dk' % kib], 'making the boot file system (mke2fs)')
+        os.chmod(dest, 0o600)
 
     def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
-                 root_dir):
+                 root_sb, pretty):
         return {
             'name': self.name,
+            'format': STORE_FORMAT,
             'source': source,
             'source_stat': stat_info,
             'sha256': digest,
@@ -382,9 +480,11 @@ class Ingest:
             'boot_files': boot_files,
             'models': detect_models(boot_files),
             'kernels': detect_kernels(boot_files),
-            'pretty_name': read_os_release(root_dir),
-            'root_extract': self.method,
-            'root_subvolume': self.subvolume,
+            'pretty_name': pretty,
+            'root_image': ROOT_IMAGE,
+            'root_uuid': root_sb['uuid'],
+            'root_bytes': root['size'],
+            'boot_image': BOOT_IMAGE,
             'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
             'collection_version': COLLECTION_VERSION,
         }

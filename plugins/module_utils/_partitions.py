@@ -105,7 +105,8 @@ def is_linux(part):
 def select_boot_and_root(table, image_size):
     """Pick the FAT boot partition and the Linux root partition of a Pi image.
 
-    Returns ``(boot, root)``; raises PartitionError naming the problem and the fix.
+    Returns ``(boot, root)``; raises PartitionError naming the problem and the fix. ``image_size``
+    None skips the bounds check (the table is read before the whole image has streamed by).
     """
     if table['table'] != 'mbr':
         raise PartitionError('it has a GPT partition table; Raspberry Pi OS images use MBR (the Pi 3 '
@@ -115,7 +116,7 @@ def select_boot_and_root(table, image_size):
         raise PartitionError('its MBR has no partitions')
     for part in parts:
         end = part['start'] + part['size']
-        if end > image_size:
+        if image_size is not None and end > image_size:
             raise PartitionError('partition %d runs past the end of the image (ends at byte %d, image is %d '
                                  'bytes): the image is truncated or its table is wrong; download it again'
                                  % (part['number'], end, image_size))

@@ -9,11 +9,11 @@ then writes each change atomically, keeping the owner, mode and xattrs of the fi
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
-import tempfile
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError
 
 FSTAB = 'etc/fstab'
 HOSTNAME = 'etc/hostname'
@@ -28,8 +28,9 @@ NM_CONF = 'etc/NetworkManager/conf.d/90-pifleet-nfsroot.conf'
 SWAPFILE_CONF = 'etc/dphys-swapfile'
 SWAP_MASK = 'etc/systemd/system/dphys-swapfile.service'
 WANTS = 'etc/systemd/system/multi-user.target.wants'
-# First-boot jobs that would resize a partition the Pi does not have or rewrite its config.
-FIRSTBOOT = ('resize2fs_once', 'apply_noobs_os_config')
+# First-boot jobs that would resize a partition the Pi does not have, rewrite its config or replace the
+# host keys pi_root made for it.
+FIRSTBOOT = ('resize2fs_once', 'apply_noobs_os_config', 'regenerate_ssh_host_keys')
 SSH_UNITS = ('lib/systemd/system/ssh.service', 'usr/lib/systemd/system/ssh.service')
 SWAP_EVIDENCE = (SWAPFILE_CONF, 'etc/init.d/dphys-swapfile', 'lib/systemd/system/dphys-swapfile.service',
                  'usr/lib/systemd/system/dphys-swapfile.service')
@@ -44,10 +45,6 @@ NM_CONF_TEXT = (
     'unmanaged-devices=%s\n' % ';'.join('interface-name:%s' % nic for nic in NFS_ROOT_NICS))
 _HOSTNAME = re.compile(r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*')
 _SWAPSIZE = re.compile(r'\s*CONF_SWAPSIZE\s*=')
-
-
-class FixError(Exception):
-    """A root that cannot be fixed safely; the message says which file and why."""
 
 
 def check_hostname(hostname):
@@ -141,96 +138,96 @@ def valid_machine_id(text):
 
 
 # --------------------------------------------------------------------------- reading a root
-
-
-def _path(root, rel):
-    """``root/rel``, refusing a parent directory that a symlink leads out of the root."""
-    path = os.path.join(root, rel)
-    parent = os.path.realpath(os.path.dirname(path))
-    top = os.path.realpath(root)
-    if parent != top and not parent.startswith(top + os.sep):
-        raise FixError('%s leads outside the root %s (a symlink in its path): fix the root by hand or rebuild it'
-                       % (path, root))
-    return path
-
-
-def read_text(root, rel):
-    """Content of a regular file in the root; None when missing or not a regular file (never follows it)."""
-    path = _path(root, rel)
-    if os.path.islink(path) or not os.path.isfile(path):
-        return None
-    with open(path, encoding='utf-8', errors='surrogateescape') as handle:
-        return handle.read()
+# Every read and write below goes through a ``_confined.Tree`` of the root: paths are walked from a
+# descriptor of its top without following any symlink, so a Pi's root (or a golden image) that
+# points etc/ somewhere else is refused rather than followed (docs/security.md).
 
 
 def file_change(fix, rel, before, after, mode=0o644):
     return {'fix': fix, 'path': rel, 'kind': 'file', 'before': before, 'after': after, 'mode': mode}
 
 
-def _text_fix(root, fix, rel, func, *args):
-    before = read_text(root, rel)
+def _text_fix(tree, fix, rel, func, *args):
+    before = tree.read_text(rel)
     after = func(before or '', *args)
     return [file_change(fix, rel, before, after)] if after != before else []
 
 
-def boot_mountpoint(root):
-    return '/boot/firmware' if os.path.isdir(os.path.join(root, 'boot/firmware')) else '/boot'
+def probe(tree, rel):
+    """Whether ``rel`` exists, for evidence only: a path behind a symlink (merged /usr's lib) counts as absent."""
+    try:
+        return tree.exists(rel)
+    except ConfinedError:
+        return False
 
 
-def inplace_changes(root, hostname, boot, keys_text):
+def boot_mountpoint(tree):
+    return '/boot/firmware' if tree.is_dir('boot/firmware') else '/boot'
+
+
+def inplace_changes(tree, hostname, boot, keys_text):
     """Changes that follow the options and are re-applied to a live root: fstab, hostname, hosts, keys."""
-    changes = _text_fix(root, 'fstab', FSTAB, fix_fstab, boot)
-    changes += _text_fix(root, 'hostname', HOSTNAME, fix_hostname, hostname)
-    changes += _text_fix(root, 'hosts', HOSTS, fix_hosts, hostname)
+    changes = _text_fix(tree, 'fstab', FSTAB, fix_fstab, boot)
+    changes += _text_fix(tree, 'hostname', HOSTNAME, fix_hostname, hostname)
+    changes += _text_fix(tree, 'hosts', HOSTS, fix_hosts, hostname)
     if keys_text is not None:
-        ssh_dir = _path(root, SSH_DIR)
-        st = os.lstat(ssh_dir) if os.path.lexists(ssh_dir) else None
+        st = tree.lstat(SSH_DIR)
         if st is None or not stat.S_ISDIR(st.st_mode) or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, 0o700):
             changes.append({'fix': 'authorized_keys', 'path': SSH_DIR, 'kind': 'dir', 'mode': 0o700})
-        before = read_text(root, AUTHORIZED_KEYS)
-        if before != keys_text or _owner_mode(root, AUTHORIZED_KEYS) != (0, 0, 0o600):
+        before = tree.read_text(AUTHORIZED_KEYS)
+        if before != keys_text or _owner_mode(tree, AUTHORIZED_KEYS) != (0, 0, 0o600):
             changes.append(dict(file_change('authorized_keys', AUTHORIZED_KEYS, before, keys_text, 0o600),
                                 force_owner=True))
     return changes
 
 
-def _owner_mode(root, rel):
-    try:
-        st = os.lstat(os.path.join(root, rel))
-    except FileNotFoundError:
-        return None
-    return st.st_uid, st.st_gid, st.st_mode & 0o7777
+def _owner_mode(tree, rel):
+    st = tree.lstat(rel)
+    return None if st is None else (st.st_uid, st.st_gid, st.st_mode & 0o7777)
 
 
-def _exists(root, rel):
-    return os.path.lexists(_path(root, rel))
+def _rc_links(tree, name):
+    links = []
+    for level in '0123456S':
+        rc_dir = 'etc/rc%s.d' % level
+        try:
+            names = tree.listdir(rc_dir)
+        except ConfinedError:
+            continue
+        links += ['%s/%s' % (rc_dir, n) for n in names if re.fullmatch(r'S\d\d' + re.escape(name), n)]
+    return links
 
 
-def clone_changes(root, hostname, boot, keys_text, machine_id):
-    """Everything a fresh clone needs: the in-place fixes plus the one-time ones (identity, first boot, network)."""
-    changes = inplace_changes(root, hostname, boot, keys_text)
-    changes.append(file_change('machine_id', MACHINE_ID, read_text(root, MACHINE_ID), machine_id, 0o444))
-    if read_text(root, DBUS_MACHINE_ID) is not None:
-        changes.append(file_change('machine_id', DBUS_MACHINE_ID, read_text(root, DBUS_MACHINE_ID), machine_id))
+def clone_changes(tree, hostname, boot, keys_text, machine_id, *, seed=None):
+    """Everything a fresh clone needs: the in-place fixes plus the one-time ones (identity, first boot, network).
+
+    ``seed`` ({relative path: text}) adds files of the Pi's own, such as its cloud-init NoCloud seed.
+    """
+    changes = inplace_changes(tree, hostname, boot, keys_text)
+    changes.append(file_change('machine_id', MACHINE_ID, tree.read_text(MACHINE_ID), machine_id, 0o444))
+    if tree.read_text(DBUS_MACHINE_ID) is not None:  # Debian makes it a symlink to etc/machine-id: then left alone
+        changes.append(file_change('machine_id', DBUS_MACHINE_ID, tree.read_text(DBUS_MACHINE_ID), machine_id))
     links = [os.path.join(WANTS, name + '.service') for name in FIRSTBOOT]
     for name in FIRSTBOOT:
-        links += sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, 'etc/rc?.d/S??' + name)))
+        links += _rc_links(tree, name)
     for rel in links:
-        if _exists(root, rel):
+        if probe(tree, rel):
             changes.append({'fix': 'firstboot_disabled', 'path': rel, 'kind': 'absent'})
-    if any(_exists(root, rel) for rel in SWAP_EVIDENCE):
-        if not (os.path.islink(_path(root, SWAP_MASK)) and os.readlink(_path(root, SWAP_MASK)) == '/dev/null'):
+    if any(probe(tree, rel) for rel in SWAP_EVIDENCE):
+        if tree.readlink(SWAP_MASK) != '/dev/null':
             changes.append({'fix': 'swap_disabled', 'path': SWAP_MASK, 'kind': 'symlink', 'target': '/dev/null'})
-        if read_text(root, SWAPFILE_CONF) is not None:
-            changes += _text_fix(root, 'swap_disabled', SWAPFILE_CONF, fix_swapfile)
-    if os.path.isdir(_path(root, NM_DIR)):
-        changes.append(file_change('network', NM_CONF, read_text(root, NM_CONF), NM_CONF_TEXT))
-    if read_text(root, DHCPCD) is not None:
-        changes += _text_fix(root, 'network', DHCPCD, fix_dhcpcd)
-    unit = next((rel for rel in SSH_UNITS if _exists(root, rel)), None)
-    if unit and not _exists(root, os.path.join(WANTS, 'ssh.service')):
+        if tree.read_text(SWAPFILE_CONF) is not None:
+            changes += _text_fix(tree, 'swap_disabled', SWAPFILE_CONF, fix_swapfile)
+    if tree.is_dir(NM_DIR):
+        changes.append(file_change('network', NM_CONF, tree.read_text(NM_CONF), NM_CONF_TEXT))
+    if tree.read_text(DHCPCD) is not None:
+        changes += _text_fix(tree, 'network', DHCPCD, fix_dhcpcd)
+    unit = next((rel for rel in SSH_UNITS if probe(tree, rel)), None)
+    if unit and not probe(tree, os.path.join(WANTS, 'ssh.service')):
         changes.append({'fix': 'ssh_enabled', 'path': os.path.join(WANTS, 'ssh.service'), 'kind': 'symlink',
                         'target': '/' + unit})
+    for rel, text in sorted((seed or {}).items()):
+        changes.append(file_change('cloud_init', rel, tree.read_text(rel), text, 0o600))
     return [change for change in changes if change['kind'] != 'file' or change['before'] != change['after']]
 
 
@@ -241,75 +238,15 @@ def fixes_of(changes):
 # --------------------------------------------------------------------------- writing
 
 
-def _makedirs(root, rel_dir):
-    """Create missing parents as root-owned 0755 directories (what a package would create)."""
-    path = _path(root, rel_dir) if rel_dir else root
-    if os.path.isdir(path):
-        return
-    _makedirs(root, os.path.dirname(rel_dir))
-    os.mkdir(path, 0o755)
-    os.chown(path, 0, 0)
-    os.chmod(path, 0o755)
-
-
-def _copy_xattrs(src, dst_fd):
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        return
-    for name in names:
-        try:
-            os.setxattr(dst_fd, name, os.getxattr(src, name, follow_symlinks=False))
-        except OSError:
-            pass  # e.g. a security.* name this host's policy refuses; the content matters more
-
-
-def write_file(root, rel, content, mode=0o644, force_owner=False):
-    """Replace ``root/rel`` atomically; an existing regular file's owner, mode and xattrs are kept."""
-    path = _path(root, rel)
-    _makedirs(root, os.path.dirname(rel))
-    old = None if os.path.islink(path) or not os.path.isfile(path) else os.lstat(path)
-    uid, gid, perms = (0, 0, mode) if old is None or force_owner else (old.st_uid, old.st_gid, old.st_mode & 0o7777)
-    fd, tmp = tempfile.mkstemp(prefix='.pifleet-', dir=os.path.dirname(path))
-    try:
-        os.write(fd, content.encode('utf-8', errors='surrogateescape'))
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, perms)  # after chown, which clears setuid/setgid bits
-        if old is not None:
-            _copy_xattrs(path, fd)
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
-        os.rename(tmp, path)
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def apply(root, changes):
-    """Write the changes into the root tree (directories first)."""
+def apply(tree, changes):
+    """Write the changes into the root tree (directories first), never through a symlink."""
     for change in sorted(changes, key=lambda c: c['kind'] != 'dir'):
-        path = _path(root, change['path'])
-        kind = change['kind']
+        kind, rel = change['kind'], change['path']
         if kind == 'dir':
-            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
-                os.unlink(path)
-            _makedirs(root, os.path.dirname(change['path']))
-            if not os.path.isdir(path):
-                os.mkdir(path, change['mode'])
-            os.chown(path, 0, 0, follow_symlinks=False)
-            os.chmod(path, change['mode'])
+            tree.ensure_dir(rel, change['mode'])
         elif kind == 'file':
-            write_file(root, change['path'], change['after'], change['mode'], change.get('force_owner', False))
+            tree.write_text(rel, change['after'], change['mode'], force_owner=change.get('force_owner', False))
         elif kind == 'symlink':
-            _makedirs(root, os.path.dirname(change['path']))
-            tmp = os.path.join(os.path.dirname(path), '.pifleet-link-%d' % os.getpid())
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.symlink(change['target'], tmp)
-            os.replace(tmp, path)
-        elif kind == 'absent' and os.path.lexists(path):
-            os.unlink(path)
+            tree.symlink(rel, change['target'])
+        elif kind == 'absent':
+            tree.unlink(rel)

@@ -11,23 +11,28 @@ short_description: Register a Raspberry Pi OS image (a bakeform) on the bakery h
 version_added: 0.1.0
 description:
   - Ingests a Raspberry Pi OS style disk image (C(.img) or C(.img.xz)) into the bakeform store in one
-    streaming pass (hash, decompress, sparse write), then extracts the FAT boot partition to
-    C(<store>/<name>/boot/) in userspace (mtools, no mount) and the ext4 root partition to
-    C(<store>/<name>/root/), the golden tree that per-Pi roots are cloned from, and writes
-    C(<store>/<name>/manifest.json).
-  - Owners, modes, setuid/setgid bits, symlinks, hard links, device nodes, FIFOs and extended
-    attributes (file capabilities) of the root survive the extraction.
-  - When the store is on btrfs, the golden root is created as a subvolume, so that per-Pi roots can be
-    snapshots of it (constant time whatever the number of files).
+    streaming pass (hash, decompress, sparse write) that writes each partition straight to a file of its
+    own, then copies the FAT boot files to C(<store>/<name>/boot/) in userspace (mtools, no mount) and
+    writes C(<store>/<name>/manifest.json).
+  - The golden root is C(<store>/<name>/root.img), the image's own ext4 root partition, checked with
+    C(e2fsck) and never mounted here. M(pifleet.netboot.pi_root) clones it per Pi (a reflink copy where the
+    store's file system has them: constant time and almost no space), so every file, owner, mode, link,
+    device node and extended attribute of the image survives by construction.
+  - C(<store>/<name>/boot.img) holds the boot files as a small ext4 file system, exported read-only to Pis
+    that mount their boot files over NFS (O(pifleet.netboot.pi_root#module:boot_mount)).
+  - With O(checksum), the source is verified before anything is unpacked; a download goes to a scratch
+    file first. Sizes are capped by O(max_size), free space is checked before unpacking, and a failure
+    (a bad checksum, a full disk) leaves the store as it was and reports C(changed=false).
   - Everything is built in a locked scratch directory inside the store and renamed into place, so a
     failed or killed run leaves the store as it was; leftovers of a killed run are removed by the
-    next run.
+    next run. The store directory is mode 0711 and its images 0600.
   - An unchanged source is recognised without re-reading it (same checksum, or same path, size,
     mtime, inode and device as recorded at ingest).
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._lock
 attributes:
   check_mode:
     support: full
@@ -38,7 +43,7 @@ attributes:
 requirements:
   - root on the bakery host (owners, device nodes and capabilities of the root are kept).
   - mtools (C(mcopy)) for the boot partition.
-  - util-linux (C(setpriv), C(unshare), C(mount)) with loop and ext4 support, or C(fuse2fs) for the root.
+  - e2fsprogs (C(e2fsck), C(tune2fs), C(debugfs), C(mke2fs)) for the root and boot file systems.
 options:
   name:
     description:
@@ -78,14 +83,17 @@ options:
       - Without it such a run fails and changes nothing.
     type: bool
     default: false
+  max_size:
+    description:
+      - The largest source (downloaded or local) and the largest unpacked image accepted, in bytes or with
+        a K, M, G or T suffix (binary units). Guards against a small file that unpacks to fill the store.
+    type: str
+    default: 64G
   root_extract:
     description:
-      - How the ext4 root partition is read.
-      - V(auto) tries a kernel loop mount (in a private mount namespace) and falls back to V(fuse).
-      - V(kernel) uses only the loop mount; V(fuse) uses only C(fuse2fs).
+      - No longer used; the golden root is the image's own root partition. Accepted and ignored.
     type: str
     choices: [auto, kernel, fuse]
-    default: auto
   timeout:
     description:
       - Timeout in seconds for connecting to O(url) and for each read from it.
@@ -128,8 +136,9 @@ manifest:
   description:
     - The bakeform's manifest (the content of C(manifest.json)); empty after V(absent) and in check mode before a first ingest.
     - Keys C(name), C(source), C(source_stat), C(sha256), C(source_size), C(image_size), C(partition_table),
-      C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(root_extract), C(root_subvolume)
-      (the golden root is a btrfs subvolume, so per-Pi roots can be snapshots), C(created), C(collection_version).
+      C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(format) (2), C(root_image) and
+      C(boot_image) (file names in the bakeform's directory), C(root_uuid), C(root_bytes), C(created),
+      C(collection_version).
   returned: always
   type: dict
   sample:
@@ -144,8 +153,14 @@ swept:
   type: list
   elements: str
   sample: []
+lock_waited:
+  description: Seconds this run waited for another pifleet run to release the bakery lock.
+  returned: when it had to wait
+  type: float
+  sample: 12.5
 """
 
+import errno
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -153,12 +168,17 @@ from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
+    BOOT_DIR,
+    BOOT_IMAGE,
     MANIFEST,
+    ROOT_IMAGE,
+    ImageSplitter,
     Ingest,
     IngestError,
     PartitionError,
     check_name,
-    hash_file,
+    copy_stream,
+    hash_stream,
     is_complete,
     load_manifest,
     parse_checksum,
@@ -168,6 +188,10 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     summary,
     write_json,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, human, parse_size
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
+
+STORE_MODE = 0o711  # traversable for the unprivileged TFTP hook (boot/), not listable; images are 0600
 
 
 class BakeformModule:
@@ -178,6 +202,7 @@ class BakeformModule:
         self.store = self.params['store']
         self.dest = os.path.join(self.store, self.name)
         self.result = {'changed': False, 'path': self.dest, 'manifest': {}, 'swept': []}
+        self.max_size = None
 
     def fail(self, msg, **details):
         self.module.fail_json(msg=msg, **self.result, **details)
@@ -197,6 +222,11 @@ class BakeformModule:
         if problem:
             self.fail(problem)
         try:
+            self.max_size = parse_size(self.params['max_size'])
+        except DiskError as exc:
+            self.fail('max_size: %s' % exc)
+        lock = take_lock(self.module, 'bakeform %s' % self.name, self.result)
+        try:
             digest = parse_checksum(self.params['checksum'])
             if not self.module.check_mode and os.path.isdir(self.store):
                 self.result['swept'] = _atomic.sweep_stale(
@@ -208,16 +238,27 @@ class BakeformModule:
                 self.present(existing, digest)
         except (IngestError, PartitionError) as exc:
             self.fail(str(exc), **getattr(exc, 'details', {}))
+        except OSError as exc:
+            self.fail(self.os_error(exc))
+        finally:
+            if lock:
+                lock.release()
         self.module.exit_json(**self.result)
+
+    def os_error(self, exc):
+        if exc.errno == errno.ENOSPC:
+            free = _atomic.free_bytes(self.store)
+            return ('the bakeform store %s ran out of space while ingesting bakeform %s (%s free now); nothing was '
+                    'changed: make room there or use a larger store' % (self.store, self.name, human(free)))
+        return 'ingesting bakeform %s into %s failed: %s; nothing was changed' % (self.name, self.store, exc)
 
     def absent(self, existing):
         if not os.path.lexists(self.dest):
             return
-        self.result['changed'] = True
         self.diff(existing, None)
-        if self.module.check_mode:
-            return
-        _atomic.discard(self.store, self.name, self.dest)
+        if not self.module.check_mode:
+            _atomic.discard(self.store, self.name, self.dest, unmount=self.unmount)
+        self.result['changed'] = True
 
     def present(self, existing, digest):
         src = self.params['src']
@@ -228,73 +269,112 @@ class BakeformModule:
                       'or remove it' % (self.dest, MANIFEST))
         if existing is not None:
             same, digest = same_source(existing, src, digest)
-            if same and is_complete(self.dest):
+            if same and is_complete(self.dest, existing):
                 self.result['manifest'] = existing
+                self.secure_store()
                 return
             if same:
-                # Someone removed boot/ or root/ by hand: rebuild from the same source, no force needed.
-                self.module.warn('bakeform %s is incomplete (boot/ or root/ missing): rebuilding it' % self.name)
+                # boot/ or an image removed by hand, or a store of an older format: same source, no force needed.
+                self.module.warn('bakeform %s is incomplete or of an older store format: rebuilding it from the same '
+                                 'source' % self.name)
             elif not self.params['force']:
                 self.fail('bakeform %s already holds another image (sha256 %s from %s); the new source has %s. '
                           'Use a new name, or force: true to replace it (per-Pi roots are not touched)'
                           % (self.name, existing.get('sha256'), existing.get('source'),
                              'sha256 %s' % digest if digest else 'other content'))
         elif digest is None and src and self.module.check_mode:
-            digest = hash_file(src)
-        self.result['changed'] = True
+            with open(src, 'rb') as reader:
+                digest = hash_stream(reader, 'source %s' % src, self.max_size)[0]
         planned = {'name': self.name, 'source': self.source(), 'sha256': digest}
         if self.module.check_mode:
             self.diff(existing, planned)
+            self.result['changed'] = True
             return
         if os.geteuid() != 0:
             self.fail('bakeform %s: ingesting needs root on the bakery host to keep owners, device nodes and '
                       'capabilities of the root file system; add become: true' % self.name)
-        os.makedirs(self.store, 0o755, exist_ok=True)
+        os.makedirs(self.store, STORE_MODE, exist_ok=True)
+        self.secure_store()
         manifest = self.build(digest)
-        self.result['manifest'] = manifest
+        self.result.update(changed=True, manifest=manifest)
         self.diff(existing, manifest)
+
+    def secure_store(self):
+        if not self.module.check_mode and os.path.isdir(self.store) and os.stat(self.store).st_mode & 0o7777 != STORE_MODE:
+            os.chmod(self.store, STORE_MODE)
 
     def source(self):
         return os.path.abspath(self.params['src']) if self.params['src'] else self.params['url']
 
-    def open_source(self):
-        if self.params['src']:
-            return open(self.params['src'], 'rb'), source_stat(self.params['src'])
+    def what(self):
+        return 'source %s of bakeform %s' % (self.source(), self.name)
+
+    def fetch(self, scratch, expected):
+        """Download the URL into the scratch directory, verifying it before anything is unpacked."""
         response, info = fetch_url(self.module, self.params['url'], timeout=self.params['timeout'])
         if response is None or info.get('status') != 200:
-            self.fail('fetching the source of bakeform %s from %s failed: %s (HTTP status %s)'
-                      % (self.name, self.params['url'], info.get('msg'), info.get('status')))
-        return response, None
+            raise IngestError('fetching the source of bakeform %s from %s failed: %s (HTTP status %s)'
+                              % (self.name, self.params['url'], info.get('msg'), info.get('status')))
+        length = info.get('content-length')
+        if length and length.isdigit() and int(length) > self.max_size:
+            raise IngestError('%s is %s, more than max_size; raise max_size if the image is really that large'
+                              % (self.what(), human(int(length))))
+        path = scratch.join('download')
+        with response:
+            digest, _count = copy_stream(response, path, self.what(), self.max_size)
+        self.verify(expected, digest)
+        return path
+
+    def verify(self, expected, digest):
+        if expected and digest != expected:
+            raise IngestError('checksum mismatch for bakeform %s: expected sha256:%s, the source %s has sha256:%s; '
+                              'nothing was unpacked. Download it again or correct checksum'
+                              % (self.name, expected, self.source(), digest))
+
+    def need_space(self, count):
+        free = _atomic.free_bytes(self.store)
+        if free is not None and free < count:
+            raise IngestError('the bakeform store %s has %s free, but bakeform %s needs up to %s for its partitions; '
+                              'nothing was changed: make room there or use a larger store'
+                              % (self.store, human(free), self.name, human(count)))
 
     def build(self, expected):
-        ingest = Ingest(self.module.run_command, self.name, self.params['root_extract'])
+        ingest = Ingest(self.module.run_command, self.name)
         scratch = _atomic.ScratchDir(self.store, self.name)
         try:
-            image, built = scratch.join('image.raw'), scratch.join('build')
+            built = scratch.join('build')
             os.mkdir(built, 0o755)
-            reader, stat_info = self.open_source()
-            with reader:
-                digest, source_bytes, image_bytes = stream_image(
-                    reader, image, 'source %s of bakeform %s' % (self.source(), self.name),
-                    self.module.get_bin_path('xz'))
-            if expected and digest != expected:
-                raise IngestError('checksum mismatch for bakeform %s: expected sha256:%s, the source %s has '
-                                  'sha256:%s; download it again or correct checksum'
-                                  % (self.name, expected, self.source(), digest))
-            try:
-                table, boot, root = ingest.partitions(image)
-            except PartitionError as exc:
-                raise IngestError('source %s of bakeform %s cannot be used: %s' % (self.source(), self.name, exc)) from exc
-            boot_files = ingest.extract_boot(image, boot, os.path.join(built, 'boot'))
-            ingest.extract_root(image, root, scratch.join('mnt'), os.path.join(built, 'root'))
-            os.unlink(image)
+            if self.params['url']:
+                path, stat_info = self.fetch(scratch, expected), None
+            else:
+                path, stat_info = self.params['src'], source_stat(self.params['src'])
+                if expected:  # verify before unpacking a byte
+                    with open(path, 'rb') as reader:
+                        self.verify(expected, hash_stream(reader, self.what(), self.max_size)[0])
+            fat, root_img = scratch.join('boot.fat'), os.path.join(built, ROOT_IMAGE)
+            splitter = ImageSplitter(fat, root_img, self.what(), self.max_size, self.need_space)
+            with open(path, 'rb') as reader:
+                digest, source_bytes, image_bytes = stream_image(reader, splitter, self.what(),
+                                                                 self.module.get_bin_path('xz'))
+            self.verify(expected, digest)
+            if self.params['url']:
+                os.unlink(path)
+            os.chmod(root_img, 0o600)
+            boot_dir = os.path.join(built, BOOT_DIR)
+            boot_files = ingest.extract_boot(fat, boot_dir)
+            os.unlink(fat)
+            root_sb = ingest.prepare_root(root_img)
+            ingest.boot_image(boot_dir, os.path.join(built, BOOT_IMAGE))
             manifest = ingest.manifest(
                 source=self.source(), digest=digest, source_bytes=source_bytes, image_bytes=image_bytes,
-                table=table, boot=boot, root=root, boot_files=boot_files, stat_info=stat_info,
-                root_dir=os.path.join(built, 'root'))
+                table=splitter.table, boot=dict(splitter.boot, role='boot'), root=dict(splitter.root, role='root'),
+                boot_files=boot_files, stat_info=stat_info, root_sb=root_sb, pretty=ingest.os_release(root_img))
             write_json(os.path.join(built, MANIFEST), manifest)
+            os.chmod(built, 0o755)
             _atomic.install(scratch, built, self.dest)
             return manifest
+        except PartitionError as exc:
+            raise IngestError('%s cannot be used: %s' % (self.what(), exc)) from exc
         finally:
             scratch.close(self.unmount)
 
@@ -309,8 +389,11 @@ def main():
             store=dict(type='path', default='/srv/pifleet/bakeforms'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             force=dict(type='bool', default=False),
-            root_extract=dict(type='str', choices=['auto', 'kernel', 'fuse'], default='auto'),
+            max_size=dict(type='str', default='64G'),
+            root_extract=dict(type='str', choices=['auto', 'kernel', 'fuse'],
+                              removed_in_version='1.0.0', removed_from_collection='pifleet.netboot'),
             timeout=dict(type='int', default=60),
+            **LOCK_ARGS,
         ),
         mutually_exclusive=[('src', 'url')],
         required_if=[('state', 'present', ('src', 'url'), True)],

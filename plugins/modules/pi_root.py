@@ -10,24 +10,33 @@ module: pi_root
 short_description: Give each Raspberry Pi a private root file system cloned from a bakeform
 version_added: 0.1.0
 description:
-  - Makes C(<roots_dir>/<serial>), the root tree a Pi mounts over NFS, from the golden root of a bakeform
-    (see M(pifleet.netboot.bakeform)) the cheapest faithful way the file system allows, a btrfs snapshot,
-    a reflink copy (XFS, btrfs) or a full copy, keeping owners, modes, links, device nodes and xattrs.
-  - The clone is built in a locked scratch directory beside its target, fixed, then renamed into place,
-    so a Pi never sees a half-made root; leftovers of a killed run are removed by the next run.
-  - The SSH host keys of the roots a call clones are generated ahead, at most one C(ssh-keygen) per CPU at a
-    time, while the roots are cloned and installed one after the other in the order given.
+  - Gives each Pi a root file system of its own, C(<roots_dir>/<serial>.img), cloned from the golden root image
+    of a bakeform (see M(pifleet.netboot.bakeform)) and loop-mounted C(nosuid,nodev) at C(<roots_dir>/<serial>),
+    the directory the Pi mounts over NFS. A file system per Pi means that no NFS file handle a Pi forges can
+    name another Pi's files or the bakery's (see the collection's C(SECURITY.md)).
+  - Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs:
+    constant time and almost no space per Pi), else full sparse copies. Each clone gets a fresh file system UUID.
+  - The clone is built and fixed in a locked scratch directory beside its target and renamed into place, so a
+    Pi never sees a half-made root; leftovers of a killed run are removed by the next run.
+  - Every change inside a root is made through a descriptor of the root's top directory, one path component
+    at a time, never following a symlink; a root (or golden image) whose fixed paths are symlinks is refused.
+  - Each mount gets a systemd mount unit in O(units_dir) (enabled for C(local-fs.target), ordered before the
+    NFS server), so the roots come back after a reboot of the bakery.
   - "Fixes for life on NFS: SD-card lines out of C(/etc/fstab) (C(proc) kept), the boot files mounted per
-    O(boot_mount), hostname and C(/etc/hosts), SSH host keys of its own, a fresh machine-id, first-boot resize
-    and swap file disabled, C(ssh) enabled, authorized keys for root, and NetworkManager/dhcpcd kept off the
-    NIC the root lives on. The marker C(<root>/.pifleet.json) records the bakeform, the clone method and the fixes."
-  - An existing root made from the same bakeform content gets only the option-driven fixes re-applied in place
-    (fstab boot line, hostname, hosts, authorized keys); its data is never touched. A root made from other
-    content (the bakeform was replaced) is reported as drift and left alone until O(state=rebuilt).
+    O(boot_mount), hostname and C(/etc/hosts), SSH host keys of its own (made on the bakery, O(host_key_types)),
+    a fresh machine-id, first-boot resize, host key regeneration and swap file disabled, C(ssh) enabled,
+    authorized keys for root, and NetworkManager/dhcpcd kept off the NIC the root lives on."
+  - The marker C(<roots_dir>/<serial>.json), out of the Pi's reach, records the bakeform, clone method, file
+    system UUID and fixes. An existing root made from the same bakeform content gets only the option-driven fixes
+    re-applied in place; a root made from other content is reported as drift and left alone until
+    O(state=rebuilt).
+  - A Pi whose root cannot be converged (for example one that made its C(/etc) a symlink) fails alone; the other
+    Pis of the call still converge, and the module fails at the end naming each failed Pi.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._lock
 attributes:
   check_mode:
     support: full
@@ -37,8 +46,8 @@ attributes:
   platform:
     platforms: posix
 requirements:
-  - root on the bakery host (owners and device nodes of the clone are kept).
-  - coreutils C(cp), util-linux C(setpriv), OpenSSH C(ssh-keygen); btrfs-progs for snapshots.
+  - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
+  - coreutils C(cp), util-linux C(setpriv), C(mount), C(umount), e2fsprogs C(tune2fs), OpenSSH C(ssh-keygen).
 options:
   serial:
     description:
@@ -60,16 +69,23 @@ options:
     default: /srv/pifleet/bakeforms
   roots_dir:
     description:
-      - Directory holding the per-Pi roots, C(<roots_dir>/<serial>). Best on the same file system as O(store),
-        so clones can share its blocks.
+      - Directory holding the per-Pi root images, markers and mount points (mode 0700). Best on the same XFS or
+        btrfs file system as O(store), so clones share its blocks.
     type: path
     default: /srv/pifleet/roots
+  units_dir:
+    description:
+      - Where the systemd mount units that bring the roots back after a reboot are written. An empty string writes
+        none (the mounts then do not survive a reboot).
+    type: path
+    default: /etc/systemd/system
   state:
     description:
-      - V(present) clones the root if missing, else re-applies the option-driven fixes in place.
-      - V(rebuilt) always clones afresh from the bakeform and swaps the new root in atomically, like V(restarted)
-        for a service. The Pi keeps its SSH host keys and machine-id, so its identity survives a reimage.
-      - V(absent) removes the root (atomically from its name first).
+      - V(present) clones the root if missing, mounts it, and re-applies the option-driven fixes in place.
+      - V(rebuilt) always clones afresh from the bakeform and swaps the new root in, like V(restarted) for a
+        service. The Pi keeps its SSH host keys and machine-id, so its identity survives a reimage. An NFS server
+        still serving the old root must re-read its export (M(pifleet.netboot.nfs_export) does so).
+      - V(absent) unmounts and removes the root, its marker and its mount unit.
     type: str
     choices: [present, absent, rebuilt]
     default: present
@@ -79,10 +95,19 @@ options:
         holds exactly these. Not managed when omitted.
     type: list
     elements: str
+  host_key_types:
+    description:
+      - SSH host key types made for each new root on the bakery. RSA keys take about a second each to make,
+        so they are made only when asked for; C(sshd) serves the types it finds.
+    type: list
+    elements: str
+    choices: [ed25519, ecdsa, rsa]
+    default: [ed25519, ecdsa]
   boot_mount:
     description:
-      - How the Pi sees its boot files. V(none) mounts nothing there; V(nfs) mounts C(<store>/<bakeform>/boot) from
-        O(nfs_server) read-only (NFSv3) at C(/boot/firmware), or C(/boot) if the root has no C(/boot/firmware).
+      - How the Pi sees its boot files. V(none) mounts nothing there; V(nfs) mounts the bakeform's boot files
+        read-only (NFSv3) from O(nfs_server) at C(/boot/firmware), or C(/boot) if the root has no C(/boot/firmware).
+        The bakeform's C(boot.img) is then mounted read-only at C(<store>/<bakeform>/boot-nfs), the path to export.
     type: str
     choices: [none, nfs]
     default: none
@@ -92,9 +117,10 @@ options:
     type: str
   clone_method:
     description:
-      - V(auto) uses a btrfs snapshot when the golden root is a subvolume on the file system of O(roots_dir), else a
-        reflink copy, falling back to a full copy where reflinks are not supported (and directly across file systems).
-      - V(snapshot), V(reflink) and V(copy) force one method, and fail where it is not possible.
+      - V(auto) makes a reflink copy when O(roots_dir) and O(store) share a file system that supports them, falling
+        back to a full copy.
+      - V(reflink) and V(copy) force one method, and fail where it is not possible. V(snapshot) (btrfs subvolumes,
+        before roots were file systems of their own) is refused with the reason.
     type: str
     choices: [auto, snapshot, reflink, copy]
     default: auto
@@ -167,15 +193,20 @@ pis:
   contains:
     serial: {description: Serial as 8 lower-case hex digits., type: str, returned: always, sample: 3a4b5c6d}
     hostname: {description: Host name of the Pi., type: str, returned: always, sample: kitchen}
-    path: {description: The Pi's root directory., type: str, returned: always, sample: /srv/pifleet/roots/3a4b5c6d}
+    path: {description: The Pi's root (its mount point)., type: str, returned: always, sample: /srv/pifleet/roots/3a4b5c6d}
+    image:
+      description: The Pi's root file system image.
+      type: str
+      returned: always
+      sample: /srv/pifleet/roots/3a4b5c6d.img
     changed: {description: Whether this Pi's root was (or in check mode would be) changed., type: bool, returned: always}
     action:
-      description: What was done, V(cloned), V(fixed), V(unchanged), V(drift), V(rebuilt) or V(removed).
+      description: What was done, V(cloned), V(fixed), V(mounted), V(unchanged), V(drift), V(rebuilt), V(removed) or V(failed).
       type: str
       returned: always
       sample: cloned
     clone_method:
-      description: How the root was cloned (V(snapshot), V(reflink) or V(copy)); null when unknown.
+      description: How the root was cloned (V(reflink) or V(copy)); null when unknown.
       type: str
       returned: always
       sample: reflink
@@ -183,253 +214,83 @@ pis:
       description: True when the root was cloned from other content than the bakeform now holds (left alone).
       type: bool
       returned: always
+    msg:
+      description: Why this Pi failed.
+      type: str
+      returned: when this Pi failed
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(roots_dir).
   returned: always
   type: list
   elements: str
   sample: []
+lock_waited:
+  description: Seconds this run waited for another pifleet run to release the bakery lock.
+  returned: when it had to wait
+  type: float
+  sample: 3.2
 """
 
-import contextlib
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _rootfix, _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
-    MANIFEST,
-    IngestError,
-    check_name,
-    load_manifest,
-)
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _rootfix, _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
+from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils._rootwork import PiRoots
 
 ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server')
-DIFF_FILES = (_rootfix.FSTAB, _rootfix.HOSTNAME, _rootfix.HOSTS)
+PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError)
 
 
-class PiRootModule:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-        self.roots_dir = self.params['roots_dir']
-        self.store = self.params['store']
-        self.result = {'changed': False, 'pis': [], 'swept': []}
-        self.diffs = []
-        self.manifests = {}
-        self._cloner = None
-        self.forge = None
-
-    def fail(self, msg, **details):
-        self.module.fail_json(msg=msg, **self.result, **details)
-
-    @property
-    def cloner(self):
-        if self._cloner is None:
-            self._cloner = _roots.Cloner(
-                self.module.run_command, lambda name, required: self.module.get_bin_path(name, required=required))
-        return self._cloner
-
-    def run(self):
-        items = self.items()
+def items(module):
+    """The Pis of this call, validated all at once (every problem in one message)."""
+    found, problems = expand(module.params, 'pis', ITEM_KEYS), []
+    for item in found:
         try:
-            if not self.module.check_mode and os.path.isdir(self.roots_dir):
-                self.result['swept'] = _atomic.sweep_stale(
-                    self.roots_dir, lambda label: os.path.join(self.roots_dir, label))
-            with self.key_forge(items):
-                for item in items:
-                    self.result['pis'].append(self.converge(item))
-        except (_roots.RootError, _rootfix.FixError, IngestError) as exc:
-            self.fail(str(exc), **getattr(exc, 'details', {}))
-        except OSError as exc:
-            self.fail('changing the Pi roots in %s failed: %s; check space and permissions there (run as root)'
-                      % (self.roots_dir, exc))
-        self.result['changed'] = any(pi['changed'] for pi in self.result['pis'])
-        if self.module._diff:
-            self.result['diff'] = self.diffs
-        self.module.exit_json(**self.result)
+            item['serial'] = normalise_serial(item['serial'])
+        except ValueError as exc:
+            problems.append('invalid serial: %s' % exc)
+            continue
+        item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
+        problem = _rootfix.check_hostname(item['hostname'])
+        if problem:
+            problems.append('%s for Pi %s' % (problem, item['serial']))
+        if item['state'] != 'absent' and not item['bakeform']:
+            problems.append('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
+        if item['boot_mount'] == 'nfs' and not item['nfs_server']:
+            problems.append('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery '
+                            'address the Pis reach)' % item['serial'])
+    for key in ('serial', 'hostname'):
+        dupes = find_duplicates(found, key)
+        if dupes:
+            problems.append('duplicate %ss in pis: %s; each Pi needs its own' % (key, ', '.join(dupes)))
+    if problems:
+        module.fail_json(msg='; '.join(problems), changed=False)
+    return found
 
-    def items(self):
-        items = expand(self.params, 'pis', ITEM_KEYS)
-        for item in items:
-            try:
-                item['serial'] = normalise_serial(item['serial'])
-            except ValueError as exc:
-                self.fail('invalid serial: %s' % exc)
-            item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
-            problem = _rootfix.check_hostname(item['hostname'])
-            if problem:
-                self.fail('%s for Pi %s' % (problem, item['serial']))
-            if item['state'] != 'absent' and not item['bakeform']:
-                self.fail('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
-            if item['boot_mount'] == 'nfs' and not item['nfs_server']:
-                self.fail('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery address '
-                          'the Pis reach)' % item['serial'])
-        for key in ('serial', 'hostname'):
-            dupes = find_duplicates(items, key)
-            if dupes:
-                self.fail('duplicate %ss in pis: %s; each Pi needs its own' % (key, ', '.join(dupes)))
-        return items
 
-    def key_forge(self, items):
-        """A KeyForge already making the SSH host keys of the roots this run clones (none to make: a no-op)."""
-        orders = [] if self.module.check_mode else [(item, self.keys_to_make(item)) for item in items]
-        orders = [(item, kinds) for item, kinds in orders if kinds]
-        keygen = self.module.get_bin_path('ssh-keygen') if orders else None
-        if not keygen:
-            return contextlib.nullcontext()  # without ssh-keygen, host_keys() fails as it always did
-        os.makedirs(self.roots_dir, 0o755, exist_ok=True)
-        self.forge = _roots.KeyForge(self.roots_dir, keygen, setpriv=self.module.get_bin_path('setpriv'))
+def converge(module, roots, todo, result):
+    """Plan every Pi, make the keys of new roots ahead, then apply in order; a failing Pi fails alone."""
+    plans, failed = [], []
+    for item in todo:
         try:
-            for item, kinds in orders:
-                self.forge.order(item['serial'], item['hostname'], kinds)
-        except BaseException:
-            self.forge.close()
-            raise
-        return self.forge
-
-    def keys_to_make(self, item):
-        """Host key types a clone of this Pi's root will generate (its plan is made again, in order, later)."""
-        path = os.path.join(self.roots_dir, item['serial'])
-        action = _roots.plan_action(item['state'], os.path.lexists(path), None, None)  # no marker: clones only
-        if action not in ('clone', 'rebuild') or check_name(item['bakeform']):
-            return []
-        bakeform = os.path.join(self.store, item['bakeform'])
-        golden = os.path.join(bakeform, 'root')
-        if not os.path.isdir(golden) or not os.path.isfile(os.path.join(bakeform, MANIFEST)):
-            return []
-        rebuild = action == 'rebuild'
-        old_ssh = os.path.join(path, _roots.SSH_DIR)
-        return [kind for kind in _roots.host_key_types(golden)  # a rebuild carries the old root's keys over
-                if not (rebuild and _roots.is_regular(os.path.join(old_ssh, 'ssh_host_%s_key' % kind)))]
-
-    def manifest(self, name, serial):
-        """Each bakeform's manifest is read once per call, however many Pis use it."""
-        if name not in self.manifests:
-            problem = check_name(name)
-            if problem:
-                self.fail('%s (Pi %s)' % (problem, serial))
-            dest = os.path.join(self.store, name)
-            manifest = load_manifest(dest)
-            if manifest is None or not os.path.isdir(os.path.join(dest, 'root')):
-                self.fail('bakeform %s not found for Pi %s: %s has no manifest.json and root/; register the image '
-                          'first with pifleet.netboot.bakeform (name: %s, store: %s)' % (name, serial, dest, name, self.store))
-            self.manifests[name] = manifest
-        return self.manifests[name]
-
-    def diff(self, path, rel, before, after):
-        if self.module._diff and before != after:
-            header = os.path.join(path, rel)
-            self.diffs.append({'before': before or '', 'after': after or '', 'before_header': header,
-                               'after_header': header})
-
-    def converge(self, item):
-        serial, state = item['serial'], item['state']
-        path = _roots.root_path(self.roots_dir, serial)
-        exists = os.path.lexists(path)
-        marker = _roots.load_marker(path, strict=state == 'present') if exists else None
-        result = {'serial': serial, 'hostname': item['hostname'], 'path': path, 'changed': False,
-                  'action': 'unchanged', 'clone_method': (marker or {}).get('clone_method'), 'drift': False}
-        if state == 'absent':
-            if exists:
-                result.update(changed=True, action='removed')
-                self.diff(path, _roots.MARKER, _roots.marker_text(marker), None)
-                if not self.module.check_mode:
-                    self.remove(path, serial)
-            return result
-        manifest = self.manifest(item['bakeform'], serial)
-        item.update(path=path, sha256=manifest.get('sha256'), golden=os.path.join(self.store, item['bakeform'], 'root'),
-                    keys=_rootfix.authorized_keys_text(item['ssh_authorized_keys']))
-        action = _roots.plan_action(state, exists, marker, item['sha256'])
-        if action == 'foreign':
-            self.fail('root of Pi %s: %s exists but has no %s, so pi_root did not make it; move it away, or use '
-                      'state: rebuilt to replace it' % (serial, path, _roots.MARKER))
-        item['boot'] = _rootfix.boot_line(
-            item['boot_mount'], item['nfs_server'], os.path.join(self.store, item['bakeform'], 'boot'),
-            _rootfix.boot_mountpoint(path if exists else item['golden']))
-        if action == 'drift':
-            self.module.warn('root of Pi %s was cloned from bakeform content %s, but bakeform %s now holds %s; left '
-                             'alone: use state: rebuilt to reimage it'
-                             % (serial, marker.get('bakeform_sha256'), item['bakeform'], item['sha256']))
-            result.update(action='drift', drift=True)
-            return result
-        if action == 'fix':
-            return self.fix(item, marker, result)
-        return self.clone(item, marker if exists else None, result)
-
-    def fix(self, item, marker, result):
-        path = item['path']
-        changes = _rootfix.inplace_changes(path, item['hostname'], item['boot'], item['keys'])
-        wanted = _roots.updated_marker(marker, hostname=item['hostname'], fixes=_rootfix.fixes_of(changes),
-                                       keys_sha256=_roots.sha256_text(item['keys']), boot_mount=item['boot_mount'])
-        if not changes and wanted is None:
-            return result
-        result.update(changed=True, action='fixed')
-        for change in changes:
-            if change['path'] in DIFF_FILES:
-                self.diff(path, change['path'], change['before'], change['after'])
-        if wanted is not None:
-            self.diff(path, _roots.MARKER, _roots.marker_text(marker), _roots.marker_text(wanted))
-        if not self.module.check_mode:
-            _rootfix.apply(path, changes)
-            if wanted is not None:
-                _rootfix.write_file(path, _roots.MARKER, _roots.marker_text(wanted))
-        return result
-
-    def clone(self, item, old_marker, result):
-        serial, path, golden = item['serial'], item['path'], item['golden']
-        rebuild = os.path.lexists(path)
-        methods = _roots.choose_methods(self.params['clone_method'], golden, self.roots_dir)
-        result.update(changed=True, action='rebuilt' if rebuild else 'cloned', clone_method=methods[0])
-        # A reimaged Pi keeps its identity: machine-id here, SSH host keys in host_keys().
-        machine_id = _rootfix.read_text(path, _rootfix.MACHINE_ID) if rebuild else None
-        if not _rootfix.valid_machine_id(machine_id):
-            machine_id = _rootfix.new_machine_id()
-        fix_args = (item['hostname'], item['boot'], item['keys'], machine_id)
-        if self.module.check_mode:
-            changes = _rootfix.clone_changes(golden, *fix_args)
-            self.clone_diff(item, changes, old_marker, self.marker(item, methods[0], changes))
-            return result
-        os.makedirs(self.roots_dir, 0o755, exist_ok=True)
-        cloner = self.cloner
-        scratch = _atomic.ScratchDir(self.roots_dir, serial)
+            plans.append(roots.plan(item))
+        except PI_ERRORS as exc:
+            failed.append({'serial': item['serial'], 'hostname': item['hostname'], 'changed': False,
+                           'action': 'failed', 'msg': str(exc)})
+    if not module.check_mode and any(plan['action'] == 'clone' for plan in plans):
+        roots.order_keys(plans)
+    for plan in plans:
         try:
-            built = scratch.join('root')
-            method = cloner.clone(golden, built, methods, 'Pi %s' % serial)
-            changes = _rootfix.clone_changes(built, *fix_args)
-            _rootfix.apply(built, changes)
-            cloner.host_keys(built, item['hostname'], _roots.host_key_types(golden), carry_from=path if rebuild else None,
-                             forged=self.forge.take(serial) if self.forge else None)
-            wanted = self.marker(item, method, changes)
-            _rootfix.write_file(built, _roots.MARKER, _roots.marker_text(wanted))
-            self.clone_diff(item, changes, old_marker, wanted)
-            _atomic.install(scratch, built, path)
-            result['clone_method'] = method
-        finally:
-            _roots.sweep_subvolumes(cloner, scratch.path)
-            scratch.close()
-        return result
-
-    @staticmethod
-    def marker(item, method, changes):
-        return _roots.new_marker(
-            serial=item['serial'], hostname=item['hostname'], bakeform=item['bakeform'], sha256=item['sha256'],
-            method=method, fixes=[*_rootfix.fixes_of(changes), 'ssh_host_keys'],
-            keys_sha256=_roots.sha256_text(item['keys']), boot_mount=item['boot_mount'])
-
-    def clone_diff(self, item, changes, old_marker, wanted):
-        path, golden = item['path'], item['golden']
-        after = {c['path']: c['after'] for c in changes if c['kind'] == 'file'}
-        for rel in DIFF_FILES:
-            before = _rootfix.read_text(path, rel) if os.path.isdir(path) else _rootfix.read_text(golden, rel)
-            self.diff(path, rel, before, after.get(rel, _rootfix.read_text(golden, rel)))
-        self.diff(path, _roots.MARKER, _roots.marker_text(old_marker), _roots.marker_text(wanted))
-
-    def remove(self, path, serial):
-        # Out of its name first (as 'trash', never restored), so a killed delete leaves no half root behind.
-        _atomic.discard(self.roots_dir, serial, path, self.cloner.remove_subvolume)
+            result['pis'].append(roots.apply(plan))
+        except PI_ERRORS as exc:
+            failed.append({'serial': plan['serial'], 'hostname': plan['item']['hostname'], 'changed': False,
+                           'action': 'failed', 'msg': str(exc)})
+    result['pis'].extend(failed)
+    return failed
 
 
 def main():
@@ -449,19 +310,46 @@ def main():
             bakeform=dict(type='str'),
             store=dict(type='path', default='/srv/pifleet/bakeforms'),
             roots_dir=dict(type='path', default='/srv/pifleet/roots'),
+            units_dir=dict(type='path', default=_loopfs.UNITS_DIR),
             state=dict(type='str', choices=['present', 'absent', 'rebuilt'], default='present'),
             ssh_authorized_keys=dict(type='list', elements='str', no_log=False),
+            host_key_types=dict(type='list', elements='str', choices=['ed25519', 'ecdsa', 'rsa'],
+                                default=list(_roots.DEFAULT_KEY_TYPES)),
             boot_mount=dict(type='str', choices=['none', 'nfs'], default='none'),
             nfs_server=dict(type='str'),
             clone_method=dict(type='str', choices=['auto', 'snapshot', 'reflink', 'copy'], default='auto'),
             pis=dict(type='list', elements='dict', options=pi_options),
+            **LOCK_ARGS,
         ),
         mutually_exclusive=[('serial', 'pis')],
         required_one_of=[('serial', 'pis')],
         required_if=[('boot_mount', 'nfs', ('nfs_server',))],
         supports_check_mode=True,
     )
-    PiRootModule(module).run()
+    result = {'changed': False, 'pis': [], 'swept': []}
+    todo = items(module)
+    params = module.params
+    roots = PiRoots(ModuleHost(module), store=params['store'], roots_dir=params['roots_dir'],
+                    units_dir=params['units_dir'], clone_method=params['clone_method'],
+                    key_types=params['host_key_types'])
+    lock = take_lock(module, 'pi_root', result)
+    try:
+        if not module.check_mode:
+            result['swept'] = roots.prepare()
+        failed = converge(module, roots, todo, result)
+    except (*PI_ERRORS, OSError) as exc:
+        failed = [{'msg': 'changing the Pi roots in %s failed: %s' % (params['roots_dir'], exc)}]
+    finally:
+        roots.close()
+        if lock:
+            lock.release()
+    result['changed'] = roots.shared_changed or any(pi['changed'] for pi in result['pis'])
+    if module._diff:
+        result['diff'] = roots.diffs
+    if failed:
+        module.fail_json(msg='pi_root failed for %d Pi(s): %s' % (len(failed), '; '.join(
+            '%s: %s' % (pi['serial'], pi['msg']) if 'serial' in pi else pi['msg'] for pi in failed)), **result)
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

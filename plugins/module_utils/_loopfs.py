@@ -1,0 +1,220 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""File systems of their own: ext4 image files, loop-mounted, and the systemd units that mount them at boot.
+
+Why: an NFS server turns a file handle into a file by (file system, inode). Ganesha and kernel nfsd
+both refuse a handle naming a file system the client's export does not cover, but neither can stop a
+forged inode number *within* the exported file system. So everything a Pi may reach lives on a file
+system that holds nothing else (its root, its disks), and a forged handle reaches only the Pi's own
+files (docs/security.md has the argument and the test). These helpers make, clone, mount and persist
+such file systems; external tools run through one ``run(argv)`` callable. No AnsibleModule here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import uuid
+
+from ansible_collections.pifleet.netboot.plugins.module_utils._atomic import read_mounts
+
+# Mounted on the bakery without device nodes or setuid: a Pi's files are for the Pi, never for a
+# local user of the bakery. The Pi itself sees its modes unchanged over NFS.
+ROOT_OPTIONS = ('nosuid', 'nodev')
+EXT_MAGIC = 0xEF53
+_SB = 1024
+_FEATURE_INCOMPAT_CSUM_SEED = 0x2000
+_FEATURE_RO_COMPAT_METADATA_CSUM = 0x400
+UNITS_DIR = '/etc/systemd/system'
+WANTED_BY = 'local-fs.target'
+UNIT_HEADER = '# Managed by pifleet.netboot: mounts a Pi file system at boot; removed with it'
+NFS_SERVICES = ('nfs-ganesha.service', 'nfs-server.service', 'nfs-kernel-server.service')
+
+
+class LoopError(Exception):
+    """A file system that cannot be made, mounted or persisted; the message says which and why."""
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.details = details
+
+
+# --------------------------------------------------------------------------- ext4 superblocks
+
+
+def read_superblock(path, offset=0):
+    """{'uuid', 'label', 'blocks', 'block_size', 'csum_seed', 'metadata_csum'} of an ext2/3/4 image; None otherwise."""
+    try:
+        with open(path, 'rb') as handle:
+            handle.seek(offset + _SB)
+            block = handle.read(1024)
+    except OSError:
+        return None
+    if len(block) < 1024 or struct.unpack_from('<H', block, 56)[0] != EXT_MAGIC:
+        return None
+    blocks_lo, = struct.unpack_from('<I', block, 4)
+    log_size, = struct.unpack_from('<I', block, 24)
+    incompat, ro_compat = struct.unpack_from('<II', block, 96)
+    blocks_hi = struct.unpack_from('<I', block, 0x150)[0] if incompat & 0x80 else 0
+    return {
+        'uuid': str(uuid.UUID(bytes=block[104:120])),
+        'label': block[120:136].split(b'\0', 1)[0].decode('utf-8', errors='replace'),
+        'blocks': blocks_lo | (blocks_hi << 32),
+        'block_size': 1024 << log_size,
+        'csum_seed': bool(incompat & _FEATURE_INCOMPAT_CSUM_SEED),
+        'metadata_csum': bool(ro_compat & _FEATURE_RO_COMPAT_METADATA_CSUM),
+    }
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+def mount_at(point, mountinfo='/proc/self/mountinfo'):
+    """(source, fstype) of the file system mounted exactly at ``point`` (the top one); None when none."""
+    found = None
+    for target, fstype, source in read_mounts(mountinfo):
+        if target == point:
+            found = (source, fstype)
+    return found
+
+
+def loop_backing(device):
+    """The file behind ``/dev/loopN`` (from sysfs); None for anything else."""
+    match = re.fullmatch(r'/dev/(loop[0-9]+)', device or '')
+    if not match:
+        return None
+    try:
+        with open('/sys/block/%s/loop/backing_file' % match.group(1), encoding='utf-8') as handle:
+            return handle.read().rstrip('\n')
+    except OSError:
+        return None
+
+
+def mounted_image(point, mountinfo='/proc/self/mountinfo'):
+    """The image file loop-mounted at ``point`` (as the kernel names it), or None."""
+    found = mount_at(point, mountinfo)
+    return loop_backing(found[0]) if found else None
+
+
+class Mounter:
+    """mount/umount through ``run(argv)`` (util-linux), with messages that say what to do."""
+
+    def __init__(self, run, which):
+        self.run = run
+        self.which = which  # which(name, required) -> path
+
+    def mount(self, image, point, options, what):
+        opts = ','.join(('loop', *options))
+        rc, out, err = self.run([self.which('mount', True), '-t', 'ext4', '-o', opts, '--', image, point])
+        if rc != 0:
+            text = (err or out).strip()
+            hint = ''
+            if 'loop' in text.lower() or not os.path.exists('/dev/loop-control'):
+                hint = ('; this host (or container) has no usable loop devices: pifleet keeps each Pi on a file '
+                        'system of its own and needs them (in a container, pass /dev/loop-control and /dev/loopN)')
+            raise LoopError('mounting %s at %s for %s failed: %s%s' % (image, point, what, text, hint),
+                            rc=rc, stderr=err)
+
+    def umount(self, point, what):
+        """Unmount ``point``; a file system the NFS server still holds is detached lazily (it goes once released)."""
+        umount = self.which('umount', True)
+        rc, out, err = self.run([umount, '--', point])
+        if rc != 0:
+            rc, out, err = self.run([umount, '--lazy', '--', point])
+        if rc != 0:
+            raise LoopError('unmounting %s (%s) failed: %s' % (point, what, (err or out).strip()), rc=rc, stderr=err)
+
+
+# --------------------------------------------------------------------------- systemd mount units
+
+
+def unit_name(point):
+    """The mount unit systemd names after ``point`` (systemd-escape --path --suffix=mount)."""
+    path = point.strip('/')
+    if not path:
+        return '-.mount'
+    out = []
+    for index, char in enumerate(path):
+        if char == '/':
+            out.append('-')
+        elif char.isascii() and (char.isalnum() or char in ':_' or (char == '.' and index > 0)):
+            out.append(char)
+        else:
+            out.extend('\\x%02x' % byte for byte in char.encode('utf-8'))
+    return ''.join(out) + '.mount'
+
+
+def unit_text(image, point, options, description):
+    return '\n'.join((
+        UNIT_HEADER,
+        '[Unit]',
+        'Description=%s' % description,
+        'RequiresMountsFor=%s' % os.path.dirname(image),
+        'Before=%s' % ' '.join(NFS_SERVICES),
+        '',
+        '[Mount]',
+        'What=%s' % image,
+        'Where=%s' % point,
+        'Type=ext4',
+        'Options=%s' % ','.join(('loop', *options)),
+        '',
+        '[Install]',
+        'WantedBy=%s' % WANTED_BY,
+        '',
+    ))
+
+
+class Units:
+    """Mount units in ``units_dir`` (enabled by the same symlink ``systemctl enable`` makes)."""
+
+    def __init__(self, units_dir=UNITS_DIR):
+        self.dir = units_dir
+        self.changed = False
+
+    def _paths(self, point):
+        name = unit_name(point)
+        return (os.path.join(self.dir, name),
+                os.path.join(self.dir, '%s.wants' % WANTED_BY, name))
+
+    def current(self, point):
+        path, link = self._paths(point)
+        try:
+            with open(path, encoding='utf-8') as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            text = None
+        return text, os.path.islink(link) and os.readlink(link) == path
+
+    def wanted(self, point, text):
+        """True when the unit for ``point`` already has this text and is enabled."""
+        return self.current(point) == (text, True)
+
+    def ensure(self, point, text, write_text):
+        path, link = self._paths(point)
+        current, enabled = self.current(point)
+        if current != text:
+            os.makedirs(self.dir, 0o755, exist_ok=True)
+            write_text(path, text)
+            self.changed = True
+        if not enabled:
+            os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(path, link)
+            self.changed = True
+
+    def remove(self, point):
+        path, link = self._paths(point)
+        for name in (link, path):
+            if os.path.lexists(name):
+                os.unlink(name)
+                self.changed = True
+
+    def reload(self, run, which):
+        """``systemctl daemon-reload`` when systemd runs this host and a unit changed."""
+        if self.changed and os.path.isdir('/run/systemd/system'):
+            systemctl = which('systemctl', False)
+            if systemctl:
+                run([systemctl, 'daemon-reload'])
+        self.changed = False

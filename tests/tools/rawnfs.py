@@ -1,0 +1,315 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A raw NFS client for attack tests: ONC RPC over TCP with AUTH_SYS uid 0, handles as plain bytes.
+
+A kernel or libnfs client hands out only handles the server gave it; an attacker on a Pi is root and
+sends whatever bytes it likes. This client does the same: MOUNT v3 (through the portmapper), NFSv3
+GETATTR/LOOKUP/READ/CREATE and NFSv4 COMPOUNDs built around PUTFH, each taking any handle bytes, so a
+test can forge them (other inode numbers, another export id) and check what the server answers.
+Standard library only (RFC 5531 RPC, RFC 1813 NFSv3 and MOUNT, RFC 7530 NFSv4.0).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+
+PMAP, MOUNT, NFS = 100000, 100005, 100003
+AUTH_NONE, AUTH_SYS = 0, 1
+NFS3_OK = 0
+NFS4_OK = 0
+# NFSv4 operation numbers (RFC 7530 16.x)
+OP_CREATE, OP_GETATTR, OP_GETFH, OP_LOOKUP, OP_PUTFH, OP_PUTROOTFH, OP_READ = 6, 9, 10, 15, 22, 24, 25
+NF4DIR = 2
+FATTR4_TYPE, FATTR4_FILEID = 1, 20
+
+
+class RpcError(Exception):
+    """The server refused the call at the RPC level (not an NFS status)."""
+
+
+class Packer:
+    def __init__(self):
+        self.parts = []
+
+    def uint(self, value):
+        self.parts.append(struct.pack('>I', value & 0xFFFFFFFF))
+        return self
+
+    def hyper(self, value):
+        self.parts.append(struct.pack('>Q', value))
+        return self
+
+    def opaque(self, data):
+        data = bytes(data)
+        self.uint(len(data))
+        self.parts.append(data + b'\0' * (-len(data) % 4))
+        return self
+
+    def string(self, text):
+        return self.opaque(text.encode() if isinstance(text, str) else text)
+
+    def raw(self, data):
+        self.parts.append(bytes(data))
+        return self
+
+    def bytes(self):
+        return b''.join(self.parts)
+
+
+class Unpacker:
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def uint(self):
+        value = struct.unpack_from('>I', self.data, self.pos)[0]
+        self.pos += 4
+        return value
+
+    def hyper(self):
+        value = struct.unpack_from('>Q', self.data, self.pos)[0]
+        self.pos += 8
+        return value
+
+    def opaque(self, fixed=None):
+        size = self.uint() if fixed is None else fixed
+        data = self.data[self.pos:self.pos + size]
+        self.pos += size + (-size % 4)
+        return data
+
+    def skip(self, size):
+        self.pos += size
+
+
+def auth_sys(uid=0, gid=0, machine='pi'):
+    return Packer().uint(0).string(machine).uint(uid).uint(gid).uint(1).uint(gid).bytes()
+
+
+class Rpc:
+    """One TCP connection to one RPC program, from a privileged source port (like a kernel client)."""
+
+    def __init__(self, host, port, prog, vers, uid=0, timeout=10):
+        self.prog, self.vers, self.cred = prog, vers, auth_sys(uid, uid)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        for source in random.sample(range(600, 1024), 40):
+            try:
+                self.sock.bind(('', source))
+                break
+            except OSError:
+                continue
+        self.sock.connect((host, port))
+
+    def call(self, proc, args=b''):
+        xid = random.getrandbits(32)
+        body = (Packer().uint(xid).uint(0).uint(2).uint(self.prog).uint(self.vers).uint(proc)
+                .uint(AUTH_SYS).opaque(self.cred).uint(AUTH_NONE).opaque(b'').bytes() + args)
+        self.sock.sendall(struct.pack('>I', 0x80000000 | len(body)) + body)
+        reply = self._record()
+        u = Unpacker(reply)
+        if u.uint() != xid or u.uint() != 1:
+            raise RpcError('unexpected RPC reply')
+        if u.uint() != 0:
+            raise RpcError('RPC call denied')
+        u.uint()
+        u.opaque()  # verifier
+        accept = u.uint()
+        if accept != 0:
+            raise RpcError('RPC call not accepted (accept_stat %d)' % accept)
+        return u
+
+    def _record(self):
+        data, last = b'', False
+        while not last:
+            head = struct.unpack('>I', self._exact(4))[0]
+            last = bool(head & 0x80000000)
+            data += self._exact(head & 0x7FFFFFFF)
+        return data
+
+    def _exact(self, size):
+        buf = b''
+        while len(buf) < size:
+            chunk = self.sock.recv(size - len(buf))
+            if not chunk:
+                raise RpcError('connection closed by the server')
+            buf += chunk
+        return buf
+
+    def close(self):
+        self.sock.close()
+
+
+def getport(host, prog, vers):
+    rpc = Rpc(host, 111, PMAP, 2)
+    try:
+        return rpc.call(3, Packer().uint(prog).uint(vers).uint(socket.IPPROTO_TCP).uint(0).bytes()).uint()
+    finally:
+        rpc.close()
+
+
+def mount3(host, path):
+    """(status, root handle) of MOUNT v3 MNT for ``path``; status 0 is MNT3_OK, 13 MNT3ERR_ACCES."""
+    rpc = Rpc(host, getport(host, MOUNT, 3), MOUNT, 3)
+    try:
+        u = rpc.call(1, Packer().string(path).bytes())
+        status = u.uint()
+        return status, (u.opaque() if status == 0 else None)
+    finally:
+        rpc.close()
+
+
+def _fattr3(u):
+    ftype, mode, _nlink, uid, gid = (u.uint() for _ in range(5))
+    size, _used = u.hyper(), u.hyper()
+    u.skip(8)  # rdev
+    fsid, fileid = u.hyper(), u.hyper()
+    u.skip(24)  # atime, mtime, ctime
+    return {'type': ftype, 'mode': mode, 'uid': uid, 'gid': gid, 'size': size, 'fsid': fsid, 'fileid': fileid}
+
+
+def _post_op(u):
+    return _fattr3(u) if u.uint() else None
+
+
+class Nfs3:
+    """NFSv3 calls that take handles as bytes; each returns (status, result)."""
+
+    def __init__(self, host, port=2049):
+        self.rpc = Rpc(host, port, NFS, 3)
+
+    def getattr(self, fh):
+        u = self.rpc.call(1, Packer().opaque(fh).bytes())
+        status = u.uint()
+        return status, (_fattr3(u) if status == NFS3_OK else None)
+
+    def lookup(self, fh, name):
+        u = self.rpc.call(3, Packer().opaque(fh).string(name).bytes())
+        status = u.uint()
+        return status, (u.opaque() if status == NFS3_OK else None)
+
+    def read(self, fh, count=65536, offset=0):
+        u = self.rpc.call(6, Packer().opaque(fh).hyper(offset).uint(count).bytes())
+        status = u.uint()
+        if status != NFS3_OK:
+            return status, None
+        _post_op(u)
+        u.uint()  # count
+        u.uint()  # eof
+        return status, u.opaque()
+
+    def create(self, fh, name, mode=0o600):
+        # createhow3 UNCHECKED with sattr3: set mode, leave uid/gid/size/times alone.
+        args = (Packer().opaque(fh).string(name).uint(0).uint(1).uint(mode)
+                .uint(0).uint(0).uint(0).uint(0).uint(0).bytes())
+        u = self.rpc.call(8, args)
+        status = u.uint()
+        return status, None
+
+    def walk(self, fh, path):
+        """LOOKUP each component of ``path`` from ``fh``: (status, handle)."""
+        for name in [part for part in path.split('/') if part]:
+            status, fh = self.lookup(fh, name)
+            if status != NFS3_OK:
+                return status, None
+        return NFS3_OK, fh
+
+    def close(self):
+        self.rpc.close()
+
+
+class Nfs4:
+    """NFSv4.0 COMPOUNDs; ``compound()`` returns (status, [(op, status, unpacker)]) up to the first error."""
+
+    def __init__(self, host, port=2049):
+        self.rpc = Rpc(host, port, NFS, 4)
+
+    def compound(self, ops):
+        args = Packer().string('pifleet').uint(0).uint(len(ops))
+        for op, payload in ops:
+            args.uint(op).raw(payload)
+        u = self.rpc.call(1, args.bytes())
+        status = u.uint()
+        u.opaque()  # tag
+        results = []
+        for _ in range(u.uint()):
+            op, op_status = u.uint(), u.uint()
+            results.append((op, op_status, u))
+            if op_status != NFS4_OK:
+                break
+            self._skip_result(op, u)
+        return status, results
+
+    @staticmethod
+    def _skip_result(op, u):
+        if op == OP_GETFH:
+            u.fh = u.opaque()
+        elif op == OP_READ:
+            u.eof = u.uint()
+            u.data = u.opaque()
+        elif op == OP_GETATTR:
+            u.bitmap = [u.uint() for _ in range(u.uint())]
+            u.attrs = u.opaque()
+        elif op == OP_CREATE:
+            u.uint()
+            u.hyper()
+            u.hyper()  # change_info4
+            [u.uint() for _ in range(u.uint())]  # attrset bitmap
+
+    @staticmethod
+    def putfh(fh):
+        return OP_PUTFH, Packer().opaque(fh).bytes()
+
+    @staticmethod
+    def lookup(name):
+        return OP_LOOKUP, Packer().string(name).bytes()
+
+    def handle_of(self, path):
+        """(status, handle) of ``path`` from the pseudo root: PUTROOTFH, LOOKUP..., GETFH."""
+        ops = [(OP_PUTROOTFH, b'')] + [self.lookup(n) for n in path.split('/') if n] + [(OP_GETFH, b'')]
+        status, results = self.compound(ops)
+        return status, (results[-1][2].fh if status == NFS4_OK else None)
+
+    def getattr(self, fh):
+        """(status, fileid) of a handle."""
+        bitmap = Packer().uint(1).uint(1 << FATTR4_FILEID).bytes()
+        status, results = self.compound([self.putfh(fh), (OP_GETATTR, bitmap)])
+        if status != NFS4_OK:
+            return status, None
+        return status, struct.unpack('>Q', results[-1][2].attrs[:8])[0]
+
+    def read(self, fh, path='', count=65536):
+        """READ with the anonymous stateid from ``fh`` (after LOOKUPs of ``path``): (status, data)."""
+        ops = [self.putfh(fh)] + [self.lookup(n) for n in path.split('/') if n]
+        ops.append((OP_READ, Packer().uint(0).raw(b'\0' * 12).hyper(0).uint(count).bytes()))
+        status, results = self.compound(ops)
+        return status, (results[-1][2].data if status == NFS4_OK else None)
+
+    def lookup_path(self, fh, path):
+        status, results = self.compound([self.putfh(fh)] + [self.lookup(n) for n in path.split('/') if n]
+                                        + [(OP_GETFH, b'')])
+        return status, (results[-1][2].fh if status == NFS4_OK else None)
+
+    def mkdir(self, fh, name):
+        """CREATE a directory in ``fh`` (no open state needed, unlike a regular file)."""
+        payload = Packer().uint(NF4DIR).string(name).uint(0).opaque(b'').bytes()
+        status, _results = self.compound([self.putfh(fh), (OP_CREATE, payload)])
+        return status
+
+    def close(self):
+        self.rpc.close()
+
+
+def find_le32(handle, value):
+    """Offsets where ``value`` sits as a little-endian 32-bit number in ``handle`` (an inode in a handle)."""
+    needle = struct.pack('<I', value)
+    return [i for i in range(len(handle) - 3) if handle[i:i + 4] == needle]
+
+
+def replace_at(handle, offset, data):
+    return handle[:offset] + bytes(data) + handle[offset + len(data):]
+
+
+def random_name(prefix='pwned'):
+    return '%s-%s' % (prefix, os.urandom(4).hex())
