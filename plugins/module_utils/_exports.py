@@ -71,6 +71,56 @@ def check_path(path, must_exist=True):
                            'boot directory) or correct the path' % path)
 
 
+def fs_identity(path):
+    """What says which file system (and directory in it) an export path is now: ``<fsid>:<inode>`` in hex.
+
+    A root that pi_root rebuilt is a new file system (a new UUID, so a new fsid) at the same path; an NFS
+    server that exported the old one must let go of it (see ``bounced``).
+    """
+    try:
+        fsid, ino = os.statvfs(path).f_fsid, os.stat(path).st_ino
+    except OSError:
+        return None
+    return '%x:%x' % (fsid & 0xFFFFFFFFFFFFFFFF, ino)
+
+
+def check_own_filesystem(path, mount_roots):
+    """Refuse an export that is not the top of a file system of its own.
+
+    Neither Ganesha nor kernel nfsd with no_subtree_check can stop a client from forging a file handle
+    for any inode of the exported file system, so a directory inside a larger file system hands its
+    client everything on it (other Pis' roots, the bakery's /etc). ``mount_roots`` maps mount points to
+    the path inside their file system that is mounted there ('/' for a whole file system).
+    """
+    real = os.path.realpath(path)
+    root = mount_roots.get(real)
+    if root == '/':
+        return
+    if root:
+        what = 'a bind mount of %s of another file system' % root
+    else:
+        what = 'a directory inside the file system of %s' % _mount_point_of(real, mount_roots)
+    raise ExportsError('export %s is %s: a client can forge NFS file handles for any file of that file system, so '
+                       'it would reach far more than this directory. Export the top of a file system that holds only '
+                       'what this client may see (pi_root and pi_disk make one per Pi), or set '
+                       'allow_shared_filesystem: true to accept that risk' % (path, what))
+
+
+def _mount_point_of(path, mount_roots):
+    best = '/'
+    for point in mount_roots:
+        if (path == point or path.startswith(point.rstrip('/') + '/')) and len(point) > len(best):
+            best = point
+    return best
+
+
+def bounced(current, wanted):
+    """Paths exported before and now whose file system changed (a rebuilt root): the server must drop them first."""
+    return sorted(path for path, entry in wanted.items()
+                  if path in current and current[path].get('fs') and entry.get('fs')
+                  and current[path]['fs'] != entry['fs'])
+
+
 def is_world(client):
     """True for a client spec that lets any host (or any host of a name pattern) in."""
     return client in ('*', '<world>') or any(mark in client for mark in '*?[') or client.endswith('/0')
@@ -168,7 +218,10 @@ def _check_ganesha(option, where):
                        'its behaviour anyway)' % (option, where))
 
 
-def normalise_options(options, path, backend):
+SPANNING = ('crossmnt', 'nohide')  # options that carry an export over into other file systems
+
+
+def normalise_options(options, path, backend, allow_shared=False):
     """Validate the options of ``path`` against what the backend accepts; return them without duplicates."""
     where = 'export %s' % path
     if not options:
@@ -183,6 +236,10 @@ def normalise_options(options, path, backend):
             raise ExportsError('option %s is given twice with different values for %s' % (name, where))
         if backend == 'ganesha':
             _check_ganesha(text, where)
+        if name in SPANNING and not allow_shared:
+            raise ExportsError('option %s of %s extends the export into the file systems mounted below it; each Pi '
+                               'must reach its own file system only. Drop it, or set allow_shared_filesystem: true'
+                               % (name, where))
         seen.append(text)
         names.add(name)
     for one, other in OPPOSITES:
@@ -202,11 +259,16 @@ def unescape_path(text):
     return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), text.strip('"'))
 
 
+FS_NOTE = '# pifleet fs: '
+
+
 def render_kernel(entries):
     lines = [HEADER]
     for path in sorted(entries):
         entry = entries[path]
         opts = ','.join(entry['options'])
+        if entry.get('fs'):
+            lines.append(FS_NOTE + entry['fs'])
         lines.append(' '.join([escape_path(path)] + ['%s(%s)' % (client, opts) for client in entry['clients']]))
     return '\n'.join(lines) + '\n'
 
@@ -216,8 +278,11 @@ _KERNEL_CLIENT = re.compile(r'([^\s()]+)\(([^()]*)\)')
 
 def parse_kernel(text):
     """Entries of a managed exports file, and the lines that are not ours to understand (dropped on rewrite)."""
-    entries, strange = {}, []
+    entries, strange, note = {}, [], None
     for line in text.splitlines():
+        if line.startswith(FS_NOTE):
+            note = line[len(FS_NOTE):].strip()
+            continue
         if not line.strip() or line.lstrip().startswith('#'):
             continue
         fields = line.split()
@@ -228,6 +293,9 @@ def parse_kernel(text):
             continue
         entries[path] = {'path': path, 'clients': [m.group(1) for m in clients],
                          'options': clients[0].group(2).split(',')}
+        if note:
+            entries[path]['fs'] = note
+        note = None
     return entries, strange
 
 
@@ -262,7 +330,10 @@ def render_ganesha(entries, ids):
             lines.append('    Anonymous_Gid = %s;' % anongid)
         lines += ['    FSAL { Name = VFS; }', '    CLIENT {', '        Clients = %s;' % ', '.join(entry['clients']),
                   '        Access_Type = %s;' % access, '    }',
-                  '    # pifleet options: %s' % ','.join(entry['options']), '}']
+                  '    # pifleet options: %s' % ','.join(entry['options'])]
+        if entry.get('fs'):
+            lines.append('    ' + FS_NOTE + entry['fs'])
+        lines.append('}')
         blocks.append('\n'.join(lines))
     return '\n'.join(blocks) + '\n'
 
@@ -288,6 +359,9 @@ def parse_ganesha(text):
             opts = ['rw' if access and access.group(1) == 'RW' else 'ro']
         entries[path.group(1)] = {'path': path.group(1), 'clients': [c.strip() for c in clients.group(1).split(',')],
                                   'options': opts}
+        note = re.search(r'^\s*%s(\S+)' % re.escape(FS_NOTE), body, re.M)
+        if note:
+            entries[path.group(1)]['fs'] = note.group(1)
         ids[path.group(1)] = int(ident.group(1))
     return entries, ids
 
@@ -339,6 +413,8 @@ def merge(current, items, exclusive):
         else:
             result[item['path']] = {'path': item['path'], 'clients': list(item['clients']),
                                     'options': list(item['options'])}
+            if item.get('fs'):
+                result[item['path']]['fs'] = item['fs']
     return result
 
 
@@ -372,3 +448,20 @@ def ganesha_pid(pidfile):
     except (OSError, ValueError, IndexError):
         return None
     return pid if comm.startswith('ganesha') else None
+
+
+def without(entries, paths):
+    """The entries minus ``paths`` (the first half of a bounce: the server forgets them)."""
+    return {path: entry for path, entry in entries.items() if path not in paths}
+
+
+def hup_taken(pid):
+    """True once ``pid`` has taken a SIGHUP sent to it (no SIGHUP pending on the process any more)."""
+    try:
+        with open('/proc/%d/status' % pid, encoding='ascii') as handle:
+            for line in handle:
+                if line.startswith('ShdPnd:'):
+                    return not int(line.split()[1], 16) & 1  # bit 0: signal 1, SIGHUP
+    except (OSError, ValueError):
+        return True
+    return True

@@ -218,3 +218,17 @@ class Units:
             if systemctl:
                 run([systemctl, 'daemon-reload'])
         self.changed = False
+
+
+def mount_roots(mountinfo='/proc/self/mountinfo'):
+    """{mount point: the path inside its file system mounted there} ('/' when a whole file system is)."""
+    roots = {}
+    with open(mountinfo, encoding='utf-8') as info:
+        for line in info:
+            fields = line.split()
+            roots[_unescape(fields[4])] = _unescape(fields[3])
+    return roots
+
+
+def _unescape(field):
+    return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), field)

@@ -88,7 +88,11 @@ def read_table(fileobj):
     if any(p['type'] == '0x%02x' % GPT_PROTECTIVE for p in table['partitions']):
         fileobj.seek(SECTOR)
         header = fileobj.read(SECTOR)
-        entries_lba, count, entry_size = struct.unpack_from('<QII', header, 72) if len(header) >= 92 else (0, 0, 0)
+        if header[:8] != b'EFI PART' or len(header) < 92:
+            return parse_gpt(header, b'')  # raises: what it says is the problem
+        entries_lba, count, entry_size = struct.unpack_from('<QII', header, 72)
+        if entries_lba > 1 << 32:
+            raise PartitionError('its GPT header is malformed (entries at LBA %d)' % entries_lba)
         fileobj.seek(entries_lba * SECTOR)
         table = parse_gpt(header, fileobj.read(min(count, 1024) * max(entry_size, 128)))
     return table

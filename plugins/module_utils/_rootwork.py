@@ -105,10 +105,15 @@ class PiRoots:
     def _unmount_quietly(self, point):
         self.host.run([self.host.which('umount', True), '--lazy', '--', point])
 
+    def key_forge(self):
+        if self.forge is None:
+            self.forge = _roots.KeyForge(self.roots_dir, self.host.which('ssh-keygen', True),
+                                         setpriv=self.host.which('setpriv', False))
+        return self.forge
+
     def order_keys(self, plans):
         """Start making the host keys of every root this run clones (several ssh-keygen at once)."""
-        keygen = self.host.which('ssh-keygen', True)
-        self.forge = _roots.KeyForge(self.roots_dir, keygen, setpriv=self.host.which('setpriv', False))
+        self.key_forge()
         for plan in plans:
             if plan['action'] == 'clone':
                 self.forge.order(plan['serial'], plan['item']['hostname'], self.key_types)
@@ -279,7 +284,7 @@ class PiRoots:
                     changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys,
                                                      machine_id)
                     _rootfix.apply(tree, changes)
-                    _roots.host_keys(tree, self.key_types, lambda kind: self.forge.key(
+                    _roots.host_keys(tree, self.key_types, lambda kind: self.key_forge().key(
                         serial, item['hostname'], kind), carry=carried)
                     self.clone_diff(plan, changes, tree)
             finally:

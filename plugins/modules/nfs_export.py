@@ -22,12 +22,17 @@ description:
     must not be squashed on an NFS root); boot files should go read-only (O(options) C([ro, sync, no_subtree_check,
     no_root_squash])). Exports to the world (C(*), C(0.0.0.0/0), C(::/0), name patterns) are refused unless
     O(allow_world=true); a read-write export to a network draws a warning.
+  - Each export must be the top of a file system of its own (see O(allow_shared_filesystem)). The managed file
+    records which file system each export is; when another one is mounted at the same path (a rebuilt root), the
+    module makes the server drop that export and export it again, touching no other export (Ganesha would otherwise
+    keep serving the old, deleted file system).
   - Without O(exclusive), entries are merged by path into the managed file (an entry replaces the same path's
     entry); with O(exclusive=true) the managed file holds exactly the entries of this call.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._lock
 attributes:
   check_mode:
     support: full
@@ -127,6 +132,22 @@ options:
       - Allow clients that let any host in (C(*), C(0.0.0.0/0), C(::/0), host name patterns).
     type: bool
     default: false
+  allow_shared_filesystem:
+    description:
+      - Allow an export that is not the top of a file system of its own (a directory inside a larger file system,
+        a bind mount of one), and the options C(crossmnt) and C(nohide).
+      - Without it such exports are refused, because an NFS client can forge file handles for any file of the
+        exported file system, whatever directory was exported (Ganesha has no subtree check; kernel nfsd has none
+        with C(no_subtree_check)). M(pifleet.netboot.pi_root) and M(pifleet.netboot.pi_disk) give each Pi file
+        systems of its own.
+    type: bool
+    default: false
+  reload_settle:
+    description:
+      - Seconds NFS-Ganesha is given to re-read its exports while an export whose file system changed (a rebuilt
+        root) is dropped, before it is exported again. Only used for such exports.
+    type: float
+    default: 2.0
 """
 
 EXAMPLES = r"""
@@ -204,15 +225,29 @@ results:
     - path: /srv/pifleet/roots/pi-a
       state: present
       changed: true
+bounced:
+  description: Exports whose file system changed (a rebuilt root), which the server was made to drop and export again.
+  returned: always
+  type: list
+  elements: str
+  sample: [/srv/pifleet/roots/3a4b5c6d]
+lock_waited:
+  description: Seconds this run waited for another pifleet run to release the bakery lock.
+  returned: when it had to wait
+  type: float
+  sample: 1.5
 """
 
 import os
 import signal
+import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
 
 ITEM_KEYS = ('path', 'clients', 'options', 'state')
 
@@ -246,6 +281,8 @@ class NfsExport:
         dupes = find_duplicates(items, 'path')
         if dupes:
             self.fail('exports lists %s more than once; give one item per path' % ', '.join(dupes))
+        shared = self.params['allow_shared_filesystem']
+        roots = None if shared else _loopfs.mount_roots()
         for item in items:
             ex.check_path(item['path'], must_exist=item['state'] == 'present')
             if self.backend == 'ganesha':
@@ -256,7 +293,10 @@ class NfsExport:
                 raise ex.ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
             clients = [ex.normalise_client(c, item['path'], self.params['allow_world']) for c in item['clients']]
             item['clients'] = list(dict.fromkeys(clients))
-            item['options'] = ex.normalise_options(item['options'], item['path'], self.backend)
+            item['options'] = ex.normalise_options(item['options'], item['path'], self.backend, shared)
+            if not shared:
+                ex.check_own_filesystem(item['path'], roots)
+            item['fs'] = ex.fs_identity(item['path'])
             if 'rw' in item['options']:
                 for client in item['clients']:
                     if ex.is_network(client):
@@ -287,6 +327,7 @@ class NfsExport:
         config_before, config_after = self.include()
         include_changed = config_after != config_before
         self.result['changed'] = file_changed or include_changed
+        self.result['bounced'] = ex.bounced(current, wanted)
         if self.module._diff:
             if file_changed:
                 self.diffs.append(self.diff(self.file, before, after))
@@ -294,7 +335,12 @@ class NfsExport:
                 self.diffs.append(self.diff(self.params['ganesha_config'], config_before, config_after))
             self.result['diff'] = self.diffs
         if self.result['changed'] and not self.module.check_mode:
-            self.apply(file_changed, before, after, config_after if include_changed else None)
+            lock = take_lock(self.module, 'nfs_export', self.result)
+            try:
+                self.apply(file_changed, before, after, config_after if include_changed else None,
+                           (current, wanted, extra))
+            finally:
+                lock.release()
         self.module.exit_json(**self.result)
 
     def render(self, wanted, extra):
@@ -324,9 +370,13 @@ class NfsExport:
     def diff(path, before, after):
         return {'before': before or '', 'after': after or '', 'before_header': path, 'after_header': path}
 
-    def apply(self, file_changed, before, after, config_after):
+    def apply(self, file_changed, before, after, config_after, sets):
+        current, wanted, extra = sets
+        bounce = self.result['bounced'] if self.params['reload'] else []
         if file_changed:
             os.makedirs(os.path.dirname(self.file), 0o755, exist_ok=True)
+            if bounce:
+                self.let_go(bounce, current, ex.without(wanted, bounce), extra)
             ex.write_atomic(self.file, after)
         if config_after is not None:
             # After the exports file exists, so the config never includes a missing file.
@@ -337,6 +387,28 @@ class NfsExport:
             self.exportfs(before)
         else:
             self.hup()
+
+    def let_go(self, bounce, current, rest, extra):
+        """Make the server drop the exports whose file system changed, before it exports them again.
+
+        Ganesha keeps serving the file system it opened at an export's path, even after another is
+        mounted there and after SIGHUP; removing the export and adding it again makes it look again.
+        Kernel nfsd: ``exportfs -u`` of each client, then the ``exportfs -ra`` below flushes its caches.
+        """
+        if self.backend == 'kernel':
+            exportfs = self.module.get_bin_path('exportfs', required=True)
+            for path in bounce:
+                for client in current[path]['clients']:
+                    self.module.run_command([exportfs, '-u', '%s:%s' % (client, path)])
+            return
+        shown = self.result['exports']
+        ex.write_atomic(self.file, self.render(rest, extra))
+        self.result['exports'] = shown
+        pid = self.hup()
+        deadline = time.monotonic() + 30
+        while pid and not ex.hup_taken(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(self.params['reload_settle'])  # the reload it started reads the file we leave now
 
     def exportfs(self, before):
         exportfs = self.module.get_bin_path('exportfs', required=True)
@@ -357,6 +429,7 @@ class NfsExport:
             return
         os.kill(pid, signal.SIGHUP)  # Ganesha re-reads its exports live
         self.result['reloaded'] = True
+        return pid
 
 
 def main():
@@ -380,6 +453,9 @@ def main():
             ganesha_pidfile=dict(type='path', default='/run/ganesha/ganesha.pid'),
             reload=dict(type='bool', default=True),
             allow_world=dict(type='bool', default=False),
+            allow_shared_filesystem=dict(type='bool', default=False),
+            reload_settle=dict(type='float', default=2.0),
+            **LOCK_ARGS,
         ),
         required_one_of=[('path', 'exports')],
         mutually_exclusive=[('path', 'exports')],

