@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'tests' / 'tools'))
 
+from fstree import loop_fs, unmount_below  # noqa: E402
 from modrun import COLLECTIONS, ensure_importable  # noqa: E402
 from piimage import build_image  # noqa: E402
 
@@ -75,7 +76,7 @@ def fleet_vars(tmp):
         'fleet_map_path': str(tmp / 'map.json'), 'fleet_nfs_server': NFS_SERVER, 'fleet_hook_service': '',
         'fleet_nfs_backend': 'ganesha', 'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'),
         'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
-        'fleet_clone_method': 'copy',  # what 'auto' picks on ext4 anyway, without the look at the mounts
+        'fleet_units_dir': str(tmp / 'units'), 'fleet_clone_method': 'auto',  # reflink: the tmp dirs are on XFS
     }
 
 
@@ -150,7 +151,8 @@ def end_state(tmp):
             boot['%s/%s' % (prefix, file)] = rel((srv / 'pis' / prefix / file).read_text())
     fleet_map = json.loads((tmp / 'map.json').read_text())
     return {
-        'roots': {serial: (srv / 'roots' / serial / 'etc/hostname').read_text() for serial in listing(srv / 'roots')},
+        'roots': {serial: (srv / 'roots' / serial / 'etc/hostname').read_text() for serial in listing(srv / 'roots')
+                  if (srv / 'roots' / serial).is_dir()},
         'disks': sorted('%s/%s' % (serial, name) for serial in listing(srv / 'disks')
                         for name in listing(srv / 'disks' / serial) if (srv / 'disks' / serial / name).is_dir()),
         'exports': sorted(zip((rel(p) for p in re.findall(r'^\s*Path = "([^"]*)";', exports, re.M)),
@@ -192,9 +194,7 @@ def estimate(rows, count):
     return per_pi * count
 
 
-def bench_size(count, image, args, rows):
-    scratch = WORK / 'scale'
-    scratch.mkdir(parents=True, exist_ok=True)
+def bench_size(count, image, args, rows, scratch):
     pis = fleet_pis(count)
     row = {'pis': count, 'disks': sum(len(p.get('pi_disks', [])) for p in pis.values())}
     tmp = fresh(scratch, 'n%d-role' % count)
@@ -217,6 +217,7 @@ def bench_size(count, image, args, rows):
                                                          for k, n in row['same_end_state'].items()), flush=True)
             finally:
                 if not args.keep:
+                    unmount_below(base)
                     shutil.rmtree(base, ignore_errors=True)
         else:
             row['baseline_skipped'] = ('not asked' if not wanted else
@@ -224,6 +225,7 @@ def bench_size(count, image, args, rows):
             row['baseline_estimate_seconds'] = forecast
     finally:
         if not args.keep:
+            unmount_below(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return row
 
@@ -286,6 +288,7 @@ def main(argv=None):
                         help='ANSIBLE_COLLECTIONS_PATH to run (e.g. a copy of main, to compare a change)')
     parser.add_argument('--keep', action='store_true', help='keep the temp dirs under .build/bench/scale/')
     parser.add_argument('--out', default=str(WORK / 'scale.json'))
+    parser.add_argument('--disk', default='60G', help='size of the sparse XFS loop file system the runs use')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_scale needs root (the Pi roots keep owners and device nodes)')
@@ -297,19 +300,27 @@ def main(argv=None):
         print('building %s (once; cached) ...' % image.name, flush=True)
         build_image(image, profile='tiny', models=(3, 4, 5))
     rows = []
-    for count in sorted(args.sizes):
-        rows.append(bench_size(count, image, args, rows))
-        row = rows[-1]
-        print('  role %.1f s, re-run %.1f s; baseline %s' % (
-            row['role']['first_seconds'], row['role']['rerun_seconds'],
-            '%.1f s, re-run %.1f s' % (row['baseline']['first_seconds'], row['baseline']['rerun_seconds'])
-            if row.get('baseline') else 'not run (%s)' % row['baseline_skipped']), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({'collections': args.collections, 'cpus': os.cpu_count(),
-                                              'rows': rows}, indent=1) + '\n')
+    (WORK / 'scale').mkdir(parents=True, exist_ok=True)
+    # A bakery's data disk: XFS, so each Pi's root image is a reflink clone (the roots are file systems
+    # of their own, loop-mounted: --keep keeps them mounted until this run ends).
+    with loop_fs(WORK / 'scale', 'xfs', args.disk) as scratch:
+        for count in sorted(args.sizes):
+            rows.append(bench_size(count, image, args, rows, scratch))
+            report(rows, args)
     print_table(rows)
     print_tasks(rows[-1])
     return 0
+
+
+def report(rows, args):
+    row = rows[-1]
+    print('  role %.1f s, re-run %.1f s; baseline %s' % (
+        row['role']['first_seconds'], row['role']['rerun_seconds'],
+        '%.1f s, re-run %.1f s' % (row['baseline']['first_seconds'], row['baseline']['rerun_seconds'])
+        if row.get('baseline') else 'not run (%s)' % row['baseline_skipped']), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({'collections': args.collections, 'cpus': os.cpu_count(),
+                                          'rows': rows}, indent=1) + '\n')
 
 
 if __name__ == '__main__':

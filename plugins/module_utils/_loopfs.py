@@ -6,7 +6,7 @@ Why: an NFS server turns a file handle into a file by (file system, inode). Gane
 both refuse a handle naming a file system the client's export does not cover, but neither can stop a
 forged inode number *within* the exported file system. So everything a Pi may reach lives on a file
 system that holds nothing else (its root, its disks), and a forged handle reaches only the Pi's own
-files (docs/security.md has the argument and the test). These helpers make, clone, mount and persist
+files (SECURITY.md has the argument and the test). These helpers make, clone, mount and persist
 such file systems; external tools run through one ``run(argv)`` callable. No AnsibleModule here.
 """
 

@@ -140,7 +140,7 @@ def valid_machine_id(text):
 # --------------------------------------------------------------------------- reading a root
 # Every read and write below goes through a ``_confined.Tree`` of the root: paths are walked from a
 # descriptor of its top without following any symlink, so a Pi's root (or a golden image) that
-# points etc/ somewhere else is refused rather than followed (docs/security.md).
+# points etc/ somewhere else is refused rather than followed (SECURITY.md).
 
 
 def file_change(fix, rel, before, after, mode=0o644):

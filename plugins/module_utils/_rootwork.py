@@ -6,7 +6,7 @@
 ``apply(plan)`` does it, or in check mode reports it with the diff a real run would make. The host is
 a small object with ``run(argv)``, ``which(name, required)``, ``warn(msg)``, ``check_mode``, ``diff``
 and ``tmpdir`` (the module's AnsibleModule adapter; tests can pass their own). See ``_roots`` for the
-layout and ``docs/security.md`` for why every write goes through ``_confined.Tree``.
+layout and ``SECURITY.md`` for why every write goes through ``_confined.Tree``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fstree import unmount_below
 from nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
 from piimage import build_image
 from powerfakes import PlugServer
@@ -58,7 +59,7 @@ def playbook(tmp, pis, bakery_vars=None, **extra):
         'fleet_map_path': str(tmp / 'map.json'), 'fleet_nfs_server': BAKERY, 'fleet_hook_service': '',
         'fleet_nfs_backend': 'ganesha', 'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'),
         'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
-        'fleet_clone_method': 'copy',
+        'fleet_clone_method': 'copy', 'fleet_units_dir': str(tmp / 'units'),
     }
     fleet.update(extra)
     host = dict({'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}, **(bakery_vars or {}))
@@ -98,6 +99,7 @@ def bakery(tmp_path_factory):
     finally:
         server.close()
         lan.close()
+        unmount_below(tmp)  # each Pi's root is a mount of its own
 
 
 def test_inventory_to_booting_pis(bakery):
@@ -202,13 +204,14 @@ def test_a_pi_leaving_loses_its_export_and_with_prune_its_root(bakery):
     assert rc == 0, output[-4000:]
     exports = (tmp / 'ganesha/pifleet.conf').read_text()
     assert '4a4a4a4a' not in exports and '00b3b3b3' in exports
-    assert (tmp / 'srv/roots/4a4a4a4a/.pifleet.json').exists()  # kept: no prune
+    assert (tmp / 'srv/roots/4a4a4a4a.json').exists() and os.path.ismount(tmp / 'srv/roots/4a4a4a4a')  # kept
     assert '4a4a4a4a' not in json.loads((tmp / 'map.json').read_text())['prefixes']
     playbook(tmp, remaining, fleet_prune=True)
     rc, _counters, output = ansible(tmp)
     assert rc == 0, output[-4000:]
-    assert not (tmp / 'srv/roots/4a4a4a4a').exists() and not (tmp / 'srv/disks/4a4a4a4a/data').exists()
-    assert (tmp / 'srv/roots/00b3b3b3/.pifleet.json').exists()
+    assert not (tmp / 'srv/roots/4a4a4a4a').exists() and not (tmp / 'srv/roots/4a4a4a4a.img').exists()
+    assert not (tmp / 'srv/disks/4a4a4a4a/data').exists()
+    assert (tmp / 'srv/roots/00b3b3b3.json').exists()
 
 
 def test_a_broken_inventory_fails_up_front_naming_every_problem(bakery):

@@ -88,6 +88,13 @@ def mounts_below(path):
         return [line.split()[4] for line in info if line.split()[4].startswith(path)]
 
 
+def unmount_below(path):
+    """Unmount everything mounted below ``path`` (deepest first; lazily if busy): a fixture's last word."""
+    for point in sorted(mounts_below(path), key=len, reverse=True):
+        if subprocess.run(['umount', point], check=False, capture_output=True).returncode != 0:
+            subprocess.run(['umount', '--lazy', point], check=False, capture_output=True)
+
+
 def loops_backed_by(path):
     """Loop devices whose backing file lives below ``path``."""
     out = subprocess.run(['losetup', '--json', '--list'], capture_output=True, text=True, check=False).stdout

@@ -15,8 +15,10 @@
    lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte against
    the files the role wrote (its own cmdline.txt), its NFS root listed from its own address; the
    outsider is refused;
-6. ``pifleet.netboot.status``: the table per Pi, boot events included;
-7. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
+6. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
+   every Pi boots again;
+7. ``pifleet.netboot.status``: the table per Pi, boot events included;
+8. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
 
 Root only (namespaces, the container, NFS-Ganesha). Exits non-zero when any step fails.
 """
@@ -145,6 +147,19 @@ def boot_pi(lab, pi, fleet_map):
     return summary
 
 
+def roots_mounted(lab, pis):
+    """Each Pi's root is a loop-mounted file system of its own inside the bakery (nosuid, nodev)."""
+    points = ['/srv/pifleet/roots/%s' % pi['root_key'] for pi in pis]
+    proc = subprocess.run(nspawnlab.ssh_argv(lab, 'findmnt', '--json', '--output', 'TARGET,SOURCE,OPTIONS', *points),
+                          capture_output=True, text=True, timeout=60, check=False)
+    found = {fs['target']: fs for fs in json.loads(proc.stdout or '{}').get('filesystems', [])}
+    missing = [p for p in points if p not in found or 'nosuid' not in found[p]['options']]
+    if proc.returncode != 0 or missing:
+        raise DemoError('after the reboot these roots are not mounted nosuid from their images: %s (%s)'
+                        % (', '.join(missing), proc.stderr.strip()))
+    return 'roots mounted again: ' + ', '.join('%s (%s)' % (p, found[p]['source']) for p in points)
+
+
 def outsider_refused(lab, pi):
     url = pisim.nfs_url(lab['addresses']['bakery'], '/srv/pifleet/roots/%s' % pi['root_key'])
     proc = subprocess.run(['ip', 'netns', 'exec', lab['namespaces']['outsider'], 'nfs-ls', url], capture_output=True,
@@ -156,7 +171,7 @@ def outsider_refused(lab, pi):
 
 
 def demo(state, keep):
-    total = 7
+    total = 8
     pis = lab_pis()
     step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached)')
     image_dir = nspawnlab.image()
@@ -192,14 +207,20 @@ def demo(state, keep):
             say(boot_pi(lab, pi, fleet_map))
         say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, pis[0])))
 
-        step(6, total, 'pifleet.netboot.status')
+        step(6, total, 'the bakery reboots: every Pi root is mounted again by its unit, and boots again')
+        nspawnlab.reboot(state)
+        say(roots_mounted(lab, pis))
+        for pi in pis:
+            say(boot_pi(lab, pi, fleet_map))
+
+        step(7, total, 'pifleet.netboot.status')
         playbook(state, 'status')
     finally:
         if keep:
             say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
                 % (Path(state) / 'ssh_config', '%s-bakery' % NAME, sys.executable, TOOLS / 'nspawnlab.py', state))
         else:
-            step(7, total, 'taking the lab down')
+            step(8, total, 'taking the lab down')
             nspawnlab.down(state)
     say('done in %.0f s' % (time.monotonic() - STARTED))
 

@@ -16,21 +16,24 @@ allows root by key only; the key is per lab and bind-mounted read-only at ``up``
 
 ``up`` builds a LAN with ``nfslab.Lan`` (namespaces ``<name>-<host>``): ``router`` .1 runs dnsmasq
 as the home router (authoritative DHCP, range .100-.150, DNS off, pi1, pi2, ... pinned to .50, .51,
-... so exports can name them), ``bakery`` .2 hosts the container (systemd as PID 1,
-``--volatile=overlay`` so every boot starts clean, ``--register=no --keep-unit`` as this host has
-no systemd, CAP_NET_ADMIN for dnsmasq, /dev/fuse for bakeform's fuse2fs (a container has no loop
-devices), open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
-DIR/data/ dirs for NFS-Ganesha (overlayfs has no file handles), no resolv.conf), ``pi1..piN`` have
+... so exports can name them), ``bakery`` .2 hosts the container (systemd as PID 1, its root a
+fresh copy of the cached image on the lab's data disk DIR/data, an XFS loop file system, so that
+``reboot`` keeps what the roles installed, ``--register=no --keep-unit`` as this host has no
+systemd, CAP_NET_ADMIN for dnsmasq, /dev/loop-control and /dev/loop0..63 for the Pis' file
+systems, open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
+dirs on the data disk for NFS-Ganesha, no resolv.conf), ``pi1..piN`` have
 eth0 up with a Pi MAC (``--macs``, else a Pi 4 one) and no address (they DHCP), ``outsider`` .60
 is a stranger for "denied" checks. It waits until sshd in the container accepts the lab key, then writes DIR/lab.json
 (namespaces, addresses, MACs, PIDs, key), DIR/ssh_config and DIR/inventory.yml (ssh through
 ``ip netns exec <name>-bakery socat STDIO TCP:127.0.0.1:22``). An ``up`` over an old state dir
 first runs ``down``.
 
-``down`` stops the container (SIGTERM to systemd-nspawn = orderly poweroff; SIGKILL after a
-grace period) and dnsmasq by the PIDs in lab.json (checked against /proc/PID/cmdline, so a reused
-PID is never hit) and deletes the namespaces; it keeps the state dir and the image. Idempotent,
-and lab.json is written before anything starts, so it also cleans up a partial ``up``.
+``reboot`` powers the container off and boots it again on the same root and data (the Pis' mount
+units must bring their roots back). ``down`` stops the container (SIGTERM to systemd-nspawn =
+orderly poweroff; SIGKILL after a grace period) and dnsmasq by the PIDs in lab.json (checked
+against /proc/PID/cmdline, so a reused PID is never hit), deletes the namespaces and releases the
+data disk; it keeps the state dir and the image. Idempotent, and lab.json is written before
+anything starts, so it also cleans up a partial ``up``.
 Root only. Needs debootstrap, systemd-container, socat, dnsmasq (-base), iproute2, openssh-client.
 """
 
@@ -327,16 +330,62 @@ def make_key(lab, state):
     return keys
 
 
-def start_container(lab, state, image_dir, keys):
-    # Ganesha's VFS backend needs file handles, which overlayfs (--volatile=overlay) lacks: the
-    # pifleet data trees live on fresh host directories instead, as on a real bakery's data disk.
-    lab['data_dirs'] = {inside: str(state / 'data' / inside.strip('/').replace('/', '-')) for inside in DATA_DIRS}
-    for outside in lab['data_dirs'].values():
-        shutil.rmtree(outside, ignore_errors=True)
-        Path(outside).mkdir(mode=0o755, parents=True)
+DATA_SIZE = '40G'  # sparse: what the bakery's data disk may grow to
+LOOP_DEVICES = 64  # loop device nodes handed to the container (each Pi root or disk set is one)
+LOOP_CTL_ADD = 0x4C80
+
+
+def data_disk(state):
+    """The bakery's data disk: an XFS file system (reflink clones, as on a real bakery) mounted at DIR/data.
+
+    It holds the container's root (a copy of the cached image, so a reboot keeps what the roles
+    installed) and /srv/pifleet and /var/lib/pifleet, bind-mounted into the container (Ganesha's VFS
+    backend needs a file system with file handles).
+    """
+    backing, mount = state / 'data.img', state / 'data'
+    if not os.path.ismount(mount):
+        backing.unlink(missing_ok=True)
+        run(['truncate', '-s', DATA_SIZE, str(backing)])
+        run(['mkfs.xfs', '-q', '-m', 'reflink=1', str(backing)])
+        mount.mkdir(parents=True, exist_ok=True)
+        run(['mount', '-o', 'loop', str(backing), str(mount)])
+    return mount
+
+
+def release_data_disk(state):
+    mount = state / 'data'
+    if os.path.ismount(mount):
+        if run(['umount', str(mount)], check=False).returncode != 0:
+            run(['umount', '--lazy', str(mount)], check=False)
+    (state / 'data.img').unlink(missing_ok=True)
+
+
+def loop_devices(count=LOOP_DEVICES):
+    """/dev/loop0..N-1, made on the host if missing (devtmpfs shows them), for the container to bind."""
+    with open('/dev/loop-control', 'rb') as control:
+        for index in range(count):
+            if not os.path.exists('/dev/loop%d' % index):
+                try:
+                    fcntl.ioctl(control, LOOP_CTL_ADD, index)
+                except OSError:
+                    pass  # taken meanwhile
+    return ['/dev/loop%d' % index for index in range(count) if os.path.exists('/dev/loop%d' % index)]
+
+
+def start_container(lab, state, image_dir, keys, fresh=True):
+    data = data_disk(state)
+    rootfs = data / 'rootfs'
+    lab['data_dirs'] = {inside: str(data / inside.strip('/').replace('/', '-')) for inside in DATA_DIRS}
+    if fresh:
+        shutil.rmtree(rootfs, ignore_errors=True)
+        run(['cp', '-a', '--reflink=auto', str(image_dir), str(rootfs)], timeout=600)
+        for outside in lab['data_dirs'].values():
+            shutil.rmtree(outside, ignore_errors=True)
+            Path(outside).mkdir(mode=0o755, parents=True)
     Path(lab['console_log']).unlink(missing_ok=True)
+    lab['leader_pid'] = None
     lab['pids']['nspawn'] = spawn('nspawn', [
-        'systemd-nspawn', '--quiet', '--directory=%s' % image_dir, '--volatile=overlay', '--register=no',
+        'systemd-nspawn', '--quiet', '--directory=%s' % rootfs, '--register=no',
         '--keep-unit', '--boot', '--console=pipe',
         '--network-namespace-path=/run/netns/%s' % lab['namespaces']['bakery'],
         '--machine=%s' % lab['machine'], '--bind-ro=%s:/root/.ssh/authorized_keys' % keys,
@@ -346,8 +395,8 @@ def start_container(lab, state, image_dir, keys):
         '--system-call-filter=open_by_handle_at',
         # No resolv.conf: lookups fail at once instead of timing out on the host's unreachable DNS.
         '--resolv-conf=delete',
-        # No loop devices in here: bakeform reads an image's root through fuse2fs instead.
-        '--bind=/dev/fuse',
+        # Each Pi's root and disks are file systems of their own, loop-mounted by pi_root and pi_disk.
+        '--bind=/dev/loop-control', *('--bind=%s' % device for device in loop_devices()),
         *('--bind=%s:%s' % (outside, inside) for inside, outside in lab['data_dirs'].items()),
     ], lab['console_log'])
     save(state, lab)
@@ -403,6 +452,19 @@ def down(state):
     lab['pids'] = {}
     lab['leader_pid'] = None
     save(state, lab)
+    release_data_disk(state)
+    return lab
+
+
+def reboot(state):
+    """Power the bakery container off and boot it again, keeping its root and data: what a reboot keeps."""
+    state = Path(state).resolve()
+    lab = load(state)
+    stop(lab['pids'].get('nspawn'), 'systemd-nspawn', grace=30.0)
+    keys = state / 'authorized_keys'
+    start_container(lab, state, Path(lab['image']), keys, fresh=False)
+    lab['system_state'] = wait_ssh(lab)
+    save(state, lab)
     return lab
 
 
@@ -418,6 +480,8 @@ def main(argv=None):
     p_up.add_argument('--macs', default='', help='comma-separated MACs of pi1, pi2, ... (default: Pi 4 MACs)')
     p_down = sub.add_parser('down', help='stop everything `up` started')
     p_down.add_argument('--state', required=True)
+    p_reboot = sub.add_parser('reboot', help='power the bakery container off and on, keeping its disks')
+    p_reboot.add_argument('--state', required=True)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error('must run as root')
@@ -436,6 +500,8 @@ def main(argv=None):
             down(args.state)  # nothing half-started stays behind
             raise
         print(json.dumps(lab, indent=2, sort_keys=True))
+    elif args.command == 'reboot':
+        print(reboot(args.state)['system_state'])
     else:
         down(args.state)
     log('%s took %.1f s' % (args.command, time.monotonic() - started))

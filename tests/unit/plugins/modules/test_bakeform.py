@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import STORE_FORMAT
 from ansible_collections.pifleet.netboot.plugins.modules import bakeform
 
 
@@ -24,16 +25,17 @@ def store(tmp_path):
     dest.mkdir(parents=True)
     manifest = {
         'name': 'golden', 'source': str(src), 'sha256': hashlib.sha256(b'image-one').hexdigest(),
-        'source_stat': bakeform.source_stat(str(src)), 'models': ['4'],
+        'source_stat': bakeform.source_stat(str(src)), 'models': ['4'], 'format': STORE_FORMAT,
     }
     (dest / 'manifest.json').write_text(json.dumps(manifest))
     (dest / 'boot').mkdir()
-    (dest / 'root').mkdir()
+    (dest / 'root.img').write_bytes(b'')
+    (dest / 'boot.img').write_bytes(b'')
     return tmp_path
 
 
 def args(store, **extra):
-    return dict({'name': 'golden', 'store': str(store / 'store')}, **extra)
+    return dict({'name': 'golden', 'store': str(store / 'store'), 'lock_file': str(store / 'lock')}, **extra)
 
 
 INVALID = [
@@ -120,10 +122,26 @@ def test_non_root_is_told_to_become(run_module, store, monkeypatch):
     assert result.failed and 'add become: true' in result.result['msg']
 
 
-def test_incomplete_bakeform_is_rebuilt_without_force(run_module, store):
-    # A manifest without root/: the same source means rebuild, not refuse.
-    (store / 'store/golden/root').rmdir()
+@pytest.mark.parametrize('damage', ['root.img', 'format'])
+def test_incomplete_or_old_bakeform_is_rebuilt_without_force(run_module, store, damage):
+    # A manifest without root.img, or of the store format before per-Pi file systems: the same source means
+    # rebuild, not refuse.
+    dest = store / 'store/golden'
+    if damage == 'root.img':
+        (dest / 'root.img').unlink()
+    else:
+        manifest = json.loads((dest / 'manifest.json').read_text())
+        (dest / 'manifest.json').write_text(json.dumps(dict(manifest, format=None)))
     result = run_module(bakeform.main, args(store, src=str(store / 'src.img')), check_mode=True, diff=True)
     assert not result.failed and result.result['changed'] is True
     assert result.result['diff']['before']['sha256'] == result.result['diff']['after']['sha256']
-    assert any('is incomplete (boot/ or root/ missing)' in w for w in result.result['warnings'])
+    assert any('is incomplete or of an older store format' in w for w in result.result['warnings'])
+
+
+def test_a_failed_ingest_reports_no_change(run_module, store):
+    """A source that is not an image fails, says why, and reports changed=false (nothing changed)."""
+    junk = store / 'junk.img'
+    junk.write_bytes(b'not an image at all' * 1000)
+    result = run_module(bakeform.main, args(store, name='fresh', src=str(junk)))
+    assert result.failed and result.result['changed'] is False
+    assert 'no MBR boot signature' in result.result['msg'] and not (store / 'store/fresh').exists()

@@ -35,7 +35,14 @@ def lab(tmp_path):
 
 
 def kernel(lab, **extra):
-    return dict({'exports_file': str(lab / 'exports.d' / 'pifleet.exports'), 'reload': False}, **extra)
+    # The temp dirs here are not file systems of their own: the rule against that is tested on its own below.
+    return dict({'exports_file': str(lab / 'exports.d' / 'pifleet.exports'), 'reload': False,
+                 'allow_shared_filesystem': True, 'lock_file': str(lab / 'lock')}, **extra)
+
+
+def lines(target):
+    """The export lines of a managed file (no header, no file system notes)."""
+    return [line for line in target.read_text().splitlines() if not line.startswith('#')]
 
 
 def ganesha(lab, **extra):
@@ -43,7 +50,8 @@ def ganesha(lab, **extra):
     if not config.exists():
         config.write_text('# mine\nEXPORT { Export_Id = 100; Path = /elsewhere; }\n')
     return dict({'backend': 'ganesha', 'exports_file': str(lab / 'pifleet.conf'), 'ganesha_config': str(config),
-                 'ganesha_pidfile': str(lab / 'ganesha.pid')}, **extra)
+                 'ganesha_pidfile': str(lab / 'ganesha.pid'), 'allow_shared_filesystem': True,
+                 'lock_file': str(lab / 'lock')}, **extra)
 
 
 def test_single_export_check_then_real_then_unchanged(run_module, lab):
@@ -52,13 +60,15 @@ def test_single_export_check_then_real_then_unchanged(run_module, lab):
     checked = run_module(nfs_export.main, args, check_mode=True, diff=True).result
     assert checked['changed'] is True and not target.exists()
     line = '%s 10.99.20.50(rw,sync,no_subtree_check,no_root_squash)' % (lab / 'pi-a')
-    assert checked['diff'] == [{'before': '', 'after': ex.HEADER + '\n' + line + '\n',
+    note = ex.FS_NOTE + ex.fs_identity(str(lab / 'pi-a'))
+    assert checked['diff'] == [{'before': '', 'after': ex.HEADER + '\n' + note + '\n' + line + '\n',
                                 'before_header': str(target), 'after_header': str(target)}]
     real = run_module(nfs_export.main, args, diff=True).result
     assert real['changed'] is True and real['reloaded'] is False and real['diff'] == checked['diff']
     assert target.read_text() == checked['diff'][0]['after']
     assert real['exports'] == [{'path': str(lab / 'pi-a'), 'clients': ['10.99.20.50'],
-                                'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
+                                'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash'],
+                                'fs': ex.fs_identity(str(lab / 'pi-a'))}]
     again = run_module(nfs_export.main, args, diff=True).result
     assert again['changed'] is False and again['diff'] == [] and again['results'][0]['changed'] is False
 
@@ -67,16 +77,16 @@ def test_calls_merge_by_path_and_exclusive_replaces(run_module, lab):
     target = lab / 'exports.d' / 'pifleet.exports'
     run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50']))
     run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-b'), clients=['10.99.20.51']))
-    assert [line.split()[0] for line in target.read_text().splitlines()[1:]] == [str(lab / 'pi-a'), str(lab / 'pi-b')]
+    assert [line.split()[0] for line in lines(target)] == [str(lab / 'pi-a'), str(lab / 'pi-b')]
     # Same path again: its entry is replaced, not duplicated.
     run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-b'), clients=['10.99.20.52'], options=['ro']))
-    assert target.read_text().splitlines()[2] == '%s 10.99.20.52(ro)' % (lab / 'pi-b')
+    assert lines(target)[1] == '%s 10.99.20.52(ro)' % (lab / 'pi-b')
     result = run_module(nfs_export.main, kernel(lab, exclusive=True, options=['ro', 'sync'], exports=[
         {'path': str(lab / 'boot'), 'clients': ['10.99.20.50', '10.99.20.51']},
         {'path': str(lab / 'pi-a'), 'clients': ['10.99.20.50'], 'options': ['rw', 'sync']},
     ])).result
     assert result['changed'] is True
-    assert target.read_text().splitlines()[1:] == [
+    assert lines(target) == [
         '%s 10.99.20.50(ro,sync) 10.99.20.51(ro,sync)' % (lab / 'boot'), '%s 10.99.20.50(rw,sync)' % (lab / 'pi-a')]
     removed = run_module(nfs_export.main, kernel(lab, path=str(lab / 'gone'), state='absent')).result
     assert removed['changed'] is False
@@ -220,3 +230,29 @@ def test_kernel_file_outside_exports_d_naming_warns(run_module, lab, warnings):
 def test_relative_exports_file_fails(run_module, lab):
     result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['h'], exports_file='x.exports'))
     assert result.failed and 'is not an absolute path' in result.result['msg']
+
+
+def test_a_directory_inside_a_larger_file_system_is_refused(run_module, lab):
+    """Without allow_shared_filesystem only the top of a file system may be exported (forged handles)."""
+    args = kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'], allow_shared_filesystem=False)
+    result = run_module(nfs_export.main, args)
+    assert result.failed and 'is a directory inside the file system of' in result.result['msg']
+    assert 'forge NFS file handles' in result.result['msg'] and os.listdir(lab / 'exports.d') == []
+    for option in ('crossmnt', 'nohide'):
+        result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['h'],
+                                                    options=['rw', option], allow_shared_filesystem=False))
+        assert result.failed and 'extends the export into the file systems mounted below it' in result.result['msg']
+
+
+def test_a_changed_file_system_is_unexported_first(run_module, lab, fake_exportfs, monkeypatch):
+    """A path whose file system changed (a rebuilt root) is dropped from the kernel server before -ra."""
+    calls, _unused = fake_exportfs
+    args = kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'], reload=True)
+    run_module(nfs_export.main, args)
+    monkeypatch.setattr(ex, 'fs_identity', lambda path: 'feed:2')
+    result = run_module(nfs_export.main, args).result
+    assert result['changed'] is True and result['bounced'] == [str(lab / 'pi-a')]
+    assert calls[-2:] == [['/usr/sbin/exportfs', '-u', '10.99.20.50:%s' % (lab / 'pi-a')],
+                          ['/usr/sbin/exportfs', '-ra']]
+    again = run_module(nfs_export.main, args).result
+    assert again['changed'] is False and again['bounced'] == []
