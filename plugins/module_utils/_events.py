@@ -250,7 +250,8 @@ def _summary(entry):
     for event in events:
         outcome = str(event.get('outcome'))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    kind = prefix_kind(prefix) if prefix else None
+    key = prefix.lower()  # the hook matches prefixes regardless of case: so do the Pi's variables
+    kind = prefix_kind(key) if key else None
     summary = {
         'host': host_name(prefix, entry['client_key'], entry['known']),
         'suggested_name': None if entry['known'] else suggested_name(prefix),
@@ -258,8 +259,8 @@ def _summary(entry):
         'known': entry['known'],
         'name': entry['name'],
         'tftp_prefix': kind,
-        'serial': prefix.lower() if kind == 'serial' else None,
-        'mac': mac_from_prefix(prefix, model) if prefix else None,
+        'serial': key if kind == 'serial' else None,
+        'mac': mac_from_prefix(key, model) if key else None,
         'model': model,
         'address': last['client'],
         'first_seen': events[0]['_time'].astimezone(timezone.utc).isoformat(),  # parsed: never the raw text

@@ -304,3 +304,12 @@ def test_host_vars_use_inventory_names_and_omit_unknowns():
 def test_times_are_rendered_from_the_parsed_time():
     pis = summaries(dict(event(0, '10.99.40.50', '1234abcd/x'), time='2026-11-23T11:00:00+01:00'))
     assert pis['discovered_serial_1234abcd']['first_seen'] == T0.isoformat()
+
+
+def test_variables_follow_the_prefix_as_the_hook_matches_it():
+    """The hook matches prefixes regardless of case: the casing a device asked with first changes nothing."""
+    upper = summaries(event(0, '10.99.40.50', 'ABCD1234/start4.elf'), event(1, '10.99.40.50', 'abcd1234/config.txt'))
+    lower = summaries(event(0, '10.99.40.50', 'abcd1234/start4.elf'), event(1, '10.99.40.50', 'ABCD1234/config.txt'))
+    assert list(upper) == list(lower) == ['discovered_serial_abcd1234']
+    for pis in (upper, lower):
+        assert pis['discovered_serial_abcd1234']['pi_vars'] == {'pi_serial': 'abcd1234', 'pi_model': 4}
