@@ -327,11 +327,11 @@ def test_file_names_from_the_lan_never_run_as_templates(tmp_path):
     assert hosts_of(result, 'odd') == ['discovered_serial_bbbb2222']
 
     # A play that reads, copies and re-reads every variable (older cores template a plain string on each use).
+    copy = {'copied': '{{ pifleet_last_file }} {{ pifleet_last_outcome }} {{ pifleet_note }}',
+            'every': '{{ hostvars[inventory_hostname] | dict2items | map(attribute="value") | list }}'}
     (tmp_path / 'play.yml').write_text(yaml.safe_dump([{
         'name': 'Use what the plugin found', 'hosts': 'discovered:known', 'gather_facts': False,
-        'tasks': [{'name': 'Copy', 'ansible.builtin.set_fact': {
-                       'copied': '{{ pifleet_last_file }} {{ pifleet_last_outcome }} {{ pifleet_note }}',
-                       'every': '{{ hostvars[inventory_hostname] | dict2items | map(attribute="value") | list }}'}},
+        'tasks': [{'name': 'Copy', 'ansible.builtin.set_fact': copy},
                   {'name': 'Show', 'ansible.builtin.debug': {'msg': '{{ copied }} {{ every }}'}}]}]))
     proc = subprocess.run([str(BIN / 'ansible-playbook'), '-i', str(tmp_path / 'x.boot_events.yml'),
                            str(tmp_path / 'play.yml')], env=environment(tmp_path), capture_output=True, text=True,
