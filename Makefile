@@ -26,12 +26,21 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
 	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables
 
-.PHONY: help setup apt venv collection test unit integration molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
+# The other ansible-core versions meta/runtime.yml's requires_ansible allows, each in a venv of its own under
+# .build/ (pinned in requirements-core-<version>.txt). Before 2.19 a core templates any plain string it meets,
+# so the controller-side code is tested on each: the inventory plugin and filters, the discover, power and
+# status playbooks, and the fleet role with site (modules run on the bakery, the same on every core).
+OLD_CORES := 2.17 2.18
+CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/test_events.py \
+	tests/integration/test_discover_playbook.py tests/integration/test_playbooks.py tests/integration/test_fleet.py
+
+.PHONY: help setup apt venv collection test unit integration cores molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
-	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests"
-	@echo "make unit | integration | molecule | ee | sanity | lint | ruff | bench | clean"
+	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests (also on"
+	@echo "              ansible-core 2.17 and 2.18: make cores), molecule"
+	@echo "make unit | integration | cores | molecule | ee | sanity | lint | ruff | bench | clean"
 
 setup: apt venv collection
 
@@ -75,6 +84,20 @@ unit: setup
 integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+$(BUILD)/core-%/.stamp: requirements-core-%.txt
+	rm -rf $(@D)
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+# The tests find ansible-playbook/ansible-inventory beside their own Python: each run uses that core.
+cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
+	@for core in $(OLD_CORES); do \
+	  echo "cores: ansible-core $$($(BUILD)/core-$$core/bin/python -c 'import ansible.release as r; print(r.__version__)')"; \
+	  PATH=$(BUILD)/core-$$core/bin:$$PATH $(BUILD)/core-$$core/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS) \
+	    || exit 1; \
+	done
+
 # Molecule scenarios converge the roles on real systemd-nspawn test hosts (tests/tools/nspawnlab.py).
 molecule: setup
 	@for scenario in molecule/*/molecule.yml; do \
@@ -91,7 +114,7 @@ ee: setup
 	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot.tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
 
-test: setup ruff lint sanity unit integration molecule ee
+test: setup ruff lint sanity unit integration cores molecule ee
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
 # Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.

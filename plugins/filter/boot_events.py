@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
+from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._events import parse_events, parse_since, summarise
 
@@ -22,9 +23,11 @@ def boot_events_summary(events, fleet_map=None, include_known=False, since=None)
     try:
         cutoff = parse_since(since) if since else None
         parsed, _malformed = parse_events(events)
-        return summarise(parsed, fleet_map, bool(include_known), cutoff)
+        summaries = summarise(parsed, fleet_map, bool(include_known), cutoff)
     except ValueError as exc:
         raise AnsibleFilterError('boot_events_summary: %s' % exc) from None
+    # Strings from the log are data: ansible-core before 2.19 would template them where a playbook reuses them.
+    return wrap_var(summaries)
 
 
 class FilterModule:

@@ -16,6 +16,8 @@ description:
     the Pi's model; a Pi without C(pi_ip) unless O(export_scope) widens its exports) and fails with every problem
     listed, or returns the argument lists for C(pi_root), C(pi_disk), C(nfs_export) and C(pi_boot).
   - Used by the C(pifleet.netboot.fleet) role; one call plans the whole fleet.
+  - It never reads C(pi_power) (the power, status and reimage playbooks do), so the plan holds no plug password or
+    SNMP community and the fleet needs no vault for them.
 options:
   _input:
     description: Inventory names of the Pis (for example C(groups['pis'])).
@@ -90,8 +92,10 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import PlanError, plan
 
+# Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
+# fails the run) and print them with the plan at -v.
 PI_VARS = ('pi_serial', 'pi_mac', 'pi_tftp_prefix', 'pi_model', 'pi_ip', 'pi_bakeform', 'pi_hostname', 'pi_disks',
-           'pi_power', 'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys')
+           'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys')
 
 
 def _models(item):

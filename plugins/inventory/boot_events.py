@@ -15,12 +15,21 @@ description:
   - A Pi is discovered when it asks for files under a TFTP prefix (its serial, its MAC or a custom string) that the
     hook's fleet map does not know. Root-level requests (the Pi 3 C(bootcode.bin)) are credited to the next prefix
     the same client asks for; if none followed, they make a host named after the client address.
-  - "Host variables: C(pi_serial) (8-hex prefixes), C(pi_mac) (MAC prefixes, or a Pi 3 serial), C(pi_tftp_prefix),
-    C(pi_model) (guessed from the requested files, omitted when unknown), C(pifleet_prefix), C(pifleet_known),
+  - Anything on the boot LAN can ask for any name, so the log is data. Host names depend on the prefix alone and
+    contain C(_), which the fleet's host names (RFC 1123 labels) cannot, so a device never names itself after a
+    fleet host - V(discovered_serial_3a4b5c6d), V(discovered_mac_dc-a6-32-01-36-c2),
+    V(discovered_prefix_<prefix>_<hash>), V(discovered_ip_10-0-0-60) (V(known_...) for known Pis). A host that
+    is already in the inventory (from an earlier source) gets no variables and no groups from this plugin.
+  - Every string taken from the log is marked unsafe, so Ansible never templates it, on every ansible-core version.
+  - "Host variables: C(pi_serial) (8-hex prefixes), C(pi_mac) (MAC prefixes, or a Pi 3 serial), C(pi_tftp_prefix)
+    (V(serial), V(mac) or a custom prefix the fleet accepts), C(pi_model) (guessed from the requested files,
+    omitted when unknown) - the C(pi_*) ones only from values that passed those checks; and what the log said:
+    C(pifleet_prefix), C(pifleet_known), C(pifleet_name) (the fleet map name of a known Pi),
     C(pifleet_address) (last client address), C(pifleet_first_seen), C(pifleet_last_seen), C(pifleet_requests),
     C(pifleet_last_file), C(pifleet_last_outcome)."
-  - Malformed lines are skipped with a warning giving their count; a missing log gives an empty inventory and a
-    warning. Denied requests (traversal and other hostile names) never make hosts.
+  - Malformed lines (including a client that is not an IP address) are skipped with a warning giving their count;
+    a missing log gives an empty inventory and a warning. Denied requests (traversal and other hostile names)
+    never make hosts.
   - Usable as an AWX inventory source; set O(ssh_host) there, because the inventory update runs in an execution
     environment, not on the bakery.
   - The configuration file name must end in C(boot_events.yml) or C(boot_events.yaml).
@@ -45,8 +54,9 @@ options:
     type: path
   include_known:
     description:
-      - Also add the Pis the hook knew, to the group V(known), named as in the fleet map, so their boot
-        variables join the fleet inventory's hosts of the same name.
+      - Also add the Pis the hook knew, to the group V(known), as hosts of their own (V(known_serial_...)) whose
+        C(pifleet_name) names their fleet host. They never join the fleet host, since a device may use a known Pi's
+        prefix from its own address.
     type: bool
     default: false
   since:
@@ -100,8 +110,10 @@ ssh_user: pifleet
 ssh_private_key_file: /runner/ssh/id_ed25519
 ssh_args: [-o, StrictHostKeyChecking=accept-new]
 fleet_map: /var/lib/pifleet/tftp/map.json
+# Compose from validated values only, and never connection variables (ansible_host, ansible_user ...):
+# a discovered device is unverified, anything on the LAN can ask for any prefix from any address.
 compose:
-  ansible_host: pifleet_address
+  pifleet_label: "'Pi ' ~ (pi_model | default('?') | string) ~ ' at ' ~ pifleet_address ~ ', ' ~ pifleet_last_seen"
 keyed_groups:
   - key: pi_model | default('unknown') | string
     prefix: model
@@ -119,6 +131,7 @@ import subprocess
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._events import (
     host_vars,
@@ -267,13 +280,21 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _populate(self, summaries):
         strict = self.get_option('strict')
         self.inventory.add_group('discovered')  # present even when empty, for plays that target it
+        taken = []
         for summary in summaries:
+            if summary['host'] in self.inventory.hosts:
+                taken.append(summary['host'])
+                continue
             group = 'known' if summary['known'] else 'discovered'
             self.inventory.add_group(group)
             host = self.inventory.add_host(summary['host'], group=group)
-            variables = host_vars(summary)
+            # Unsafe: ansible-core before 2.19 would template a file name like {{ lookup('pipe', ...) }}.
+            variables = wrap_var(host_vars(summary))
             for key, value in variables.items():
                 self.inventory.set_variable(host, key, value)
             self._set_composite_vars(self.get_option('compose'), variables, host, strict=strict)
             self._add_host_to_composed_groups(self.get_option('groups'), variables, host, strict=strict)
             self._add_host_to_keyed_groups(self.get_option('keyed_groups'), variables, host, strict=strict)
+        if taken:
+            self.display.warning('boot_events inventory: left %d host(s) already in the inventory untouched: %s'
+                                 % (len(taken), ', '.join(taken)))

@@ -10,6 +10,8 @@ credited to the next prefix the same client asks for, else grouped by client add
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import re
 from datetime import datetime, timedelta, timezone
@@ -20,6 +22,9 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._identity import n
 # host name must still look like a name, so hostile requests never become hosts.
 _PREFIX = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,63}')
 _SERIAL = re.compile(r'[0-9a-f]{8}')
+# The form a Pi 4/5 with TFTP_PREFIX=2 asks for; the fleet's pi_tftp_prefix strings (_fleet._PREFIX_STR).
+_MAC_PREFIX = re.compile(r'[0-9a-f]{2}(?:-[0-9a-f]{2}){5}')
+_PREFIX_STR = re.compile(r'[A-Za-z0-9._-]{1,32}')
 _RELATIVE = re.compile(r'\s*(\d+)\s*([smhdw])\s*')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 # Files only one model asks for (NETBOOT-FACTS §3): start.elf/bootcode.bin are the Pi 3 firmware,
@@ -73,6 +78,15 @@ def tail_window(data, max_bytes):
     return data[newline + 1:] if newline >= 0 else data[:0]
 
 
+def _address(value):
+    """An IP address in its canonical form, or None (also for scoped IPv6 addresses: no Pi boots by one)."""
+    try:
+        address = str(ipaddress.ip_address(value or ''))
+    except ValueError:
+        return None
+    return None if '%' in address else address
+
+
 def parse_event(line):
     """One log line as an event dict with a parsed ``_time``; None if it is not an event."""
     try:
@@ -88,6 +102,10 @@ def parse_event(line):
     for key in ('client', 'request', 'prefix', 'path'):
         if event.get(key) is not None and not isinstance(event[key], str):
             return None
+    # The hook logs the peer's address; anything else is not its line (and may end up in a host name).
+    event['client'] = _address(event.get('client'))
+    if event['client'] is None:
+        return None
     if event.get('prefix') is None:
         request = event.get('request') or ''
         event['prefix'] = request.split('/', 1)[0] if '/' in request else ''
@@ -135,14 +153,16 @@ def guess_model(paths):
 
 
 def prefix_kind(prefix):
-    """``serial``, ``mac`` or the prefix itself: the ``pi_tftp_prefix`` that makes the hook see it."""
+    """``serial``, ``mac`` or the prefix itself: the ``pi_tftp_prefix`` that makes the hook see it.
+
+    None when no pi_tftp_prefix would: the fleet accepts 8 hex digits, the Pi's dashed MAC or a
+    TFTP_PREFIX_STR (letters, digits, dots, dashes, underscores; at most 32).
+    """
     if _SERIAL.fullmatch(prefix):
         return 'serial'
-    try:
-        normalise_mac(prefix)
-    except ValueError:
-        return prefix
-    return 'mac'
+    if _MAC_PREFIX.fullmatch(prefix.lower()):
+        return 'mac'
+    return prefix if _PREFIX_STR.fullmatch(prefix) else None
 
 
 def mac_from_prefix(prefix, model=None):
@@ -150,18 +170,46 @@ def mac_from_prefix(prefix, model=None):
 
     A MAC prefix is the MAC. A serial tells the MAC only on a Pi 3 (``b8:27:eb`` + its low 3 bytes).
     """
-    try:
+    kind = prefix_kind(prefix)
+    if kind == 'mac':
         return normalise_mac(prefix).replace('-', ':')
-    except ValueError:
-        pass
-    if model == 3 and _SERIAL.fullmatch(prefix):
+    if model == 3 and kind == 'serial':
         return PI3_OUI + ''.join(':' + prefix[i:i + 2] for i in (2, 4, 6))
     return None
 
 
-def host_name(key):
-    """An inventory host name for a prefix or an address: ``pi-`` + lower-case [a-z0-9-]."""
-    return 'pi-' + (re.sub(r'[^a-z0-9]+', '-', key.lower()).strip('-') or 'unnamed')
+def _digest(text, size):
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()[:size]
+
+
+def host_name(prefix, client, known=False):
+    """The inventory name of a Pi seen under ``prefix`` (or, without one, from ``client``).
+
+    One name per prefix (lower-cased), whatever else the log holds: ``discovered_serial_1234abcd``,
+    ``discovered_mac_dc-a6-32-01-36-c2``, ``discovered_prefix_<prefix sanitised>_<its hash>``,
+    ``discovered_ip_10-99-40-50`` (``known_...`` for known Pis). The ``_`` keeps them out of the
+    fleet's names (RFC 1123 labels), so a device cannot name itself after a fleet host.
+    """
+    key = prefix.lower()  # the grouping key (_group): names must not depend on the casing seen first
+    kind = prefix_kind(key) if key else None
+    if kind in ('serial', 'mac'):
+        tail = '%s_%s' % (kind, key)
+    elif prefix:
+        tail = 'prefix_%s_%s' % (re.sub(r'[^a-z0-9]+', '-', key).strip('-')[:32] or 'x', _digest(key, 12))
+    else:  # a validated address (parse_event): digits, hex, dots and colons only
+        tail = 'ip_' + re.sub(r'[.:]', '-', client)
+    return '%s_%s' % ('known' if known else 'discovered', tail)
+
+
+def suggested_name(prefix):
+    """A fleet host name (RFC 1123 label) for pasting a Pi of this prefix, or None if no Pi boots by it."""
+    key = prefix.lower()
+    kind = prefix_kind(key) if key else None
+    if kind in ('serial', 'mac'):
+        return 'pi-' + key
+    if kind:  # hashed: 'a.b' and 'a-b' are two Pis
+        return 'pi-%s-%s' % (re.sub(r'[^a-z0-9]+', '-', key).strip('-') or 'x', _digest(key, 8))
+    return None
 
 
 def _new_entry(prefix, address_key=None):
@@ -202,24 +250,28 @@ def _summary(entry):
     for event in events:
         outcome = str(event.get('outcome'))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    kind = prefix_kind(prefix) if prefix else None
-    return {
-        'host': entry['name'] if entry['known'] and entry['name'] else host_name(prefix or 'ip-' + entry['client_key']),
+    key = prefix.lower()  # the hook matches prefixes regardless of case: so do the Pi's variables
+    kind = prefix_kind(key) if key else None
+    summary = {
+        'host': host_name(prefix, entry['client_key'], entry['known']),
+        'suggested_name': None if entry['known'] else suggested_name(prefix),
         'prefix': prefix,
         'known': entry['known'],
         'name': entry['name'],
         'tftp_prefix': kind,
-        'serial': prefix.lower() if kind == 'serial' else None,
-        'mac': mac_from_prefix(prefix, model) if prefix else None,
+        'serial': key if kind == 'serial' else None,
+        'mac': mac_from_prefix(key, model) if key else None,
         'model': model,
-        'address': last.get('client'),
-        'first_seen': events[0].get('time'),
-        'last_seen': last.get('time'),
+        'address': last['client'],
+        'first_seen': events[0]['_time'].astimezone(timezone.utc).isoformat(),  # parsed: never the raw text
+        'last_seen': last['_time'].astimezone(timezone.utc).isoformat(),
         'requests': len(events),
         'last_file': paths[-1],
         'last_outcome': last.get('outcome'),
         'outcomes': outcomes,
     }
+    summary['pi_vars'] = inventory_vars(summary)
+    return summary
 
 
 def summarise(events, fleet_map=None, include_known=False, since=None):
@@ -227,7 +279,8 @@ def summarise(events, fleet_map=None, include_known=False, since=None):
 
     A Pi is discovered when its prefix is neither marked ``known`` by the hook nor in ``fleet_map``;
     known Pis are left out unless ``include_known``. Events before ``since`` (aware datetime) and
-    denied requests are ignored. Host names that collide after sanitising get ``-2``, ``-3`` ...
+    denied requests are ignored. Host names depend on the prefix alone (see host_name), never on
+    which device came first.
     """
     names = known_prefixes(fleet_map)
     chosen = [event for event in events
@@ -236,18 +289,26 @@ def summarise(events, fleet_map=None, include_known=False, since=None):
     chosen.sort(key=lambda event: event['_time'])
     entries = sorted((entry for entry in _group(chosen, names).values() if include_known or not entry['known']),
                      key=lambda entry: (entry['events'][0]['_time'], entry['prefix'], entry['client_key'] or ''))
-    summaries = [_summary(entry) for entry in entries]
-    seen = {}
-    for item in summaries:
-        base = item['host']
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            item['host'] = '%s-%d' % (base, seen[base])
-    return summaries
+    return [_summary(entry) for entry in entries]
+
+
+def inventory_vars(summary):
+    """The fleet inventory variables of a summary, all validated: what a Pi's entry under ``pis`` needs."""
+    pairs = (
+        ('pi_serial', summary['serial']),
+        ('pi_mac', summary['mac']),
+        ('pi_tftp_prefix', summary['tftp_prefix'] if summary['tftp_prefix'] != 'serial' else None),
+        ('pi_model', summary['model']),
+    )
+    return {key: value for key, value in pairs if value is not None}
 
 
 def host_vars(summary):
-    """The inventory variables of a summary (the names the fleet inventory uses); unknowns omitted."""
+    """The inventory plugin's variables of a summary; unknowns omitted.
+
+    ``pi_*`` carry validated values only (8-hex serial, MAC, a prefix the fleet accepts, model 3-5);
+    the ``pifleet_*`` ones say what the log said.
+    """
     pairs = (
         ('pi_serial', summary['serial']),
         ('pi_mac', summary['mac']),
@@ -255,6 +316,7 @@ def host_vars(summary):
         ('pi_model', summary['model']),
         ('pifleet_prefix', summary['prefix'] or None),
         ('pifleet_known', summary['known']),
+        ('pifleet_name', summary['name']),
         ('pifleet_address', summary['address']),
         ('pifleet_first_seen', summary['first_seen']),
         ('pifleet_last_seen', summary['last_seen']),

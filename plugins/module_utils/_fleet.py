@@ -160,7 +160,6 @@ def one_pi(name, hv, settings, problems):
     pi['config_txt'] = _lines(hv.get('pi_config_txt'))
     keys = hv.get('pi_ssh_authorized_keys')
     pi['ssh_authorized_keys'] = _lines(keys) if keys is not None else settings.get('ssh_authorized_keys')
-    pi['power'] = hv.get('pi_power') or None
     return pi
 
 

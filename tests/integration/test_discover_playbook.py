@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,12 @@ def run_discover(tmp_path, *extra):
     return proc.stdout, printed_block(proc.stdout)
 
 
+def seen(stdout):
+    """What each device asked for: the JSON lines of the last task."""
+    listing = stdout.split('TASK [Show what each device asked for]', 1)[1].split('PLAY RECAP', 1)[0]
+    return [json.loads(item) for item in yaml.safe_load(listing.split('=>', 1)[1])['msg']]
+
+
 def printed_block(stdout):
     """The text of the debug msg, as the yaml result format prints it (a block scalar, indented 8)."""
     kept = []
@@ -61,14 +68,46 @@ def test_prints_paste_ready_inventory_of_unknown_pis(tmp_path):
     assert yaml.safe_load(text) == {'pis': {'hosts': {
         'pi-3a4b5c6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
         'pi-dc-a6-32-01-36-c2': {'pi_mac': 'dc:a6:32:01:36:c2', 'pi_tftp_prefix': 'mac', 'pi_model': 4}}}}
-    assert '# 10.99.40.51, last seen 2026-11-23T10:02:00+00:00' in text
+    assert text.startswith('# 2 Pi(s) seen by the TFTP hook on lab-bakery')
+    devices = {device['prefix']: device for device in seen(stdout)}
+    assert devices['dc-a6-32-01-36-c2']['address'] == '10.99.40.51'
+    assert devices['dc-a6-32-01-36-c2']['last_seen'] == '2026-11-23T10:02:00+00:00'
+    assert devices['3a4b5c6d']['requests'] == 2
     # The pasted text is the inventory; the whole log fitted, so slurp read it.
     assert re.search(r'TASK \[Read the end of a big event log\] \*+\nskipping', stdout)
     (tmp_path / 'map.json').unlink()
-    _unused, text = run_discover(tmp_path, '-e', 'pifleet_discover_include_known=true', '-e',
-                                 'pifleet_discover_since=2026-11-23T10:03:00+00:00')
-    assert set(yaml.safe_load(text)['pis']['hosts']) == {'pi-lab-x', 'pi-1234abcd'}
-    assert 'pi_tftp_prefix: "lab-x"' in text
+    stdout, text = run_discover(tmp_path, '-e', 'pifleet_discover_include_known=true', '-e',
+                                'pifleet_discover_since=2026-11-23T10:03:00+00:00')
+    # A known Pi is already in the fleet: listed, never offered for pasting.
+    assert yaml.safe_load(text)['pis']['hosts'] == {
+        'pi-lab-x-' + hashlib.sha256(b'lab-x').hexdigest()[:8]: {'pi_tftp_prefix': 'lab-x', 'pi_model': 5}}
+    assert sorted(device['prefix'] for device in seen(stdout)) == ['1234abcd', 'lab-x']
+
+
+def test_file_names_from_the_lan_stay_out_of_the_paste_ready_block(tmp_path):
+    """Templates, line separators and fake inventory lines in what devices asked for: the block holds only
+    validated values, the listing escapes the rest, no command runs - on every core (make cores)."""
+    marks = [tmp_path / 'ran-file', tmp_path / 'ran-outcome']
+    template = "{{ lookup('pipe', 'touch %s') }}"
+    fake = '\u2028    pi_serial: "deadbeef"\u2028  pi-evil:\u2028# '
+    (tmp_path / 'boot-events.jsonl').write_text(
+        line(0, '10.99.40.66', 'bbbb2222/' + template % marks[0] + fake, outcome='unknown_prefix')
+        + line(1, '10.99.40.66', 'cccc3333./start4.elf', outcome=template % marks[1])
+        + line(2, '10.99.40.66', '{{ 7 * 6 }}/start4.elf', outcome='unknown_prefix'))
+    (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {}}))
+    stdout, text = run_discover(tmp_path)
+    assert [mark.name for mark in marks if mark.exists()] == [], 'a file name ran as a template'
+    assert yaml.safe_load(text) == {'pis': {'hosts': {
+        'pi-bbbb2222': {'pi_serial': 'bbbb2222'},
+        'pi-cccc3333-' + hashlib.sha256(b'cccc3333.').hexdigest()[:8]: {'pi_tftp_prefix': 'cccc3333.', 'pi_model': 4}}}}
+    assert '{{' not in text and 'lookup' not in text and 'evil' not in text and 'deadbeef' not in text
+    assert [row for row in text.splitlines() if row.startswith('#')] == [
+        '# 2 Pi(s) seen by the TFTP hook on lab-bakery; set pi_bakeform, pi_ip ... (what each asked for: below)']
+    assert '\u2028' not in stdout  # the listing is JSON: escaped
+    devices = {device['prefix']: device for device in seen(stdout)}
+    assert devices['bbbb2222']['last_file'] == template % marks[0] + fake
+    assert devices['cccc3333.']['last_outcome'] == template % marks[1]
+    assert '{{ 7 * 6 }}' not in devices and '42' not in stdout
 
 
 def test_big_log_is_tailed_and_missing_log_is_reported(tmp_path):

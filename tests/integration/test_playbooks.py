@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from powerfakes import PlugServer
+from powerfakes import PlugServer, SnmpAgent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,3 +106,34 @@ def test_status_table(tmp_path, plugs):
     assert rows['pi-01'][6] == '2026-11-23T10:00:02Z' and rows['pi-01'][7] == 'kernel8.img'
     assert rows['pi-02'][3:5] == ['missing', '0'] and rows['pi-02'][6] == 'never'
     assert rows['pi-03'][5] == '-'  # no power device
+
+
+def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):
+    """Plug passwords and the SNMP write community stay out of -vvv output; a failure still names the Pi and why."""
+    agent = SnmpAgent(tmp_path / 'agent', {(1, 3): 2}, community='Sw0rdf1sh-community')
+    try:
+        pis = {
+            'pi-01': {'pi_serial': '1234abcd', 'pi_power': {
+                'driver': 'http', 'api': 'shelly2', 'password': 'Sw0rdf1sh-shelly',
+                'url': plugs.add('p1', 'shelly2', password='Sw0rdf1sh-shelly')}},
+            'pi-02': {'pi_serial': '1234abce', 'pi_power': {  # a stale password: this Pi fails
+                'driver': 'http', 'api': 'tasmota', 'password': 'Sw0rdf1sh-stale',
+                'url': plugs.add('p2', 'tasmota', password='Sw0rdf1sh-tasmota')}},
+            'pi-03': {'pi_serial': '1234abcf', 'pi_power': {
+                'driver': 'snmp', 'host': '127.0.0.1', 'port': agent.port, 'port_index': 3,
+                'community': 'Sw0rdf1sh-community'}},
+        }
+        (tmp_path / 'hosts.yml').write_text(yaml.safe_dump({
+            'bakery': {'hosts': {'lab-bakery': {'ansible_connection': 'local',
+                                                'ansible_python_interpreter': sys.executable}}},
+            'pis': {'hosts': pis}}))
+        rc, _counters, output = play(tmp_path, 'power.yml', '-vvv', '-e', 'power_state=on')
+        assert rc != 0, output[-3000:]
+        assert plugs.plugs['p1'].state == [True] and agent.state(1, 3) == 1  # the others were switched on
+        assert 'failed for pi-02 (http tasmota %s, channel 0): the plug wants credentials' % plugs.url('p2') in output
+        rc, _counters, status_output = play(tmp_path, 'status.yml', '-vvv')
+        assert rc == 0, status_output[-3000:]
+    finally:
+        agent.close()
+    for text in (output, status_output):
+        assert 'Sw0rdf1sh' not in text, [row for row in text.splitlines() if 'Sw0rdf1sh' in row][:5]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
+from ansible.utils import unsafe_proxy
 
 from ansible_collections.pifleet.netboot.plugins.filter.boot_events import FilterModule, boot_events_summary
 
@@ -29,10 +30,12 @@ TEXT = '\n'.join(LINES) + '\n'
 
 
 @pytest.mark.parametrize('kwargs, hosts', [
-    ({}, ['pi-3a4b5c6d', 'pi-dc-a6-32-01-36-c2']),
-    ({'include_known': True}, ['pi-3a4b5c6d', 'pi-1234abcd', 'pi-dc-a6-32-01-36-c2']),
-    ({'since': '2026-11-23T10:00:10+00:00'}, ['pi-dc-a6-32-01-36-c2']),
-    ({'fleet_map': {'version': 1, 'prefixes': {'3a4b5c6d': {'name': 'pi-03', 'dirs': []}}}}, ['pi-dc-a6-32-01-36-c2']),
+    ({}, ['discovered_serial_3a4b5c6d', 'discovered_mac_dc-a6-32-01-36-c2']),
+    ({'include_known': True},
+     ['discovered_serial_3a4b5c6d', 'known_serial_1234abcd', 'discovered_mac_dc-a6-32-01-36-c2']),
+    ({'since': '2026-11-23T10:00:10+00:00'}, ['discovered_mac_dc-a6-32-01-36-c2']),
+    ({'fleet_map': {'version': 1, 'prefixes': {'3a4b5c6d': {'name': 'pi-03', 'dirs': []}}}},
+     ['discovered_mac_dc-a6-32-01-36-c2']),
 ])
 def test_summary_options(kwargs, hosts):
     assert [pi['host'] for pi in boot_events_summary(TEXT, **kwargs)] == hosts
@@ -58,6 +61,17 @@ def test_summary_values_and_input_forms():
 def test_summary_errors(args, kwargs, message):
     with pytest.raises(AnsibleFilterError, match=message):
         boot_events_summary(*args, **kwargs)
+
+
+@pytest.mark.skipif(not hasattr(unsafe_proxy.AnsibleUnsafeText('x'), '__UNSAFE__'),
+                    reason='ansible-core 2.19+ never templates a string it was not told to trust')
+def test_strings_are_unsafe_before_core_2_19():
+    """Older cores template any plain string a playbook reuses: everything from the log comes back unsafe."""
+    hostile = line(3, '10.99.40.66', "3a4b5c6e/{{ lookup('pipe', 'id') }}", outcome='{{ 7 * 6 }}')
+    result = boot_events_summary(TEXT + hostile + '\n')
+    strings = [value for pi in result for value in pi.values() if isinstance(value, str)]
+    assert strings and all(isinstance(value, unsafe_proxy.AnsibleUnsafe) for value in strings)
+    assert next(pi for pi in result if pi['prefix'] == '3a4b5c6e')['last_file'] == "{{ lookup('pipe', 'id') }}"
 
 
 def test_documentation_matches_the_signature():

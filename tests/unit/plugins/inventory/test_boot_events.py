@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.release import __version__ as CORE_VERSION
+
+from ansible_collections.pifleet.netboot.plugins.inventory.boot_events import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[4]
-INVENTORY = str(Path(sys.executable).parent / 'ansible-inventory')
+BIN = Path(sys.executable).parent  # the venv's own ansible-core: make cores runs this file on each core
+INVENTORY = str(BIN / 'ansible-inventory')
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
 
 # A stand-in for the bakery reached over ssh: it records its argv, then runs the remote command the
@@ -66,20 +71,35 @@ def plain(value):
     return value
 
 
-def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_events.yml'):
+def squash(text):
+    """Warnings without the line wrapping of older cores (which may break a path at its dashes)."""
+    return re.sub(r'\s+', '', text)
+
+
+def environment(tmp_path, env=None):
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
+                ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1',
+                ANSIBLE_INVENTORY_UNPARSED_FAILED='true', ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'),
+                ANSIBLE_LOCALHOST_WARNING='false', **(env or {}))
+
+
+def write_source(tmp_path, config, name='x.boot_events.yml'):
     source = tmp_path / name
     source.write_text(yaml.safe_dump(dict({'plugin': 'pifleet.netboot.boot_events'}, **config)))
-    environ = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
-                   ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1',
-                   ANSIBLE_INVENTORY_UNPARSED_FAILED='true', ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'),
-                   **(env or {}))
-    proc = subprocess.run([INVENTORY, '-i', str(source), '--list', *extra], env=environ,
+    return source
+
+
+def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_events.yml', sources=None):
+    """``ansible-inventory --list`` of the plugin's config (after the inventory ``sources``, if any)."""
+    source = write_source(tmp_path, config, name)
+    inventories = [arg for path in (sources or [source]) for arg in ('-i', str(path))]
+    proc = subprocess.run([INVENTORY, *inventories, '--list', *extra], env=environment(tmp_path, env),
                           capture_output=True, text=True, check=False, timeout=120)
     if not ok:
         assert proc.returncode != 0, proc.stdout
-        return None, proc.stderr
+        return None, squash(proc.stderr)
     assert proc.returncode == 0, proc.stderr
-    return plain(json.loads(proc.stdout)), proc.stderr
+    return plain(json.loads(proc.stdout)), squash(proc.stderr)
 
 
 def hosts_of(result, group):
@@ -95,26 +115,27 @@ def write_log(tmp_path, lines, name='boot-events.jsonl'):
 def test_discovered_pis_with_their_variables(tmp_path):
     events = write_log(tmp_path, [*BOOT[:3], 'garbage\n', '{"time": "never"}\n', *BOOT[3:]])
     result, stderr = run_inventory(tmp_path, {'events': events})
-    assert hosts_of(result, 'discovered') == ['pi-3a4b5c6d', 'pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
-    assert 'skipped 2 malformed line(s)' in stderr
+    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_dc-a6-32-01-36-c2',
+                                              'discovered_serial_3a4b5c6d']
+    assert squash('skipped 2 malformed line(s)') in stderr
     hostvars = result['_meta']['hostvars']
-    assert hostvars['pi-3a4b5c6d'] == {
+    assert hostvars['discovered_serial_3a4b5c6d'] == {
         'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_tftp_prefix': 'serial', 'pi_model': 3,
         'pifleet_prefix': '3a4b5c6d', 'pifleet_known': False, 'pifleet_address': '10.99.40.50',
         'pifleet_first_seen': (T0).isoformat(), 'pifleet_last_seen': (T0 + timedelta(seconds=1)).isoformat(),
         'pifleet_requests': 2, 'pifleet_last_file': 'start.elf', 'pifleet_last_outcome': 'unknown_prefix'}
-    pi4 = hostvars['pi-dc-a6-32-01-36-c2']
+    pi4 = hostvars['discovered_mac_dc-a6-32-01-36-c2']
     assert (pi4['pi_mac'], pi4['pi_tftp_prefix'], pi4['pi_model'], pi4['pifleet_requests']) == \
         ('dc:a6:32:01:36:c2', 'mac', 4, 2)
     assert pi4['pifleet_last_file'] == 'config.txt' and 'pi_serial' not in pi4
-    assert 'pifleet_prefix' not in hostvars['pi-ip-10-99-40-53']
-    assert 'pi-01' not in hostvars
+    assert 'pifleet_prefix' not in hostvars['discovered_ip_10-99-40-53']
+    assert 'known_serial_1234abcd' not in hostvars
 
 
 def test_missing_log_is_an_empty_inventory_with_a_warning(tmp_path):
     result, stderr = run_inventory(tmp_path, {'events': str(tmp_path / 'absent.jsonl')})
     assert result['_meta']['hostvars'] == {}
-    assert 'no event log at %s' % (tmp_path / 'absent.jsonl') in stderr
+    assert squash('no event log at %s' % (tmp_path / 'absent.jsonl')) in stderr
 
 
 def test_fleet_map_and_include_known(tmp_path):
@@ -123,15 +144,18 @@ def test_fleet_map_and_include_known(tmp_path):
     fleet_map.write_text(json.dumps({'version': 1, 'default': [], 'prefixes': {
         'DC-A6-32-01-36-C2': {'name': 'pi-02', 'dirs': []}}}))
     result, _unused = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map)})
-    assert hosts_of(result, 'discovered') == ['pi-3a4b5c6d', 'pi-ip-10-99-40-53']
+    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_serial_3a4b5c6d']
     assert 'known' not in result
     result, _unused = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map), 'include_known': True})
-    assert hosts_of(result, 'known') == ['pi-01', 'pi-02']
-    assert result['_meta']['hostvars']['pi-02']['pifleet_known'] is True
-    assert result['_meta']['hostvars']['pi-01']['pi_serial'] == '1234abcd'
+    assert hosts_of(result, 'known') == ['known_mac_dc-a6-32-01-36-c2', 'known_serial_1234abcd']
+    known = result['_meta']['hostvars']
+    assert known['known_mac_dc-a6-32-01-36-c2']['pifleet_known'] is True
+    assert known['known_mac_dc-a6-32-01-36-c2']['pifleet_name'] == 'pi-02'
+    assert known['known_serial_1234abcd']['pi_serial'] == '1234abcd'
+    assert known['known_serial_1234abcd']['pifleet_name'] == 'pi-01'
     fleet_map.write_text('{not json')
     _unused, stderr = run_inventory(tmp_path, {'events': events, 'fleet_map': str(fleet_map)}, ok=False)
-    assert 'not JSON' in stderr
+    assert 'notJSON' in stderr
 
 
 def test_since_iso_and_relative(tmp_path):
@@ -139,11 +163,11 @@ def test_since_iso_and_relative(tmp_path):
     events = write_log(tmp_path, [event(now - timedelta(days=3), '10.99.40.50', 'aaaaaaaa/start4.elf'),
                                   event(now - timedelta(hours=2), '10.99.40.51', 'bbbbbbbb/start4.elf')])
     result, _unused = run_inventory(tmp_path, {'events': events, 'since': '1d'})
-    assert hosts_of(result, 'discovered') == ['pi-bbbbbbbb']
+    assert hosts_of(result, 'discovered') == ['discovered_serial_bbbbbbbb']
     result, _unused = run_inventory(tmp_path, {'events': events, 'since': (now - timedelta(days=4)).isoformat()})
-    assert hosts_of(result, 'discovered') == ['pi-aaaaaaaa', 'pi-bbbbbbbb']
+    assert hosts_of(result, 'discovered') == ['discovered_serial_aaaaaaaa', 'discovered_serial_bbbbbbbb']
     _unused, stderr = run_inventory(tmp_path, {'events': events, 'since': 'last week'}, ok=False)
-    assert 'neither an ISO time' in stderr
+    assert squash('neither an ISO time') in stderr
 
 
 def test_max_bytes_reads_only_the_end_and_skips_the_cut_line(tmp_path):
@@ -152,31 +176,44 @@ def test_max_bytes_reads_only_the_end_and_skips_the_cut_line(tmp_path):
     events = write_log(tmp_path, old + new)
     window = len(''.join(new)) + len(old[-1]) // 2  # starts in the middle of the last old line
     result, stderr = run_inventory(tmp_path, {'events': events, 'max_bytes': window})
-    assert hosts_of(result, 'discovered') == ['pi-bbbbbbbb']
-    assert result['_meta']['hostvars']['pi-bbbbbbbb']['pifleet_requests'] == 2
+    assert hosts_of(result, 'discovered') == ['discovered_serial_bbbbbbbb']
+    assert result['_meta']['hostvars']['discovered_serial_bbbbbbbb']['pifleet_requests'] == 2
     assert 'malformed' not in stderr
     # A window that starts exactly on a line keeps that line.
     result, stderr = run_inventory(tmp_path, {'events': events, 'max_bytes': len(''.join(new)) + len(old[-1])})
-    assert hosts_of(result, 'discovered') == ['pi-aaaaaaaa', 'pi-bbbbbbbb']
-    assert result['_meta']['hostvars']['pi-aaaaaaaa']['pifleet_requests'] == 1
+    assert hosts_of(result, 'discovered') == ['discovered_serial_aaaaaaaa', 'discovered_serial_bbbbbbbb']
+    assert result['_meta']['hostvars']['discovered_serial_aaaaaaaa']['pifleet_requests'] == 1
 
 
 def test_compose_groups_and_keyed_groups(tmp_path):
     events = write_log(tmp_path, BOOT)
     config = {'events': events,
-              'compose': {'ansible_host': 'pifleet_address', 'pi_hostname': "'rpi-' ~ pifleet_address.split('.')[-1]"},
+              'compose': {'pifleet_label': "'Pi ' ~ (pi_model | default('?') | string) ~ ' at ' ~ pifleet_address",
+                          'pi_hostname': "'rpi-' ~ pifleet_address.split('.')[-1]"},
               'groups': {'needs_serial': "pi_serial is not defined and pi_mac is not defined"},
               'keyed_groups': [{'key': "pi_model | default('unknown') | string", 'prefix': 'model'},
                                {'key': 'pi_tftp_prefix', 'prefix': 'by'}]}
     result, _unused = run_inventory(tmp_path, config)
     hostvars = result['_meta']['hostvars']
-    assert hostvars['pi-dc-a6-32-01-36-c2']['ansible_host'] == '10.99.40.51'
-    assert hostvars['pi-3a4b5c6d']['pi_hostname'] == 'rpi-50'
-    assert hosts_of(result, 'needs_serial') == ['pi-ip-10-99-40-53']
-    assert hosts_of(result, 'model_3') == ['pi-3a4b5c6d', 'pi-ip-10-99-40-53']
-    assert hosts_of(result, 'model_4') == ['pi-dc-a6-32-01-36-c2']
-    assert hosts_of(result, 'by_mac') == ['pi-dc-a6-32-01-36-c2']
-    assert hosts_of(result, 'by_serial') == ['pi-3a4b5c6d']
+    assert hostvars['discovered_mac_dc-a6-32-01-36-c2']['pifleet_label'] == 'Pi 4 at 10.99.40.51'
+    assert hostvars['discovered_serial_3a4b5c6d']['pi_hostname'] == 'rpi-50'
+    assert hosts_of(result, 'needs_serial') == ['discovered_ip_10-99-40-53']
+    assert hosts_of(result, 'model_3') == ['discovered_ip_10-99-40-53', 'discovered_serial_3a4b5c6d']
+    assert hosts_of(result, 'model_4') == ['discovered_mac_dc-a6-32-01-36-c2']
+    assert hosts_of(result, 'by_mac') == ['discovered_mac_dc-a6-32-01-36-c2']
+    assert hosts_of(result, 'by_serial') == ['discovered_serial_3a4b5c6d']
+
+
+def test_the_documented_examples_work(tmp_path):
+    """The EXAMPLES of the plugin, pointed at a log here, parse and compose as documented."""
+    events = write_log(tmp_path, BOOT)
+    for example in yaml.safe_load_all(EXAMPLES):
+        config = {key: value for key, value in example.items()
+                  if not key.startswith(('ssh_', 'cache', 'plugin', 'since'))}
+        result, _unused = run_inventory(tmp_path, dict(config, events=events, fleet_map=str(tmp_path / 'none.json')))
+        assert 'discovered_serial_3a4b5c6d' in result['_meta']['hostvars']
+        for host in result['_meta']['hostvars'].values():
+            assert 'ansible_host' not in host
 
 
 def test_cache_serves_until_flushed(tmp_path):
@@ -184,13 +221,20 @@ def test_cache_serves_until_flushed(tmp_path):
     config = {'events': events, 'cache': True, 'cache_plugin': 'ansible.builtin.jsonfile',
               'cache_connection': str(tmp_path / 'cache'), 'cache_timeout': 3600}
     first, _unused = run_inventory(tmp_path, config)
-    assert hosts_of(first, 'discovered') == ['pi-3a4b5c6d']
+    assert hosts_of(first, 'discovered') == ['discovered_serial_3a4b5c6d']
     assert list((tmp_path / 'cache').iterdir())
     write_log(tmp_path, BOOT)
     cached, _unused = run_inventory(tmp_path, config)
     assert cached == first
-    fresh, _unused = run_inventory(tmp_path, config, '--flush-cache')
-    assert hosts_of(fresh, 'discovered') == ['pi-3a4b5c6d', 'pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
+    if CORE_VERSION.startswith(('2.17.', '2.18.')):  # their ansible-inventory has no --flush-cache
+        (tmp_path / 'noop.yml').write_text('[{hosts: localhost, gather_facts: false, tasks: []}]\n')
+        subprocess.run([str(BIN / 'ansible-playbook'), '-i', str(tmp_path / 'x.boot_events.yml'), '--flush-cache',
+                        str(tmp_path / 'noop.yml')], env=environment(tmp_path), check=True, capture_output=True)
+        fresh, _unused = run_inventory(tmp_path, config)
+    else:
+        fresh, _unused = run_inventory(tmp_path, config, '--flush-cache')
+    assert hosts_of(fresh, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_dc-a6-32-01-36-c2',
+                                             'discovered_serial_3a4b5c6d']
 
 
 def test_other_file_names_are_not_ours(tmp_path):
@@ -225,7 +269,7 @@ def test_ssh_reads_the_log_and_map_on_the_bakery(tmp_path, fake_ssh):
               'ssh_user': 'pifleet', 'ssh_port': 2222, 'ssh_private_key_file': '/keys/id_ed25519',
               'ssh_args': ['-o', 'StrictHostKeyChecking=accept-new'], 'max_bytes': 1 << 20}
     result, _unused = run_inventory(tmp_path, config, env=env)
-    assert hosts_of(result, 'discovered') == ['pi-dc-a6-32-01-36-c2', 'pi-ip-10-99-40-53']
+    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_dc-a6-32-01-36-c2']
     calls = recorded()
     assert len(calls) == 2  # the map, then the log
     for argv in calls:
@@ -240,8 +284,119 @@ def test_ssh_missing_log_warns_and_unreachable_host_fails(tmp_path, fake_ssh):
     config = {'events': str(tmp_path / 'absent.jsonl'), 'ssh_host': 'bakery.example.net'}
     result, stderr = run_inventory(tmp_path, config, env=env)
     assert result['_meta']['hostvars'] == {}
-    assert 'no event log at bakery.example.net:%s' % (tmp_path / 'absent.jsonl') in stderr
+    assert squash('no event log at bakery.example.net:%s' % (tmp_path / 'absent.jsonl')) in stderr
     assert recorded()[0][:4] == ['-o', 'BatchMode=yes', '--', 'bakery.example.net']
     config['ssh_host'] = 'unreachable'
     _unused, stderr = run_inventory(tmp_path, config, env=env, ok=False)
-    assert 'rc=255' in stderr and 'Connection refused' in stderr
+    assert 'rc=255' in stderr and 'Connectionrefused' in stderr
+
+
+# -- what the LAN can send: file names are data, a device cannot become a fleet host --------------------------
+
+TEMPLATE = "{{ lookup('pipe', 'touch %s') }}"
+
+
+def hostile_log(tmp_path):
+    """Lines as the hook writes them for devices asking for templates; ``marks`` exist only if one ran."""
+    marks = {what: tmp_path / ('ran-' + what) for what in ('file', 'outcome', 'name', 'prefix', 'client')}
+    lines = [event(0, '10.99.40.66', 'bbbb2222/' + TEMPLATE % marks['file'], outcome='unknown_prefix'),
+             event(1, '10.99.40.66', 'cccc3333/start4.elf', outcome=TEMPLATE % marks['outcome']),
+             event(2, '10.99.40.66', '1234abcd/config.txt', known=True, name=TEMPLATE % marks['name']),
+             event(3, '10.99.40.66', TEMPLATE % marks['prefix'] + '/x', outcome='unknown_prefix'),
+             event(4, TEMPLATE % marks['client'], 'dddd4444/x', outcome='unknown_prefix')]
+    return write_log(tmp_path, lines), marks
+
+
+def test_file_names_from_the_lan_never_run_as_templates(tmp_path):
+    """Every string from the log reaches the inventory and a play verbatim, and no command runs."""
+    events, marks = hostile_log(tmp_path)
+    config = {'events': events, 'include_known': True,
+              'compose': {'pifleet_note': "pifleet_last_file ~ ' ' ~ pifleet_last_outcome ~ ' ' ~ "
+                                          "(pifleet_name | default(''))"},
+              'groups': {'odd': "pifleet_last_file is search('lookup')"},
+              'keyed_groups': [{'key': 'pifleet_last_outcome', 'prefix': 'outcome'}]}
+    result, stderr = run_inventory(tmp_path, config)
+    assert [mark.name for mark in marks.values() if mark.exists()] == [], 'a file name ran as a template'
+    assert squash('skipped 1 malformed line(s)') in stderr  # the client that is not an address
+    hostvars = result['_meta']['hostvars']
+    assert sorted(hostvars) == ['discovered_serial_bbbb2222', 'discovered_serial_cccc3333', 'known_serial_1234abcd']
+    assert hostvars['discovered_serial_bbbb2222']['pifleet_last_file'] == TEMPLATE % marks['file']
+    assert hostvars['discovered_serial_cccc3333']['pifleet_last_outcome'] == TEMPLATE % marks['outcome']
+    assert hostvars['known_serial_1234abcd']['pifleet_name'] == TEMPLATE % marks['name']
+    assert hostvars['discovered_serial_bbbb2222']['pifleet_note'].startswith(TEMPLATE % marks['file'])
+    assert hosts_of(result, 'odd') == ['discovered_serial_bbbb2222']
+
+    # A play that reads, copies and re-reads every variable (older cores template a plain string on each use).
+    copy = {'copied': '{{ pifleet_last_file }} {{ pifleet_last_outcome }} {{ pifleet_note }}',
+            'every': '{{ hostvars[inventory_hostname] | dict2items | map(attribute="value") | list }}'}
+    (tmp_path / 'play.yml').write_text(yaml.safe_dump([{
+        'name': 'Use what the plugin found', 'hosts': 'discovered:known', 'gather_facts': False,
+        'tasks': [{'name': 'Copy', 'ansible.builtin.set_fact': copy},
+                  {'name': 'Show', 'ansible.builtin.debug': {'msg': '{{ copied }} {{ every }}'}}]}]))
+    proc = subprocess.run([str(BIN / 'ansible-playbook'), '-i', str(tmp_path / 'x.boot_events.yml'),
+                           str(tmp_path / 'play.yml')], env=environment(tmp_path), capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert [mark.name for mark in marks.values() if mark.exists()] == [], 'a file name ran as a template'
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert TEMPLATE % marks['file'] in proc.stdout and TEMPLATE % marks['outcome'] in proc.stdout
+
+
+FLEET = {'pis': {'hosts': {
+    'pi-bbbb2222': {'pi_serial': 'bbbb2222', 'pi_model': 4, 'pi_ip': '10.99.40.20', 'ansible_host': '10.99.40.20'},
+    'pi-01': {'pi_serial': '1234abcd', 'pi_model': 4, 'pi_ip': '10.99.40.21', 'ansible_host': '10.99.40.21'},
+}}}
+
+
+@pytest.mark.parametrize('plugin_first', [False, True])
+def test_a_device_cannot_take_over_a_fleet_host(tmp_path, plugin_first):
+    """Prefixes made to sanitise into fleet names, and a known serial asked from elsewhere, under the old compose
+    example (ansible_host from the log): the fleet hosts keep exactly their own variables, in either source order."""
+    fleet = tmp_path / 'fleet.yml'
+    fleet.write_text(yaml.safe_dump(FLEET))
+    fleet_map = tmp_path / 'map.json'
+    fleet_map.write_text(json.dumps({'version': 1, 'prefixes': {'bbbb2222': {'name': 'pi-bbbb2222', 'dirs': []},
+                                                                '1234abcd': {'name': 'pi-01', 'dirs': []}}}))
+    events = write_log(tmp_path, [event(0, '10.99.40.66', prefix + '/start4.elf', outcome='unknown_prefix')
+                                  for prefix in ('bbbb2222.', 'bbbb2222-', 'pi-bbbb2222', 'pi-01', 'BBBB2222:')]
+                       + [event(1, '10.99.40.66', '1234abcd/start4.elf', known=True, name='pi-01')])
+    config = {'events': events, 'fleet_map': str(fleet_map), 'include_known': True,
+              'compose': {'ansible_host': 'pifleet_address', 'pi_tftp_prefix': "pifleet_prefix | default('x')"}}
+    source = write_source(tmp_path, config)
+    result, _unused = run_inventory(tmp_path, config, sources=[source, fleet] if plugin_first else [fleet, source])
+    hostvars = result['_meta']['hostvars']
+    for name, declared in FLEET['pis']['hosts'].items():
+        assert hostvars[name] == declared, name
+    assert hosts_of(result, 'pis') == ['pi-01', 'pi-bbbb2222']
+    taken = sorted(set(hostvars) - set(FLEET['pis']['hosts']))
+    assert len(taken) == 6 and hosts_of(result, 'known') == ['known_serial_1234abcd']
+    assert all(hostvars[name]['ansible_host'] == '10.99.40.66' for name in taken)
+    assert hostvars['known_serial_1234abcd']['pifleet_name'] == 'pi-01'
+
+
+def test_a_host_already_in_the_inventory_gets_nothing(tmp_path):
+    """Whatever name a Pi gets, a host an earlier source declared is left as it is (and said so)."""
+    fleet = tmp_path / 'fleet.yml'
+    declared = {'discovered_serial_eeee5555': {'ansible_host': '10.99.40.30'}}
+    fleet.write_text(yaml.safe_dump({'all': {'hosts': declared}}))
+    config = {'events': write_log(tmp_path, [event(0, '10.99.40.66', 'eeee5555/start4.elf')]),
+              'compose': {'ansible_host': 'pifleet_address'}, 'keyed_groups': [{'key': 'pi_serial', 'prefix': 's'}]}
+    result, stderr = run_inventory(tmp_path, config, sources=[fleet, write_source(tmp_path, config)])
+    assert result['_meta']['hostvars']['discovered_serial_eeee5555'] == {'ansible_host': '10.99.40.30'}
+    assert hosts_of(result, 'discovered') == [] and 's_eeee5555' not in result
+    assert squash('left 1 host(s) already in the inventory untouched: discovered_serial_eeee5555') in stderr
+
+
+def test_pi_variables_come_from_validated_values_only(tmp_path):
+    """A prefix no Pi boots by (colons, too long) gives no pi_* variable; a MAC only in the form a Pi asks for."""
+    events = write_log(tmp_path, [event(0, '10.99.40.66', 'dc:a6:32:01:36:c2/start4.elf'),
+                                  event(1, '10.99.40.66', ('a' * 40) + '/start4.elf'),
+                                  event(2, '10.99.40.67', 'dc-a6-32-01-36-c3/start4.elf')])
+    result, _unused = run_inventory(tmp_path, {'events': events})
+    hostvars = result['_meta']['hostvars']
+    assert len(hostvars) == 3
+    for name, variables in hostvars.items():
+        pi_vars = {key: value for key, value in variables.items() if key.startswith('pi_')}
+        if name == 'discovered_mac_dc-a6-32-01-36-c3':
+            assert pi_vars == {'pi_mac': 'dc:a6:32:01:36:c3', 'pi_tftp_prefix': 'mac', 'pi_model': 4}
+        else:
+            assert pi_vars == {'pi_model': 4}, name

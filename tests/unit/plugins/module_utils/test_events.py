@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +14,10 @@ import pytest
 from ansible_collections.pifleet.netboot.plugins.module_utils import _events as ev
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
 
 
 def event(seconds, client, request, known=False, outcome='ok', *, name=None):
@@ -87,9 +93,12 @@ GOOD = json.dumps(event(0, '10.99.40.50', '1234abcd/start4.elf'))
     (GOOD + '\n\n   \n', 1, 0),                                        # blank lines are not damage
     ('not json\n' + GOOD + '\n', 1, 1),
     ('[1, 2]\n"text"\n' + GOOD + '\n', 1, 2),                          # not objects
-    (json.dumps({'client': 'x', 'request': 'a/b'}) + '\n', 0, 1),      # no time
+    (json.dumps({'client': '10.0.0.1', 'request': 'a/b'}) + '\n', 0, 1),  # no time
     (json.dumps({'time': 'later', 'request': 'a/b'}) + '\n', 0, 1),    # bad time
     (json.dumps({'time': T0.isoformat(), 'request': 5}) + '\n', 0, 1),  # request not a string
+    (json.dumps(dict(json.loads(GOOD), client='{{ 1 }}')) + '\n', 0, 1),  # the hook logs an IP address
+    (json.dumps(dict(json.loads(GOOD), client=None)) + '\n', 0, 1),
+    (json.dumps(dict(json.loads(GOOD), client='fe80::1%eth0')) + '\n', 0, 1),
     (GOOD + '\n' + GOOD[:40], 1, 0),                                   # write in progress: dropped, not counted
     (GOOD + '\n' + GOOD, 2, 0),                                        # unterminated but whole: kept
     (GOOD[:40] + '\n' + GOOD + '\n', 1, 1),
@@ -103,9 +112,14 @@ def test_parse_events(text, count, malformed):
 
 
 def test_parse_event_derives_a_missing_prefix_from_the_request():
-    parsed = ev.parse_event(json.dumps({'time': T0.isoformat(), 'request': 'dc-a6-32-01-36-c2/config.txt'}))
+    base = {'time': T0.isoformat(), 'client': '10.99.40.50'}
+    parsed = ev.parse_event(json.dumps(dict(base, request='dc-a6-32-01-36-c2/config.txt')))
     assert parsed['prefix'] == 'dc-a6-32-01-36-c2'
-    assert ev.parse_event(json.dumps({'time': T0.isoformat(), 'request': 'bootcode.bin'}))['prefix'] == ''
+    assert ev.parse_event(json.dumps(dict(base, request='bootcode.bin')))['prefix'] == ''
+
+
+def test_parse_event_keeps_the_canonical_address():
+    assert ev.parse_event(json.dumps({'time': T0.isoformat(), 'client': 'FD00:0::50'}))['client'] == 'fd00::50'
 
 
 @pytest.mark.parametrize('paths, model', [
@@ -129,8 +143,14 @@ def test_guess_model(paths, model):
     ('dc-a6-32-01-36-c2', 'mac', 'dc:a6:32:01:36:c2', 'dc:a6:32:01:36:c2'),
     ('DC-A6-32-01-36-C2', 'mac', 'dc:a6:32:01:36:c2', 'dc:a6:32:01:36:c2'),
     ('rack1-node3', 'rack1-node3', None, None),
+    ('rack_1.node-3', 'rack_1.node-3', None, None),
     ('1234abcde', '1234abcde', None, None),
     ('1234ABCD', '1234ABCD', None, None),  # the firmware sends lower-case hex: a custom string
+    ('bbbb2222.', 'bbbb2222.', None, None),
+    # Not what a Pi asks for, and not a pi_tftp_prefix the fleet accepts: no kind, no MAC.
+    ('dc:a6:32:01:36:c2', None, None, None),
+    ('a:b', None, None, None),
+    ('x' * 33, None, None, None),
 ])
 def test_prefix_kind_and_mac(prefix, kind, mac_any, mac_pi3):
     assert ev.prefix_kind(prefix) == kind
@@ -138,15 +158,39 @@ def test_prefix_kind_and_mac(prefix, kind, mac_any, mac_pi3):
     assert ev.mac_from_prefix(prefix, model=3) == mac_pi3
 
 
-@pytest.mark.parametrize('key, name', [
-    ('1234abcd', 'pi-1234abcd'),
-    ('dc-a6-32-01-36-c2', 'pi-dc-a6-32-01-36-c2'),
-    ('Rack1_Node.3', 'pi-rack1-node-3'),
-    ('ip-fd00::50', 'pi-ip-fd00-50'),
-    ('___', 'pi-unnamed'),
+@pytest.mark.parametrize('prefix, client, known, name', [
+    ('1234abcd', '10.0.0.1', False, 'discovered_serial_1234abcd'),
+    ('dc-a6-32-01-36-c2', '10.0.0.1', False, 'discovered_mac_dc-a6-32-01-36-c2'),
+    ('DC-A6-32-01-36-C2', '10.0.0.1', True, 'known_mac_dc-a6-32-01-36-c2'),
+    ('1234ABCD', '10.0.0.1', False, 'discovered_serial_1234abcd'),  # the same key as 1234abcd: the same Pi
+    ('bbbb2222.', '10.0.0.1', False, 'discovered_prefix_bbbb2222_' + sha(b'bbbb2222.')[:12]),
+    ('Rack1_Node.3', '10.0.0.1', False, 'discovered_prefix_rack1-node-3_' + sha(b'rack1_node.3')[:12]),
+    ('', '10.99.40.53', False, 'discovered_ip_10-99-40-53'),
+    ('', 'fd00::50', False, 'discovered_ip_fd00--50'),
 ])
-def test_host_name(key, name):
-    assert ev.host_name(key) == name
+def test_host_name(prefix, client, known, name):
+    assert ev.host_name(prefix, client, known) == name
+
+
+def test_host_names_are_one_per_prefix_and_never_a_fleet_name():
+    """Prefixes that sanitise alike get different names; none is an RFC 1123 label (a fleet host name)."""
+    prefixes = ['bbbb2222', 'bbbb2222.', 'bbbb2222-', 'bbbb2222:', 'bbbb2222_', 'b.bbb2222', 'dc-a6-32-01-36-c2',
+                'dc-a6-32-01-36-c2.', 'x', 'x.', '-x', 'rack.1', 'rack-1', 'rack:1', 'rack_1']
+    names = [ev.host_name(prefix, '10.0.0.1') for prefix in prefixes] + [ev.host_name('', '10.0.0.1')]
+    assert len(set(names)) == len(names)
+    assert not any(re.fullmatch(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)', name) for name in names)
+
+
+@pytest.mark.parametrize('prefix, name', [
+    ('1234abcd', 'pi-1234abcd'),
+    ('DC-A6-32-01-36-C2', 'pi-dc-a6-32-01-36-c2'),
+    ('lab-x', 'pi-lab-x-' + sha(b'lab-x')[:8]),
+    ('bbbb2222.', 'pi-bbbb2222-' + sha(b'bbbb2222.')[:8]),
+    ('a:b', None),        # no pi_tftp_prefix makes a Pi ask for it
+    ('', None),           # root requests only: nothing to declare the Pi by
+])
+def test_suggested_name(prefix, name):
+    assert ev.suggested_name(prefix) == name
 
 
 def test_known_prefixes_lower_cases_and_rejects_a_bad_map():
@@ -163,8 +207,8 @@ PI3_BOOT = [event(0, '10.99.40.50', 'bootcode.bin'), event(1, '10.99.40.50', 'bo
 
 def test_pi3_root_requests_join_the_prefix_that_follows():
     pis = summaries(*PI3_BOOT)
-    assert list(pis) == ['pi-3a4b5c6d']
-    pi = pis['pi-3a4b5c6d']
+    assert list(pis) == ['discovered_serial_3a4b5c6d']
+    pi = pis['discovered_serial_3a4b5c6d']
     assert (pi['serial'], pi['mac'], pi['model'], pi['tftp_prefix']) == ('3a4b5c6d', 'b8:27:eb:4b:5c:6d', 3, 'serial')
     assert (pi['requests'], pi['first_seen'], pi['last_file']) == (3, PI3_BOOT[0]['time'], 'start.elf')
     assert pi['outcomes'] == {'ok': 1, 'not_found': 1, 'unknown_prefix': 1}
@@ -172,11 +216,12 @@ def test_pi3_root_requests_join_the_prefix_that_follows():
 
 def test_root_requests_nobody_followed_make_an_address_host():
     pis = summaries(event(0, '10.99.40.60', 'bootcode.bin'), event(5, '10.99.40.61', 'abcdef01/start.elf'))
-    assert sorted(pis) == ['pi-abcdef01', 'pi-ip-10-99-40-60']
-    lone = pis['pi-ip-10-99-40-60']
+    assert sorted(pis) == ['discovered_ip_10-99-40-60', 'discovered_serial_abcdef01']
+    lone = pis['discovered_ip_10-99-40-60']
     assert (lone['prefix'], lone['tftp_prefix'], lone['serial'], lone['mac']) == ('', None, None, None)
-    assert lone['model'] == 3
-    assert pis['pi-abcdef01']['model'] == 3 and pis['pi-abcdef01']['requests'] == 1
+    assert lone['model'] == 3 and lone['suggested_name'] is None and lone['pi_vars'] == {'pi_model': 3}
+    pi = pis['discovered_serial_abcdef01']
+    assert pi['model'] == 3 and pi['requests'] == 1 and pi['suggested_name'] == 'pi-abcdef01'
 
 
 def test_root_requests_of_a_known_pi_are_not_discovered():
@@ -190,12 +235,16 @@ def test_known_from_the_hook_or_the_map_and_include_known():
               event(1, '10.99.40.51', 'DC-A6-32-01-36-C2/config.txt'),
               event(2, '10.99.40.52', 'feedbeef/kernel_2712.img', outcome='not_found')]
     fleet_map = {'version': 1, 'prefixes': {'dc-a6-32-01-36-c2': {'name': 'pi-02', 'dirs': []}}}
-    assert list(summaries(*events, fleet_map=fleet_map)) == ['pi-feedbeef']
+    assert list(summaries(*events, fleet_map=fleet_map)) == ['discovered_serial_feedbeef']
     both = summaries(*events, fleet_map=fleet_map, include_known=True)
-    assert sorted(both) == ['pi-01', 'pi-02', 'pi-feedbeef']
-    assert both['pi-02']['known'] and both['pi-02']['mac'] == 'dc:a6:32:01:36:c2'
-    assert not both['pi-feedbeef']['known'] and both['pi-feedbeef']['model'] == 5
-    assert list(summaries(*events)) == ['pi-dc-a6-32-01-36-c2', 'pi-feedbeef']
+    # Known Pis keep names of their own: a device may use a known prefix from any address.
+    assert sorted(both) == ['discovered_serial_feedbeef', 'known_mac_dc-a6-32-01-36-c2', 'known_serial_1234abcd']
+    pi02 = both['known_mac_dc-a6-32-01-36-c2']
+    assert pi02['known'] and pi02['name'] == 'pi-02' and pi02['mac'] == 'dc:a6:32:01:36:c2'
+    assert pi02['suggested_name'] is None  # already in the fleet
+    assert both['known_serial_1234abcd']['name'] == 'pi-01'
+    assert not both['discovered_serial_feedbeef']['known'] and both['discovered_serial_feedbeef']['model'] == 5
+    assert list(summaries(*events)) == ['discovered_mac_dc-a6-32-01-36-c2', 'discovered_serial_feedbeef']
 
 
 def test_since_and_denied_and_hostile_prefixes():
@@ -206,34 +255,61 @@ def test_since_and_denied_and_hostile_prefixes():
               event(103, '10.99.40.66', '-rf/x', outcome='not_found'),
               event(104, '10.99.40.66', 'a..b/x', outcome='not_found'),
               event(105, '10.99.40.66', ('z' * 65) + '/x', outcome='not_found')]
-    assert list(summaries(*events)) == ['pi-11111111', 'pi-22222222']
-    assert list(summaries(*events, since=T0 + timedelta(seconds=50))) == ['pi-22222222']
+    assert list(summaries(*events)) == ['discovered_serial_11111111', 'discovered_serial_22222222']
+    assert list(summaries(*events, since=T0 + timedelta(seconds=50))) == ['discovered_serial_22222222']
 
 
 def test_last_values_follow_time_not_file_order():
     # The hook logs at the end of a transfer: a long transfer can land after a later short one.
     pis = summaries(event(10, '10.99.40.51', '1234abcd/config.txt'),
                     event(5, '10.99.40.50', '1234abcd/start4.elf', outcome='probe'))
-    pi = pis['pi-1234abcd']
+    pi = pis['discovered_serial_1234abcd']
     assert (pi['address'], pi['last_file'], pi['last_outcome']) == ('10.99.40.51', 'config.txt', 'ok')
     assert pi['first_seen'] < pi['last_seen']
 
 
-def test_colliding_host_names_get_suffixes():
-    pis = summaries(event(0, '10.99.40.50', 'rack.1/config.txt'), event(1, '10.99.40.51', 'rack_1/config.txt'))
-    assert sorted(pis) == ['pi-rack-1', 'pi-rack-1-2']
-    assert pis['pi-rack-1']['prefix'] == 'rack.1' and pis['pi-rack-1-2']['prefix'] == 'rack_1'
+def test_names_do_not_depend_on_who_came_first():
+    """A device cannot take a Pi's name by asking first under a prefix that sanitises alike."""
+    real = event(5, '10.99.40.50', 'bbbb2222/start4.elf')
+    rivals = [event(0, '10.99.40.66', 'bbbb2222./start4.elf'), event(1, '10.99.40.66', 'bbbb2222-/start4.elf'),
+              event(2, '10.99.40.66', 'BBBB2222:/start4.elf')]
+    first = summaries(*rivals, real)
+    assert summaries(real, *rivals).keys() == first.keys()
+    assert len(first) == 4
+    assert first['discovered_serial_bbbb2222']['address'] == '10.99.40.50'
+    assert len({pi['suggested_name'] for pi in first.values()} - {None}) == 3  # BBBB2222: is no pi_tftp_prefix
+    assert first[ev.host_name('BBBB2222:', '')]['suggested_name'] is None
 
 
 def test_host_vars_use_inventory_names_and_omit_unknowns():
-    pis = summaries(*PI3_BOOT, event(9, '10.99.40.70', 'bootcode.bin'), event(10, '10.99.40.71', 'lab-x/kernel8.img'))
-    assert ev.host_vars(pis['pi-3a4b5c6d']) == {
+    pis = summaries(*PI3_BOOT, event(9, '10.99.40.70', 'bootcode.bin'), event(10, '10.99.40.71', 'lab-x/kernel8.img'),
+                    event(11, '10.99.40.72', 'a:b/kernel8.img'))
+    assert ev.host_vars(pis['discovered_serial_3a4b5c6d']) == {
         'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_tftp_prefix': 'serial', 'pi_model': 3,
         'pifleet_prefix': '3a4b5c6d', 'pifleet_known': False, 'pifleet_address': '10.99.40.50',
         'pifleet_first_seen': PI3_BOOT[0]['time'], 'pifleet_last_seen': PI3_BOOT[2]['time'],
         'pifleet_requests': 3, 'pifleet_last_file': 'start.elf', 'pifleet_last_outcome': 'unknown_prefix'}
-    assert set(ev.host_vars(pis['pi-ip-10-99-40-70'])) == {
+    assert pis['discovered_serial_3a4b5c6d']['pi_vars'] == {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d',
+                                                            'pi_model': 3}
+    assert set(ev.host_vars(pis['discovered_ip_10-99-40-70'])) == {
         'pi_model', 'pifleet_known', 'pifleet_address', 'pifleet_first_seen', 'pifleet_last_seen',
         'pifleet_requests', 'pifleet_last_file', 'pifleet_last_outcome'}
-    custom = ev.host_vars(pis['pi-lab-x'])
+    custom = ev.host_vars(pis[ev.host_name('lab-x', '')])
     assert custom['pi_tftp_prefix'] == 'lab-x' and 'pi_model' not in custom and 'pi_serial' not in custom
+    # A prefix no pi_tftp_prefix can name gives no pi_* variable at all: only what the log said.
+    odd = ev.host_vars(pis[ev.host_name('a:b', '')])
+    assert not [key for key in odd if key.startswith('pi_')] and odd['pifleet_prefix'] == 'a:b'
+
+
+def test_times_are_rendered_from_the_parsed_time():
+    pis = summaries(dict(event(0, '10.99.40.50', '1234abcd/x'), time='2026-11-23T11:00:00+01:00'))
+    assert pis['discovered_serial_1234abcd']['first_seen'] == T0.isoformat()
+
+
+def test_variables_follow_the_prefix_as_the_hook_matches_it():
+    """The hook matches prefixes regardless of case: the casing a device asked with first changes nothing."""
+    upper = summaries(event(0, '10.99.40.50', 'ABCD1234/start4.elf'), event(1, '10.99.40.50', 'abcd1234/config.txt'))
+    lower = summaries(event(0, '10.99.40.50', 'abcd1234/start4.elf'), event(1, '10.99.40.50', 'ABCD1234/config.txt'))
+    assert list(upper) == list(lower) == ['discovered_serial_abcd1234']
+    for pis in (upper, lower):
+        assert pis['discovered_serial_abcd1234']['pi_vars'] == {'pi_serial': 'abcd1234', 'pi_model': 4}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.pifleet.netboot.plugins.filter.fleet_plan import fleet_plan
 from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import PlanError, plan
 
 SETTINGS = {'bakeforms': {'bookworm': [3, 4, 5], 'old': [3, 4]}, 'default_bakeform': None, 'export_scope': None,
@@ -102,3 +103,21 @@ def test_fleet_default_keys_and_own_keys():
 
 def test_missing_bakery_address():
     assert any('pifleet_nfs_server' in p for p in problems_of({'pi-01': pi()}, nfs_server=''))
+
+
+class _HostVars(dict):
+    """hostvars of one Pi whose pi_power holds a vault variable nobody defined: reading it fails, as Ansible's
+    lazy templating does."""
+
+    def __getitem__(self, key):
+        if key == 'pi_power':
+            raise AssertionError("fleet_plan read pi_power: 'vault_plug_password' is undefined")
+        return super().__getitem__(key)
+
+
+def test_the_fleet_plan_never_reads_pi_power():
+    """The fleet powers nothing: its plan holds no plug password or SNMP community, and needs no vault for them."""
+    hostvars = {'pi-01': _HostVars(pi(pi_power={'driver': 'http', 'password': 'Sw0rdf1sh-pw'}))}
+    result = fleet_plan(['pi-01'], hostvars, [{'name': 'bookworm'}], nfs_server='10.0.0.2')
+    assert result['serials'] == ['1234abcd']
+    assert 'Sw0rdf1sh' not in repr(result) and 'power' not in repr(result)
