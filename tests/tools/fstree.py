@@ -90,7 +90,8 @@ def mounts_below(path):
 
 def unmount_below(path):
     """Unmount everything mounted below ``path`` (deepest first; lazily if busy): a fixture's last word."""
-    for point in sorted(mounts_below(path), key=len, reverse=True):
+    top = os.path.realpath(path)
+    for point in sorted((p for p in mounts_below(path) if p != top), key=len, reverse=True):
         if subprocess.run(['umount', point], check=False, capture_output=True).returncode != 0:
             subprocess.run(['umount', '--lazy', point], check=False, capture_output=True)
 
