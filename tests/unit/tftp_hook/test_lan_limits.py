@@ -134,7 +134,6 @@ def test_silent_requests_cannot_hold_the_slots(tmp_path, tftp, start_server):
     assert all(o == {'tsize': len(made['files']['start4.elf'])} for o in oacks), 'timeout 255 must be refused'
     assert busy == [b'\0\5\0\0Server busy\0'] * 4
     # Another host is served meanwhile: the table (8) is not full.
-    started = time.monotonic()
     other = server.client(source='127.0.0.2')
     assert other.get('1234abcd/cmdline.txt')['data'].endswith(b'pi-01\n')
     # The silent transfers end at the first-ACK deadline (1.5 s), not after 6 x 255 s. (Labelled "probe":
@@ -142,8 +141,7 @@ def test_silent_requests_cannot_hold_the_slots(tmp_path, tftp, start_server):
     held = [e for e in server.wait_events(9, timeout=5) if e['client'] == '127.0.0.1' and e['bytes'] == 0
             and e['outcome'] in ('timeout', 'probe')]
     assert len(held) == 4, server.events()
-    assert all(1.4 < e['duration'] < 3.0 for e in held), [e['duration'] for e in held]
-    assert time.monotonic() - started < 4.0
+    assert all(1.4 < e['duration'] < 4.0 for e in held), [e['duration'] for e in held]
     assert server.client().get('1234abcd/cmdline.txt')['data'].endswith(b'pi-01\n')  # the host is served again
 
 
@@ -161,10 +159,10 @@ def test_first_ack_deadline_holds_whatever_timeout_was_negotiated(tmp_path, tftp
             pass
     assert oacks[0] == {'timeout': 10}
     assert len(oacks) >= 2, 'the OACK is sent again before the deadline, whatever the timeout'
-    (event,) = _events_of(server, silent, timeout=2.0)
+    (event,) = _events_of(server, silent, timeout=3.0)  # without the deadline: 6 x 10 s
     assert event['outcome'] == 'timeout'
     assert 'first_ack_timeout' in event['error']
-    assert 1.4 < event['duration'] < 2.5
+    assert 1.4 < event['duration'] < 5.0
 
 
 @pytest.mark.parametrize(('options', 'outcome'), [
@@ -184,8 +182,7 @@ def test_icmp_port_unreachable_ends_a_transfer_in_any_state(running, options, ou
     port = client.port
     event = _until(lambda: [e for e in running.events()[running.first_event[port]:] if e['port'] == port])[0]
     assert (event['outcome'], event['error']) == (outcome, 'the client closed its port (ICMP port unreachable)')
-    assert event['retransmits'] <= 4  # ended by the first retransmit (a window counts each block)
-    assert event['duration'] < 1.0  # timeout 0.3 s: retries would take 1.8 s
+    assert event['retransmits'] <= 4  # ended by the first retransmit (a window counts each block), not 5 retries
 
 
 def test_the_unit_allows_two_descriptors_per_transfer(hook, role_template):
