@@ -10,7 +10,10 @@ files are served, in the same run, by our hook service (its fleet map names each
 the shared boot folder) and by dnsmasq's own TFTP (``<serial>/`` folders of symlinks). Reported:
 aggregate throughput, p50/p95 per-Pi boot time, failed Pis; the ratio hook / dnsmasq.
 
-    python bench/bench_storm.py [--pis 50] [--blksizes 1024,1468] [--rounds 1] [--workers 1]
+``--one-address`` puts every Pi in one namespace, behind one address (as behind NAT): each Pi is then
+only a port, and a server must keep their transfers apart by (address, port), as RFC 1350 says.
+
+    python bench/bench_storm.py [--pis 50] [--blksizes 1024,1468] [--rounds 1] [--workers 1] [--one-address]
 """
 
 from __future__ import annotations
@@ -123,13 +126,13 @@ def start_dnsmasq(lan, work, dnsmasq_root):
     return Server(lan, argv, pidfile)
 
 
-def storm(lan, pis_by_name, blksize, files):
+def storm(lan, pis_by_name, blksize, files, one_address=False):
     boot, pis = files
     procs = []
     for name, serial in pis_by_name.items():
-        argv = lan.exec_argv(name, [sys.executable, str(CLIENT), '--server', BAKERY, '--serial', serial,
-                                    '--blksize', str(blksize), '--expect-dir', str(pis / serial),
-                                    '--expect-dir', str(boot)])
+        argv = lan.exec_argv('pis' if one_address else name, [
+            sys.executable, str(CLIENT), '--server', BAKERY, '--serial', serial, '--blksize', str(blksize),
+            '--expect-dir', str(pis / serial), '--expect-dir', str(boot)])
         procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for proc in procs:  # all loaded and waiting
         if proc.stdout.readline().strip() != 'ready':
@@ -161,13 +164,17 @@ def main():
     parser.add_argument('--blksizes', default='1024,1468')
     parser.add_argument('--rounds', type=int, default=1)
     parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--one-address', action='store_true', help='every Pi behind one address (NAT)')
     parser.add_argument('--out', default=str(REPO / '.build' / 'bench' / 'storm.json'))
     args = parser.parse_args()
     if os.geteuid() != 0 or missing_tools(('ip', 'dnsmasq', 'ss')):
         raise SystemExit('bench_storm needs root, iproute2 and dnsmasq')
     serials = ['%08x' % (0x5a000000 + index) for index in range(args.pis)]
     names = ['pi%d' % index for index in range(args.pis)]
-    hosts = {'bakery': BAKERY, **{n: '%s.%d' % (SUBNET, 100 + i) for i, n in enumerate(names)}}
+    if args.one_address:
+        hosts = {'bakery': BAKERY, 'pis': SUBNET + '.100'}
+    else:
+        hosts = {'bakery': BAKERY, **{n: '%s.%d' % (SUBNET, 100 + i) for i, n in enumerate(names)}}
     work = Path(tempfile.mkdtemp(prefix='pifleet-storm-'))
     lan = Lan('pfstorm', hosts)
     results = []
@@ -181,7 +188,7 @@ def main():
                     proc = (start_dnsmasq(lan, work, dnsmasq_root) if server == 'dnsmasq'
                             else start_hook(lan, work, (boot, pis), serials, args.workers))
                     try:
-                        row = storm(lan, dict(zip(names, serials)), blksize, (boot, pis))
+                        row = storm(lan, dict(zip(names, serials)), blksize, (boot, pis), args.one_address)
                     finally:
                         proc.close()
                     row.update(server=server, blksize=blksize, round=round_no)
@@ -201,7 +208,8 @@ def main():
             row['blksize'], row['server'], row['mbps'], row['p50'] or -1, row['p95'] or -1, row['failed'],
             row['mbps'] / base['mbps']))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({'pis': args.pis, 'workers': args.workers, 'results': results}, indent=1))
+    Path(args.out).write_text(json.dumps({'pis': args.pis, 'workers': args.workers, 'one_address': args.one_address,
+                                          'results': results}, indent=1))
     return 1 if any(r['failed'] for r in results) else 0
 
 

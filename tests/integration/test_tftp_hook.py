@@ -3,7 +3,8 @@
 """The TFTP hook service on a lossy LAN (root): 20 simulated Pi 4s boot at once through netem.
 
 The LAN (tests/tools/nfslab.Lan, 10.99.31.0/24, namespaces pfhook-*): the bakery 10.99.31.2 runs the
-service as the role installs it (``python3 -I pifleet_tftp_hook.py --config``); Pis from .100. Every
+service as the role installs it (``python3 -I pifleet_tftp_hook.py --config``); Pis from .100, or all
+20 in one namespace behind one address, .99, as behind NAT (each Pi is then only a port). Every
 host's link drops 5 % and duplicates 1 % of what it sends, so a transfer meets lost
 DATA, lost ACKs, duplicate DATA, duplicate ACKs and duplicate requests. Each Pi checks every file's
 bytes against the source (its own folder first, then the boot set), and the service's event log must
@@ -56,12 +57,21 @@ table netdev pifleet_lossy {
 '''
 
 
-@pytest.fixture
-def lossy_lan():
-    lan = Lan('pfhook', {'bakery': BAKERY, **{name: address for name, (address, _serial) in PIS.items()}})
+NAT_ADDRESS = '10.99.31.99'
+
+
+@pytest.fixture(params=['own-addresses', 'one-address'])
+def lossy_lan(request):
+    """The lossy LAN; ``lan.where[pi]`` is the namespace a Pi runs in, ``lan.address[pi]`` its address."""
+    shared = request.param == 'one-address'
+    hosts = {'bakery': BAKERY, 'nat': NAT_ADDRESS} if shared else {
+        'bakery': BAKERY, **{name: address for name, (address, _serial) in PIS.items()}}
+    lan = Lan('pfhook', hosts)
+    lan.where = {name: 'nat' if shared else name for name in PIS}
+    lan.address = {name: NAT_ADDRESS if shared else address for name, (address, _serial) in PIS.items()}
     try:
         lan.start()
-        for name in ['bakery', *PIS]:
+        for name in hosts:
             subprocess.run(['ip', 'netns', 'exec', lan.ns(name), 'nft', '-f', '-'], input=LOSSY, text=True,
                            check=True)
         yield lan
@@ -121,7 +131,7 @@ def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
                     '--timeout', '0.2', '--retries', '12', '--json',
                     '--expect-dir', str(boot_tree / 'pis' / serial),
                     '--expect-dir', str(boot_tree / 'bakeforms/lab/boot')]
-            boots[name] = subprocess.Popen(lossy_lan.exec_argv(name, argv), stdout=subprocess.PIPE,
+            boots[name] = subprocess.Popen(lossy_lan.exec_argv(lossy_lan.where[name], argv), stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)
         reports = {}
         for name, proc in boots.items():
@@ -147,12 +157,14 @@ def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
         retransmits += sum(f.get('retransmits', 0) for f in report['files'])
     assert retransmits > 0, 'netem lost nothing: the test did not test loss'
     events = [json.loads(line) for line in (boot_tree / 'events.jsonl').read_text().splitlines()]
-    for name, (address, serial) in PIS.items():
-        mine = [e for e in events if e['client'] == address]
+    for name, (_address, serial) in PIS.items():
+        address = lossy_lan.address[name]
+        mine = [e for e in events if e['client'] == address and e['prefix'] == serial]
         served = {e['path'] for e in mine if e['outcome'] == 'ok'}
         # A lost final ACK is confirmed by the Pi's next request or its closed port; only after its very
         # last file (initramfs8) can both signs be lost too (the ICMP crosses the lossy link as well).
         assert expected - served <= {'initramfs8'}, (name, expected - served)
         assert all(e['outcome'] in ('ok', 'probe') for e in mine if e['path'] != 'initramfs8'), [
             (e['path'], e['outcome'], e['error']) for e in mine if e['outcome'] not in ('ok', 'probe')]
-        assert all(e['prefix'] == serial and e['name'] == name for e in events if e['client'] == address)
+        assert all(e['name'] == name for e in mine)
+    assert {e['client'] for e in events} == set(lossy_lan.address.values())

@@ -8,6 +8,13 @@ folder first), root-level names in the map's "default" dirs; what the map does n
 an HTTP hook. One JSON event line per request. Standard library only; one epoll loop per process,
 optionally several processes sharing the port through SO_REUSEPORT ("workers").
 
+Every device on the boot LAN is untrusted. A transfer is its client's (address, port) pair: only
+packets from that pair touch it (RFC 1350), so a request from another port may label another
+transfer's outcome but never ends it. A silent client holds a slot for at most
+``first_ack_timeout`` seconds, an address at most ``max_per_client`` slots, an ICMP port
+unreachable ends a transfer at once, and each refused request's event line is short and
+rate-limited per client address (what is dropped is counted in a ``suppressed`` line).
+
 Run: ``python3 -I pifleet_tftp_hook.py --config /etc/pifleet/tftp-hook.json [--check]``.
 SIGHUP reloads the map and reopens the event log; SIGTERM/SIGINT exit 0.
 """
@@ -21,6 +28,7 @@ import errno
 import http.client
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -47,11 +55,20 @@ DEFAULTS = {
     'events': '/var/log/pifleet/boot-events.jsonl', 'hook_url': None, 'hook_timeout': 5.0,
     'hook_max_bytes': 64 * 1024 * 1024, 'max_blksize': 1468, 'timeout': 1.0, 'retries': 5,
     'max_transfers': 1000, 'map_poll': 2.0, 'workers': 1, 'cache_bytes': 256 * 1024 * 1024,
+    'max_timeout': 10, 'first_ack_timeout': 5.0, 'max_per_client': 64, 'log_refusals_burst': 20,
+    'log_refusals_per_second': 1.0,
 }
+# Descriptors besides the two a transfer may hold (its socket, its file): listeners, epoll, the wake
+# pipe, the event log, stdio and the HTTP hook's connections. The role's LimitNOFILE uses it too.
+FD_MARGIN = 64
+LOG_CHARS = 256  # longer names in event lines are cut: one datagram must not make a huge line
+TRUNCATED = '...[truncated, %d characters]'
+MAX_TRACKED = 4096  # client addresses the refusal rate limit tracks; more share one bucket ('*')
 PREADV = os.preadv
 RBUF = bytearray(65536)  # the loop is single-threaded: one receive buffer serves every transfer socket
 TAG = ['pifleet-tftp-hook']
 FINAL_ACK_LOST = 'the final ACK was lost, but the client %s'
+PORT_CLOSED = 'the client closed its port (ICMP port unreachable)'
 
 
 def log(message):
@@ -85,6 +102,10 @@ class Refused(Exception):
 
 class TransferFailed(Exception):
     """An expected failure of one transfer (the file changed under us): error reply, no traceback."""
+
+
+class ClientGone(Exception):
+    """A send met the ICMP port unreachable of the client's closed port (ECONNREFUSED)."""
 
 
 def inside(path, base):
@@ -159,6 +180,11 @@ class Config:
         self.map_poll = _number(merged, 'map_poll', 0, 3600)
         self.workers = _number(merged, 'workers', 1, 64, integer=True)
         self.cache_bytes = _number(merged, 'cache_bytes', 0, 1 << 40, integer=True)
+        self.max_timeout = _number(merged, 'max_timeout', 1, 255, integer=True)
+        self.first_ack_timeout = _number(merged, 'first_ack_timeout', 0.1, 255)
+        self.max_per_client = _number(merged, 'max_per_client', 1, 100000, integer=True)
+        self.log_refusals_burst = _number(merged, 'log_refusals_burst', 1, 1000000, integer=True)
+        self.log_refusals_per_second = _number(merged, 'log_refusals_per_second', 0.001, 1000000)
 
     @classmethod
     def load(cls, path):
@@ -239,8 +265,8 @@ def validate_name(raw):
         name = raw.decode('utf-8')
     except UnicodeDecodeError:
         raise Denied('file name is not UTF-8') from None
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
-        raise Denied('control character in file name')
+    if not name.isprintable():  # also U+2028/2029, bidi and other format characters, unassigned code points
+        raise Denied('non-printable character in file name (control, format, separator or unassigned)')
     if '\\' in name:
         raise Denied('backslash in file name')
     if name.startswith('/'):
@@ -282,6 +308,8 @@ def open_file(resolution, roots_real):
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # out of descriptors: the server is busy, the request is not at fault
             raise Denied('cannot open %s: %s' % (path, exc.strerror)) from None
         try:
             st = os.fstat(fd)
@@ -311,8 +339,12 @@ def parse_request(packet):
     return fields[0], mode, [(rest[i].lower(), rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
 
 
-def negotiate(options, max_blksize):
-    """The accepted options {name: value} (client order); unknown or invalid ones are ignored."""
+def negotiate(options, max_blksize, max_timeout=255):
+    """The accepted options {name: value} (client order); unknown or invalid ones are ignored.
+
+    A timeout above ``max_timeout`` is refused (left out of the OACK, RFC 2349): the OACK must echo
+    the client's value, and a long one would let a silent client hold a slot for minutes.
+    """
     accepted = {}
     for name, value in options:
         if name in accepted or not 0 < len(value) <= 10 or not value.isdigit():
@@ -322,7 +354,7 @@ def negotiate(options, max_blksize):
             accepted[name] = min(number, max_blksize)
         elif name == b'tsize':
             accepted[name] = number  # replaced by the real size in the OACK
-        elif name == b'timeout' and 1 <= number <= 255:
+        elif name == b'timeout' and 1 <= number <= max_timeout:
             accepted[name] = number
         elif name == b'windowsize' and 1 <= number <= 65535:
             accepted[name] = min(number, MAX_WINDOW)
@@ -340,6 +372,13 @@ def ack_to_absolute(block, acked, sent):
     if diff == 0 or diff > sent - acked:
         return None
     return acked + diff
+
+
+def clip(text):
+    """A string from the LAN as an event field: at most LOG_CHARS characters, marked when cut."""
+    if text is None or len(text) <= LOG_CHARS:
+        return text
+    return text[:LOG_CHARS] + TRUNCATED % len(text)
 
 
 def error_packet(code, message):
@@ -406,10 +445,10 @@ class FileCache:
 class Transfer:
     """One request: its event fields and, once a file is found, the state machine sending it."""
 
-    __slots__ = ('acked', 'blksize', 'buf', 'client', 'data', 'deadline', 'fd', 'full_iov', 'last', 'oack', 'opts',
-                 'payload', 'raw', 'recv_into', 'request', 'res', 'retransmits', 'retries', 'send', 'sent',
-                 'server', 'service', 'size', 'sock', 'source', 'started', 'state', 'timeout', 'tries', 'tsize',
-                 'view', 'wall', 'windowsize')
+    __slots__ = ('acked', 'blksize', 'buf', 'client', 'data', 'deadline', 'fd', 'first_deadline', 'full_iov', 'last',
+                 'moved_on', 'oack', 'opts', 'payload', 'raw', 'recv_into', 'request', 'res', 'retransmits', 'retries',
+                 'send', 'sent', 'server', 'service', 'size', 'sock', 'source', 'started', 'state', 'timeout', 'tries',
+                 'tsize', 'view', 'wall', 'windowsize')
 
     def __init__(self, service, client, server, raw):
         self.service, self.client, self.server, self.raw = service, client, server, raw
@@ -422,6 +461,8 @@ class Transfer:
         self.opts = {}
         self.blksize, self.windowsize, self.tsize = 512, 1, False
         self.acked = self.sent = self.last = self.tries = self.retransmits = 0
+        self.moved_on = False  # the same address sent another request meanwhile (evidence for labels only)
+        self.first_deadline = None
         self.state = WAIT_HOOK
         self.timeout, self.retries = service.config.timeout, service.config.retries
         self.deadline = self.started + self.timeout
@@ -448,16 +489,28 @@ class Transfer:
             self.oack = b'\0\6' + b''.join(k + b'\0' + b'%d\0' % v for k, v in self.opts.items())
             self.state = WAIT_OACK_ACK
             self._send(self.oack)
-            self.deadline = self.service.now + self.timeout
         else:
             self.state = SENDING
             self.send_window()
+        now = self.service.now
+        self.first_deadline = now + self.service.config.first_ack_timeout
+        self.deadline = now + self.first_interval()
+
+    def first_interval(self):
+        """Resend time before the first ACK: at least one resend falls within first_ack_timeout."""
+        return min(self.timeout, self.service.config.first_ack_timeout / 2)
+
+    def awaiting_first_ack(self):
+        """No ACK came yet: of the OACK, or of block 1 when no options were negotiated."""
+        return self.state == WAIT_OACK_ACK or (self.state == SENDING and self.acked == 0 and self.oack is None)
 
     def _send(self, packet):
         try:
             self.send(packet)
-        except OSError:
-            pass  # a lost datagram: the retransmit timer repairs it
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                raise ClientGone() from None
+            # otherwise a lost datagram: the retransmit timer repairs it
 
     def send_window(self):
         end = min(self.acked + self.windowsize, self.last)
@@ -486,8 +539,10 @@ class Transfer:
             packet = self.view[:4 + length]
         try:
             self.send(packet)
-        except OSError:
-            pass  # a lost datagram: the retransmit timer repairs it
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:  # the error the ICMP left, met by a send before a recv
+                raise ClientGone() from None
+            # otherwise a lost datagram: the retransmit timer repairs it
 
     def on_readable(self):
         # The socket is connected to the client: the kernel drops datagrams from any other TID
@@ -495,9 +550,9 @@ class Transfer:
         try:
             count = self.recv_into(RBUF)
         except OSError as exc:
-            if exc.errno == errno.ECONNREFUSED and self.awaiting_final_ack():
-                self.finish('ok', FINAL_ACK_LOST % 'closed its port')
-            return  # otherwise the retransmit timer decides
+            if exc.errno == errno.ECONNREFUSED:
+                self.port_closed()
+            return  # otherwise (host unreachable may pass) the retransmit timer decides
         if count < 4 or RBUF[0]:
             return
         if RBUF[1] == ACK:
@@ -548,33 +603,71 @@ class Transfer:
     def on_deadline(self):
         if self.state == WAIT_HOOK:
             self.fail(0, 'hook failed', 'hook did not answer in time')
+            return
+        now = self.service.now
+        first = self.awaiting_first_ack()
+        if first and now >= self.first_deadline:
+            self.timed_out('no ACK within first_ack_timeout (%g s)' % self.service.config.first_ack_timeout)
         elif self.tries >= self.retries:
-            self.finish('timeout', 'no answer after %d retransmits' % self.tries)
+            self.timed_out('no answer after %d retransmits' % self.tries)
         else:
             self.tries += 1
             if self.state == WAIT_OACK_ACK:
                 self.retransmits += 1
                 self._send(self.oack)
-                self.deadline = self.service.now + self.timeout
             else:
                 self.retransmits += self.sent - self.acked
                 self.send_window()
+            self.deadline = min(now + self.first_interval(), self.first_deadline) if first else now + self.timeout
 
-    def fail(self, code, message, error, outcome='error'):
+    def timed_out(self, why):
+        """The end of a silent transfer, labelled by what the client's address did meanwhile."""
+        if self.moved_on and self.awaiting_final_ack():
+            self.finish('ok', FINAL_ACK_LOST % 'went on to its next request')
+        elif self.moved_on and self.state == WAIT_OACK_ACK and self.tsize:
+            self.finish('probe', 'the client went on to its next request')  # a Pi 4 probe whose ERROR was lost
+        else:
+            self.finish('timeout', why)
+
+    def port_closed(self):
+        """The client's port is closed (ICMP port unreachable): the transfer ends now, whatever its state."""
+        if self.awaiting_final_ack():
+            self.finish('ok', FINAL_ACK_LOST % 'closed its port')
+        elif self.state == WAIT_OACK_ACK and self.tsize:
+            self.finish('probe', PORT_CLOSED)
+        else:
+            self.finish('aborted', PORT_CLOSED)
+
+    def fail(self, code, message, error, outcome='error', refused=False):
         """Send an ERROR packet and end with an event."""
         self.service.reply(self.sock, self.client, code, message, self.server)
-        self.finish(outcome, error)
+        self.finish(outcome, error, refused)
 
-    def finish(self, outcome, error=None):
+    def finish(self, outcome, error=None, refused=False):
+        """End with an event; a refused request's event is subject to the per-client rate limit."""
         self.service.close(self)
+        if refused and not self.service.admit(self.client[0], outcome):
+            return
         done = self.size if outcome == 'ok' else min(max(self.acked * self.blksize, 0), self.size or 0)
         res = self.res
         self.service.emit({
             'time': self.wall, 'client': self.client[0], 'port': self.client[1], 'server': self.server,
-            'request': self.request, 'prefix': res.prefix, 'path': res.path, 'name': res.name, 'known': res.known,
-            'source': self.source, 'outcome': outcome, 'bytes': done, 'size': self.size, 'blksize': self.blksize,
-            'windowsize': self.windowsize, 'tsize': self.tsize, 'duration': round(time.monotonic() - self.started, 6),
-            'retransmits': self.retransmits, 'error': error})
+            'request': clip(self.request), 'prefix': clip(res.prefix), 'path': clip(res.path), 'name': res.name,
+            'known': res.known, 'source': self.source, 'outcome': outcome, 'bytes': done, 'size': self.size,
+            'blksize': self.blksize, 'windowsize': self.windowsize, 'tsize': self.tsize,
+            'duration': round(time.monotonic() - self.started, 6), 'retransmits': self.retransmits,
+            'error': clip(error)})
+
+
+class Bucket:
+    """The refusal events one client address may still log (a token bucket) and those it dropped."""
+
+    __slots__ = ('dropped', 'last', 'since', 'stamp', 'started', 'tokens')
+
+    def __init__(self, tokens, now):
+        self.tokens, self.stamp = tokens, now
+        self.dropped = None  # {outcome: count} since the last summary
+        self.since = self.started = self.last = None
 
 
 class Service:
@@ -586,6 +679,8 @@ class Service:
         self.epoll = select.epoll()
         self.listeners = {}
         self.transfers = {}  # (client host, port) -> Transfer
+        self.hosts = {}  # client host -> {(host, port): Transfer}: the per-address limit and labels
+        self.refusals = {}  # client host (or '*') -> Bucket
         self.cache = FileCache(config.cache_bytes)
         self.by_fd = {}  # transfer socket fd -> Transfer
         self.stopping = self.hup = False
@@ -666,6 +761,7 @@ class Service:
             if now >= next_idle:
                 next_idle = now + IDLE_INTERVAL
                 self.check_events_file()
+                self.flush_refusals()
         self.shutdown()
         return 0
 
@@ -677,6 +773,9 @@ class Service:
             self.crashed(transfer, exc)
 
     def crashed(self, transfer, exc):
+        if isinstance(exc, ClientGone):
+            transfer.port_closed()
+            return
         if isinstance(exc, TransferFailed):
             transfer.fail(0, str(exc), str(exc))
             return
@@ -709,17 +808,16 @@ class Service:
             return
         opcode = packet[0] << 8 | packet[1]
         if opcode in (RRQ, WRQ):
-            for other in [t for t in self.transfers.values() if t.client[0] == client[0] and t.client != client]:
-                # A client asks for one file at a time: its next request shows it is done with the last.
-                if other.awaiting_final_ack():
-                    other.finish('ok', FINAL_ACK_LOST % 'went on to its next request')
-                elif other.state == WAIT_OACK_ACK and other.tsize:  # a tsize probe whose ERROR was lost
-                    other.finish('probe', 'the client went on to its next request')
             running = self.transfers.get(client)
             if running is not None:
                 if running.raw == packet:
                     return  # the client resent its request: the transfer already answers it
-                running.finish('aborted', 'superseded by a new request from the same port')
+                probe = running.state == WAIT_OACK_ACK and running.tsize
+                running.finish('probe' if probe else 'aborted', 'superseded by a new request from the same port')
+            # Other ports of this address are other transfers (RFC 1350 TIDs; several Pis may share an
+            # address behind NAT): the request is evidence for their labels only, should they time out.
+            for other in self.hosts.get(client[0], {}).values():
+                other.moved_on = True
             self.start(Transfer(self, client, server, packet), opcode)
         elif opcode in (DATA, ACK, OACK):
             self.reply(sock, client, 5, 'Unknown transfer ID')
@@ -737,7 +835,7 @@ class Service:
                 raise Refused(0, 'Server error', 'error', 'cannot open a transfer socket: %s' % exc) from None
         except Refused as exc:
             self.reply(None, t.client, exc.code, exc.message, t.server)
-            t.finish(exc.outcome, exc.error)
+            t.finish(exc.outcome, exc.error, refused=True)
             return
         if found is None:
             self.ask_hook(t)
@@ -766,12 +864,16 @@ class Service:
         try:
             t.request = validate_name(filename)
             t.res = resolve(t.request, self.map, config.root_files)
-            t.negotiate(negotiate(options, config.max_blksize))
+            t.negotiate(negotiate(options, config.max_blksize, config.max_timeout))
             if len(self.transfers) >= config.max_transfers:
                 raise Refused(0, 'Server busy', 'error', 'max_transfers reached')
+            if len(self.hosts.get(t.client[0], ())) >= config.max_per_client:
+                raise Refused(0, 'Server busy', 'error', 'max_per_client reached for this address')
             found = open_file(t.res, config.roots_real)
         except Denied as exc:
             raise Refused(2, 'Access violation', 'denied', str(exc)) from None
+        except OSError as exc:  # EMFILE/ENFILE from open_file
+            raise Refused(0, 'Server busy', 'error', 'cannot open a file: %s' % exc.strerror) from None
         if found is None and config.hook_url is None:
             outcome = 'unknown_prefix' if t.res.prefix and not t.res.known else 'not_found'
             raise Refused(1, 'File not found', outcome, 'File not found')
@@ -791,6 +893,7 @@ class Service:
         t.sock = sock
         t.send, t.recv_into = sock.send, sock.recv_into  # bound once: the hot path calls them per packet
         self.transfers[t.client] = t
+        self.hosts.setdefault(t.client[0], {})[t.client] = t
         self.by_fd[sock.fileno()] = t
 
     def close(self, t):
@@ -804,6 +907,10 @@ class Service:
             t.sock = None
         if self.transfers.get(t.client) is t:
             del self.transfers[t.client]
+            siblings = self.hosts[t.client[0]]
+            del siblings[t.client]
+            if not siblings:
+                del self.hosts[t.client[0]]
         if t.fd is not None:
             os.close(t.fd)
             t.fd = None
@@ -857,7 +964,7 @@ class Service:
             elif kind == 'not_found':
                 t.source = None
                 outcome = 'unknown_prefix' if t.res.prefix and not t.res.known else 'not_found'
-                t.fail(1, 'File not found', 'File not found', outcome)
+                t.fail(1, 'File not found', 'File not found', outcome, refused=True)
             else:
                 t.fail(0, 'hook failed', body)
 
@@ -908,6 +1015,56 @@ class Service:
         if current != self.events_id:
             self.open_events()
 
+    def admit(self, host, outcome):
+        """Whether a refusal event of ``host`` is written; one that is not is counted for a summary line."""
+        config, now = self.config, self.now
+        bucket = self.refusals.get(host)
+        if bucket is None:
+            if len(self.refusals) >= MAX_TRACKED:  # spoofed sources must not grow the table without bound
+                host = '*'
+                bucket = self.refusals.get(host)
+            if bucket is None:
+                bucket = self.refusals[host] = Bucket(float(config.log_refusals_burst), now)
+        tokens = min(config.log_refusals_burst, bucket.tokens + (now - bucket.stamp) * config.log_refusals_per_second)
+        bucket.stamp = now
+        if tokens >= 1:
+            bucket.tokens = tokens - 1
+            if bucket.dropped:
+                self.summarise(host, bucket)  # what was dropped comes before the next line that is not
+            return True
+        bucket.tokens = tokens
+        if not bucket.dropped:
+            bucket.dropped = {}
+            bucket.since = datetime.now(timezone.utc).isoformat(timespec='microseconds')
+            bucket.started = now
+        bucket.dropped[outcome] = bucket.dropped.get(outcome, 0) + 1
+        bucket.last = now
+        return False
+
+    def summarise(self, host, bucket):
+        """One ``suppressed`` line: the refusal events of ``host`` dropped since ``bucket.since``."""
+        config = self.config
+        count = sum(bucket.dropped.values())
+        self.emit({
+            'time': bucket.since, 'client': host, 'port': None, 'server': None, 'request': '', 'prefix': '',
+            'path': '', 'name': None, 'known': False, 'source': None, 'outcome': 'suppressed', 'bytes': 0,
+            'size': None, 'blksize': None, 'windowsize': None, 'tsize': False,
+            'duration': round(bucket.last - bucket.started, 6), 'retransmits': 0,
+            'error': '%d refused request%s not logged (log_refusals_burst %d, log_refusals_per_second %g)' % (
+                count, '' if count == 1 else 's', config.log_refusals_burst, config.log_refusals_per_second),
+            'dropped': bucket.dropped})
+        bucket.dropped = bucket.since = bucket.started = bucket.last = None
+
+    def flush_refusals(self, everything=False):
+        """Summaries of clients that went quiet; forget clients whose bucket is full again."""
+        config, now = self.config, self.now
+        for host, bucket in list(self.refusals.items()):
+            if bucket.dropped and (everything or now - bucket.last >= IDLE_INTERVAL):
+                self.summarise(host, bucket)
+            if not bucket.dropped and (
+                    bucket.tokens + (now - bucket.stamp) * config.log_refusals_per_second >= config.log_refusals_burst):
+                del self.refusals[host]
+
     def emit(self, record):
         if self.events_fd is not None:
             try:
@@ -918,6 +1075,7 @@ class Service:
     def shutdown(self):
         for t in list(self.transfers.values()):
             t.finish('error', 'service stopped')
+        self.flush_refusals(everything=True)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
         for sock, *_rest in self.listeners.values():
@@ -932,6 +1090,24 @@ def _pktinfo_address(ancdata):
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
             return socket.inet_ntop(socket.AF_INET6, data[:16])
     return None
+
+
+def raise_open_files_limit(max_transfers):
+    """Lift the soft open-files limit to what max_transfers needs (up to the hard limit), or say it is short."""
+    need = 2 * max_transfers + FD_MARGIN  # a socket and maybe a file per transfer
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < need:
+        log('warning: open files limit %d is below %d (2 x max_transfers %d + %d): requests beyond it are answered '
+            '"Server busy"; raise LimitNOFILE or lower max_transfers' % (soft, need, max_transfers, FD_MARGIN))
 
 
 def check(config):
@@ -1012,6 +1188,7 @@ def main(argv=None):
         return check(config)
     for warning in config.warnings:
         log('warning: %s' % warning)
+    raise_open_files_limit(config.max_transfers)
     if config.workers > 1:
         return run_workers(config)
     try:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -22,8 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 
-SERVICE = Path(__file__).resolve().parents[3] / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
+ROLE = Path(__file__).resolve().parents[3] / 'roles' / 'tftp_hook'
+SERVICE = ROLE / 'files' / 'pifleet_tftp_hook.py'
 MARKER = b'PIFLEET-SECRET-MARKER-7f3a91'
 EVENT_KEYS = {'time', 'client', 'port', 'server', 'request', 'prefix', 'path', 'name', 'known', 'source', 'outcome',
               'bytes', 'size', 'blksize', 'windowsize', 'tsize', 'duration', 'retransmits', 'error'}
@@ -50,10 +54,10 @@ class TftpError(Exception):
 class Client:
     """A raw TFTP client on its own UDP socket; ``get`` does a whole transfer and reports what it saw."""
 
-    def __init__(self, port, timeout=3.0):
+    def __init__(self, port, timeout=3.0, source='127.0.0.1'):
         self.server = ('127.0.0.1', port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(('127.0.0.1', 0))
+        self.sock.bind((source, 0))  # another 127/8 address is another LAN host
         self.sock.settimeout(timeout)
         self.port = self.sock.getsockname()[1]
         self.received = []  # every packet that came back, for marker checks
@@ -100,10 +104,14 @@ class Client:
     def get(self, name, *, skip_ack=None, on_data=None, **options):
         """Download ``name``: dict(data, oack, tid, packets, duplicates). ``skip_ack``: a block left unacked once."""
         packet, tid, oack = self.start(name, **options)
-        size, window = oack.get('blksize', 512), oack.get('windowsize', 1)
         if oack:
             self.ack(0, tid)
-        data, expected, in_window, packets, duplicates, skipped = bytearray(), 1, 0, 0, 0, False
+        return self.receive(packet, tid, oack, skip_ack=skip_ack, on_data=on_data)
+
+    def receive(self, packet, tid, oack, *, skip_ack=None, on_data=None, expected=1, data=b''):
+        """The rest of a download once the first packet (None: wait for it) came from ``tid``."""
+        size, window = oack.get('blksize', 512), oack.get('windowsize', 1)
+        data, in_window, packets, duplicates, skipped = bytearray(data), 0, 0, 0, False
         while True:
             if packet is None:
                 packet, addr = self.recv()
@@ -140,7 +148,7 @@ class Client:
 class Server:
     """The service as a real process with its config, map and event log in a tmp dir."""
 
-    def __init__(self, tmp, config):
+    def __init__(self, tmp, config, wrap=()):
         self.tmp = tmp
         self.config_path = tmp / 'config.json'
         self.config = config
@@ -149,7 +157,7 @@ class Server:
         self.first_event = {}  # client port -> index of the first event line that can be its own
         self.stderr_path = tmp / 'stderr.log'
         with open(self.stderr_path, 'wb') as stderr:
-            self.proc = subprocess.Popen([sys.executable, '-I', str(SERVICE), '--config', str(self.config_path)],
+            self.proc = subprocess.Popen([*wrap, sys.executable, '-I', str(SERVICE), '--config', str(self.config_path)],
                                          stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 10
         while not _port_taken(self.port):  # bound when we can no longer bind it ourselves
@@ -157,8 +165,8 @@ class Server:
             assert time.monotonic() < deadline, 'service did not bind port %d' % self.port
             time.sleep(0.02)
 
-    def client(self, timeout=3.0):
-        client = Client(self.port, timeout)
+    def client(self, timeout=3.0, source='127.0.0.1'):
+        client = Client(self.port, timeout, source)
         # A closed client's port can be handed out again: its events count from here on.
         self.first_event[client.port] = len(self.events())
         return client
@@ -278,8 +286,8 @@ def start_server():
     """Start extra services (own config) that are stopped, by PID, at the end of the test."""
     started = []
 
-    def start(tmp, config):
-        server = Server(tmp, config)
+    def start(tmp, config, wrap=()):
+        server = Server(tmp, config, wrap)
         started.append(server)
         return server
 
@@ -299,3 +307,47 @@ def tftp():
     helpers.Client, helpers.TftpError, helpers.MARKER, helpers.EVENT_KEYS = Client, TftpError, MARKER, EVENT_KEYS
     helpers.make_tree, helpers.free_port, helpers.sha256 = make_tree, free_port, sha256
     return helpers
+
+
+def _trusted(value):
+    """Role variables as the role's own files give them: their templates may be rendered."""
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {key: _trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    return value
+
+
+@pytest.fixture(scope='session')
+def role_template():
+    """render(template, **overrides): a role template as Ansible renders it; template None: the role's variables."""
+    loader = DataLoader()
+
+    def render(template, **overrides):
+        variables = {}
+        for part in ('defaults/main.yml', 'vars/main.yml', 'vars/Debian.yml'):
+            variables.update(_trusted(loader.load_from_file(str(ROLE / part))))
+        variables.update(ansible_managed='Ansible managed', ansible_facts={'default_ipv4': {'address': '10.99.0.2'}})
+        variables.update(overrides)
+        templar = Templar(loader=loader, variables=variables)
+        if template is None:
+            return {key: templar.template(value) for key, value in variables.items()}
+        return templar.template(trust_as_template((ROLE / 'templates' / template).read_text(encoding='utf-8')))
+
+    return render
+
+
+@pytest.fixture(scope='session')
+def run_tool():
+    """run(argv): a system tool that must succeed; the test is skipped when the tool is not installed."""
+
+    def run(argv):
+        if shutil.which(argv[0]) is None:
+            pytest.skip('%s is not installed' % argv[0])
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        return done
+
+    return run

@@ -33,6 +33,13 @@ NAMES_DENIED = [
     (b'start\n.elf', 'control'),
     (b'start\x7f.elf', 'control'),
     ('start\u0085.elf'.encode(), 'control'),
+    ('start\u2028.elf'.encode(), 'non-printable'),  # line and paragraph separators
+    ('start\u2029.elf'.encode(), 'non-printable'),
+    ('start\u202e.elf'.encode(), 'non-printable'),  # bidi override: a name that reads backwards in a log
+    ('start\u200b.elf'.encode(), 'non-printable'),  # zero-width space: two names that look the same
+    ('start\ufeff.elf'.encode(), 'non-printable'),
+    ('start\u00a0.elf'.encode(), 'non-printable'),
+    ('start\u0378.elf'.encode(), 'non-printable'),  # unassigned
     (b'\xff\xfe.bin', 'UTF-8'),
     (b'a' * 256 + b'/x', '255'),
     (b'a/' * 512 + b'b', '1024'),
