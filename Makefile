@@ -24,7 +24,7 @@ export PATH := $(VENV)/bin:$(PATH)
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
-	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables
+	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables logrotate
 
 # The other ansible-core versions meta/runtime.yml's requires_ansible allows, each in a venv of its own under
 # .build/ (pinned in requirements-core-<version>.txt). Before 2.19 a core templates any plain string it meets,

@@ -35,8 +35,9 @@ _MODEL_HINTS = (
     (3, re.compile(r'(?:bootcode\.bin|start\.elf|fixup\.dat|bcm2710.*)')),
 )
 PI3_OUI = 'b8:27:eb'
-# Outcomes that say nothing about a Pi: hostile or broken requests.
-_IGNORED_OUTCOMES = frozenset(['denied'])
+# Outcomes that say nothing about a Pi: hostile or broken requests, and the hook's count of refusals
+# it did not log one by one (``suppressed``, docs/tftp-hook-lan-limits.md; its client may be ``*``).
+_IGNORED_OUTCOMES = frozenset(['denied', 'suppressed'])
 
 
 def parse_time(text):

@@ -254,7 +254,8 @@ def test_since_and_denied_and_hostile_prefixes():
               event(102, '10.99.40.66', '33333333/x', outcome='denied'),
               event(103, '10.99.40.66', '-rf/x', outcome='not_found'),
               event(104, '10.99.40.66', 'a..b/x', outcome='not_found'),
-              event(105, '10.99.40.66', ('z' * 65) + '/x', outcome='not_found')]
+              event(105, '10.99.40.66', ('z' * 65) + '/x', outcome='not_found'),
+              dict(event(106, '10.99.40.67', '', outcome='suppressed'), dropped={'denied': 500})]
     assert list(summaries(*events)) == ['discovered_serial_11111111', 'discovered_serial_22222222']
     assert list(summaries(*events, since=T0 + timedelta(seconds=50))) == ['discovered_serial_22222222']
 
