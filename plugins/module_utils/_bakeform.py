@@ -140,14 +140,24 @@ class SparseWriter:
         self.size = 0
 
     def write(self, data):
-        view = memoryview(data)
-        for offset in range(0, len(view), 65536):
-            block = view[offset:offset + 65536]
-            if block == _ZEROS[:block.nbytes]:
-                self.handle.seek(block.nbytes, os.SEEK_CUR)
-            else:
-                self.handle.write(block)
-        self.size += len(view)
+        # bytes, not memoryview: comparing memoryviews goes item by item (4 s of CPU per 2 GiB, beside xz).
+        data = data if isinstance(data, bytes) else bytes(data)
+        run_start, run_zero = 0, None
+        for offset in range(0, len(data), 65536):
+            zero = data[offset:offset + 65536] == _ZEROS[:min(65536, len(data) - offset)]
+            if zero != run_zero and run_zero is not None:
+                self._emit(data, run_start, offset, run_zero)
+                run_start = offset
+            run_zero = zero
+        if run_zero is not None:
+            self._emit(data, run_start, len(data), run_zero)
+        self.size += len(data)
+
+    def _emit(self, data, start, end, zero):
+        if zero:
+            self.handle.seek(end - start, os.SEEK_CUR)
+        else:
+            self.handle.write(memoryview(data)[start:end])
 
     def close(self):
         self.handle.truncate(self.size)
