@@ -286,7 +286,7 @@ def converge(module, roots, todo, result):
     for plan in plans:
         try:
             result['pis'].append(roots.apply(plan))
-        except PI_ERRORS as exc:
+        except (*PI_ERRORS, OSError) as exc:  # OSError: e.g. a Pi that filled its own root (ENOSPC)
             failed.append({'serial': plan['serial'], 'hostname': plan['item']['hostname'], 'changed': False,
                            'action': 'failed', 'msg': str(exc)})
     result['pis'].extend(failed)
