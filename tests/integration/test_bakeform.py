@@ -297,7 +297,7 @@ def test_url_source_is_streamed_verified_and_not_refetched(images, store, http_d
     assert sorted(os.listdir(store / 'net')) == ['boot', 'boot.img', 'manifest.json', 'root.img']  # no download left
     assert bakeform(store, **args)['changed'] is False
     assert handler.requests == 1  # known checksum: nothing fetched
-    failed = bakeform(store, **dict(args, name='net3', url=url + '.nope'))
+    failed = bakeform(store, name='net3', url=url + '.nope', checksum=args['checksum'])
     assert failed.get('failed') and 'HTTP status 404' in failed['msg'] and failed['changed'] is False
     assert sorted(os.listdir(store)) == ['net']
 
@@ -354,8 +354,7 @@ def bomb(tmp_path_factory):
         subprocess.run(['xz', '-T0', '-1', '-c', image['path']], stdout=out, check=True)
         zeros = subprocess.run(['xz', '-T0', '-1', '-c'], input=bytes(256 << 20), capture_output=True,
                                check=True).stdout
-        for _ in range(8):
-            out.write(zeros)
+        out.write(zeros * 8)
         out.write(b'\xfd7zXZ\x00' + os.urandom(64))  # an xz header, then garbage
     return {'path': str(path), 'image': image}
 

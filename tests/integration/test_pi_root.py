@@ -302,8 +302,8 @@ def test_lifecycle_fix_drift_rebuild_absent(lab, tiny_images):
     before = lab.state()
     planned = lab.pi_root(check=True, diff=True, **renamed)
     assert planned['changed'] is True and planned['pis'][0]['action'] == 'fixed'
-    assert {d['after_header'] for d in planned['diff']} == {str(root / 'etc/hostname'), str(root / 'etc/hosts'),
-                                                           str(marker_path)}
+    shown = {d['after_header'] for d in planned['diff']}
+    assert shown == {str(root / 'etc/hostname'), str(root / 'etc/hosts'), str(marker_path)}
     assert lab.state() == before  # check mode wrote nothing
     fixed = lab.pi_root(**renamed)
     assert fixed['changed'] is True and fixed['pis'][0]['action'] == 'fixed', fixed

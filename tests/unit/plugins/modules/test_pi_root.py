@@ -185,8 +185,8 @@ def test_copy_lifecycle(run_module, lab):
     renamed = run_module(pi_root.main, dict(base, hostname='garage'), check_mode=True, diff=True).result
     assert renamed['changed'] and renamed['pis'][0]['action'] == 'fixed'
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
-    assert {d['after_header'] for d in renamed['diff']} == {str(root) + '/etc/hostname', str(root) + '/etc/hosts',
-                                                           str(root) + '.json'}
+    shown = {d['after_header'] for d in renamed['diff']}
+    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(root) + '.json'}
     renamed = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert renamed['pis'][0]['action'] == 'fixed' and (root / 'etc/hostname').read_text() == 'garage\n'
 
