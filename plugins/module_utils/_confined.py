@@ -139,11 +139,16 @@ class Tree:
         if fd is None:
             return None
         try:
+            old = _lstat_at(fd, name)
+            if old is None or not stat.S_ISREG(old.st_mode):
+                return None  # a device node is never opened: on a mount without nodev that could act on the device
             try:
                 handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                    return None  # missing, a symlink, a socket, a directory: not a file we read
+                    return None  # swapped since: missing, a symlink, a socket, a directory
+                if exc.errno in (errno.EACCES, errno.EPERM):  # e.g. swapped for a device node on a nodev mount
+                    raise self._refuse(rel, 'cannot be opened as a regular file (%s)' % exc.strerror) from None
                 raise
             if not stat.S_ISREG(os.fstat(handle).st_mode):
                 os.close(handle)  # a FIFO or device node planted under a config file's name

@@ -131,7 +131,7 @@ class Mounter:
 
 def unit_name(point):
     """The mount unit systemd names after ``point`` (systemd-escape --path --suffix=mount)."""
-    path = point.strip('/')
+    path = '/'.join(part for part in point.split('/') if part not in ('', '.'))  # systemd simplifies // and /./
     if not path:
         return '-.mount'
     out = []

@@ -172,10 +172,12 @@ def inplace_changes(tree, hostname, boot, keys_text):
     changes += _text_fix(tree, 'hosts', HOSTS, fix_hosts, hostname)
     if keys_text is not None:
         st = tree.lstat(SSH_DIR)
-        if st is None or not stat.S_ISDIR(st.st_mode) or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, 0o700):
+        is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        if not is_dir or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, 0o700):
             changes.append({'fix': 'authorized_keys', 'path': SSH_DIR, 'kind': 'dir', 'mode': 0o700})
-        before = tree.read_text(AUTHORIZED_KEYS)
-        if before != keys_text or _owner_mode(tree, AUTHORIZED_KEYS) != (0, 0, 0o600):
+        # A root/.ssh that is a symlink (or a file) is replaced by ensure_dir(): nothing is read through it.
+        before = tree.read_text(AUTHORIZED_KEYS) if is_dir else None
+        if before != keys_text or not is_dir or _owner_mode(tree, AUTHORIZED_KEYS) != (0, 0, 0o600):
             changes.append(dict(file_change('authorized_keys', AUTHORIZED_KEYS, before, keys_text, 0o600),
                                 force_owner=True))
     return changes

@@ -34,7 +34,8 @@ class PiRoots:
     """The roots of many Pis in one ``roots_dir``; one instance per module run."""
 
     def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types):
-        self.host, self.store, self.roots_dir = host, store, roots_dir
+        # The kernel's names: mount points are found in mountinfo and named in units by their real path.
+        self.host, self.store, self.roots_dir = host, os.path.realpath(store), os.path.realpath(roots_dir)
         self.clone_method, self.key_types = clone_method, list(key_types)
         self.cloner = _roots.Cloner(host.run, host.which)
         self.mounter = _loopfs.Mounter(host.run, host.which)
@@ -124,7 +125,11 @@ class PiRoots:
         serial, state = item['serial'], item['state']
         lay = _roots.Layout(self.roots_dir, serial)
         image = os.path.isfile(lay.image)
-        legacy = not image and os.path.isdir(lay.point) and not os.path.ismount(lay.point) and bool(
+        link = os.path.islink(lay.point)
+        if link and state != 'absent':  # mounting there would mount over whatever it points to
+            raise _roots.RootError('root of Pi %s: %s is a symlink; pi_root mounts the root there itself: remove '
+                                   'the link' % (serial, lay.point))
+        legacy = not image and not link and os.path.isdir(lay.point) and not os.path.ismount(lay.point) and bool(
             os.listdir(lay.point))
         marker = _roots.load_marker(lay.marker, strict=state == 'present') if image else None
         plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy,
@@ -336,6 +341,8 @@ class PiRoots:
         lay = plan['layout']
         if self.units:
             self.units.remove(lay.point)
+        if os.path.islink(lay.point):
+            os.unlink(lay.point)  # the link only: what it points to is not this Pi's root
         if plan['mounted'] or os.path.ismount(lay.point):
             self.mounter.umount(lay.point, 'the root of Pi %s' % plan['serial'])
         if plan['legacy']:

@@ -14,8 +14,8 @@ description:
     of a bakeform (see M(pifleet.netboot.bakeform)) and loop-mounted C(nosuid,nodev) at C(<roots_dir>/<serial>),
     the directory the Pi mounts over NFS. A file system per Pi means that no NFS file handle a Pi forges can
     name another Pi's files or the bakery's (see the collection's C(SECURITY.md)).
-  - Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs:
-    constant time and almost no space per Pi), else full sparse copies. Each clone gets a fresh file system UUID.
+  - "Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs:
+    constant time and almost no space per Pi), else full sparse copies. Each clone gets a fresh file system UUID."
   - The clone is built and fixed in a locked scratch directory beside its target and renamed into place, so a
     Pi never sees a half-made root; leftovers of a killed run are removed by the next run.
   - Every change inside a root is made through a descriptor of the root's top directory, one path component
@@ -286,7 +286,7 @@ def converge(module, roots, todo, result):
     for plan in plans:
         try:
             result['pis'].append(roots.apply(plan))
-        except PI_ERRORS as exc:
+        except (*PI_ERRORS, OSError) as exc:  # OSError: e.g. a Pi that filled its own root (ENOSPC)
             failed.append({'serial': plan['serial'], 'hostname': plan['item']['hostname'], 'changed': False,
                            'action': 'failed', 'msg': str(exc)})
     result['pis'].extend(failed)

@@ -1,11 +1,16 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""bakeform on real factory images: faithful extraction, idempotence, bad input, kill -9, URLs."""
+"""bakeform on real factory images: a faithful split-stream ingest, idempotence, bad input, kill -9, URLs, limits.
+
+The golden root is the image's own root partition (root.img); it is compared byte for byte with the
+partition and, mounted read-only, entry by entry with what the factory built.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -15,71 +20,123 @@ import time
 from pathlib import Path
 
 import pytest
-from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounts_below, snapshot
+from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, mounts_below, snapshot
 from modrun import module_argv, run_module
 from piimage import build_image
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
+
 REPO = Path(__file__).resolve().parents[2]
+SUPERBLOCK = slice(1024, 2048)  # e2fsck records its check there and tune2fs the checksum seed flag
 
 
 def sidecar(image):
     return Path(image['path'] + '.sha256').read_text().strip()
 
 
-@pytest.mark.parametrize('method', ['kernel', 'fuse'])
-def test_ingest_is_faithful_and_idempotent(images, store, method):
-    image = images['good-xz']
-    args = {'name': 'bookworm', 'src': image['path'], 'store': str(store), 'root_extract': method}
+def bakeform(store, check=False, diff=False, **args):
+    """Run bakeform on ``store`` with a lock file of the test's own."""
+    return run_module('bakeform', dict(args, store=str(store), lock_file=str(store.parent / 'pifleet.lock')),
+                      check=check, diff=diff)
 
-    planned = run_module('bakeform', args, check=True, diff=True)
+
+def root_partition(image):
+    """The bytes of the image's root partition, from the raw image (unpacked by xz if it is compressed)."""
+    argv = ['xz', '-dc', image['path']] if image['path'].endswith('.xz') else ['cat', image['path']]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
+        proc.stdout.read(image['root_offset'])
+        data = proc.stdout.read(image['root_size'])
+        proc.stdout.read()
+    assert proc.returncode == 0 and len(data) == image['root_size']
+    return data
+
+
+def test_ingest_is_faithful_and_idempotent(images, store, tmp_path):
+    image = images['good-xz']
+    args = {'name': 'bookworm', 'src': image['path']}
+
+    planned = bakeform(store, check=True, diff=True, **args)
     assert planned['changed'] is True, planned
     assert planned['diff']['after']['sha256'] == image['sha256'].split(':')[1]
     assert os.listdir(store) == []
 
-    done = run_module('bakeform', args, diff=True)
+    done = bakeform(store, diff=True, **args)
     assert done['changed'] is True, done
     manifest = done['manifest']
-    assert manifest['sha256'] == image['sha256'].split(':')[1]
+    assert manifest['sha256'] == image['sha256'].split(':')[1] and manifest['format'] == 2
     assert manifest['models'] == ['3', '4', '5']
     assert manifest['kernels'] == ['kernel8.img', 'kernel_2712.img']
     assert manifest['pretty_name'] == 'Debian GNU/Linux 12 (bookworm)'
-    assert manifest['root_extract'] == method
     assert manifest['partition_table'] == {'type': 'mbr', 'disk_id': image['disk_id']}
     assert [(p['start'], p['size']) for p in manifest['partitions']] == [
         (image['boot_offset'], image['boot_size']), (image['root_offset'], image['root_size'])]
+    assert (manifest['root_image'], manifest['boot_image'], manifest['root_bytes']) == (
+        'root.img', 'boot.img', image['root_size'])
     assert sorted(os.listdir(store)) == ['bookworm']
     dest = store / 'bookworm'
-    assert sorted(os.listdir(dest)) == ['boot', 'manifest.json', 'root']
+    assert sorted(os.listdir(dest)) == ['boot', 'boot.img', 'manifest.json', 'root.img']
+    assert os.stat(store).st_mode & 0o7777 == 0o711
+    assert [os.stat(dest / name).st_mode & 0o777 for name in ('root.img', 'boot.img')] == [0o600, 0o600]
 
-    # Boot files: every one, byte for byte, readable by an unprivileged TFTP service.
     assert manifest['boot_files'] == sorted(image['boot_files'])
+    assert_boot_files(dest, image, tmp_path)
+    assert_golden_root(dest, image, manifest, tmp_path)
+
+    before = snapshot(store)
+    again = bakeform(store, check=True, **args)
+    assert again['changed'] is False
+    again = bakeform(store, **args)
+    assert again['changed'] is False
+    assert again['manifest']['created'] == manifest['created']  # not ingested again
+    assert snapshot(store) == before
+
+
+def assert_boot_files(dest, image, tmp_path):
+    """boot/ and boot.img hold every boot file of the image, byte for byte."""
+    # boot/: readable by an unprivileged TFTP service.
     for rel, digest in image['boot_files'].items():
         path = dest / 'boot' / rel
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, rel
         assert path.stat().st_mode & 0o777 == 0o644
-
-    # Golden root: entry by entry as the factory built it (owners, modes, links, devices, xattrs).
-    got, want = describe(dest / 'root'), expected_tree(image['expect'])
-    assert sorted(got) == sorted(want)
-    for path, entry in want.items():
-        assert got[path] == entry, path
-    assert got['usr/bin/ping']['xattrs']['security.capability']  # the capability survived
-    assert len(got['usr/bin/busybox']['links']) == 3
-    assert (dest / 'root/var/lib/sparse/big.bin').stat().st_blocks * 512 < 1024 * 1024  # still sparse
-
-    again = run_module('bakeform', args, check=True)
-    assert again['changed'] is False
-    again = run_module('bakeform', args)
-    assert again['changed'] is False
-    assert again['manifest']['created'] == manifest['created']  # not re-extracted
+    # boot.img, as pi_root mounts it for Pis that mount their boot files over NFS: the same files.
+    with mounted_ro(dest / 'boot.img', tmp_path / 'boot-view') as view:
+        assert sorted(p for p in describe(view) if (view / p).is_file()) == sorted(image['boot_files'])
+        for rel, digest in image['boot_files'].items():
+            assert hashlib.sha256((view / rel).read_bytes()).hexdigest() == digest, rel
 
 
-def test_raw_image_and_checksum(images, store):
+def assert_golden_root(dest, image, manifest, tmp_path):
+    """root.img is the image's root partition (but for its superblock) and holds what the factory built."""
+    # Golden root: the image's root partition itself, byte for byte but for the primary superblock ...
+    golden, partition = (dest / 'root.img').read_bytes(), root_partition(image)
+    assert len(golden) == len(partition) == image['root_size']
+    assert golden[:SUPERBLOCK.start] == partition[:SUPERBLOCK.start]
+    assert golden[SUPERBLOCK.stop:] == partition[SUPERBLOCK.stop:]
+    (tmp_path / 'partition-head').write_bytes(partition[:4096])
+    sb, factory_sb = read_superblock(str(dest / 'root.img')), read_superblock(str(tmp_path / 'partition-head'))
+    assert sb == dict(factory_sb, csum_seed=True)  # clones get a UUID of their own without rewriting checksums
+    assert sb['uuid'] == manifest['root_uuid'] and sb['label'] == 'rootfs'
+    assert (dest / 'root.img').stat().st_blocks * 512 < image['root_size'] // 2  # written sparsely
+    # ... and, mounted read-only, entry by entry as the factory built it (owners, modes, links, devices, xattrs).
+    with mounted_ro(dest / 'root.img', tmp_path / 'root-view') as view:
+        got, want = describe(view), expected_tree(image['expect'])
+        assert sorted(got) == sorted(want)
+        for path, entry in want.items():
+            assert got[path] == entry, path
+        assert got['usr/bin/ping']['xattrs']['security.capability']  # the capability survived
+        assert len(got['usr/bin/busybox']['links']) == 3
+        assert (view / 'var/lib/sparse/big.bin').stat().st_blocks * 512 < 1024 * 1024  # still sparse
+
+
+def test_raw_image_checksum_and_the_retired_root_extract(images, store):
     image = images['good-img']
-    result = run_module('bakeform', {'name': 'raw', 'src': image['path'], 'checksum': sidecar(image),
-                                     'store': str(store)})
+    result = bakeform(store, name='raw', src=image['path'], checksum=sidecar(image), root_extract='fuse')
     assert result['changed'] is True, result
     assert result['manifest']['image_size'] == result['manifest']['source_size'] == os.path.getsize(image['path'])
+    assert 'root_extract' in json.dumps(result.get('deprecations') or result.get('warnings'))
+    golden, partition = (store / 'raw' / 'root.img').read_bytes(), root_partition(image)
+    assert golden[SUPERBLOCK.stop:] == partition[SUPERBLOCK.stop:]
+    assert read_superblock(image['path'], image['root_offset'])['uuid'] == result['manifest']['root_uuid']
 
 
 BROKEN = [
@@ -97,15 +154,16 @@ BROKEN = [
 @pytest.mark.parametrize(('variant', 'message'), BROKEN)
 def test_broken_images_fail_clearly_and_change_nothing(images, store, variant, message):
     # A store that already holds a bakeform: it must come out byte for byte the same.
-    good = run_module('bakeform', {'name': 'keep', 'src': images['other-xz']['path'], 'store': str(store)})
+    good = bakeform(store, name='keep', src=images['other-xz']['path'])
     assert good['changed'] is True, good
     before = snapshot(store)
     image = images[variant]
-    args = {'name': 'broken', 'src': image['path'], 'store': str(store)}
+    args = {'name': 'broken', 'src': image['path']}
     if variant == 'bad-checksum':
         args['checksum'] = sidecar(image)
-    result = run_module('bakeform', args)
+    result = bakeform(store, **args)
     assert result.get('failed') is True, result
+    assert result['changed'] is False
     assert message in result['msg']
     assert 'broken' in result['msg']
     if variant != 'bad-checksum':
@@ -113,111 +171,221 @@ def test_broken_images_fail_clearly_and_change_nothing(images, store, variant, m
     assert snapshot(store) == before
 
 
-def test_random_raw_bytes_are_not_an_image(images, store, tmp_path):
+def test_random_raw_bytes_are_not_an_image(store, tmp_path):
     raw = tmp_path / 'noise.img'
     raw.write_bytes(os.urandom(4096).replace(b'\xfd7zXZ', b'xxxxx'))
-    result = run_module('bakeform', {'name': 'noise', 'src': str(raw), 'store': str(store)})
+    result = bakeform(store, name='noise', src=str(raw))
     assert result.get('failed') and 'no MBR boot signature' in result['msg'] and str(raw) in result['msg']
-    assert os.listdir(store) == []
+    assert result['changed'] is False and os.listdir(store) == []
 
 
 def test_same_name_other_content_needs_force(images, store):
     first, second = images['good-xz'], images['other-xz']
-    run_module('bakeform', {'name': 'bf', 'src': first['path'], 'store': str(store)})
+    first_uuid = bakeform(store, name='bf', src=first['path'])['manifest']['root_uuid']
     before = snapshot(store)
-    refused = run_module('bakeform', {'name': 'bf', 'src': second['path'], 'store': str(store)})
-    assert refused.get('failed') and 'force: true' in refused['msg']
+    refused = bakeform(store, name='bf', src=second['path'])
+    assert refused.get('failed') and 'force: true' in refused['msg'] and refused['changed'] is False
     assert snapshot(store) == before
-    replaced = run_module('bakeform', {'name': 'bf', 'src': second['path'], 'store': str(store), 'force': True},
-                          diff=True)
+    replaced = bakeform(store, diff=True, name='bf', src=second['path'], force=True)
     assert replaced['changed'] is True
     assert replaced['diff']['before']['models'] == ['3', '4', '5']
     assert replaced['manifest']['models'] == ['4']
     assert sorted(os.listdir(store)) == ['bf']
     assert not (store / 'bf/boot/start.elf').exists()
+    assert read_superblock(str(store / 'bf/root.img'))['uuid'] == replaced['manifest']['root_uuid'] != first_uuid
 
 
 def test_absent_removes(images, store):
-    run_module('bakeform', {'name': 'bf', 'src': images['other-xz']['path'], 'store': str(store)})
-    assert run_module('bakeform', {'name': 'bf', 'state': 'absent', 'store': str(store)}, check=True)['changed']
+    bakeform(store, name='bf', src=images['other-xz']['path'])
+    assert bakeform(store, check=True, name='bf', state='absent')['changed']
     assert (store / 'bf').exists()
-    assert run_module('bakeform', {'name': 'bf', 'state': 'absent', 'store': str(store)})['changed']
+    assert bakeform(store, name='bf', state='absent')['changed']
     assert os.listdir(store) == []
-    assert not run_module('bakeform', {'name': 'bf', 'state': 'absent', 'store': str(store)})['changed']
+    assert not bakeform(store, name='bf', state='absent')['changed']
 
 
 def test_sigkill_mid_ingest_leaves_store_as_it_was(tmp_path, store):
-    # Enough files that the root copy takes a while, so the kill lands inside it.
+    # A large root partition, so the kill lands while it streams into root.img.
     image = build_image(tmp_path / 'big.img', profile='realistic', root_files=4000, root_mb=100, seed=5)
     before = snapshot(store)
-    argv = module_argv('bakeform', {'name': 'big', 'src': image['path'], 'store': str(store)})
+    argv = module_argv('bakeform', {'name': 'big', 'src': image['path'], 'store': str(store),
+                                    'lock_file': str(tmp_path / 'pifleet.lock')})
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             scratch = [n for n in os.listdir(store) if n.startswith('.pifleet-tmp-')]
-            if scratch and (store / scratch[0] / 'build/root/usr').exists():
+            root = store / scratch[0] / 'build' / 'root.img' if scratch else None
+            if root and root.exists() and root.stat().st_blocks * 512 > (8 << 20):
                 break
-            time.sleep(0.005)
+            time.sleep(0.002)
         assert proc.poll() is None, 'the ingest finished before it could be killed'
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         proc.kill()
         proc.wait()
-    # The copy dies with the module and the private mount namespace with it: nothing leaks.
-    deadline = time.monotonic() + 10
-    while (loops_backed_by(store) or mounts_below(store)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # xz and every other child die with the module (its pipe): nothing mounted, no loop device.
     assert loops_backed_by(store) == [] and mounts_below(store) == []
     assert [n for n in os.listdir(store) if not n.startswith('.')] == []
     leftovers = [n for n in os.listdir(store) if n.startswith('.pifleet-tmp-big-')]
     assert len(leftovers) == 1  # invisible until the next run sweeps it
     assert {k: v for k, v in snapshot(store).items() if not k.startswith('.pifleet-tmp-')} == before
 
-    result = run_module('bakeform', {'name': 'big', 'src': image['path'], 'store': str(store)})
+    result = bakeform(store, name='big', src=image['path'])
     assert result['changed'] is True, result
     assert result['swept'] == leftovers
     assert sorted(os.listdir(store)) == ['big']
+    assert (store / 'big/root.img').stat().st_size == image['root_size']
 
 
 class CountingHandler(http.server.SimpleHTTPRequestHandler):
     requests = 0
+    sent = 0
+    pause = 0.0  # seconds between chunks, so a test can watch the store while the download runs
 
     def do_GET(self):
         type(self).requests += 1
-        super().do_GET()
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header('Content-Length', str(os.path.getsize(path)))
+        self.end_headers()
+        with open(path, 'rb') as handle:
+            for chunk in iter(lambda: handle.read(256 * 1024), b''):
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+                time.sleep(type(self).pause)
 
     def log_message(self, *args):
         pass
 
 
-def test_url_source_is_streamed_and_not_refetched(images, store):
-    image = images['other-xz']
+@pytest.fixture
+def http_dir(tmp_path):
+    """An HTTP server on loopback serving ``tmp_path/www``; yields (base URL, directory, handler class)."""
+    www = tmp_path / 'www'
+    www.mkdir()
     handler = type('Handler', (CountingHandler,), {})
-    server = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), lambda *a: handler(*a, directory=os.path.dirname(image['path'])))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), lambda *a: handler(*a, directory=str(www)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = 'http://127.0.0.1:%d/%s' % (server.server_port, os.path.basename(image['path']))
-        args = {'name': 'net', 'url': url, 'checksum': sidecar(image), 'store': str(store)}
-        first = run_module('bakeform', args)
-        assert first['changed'] is True, first
-        assert first['manifest']['source'] == url
-        assert handler.requests == 1
-        assert run_module('bakeform', args)['changed'] is False
-        assert handler.requests == 1  # known checksum: nothing fetched
-        wrong = dict(args, name='net2', checksum='sha256:' + '0' * 64)
-        failed = run_module('bakeform', wrong)
-        assert failed.get('failed') and 'checksum mismatch' in failed['msg']
-        missing = dict(args, name='net3', url=url + '.nope')
-        failed = run_module('bakeform', missing)
-        assert failed.get('failed') and 'HTTP status 404' in failed['msg']
-        assert sorted(os.listdir(store)) == ['net']
+        yield 'http://127.0.0.1:%d/' % server.server_port, www, handler
     finally:
         server.shutdown()
         server.server_close()
+
+
+def serve(www, image, name=None):
+    target = www / (name or os.path.basename(image['path']))
+    os.link(image['path'], target)
+    return target.name
+
+
+def test_url_source_is_streamed_verified_and_not_refetched(images, store, http_dir):
+    base, www, handler = http_dir
+    image = images['other-xz']
+    url = base + serve(www, image)
+    args = {'name': 'net', 'url': url, 'checksum': sidecar(image)}
+    first = bakeform(store, **args)
+    assert first['changed'] is True, first
+    assert first['manifest']['source'] == url and first['manifest']['source_stat'] is None
+    assert handler.requests == 1 and handler.sent == os.path.getsize(image['path'])
+    assert sorted(os.listdir(store / 'net')) == ['boot', 'boot.img', 'manifest.json', 'root.img']  # no download left
+    assert bakeform(store, **args)['changed'] is False
+    assert handler.requests == 1  # known checksum: nothing fetched
+    failed = bakeform(store, name='net3', url=url + '.nope', checksum=args['checksum'])
+    assert failed.get('failed') and 'HTTP status 404' in failed['msg'] and failed['changed'] is False
+    assert sorted(os.listdir(store)) == ['net']
+
+
+def watch(store, stop, seen):
+    """Record every name that shows up in the store's scratch directories until ``stop`` is set."""
+    while not stop.is_set():
+        for base, dirs, files in os.walk(store):
+            seen.update(os.path.relpath(os.path.join(base, n), store).split('/', 1)[-1] for n in dirs + files)
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize('source', ['url', 'src'])
+def test_a_wrong_checksum_is_found_before_anything_is_unpacked(images, store, http_dir, source):
+    """A source that is not even an image, with a wrong checksum: the checksum fails first, nothing is unpacked."""
+    base, www, handler = http_dir
+    good = bakeform(store, name='keep', src=images['other-xz']['path'])
+    assert good['changed'] is True, good
+    before = snapshot(store)
+    image = images['random']  # unpacking it would fail with 'no MBR boot signature'
+    args = {'name': 'wrong', 'checksum': 'sha256:' + '0' * 64}
+    if source == 'url':
+        handler.pause = 0.01  # the download takes a while: long enough to be watched
+        args['url'] = base + serve(www, image)
+    else:
+        args['src'] = image['path']
+    stop, seen = threading.Event(), set()
+    watcher = threading.Thread(target=watch, args=(store, stop, seen))
+    watcher.start()
+    try:
+        result = bakeform(store, **args)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.get('failed') and 'checksum mismatch for bakeform wrong' in result['msg'], result
+    assert 'nothing was unpacked' in result['msg'] and result['changed'] is False
+    assert not {'boot.fat', 'build/root.img'} & seen, sorted(seen)  # neither partition file was ever begun
+    if source == 'url':
+        assert 'download' in seen and handler.sent == os.path.getsize(image['path'])
+    assert snapshot(store) == before
+
+
+@pytest.fixture(scope='module')
+def bomb(tmp_path_factory):
+    """A small .xz: a good image followed by 2 GiB of zeros, then a stream that is not xz at all.
+
+    An ingest that unpacked it to the end would fail on the last part ('not a valid .xz stream');
+    one that stops at max_size never reaches it.
+    """
+    top = tmp_path_factory.mktemp('bomb')
+    image = build_image(top / 'good.img', seed=31)
+    path = top / 'bomb.img.xz'
+    with open(path, 'wb') as out:
+        subprocess.run(['xz', '-T0', '-1', '-c', image['path']], stdout=out, check=True)
+        zeros = subprocess.run(['xz', '-T0', '-1', '-c'], input=bytes(256 << 20), capture_output=True,
+                               check=True).stdout
+        out.write(zeros * 8)
+        out.write(b'\xfd7zXZ\x00' + os.urandom(64))  # an xz header, then garbage
+    return {'path': str(path), 'image': image}
+
+
+def test_max_size_stops_a_small_xz_that_unpacks_beyond_it(bomb, store):
+    assert os.path.getsize(bomb['path']) < 8 << 20
+    whole = bakeform(store, name='bomb', src=bomb['path'], max_size='4G')  # the control: unpacked to its end
+    assert whole.get('failed') and 'not a valid .xz stream' in whole['msg'], whole
+    assert whole['changed'] is False and os.listdir(store) == []
+
+    limit = bomb['image']['root_offset'] + bomb['image']['root_size'] + (64 << 20)
+    result = bakeform(store, name='bomb', src=bomb['path'], max_size=str(limit))
+    assert result.get('failed') and 'unpacks to more than max_size (%d bytes)' % limit in result['msg'], result
+    assert 'raise max_size' in result['msg'] and result['changed'] is False
+    assert os.listdir(store) == []
+
+
+def test_a_full_store_says_so_and_changes_nothing(images, tmp_path):
+    with loop_fs(tmp_path, 'ext4', '64M') as mnt:  # the tiny image needs 112 MiB for its two partitions
+        store = mnt / 'store'
+        store.mkdir()
+        (store / 'keep').mkdir()
+        (store / 'keep/manifest.json').write_text('{}')
+        before = snapshot(store)
+        result = run_module('bakeform', {'name': 'bf', 'src': images['good-xz']['path'], 'store': str(store),
+                                         'lock_file': str(tmp_path / 'pifleet.lock')})
+        assert result.get('failed'), result
+        assert 'the bakeform store %s has ' % store in result['msg'] and 'needs up to 112 MiB' in result['msg']
+        assert 'nothing was changed: make room there or use a larger store' in result['msg']
+        assert result['changed'] is False and snapshot(store) == before
+        assert mounts_below(store) == []
 
 
 def test_playbook_check_then_apply_then_idempotent(images, tmp_path):
@@ -243,33 +411,3 @@ def test_playbook_check_then_apply_then_idempotent(images, tmp_path):
     assert sorted(os.listdir(tmp_path / 'store')) == ['one', 'two']
     assert 'changed=0' in play()
     assert 'changed=0' in play('--check', '--diff')
-
-
-@pytest.fixture
-def btrfs_store(tmp_path):
-    """A store on a btrfs file system in a loop file."""
-    with loop_fs(tmp_path, 'btrfs', size='512M') as mnt:
-        yield mnt / 'store'
-
-
-def test_golden_root_is_a_subvolume_on_btrfs(images, btrfs_store):
-    image = images['good-xz']
-    args = {'name': 'bf', 'src': image['path'], 'store': str(btrfs_store)}
-    result = run_module('bakeform', args)
-    assert result['changed'] is True, result
-    assert result['manifest']['root_subvolume'] is True
-    root = btrfs_store / 'bf' / 'root'
-    assert subprocess.run(['btrfs', 'subvolume', 'show', str(root)], capture_output=True, check=False).returncode == 0
-    assert describe(root) == expected_tree(image['expect'])
-    replaced = run_module('bakeform', dict(args, src=images['other-xz']['path'], force=True))
-    assert replaced['changed'] is True and replaced['manifest']['root_subvolume'] is True
-    assert run_module('bakeform', dict(args, state='absent'))['changed'] is True
-    assert os.listdir(btrfs_store) == []
-    listed = subprocess.run(['btrfs', 'subvolume', 'list', str(btrfs_store.parent)],
-                            capture_output=True, text=True, check=True)
-    assert listed.stdout.strip() == ''  # no orphaned subvolumes
-
-
-def test_golden_root_is_a_plain_directory_elsewhere(images, store):
-    result = run_module('bakeform', {'name': 'bf', 'src': images['other-xz']['path'], 'store': str(store)})
-    assert result['manifest']['root_subvolume'] is False

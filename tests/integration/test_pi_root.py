@@ -1,10 +1,12 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_root on real XFS (reflink), ext4 (copy) and btrfs (snapshot) loop file systems, as root.
+"""pi_root on real XFS and btrfs (reflink) and ext4 (copy) loop file systems, as root.
 
-Each file system holds a bakeform store and the roots dir, as on a bakery. Clones are compared
-with the golden root entry by entry; lifecycle, drift, rebuild, removal, check mode, a SIGKILL
-mid-clone and a 30-Pi list call are exercised against real state.
+Each file system holds a bakeform store and the roots dir, as on a bakery. Every Pi's root is an
+ext4 image cloned from the bakeform's root.img and loop-mounted at its mount point; it is compared
+entry by entry (fstree.describe) with what the image factory built, except what the fixes change.
+Lifecycle, drift, rebuild, removal, check mode, forced clone methods, a SIGKILL mid-clone, a 30-Pi
+list call and two runs at once (the bakery lock) are exercised against real state.
 """
 
 from __future__ import annotations
@@ -14,42 +16,109 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from fstree import describe, loop_fs, snapshot
+from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, release_mounts, snapshot
 from modrun import module_argv, run_module
 from piimage import build_image
 
-AUTO_METHOD = {'xfs': 'reflink', 'ext4': 'copy', 'btrfs': 'snapshot'}
+from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock, unit_name
+
+AUTO_METHOD = {'xfs': 'reflink', 'btrfs': 'reflink', 'ext4': 'copy'}
 KEY_A = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0dWJrZXlmb3J0ZXN0aW5nMTIzNDU2Nzg5MA admin@bakery'
 KEY_B = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG90aGVya2V5Zm9ydGVzdGluZzEyMzQ1Njc4OTA ops@bakery'
 WANTS = 'etc/systemd/system/multi-user.target.wants'
 NM_CONF = 'etc/NetworkManager/conf.d/90-pifleet-nfsroot.conf'
-HOST_KEYS = ['etc/ssh/ssh_host_%s_key%s' % (kind, ext) for kind in ('ed25519', 'rsa') for ext in ('', '.pub')]
-# What the fixes may change, remove and add; everything else must be as in the golden root.
+
+
+def keys(*kinds):
+    return {'etc/ssh/ssh_host_%s_key%s' % (kind, ext) for kind in kinds for ext in ('', '.pub')}
+
+
+# The factory's image has ed25519 and rsa host keys; each Pi gets ed25519 and ecdsa keys of its own
+# (host_key_types' default) and none of the golden set. What the fixes may change, remove and add;
+# everything else must be as the factory built it.
 CHANGED = {'etc/fstab', 'etc/hostname', 'etc/hosts', 'etc/machine-id', 'var/lib/dbus/machine-id',
-           'etc/dphys-swapfile', 'etc/dhcpcd.conf', *HOST_KEYS}
-REMOVED = {WANTS + '/resize2fs_once.service', 'etc/rc3.d/S01resize2fs_once'}
-ADDED = {'.pifleet.json', 'etc/systemd/system/dphys-swapfile.service', WANTS + '/ssh.service',
-         'etc/NetworkManager/conf.d', NM_CONF, 'root/.ssh', 'root/.ssh/authorized_keys'}
+           'etc/dphys-swapfile', 'etc/dhcpcd.conf', *keys('ed25519')}
+REMOVED = {WANTS + '/resize2fs_once.service', 'etc/rc3.d/S01resize2fs_once', *keys('rsa')}
+ADDED = {'etc/systemd/system/dphys-swapfile.service', WANTS + '/ssh.service', 'etc/NetworkManager/conf.d', NM_CONF,
+         'root/.ssh', 'root/.ssh/authorized_keys', *keys('ecdsa')}
+ADDED_WITHOUT_KEYS = ADDED - {'root/.ssh', 'root/.ssh/authorized_keys'}
 
 
-def like_pi_os(golden):
-    """Add what a Pi OS root has and the factory's lacks, so every fix has something to do."""
+class Lab:
+    """A loop file system holding a store, the roots dir, the units dir and the lock file."""
+
+    def __init__(self, fs, mnt):
+        self.fs, self.mnt = fs, mnt
+        self.store, self.roots, self.units = mnt / 'store', mnt / 'roots', mnt / 'units'
+        self.lock = str(mnt / 'pifleet.lock')
+        self.expect = {}  # bakeform name -> the describe() the factory (plus like_pi_os) promises
+
+    def args(self, **extra):
+        return dict({'bakeform': 'bw', 'store': str(self.store), 'roots_dir': str(self.roots),
+                     'units_dir': str(self.units), 'lock_file': self.lock}, **extra)
+
+    def pi_root(self, check=False, diff=False, **extra):
+        return run_module('pi_root', self.args(**extra), check=check, diff=diff)
+
+    def ingest(self, name, image, force=False):
+        result = run_module('bakeform', {'name': name, 'src': image['path'], 'store': str(self.store), 'force': force,
+                                         'lock_file': self.lock})
+        assert not result.get('failed'), result
+        self.expect[name] = like_pi_os(self.store / name / 'root.img', image, self.mnt)
+        return result['manifest']['sha256']
+
+    def scratch_dirs(self):
+        return sorted(n for n in os.listdir(self.roots) if n.startswith('.pifleet-tmp-')) if self.roots.exists() else []
+
+    def mounted(self):
+        """The mount points below the roots dir, sorted, once per mount (a mount stacked on another shows twice)."""
+        return sorted(point for point, _options in mounts(self.roots))
+
+    def state(self):
+        """What a run that changes nothing leaves as it was: markers, units and every file in the mounted roots.
+
+        The images themselves are left out: reading a mounted root may update access times inside it.
+        """
+        seen = {k: v for k, v in snapshot(self.roots).items() if not k.endswith('.img')}
+        seen.update(('units/' + k, v) for k, v in snapshot(self.units).items())
+        return seen
+
+
+def mounts(top):
+    """(mount point, options) of every mount below ``top``."""
+    with open('/proc/self/mountinfo', encoding='utf-8') as info:
+        lines = [line.split() for line in info]
+    return [(fields[4], fields[5].split(',')) for fields in lines if fields[4].startswith(str(top) + '/')]
+
+
+def like_pi_os(golden_img, image, top):
+    """Add what a Pi OS root has and the factory's lacks (so every fix has work), on the golden image itself.
+
+    Returns the expected description of the golden root: the factory's, plus the added entries.
+    """
+    extras = top / 'pi-os-extras'
     for rel, text in (('etc/dhcpcd.conf', 'hostname\nclientid\n'), ('lib/systemd/system/ssh.service', '[Unit]\n'),
-                      ('var/lib/dbus/machine-id', (golden / 'etc/machine-id').read_text())):
-        (golden / rel).parent.mkdir(parents=True, exist_ok=True)
-        (golden / rel).write_text(text)
-    (golden / 'etc/NetworkManager').mkdir()
-    (golden / 'etc/rc3.d').mkdir()
-    os.symlink('../init.d/resize2fs_once', golden / 'etc/rc3.d/S01resize2fs_once')
-
-
-def ingest(lab, name, image, force=False):
-    result = run_module('bakeform', {'name': name, 'src': image['path'], 'store': str(lab['store']), 'force': force})
-    assert not result.get('failed'), result
-    like_pi_os(lab['store'] / name / 'root')
-    return result['manifest']['sha256']
+                      ('var/lib/dbus/machine-id', 'f' * 32 + '\n')):
+        (extras / rel).parent.mkdir(parents=True, exist_ok=True)
+        (extras / rel).write_text(text)
+    (extras / 'etc/NetworkManager').mkdir()
+    (extras / 'etc/rc3.d').mkdir()
+    os.symlink('../init.d/resize2fs_once', extras / 'etc/rc3.d/S01resize2fs_once')
+    want = expected_tree(image['expect'])
+    want.update({path: entry for path, entry in describe(extras).items() if path not in want})
+    view = top / 'golden-rw'
+    view.mkdir()
+    subprocess.run(['mount', '-o', 'loop', str(golden_img), str(view)], check=True)
+    try:
+        subprocess.run(['cp', '-a', '--', str(extras) + '/.', str(view)], check=True)
+    finally:
+        subprocess.run(['umount', str(view)], check=True)
+        view.rmdir()
+        subprocess.run(['rm', '-rf', '--', str(extras)], check=True)
+    return want
 
 
 @pytest.fixture(scope='session')
@@ -59,18 +128,17 @@ def tiny_images(tmp_path_factory):
             'other': build_image(top / 'other.img', seed=22, models=(4,))}
 
 
-@pytest.fixture(scope='module', params=['xfs', 'ext4', 'btrfs'])
+@pytest.fixture(scope='module', params=['xfs', 'btrfs', 'ext4'])
 def lab(request, tmp_path_factory, tiny_images):
-    """A loop file system holding the store (bakeform 'bw' ingested) and the roots dir."""
+    """A loop file system with bakeform 'bw' ingested; every root and mount on it is gone afterwards."""
     top = tmp_path_factory.mktemp('piroot-%s' % request.param)
     with loop_fs(top, request.param) as mnt:
-        lab = {'fs': request.param, 'mnt': mnt, 'store': mnt / 'store', 'roots': mnt / 'roots'}
-        lab['sha256'] = ingest(lab, 'bw', tiny_images['good'])
-        yield lab
-
-
-def common(lab, **extra):
-    return dict({'bakeform': 'bw', 'store': str(lab['store']), 'roots_dir': str(lab['roots'])}, **extra)
+        lab = Lab(request.param, mnt)
+        lab.sha256 = lab.ingest('bw', tiny_images['good'])
+        try:
+            yield lab
+        finally:
+            release_mounts(mnt)
 
 
 def shared_extents(path):
@@ -78,14 +146,10 @@ def shared_extents(path):
     return 'shared' in out
 
 
-def scratch_dirs(lab):
-    return [n for n in os.listdir(lab['roots']) if n.startswith('.pifleet-tmp-')] if lab['roots'].exists() else []
-
-
-def assert_faithful(golden, root, added=None):
-    """Entry by entry: equal to the golden root, except what the fixes change (whose metadata stays)."""
-    want, got = describe(golden), describe(root)
-    assert set(got) - set(want) == (ADDED if added is None else added)
+def assert_faithful(want, root, added=ADDED):
+    """Entry by entry: as the factory built it, except what the fixes change (whose metadata stays)."""
+    got = describe(root)
+    assert set(got) - set(want) == added
     assert set(want) - set(got) == REMOVED
     for path, entry in want.items():
         if path in REMOVED:
@@ -98,175 +162,264 @@ def assert_faithful(golden, root, added=None):
 
 def test_clone_is_faithful_and_fixed(lab):
     serials = ['3a4b5c6d', '0badcafe']
-    args = common(lab, pis=[{'serial': serials[0], 'hostname': 'kitchen'}, {'serial': '10000000' + serials[1]}],
-                  ssh_authorized_keys=[KEY_A], boot_mount='nfs', nfs_server='10.99.0.2')
-    golden = lab['store'] / 'bw' / 'root'
-    planned = run_module('pi_root', args, check=True, diff=True)
+    args = dict(pis=[{'serial': serials[0], 'hostname': 'kitchen'}, {'serial': '10000000' + serials[1]}],
+                ssh_authorized_keys=[KEY_A], boot_mount='nfs', nfs_server='10.99.0.2')
+    planned = lab.pi_root(check=True, diff=True, **args)
     assert planned['changed'] is True, planned
-    assert [(p['action'], p['clone_method']) for p in planned['pis']] == [('cloned', AUTO_METHOD[lab['fs']])] * 2
-    assert not lab['roots'].exists()
+    assert [(p['action'], p['clone_method']) for p in planned['pis']] == [('cloned', AUTO_METHOD[lab.fs])] * 2
+    assert not lab.roots.exists() and not lab.units.exists() and lab.mounted() == []
 
-    done = run_module('pi_root', args, diff=True)
+    done = lab.pi_root(diff=True, **args)
     assert done['changed'] is True, done
     assert [(p['serial'], p['hostname'], p['action'], p['clone_method']) for p in done['pis']] == [
-        (serials[0], 'kitchen', 'cloned', AUTO_METHOD[lab['fs']]),
-        (serials[1], 'pi-0badcafe', 'cloned', AUTO_METHOD[lab['fs']])]
-    texts = [d for d in done['diff'] if not d['after_header'].endswith('.pifleet.json')]
-    assert texts == [d for d in planned['diff'] if not d['after_header'].endswith('.pifleet.json')]
-    assert sorted(os.listdir(lab['roots'])) == sorted(serials)  # no scratch dirs left
-
-    roots = [lab['roots'] / serial for serial in serials]
+        (serials[0], 'kitchen', 'cloned', AUTO_METHOD[lab.fs]),
+        (serials[1], 'pi-0badcafe', 'cloned', AUTO_METHOD[lab.fs])]
+    texts = [d for d in done['diff'] if not d['after_header'].endswith('.json')]
+    assert texts == [d for d in planned['diff'] if not d['after_header'].endswith('.json')]  # check mode foretold it
+    assert sorted(os.listdir(lab.roots)) == sorted(s + ext for s in serials for ext in ('', '.img', '.json'))
+    roots = [lab.roots / serial for serial in serials]
+    assert lab.mounted() == sorted(str(r) for r in roots)
+    for point, options in mounts(lab.roots):
+        assert {'rw', 'nosuid', 'nodev'} <= set(options), (point, options)
     for root in roots:
-        assert_faithful(golden, root)
-    root = roots[0]
-    assert shared_extents(root / 'usr/bin/passwd') is (lab['fs'] != 'ext4')  # clones share the golden's blocks
+        assert_faithful(lab.expect['bw'], root)
+
+    # Each clone is a file system image of its own, sharing blocks with the golden one where it can.
+    assert shared_extents(str(roots[0]) + '.img') is (lab.fs != 'ext4')
+    assert os.stat(str(roots[0]) + '.img').st_mode & 0o777 == 0o600 and os.stat(lab.roots).st_mode & 0o777 == 0o700
+
+    assert_fixed(lab, roots[0], 'kitchen')
+    assert (roots[1] / 'etc/hostname').read_text() == 'pi-0badcafe\n'
+    assert_own_identity(lab, roots)
+    marker = json.loads((lab.roots / (serials[0] + '.json')).read_text())
+    assert marker['serial'] == serials[0] and marker['bakeform'] == 'bw' and marker['hostname'] == 'kitchen'
+    assert marker['bakeform_sha256'] == lab.sha256 and marker['clone_method'] == AUTO_METHOD[lab.fs]
+    assert marker['fs_uuid'] == read_superblock(str(roots[0]) + '.img')['uuid']
+    assert marker['boot_mount'] == 'nfs' and marker['created'] == marker['updated']
+    assert {'fstab', 'hostname', 'hosts', 'machine_id', 'ssh_host_keys', 'firstboot_disabled', 'swap_disabled',
+            'network', 'ssh_enabled', 'authorized_keys'} == set(marker['fixes'])
+    for point in [*roots, lab.store / 'bw' / 'boot-nfs']:
+        unit = (lab.units / unit_name(str(point))).read_text()
+        assert 'Where=%s\n' % point in unit
+        assert os.readlink(lab.units / 'local-fs.target.wants' / unit_name(str(point))) == str(
+            lab.units / unit_name(str(point)))
+
+    # The image itself, as the next boot of the bakery mounts it: unmounted (as by a reboot), then read-only.
+    subprocess.run(['umount', str(roots[1])], check=True)
+    with mounted_ro(str(roots[1]) + '.img', lab.mnt / 'view') as view:
+        assert_faithful(lab.expect['bw'], view)
+        assert (view / 'etc/hostname').read_text() == 'pi-0badcafe\n'
+    remounted = lab.pi_root(**args)
+    assert [p['action'] for p in remounted['pis']] == ['unchanged', 'mounted'], remounted
+
+    before = lab.state()
+    for check in (True, False):
+        again = lab.pi_root(check=check, **args)
+        assert again['changed'] is False, again
+        assert [p['action'] for p in again['pis']] == ['unchanged', 'unchanged']
+    assert lab.state() == before and lab.mounted() == sorted(str(r) for r in roots)
+    for serial in serials:
+        assert_removed(lab, serial)
+
+
+def assert_fixed(lab, root, hostname):
+    """The fixes for life on NFS, in a root cloned with boot_mount nfs and KEY_A."""
+    boot = lab.store / 'bw' / 'boot-nfs'
     assert (root / 'etc/fstab').read_text() == (
         '# Generated by pifleet piimage.py\n'
         'proc            /proc           proc    defaults          0       0\n'
-        '10.99.0.2:%s /boot/firmware nfs ro,vers=3,nolock 0 0\n' % (lab['store'] / 'bw' / 'boot'))
-    assert (root / 'etc/hostname').read_text() == 'kitchen\n'
+        '10.99.0.2:%s /boot/firmware nfs ro,vers=3,nolock 0 0\n' % boot)
+    boot_mounts = [options for point, options in mounts(lab.store) if point == str(boot)]
+    assert len(boot_mounts) == 1 and 'ro' in boot_mounts[0]  # boot.img, read-only, for the export
+    boot_files = json.loads((lab.store / 'bw' / 'manifest.json').read_text())['boot_files']
+    assert sorted(os.listdir(boot)) == sorted({p.split('/')[0] for p in boot_files} | {'lost+found'})
+    assert (root / 'etc/hostname').read_text() == hostname + '\n'
     assert os.getxattr(root / 'etc/hostname', 'user.pifleet') == b'golden'
-    assert (root / 'etc/hosts').read_text().splitlines()[-1] == '127.0.1.1\tkitchen'
-    assert (roots[1] / 'etc/hostname').read_text() == 'pi-0badcafe\n'
-    assert not os.path.lexists(root / WANTS / 'resize2fs_once.service')
+    assert (root / 'etc/hosts').read_text().splitlines()[-1] == '127.0.1.1\t' + hostname
     assert os.readlink(root / 'etc/systemd/system/dphys-swapfile.service') == '/dev/null'
     assert 'CONF_SWAPSIZE=0' in (root / 'etc/dphys-swapfile').read_text().splitlines()
     assert os.readlink(root / WANTS / 'ssh.service') == '/lib/systemd/system/ssh.service'
     assert 'unmanaged-devices=interface-name:eth0;interface-name:end0' in (root / NM_CONF).read_text()
     assert 'denyinterfaces eth0 end0' in (root / 'etc/dhcpcd.conf').read_text().splitlines()
-    keys = os.lstat(root / 'root/.ssh/authorized_keys')
+    authorized = os.lstat(root / 'root/.ssh/authorized_keys')
     assert (root / 'root/.ssh/authorized_keys').read_text() == KEY_A + '\n'
-    assert (keys.st_uid, keys.st_gid, keys.st_mode & 0o777) == (0, 0, 0o600)
+    assert (authorized.st_uid, authorized.st_gid, authorized.st_mode & 0o777) == (0, 0, 0o600)
     assert os.lstat(root / 'root/.ssh').st_mode & 0o777 == 0o700
 
-    # Identity: each Pi its own machine-id and host keys, none shared with the golden root or each other.
-    ids = [(r / 'etc/machine-id').read_text() for r in roots] + [(golden / 'etc/machine-id').read_text()]
-    assert len(set(ids)) == 3 and all(len(i) == 33 for i in ids[:2])
-    assert (root / 'var/lib/dbus/machine-id').read_text() == ids[0]
-    for rel in HOST_KEYS:
-        assert len({(r / rel).read_bytes() for r in [*roots, golden]}) == 3, rel
-    listed = subprocess.run(['ssh-keygen', '-l', '-f', str(root / 'etc/ssh/ssh_host_rsa_key.pub')],
+
+def assert_own_identity(lab, roots):
+    """Each Pi its own file system UUID, machine-id and host keys, none shared with the golden root or each other."""
+    golden = lab.store / 'bw' / 'root.img'
+    uuids = {read_superblock(str(r) + '.img')['uuid'] for r in roots} | {read_superblock(str(golden))['uuid']}
+    assert len(uuids) == len(roots) + 1
+    ids = [(r / 'etc/machine-id').read_text() for r in roots]
+    with mounted_ro(golden, lab.mnt / 'view') as view:
+        ids.append((view / 'etc/machine-id').read_text())
+        golden_keys = {rel: (view / rel).read_bytes() for rel in keys('ed25519', 'rsa')}
+    assert len(set(ids)) == len(roots) + 1 and all(len(i) == 33 for i in ids[:-1])
+    assert all((r / 'var/lib/dbus/machine-id').read_text() == i for r, i in zip(roots, ids))
+    for rel in keys('ed25519', 'ecdsa'):
+        assert len({(r / rel).read_bytes() for r in roots} | {golden_keys.get(rel)}) == len(roots) + 1, rel
+    listed = subprocess.run(['ssh-keygen', '-l', '-f', str(roots[0] / 'etc/ssh/ssh_host_ecdsa_key.pub')],
                             capture_output=True, text=True, check=True).stdout
-    assert 'root@kitchen' in listed and '(RSA)' in listed
-
-    marker = json.loads((root / '.pifleet.json').read_text())
-    assert marker['serial'] == serials[0] and marker['bakeform'] == 'bw' and marker['hostname'] == 'kitchen'
-    assert marker['bakeform_sha256'] == lab['sha256'] and marker['clone_method'] == AUTO_METHOD[lab['fs']]
-    assert marker['boot_mount'] == 'nfs' and marker['created'] == marker['updated']
-    assert {'fstab', 'hostname', 'hosts', 'machine_id', 'ssh_host_keys', 'firstboot_disabled', 'swap_disabled',
-            'network', 'ssh_enabled', 'authorized_keys'} == set(marker['fixes'])
-
-    before = snapshot(lab['roots'])
-    for check in (True, False):
-        again = run_module('pi_root', args, check=check)
-        assert again['changed'] is False, again
-        assert [p['action'] for p in again['pis']] == ['unchanged', 'unchanged']
-    assert snapshot(lab['roots']) == before
+    assert '(ECDSA)' in listed and 'root@' in listed
 
 
 @pytest.mark.parametrize('method', ['copy', 'reflink', 'snapshot'])
 def test_forced_clone_method(lab, method):
     serial = {'copy': '00c0ffee', 'reflink': '00ee1111', 'snapshot': '00ab5555'}[method]
-    works = method == 'copy' or (method == 'reflink' and lab['fs'] != 'ext4') or lab['fs'] == 'btrfs'
-    result = run_module('pi_root', common(lab, serial=serial, clone_method=method))
-    root = lab['roots'] / serial
-    if not works:
-        assert result.get('failed') and 'cloning' in result['msg'] and 'clone_method: copy' in result['msg'], result
-        assert not os.path.lexists(root) and scratch_dirs(lab) == []
+    result = lab.pi_root(serial=serial, clone_method=method)
+    root = lab.roots / serial
+    if method == 'snapshot':
+        assert result.get('failed') and 'clone_method snapshot is no longer offered' in result['msg'], result
+        assert 'forged NFS handles' in result['msg'] and 'clone_method reflink' in result['msg']
+    elif method == 'reflink' and lab.fs == 'ext4':
+        assert result.get('failed') and 'cloning' in result['msg'] and 'clone_method: copy works' in result['msg']
+    else:
+        assert not result.get('failed') and result['pis'][0]['clone_method'] == method, result
+        assert_faithful(lab.expect['bw'], root, ADDED_WITHOUT_KEYS)
+        assert shared_extents(str(root) + '.img') is (method == 'reflink')
+        assert json.loads((lab.roots / (serial + '.json')).read_text())['clone_method'] == method
+        assert_removed(lab, serial)
         return
-    assert result['pis'][0]['clone_method'] == method, result
-    got, want = describe(root), describe(lab['store'] / 'bw' / 'root')
-    for path in ('usr/bin/busybox', 'usr/bin/ping', 'dev/sda', 'var/lib/fifo', 'home/pi'):
-        assert got[path] == want[path], path
-    assert shared_extents(root / 'usr/bin/passwd') is (method != 'copy')
-    assert run_module('pi_root', common(lab, serial=serial, state='absent'))['changed'] is True
-    assert not os.path.lexists(root) and scratch_dirs(lab) == []
+    assert result['pis'][0]['action'] == 'failed' and result['changed'] is False
+    assert not any(os.path.lexists(str(root) + ext) for ext in ('', '.img', '.json'))
+    assert lab.scratch_dirs() == [] and lab.mounted() == [] and loops_backed_by(lab.roots) == []
 
 
 def test_lifecycle_fix_drift_rebuild_absent(lab, tiny_images):
-    first_sha = ingest(lab, 'life', tiny_images['good'])
-    base = common(lab, serial='1e1e1e1e', hostname='den', bakeform='life', ssh_authorized_keys=[KEY_A])
-    root = lab['roots'] / '1e1e1e1e'
-    assert run_module('pi_root', base)['pis'][0]['action'] == 'cloned'
-    marker0 = json.loads((root / '.pifleet.json').read_text())
-    keys0 = {rel: (root / rel).read_bytes() for rel in HOST_KEYS}
+    first_sha = lab.ingest('life', tiny_images['good'])
+    base = dict(serial='1e1e1e1e', hostname='den', bakeform='life', ssh_authorized_keys=[KEY_A])
+    root, marker_path, image = lab.roots / '1e1e1e1e', lab.roots / '1e1e1e1e.json', lab.roots / '1e1e1e1e.img'
+    assert lab.pi_root(**base)['pis'][0]['action'] == 'cloned'
+    marker0 = json.loads(marker_path.read_text())
+    keys0 = {rel: (root / rel).read_bytes() for rel in keys('ed25519', 'ecdsa')}
     machine_id = (root / 'etc/machine-id').read_text()
     (root / 'home/pi/notes.txt').write_text('the Pi wrote this\n')
     inode = os.stat(root / 'usr/bin/busybox').st_ino
 
     renamed = dict(base, hostname='study', ssh_authorized_keys=[KEY_A, KEY_B])
-    before = snapshot(root)
-    planned = run_module('pi_root', renamed, check=True, diff=True)
+    before = lab.state()
+    planned = lab.pi_root(check=True, diff=True, **renamed)
     assert planned['changed'] is True and planned['pis'][0]['action'] == 'fixed'
-    assert {d['after_header'][len(str(root)):] for d in planned['diff']} == {'/etc/hostname', '/etc/hosts',
-                                                                             '/.pifleet.json'}
-    assert snapshot(root) == before  # check mode wrote nothing
-    fixed = run_module('pi_root', renamed)
+    shown = {d['after_header'] for d in planned['diff']}
+    assert shown == {str(root / 'etc/hostname'), str(root / 'etc/hosts'), str(marker_path)}
+    assert lab.state() == before  # check mode wrote nothing
+    fixed = lab.pi_root(**renamed)
     assert fixed['changed'] is True and fixed['pis'][0]['action'] == 'fixed', fixed
     assert (root / 'etc/hostname').read_text() == 'study\n'
     assert (root / 'etc/hosts').read_text().splitlines()[-1] == '127.0.1.1\tstudy'
     assert (root / 'root/.ssh/authorized_keys').read_text() == KEY_A + '\n' + KEY_B + '\n'
     assert (root / 'home/pi/notes.txt').read_text() == 'the Pi wrote this\n'  # fixed in place, not re-cloned
     assert os.stat(root / 'usr/bin/busybox').st_ino == inode
-    marker1 = json.loads((root / '.pifleet.json').read_text())
+    marker1 = json.loads(marker_path.read_text())
     assert marker1['created'] == marker0['created'] and marker1['hostname'] == 'study'
-    assert {rel: (root / rel).read_bytes() for rel in HOST_KEYS} == keys0
-    assert run_module('pi_root', renamed)['changed'] is False
+    assert marker1['fs_uuid'] == marker0['fs_uuid']
+    assert {rel: (root / rel).read_bytes() for rel in keys0} == keys0
+    assert lab.pi_root(**renamed)['changed'] is False
 
-    second_sha = ingest(lab, 'life', tiny_images['other'], force=True)
+    second_sha = lab.ingest('life', tiny_images['other'], force=True)
     assert second_sha != first_sha
-    before = snapshot(root)
-    drift = run_module('pi_root', renamed)
+    before = lab.state()
+    drift = lab.pi_root(**renamed)
     assert drift['changed'] is False and drift['pis'][0]['drift'] is True and drift['pis'][0]['action'] == 'drift'
     assert 'use state: rebuilt' in json.dumps(drift.get('warnings'))  # 2.19: structured WarningSummary objects
-    assert snapshot(root) == before
+    assert lab.state() == before
 
-    rebuilt = run_module('pi_root', dict(renamed, state='rebuilt'))
+    old_image = os.stat(image).st_ino
+    rebuilt = lab.pi_root(state='rebuilt', **renamed)
     assert rebuilt['changed'] is True and rebuilt['pis'][0]['action'] == 'rebuilt', rebuilt
+    assert os.stat(image).st_ino != old_image and lab.mounted() == [str(root)]  # the old one unmounted
     assert not (root / 'home/pi/notes.txt').exists()  # a fresh clone of the new content
-    marker2 = json.loads((root / '.pifleet.json').read_text())
+    assert_faithful(lab.expect['life'], root)
+    marker2 = json.loads(marker_path.read_text())
     assert marker2['bakeform_sha256'] == second_sha and marker2['hostname'] == 'study'
-    assert {rel: (root / rel).read_bytes() for rel in HOST_KEYS} == keys0  # the Pi's SSH identity survives
+    assert marker2['fs_uuid'] == read_superblock(str(image))['uuid'] != marker0['fs_uuid']
+    assert {rel: (root / rel).read_bytes() for rel in keys0} == keys0  # the Pi's SSH identity survives
     assert (root / 'etc/machine-id').read_text() == machine_id
-    assert scratch_dirs(lab) == []
-    assert run_module('pi_root', renamed)['changed'] is False
+    assert lab.scratch_dirs() == []
+    assert lab.pi_root(**renamed)['changed'] is False
+    assert_removed(lab, '1e1e1e1e', bakeform='life')
 
-    assert_removed(lab, dict(base, state='absent'), root)
 
-
-def assert_removed(lab, args, root):
-    gone = run_module('pi_root', args, check=True)
-    assert gone['changed'] is True and root.is_dir()
-    gone = run_module('pi_root', args)
-    assert gone['changed'] is True and gone['pis'][0]['action'] == 'removed'
-    assert not os.path.lexists(root) and scratch_dirs(lab) == []
-    assert run_module('pi_root', args)['changed'] is False
-    if lab['fs'] == 'btrfs':
-        listed = subprocess.run(['btrfs', 'subvolume', 'list', str(lab['mnt'])], capture_output=True, text=True,
-                                check=True).stdout
-        assert 'roots/%s' % root.name not in listed and '.pifleet-tmp' not in listed
+def assert_removed(lab, serial, **extra):
+    args = dict(serial=serial, state='absent', **extra)
+    point = lab.roots / serial
+    assert lab.pi_root(check=True, **args)['changed'] is True and lab.mounted().count(str(point)) == 1
+    gone = lab.pi_root(**args)
+    assert gone['changed'] is True and gone['pis'][0]['action'] == 'removed', gone
+    assert not any(os.path.lexists(str(point) + ext) for ext in ('', '.img', '.json'))
+    assert str(point) not in lab.mounted() and lab.scratch_dirs() == []
+    assert not (lab.units / unit_name(str(point))).exists()
+    assert not os.path.lexists(lab.units / 'local-fs.target.wants' / unit_name(str(point)))
+    assert [loop for loop in loops_backed_by(lab.roots) if serial in loop] == []
+    assert lab.pi_root(**args)['changed'] is False
 
 
 def test_thirty_pis_in_one_call(lab):
-    if lab['fs'] != 'btrfs':
-        pytest.skip('RSA host keys take ~1 s a Pi here: the list call runs once, on btrfs')
+    if lab.fs != 'xfs':
+        pytest.skip('30 clones once, on XFS (reflink); the other file systems clone the same way')
     pis = [{'serial': '5e%06x' % index, 'hostname': 'rack-%02d' % index} for index in range(30)]
-    args = common(lab, pis=pis)
-    start = time.monotonic()
-    done = run_module('pi_root', args)
-    took = time.monotonic() - start
+    done = lab.pi_root(pis=pis)
     assert done['changed'] is True and [p['action'] for p in done['pis']] == ['cloned'] * 30, done
-    roots = [lab['roots'] / pi['serial'] for pi in pis]
+    roots = [lab.roots / pi['serial'] for pi in pis]
+    assert lab.mounted() == sorted(str(r) for r in roots)  # each mounted once
     assert len({(r / 'etc/ssh/ssh_host_ed25519_key.pub').read_bytes() for r in roots}) == 30
     assert len({(r / 'etc/machine-id').read_text() for r in roots}) == 30
+    assert len({read_superblock(str(r) + '.img')['uuid'] for r in roots}) == 30
     assert [(r / 'etc/hostname').read_text() for r in roots] == ['rack-%02d\n' % i for i in range(30)]
-    start = time.monotonic()
-    again = run_module('pi_root', args)
-    rerun = time.monotonic() - start
+    assert {unit_name(str(r)) for r in roots} <= set(os.listdir(lab.units))
+
+    def state():  # no clone, no new keys, no marker or unit rewritten
+        return ({r.name: os.stat(str(r) + '.img').st_ino for r in roots},
+                {r.name: (r / 'etc/ssh/ssh_host_ed25519_key').read_bytes() for r in roots},
+                {k: v for k, v in snapshot(lab.roots).items() if k.endswith('.json')}, snapshot(lab.units))
+    before = state()
+    again = lab.pi_root(pis=pis)
     assert again['changed'] is False and {p['action'] for p in again['pis']} == {'unchanged'}
-    assert rerun < took / 5, (rerun, took)  # no clone, no keygen: reads markers and a few files
-    removed = run_module('pi_root', dict(args, state='absent'))
+    assert state() == before and lab.mounted() == sorted(str(r) for r in roots)
+    removed = lab.pi_root(pis=[dict(pi, state='absent') for pi in pis])
     assert [p['action'] for p in removed['pis']] == ['removed'] * 30
+    assert lab.mounted() == [] and loops_backed_by(lab.roots) == [] and os.listdir(lab.roots) == []
+
+
+def test_two_runs_at_once_take_turns_and_end_consistent(lab):
+    """pi_root and bakeform started while another pi_root holds the bakery lock: they wait, then see its work."""
+    if lab.fs != 'xfs':
+        pytest.skip('the lock does not depend on the file system: once, on XFS')
+    pis = [{'serial': '7a%06x' % index, 'hostname': 'first-%d' % index} for index in range(4)]
+    # RSA host keys take a while to make: the first run holds the lock long enough for the others to queue.
+    first = subprocess.Popen(module_argv('pi_root', lab.args(pis=pis, host_key_types=['rsa', 'ed25519'])),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        holder = 'pid %d, pi_root' % first.pid
+        deadline = time.monotonic() + 60
+        while Path(lab.lock).exists() is False or Path(lab.lock).read_text().strip() != holder:
+            assert first.poll() is None and time.monotonic() < deadline, 'the first run never took the lock'
+            time.sleep(0.01)
+        renamed = [dict(pi, hostname='second-%d' % index) for index, pi in enumerate(pis)]
+        second = subprocess.Popen(module_argv('pi_root', lab.args(pis=renamed, host_key_types=['rsa', 'ed25519'])),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        other = run_module('bakeform', {'name': 'never', 'state': 'absent', 'store': str(lab.store),
+                                        'lock_file': lab.lock})
+        second_out = second.communicate(timeout=600)[0]
+    finally:
+        first_out = first.communicate(timeout=600)[0]
+    first_result, second_result = json.loads(first_out), json.loads(second_out)
+    assert [p['action'] for p in first_result['pis']] == ['cloned'] * 4, first_result
+    assert 'lock_waited' not in first_result
+    assert [p['action'] for p in second_result['pis']] == ['fixed'] * 4, second_result  # not cloned a second time
+    for result in (second_result, other):
+        assert result['lock_waited'] > 0, result
+        assert holder in json.dumps(result['warnings']) and 'waited' in json.dumps(result['warnings'])
+    assert other['changed'] is False
+    assert lab.mounted() == sorted(str(lab.roots / pi['serial']) for pi in pis)  # each mounted once
+    for index, pi in enumerate(pis):
+        assert (lab.roots / pi['serial'] / 'etc/hostname').read_text() == 'second-%d\n' % index
+        assert json.loads((lab.roots / (pi['serial'] + '.json')).read_text())['hostname'] == 'second-%d' % index
+    assert lab.scratch_dirs() == []
+    lab.pi_root(pis=[dict(pi, state='absent') for pi in pis])
+    assert lab.mounted() == []
 
 
 @pytest.fixture(scope='module')
@@ -309,39 +462,88 @@ def children(pid):
     return {kid: command_name(kid) for kid in found}
 
 
-def test_sigkill_mid_clone_leaves_no_root(tmp_path, big_image):
-    with loop_fs(tmp_path, 'ext4') as mnt:
-        lab = {'fs': 'ext4', 'mnt': mnt, 'store': mnt / 'store', 'roots': mnt / 'roots'}
-        ingest(lab, 'bw', big_image)
-        args = common(lab, serial='0dead0ff', hostname='victim')
-        root = lab['roots'] / '0dead0ff'
-        proc = subprocess.Popen(module_argv('pi_root', args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                # Kill once the copy is under way: its scratch dir has a root with some of the tree in it.
-                partial = [lab['roots'] / n / 'root' / 'usr' for n in scratch_dirs(lab)]
-                if any(p.is_dir() for p in partial):
-                    break
-                time.sleep(0.005)
-            kids = children(proc.pid)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode == -signal.SIGKILL, 'the clone finished before it could be killed'
-        assert 'cp' in kids.values(), 'no cp was running: %s' % kids
-        for _attempt in range(50):  # pdeathsig takes cp down with the module at once (the copy needs seconds)
-            if not any(alive(kid) for kid in kids):
-                break
-            time.sleep(0.01)
-        assert not any(alive(kid) for kid in kids), 'cp outlived the killed module'
-        assert not os.path.lexists(root)
-        leftovers = scratch_dirs(lab)
-        # The half-made root and the SSH host keys made ahead for it (pi_root's KeyForge), both swept below.
-        assert sorted(name.split('-')[2] for name in leftovers) == ['0dead0ff', 'keys'], leftovers
+def loop_files(top):
+    """The files below ``top`` behind loop devices (one entry per device)."""
+    out = subprocess.run(['losetup', '--json', '--list'], capture_output=True, text=True, check=True).stdout
+    files = [d.get('back-file') or '' for d in json.loads(out)['loopdevices']] if out.strip() else []
+    return [f for f in files if f.startswith(str(top) + '/')]
 
-        again = run_module('pi_root', args)
-        assert again['changed'] is True and again['pis'][0]['action'] == 'cloned', again
-        assert again['swept'] == leftovers and scratch_dirs(lab) == []
-        assert_faithful(lab['store'] / 'bw' / 'root', root, ADDED - {'root/.ssh', 'root/.ssh/authorized_keys'})
+
+def kill_when(proc, ready, what):
+    """SIGKILL ``proc`` once ``ready()``; return the descendants it had then."""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.002)
+        kids = children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, '%s finished before it could be killed' % what
+    return kids
+
+
+@pytest.fixture
+def ext4_lab(tmp_path, big_image):
+    with loop_fs(tmp_path, 'ext4') as mnt:
+        lab = Lab('ext4', mnt)
+        lab.ingest('bw', big_image)
+        try:
+            yield lab
+        finally:
+            release_mounts(mnt)
+
+
+def test_sigkill_mid_clone_leaves_no_root_mount_or_loop_device(ext4_lab):
+    lab = ext4_lab
+    args = dict(serial='0dead0ff', hostname='victim')
+    proc = subprocess.Popen(module_argv('pi_root', lab.args(**args)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def copying():  # the clone is under way: its image has some of the golden one's blocks
+        images = [lab.roots / n / 'root.img' for n in lab.scratch_dirs()]
+        return any(i.exists() and i.stat().st_blocks * 512 > (8 << 20) for i in images)
+    kids = kill_when(proc, copying, 'the clone')
+    assert 'cp' in kids.values(), 'no cp was running: %s' % kids
+    for _attempt in range(50):  # pdeathsig takes cp down with the module at once (the copy needs seconds)
+        if not any(alive(kid) for kid in kids):
+            break
+        time.sleep(0.01)
+    assert not any(alive(kid) for kid in kids), 'cp or ssh-keygen outlived the killed module'
+    root = lab.roots / '0dead0ff'
+    assert not any(os.path.lexists(str(root) + ext) for ext in ('', '.img', '.json'))
+    assert lab.mounted() == [] and loops_backed_by(lab.roots) == []
+    leftovers = lab.scratch_dirs()
+    # The half-made image and the SSH host keys made ahead for it (pi_root's KeyForge), both swept below.
+    assert sorted(name.split('-')[2] for name in leftovers) == ['0dead0ff', 'keys'], leftovers
+
+    again = lab.pi_root(**args)
+    assert again['changed'] is True and again['pis'][0]['action'] == 'cloned', again
+    assert again['swept'] == leftovers and lab.scratch_dirs() == []
+    assert_faithful(lab.expect['bw'], root, ADDED_WITHOUT_KEYS)
+    assert_removed(lab, '0dead0ff')
+
+
+def test_sigkill_while_the_new_root_is_mounted_is_cleaned_by_the_next_run(ext4_lab):
+    """Killed while fixing a clone: its scratch mount outlives the module until the next run sweeps it."""
+    lab = ext4_lab
+    pis = [{'serial': '0dead%03x' % index} for index in range(4)]
+    proc = subprocess.Popen(module_argv('pi_root', lab.args(pis=pis, clone_method='copy')),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: any('.pifleet-tmp-' in point for point in lab.mounted()), 'the fixes')
+    stale = [point for point in lab.mounted() if '.pifleet-tmp-' in point]
+    assert len(stale) == 1 and stale[0].endswith('/mnt'), lab.mounted()
+    assert not any(os.path.lexists(lab.roots / (pi['serial'] + '.json')) for pi in pis[1:])
+
+    again = lab.pi_root(pis=pis)
+    assert not again.get('failed'), again
+    assert any(name in stale[0] for name in again['swept']), (again['swept'], stale)
+    assert lab.scratch_dirs() == [] and lab.mounted() == sorted(str(lab.roots / p['serial']) for p in pis)
+    for _attempt in range(50):  # the lazily unmounted scratch image lets go of its loop device once released
+        if len(loops_backed_by(lab.roots)) == len(pis):
+            break
+        time.sleep(0.1)
+    assert sorted(loop_files(lab.roots)) == sorted(str(lab.roots / (p['serial'] + '.img')) for p in pis)
+    removed = lab.pi_root(pis=[dict(pi, state='absent') for pi in pis])
+    assert not removed.get('failed') and lab.mounted() == [] and loops_backed_by(lab.roots) == []

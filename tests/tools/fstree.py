@@ -104,6 +104,25 @@ def loops_backed_by(path):
 
 
 @contextmanager
+def mounted_ro(image, point):
+    """An ext4 image file mounted read-only (no journal replay: nothing is written to it) at ``point``."""
+    point.mkdir(exist_ok=True)
+    subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,ro,noload,nosuid,nodev', str(image), str(point)], check=True)
+    try:
+        yield point
+    finally:
+        subprocess.run(['umount', str(point)], check=True)  # autoclear frees the loop device
+        point.rmdir()
+
+
+def release_mounts(top):
+    """Unmount everything mounted below ``top``, deepest first (what a test that failed midway left)."""
+    for point in sorted(mounts_below(top), key=len, reverse=True):
+        if point != os.path.realpath(top):
+            subprocess.run(['umount', '--lazy', point], check=False)
+
+
+@contextmanager
 def loop_fs(top, fstype, size='2G'):
     backing, mnt = top / ('%s.img' % fstype), top / ('%s-mnt' % fstype)
     mnt.mkdir()

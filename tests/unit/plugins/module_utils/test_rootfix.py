@@ -1,14 +1,16 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The NFS-root fixes as pure functions (tables), then planned and applied on a small tree."""
+"""The NFS-root fixes as pure functions (tables), then planned and applied through a Tree of a small root."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _rootfix as rf
+from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError, Tree
 
 PIOS_FSTAB = (
     '# a comment\n'
@@ -144,14 +146,20 @@ def make_root(top, nm=True, dhcpcd=True):
     return top
 
 
+def fixed(root, func, *args, **kwargs):
+    """``func(tree, ...)`` on a Tree of ``root``: how pi_root calls the planners and apply()."""
+    with Tree(str(root), 'the root of Pi x') as tree:
+        return func(tree, *args, **kwargs)
+
+
 def test_clone_changes_then_apply(tmp_path):
     root = make_root(tmp_path / 'root')
     machine_id = 'b' * 32 + '\n'
-    changes = rf.clone_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id)
+    changes = fixed(root, rf.clone_changes, 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id)
     assert rf.fixes_of(changes) == ['authorized_keys', 'firstboot_disabled', 'fstab', 'hostname', 'hosts',
                                     'machine_id', 'network', 'ssh_enabled', 'swap_disabled']
     assert (root / 'etc/hostname').read_text() == 'raspberrypi\n'  # planning writes nothing
-    rf.apply(str(root), changes)
+    fixed(root, rf.apply, changes)
 
     assert (root / 'etc/fstab').read_text() == PIOS_KEPT + BOOT + '\n'
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
@@ -170,33 +178,49 @@ def test_clone_changes_then_apply(tmp_path):
     keys = os.lstat(root / rf.AUTHORIZED_KEYS)
     assert (keys.st_mode & 0o7777, keys.st_uid, keys.st_gid) == (0o600, 0, 0)
     assert os.lstat(root / rf.SSH_DIR).st_mode & 0o7777 == 0o700
-    assert not [n for n in os.listdir(root / 'etc') if n.startswith('.pifleet-')]  # no temp files left
+    leftovers = [n for base, dirs, files in os.walk(root) for n in dirs + files if n.startswith('.pifleet-')]
+    assert leftovers == []  # no temp files left
 
     # Fixed once: the option-driven fixes have nothing left to do; only a new machine-id would differ.
-    assert rf.inplace_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n') == []
-    again = rf.clone_changes(str(root), 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id)
-    assert again == []
+    assert fixed(root, rf.inplace_changes, 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n') == []
+    assert fixed(root, rf.clone_changes, 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', machine_id) == []
 
 
 def test_without_network_stacks_no_network_fix(tmp_path):
     root = make_root(tmp_path / 'root', nm=False, dhcpcd=False)
-    changes = rf.clone_changes(str(root), 'kitchen', None, None, 'c' * 32 + '\n')
+    changes = fixed(root, rf.clone_changes, 'kitchen', None, None, 'c' * 32 + '\n')
     assert 'network' not in rf.fixes_of(changes) and 'authorized_keys' not in rf.fixes_of(changes)
-    rf.apply(str(root), changes)
+    fixed(root, rf.apply, changes)
     assert not (root / 'etc/NetworkManager').exists() and not (root / 'etc/dhcpcd.conf').exists()
     assert not (root / 'root/.ssh').exists()
 
 
 def test_inplace_changes_report_only_what_differs(tmp_path):
     root = make_root(tmp_path / 'root')
-    rf.apply(str(root), rf.inplace_changes(str(root), 'kitchen', None, None))
-    changes = rf.inplace_changes(str(root), 'garage', None, None)
+    fixed(root, rf.apply, fixed(root, rf.inplace_changes, 'kitchen', None, None))
+    changes = fixed(root, rf.inplace_changes, 'garage', None, None)
     assert [(c['path'], c['before'], c['after']) for c in changes] == [
         ('etc/hostname', 'kitchen\n', 'garage\n'),
         ('etc/hosts', '127.0.0.1\tlocalhost\n127.0.1.1\tkitchen\n', '127.0.0.1\tlocalhost\n127.0.1.1\tgarage\n')]
     os.chmod(root / 'etc/hostname', 0o640)
-    rf.apply(str(root), changes)
+    fixed(root, rf.apply, changes)
     assert (root / 'etc/hostname').stat().st_mode & 0o777 == 0o640  # the file's own mode is kept
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='owners need root')
+def test_authorized_keys_taken_over_by_the_pi_are_made_root_owned_again(tmp_path):
+    root = make_root(tmp_path / 'root')
+    keys = 'ssh-ed25519 AAA a@b\n'
+    fixed(root, rf.apply, fixed(root, rf.inplace_changes, 'kitchen', None, keys))
+    os.chown(root / rf.AUTHORIZED_KEYS, 1000, 1000)  # same content, another owner: still a change
+    os.chmod(root / rf.SSH_DIR, 0o755)
+    changes = fixed(root, rf.inplace_changes, 'kitchen', None, keys)
+    assert [(c['path'], c['kind']) for c in changes] == [(rf.SSH_DIR, 'dir'), (rf.AUTHORIZED_KEYS, 'file')]
+    fixed(root, rf.apply, changes)
+    st = os.lstat(root / rf.AUTHORIZED_KEYS)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o600)
+    assert os.lstat(root / rf.SSH_DIR).st_mode & 0o7777 == 0o700
+    assert fixed(root, rf.inplace_changes, 'kitchen', None, keys) == []
 
 
 def test_symlinked_file_is_replaced_not_followed(tmp_path):
@@ -205,18 +229,81 @@ def test_symlinked_file_is_replaced_not_followed(tmp_path):
     outside.write_text('bakery\n')
     os.unlink(root / 'etc/hostname')
     os.symlink(str(outside), root / 'etc/hostname')
-    changes = rf.inplace_changes(str(root), 'kitchen', None, None)
-    assert [c['before'] for c in changes if c['path'] == 'etc/hostname'] == [None]
-    rf.apply(str(root), changes)
+    changes = fixed(root, rf.inplace_changes, 'kitchen', None, None)
+    assert [c['before'] for c in changes if c['path'] == 'etc/hostname'] == [None]  # never read through
+    fixed(root, rf.apply, changes)
     assert outside.read_text() == 'bakery\n'
-    assert not os.path.islink(root / 'etc/hostname')
+    assert not os.path.islink(root / 'etc/hostname') and (root / 'etc/hostname').read_text() == 'kitchen\n'
 
 
-def test_parent_symlink_out_of_the_root_is_refused(tmp_path):
+def test_a_symlinked_ssh_dir_is_replaced_for_authorized_keys(tmp_path):
+    root = make_root(tmp_path / 'root')
+    outside = tmp_path / 'bakery-root-ssh'
+    outside.mkdir()
+    (outside / 'authorized_keys').write_text('the bakery admin key\n')
+    os.symlink(str(outside), root / rf.SSH_DIR)
+    changes = fixed(root, rf.inplace_changes, 'kitchen', None, 'ssh-ed25519 AAA a@b\n')
+    assert [(c['path'], c['kind'], c.get('before')) for c in changes if c['fix'] == 'authorized_keys'] == [
+        (rf.SSH_DIR, 'dir', None), (rf.AUTHORIZED_KEYS, 'file', None)]  # nothing read through the link
+    fixed(root, rf.apply, changes)
+    assert (outside / 'authorized_keys').read_text() == 'the bakery admin key\n'
+    assert not os.path.islink(root / rf.SSH_DIR)
+    assert (root / rf.AUTHORIZED_KEYS).read_text() == 'ssh-ed25519 AAA a@b\n'
+
+
+@pytest.mark.parametrize('parent', ['etc', 'etc/systemd', 'root'])
+def test_parent_symlink_out_of_the_root_is_refused(tmp_path, parent):
     root = make_root(tmp_path / 'root')
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
-    os.rename(root / 'etc', tmp_path / 'etc-moved')
-    os.symlink(str(elsewhere), root / 'etc')
-    with pytest.raises(rf.FixError, match='outside the root'):
-        rf.inplace_changes(str(root), 'kitchen', None, None)
+    os.rename(root / parent, tmp_path / 'moved')
+    os.symlink(str(elsewhere), root / parent)
+    with pytest.raises(ConfinedError, match='^%s in the root of Pi x is a symlink' % parent):
+        fixed(root, rf.clone_changes, 'kitchen', BOOT, 'ssh-ed25519 AAA a@b\n', 'c' * 32 + '\n')
+    assert os.listdir(elsewhere) == []
+
+
+def test_apply_refuses_a_parent_swapped_for_a_symlink_after_planning(tmp_path):
+    root = make_root(tmp_path / 'root')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    with Tree(str(root), 'the root of Pi x') as tree:
+        changes = rf.inplace_changes(tree, 'kitchen', BOOT, None)
+        os.rename(root / 'etc', tmp_path / 'etc-moved')  # the Pi, between our plan and our write
+        os.symlink(str(elsewhere), root / 'etc')
+        with pytest.raises(ConfinedError, match=r'^etc in the root of Pi x is a symlink'):
+            rf.apply(tree, changes)
+    assert os.listdir(elsewhere) == []
+
+
+def test_merged_usr_and_dbus_links_are_evidence_not_paths(tmp_path):
+    """A Debian root: lib -> usr/lib and var/lib/dbus/machine-id -> /etc/machine-id are left as they are."""
+    root = make_root(tmp_path / 'root')
+    os.makedirs(root / 'usr/lib/systemd/system')
+    os.rename(root / 'lib/systemd/system/ssh.service', root / 'usr/lib/systemd/system/ssh.service')
+    shutil.rmtree(root / 'lib')
+    os.symlink('usr/lib', root / 'lib')
+    os.unlink(root / 'var/lib/dbus/machine-id')
+    os.symlink('/etc/machine-id', root / 'var/lib/dbus/machine-id')
+    with Tree(str(root)) as tree:
+        assert rf.probe(tree, 'lib/systemd/system/ssh.service') is False  # behind a symlink: counts as absent
+        assert rf.probe(tree, 'usr/lib/systemd/system/ssh.service') is True
+        changes = rf.clone_changes(tree, 'kitchen', None, None, 'd' * 32 + '\n')
+        rf.apply(tree, changes)
+    assert {c['path'] for c in changes if c['fix'] == 'machine_id'} == {rf.MACHINE_ID}
+    assert os.readlink(root / 'var/lib/dbus/machine-id') == '/etc/machine-id'
+    assert os.readlink(root / rf.WANTS / 'ssh.service') == '/usr/lib/systemd/system/ssh.service'
+
+
+def test_boot_mountpoint_and_seed_files(tmp_path):
+    root = make_root(tmp_path / 'root')
+    with Tree(str(root)) as tree:
+        assert rf.boot_mountpoint(tree) == '/boot/firmware'
+        seed = {'boot/firmware/user-data': '#cloud-config\n', 'var/lib/cloud/seed/nocloud/meta-data': 'id: x\n'}
+        changes = rf.clone_changes(tree, 'kitchen', None, None, 'e' * 32 + '\n', seed=seed)
+        rf.apply(tree, [c for c in changes if c['fix'] == 'cloud_init'])
+    assert (root / 'boot/firmware/user-data').read_text() == '#cloud-config\n'
+    assert (root / 'var/lib/cloud/seed/nocloud/meta-data').stat().st_mode & 0o777 == 0o600
+    shutil.rmtree(root / 'boot/firmware')
+    with Tree(str(root)) as tree:
+        assert rf.boot_mountpoint(tree) == '/boot'

@@ -12,7 +12,6 @@ import json
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import STORE_FORMAT
 from ansible_collections.pifleet.netboot.plugins.modules import bakeform
 
 
@@ -25,17 +24,17 @@ def store(tmp_path):
     dest.mkdir(parents=True)
     manifest = {
         'name': 'golden', 'source': str(src), 'sha256': hashlib.sha256(b'image-one').hexdigest(),
-        'source_stat': bakeform.source_stat(str(src)), 'models': ['4'], 'format': STORE_FORMAT,
+        'source_stat': bakeform.source_stat(str(src)), 'models': ['4'], 'format': 2,
     }
     (dest / 'manifest.json').write_text(json.dumps(manifest))
     (dest / 'boot').mkdir()
-    (dest / 'root.img').write_bytes(b'')
-    (dest / 'boot.img').write_bytes(b'')
+    (dest / 'root.img').write_bytes(b'golden root file system')
+    (dest / 'boot.img').write_bytes(b'boot file system')
     return tmp_path
 
 
 def args(store, **extra):
-    return dict({'name': 'golden', 'store': str(store / 'store'), 'lock_file': str(store / 'lock')}, **extra)
+    return dict({'name': 'golden', 'store': str(store / 'store'), 'lock_file': str(store / 'pifleet.lock')}, **extra)
 
 
 INVALID = [
@@ -122,20 +121,24 @@ def test_non_root_is_told_to_become(run_module, store, monkeypatch):
     assert result.failed and 'add become: true' in result.result['msg']
 
 
-@pytest.mark.parametrize('damage', ['root.img', 'format'])
-def test_incomplete_or_old_bakeform_is_rebuilt_without_force(run_module, store, damage):
-    # A manifest without root.img, or of the store format before per-Pi file systems: the same source means
-    # rebuild, not refuse.
+@pytest.mark.parametrize('broken', ['root.img', 'boot.img', 'boot', 'format'])
+def test_incomplete_or_older_bakeform_is_rebuilt_without_force(run_module, store, broken):
+    # A manifest without root.img, boot.img or boot/, or of store format 1 (a root directory): the same
+    # source means rebuild, not refuse.
     dest = store / 'store/golden'
-    if damage == 'root.img':
-        (dest / 'root.img').unlink()
-    else:
+    if broken == 'format':
         manifest = json.loads((dest / 'manifest.json').read_text())
-        (dest / 'manifest.json').write_text(json.dumps(dict(manifest, format=None)))
+        (dest / 'manifest.json').write_text(json.dumps(dict(manifest, format=1)))
+        (dest / 'root').mkdir()
+    elif broken == 'boot':
+        (dest / 'boot').rmdir()
+    else:
+        (dest / broken).unlink()
     result = run_module(bakeform.main, args(store, src=str(store / 'src.img')), check_mode=True, diff=True)
     assert not result.failed and result.result['changed'] is True
     assert result.result['diff']['before']['sha256'] == result.result['diff']['after']['sha256']
-    assert any('is incomplete or of an older store format' in w for w in result.result['warnings'])
+    assert any('is incomplete or of an older store format: rebuilding it from the same source' in w
+               for w in result.result['warnings'])
 
 
 def test_a_failed_ingest_reports_no_change(run_module, store):

@@ -1,43 +1,90 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_root's main(): arguments, duplicates, check mode and a plain-copy lifecycle on a store made by hand.
+"""pi_root's main(): arguments and per-Pi failures, then a real lifecycle on a bakeform made by hand.
 
-Clones on real XFS, ext4 and btrfs file systems are in tests/integration/test_pi_root.py.
+The bakeform here is a format-2 store entry built with mke2fs -d (no bakeform run). Everything that
+mounts (check mode looks at the golden image, every clone is loop-mounted) needs root and loop
+devices and is skipped without them. Clones on real XFS, ext4 and btrfs file systems, reflinks and
+kills are in tests/integration/test_pi_root.py.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
+import subprocess
 
 import pytest
-from ansible.module_utils.common.warnings import get_warning_messages
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock, unit_name
 from ansible_collections.pifleet.netboot.plugins.modules import pi_root
 
 SHA = 'c' * 64
 FSTAB = 'proc /proc proc defaults 0 0\nPARTUUID=5a1e0c3d-01 /boot/firmware vfat defaults 0 2\n' \
         'PARTUUID=5a1e0c3d-02 / ext4 defaults,noatime 0 1\n'
+GOLDEN = {'etc/fstab': FSTAB, 'etc/hostname': 'raspberrypi\n', 'etc/hosts': '127.0.1.1\traspberrypi\n',
+          'etc/machine-id': 'a' * 32 + '\n', 'home/pi/.profile': 'x\n',
+          'etc/ssh/ssh_host_ed25519_key': 'golden private\n', 'etc/ssh/ssh_host_ed25519_key.pub': 'golden public\n'}
+CAN_MOUNT = os.geteuid() == 0 and os.path.exists('/dev/loop-control') and bool(shutil.which('ssh-keygen'))
+needs_mounts = pytest.mark.skipif(not CAN_MOUNT, reason='needs root, loop devices and ssh-keygen')
+
+
+def mke2fs(image, tree, size='32M', *options):
+    subprocess.run(['mke2fs', '-q', '-F', '-t', 'ext4', '-O', 'metadata_csum_seed', *options, '-d', str(tree),
+                    str(image), size], check=True, capture_output=True)
+
+
+def make_bakeform(store, name, files=None, sha=SHA):
+    """A format-2 bakeform: root.img and boot.img (ext4 made from small trees), boot/ and the manifest."""
+    dest, src = store / name, store.parent / ('src-' + name)
+    for rel, text in (files or GOLDEN).items():
+        (src / 'root' / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / 'root' / rel).write_text(text)
+    (src / 'root/boot/firmware').mkdir(parents=True, exist_ok=True)
+    (src / 'boot').mkdir(parents=True, exist_ok=True)
+    (src / 'boot/config.txt').write_text('arm_64bit=1\n')
+    dest.mkdir(parents=True)
+    shutil.copytree(src / 'boot', dest / 'boot')
+    mke2fs(dest / 'root.img', src / 'root')
+    mke2fs(dest / 'boot.img', src / 'boot', '8M')
+    write_manifest(dest, sha)
+    return dest
+
+
+def write_manifest(dest, sha, store_format=2):
+    (dest / 'manifest.json').write_text(json.dumps({'name': dest.name, 'format': store_format, 'sha256': sha}))
+
+
+def mounts_below(path):
+    with open('/proc/self/mountinfo', encoding='utf-8') as info:
+        return [line.split()[4] for line in info if line.split()[4].startswith(str(path) + '/')]
+
+
+def loops_below(path):
+    out = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'BACK-FILE'], capture_output=True,
+                         text=True, check=False).stdout
+    return [line.strip() for line in out.splitlines() if line.strip().startswith(str(path) + '/')]
 
 
 @pytest.fixture
 def lab(tmp_path):
-    """A store holding bakeform 'bw' (a small golden root made by hand) and an empty roots dir path."""
-    golden = tmp_path / 'store' / 'bw' / 'root'
-    for rel, text in (('etc/fstab', FSTAB), ('etc/hostname', 'raspberrypi\n'),
-                      ('etc/hosts', '127.0.1.1\traspberrypi\n'), ('etc/machine-id', 'a' * 32 + '\n'),
-                      ('home/pi/.profile', 'x\n')):
-        (golden / rel).parent.mkdir(parents=True, exist_ok=True)
-        (golden / rel).write_text(text)
-    (golden / 'boot/firmware').mkdir(parents=True)
-    (tmp_path / 'store/bw/boot').mkdir()
-    (tmp_path / 'store/bw/manifest.json').write_text(json.dumps({'name': 'bw', 'sha256': SHA}))
-    return tmp_path
+    """A store holding bakeform 'bw'; roots, units and the lock live beside it. No mount outlives a test."""
+    (tmp_path / 'store').mkdir()
+    make_bakeform(tmp_path / 'store', 'bw')
+    yield tmp_path
+    left = mounts_below(tmp_path)
+    for point in sorted(left, key=len, reverse=True):
+        subprocess.run(['umount', '--lazy', point], check=False)
+    assert left == [], 'a test left mounts behind'
+    assert loops_below(tmp_path) == [], 'a test left loop devices behind'
 
 
 def args(lab, **extra):
-    return dict({'bakeform': 'bw', 'store': str(lab / 'store'), 'roots_dir': str(lab / 'roots')}, **extra)
+    return dict({'bakeform': 'bw', 'store': str(lab / 'store'), 'roots_dir': str(lab / 'roots'),
+                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock')}, **extra)
 
 
 INVALID = [
@@ -51,84 +98,221 @@ INVALID = [
     ({'pis': [{'serial': '3a4b5c6d', 'hostname': 'pi'}, {'serial': '01020304', 'hostname': 'pi'}]},
      'duplicate hostnames in pis: pi'),
     ({'serial': '3a4b5c6d', 'bakeform': None}, 'no bakeform for Pi 3a4b5c6d'),
-    ({'serial': '3a4b5c6d', 'bakeform': '../etc'}, "bakeform name '../etc' is not valid"),
-    ({'serial': '3a4b5c6d', 'bakeform': 'missing'}, 'bakeform missing not found for Pi 3a4b5c6d'),
     ({'serial': '3a4b5c6d', 'clone_method': 'zfs'}, 'value of clone_method must be one of'),
 ]
 
 
 @pytest.mark.parametrize(('extra', 'message'), INVALID)
-def test_invalid_arguments_fail_clearly(run_module, lab, extra, message):
+def test_invalid_arguments_fail_clearly_before_touching_anything(run_module, lab, extra, message):
     result = run_module(pi_root.main, args(lab, **extra))
     assert result.failed, result.result
-    assert message in result.result['msg']
-    assert not (lab / 'roots').exists()
+    assert message in result.result['msg'] and not result.result.get('changed')
+    assert sorted(os.listdir(lab)) == ['src-bw', 'store']  # no roots dir, units or lock file
 
 
-def test_missing_bakeform_tells_how_to_fix(run_module, lab):
-    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', bakeform='trixie'))
+PER_PI = [
+    ({'bakeform': '../etc'}, "bakeform name '../etc' is not valid: use lower-case"),
+    ({'bakeform': 'missing'}, 'bakeform missing not found for Pi 3a4b5c6d'),
+    ({'clone_method': 'snapshot'}, 'clone_method snapshot is no longer offered'),
+]
+
+
+@pytest.mark.parametrize(('extra', 'message'), PER_PI)
+def test_a_pi_that_cannot_be_planned_fails_with_its_serial(run_module, lab, extra, message):
+    for check_mode in (True, False):
+        result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', **extra), check_mode=check_mode)
+        assert result.failed and message in result.result['msg'], result.result
+        assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 3a4b5c6d: ')
+        assert result.result['pis'] == [{'serial': '3a4b5c6d', 'hostname': 'pi-3a4b5c6d', 'changed': False,
+                                         'action': 'failed', 'msg': result.result['pis'][0]['msg']}]
+        assert result.result['changed'] is False
+    assert os.listdir(lab / 'roots') == []  # made (0700) by the real run, with nothing in it
+
+
+def test_missing_or_older_bakeform_tells_how_to_fix(run_module, lab):
+    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', bakeform='trixie'), check_mode=True)
     assert result.failed
     assert str(lab / 'store' / 'trixie') in result.result['msg']
-    assert 'pifleet.netboot.bakeform' in result.result['msg']
+    assert 'pifleet.netboot.bakeform (name: trixie' in result.result['msg']
+    write_manifest(lab / 'store/bw', SHA, store_format=1)  # a golden root directory, before 0.3.0
+    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d'), check_mode=True)
+    assert result.failed and 'of this version; register the image (again)' in result.result['msg']
 
 
+@needs_mounts
 def test_check_mode_reports_and_writes_nothing(run_module, lab):
     result = run_module(pi_root.main, args(lab, pis=[{'serial': '3a4b5c6d', 'hostname': 'kitchen'},
                                                      {'serial': '100000000badcafe'}]), check_mode=True, diff=True)
     assert not result.failed, result.result
     assert result.result['changed'] is True
     pis = result.result['pis']
-    assert [(p['serial'], p['hostname'], p['action'], p['changed']) for p in pis] == [
-        ('3a4b5c6d', 'kitchen', 'cloned', True), ('0badcafe', 'pi-0badcafe', 'cloned', True)]
-    assert pis[0]['path'] == str(lab / 'roots' / '3a4b5c6d')
-    diffs = {d['after_header']: d for d in result.result['diff']}
+    assert [(p['serial'], p['hostname'], p['action'], p['changed'], p['clone_method']) for p in pis] == [
+        ('3a4b5c6d', 'kitchen', 'cloned', True, 'copy'), ('0badcafe', 'pi-0badcafe', 'cloned', True, 'copy')]
     root = str(lab / 'roots' / '3a4b5c6d')
-    assert diffs[root + '/etc/fstab']['before'] == FSTAB
-    assert diffs[root + '/etc/fstab']['after'] == 'proc /proc proc defaults 0 0\n'
+    assert (pis[0]['path'], pis[0]['image']) == (root, root + '.img')
+    diffs = {d['after_header']: d for d in result.result['diff']}
+    assert diffs[root + '/etc/fstab']['before'] == ''  # no root yet
+    assert diffs[root + '/etc/fstab']['after'] == 'proc /proc proc defaults 0 0\n'  # read from the golden image
     assert diffs[root + '/etc/hostname']['after'] == 'kitchen\n'
-    marker = json.loads(diffs[root + '/.pifleet.json']['after'])
-    assert marker['bakeform_sha256'] == SHA and marker['hostname'] == 'kitchen'
-    assert not (lab / 'roots').exists()
+    marker = json.loads(diffs[root + '.json']['after'])
+    assert marker['bakeform_sha256'] == SHA and marker['hostname'] == 'kitchen' and marker['clone_method'] == 'copy'
+    assert sorted(os.listdir(lab)) == ['src-bw', 'store']  # nothing made, no lock taken
+    with open('/proc/self/mountinfo', encoding='utf-8') as info:  # the read-only look at the golden image is gone
+        assert [line for line in info if '/golden-bw ' in line] == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ssh-keygen'), reason='needs root and ssh-keygen')
+@needs_mounts
 def test_copy_lifecycle(run_module, lab):
     base = args(lab, serial='3a4b5c6d', hostname='kitchen', clone_method='copy')
+    roots, root = lab / 'roots', lab / 'roots' / '3a4b5c6d'
     first = run_module(pi_root.main, base).result
     assert first['changed'] and first['pis'][0]['action'] == 'cloned' and first['pis'][0]['clone_method'] == 'copy'
-    root = lab / 'roots' / '3a4b5c6d'
+    assert sorted(os.listdir(roots)) == ['3a4b5c6d', '3a4b5c6d.img', '3a4b5c6d.json']  # no scratch left
+    assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(str(root) + '.img').st_mode) == 0o600
+    assert mounts_below(roots) == [str(root)]
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     assert (root / 'home/pi/.profile').read_text() == 'x\n'
-    assert os.listdir(lab / 'roots') == ['3a4b5c6d']  # no scratch directory left
+    assert (root / 'etc/ssh/ssh_host_ed25519_key').read_bytes() != b'golden private\n'
+    assert (root / 'etc/ssh/ssh_host_ecdsa_key.pub').read_text().strip().endswith('root@kitchen')
+    marker = json.loads((roots / '3a4b5c6d.json').read_text())
+    assert marker['fs_uuid'] == read_superblock(str(root) + '.img')['uuid']
+    assert marker['fs_uuid'] != read_superblock(str(lab / 'store/bw/root.img'))['uuid']
+    unit = (lab / 'units' / unit_name(str(root))).read_text()
+    assert 'What=%s.img' % root in unit and 'Where=%s' % root in unit
+    assert os.path.islink(lab / 'units/local-fs.target.wants' / unit_name(str(root)))
 
     assert run_module(pi_root.main, base).result['changed'] is False
-    renamed = run_module(pi_root.main, dict(base, hostname='garage'), check_mode=True).result
-    assert renamed['changed'] and (root / 'etc/hostname').read_text() == 'kitchen\n'
+    renamed = run_module(pi_root.main, dict(base, hostname='garage'), check_mode=True, diff=True).result
+    assert renamed['changed'] and renamed['pis'][0]['action'] == 'fixed'
+    assert (root / 'etc/hostname').read_text() == 'kitchen\n'
+    shown = {d['after_header'] for d in renamed['diff']}
+    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(root) + '.json'}
     renamed = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert renamed['pis'][0]['action'] == 'fixed' and (root / 'etc/hostname').read_text() == 'garage\n'
 
-    manifest = lab / 'store/bw/manifest.json'
-    manifest.write_text(json.dumps({'name': 'bw', 'sha256': 'd' * 64}))
-    drift = run_module(pi_root.main, dict(base, hostname='garage')).result
-    assert drift['changed'] is False and drift['pis'][0]['drift'] is True
-    assert any('use state: rebuilt' in w for w in get_warning_messages())
+    # Unmounted behind its back (a reboot without the unit): mounted again, nothing else to do.
+    subprocess.run(['umount', str(root)], check=True)
+    remounted = run_module(pi_root.main, dict(base, hostname='garage')).result
+    assert remounted['changed'] and remounted['pis'][0]['action'] == 'mounted'
+    assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(root)]
 
-    (root / 'etc/hostname').unlink()
-    os.unlink(root / '.pifleet.json')
+    write_manifest(lab / 'store/bw', 'd' * 64)
+    drift = run_module(pi_root.main, dict(base, hostname='garage'))
+    assert drift.result['changed'] is False and drift.result['pis'][0]['drift'] is True
+    assert any('use state: rebuilt' in w for w in drift.result['warnings'])
+
+    os.unlink(roots / '3a4b5c6d.json')
     foreign = run_module(pi_root.main, base)
-    assert foreign.failed and 'has no .pifleet.json' in foreign.result['msg']
+    assert foreign.failed and '3a4b5c6d.json does not' in foreign.result['msg']
 
+    gone = run_module(pi_root.main, dict(base, state='absent'), check_mode=True).result
+    assert gone['changed'] and (roots / '3a4b5c6d.img').exists()
     gone = run_module(pi_root.main, dict(base, state='absent')).result
     assert gone['changed'] and gone['pis'][0]['action'] == 'removed'
-    assert os.listdir(lab / 'roots') == []
+    assert os.listdir(roots) == [] and mounts_below(roots) == []
+    assert sorted(os.listdir(lab / 'units')) == ['local-fs.target.wants']
+    assert os.listdir(lab / 'units/local-fs.target.wants') == []
     assert run_module(pi_root.main, dict(base, state='absent')).result['changed'] is False
 
 
-def test_absent_refuses_a_link_leading_out(run_module, lab):
-    (lab / 'roots').mkdir()
+@needs_mounts
+def test_one_failing_pi_does_not_stop_the_others(run_module, lab):
+    pis = [{'serial': '0000000a', 'bakeform': 'missing'}, {'serial': '0000000b'},
+           {'serial': '0000000c', 'hostname': 'Bad'}]
+    bad_name = run_module(pi_root.main, args(lab, pis=pis))
+    assert bad_name.failed and "hostname 'Bad' is not valid" in bad_name.result['msg']  # validated up front
+    pis[2]['hostname'] = 'good'
+    result = run_module(pi_root.main, args(lab, pis=pis))
+    assert result.failed and result.result['msg'].startswith('pi_root failed for 1 Pi(s): 0000000a: bakeform missing')
+    assert result.result['changed'] is True
+    assert [(p['serial'], p['action']) for p in result.result['pis']] == [
+        ('0000000b', 'cloned'), ('0000000c', 'cloned'), ('0000000a', 'failed')]
+    assert (lab / 'roots/0000000c/etc/hostname').read_text() == 'good\n'
+    run_module(pi_root.main, args(lab, pis=[{'serial': s, 'state': 'absent'} for s in ('0000000b', '0000000c')]))
+
+
+@needs_mounts
+def test_absent_never_touches_what_a_symlink_in_roots_dir_points_to(run_module, lab):
+    (lab / 'roots').mkdir(mode=0o700)
     victim = lab / 'victim'
-    victim.mkdir()
+    (victim / 'etc').mkdir(parents=True)
+    (victim / 'etc/hostname').write_text('precious\n')
+    empty = lab / 'empty-victim'
+    empty.mkdir()
     os.symlink(str(victim), lab / 'roots' / '3a4b5c6d')
-    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', state='absent'))
-    assert result.failed and 'outside' in result.result['msg']
-    assert victim.is_dir() and os.path.islink(lab / 'roots' / '3a4b5c6d')
+    os.symlink(str(empty), lab / 'roots' / '0badcafe')
+    pis = [{'serial': '3a4b5c6d', 'state': 'absent'}, {'serial': '0badcafe', 'state': 'absent'}]
+    result = run_module(pi_root.main, args(lab, pis=pis))
+    assert not result.failed, result.result
+    assert (victim / 'etc/hostname').read_text() == 'precious\n' and empty.is_dir()
+    again = run_module(pi_root.main, args(lab, pis=pis))
+    assert again.result['changed'] is False, again.result  # the links are gone: nothing left to remove
+    assert os.listdir(lab / 'roots') == []
+
+
+@needs_mounts
+def test_a_device_node_planted_by_one_pi_fails_or_fixes_that_pi_only(run_module, lab):
+    pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
+    assert not run_module(pi_root.main, args(lab, pis=pis)).failed
+    hostname = lab / 'roots/0000000a/etc/hostname'
+    os.unlink(hostname)
+    os.mknod(hostname, stat.S_IFCHR | 0o644, os.makedev(1, 3))  # the Pi is root on its own root file system
+    renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
+    result = run_module(pi_root.main, args(lab, pis=renamed))
+    by_serial = {p['serial']: p for p in result.result['pis']}
+    assert by_serial['0000000b']['action'] == 'fixed', result.result
+    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert by_serial['0000000a']['action'] in ('fixed', 'failed'), result.result
+    if by_serial['0000000a']['action'] == 'fixed':
+        assert hostname.read_text() == 'renamed-a\n'
+    run_module(pi_root.main, args(lab, pis=[dict(pi, state='absent') for pi in pis]))
+
+
+def fill(path):
+    """Write to ``path`` until its file system has not one block left (what a Pi can do to its own root)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b'\xff' * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@needs_mounts
+def test_a_pi_that_filled_its_root_fails_alone(run_module, lab):
+    pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
+    assert not run_module(pi_root.main, args(lab, pis=pis)).failed
+    filler = lab / 'roots/0000000a/home/pi/filler'
+    fill(filler)
+    renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
+    result = run_module(pi_root.main, args(lab, pis=renamed))
+    assert result.failed, result.result
+    by_serial = {p['serial']: p for p in result.result['pis']}
+    assert by_serial['0000000b']['action'] == 'fixed', result.result
+    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert by_serial['0000000a']['action'] == 'failed' and 'No space left' in by_serial['0000000a']['msg']
+    assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 0000000a: ')
+    os.unlink(filler)
+    assert run_module(pi_root.main, args(lab, pis=renamed)).result['pis'][0]['action'] == 'fixed'
+    run_module(pi_root.main, args(lab, pis=[dict(pi, state='absent') for pi in pis]))
+
+
+@needs_mounts
+def test_roots_dir_behind_a_symlink_converges(run_module, lab):
+    (lab / 'real').mkdir()
+    os.symlink(str(lab / 'real'), lab / 'linked')  # /srv -> /data/srv and the like
+    for roots_dir in (str(lab / 'linked' / 'roots'), str(lab / 'real') + '//roots/.'):
+        base = args(lab, serial='3a4b5c6d', roots_dir=roots_dir)
+        assert run_module(pi_root.main, base).result['pis'][0]['action'] == 'cloned'
+        again = run_module(pi_root.main, base).result
+        assert again['changed'] is False and again['pis'][0]['action'] == 'unchanged', again
+        assert mounts_below(lab / 'real') == [str(lab / 'real/roots/3a4b5c6d')]  # mounted once, not stacked
+        units = sorted(os.listdir(lab / 'units'))
+        assert units == ['local-fs.target.wants', unit_name(str(lab / 'real/roots/3a4b5c6d'))], units
+        assert run_module(pi_root.main, dict(base, state='absent')).result['changed'] is True
+        assert mounts_below(lab / 'real') == []
