@@ -163,7 +163,7 @@ def mount3(host, path):
 
 
 def _fattr3(u):
-    ftype, mode, _nlink, uid, gid = (u.uint() for _ in range(5))
+    ftype, mode, _nlink, uid, gid = (u.uint() for _index in range(5))
     size, _used = u.hyper(), u.hyper()
     u.skip(8)  # rdev
     fsid, fileid = u.hyper(), u.hyper()
@@ -235,7 +235,7 @@ class Nfs4:
         status = u.uint()
         u.opaque()  # tag
         results = []
-        for _ in range(u.uint()):
+        for _index in range(u.uint()):
             op, op_status = u.uint(), u.uint()
             results.append((op, op_status, u))
             if op_status != NFS4_OK:
@@ -251,13 +251,13 @@ class Nfs4:
             u.eof = u.uint()
             u.data = u.opaque()
         elif op == OP_GETATTR:
-            u.bitmap = [u.uint() for _ in range(u.uint())]
+            u.bitmap = [u.uint() for _index in range(u.uint())]
             u.attrs = u.opaque()
         elif op == OP_CREATE:
             u.uint()
             u.hyper()
             u.hyper()  # change_info4
-            [u.uint() for _ in range(u.uint())]  # attrset bitmap
+            [u.uint() for _index in range(u.uint())]  # attrset bitmap
 
     @staticmethod
     def putfh(fh):
@@ -370,8 +370,8 @@ def forge_v3(spec):
     status, fh = nfs.walk(root, known)
     ino = _attr(nfs, fh)['fileid']
     offsets = find_le32(fh, ino)
-    forged = [('ino %d gen %d' % (ino_, gen), forged_fh) for ino_, gen in _targets(spec)
-              for forged_fh in _forge(fh, offsets, ino_, gen)]
+    forged = [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
+              for forged_fh in _forge(fh, offsets, inode, gen)]
     for text in spec.get('foreign', ()):
         other = bytes.fromhex(text)
         forged.append(('foreign handle', other))
@@ -412,8 +412,8 @@ def forge_v4(spec):
     status, fh = nfs.lookup_path(root, known)
     ino = nfs.getattr(fh)[1]
     offsets = find_le32(fh, ino)
-    forged = [('ino %d gen %d' % (ino_, gen), forged_fh) for ino_, gen in _targets(spec)
-              for forged_fh in _forge(fh, offsets, ino_, gen)]
+    forged = [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
+              for forged_fh in _forge(fh, offsets, inode, gen)]
     for text in spec.get('foreign', ()):
         forged.append(('foreign handle', bytes.fromhex(text)))
     for label, handle in forged:

@@ -209,9 +209,9 @@ def test_splitter_stops_at_max_size_and_checks_space_first(tmp_path):
     def no_space(count):
         asked.append(count)
         raise IngestError('no room for %d' % count)
+    splitter = _bakeform.ImageSplitter(str(tmp_path / 'b2'), str(tmp_path / 'r2'), 'demo', free_space=no_space)
     with pytest.raises(IngestError, match='no room'):
-        stream_image(io.BytesIO(raw), _bakeform.ImageSplitter(str(tmp_path / 'b2'), str(tmp_path / 'r2'), 'demo',
-                                                               free_space=no_space), 'demo')
+        stream_image(io.BytesIO(raw), splitter, 'demo')
     assert asked == [3 * mib]  # asked before a byte of a partition was written
     assert not (tmp_path / 'r2').exists()
 

@@ -95,7 +95,48 @@ GOOD_OPTIONS = [
 
 @pytest.mark.parametrize(('options', 'backend', 'normal'), GOOD_OPTIONS)
 def test_valid_options(options, backend, normal):
-    assert ex.normalise_options(options, '/srv/r', backend) == normal
+    spans = any(option in ex.SPANNING for option in options)
+    assert ex.normalise_options(options, '/srv/r', backend, allow_shared=spans) == normal
+    if spans:  # an export reaching into other file systems only when that risk is accepted
+        with pytest.raises(ex.ExportsError, match='extends the export into the file systems mounted below it'):
+            ex.normalise_options(options, '/srv/r', backend)
+
+
+@pytest.mark.parametrize(('roots', 'path', 'message'), [
+    ({'/': '/', '/srv/roots/a': '/'}, '/srv/roots/a', None),
+    ({'/': '/', '/srv': '/'}, '/srv/roots/a', 'a directory inside the file system of /srv'),
+    ({'/': '/'}, '/srv/roots/a', 'a directory inside the file system of /:'),
+    ({'/': '/', '/srv/roots/a': '/data/a'}, '/srv/roots/a', 'a bind mount of /data/a of another file system'),
+])
+def test_an_export_must_be_the_top_of_a_file_system(roots, path, message):
+    if message is None:
+        ex.check_own_filesystem(path, roots)
+    else:
+        with pytest.raises(ex.ExportsError, match=message):
+            ex.check_own_filesystem(path, roots)
+
+
+@pytest.mark.parametrize(('current', 'wanted', 'bounced'), [
+    ({'/a': {'fs': '1:2'}}, {'/a': {'fs': '1:2'}}, []),
+    ({'/a': {'fs': '1:2'}}, {'/a': {'fs': '9:2'}}, ['/a']),
+    ({'/a': {}}, {'/a': {'fs': '9:2'}}, []),  # a file written before file systems were recorded
+    ({}, {'/a': {'fs': '9:2'}}, []),
+    ({'/a': {'fs': '1:2'}, '/b': {'fs': '3:2'}}, {'/a': {'fs': '1:2'}, '/b': {'fs': '4:2'}}, ['/b']),
+])
+def test_bounced_are_the_exports_whose_file_system_changed(current, wanted, bounced):
+    assert ex.bounced(current, wanted) == bounced
+
+
+@pytest.mark.parametrize('render, parse', [(ex.render_kernel, ex.parse_kernel), (ex.render_ganesha, None)])
+def test_the_file_system_note_round_trips(render, parse):
+    entries = {'/srv/r/a': {'path': '/srv/r/a', 'clients': ['10.0.0.5'], 'options': ['rw'], 'fs': 'beef:2'},
+               '/srv/r/b': {'path': '/srv/r/b', 'clients': ['10.0.0.6'], 'options': ['ro']}}
+    if parse is None:
+        text = render(entries, {'/srv/r/a': 100, '/srv/r/b': 101})
+        parsed, _ids = ex.parse_ganesha(text)
+    else:
+        parsed, _strange = parse(render(entries))
+    assert parsed == entries
 
 
 BAD_OPTIONS = [
