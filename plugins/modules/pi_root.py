@@ -14,7 +14,7 @@ description:
     of a bakeform (see M(pifleet.netboot.bakeform)) and loop-mounted C(nosuid,nodev) at C(<roots_dir>/<serial>),
     the directory the Pi mounts over NFS. A file system per Pi means that no NFS file handle a Pi forges can
     name another Pi's files or the bakery's (see the collection's C(SECURITY.md)).
-  - Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs:
+  - Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs; in
     constant time and almost no space per Pi), else full sparse copies. Each clone gets a fresh file system UUID.
   - The clone is built and fixed in a locked scratch directory beside its target and renamed into place, so a
     Pi never sees a half-made root; leftovers of a killed run are removed by the next run.
