@@ -104,14 +104,15 @@ molecule: setup
 	  scenario=$${scenario#molecule/}; $(VENV)/bin/molecule test -s $${scenario%/molecule.yml} || exit 1; \
 	done
 
-# The AWX execution environment's build context (ansible-builder create; `build` needs a container engine).
+# The AWX execution environment's build context (ansible-builder create; `build` needs a container engine): the
+# same two commands a user runs, no renaming in between.
 ee: setup
 	@rm -rf $(BUILD)/ee; mkdir -p $(BUILD)/ee
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/ee . >/dev/null
-	mv $(BUILD)/ee/pifleet-netboot-*.tar.gz $(BUILD)/ee/pifleet-netboot.tar.gz
 	$(VENV)/bin/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context --output-filename Containerfile
-	@grep -q 'pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
-	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot.tar.gz
+	@grep -q 'ln -s /build/collection/pifleet-netboot-\*.tar.gz /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
+	@grep -q 'introspect.py introspect' $(BUILD)/ee/context/Containerfile
+	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot-$$(sed -n 's/^version: *//p' galaxy.yml).tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
 
 test: setup ruff lint sanity unit integration cores molecule ee
