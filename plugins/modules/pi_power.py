@@ -379,8 +379,9 @@ class PiPowerModule:
                 except ValueError as exc:
                     item['error'] = str(exc)
             item['device'] = settings
-            item['runner'] = None if item.get('error') else DRIVERS[kind](settings, item['timeout'], item['retries'],
-                                                                           self.run_program)
+            item['runner'] = None
+            if not item.get('error'):
+                item['runner'] = DRIVERS[kind](settings, item['timeout'], item['retries'], self.run_program)
             items.append(item)
         dupes = _batch.find_duplicates(items, 'name')
         if dupes:
