@@ -34,13 +34,13 @@ OLD_CORES := 2.17 2.18
 CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/test_events.py \
 	tests/integration/test_discover_playbook.py tests/integration/test_playbooks.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test unit integration cores molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
+.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests (also on"
 	@echo "              ansible-core 2.17 and 2.18: make cores), molecule"
-	@echo "make unit | integration | cores | molecule | ee | sanity | lint | ruff | bench | clean"
+	@echo "make unit | integration | cores | tarball | molecule | ee | sanity | lint | ruff | bench | clean"
 
 setup: apt venv collection
 
@@ -68,6 +68,7 @@ ruff: setup
 
 lint: setup
 	$(VENV)/bin/ansible-lint --profile production --offline
+	$(VENV)/bin/antsibull-changelog lint
 
 # ansible-test bootstraps pip in its venvs from a download we cannot reach: give it a local stand-in.
 sanity: setup
@@ -98,23 +99,30 @@ cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 	    || exit 1; \
 	done
 
+# The user's path: the collection tarball built, installed into a temp collections dir and used with no checkout on
+# any path (ansible-doc of every plugin and role, ansible-builder introspect, site --check --diff with the example
+# inventory and its vault example on a fresh bakery container).
+tarball: setup
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/tarball
+
 # Molecule scenarios converge the roles on real systemd-nspawn test hosts (tests/tools/nspawnlab.py).
 molecule: setup
 	@for scenario in molecule/*/molecule.yml; do \
 	  scenario=$${scenario#molecule/}; $(VENV)/bin/molecule test -s $${scenario%/molecule.yml} || exit 1; \
 	done
 
-# The AWX execution environment's build context (ansible-builder create; `build` needs a container engine).
+# The AWX execution environment's build context (ansible-builder create; `build` needs a container engine): the
+# same two commands a user runs, no renaming in between.
 ee: setup
 	@rm -rf $(BUILD)/ee; mkdir -p $(BUILD)/ee
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/ee . >/dev/null
-	mv $(BUILD)/ee/pifleet-netboot-*.tar.gz $(BUILD)/ee/pifleet-netboot.tar.gz
 	$(VENV)/bin/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context --output-filename Containerfile
-	@grep -q 'pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
-	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot.tar.gz
+	@grep -q 'ln -s /build/collection/pifleet-netboot-\*.tar.gz /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
+	@grep -q 'introspect.py introspect' $(BUILD)/ee/context/Containerfile
+	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot-$$(sed -n 's/^version: *//p' galaxy.yml).tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
 
-test: setup ruff lint sanity unit integration cores molecule ee
+test: setup ruff lint sanity unit integration cores tarball molecule ee
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
 # Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.

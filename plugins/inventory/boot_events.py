@@ -30,8 +30,13 @@ description:
   - Malformed lines (including a client that is not an IP address) are skipped with a warning giving their count;
     a missing log gives an empty inventory and a warning. Denied requests (traversal and other hostile names)
     never make hosts.
-  - Usable as an AWX inventory source; set O(ssh_host) there, because the inventory update runs in an execution
-    environment, not on the bakery.
+  - Usable as an AWX inventory source. The inventory update runs in an execution environment, not on the bakery, so
+    it reads the log over SSH. AWX gives inventory sources cloud-type credentials only (never a machine credential),
+    so the SSH options can also come from environment variables (C(PIFLEET_BOOT_EVENTS_SSH_HOST) ...), which a
+    custom credential type injects together with the key file; see the collection's C(docs/awx.md). Options in the
+    source file win over the environment.
+  - The SSH user must be able to read the log and the map, for example by being in the group C(adm) on Debian,
+    which owns the hook's log directory (C(/var/log/pifleet), mode 2750); the map is world-readable.
   - The configuration file name must end in C(boot_events.yml) or C(boot_events.yaml).
 extends_documentation_fragment:
   - constructed
@@ -74,24 +79,38 @@ options:
       - Read the files on this host with C(ssh -o BatchMode=yes [-p port] [-i key] [user@]host), so keys or an
         agent must grant access without a prompt. Unset, the files are read on the controller.
     type: str
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_HOST
   ssh_user:
-    description: User for O(ssh_host).
+    description: User for O(ssh_host); it must be able to read the log (on Debian, a member of C(adm)).
     type: str
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_USER
   ssh_port:
     description: Port for O(ssh_host).
     type: int
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_PORT
   ssh_private_key_file:
     description: Private key for O(ssh_host).
     type: path
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_PRIVATE_KEY_FILE
   ssh_args:
-    description: Extra C(ssh) arguments, before the host (V(-o StrictHostKeyChecking=accept-new) as two items).
+    description:
+      - Extra C(ssh) arguments, before the host (V(-o StrictHostKeyChecking=accept-new) as two items).
+      - From the environment, a comma-separated list (V(-o,UserKnownHostsFile=/runner/env/known_hosts)).
     type: list
     elements: str
     default: []
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_ARGS
   ssh_timeout:
     description: Seconds to wait for each C(ssh) command before failing.
     type: int
     default: 120
+    env:
+      - name: PIFLEET_BOOT_EVENTS_SSH_TIMEOUT
 """
 
 EXAMPLES = r"""
@@ -102,13 +121,10 @@ fleet_map: /var/lib/pifleet/tftp/map.json
 since: 7d
 
 ---
-# awx.boot_events.yml: an AWX inventory source reading the bakery's log over SSH (give the SSH key as a
-# machine credential or mount it into the execution environment).
+# awx.boot_events.yml: an AWX inventory source reading the bakery's log over SSH. The host, user, key file and
+# known_hosts come from the environment (PIFLEET_BOOT_EVENTS_SSH_*), which the custom credential type of
+# docs/awx.md injects: AWX gives inventory sources no machine credential.
 plugin: pifleet.netboot.boot_events
-ssh_host: bakery.example.net
-ssh_user: pifleet
-ssh_private_key_file: /runner/ssh/id_ed25519
-ssh_args: [-o, StrictHostKeyChecking=accept-new]
 fleet_map: /var/lib/pifleet/tftp/map.json
 # Compose from validated values only, and never connection variables (ansible_host, ansible_user ...):
 # a discovered device is unverified, anything on the LAN can ask for any prefix from any address.

@@ -16,7 +16,7 @@ description:
     writes C(<store>/<name>/manifest.json).
   - The golden root is C(<store>/<name>/root.img), the image's own ext4 root partition, checked with
     C(e2fsck) and never mounted here. M(pifleet.netboot.pi_root) clones it per Pi (a reflink copy where the
-    store's file system has them: constant time and almost no space), so every file, owner, mode, link,
+    store's file system has them, in constant time and almost no space), so every file, owner, mode, link,
     device node and extended attribute of the image survives by construction.
   - C(<store>/<name>/boot.img) holds the boot files as a small ext4 file system, exported read-only to Pis
     that mount their boot files over NFS (O(pifleet.netboot.pi_root#module:boot_mount)).

@@ -15,7 +15,8 @@ description:
   - V(cycled) switches the Pi off, waits O(cycle_delay) seconds and switches it on again; a Pi that is off is
     just switched on.
   - Many Pis in one call with O(pis); their devices are driven concurrently (O(parallel)). A Pi that fails
-    does not stop the others; the module then fails listing every failed Pi with its device.
+    does not stop the others, whether its device fails, its settings are invalid or its program is missing on
+    the bakery; the module then fails listing every failed Pi with its device, and RV(pis) has each Pi's result.
   - "Driver V(command): the bakery's PPI protocol. Runs C(<program> -c <config>) with
     C({\"piId\": \"<pi_id>\", \"action\": \"poweron\"|\"poweroff\"}) on stdin; success is exit 0, nothing on
     stderr and C(ok) on stdout. Keys of O(device): C(program) (path, required), C(config) (path, required),
@@ -341,8 +342,8 @@ class PiPowerModule:
         """Absolute path of a device program, checked here so that workers never call fail_json."""
         path = program if '/' in program else self.module.get_bin_path(program)
         if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
-            self.fail('program %s not found for %s (driver %s): it is not an executable file on %s; install it or '
-                      'set device.program to its path' % (program, name, driver, os.uname()[1]))
+            raise ValueError('program %s not found for %s (driver %s): it is not an executable file on %s; install '
+                             'it or set device.program to its path' % (program, name, driver, os.uname()[1]))
         return path
 
     def items(self):
@@ -364,15 +365,23 @@ class PiPowerModule:
                 shared = {key: value for key, value in shared.items() if key in DRIVERS[kind].KEYS}
             device = {key: value for key, value in shared.items() if value is not None}
             device.update((key, value) for key, value in (raw.get('device') or {}).items() if value is not None)
+            # A Pi whose device is unusable (bad settings, a program missing on the bakery) fails alone: the
+            # others are still driven, and `status` shows each Pi's own result.
             try:
                 settings = DRIVERS[kind].settings(device)
             except ValueError as exc:
-                self.fail('invalid device for %s (driver %s): %s; see the documentation of pifleet.netboot.pi_power'
-                          % (name, kind, exc))
-            if 'program' in settings:
-                settings['program'] = self.resolve(settings['program'], name, kind)
+                item['error'] = ('invalid device for %s (driver %s): %s; see the documentation of pifleet.netboot.pi_power'
+                                 % (name, kind, exc))
+                settings = None
+            if settings and 'program' in settings:
+                try:
+                    settings['program'] = self.resolve(settings['program'], name, kind)
+                except ValueError as exc:
+                    item['error'] = str(exc)
             item['device'] = settings
-            item['runner'] = DRIVERS[kind](settings, item['timeout'], item['retries'], self.run_program)
+            item['runner'] = None
+            if not item.get('error'):
+                item['runner'] = DRIVERS[kind](settings, item['timeout'], item['retries'], self.run_program)
             items.append(item)
         dupes = _batch.find_duplicates(items, 'name')
         if dupes:
@@ -381,6 +390,9 @@ class PiPowerModule:
 
     def drive(self, item):
         driver = item['runner']
+        if driver is None:
+            return {'name': item['name'], 'driver': item['driver'], 'device': '%s (unusable)' % item['driver'],
+                    'previous': 'unknown', 'power': 'unknown', 'changed': False, 'error': item['error']}
         result = {'name': item['name'], 'driver': item['driver'], 'device': driver.describe()}
         try:
             result.update(converge(driver, item['state'], self.module.check_mode, item['cycle_delay']))
@@ -396,7 +408,7 @@ class PiPowerModule:
 
     def run(self):
         items = self.items()
-        if any(item['driver'] in ('command', 'uhubctl') for item in items):
+        if any(item['runner'] and item['driver'] in ('command', 'uhubctl') for item in items):
             self.timeout_bin = self.module.get_bin_path('timeout', required=True)
         workers = max(1, min(self.module.params['parallel'], len(items)))
         with ThreadPoolExecutor(max_workers=workers) as pool:

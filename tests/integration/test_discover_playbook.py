@@ -29,8 +29,8 @@ def run_discover(tmp_path, *extra):
     inventory = tmp_path / 'hosts.yml'
     inventory.write_text(yaml.safe_dump({'bakery': {'hosts': {'lab-bakery': {
         'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': sys.executable,
-        'tftp_hook_events_path': str(tmp_path / 'boot-events.jsonl'),
-        'tftp_hook_map_path': str(tmp_path / 'map.json')}}}}))
+        'pifleet_events_path': str(tmp_path / 'boot-events.jsonl'),
+        'pifleet_map_path': str(tmp_path / 'map.json')}}}}))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
                ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1', ANSIBLE_CALLBACK_RESULT_FORMAT='yaml',
                ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_REMOTE_TEMP=str(tmp_path / 'rtmp'))

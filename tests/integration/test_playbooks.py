@@ -68,25 +68,32 @@ def test_power_on_one_pi_then_status_of_all(tmp_path, plugs):
     assert rc == 0 and plugs.plugs['p1'].state == [True] and plugs.plugs['p2'].state == [True], output[-3000:]
     rc, counters, output = play(tmp_path, 'power.yml')  # power_state defaults to status: reads only
     assert rc == 0 and all(c['changed'] == 0 for c in counters.values()), output[-3000:]
-    assert 'pi-01: on' in output and 'pi-02: on' in output
+    for pi in ('pi-01', 'pi-02'):
+        assert re.search(r'ok: \[%s\] => \{\s+"msg": "on"' % pi, output), output[-3000:]
+    assert counters['pi-03'] == dict(counters['pi-03'], ok=0, skipped=1, failed=0)  # no power device
 
 
 def test_power_failure_names_the_pi_and_device(tmp_path, plugs):
     inventory(tmp_path, plugs)
     plugs.plugs['p1'].state = [True]
     plugs.plugs['p2'].mode = 'refuse'
-    rc, _counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=off')
+    rc, counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=off')
     assert rc != 0
     assert 'pi-02' in output and plugs.url('p2') in output
     assert plugs.plugs['p1'].state == [False]  # the other Pi was still switched off
+    # Each Pi has its own result in the recap (AWX's host summary), not the first Pi all of them.
+    assert counters['pi-01'] == dict(counters['pi-01'], changed=1, failed=0), counters
+    assert counters['pi-02'] == dict(counters['pi-02'], changed=0, failed=1), counters
+    assert re.search(r'fatal: \[pi-02\]: FAILED! => \{[^}]*"msg": "power status failed for pi-02 \(http tasmota %s'
+                     % re.escape(plugs.url('p2')), output), output[-3000:]
 
 
 def test_status_table(tmp_path, plugs):
     roots, disks = tmp_path / 'roots', tmp_path / 'disks'
     (roots / '1234abcd').mkdir(parents=True)
-    (roots / '1234abcd' / '.pifleet.json').write_text('{}')
-    (disks / '1234abcd' / 'data').mkdir(parents=True)
-    (disks / '1234abcd' / 'data' / 'disk.img').write_bytes(b'')
+    (roots / '1234abcd.json').write_text('{}')  # the markers beside each Pi's images
+    (disks / '1234abcd').mkdir(parents=True)
+    (disks / '1234abcd.json').write_text('{}')
     prefixes = {'1234abcd': {'name': 'pi-01', 'dirs': []}, '1234abce': {'name': 'pi-02', 'dirs': []}}
     fleet_map = {'version': 1, 'default': [], 'prefixes': prefixes}
     (tmp_path / 'map.json').write_text(json.dumps(fleet_map))
@@ -102,10 +109,26 @@ def test_status_table(tmp_path, plugs):
     assert rc == 0 and counters['lab-bakery']['changed'] == 0, output[-3000:]
     rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines()
             if re.match(r'\s*"pi-0\d ', line)}
-    assert rows['pi-01'][1:6] == ['4', '-', 'yes', '1', 'off'], rows
+    assert rows['pi-01'][1:6] == ['4', '-', 'yes', 'yes', 'off'], rows
     assert rows['pi-01'][6] == '2026-11-23T10:00:02Z' and rows['pi-01'][7] == 'kernel8.img'
-    assert rows['pi-02'][3:5] == ['missing', '0'] and rows['pi-02'][6] == 'never'
+    assert rows['pi-02'][3:5] == ['missing', '-'] and rows['pi-02'][6] == 'never'
     assert rows['pi-03'][5] == '-'  # no power device
+
+
+def test_status_shows_each_pis_power_error(tmp_path, plugs):
+    """A uhubctl missing on the bakery fails its own Pi's POWER (error, with the reason); the others are read."""
+    inventory(tmp_path, plugs)
+    hosts = yaml.safe_load((tmp_path / 'hosts.yml').read_text())
+    hosts['pis']['hosts']['pi-03']['pi_power'] = {'driver': 'uhubctl', 'location': '1-1', 'port': 2,
+                                                  'program': 'no-such-uhubctl'}
+    (tmp_path / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+    rc, counters, output = play(tmp_path, 'status.yml')
+    assert rc == 0 and counters['lab-bakery']['failed'] == 0, output[-3000:]
+    rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines() if re.match(r'\s*"pi-0\d ', line)}
+    assert [rows[pi][5] for pi in ('pi-01', 'pi-02', 'pi-03')] == ['off', 'on', 'error'], rows
+    assert re.search(r'"POWER ERROR pi-03: program no-such-uhubctl not found for pi-03 \(driver uhubctl\): it is not '
+                     r'an executable file on \S+; install it or set device.program to its path"', output), output[-999:]
+    assert 'POWER ERROR pi-01' not in output and 'POWER ERROR pi-02' not in output
 
 
 def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):

@@ -38,6 +38,9 @@ def test_the_boot_service_roles_are_found():
 def test_argument_specs_list_exactly_the_defaults(role):
     assert (ROLES_DIR / role / 'meta' / 'argument_specs.yml').is_file(), 'role %s has no meta/argument_specs.yml' % role
     documented, defined = set(options(role)), set(defaults(role))
+    # Settings shared by roles and playbooks (pifleet_*) are documented where they are read; their one default is
+    # checked by test_shared_settings.py.
+    documented = {name for name in documented if not name.startswith('pifleet_')}
     assert documented - defined == set(), 'documented in argument_specs but missing from defaults/main.yml'
     assert defined - documented == set(), 'in defaults/main.yml but not documented in argument_specs'
 

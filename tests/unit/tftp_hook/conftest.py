@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from rolevars import trusted
 
 ROLE = Path(__file__).resolve().parents[3] / 'roles' / 'tftp_hook'
 SERVICE = ROLE / 'files' / 'pifleet_tftp_hook.py'
@@ -309,17 +310,6 @@ def tftp():
     return helpers
 
 
-def _trusted(value):
-    """Role variables as the role's own files give them: their templates may be rendered."""
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {key: _trusted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_trusted(item) for item in value]
-    return value
-
-
 @pytest.fixture(scope='session')
 def role_template():
     """render(template, **overrides): a role template as Ansible renders it; template None: the role's variables."""
@@ -328,7 +318,7 @@ def role_template():
     def render(template, **overrides):
         variables = {}
         for part in ('defaults/main.yml', 'vars/main.yml', 'vars/Debian.yml'):
-            variables.update(_trusted(loader.load_from_file(str(ROLE / part))))
+            variables.update(trusted(loader.load_from_file(str(ROLE / part))))
         variables.update(ansible_managed='Ansible managed', ansible_facts={'default_ipv4': {'address': '10.99.0.2'}})
         variables.update(overrides)
         templar = Templar(loader=loader, variables=variables)

@@ -265,7 +265,7 @@ def test_logrotate_rotates_a_flooded_log_before_its_day(tmp_path, role_template,
     events.parent.mkdir()
     events.write_text('{"outcome": "denied"}\n' * 200)
     conf = tmp_path / 'logrotate.conf'
-    conf.write_text(role_template('logrotate.j2', tftp_hook_events_path=str(events), tftp_hook_user='root',
+    conf.write_text(role_template('logrotate.j2', pifleet_events_path=str(events), tftp_hook_user='root',
                                   tftp_hook_service='pfh-no-such-unit', tftp_hook_logrotate_maxsize='1k'))
     assert '    maxsize 1k\n' in conf.read_text()
     state = tmp_path / 'state'

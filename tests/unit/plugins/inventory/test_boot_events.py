@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.release import __version__ as CORE_VERSION
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ansible_collections.pifleet.netboot.plugins.inventory.boot_events import EXAMPLES
+from ansible_collections.pifleet.netboot.plugins.inventory.boot_events import DOCUMENTATION, EXAMPLES
 
 REPO = Path(__file__).resolve().parents[4]
 BIN = Path(sys.executable).parent  # the venv's own ansible-core: make cores runs this file on each core
@@ -289,6 +290,68 @@ def test_ssh_missing_log_warns_and_unreachable_host_fails(tmp_path, fake_ssh):
     config['ssh_host'] = 'unreachable'
     _unused, stderr = run_inventory(tmp_path, config, env=env, ok=False)
     assert 'rc=255' in stderr and 'Connectionrefused' in stderr
+
+
+def awx_inject(credential_type, inputs, private_data_dir):
+    """The environment an AWX job gets from a custom credential, as AWX documents its injectors.
+
+    Each ``file`` template is rendered (sandboxed Jinja) into a file of its own, mode 0600, in the job's private
+    ``env`` directory, and ``template.<label>`` is then ``tower.filename.<label>`` in the ``env`` templates; a field
+    of format ``ssh_private_key`` gets the trailing newline OpenSSH needs; empty fields are undefined.
+    """
+    sandbox = ImmutableSandboxedEnvironment()
+    namespace = {key: value for key, value in inputs.items() if value != ''}
+    for field in credential_type['inputs']['fields']:
+        if field.get('format') == 'ssh_private_key' and not namespace.get(field['id'], '\n').endswith('\n'):
+            namespace[field['id']] += '\n'
+    filenames = {}
+    for label, template in credential_type['injectors'].get('file', {}).items():
+        path = private_data_dir / 'env' / label.split('.', 1)[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(sandbox.from_string(template).render(**namespace))
+        path.chmod(0o600)
+        filenames[label.split('.', 1)[1]] = str(path)
+    namespace['tower'] = {'filename': filenames}
+    return {name: sandbox.from_string(template).render(**namespace)
+            for name, template in credential_type['injectors']['env'].items()}
+
+
+def test_the_awx_credential_type_gives_the_plugin_its_ssh_settings(tmp_path, fake_ssh):
+    """docs/awx: an inventory source gets no machine credential; the custom type injects what the plugin reads."""
+    credential_type = yaml.safe_load((REPO / 'docs' / 'awx' / 'boot_events_credential_type.yml').read_text())
+    assert credential_type['kind'] == 'cloud'  # the kinds an AWX inventory source accepts: cloud and custom
+    fields = {field['id']: field for field in credential_type['inputs']['fields']}
+    assert all(field['type'] in ('string', 'boolean') and field['label'] for field in fields.values())
+    assert set(credential_type['inputs']['required']) <= set(fields)
+    assert fields['ssh_private_key']['secret'] and fields['ssh_private_key']['format'] == 'ssh_private_key'
+    documented = {env['name'] for option in yaml.safe_load(DOCUMENTATION)['options'].values()
+                  for env in option.get('env', [])}
+    assert set(credential_type['injectors']['env']) <= documented
+
+    key = tmp_path / 'awx_key'
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', str(key)], check=True)
+    inputs = {'ssh_host': 'bakery.example.net', 'ssh_port': '', 'ssh_user': 'pifleet',
+              'ssh_private_key': key.read_text().rstrip('\n'),  # as pasted into the form
+              'known_hosts': 'bakery.example.net ' + ' '.join(key.with_suffix('.pub').read_text().split()[:2])}
+    injected = awx_inject(credential_type, inputs, tmp_path / 'job')
+    env, recorded = fake_ssh
+    # The AWX example of the plugin, reading a log here (the fake ssh runs the remote command locally).
+    source = next(example for example in yaml.safe_load_all(EXAMPLES) if 'compose' in example)
+    source = {key: value for key, value in source.items() if not key.startswith(('cache', 'plugin'))}
+    result, _unused = run_inventory(tmp_path, dict(source, events=write_log(tmp_path, BOOT),
+                                                   fleet_map=str(tmp_path / 'none.json')),
+                                    env=dict(env, **injected), name='awx.boot_events.yml')
+    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_dc-a6-32-01-36-c2',
+                                              'discovered_serial_3a4b5c6d']
+    key_file, known_hosts = tmp_path / 'job/env/ssh_key', tmp_path / 'job/env/known_hosts'
+    assert recorded()[-1][:12] == ['-o', 'BatchMode=yes', '-p', '22', '-i', str(key_file),
+                                   '-o', 'UserKnownHostsFile=%s' % known_hosts, '-o', 'StrictHostKeyChecking=yes',
+                                   '--', 'pifleet@bakery.example.net']
+    # What ssh will find: a key OpenSSH loads (it needs the trailing newline) and the pinned host key.
+    derived = subprocess.run(['ssh-keygen', '-y', '-f', str(key_file)], capture_output=True, text=True, check=True)
+    assert derived.stdout.split()[:2] == key.with_suffix('.pub').read_text().split()[:2]
+    assert known_hosts.read_text() == inputs['known_hosts']
+    assert oct(key_file.stat().st_mode & 0o777) == '0o600'
 
 
 # -- what the LAN can send: file names are data, a device cannot become a fleet host --------------------------

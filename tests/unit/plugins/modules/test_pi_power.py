@@ -305,3 +305,19 @@ def test_secrets_stay_out_of_the_output(plugs, tmp_path):
         assert result['invocation']['module_args']['device']['community'] == 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
     finally:
         agent.close()
+
+
+def test_a_pi_with_an_unusable_device_fails_alone(run_module, plugs):
+    """A uhubctl missing on the bakery or a bad device fails its own Pi; the other Pis are still read."""
+    missing = {'location': '1-1', 'port': 2, 'program': 'no-such-uhubctl'}
+    pis = [http_item(plugs, 'pi-01', 'shelly1'), {'name': 'pi-02', 'driver': 'uhubctl', 'device': missing},
+           {'name': 'pi-03', 'driver': 'snmp', 'device': {'host': '127.0.0.1'}}]
+    plugs.plugs['pi-01'].state = [True]
+    result = call(run_module, state='status', pis=pis)
+    assert result['failed'] and result['msg'].startswith('2 of 3 Pis failed: program no-such-uhubctl not found for '
+                                                         'pi-02 (driver uhubctl)'), result['msg']
+    by_name = {pi['name']: pi for pi in result['pis']}
+    assert by_name['pi-01']['power'] == 'on' and 'error' not in by_name['pi-01']
+    assert by_name['pi-02']['error'].startswith('program no-such-uhubctl not found for pi-02 (driver uhubctl)')
+    assert by_name['pi-03']['error'].startswith('invalid device for pi-03 (driver snmp): device.port_index missing')
+    assert by_name['pi-02']['power'] == by_name['pi-03']['power'] == 'unknown'
