@@ -1,26 +1,65 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_disk as a real process on real files: sparse images, real ext4, grow, refusals, a fleet in one call."""
+"""pi_disk as a real process, as root: each Pi's disks file system made, loop-mounted, grown and removed;
+real ext4 disks; refusals; a fleet in one call; the old layout migrated; the lock; and a Pi attacking
+from inside its mounted file system (links, FIFOs, swaps while a tool runs) with nothing outside changing.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
-from fstree import snapshot
+from fstree import loops_backed_by, mounts_below, snapshot
 from modrun import run_module
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._diskfs import make_container
+from ansible_collections.pifleet.netboot.plugins.module_utils._disks import container_size
+from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import unit_name
+
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+SERIAL = '3a4b5c6d'
+HOSTNAME = Path('/etc/hostname').read_text()
 
 
 @pytest.fixture
-def disks_dir(tmp_path):
-    path = tmp_path / 'disks'
-    path.mkdir()
-    return path
+def lab(tmp_path):
+    """Paths for one bakery; every file system pi_disk mounted below is unmounted afterwards, loop devices freed."""
+    srv = tmp_path / 'srv'  # what the module changes; the lock file (the holder's pid) is beside it
+    srv.mkdir()
+    lab = {'top': srv, 'disks': srv / 'disks', 'units': srv / 'units', 'lock': tmp_path / 'lock'}
+    yield lab
+    for point in sorted(mounts_below(tmp_path), key=len, reverse=True):
+        if subprocess.run(['umount', point], capture_output=True, check=False).returncode:
+            subprocess.run(['umount', '--lazy', point], check=False)
+    for _attempt in range(50):  # autoclear frees a loop device once its last user lets go
+        if not loops_backed_by(tmp_path):
+            break
+        time.sleep(0.1)
+    assert mounts_below(tmp_path) == [] and loops_backed_by(tmp_path) == []
+
+
+def state(lab):
+    """snapshot() of what pi_disk manages; a mounted file system's image only by its size (the kernel writes
+    superblock times, lazy inode-table init and atimes to it on its own)."""
+    found = snapshot(lab['top'])
+    for rel in found:
+        if rel.startswith('disks/') and rel.endswith('.img') and rel.count('/') == 1:
+            found[rel] = found[rel][3]
+    return found
+
+
+def base(lab, **extra):
+    return dict({'disks_dir': str(lab['disks']), 'units_dir': str(lab['units']), 'lock_file': str(lab['lock'])},
+                **extra)
 
 
 def tool(*argv):
@@ -44,77 +83,111 @@ def fs_bytes(image):
     return int(info['Block count']) * int(info['Block size'])
 
 
-def test_sparse_ext4_disk_created_grown_and_never_shrunk(disks_dir):
-    task = {'serial': '100000003A4B5C6D', 'name': 'data', 'size': '64M', 'fstype': 'ext4', 'disks_dir': str(disks_dir)}
-    image = disks_dir / '3a4b5c6d' / 'data' / 'disk.img'
+def device(point):
+    """The loop device mounted at ``point``: its superblock is current, the image file's may lag behind."""
+    return tool('findmnt', '-n', '-o', 'SOURCE', '--mountpoint', str(point)).strip()
+
+
+def mount_options(point):
+    return tool('findmnt', '-n', '-o', 'OPTIONS', '--mountpoint', str(point)).strip().split(',')
+
+
+def sha(path):
+    with open(path, 'rb') as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def assert_private_file_system(lab, serial, result):
+    """A private sparse image beside its mount point, mounted without exec, suid or devices, and its unit."""
+    point, container = lab['disks'] / serial, lab['disks'] / (serial + '.img')
+    assert lab['disks'].stat().st_mode & 0o777 == 0o700
+    assert container.stat().st_mode & 0o777 == 0o600 and container.stat().st_size == result['capacity']
+    assert result['allocated'] == container.stat().st_blocks * 512 < 4 * MIB
+    assert {'nosuid', 'nodev', 'noexec', 'rw'} <= set(mount_options(point))
+    unit = lab['units'] / unit_name(str(point))
+    text = unit.read_text()
+    assert 'What=%s\n' % container in text and 'Where=%s\n' % point in text
+    assert 'Options=loop,nosuid,nodev,noexec\n' in text
+    assert os.readlink(lab['units'] / 'local-fs.target.wants' / unit.name) == str(unit)
+    assert superblock(container)['Filesystem volume name'] == 'disks-' + serial
+    return container
+
+
+def test_ext4_disk_in_its_own_file_system_created_grown_and_never_shrunk(lab):
+    task = base(lab, serial='100000003A4B5C6D', name='data', size='64M', fstype='ext4')
+    disks, point = lab['disks'], lab['disks'] / SERIAL
+    image = point / 'data' / 'disk.img'
 
     planned = run_module('pi_disk', task, check=True, diff=True)
     assert planned['changed'] is True and planned['disks'][0]['action'] == 'created', planned
-    assert os.listdir(disks_dir) == []
+    assert planned['pis'][0]['action'] == 'created' and not disks.exists()
 
     done = run_module('pi_disk', task, diff=True)
-    assert done['changed'] is True, done
+    assert done['changed'] is True and done['pis'][0]['action'] == 'created', done
     assert done['diff'] == planned['diff']
+    container = assert_private_file_system(lab, SERIAL, done['pis'][0])
+    # The disk inside it.
     st = image.stat()
     assert st.st_size == 64 * MIB and st.st_mode & 0o777 == 0o600
     assert done['disks'][0]['apparent_size'] == st.st_size
     assert done['disks'][0]['allocated_size'] == st.st_blocks * 512 < 4 * MIB  # sparse: metadata only
-    assert (image.parent.stat().st_mode & 0o777, image.parent.parent.stat().st_mode & 0o777) == (0o755, 0o755)
     info = superblock(image)
     assert info['Filesystem volume name'] == 'data' and info['Filesystem state'] == 'clean'
     assert 'has_journal' in info['Filesystem features'] and fs_bytes(image) == 64 * MIB
     tool('e2fsck', '-n', '-f', str(image))
-    index = json.loads((disks_dir / '3a4b5c6d' / 'disks.json').read_text())
-    assert index == {'serial': '3a4b5c6d', 'disks': [{
-        'name': 'data', 'file': str(image), 'size': 64 * MIB, 'fstype': 'ext4', 'nfs_path': str(image.parent)}]}
-    assert (disks_dir / '3a4b5c6d' / 'disks.json').stat().st_mode & 0o777 == 0o644
+    index = disks / (SERIAL + '.json')  # out of the Pi's reach, unlike its export
+    assert json.loads(index.read_text()) == {'serial': SERIAL, 'disks': [
+        {'name': 'data', 'file': str(image), 'size': 64 * MIB, 'fstype': 'ext4', 'nfs_path': str(point)}]}
+    assert index.stat().st_mode & 0o777 == 0o600 and sorted(os.listdir(point)) == ['data', 'lost+found']
 
     again = run_module('pi_disk', task)
     assert again['changed'] is False and again['disks'][0]['action'] == 'unchanged'
+    assert again['pis'][0]['action'] == 'unchanged'
 
-    # A file the Pi wrote must survive the grow.
-    with open('/etc/hostname', 'rb') as handle:
-        hostname = handle.read()
-    tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(image))
-    before = snapshot(disks_dir)
+    tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(image))  # a file the Pi wrote
+    before = state(lab)
     shrink = run_module('pi_disk', dict(task, size='32M'))
     assert shrink.get('failed') and 'disks never shrink' in shrink['msg'] and '64 MiB' in shrink['msg'], shrink
-    assert snapshot(disks_dir) == before  # byte-identical
+    assert state(lab) == before  # byte-identical
 
-    grow = dict(task, size='128M')
+    grow = dict(task, size='1G')  # more than the file system holds: it grows too
     planned = run_module('pi_disk', grow, check=True)
     assert planned['changed'] is True and planned['disks'][0]['action'] == 'grown'
-    assert snapshot(disks_dir) == before
+    assert planned['pis'][0]['action'] == 'grown' and planned['pis'][0]['capacity'] >= GIB
+    assert state(lab) == before
     grown = run_module('pi_disk', grow)
     assert grown['changed'] is True and grown['disks'][0]['action'] == 'grown', grown
-    assert image.stat().st_size == 128 * MIB and fs_bytes(image) == 128 * MIB
+    assert grown['pis'][0]['action'] == 'grown' and container.stat().st_size == planned['pis'][0]['capacity']
+    assert fs_bytes(device(point)) == container.stat().st_size
+    assert image.stat().st_size == GIB and fs_bytes(image) == GIB
     assert image.stat().st_blocks * 512 < 8 * MIB  # still sparse after the grow
     tool('e2fsck', '-n', '-f', str(image))
-    assert tool('debugfs', '-R', 'cat /hello', str(image)).encode() == hostname
-    assert json.loads((disks_dir / '3a4b5c6d' / 'disks.json').read_text())['disks'][0]['size'] == 128 * MIB
+    assert tool('debugfs', '-R', 'cat /hello', str(image)) == HOSTNAME
+    assert json.loads(index.read_text())['disks'][0]['size'] == GIB
+    assert {'nosuid', 'nodev', 'noexec'} <= set(mount_options(point))
     assert run_module('pi_disk', grow)['changed'] is False
 
 
-def test_fstype_none_is_a_hole_and_fstype_cannot_change(disks_dir):
-    task = {'serial': 'c0ffee00', 'name': 'raw', 'size': '0.25G', 'disks_dir': str(disks_dir)}
+def test_fstype_none_is_a_hole_and_fstype_cannot_change(lab):
+    task = base(lab, serial='c0ffee00', name='raw', size='0.25G')
     done = run_module('pi_disk', task)
-    image = disks_dir / 'c0ffee00' / 'raw' / 'disk.img'
+    image = lab['disks'] / 'c0ffee00' / 'raw' / 'disk.img'
     assert done['disks'][0]['apparent_size'] == image.stat().st_size == 256 * MIB
     assert done['disks'][0]['allocated_size'] == image.stat().st_blocks * 512 == 0
     with open(image, 'rb') as handle:
         assert handle.read(4096) == bytes(4096)  # blank: never formatted
-    before = snapshot(disks_dir)
+    before = state(lab)
     changed = run_module('pi_disk', dict(task, fstype='ext4'))
     assert changed.get('failed') and 'never reformatted' in changed['msg'], changed
-    assert snapshot(disks_dir) == before
+    assert state(lab) == before
 
 
 @pytest.mark.parametrize('fstype', ['none', 'ext4'])
-def test_absent_refuses_a_disk_with_data_unless_forced(disks_dir, fstype):
-    task = {'serial': 'dddd0001', 'name': 'keep', 'size': '16M', 'fstype': fstype, 'disks_dir': str(disks_dir)}
+def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_file_system(lab, fstype):
+    task = base(lab, serial='dddd0001', name='keep', size='16M', fstype=fstype)
     assert run_module('pi_disk', task)['changed'] is True
     assert run_module('pi_disk', dict(task, name='spare'))['changed'] is True
-    image = disks_dir / 'dddd0001' / 'keep' / 'disk.img'
+    image = lab['disks'] / 'dddd0001' / 'keep' / 'disk.img'
     if fstype == 'ext4':
         tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(image))
     else:
@@ -122,37 +195,92 @@ def test_absent_refuses_a_disk_with_data_unless_forced(disks_dir, fstype):
             handle.seek(5 * MIB)
             handle.write(b'precious')
 
-    before = snapshot(disks_dir)
+    before = state(lab)
     refused = run_module('pi_disk', dict(task, state='absent'))
     assert refused.get('failed') and 'holds data' in refused['msg'] and 'force: true' in refused['msg'], refused
-    assert snapshot(disks_dir) == before
+    assert state(lab) == before
 
     spare = run_module('pi_disk', dict(task, name='spare', state='absent'))  # fresh: no force needed
     assert spare['changed'] is True and spare['disks'][0]['action'] == 'removed', spare
-    assert [d['name'] for d in json.loads((disks_dir / 'dddd0001' / 'disks.json').read_text())['disks']] == ['keep']
+    index = lab['disks'] / 'dddd0001.json'
+    assert [d['name'] for d in json.loads(index.read_text())['disks']] == ['keep']
+    assert sorted(os.listdir(lab['disks'] / 'dddd0001')) == ['keep', 'lost+found']
 
     forced = run_module('pi_disk', dict(task, state='absent', force=True))
     assert forced['changed'] is True and forced['disks'][0]['action'] == 'removed', forced
-    assert os.listdir(disks_dir) == []  # last disk gone: disks.json and the serial directory too
+    assert forced['pis'][0]['action'] == 'removed'
+    assert os.listdir(lab['disks']) == [] and mounts_below(lab['top']) == []  # file system, index, mount point
+    assert os.listdir(lab['units'] / 'local-fs.target.wants') == [] and len(os.listdir(lab['units'])) == 1
     assert run_module('pi_disk', dict(task, state='absent'))['changed'] is False
 
 
-def test_fleet_of_20_disks_for_5_pis_in_one_call(disks_dir):
+def test_a_file_system_the_pi_left_files_in_is_kept_unless_forced(lab):
+    task = base(lab, serial='dddd0002', name='only', size='16M')
+    run_module('pi_disk', task)
+    (lab['disks'] / 'dddd0002' / 'mine.txt').write_text('the Pi wrote this at the top of its export')
+    kept = run_module('pi_disk', dict(task, state='absent'))
+    assert kept['changed'] is True and kept['pis'][0]['action'] == 'kept', kept
+    assert 'holds other files (mine.txt): kept' in json.dumps(kept['warnings'])  # 2.19: WarningSummary objects
+    assert not (lab['disks'] / 'dddd0002.json').exists() and (lab['disks'] / 'dddd0002' / 'mine.txt').exists()
+    again = run_module('pi_disk', dict(task, state='absent'))
+    assert again['changed'] is False and again['pis'][0]['action'] == 'kept'
+    gone = run_module('pi_disk', dict(task, state='absent', force=True))
+    assert gone['pis'][0]['action'] == 'removed' and os.listdir(lab['disks']) == []
+
+
+def test_the_file_system_holds_its_disks_written_in_full(lab):
+    sizes = {'a': 64, 'b': 100, 'c': 37}
+    task = base(lab, serial='f111f111', disks=[{'name': n, 'size': '%dM' % s} for n, s in sizes.items()])
+    run_module('pi_disk', task)
+    point = lab['disks'] / 'f111f111'
+    for name, size in sizes.items():  # what a Pi does over NFS: fill its disks to the last byte
+        tool('dd', 'if=/dev/urandom', 'of=%s' % (point / name / 'disk.img'), 'bs=1M', 'count=%d' % size,
+             'conv=notrunc,fsync', 'status=none')
+    sizes['b'] = 300
+    run_module('pi_disk', dict(task, disks=[{'name': n, 'size': '%dM' % s} for n, s in sizes.items()]))
+    tool('dd', 'if=/dev/urandom', 'of=%s' % (point / 'b' / 'disk.img'), 'bs=1M', 'count=300', 'conv=notrunc,fsync',
+         'status=none')
+    for name, size in sizes.items():
+        assert (point / name / 'disk.img').stat().st_blocks * 512 >= size * MIB
+
+
+@pytest.mark.parametrize('sizes', [[16 * MIB], [GIB, GIB, 3 * MIB], [8 * GIB] * 4, [1024 * GIB]],
+                         ids=['16M', '2G+3M', '4x8G', '1T'])
+def test_container_size_covers_ext4_overhead_and_costs_little(tmp_path, sizes):
+    """mke2fs on the sparse file: the free space holds the disks at full size; few blocks are allocated."""
+    path = tmp_path / 'c.img'
+
+    def run(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    capacity = container_size(sizes)
+    make_container(run, lambda name, _required=False: name, str(path), capacity, 'measure')
+    info = superblock(path)
+    free, allocated = int(info['Free blocks']) * 4096, path.stat().st_blocks * 512
+    assert free >= sum(sizes) + len(sizes) * MIB, info
+    assert 'meta_bg' in info['Filesystem features'] and info['Reserved block count'] == '0'
+    assert allocated < 1 * MIB + capacity // 50000, allocated
+    print('container for %s: capacity %d, overhead %d (ext4 %d), allocated %d bytes' % (
+        '+'.join(str(s) for s in sizes), capacity, capacity - sum(sizes), capacity - free, allocated))
+
+
+def test_fleet_of_20_disks_for_5_pis_in_one_call(lab):
     serials = ['f1ee7%03x' % n for n in range(5)]
     disks = [{'serial': serial, 'name': name, 'size': size}
              for serial in serials for name, size in (('data', '64M'), ('logs', '16M'), ('swap', '128M'), ('raw', 3))]
     for item in disks:
         if item['name'] in ('data', 'logs'):
             item['fstype'] = 'ext4'
-    task = {'disks_dir': str(disks_dir), 'disks': disks}
+    task = base(lab, disks=disks)
 
     planned = run_module('pi_disk', task, check=True, diff=True)
     assert planned['changed'] is True and len(planned['diff']) == 5
-    assert os.listdir(disks_dir) == []
+    assert not lab['disks'].exists()
 
     started = time.monotonic()
     done = run_module('pi_disk', task, diff=True)
-    elapsed = time.monotonic() - started
+    first = time.monotonic() - started
     assert done['changed'] is True, done
     assert done['diff'] == planned['diff']
     assert [(d['serial'], d['name'], d['action']) for d in done['disks']] == [
@@ -164,14 +292,238 @@ def test_fleet_of_20_disks_for_5_pis_in_one_call(disks_dir):
         if item.get('fstype') == 'ext4':
             assert superblock(result['path'])['Filesystem volume name'] == item['name']
     for serial in serials:
-        index = json.loads((disks_dir / serial / 'disks.json').read_text())
+        index = json.loads((lab['disks'] / (serial + '.json')).read_text())
         assert [(d['name'], d['size'], d['fstype']) for d in index['disks']] == [
             ('data', 64 * MIB, 'ext4'), ('logs', 16 * MIB, 'ext4'), ('raw', MIB, 'none'), ('swap', 128 * MIB, 'none')]
-    print('pi_disk created 20 disks (10 ext4) in %.2f s' % elapsed)
-    assert elapsed < 60, 'creating 20 disks took %.1f s' % elapsed
+    assert len({tool('findmnt', '-n', '-o', 'SOURCE', str(lab['disks'] / s)) for s in serials}) == 5
 
-    before = snapshot(disks_dir)
+    before = state(lab)
+    started = time.monotonic()
     again = run_module('pi_disk', task, diff=True)
+    second = time.monotonic() - started
     assert again['changed'] is False and again['diff'] == []
     assert {d['action'] for d in again['disks']} == {'unchanged'}
-    assert snapshot(disks_dir) == before
+    assert state(lab) == before
+    print('pi_disk: 20 disks (10 ext4) for 5 Pis in %.2f s, second run %.2f s' % (first, second))
+
+
+def test_an_unmounted_file_system_is_looked_at_read_only_then_mounted(lab):
+    task = base(lab, serial='0badcafe', name='data', size='16M', fstype='ext4')
+    run_module('pi_disk', task)
+    point = lab['disks'] / '0badcafe'
+    tool('umount', str(point))  # a bakery rebooted without its mount units
+    planned = run_module('pi_disk', task, check=True)
+    assert planned['changed'] is True and planned['pis'][0]['action'] == 'mounted', planned
+    assert planned['disks'][0]['action'] == 'unchanged' and planned['disks'][0]['apparent_size'] == 16 * MIB
+    assert mounts_below(lab['top']) == []  # the read-only look is gone
+    done = run_module('pi_disk', task)
+    assert done['pis'][0]['action'] == 'mounted' and (point / 'data' / 'disk.img').exists()
+    assert run_module('pi_disk', task)['changed'] is False
+
+
+def test_growing_a_busy_file_system(lab):
+    """Online when the kernel lets us; else offline, which a busy file system (an NFS server) refuses clearly."""
+    task = base(lab, serial='b0b0b0b0', name='data', size='16M')
+    run_module('pi_disk', task)
+    point = lab['disks'] / 'b0b0b0b0'
+    online = bool(int(Path('/proc/self/status').read_text().split('CapEff:')[1].split()[0], 16) & (1 << 24))
+    holder = os.open(point, os.O_RDONLY)  # what Ganesha does with an export's root
+    try:
+        before = (lab['disks'] / 'b0b0b0b0.json').read_text()
+        grown = run_module('pi_disk', dict(task, size='2G'))
+    finally:
+        os.close(holder)
+    if online:
+        assert not grown.get('failed') and grown['pis'][0]['action'] == 'grown', grown
+        return
+    assert grown.get('failed') and 'CAP_SYS_RESOURCE' in grown['msg'] and 'cannot be unmounted' in grown['msg'], grown
+    assert (lab['disks'] / 'b0b0b0b0.json').read_text() == before
+    assert (point / 'data' / 'disk.img').stat().st_size == 16 * MIB
+    done = run_module('pi_disk', dict(task, size='2G'))  # no longer busy: grown offline
+    assert done['pis'][0]['action'] == 'grown' and (point / 'data' / 'disk.img').stat().st_size == 2 * GIB
+
+
+def legacy(disks_dir, serial):
+    """Disks as an older pifleet kept them: <serial>/<name>/disk.img in a plain directory, disks.json inside."""
+    top = disks_dir / serial
+    (top / 'data').mkdir(parents=True)
+    (top / 'raw').mkdir()
+    tool('truncate', '-s', '64M', str(top / 'data' / 'disk.img'))
+    tool('mkfs.ext4', '-q', '-F', '-L', 'data', str(top / 'data' / 'disk.img'))
+    tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(top / 'data' / 'disk.img'))
+    with open(top / 'raw' / 'disk.img', 'wb') as handle:
+        handle.truncate(32 * MIB)
+        handle.seek(7 * MIB)
+        handle.write(os.urandom(MIB))
+    entries = [{'name': name, 'file': str(top / name / 'disk.img'), 'size': size, 'fstype': fstype,
+                'nfs_path': str(top / name)} for name, size, fstype in (('data', 64 * MIB, 'ext4'),
+                                                                        ('raw', 32 * MIB, 'none'))]
+    (top / 'disks.json').write_text(json.dumps({'serial': serial, 'disks': entries}))
+    return top
+
+
+def test_old_layout_is_refused_then_migrated_with_its_data(lab):
+    lab['disks'].mkdir(mode=0o700)
+    old = legacy(lab['disks'], SERIAL)
+    sums = {name: sha(old / name / 'disk.img') for name in ('data', 'raw')}
+    items = [{'serial': SERIAL, 'name': 'data', 'size': '64M', 'fstype': 'ext4'},
+             {'serial': SERIAL, 'name': 'raw', 'size': '32M'}, {'serial': 'bbbb0003', 'name': 'new', 'size': '8M'}]
+    refused = run_module('pi_disk', base(lab, disks=items))
+    assert refused.get('failed') and 'migrate: true' in refused['msg'] and refused['msg'].count('3a4b5c6d:') == 1
+    assert {p['serial']: p['action'] for p in refused['pis']} == {SERIAL: 'failed', 'bbbb0003': 'created'}
+    assert sha(old / 'raw' / 'disk.img') == sums['raw'] and not (lab['disks'] / (SERIAL + '.img')).exists()
+
+    items[1]['size'] = '48M'  # migrated and grown in one run
+    before = state(lab)
+    planned = run_module('pi_disk', base(lab, disks=items, migrate=True), check=True)
+    assert [p['action'] for p in planned['pis']] == ['migrated', 'unchanged'], planned
+    assert state(lab) == before
+    done = run_module('pi_disk', base(lab, disks=items, migrate=True))
+    assert not done.get('failed'), done
+    assert [p['action'] for p in done['pis']] == ['migrated', 'unchanged']
+    assert [d['action'] for d in done['disks']] == ['unchanged', 'grown', 'unchanged']
+    point = lab['disks'] / SERIAL
+    assert mounts_below(point) == [str(point)] and sorted(os.listdir(point)) == ['data', 'lost+found', 'raw']
+    assert sha(point / 'data' / 'disk.img') == sums['data']
+    with open(point / 'raw' / 'disk.img', 'rb') as handle:
+        head = handle.read(32 * MIB)
+    assert hashlib.sha256(head).hexdigest() == sums['raw'] and (point / 'raw' / 'disk.img').stat().st_size == 48 * MIB
+    assert (point / 'raw' / 'disk.img').stat().st_blocks * 512 < 4 * MIB  # its holes kept
+    assert tool('debugfs', '-R', 'cat /hello', str(point / 'data' / 'disk.img')) == HOSTNAME
+    assert json.loads((lab['disks'] / (SERIAL + '.json')).read_text())['disks'][1]['size'] == 48 * MIB
+    assert [n for n in os.listdir(lab['disks']) if n.startswith('.')] == []  # the old directory is gone
+    assert run_module('pi_disk', base(lab, disks=items, migrate=True))['changed'] is False
+
+
+def test_a_migration_killed_between_its_renames_is_undone(lab):
+    lab['disks'].mkdir(mode=0o700)
+    old = legacy(lab['disks'], SERIAL)
+    scratch = lab['disks'] / ('.pifleet-tmp-%s-999999-dead' % SERIAL)
+    scratch.mkdir()
+    os.rename(old, scratch / 'old')  # what a run killed after its first rename leaves
+    result = run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='64M', fstype='ext4'))
+    assert result['swept'] == [scratch.name] and (old / 'data' / 'disk.img').exists()
+    assert result.get('failed') and 'old layout' in result['msg']
+
+
+def test_the_bakery_lock_makes_a_second_run_wait(lab):
+    task = base(lab, serial='10c10c10', name='data', size='16M')
+    lab['lock'].write_text('')
+    held = open(lab['lock'], 'r+')  # closed by the timer, which releases the lock
+    fcntl.flock(held, fcntl.LOCK_EX)
+    held.write('pid 4242, pi_root\n')
+    held.flush()
+    threading.Timer(1.5, held.close).start()
+    done = run_module('pi_disk', task)
+    assert not done.get('failed'), done
+    assert done['lock_waited'] >= 1.0 and 'held by another pifleet run (pid 4242, pi_root)' in json.dumps(
+        done['warnings'])
+
+
+# ------------------------------------------------------------------ a Pi attacking from inside its export
+
+
+@pytest.fixture
+def attacked(lab):
+    """Pi 3a4b5c6d with an ext4 disk 'data', and stand-ins outside its file system that must never change."""
+    run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='64M', fstype='ext4'))
+    outside = lab['top'].parent / 'outside'
+    outside.mkdir()
+    for path in (outside / 'standin.img', outside / 'dir' / 'disk.img'):
+        path.parent.mkdir(exist_ok=True)
+        tool('truncate', '-s', '64M', str(path))  # valid ext4 images: a tool that follows would change them
+        tool('mkfs.ext4', '-q', '-F', '-L', 'standin', str(path), '32M')
+    lab['outside'] = outside
+    return lab
+
+
+def plant(lab, name, attack):
+    """What the Pi does over NFS where pi_disk expects <name>/disk.img; returns what the error must say."""
+    point = lab['disks'] / SERIAL
+    disk_dir = point / name
+    if attack == 'image-link':
+        disk_dir.mkdir(exist_ok=True)
+        if (disk_dir / 'disk.img').exists():
+            os.rename(disk_dir / 'disk.img', disk_dir / 'moved.img')
+        (disk_dir / 'disk.img').symlink_to(lab['outside'] / 'standin.img')
+        return '%s/disk.img is a symbolic link' % name
+    if attack == 'dir-link':
+        if disk_dir.exists():
+            os.rename(disk_dir, point / ('moved-' + name))
+        disk_dir.symlink_to(lab['outside'] / 'dir')
+        return '%s is a symbolic link' % name
+    disk_dir.mkdir(exist_ok=True)
+    if (disk_dir / 'disk.img').exists():
+        os.rename(disk_dir / 'disk.img', disk_dir / 'moved.img')
+    os.mkfifo(disk_dir / 'disk.img')
+    return '%s/disk.img is a FIFO' % name
+
+
+OPERATIONS = {  # the disk attacked, and the item that works on it
+    'grow': ('data', {'name': 'data', 'size': '128M', 'fstype': 'ext4'}),
+    'format': ('fresh', {'name': 'fresh', 'size': '64M', 'fstype': 'ext4'}),
+    'remove': ('data', {'name': 'data', 'state': 'absent', 'force': True}),
+}
+
+
+@pytest.mark.parametrize('operation', sorted(OPERATIONS))
+@pytest.mark.parametrize('attack', ['image-link', 'dir-link', 'fifo'])
+def test_what_the_pi_planted_in_its_export_is_refused_and_nothing_outside_changes(attacked, attack, operation):
+    lab = attacked
+    name, item = OPERATIONS[operation]
+    expected = plant(lab, name, attack)
+    outside, planted = snapshot(lab['outside']), snapshot(lab['disks'] / SERIAL)
+    index = (lab['disks'] / (SERIAL + '.json')).read_text()
+    result = run_module('pi_disk', base(lab, disks=[dict(item, serial=SERIAL),
+                                                    {'serial': 'bbbb0004', 'name': 'other', 'size': '8M'}]))
+    assert result.get('failed'), result
+    assert result['msg'].startswith('pi_disk failed for 1 Pi(s): 3a4b5c6d: disk %s of Pi 3a4b5c6d: ' % name)
+    assert expected in result['msg'] and 'never follows or replaces it' in result['msg'], result['msg']
+    assert [(d['serial'], d['action']) for d in result['disks']] == [(SERIAL, 'failed'), ('bbbb0004', 'created')]
+    assert snapshot(lab['outside']) == outside  # checksums, sizes, times of every stand-in
+    assert snapshot(lab['disks'] / SERIAL) == planted and (lab['disks'] / (SERIAL + '.json')).read_text() == index
+
+
+@pytest.fixture
+def swapping_tools(lab, tmp_path, monkeypatch):
+    """Tools that let the Pi swap a path for a link to a stand-in while they run (first in PATH)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name in ('e2fsck', 'mkfs.ext4'):
+        real = subprocess.run(['sh', '-c', 'command -v %s' % name], capture_output=True, text=True,
+                              check=True, env={'PATH': '/usr/sbin:/sbin:/usr/bin:/bin'}).stdout.strip()
+        (bin_dir / name).write_text('#!/bin/sh\n'
+                                    'if [ -n "$PFD_SWAP" ] && [ ! -L "$PFD_SWAP" ]; then\n'
+                                    '  mv "$PFD_SWAP" "$PFD_SWAP.moved" && ln -s "$PFD_TARGET" "$PFD_SWAP"\n'
+                                    'fi\n'
+                                    'exec %s "$@"\n' % real)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv('PATH', '%s:%s' % (bin_dir, os.environ['PATH']))
+    return monkeypatch
+
+
+def test_a_swap_while_e2fsck_runs_never_reaches_outside(attacked, swapping_tools):
+    lab = attacked
+    disk = lab['disks'] / SERIAL / 'data' / 'disk.img'
+    swapping_tools.setenv('PFD_SWAP', str(disk))
+    swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'standin.img'))
+    outside = snapshot(lab['outside'])
+    result = run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='128M', fstype='ext4'))
+    assert not result.get('failed'), result
+    assert os.path.islink(disk) and snapshot(lab['outside']) == outside
+    moved = lab['disks'] / SERIAL / 'data' / 'disk.img.moved'  # the file pi_disk checked, grown whole
+    assert moved.stat().st_size == 128 * MIB and fs_bytes(moved) == 128 * MIB
+
+
+def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):
+    lab = attacked
+    fresh = lab['disks'] / SERIAL / 'fresh'
+    fresh.mkdir()
+    swapping_tools.setenv('PFD_SWAP', str(fresh))
+    swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'dir'))
+    outside = snapshot(lab['outside'])
+    result = run_module('pi_disk', base(lab, serial=SERIAL, name='fresh', size='64M', fstype='ext4'))
+    assert not result.get('failed'), result
+    assert snapshot(lab['outside']) == outside
+    made = lab['disks'] / SERIAL / 'fresh.moved' / 'disk.img'  # linked into the directory pi_disk opened
+    assert superblock(made)['Filesystem volume name'] == 'fresh'
