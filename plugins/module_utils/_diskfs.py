@@ -8,8 +8,10 @@ paths are fine here; what is inside the mounted file system goes through ``_disk
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import time
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils._confined import Tree
@@ -95,13 +97,15 @@ class Containers:
         lay, serial, container = plan['layout'], plan['serial'], plan['container']
         if self.units and not self.units.wanted(lay.point, self.unit_text(lay)):
             self.units.ensure(lay.point, self.unit_text(lay), lambda path, body: _atomic.write_text(path, body, 0o644))
-        if container.get('grow') and not plan['source']:
+        if container.get('grow') and not plan['source'] and not attached(lay.image):
             self.resize_offline(lay, container['capacity'])
+            container['grow'] = False
         if not plan['source']:
             os.makedirs(lay.point, 0o755, exist_ok=True)
+            # mount reuses a loop device still attached elsewhere (another mount namespace): never two.
             self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % serial)
-            plan['source'] = 'mounted'
-        elif container.get('grow'):
+            plan['source'] = (_loopfs.mount_at(os.path.realpath(lay.point)) or ('mounted',))[0]
+        if container.get('grow'):
             self.resize_online(plan)
 
     def resize_offline(self, lay, capacity):
@@ -130,14 +134,22 @@ class Containers:
             return
         if 'Permission denied' not in err + out:
             raise DiskError('growing %s online failed: %s' % (what, (err or out).strip()), rc=rc, stderr=err)
+        why = 'the kernel refuses to grow it while mounted (%s; online growth needs CAP_SYS_RESOURCE, which ' \
+              'containers often drop)' % err.strip()
         rc, out, uerr = self.host.run([self.host.which('umount', True), '--', lay.point])
         if rc != 0:
-            raise DiskError('growing %s failed: the kernel refuses to grow it while mounted (%s; online growth needs '
-                            'CAP_SYS_RESOURCE, which containers often drop) and it cannot be unmounted to grow it '
-                            'offline (%s); run pi_disk where it has CAP_SYS_RESOURCE, or stop the NFS server and the '
-                            'Pi and run again' % (what, err.strip(), uerr.strip()))
-        self.resize_offline(lay, capacity)
-        self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % lay.serial)
+            raise DiskError('growing %s failed: %s and it cannot be unmounted to grow it offline (%s); run pi_disk '
+                            'where it has CAP_SYS_RESOURCE, or stop the NFS server and the Pi and run again'
+                            % (what, why, uerr.strip()))
+        try:
+            holder = attached(lay.image, wait=2.0)
+            if holder:  # still mounted in another mount namespace: e2fsck or resize2fs now would corrupt it
+                raise DiskError('growing %s failed: %s and it is still in use through %s after unmounting it here '
+                                '(mounted in another mount namespace, an NFS server\'s perhaps); stop what holds it, '
+                                'or run pi_disk where it has CAP_SYS_RESOURCE' % (what, why, holder))
+            self.resize_offline(lay, capacity)
+        finally:
+            self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % lay.serial)
 
     def remove(self, plan):
         """The Pi has no disks left: its container (or old-layout directory) goes, with its mount unit."""
@@ -179,6 +191,23 @@ def make_container(run, which, path, capacity, label):
     if rc != 0:
         raise DiskError('making the disks file system %s (%s) failed: %s'
                         % (path, human(capacity), (err or out).strip()), rc=rc, stderr=err, cmd=argv)
+
+
+def attached(image, wait=0.0):
+    """The loop device backed by ``image`` (mounted somewhere, maybe in another namespace), or None.
+
+    A loop device set to autoclear goes a moment after its last mount: ``wait`` seconds for that.
+    """
+    real = os.path.realpath(image)
+    deadline = time.monotonic() + wait
+    while True:
+        for backing in glob.glob('/sys/block/loop*/loop/backing_file'):
+            with contextlib.suppress(OSError), open(backing, encoding='utf-8', errors='replace') as handle:
+                if handle.read().rstrip('\n') == real:
+                    return '/dev/' + backing.split('/')[3]
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
 
 
 def loop_bytes(device):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 SERIAL = '3a4b5c6d'
 HOSTNAME = Path('/etc/hostname').read_text()
+# The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE (bit 24), which containers like this one may lack.
+ONLINE_GROWTH = bool(int(Path('/proc/self/status').read_text().split('CapEff:')[1].split()[0], 16) & (1 << 24))
 
 
 @pytest.fixture
@@ -326,14 +329,13 @@ def test_growing_a_busy_file_system(lab):
     task = base(lab, serial='b0b0b0b0', name='data', size='16M')
     run_module('pi_disk', task)
     point = lab['disks'] / 'b0b0b0b0'
-    online = bool(int(Path('/proc/self/status').read_text().split('CapEff:')[1].split()[0], 16) & (1 << 24))
     holder = os.open(point, os.O_RDONLY)  # what Ganesha does with an export's root
     try:
         before = (lab['disks'] / 'b0b0b0b0.json').read_text()
         grown = run_module('pi_disk', dict(task, size='2G'))
     finally:
         os.close(holder)
-    if online:
+    if ONLINE_GROWTH:
         assert not grown.get('failed') and grown['pis'][0]['action'] == 'grown', grown
         return
     assert grown.get('failed') and 'CAP_SYS_RESOURCE' in grown['msg'] and 'cannot be unmounted' in grown['msg'], grown
@@ -341,6 +343,31 @@ def test_growing_a_busy_file_system(lab):
     assert (point / 'data' / 'disk.img').stat().st_size == 16 * MIB
     done = run_module('pi_disk', dict(task, size='2G'))  # no longer busy: grown offline
     assert done['pis'][0]['action'] == 'grown' and (point / 'data' / 'disk.img').stat().st_size == 2 * GIB
+
+
+def test_never_grown_offline_while_another_mount_namespace_holds_it(lab):
+    """An NFS server in a private mount namespace (as nfslab starts Ganesha) keeps the file system mounted
+    there after it is unmounted here: e2fsck or resize2fs on the image then would corrupt it."""
+    task = base(lab, serial='b0b0b0b1', name='data', size='16M')
+    run_module('pi_disk', task)
+    point = lab['disks'] / 'b0b0b0b1'
+    holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '60'])
+    try:
+        time.sleep(0.5)  # its copy of our mounts is made
+        before = (lab['disks'] / 'b0b0b0b1.json').read_text()
+        grown = run_module('pi_disk', dict(task, size='2G'))
+        if ONLINE_GROWTH:
+            assert not grown.get('failed') and grown['pis'][0]['action'] == 'grown', grown
+            return
+        assert grown.get('failed') and 'still in use through /dev/loop' in grown['msg'], grown
+        assert (lab['disks'] / 'b0b0b0b1.json').read_text() == before
+        assert mounts_below(point) == [str(point)] and (point / 'data' / 'disk.img').stat().st_size == 16 * MIB
+        assert fs_bytes(device(point)) == 256 * MIB  # its ext4 untouched; only the file grew, by a hole
+    finally:
+        holder.kill()
+        holder.wait()
+    done = run_module('pi_disk', dict(task, size='2G'))  # the other namespace is gone: grown offline
+    assert done['pis'][0]['action'] == 'grown' and (point / 'data' / 'disk.img').stat().st_size == 2 * GIB, done
 
 
 def legacy(disks_dir, serial):
@@ -527,3 +554,24 @@ def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):
     assert snapshot(lab['outside']) == outside
     made = lab['disks'] / SERIAL / 'fresh.moved' / 'disk.img'  # linked into the directory pi_disk opened
     assert superblock(made)['Filesystem volume name'] == 'fresh'
+
+
+def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
+    """The fleet role's prune step: departed Pis' disks, listed from the indexes (not from their exports)."""
+    items = [{'serial': serial, 'name': name, 'size': '8M'} for serial in ('aaaa0099', 'bbbb0099')
+             for name in ('one', 'two')]
+    run_module('pi_disk', base(lab, disks=items))
+    (lab['disks'] / 'bbbb0099' / 'three').mkdir()  # what a departed Pi made in its export is not a disk list
+    (tmp_path / 'roots').mkdir()
+    play = tmp_path / 'prune.yml'
+    play.write_text(json.dumps([{'name': 'Prune', 'hosts': 'localhost', 'gather_facts': False, 'vars': {
+        'fleet_roots_dir': str(tmp_path / 'roots'), 'fleet_disks_dir': str(lab['disks']),
+        'fleet_plan': {'serials': ['aaaa0099']}}, 'tasks': [{'ansible.builtin.include_tasks': str(
+            Path(__file__).resolve().parents[2] / 'roles' / 'fleet' / 'tasks' / 'prune.yml')}]}]))
+    proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
+                           '-e', 'ansible_python_interpreter=%s' % sys.executable, str(play)],
+                          capture_output=True, text=True, check=False, timeout=300,
+                          env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1'))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(os.listdir(lab['disks'])) == ['aaaa0099', 'aaaa0099.img', 'aaaa0099.json']
+    assert sorted(os.listdir(lab['disks'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
