@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fstree import loops_backed_by, mounts_below, snapshot
+from fstree import mounts_below, release_below, snapshot
 from modrun import run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._diskfs import make_container
@@ -40,14 +40,7 @@ def lab(tmp_path):
     srv.mkdir()
     lab = {'top': srv, 'disks': srv / 'disks', 'units': srv / 'units', 'lock': tmp_path / 'lock'}
     yield lab
-    for point in sorted(mounts_below(tmp_path), key=len, reverse=True):
-        if subprocess.run(['umount', point], capture_output=True, check=False).returncode:
-            subprocess.run(['umount', '--lazy', point], check=False)
-    for _attempt in range(50):  # autoclear frees a loop device once its last user lets go
-        if not loops_backed_by(tmp_path):
-            break
-        time.sleep(0.1)
-    assert mounts_below(tmp_path) == [] and loops_backed_by(tmp_path) == []
+    assert release_below(tmp_path) == []
 
 
 def state(lab):

@@ -14,9 +14,9 @@ import subprocess
 import time
 
 import pytest
-from fstree import loops_backed_by, mounts_below
+from fstree import release_below
 from modrun import run_module
-from nfslab import TOOLS, Ganesha, Lan, missing_tools, nfs, nfs_read, nfs_url, nfs_write
+from nfslab import TOOLS, ganesha_lan, missing_tools, nfs, nfs_read, nfs_url, nfs_write
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import build
 
@@ -51,47 +51,34 @@ def test_each_pi_reaches_its_disks_through_one_export_of_its_own(tmp_path):
     disk_exports = [e for e in plan['exports'] if e['path'].startswith(str(tmp_path / 'disks'))]
     assert [e['path'] for e in disk_exports] == [str(tmp_path / 'disks' / s) for s in PIS.values()]
 
-    lan = Lan('pfd', HOSTS)
-    server = Ganesha(lan, 'srv', tmp_path / 'ganesha')
     try:
-        lan.start()
-        server.dir.mkdir()
-        server.write_config()
-        server.start()
-        exported = run_module('nfs_export', {
-            'backend': 'ganesha', 'exclusive': True, 'exports': disk_exports, 'ganesha_config': str(server.config),
-            'ganesha_pidfile': str(server.pidfile), 'exports_file': str(tmp_path / 'pifleet.conf')})
-        assert not exported.get('failed'), exported
-        point = tmp_path / 'disks' / PIS['pia']
-        deadline = time.monotonic() + 15
-        while listing(lan, 'pia', point)[0] != 0 and time.monotonic() < deadline:
-            time.sleep(0.3)  # Ganesha applies SIGHUP asynchronously
+        with ganesha_lan('pfd', HOSTS, 'srv', tmp_path / 'ganesha') as (lan, server):
+            exported = run_module('nfs_export', {
+                'backend': 'ganesha', 'exclusive': True, 'exports': disk_exports, 'ganesha_config': str(server.config),
+                'ganesha_pidfile': str(server.pidfile), 'exports_file': str(tmp_path / 'pifleet.conf')})
+            assert not exported.get('failed'), exported
+            point = tmp_path / 'disks' / PIS['pia']
+            deadline = time.monotonic() + 15
+            while listing(lan, 'pia', point)[0] != 0 and time.monotonic() < deadline:
+                time.sleep(0.3)  # Ganesha applies SIGHUP asynchronously
 
-        assert listing(lan, 'pia', point) == (0, ['data', 'lost+found', 'swap'])
-        assert listing(lan, 'pia', point / 'data') == (0, ['disk.img'])
-        head = subprocess.run(lan.exec_argv('pia', ['nfs-cat', nfs_url(SERVER, str(point / 'data' / 'disk.img'))]),
-                              capture_output=True, check=False).stdout
-        assert len(head) == 16 << 20 and head[1080:1082] == b'\x53\xef'  # the ext4 magic pi_disk formatted
-        (tmp_path / 'note').write_text('written by Pi A\n')
-        put = nfs_write(lan, 'pia', tmp_path / 'note', nfs_url(SERVER, '%s/note' % point))
-        assert put.returncode == 0 and (point / 'note').read_text() == 'written by Pi A\n', put
-        refused = nfs_read(lan, 'pib', nfs_url(SERVER, str(point / 'note')))
-        assert refused.returncode != 0 and 'MNT3ERR_ACCES' in refused.stderr, refused
+            assert listing(lan, 'pia', point) == (0, ['data', 'lost+found', 'swap'])
+            assert listing(lan, 'pia', point / 'data') == (0, ['disk.img'])
+            head = subprocess.run(lan.exec_argv('pia', ['nfs-cat', nfs_url(SERVER, str(point / 'data' / 'disk.img'))]),
+                                  capture_output=True, check=False).stdout
+            assert len(head) == 16 << 20 and head[1080:1082] == b'\x53\xef'  # the ext4 magic pi_disk formatted
+            (tmp_path / 'note').write_text('written by Pi A\n')
+            put = nfs_write(lan, 'pia', tmp_path / 'note', nfs_url(SERVER, '%s/note' % point))
+            assert put.returncode == 0 and (point / 'note').read_text() == 'written by Pi A\n', put
+            refused = nfs_read(lan, 'pib', nfs_url(SERVER, str(point / 'note')))
+            assert refused.returncode != 0 and 'MNT3ERR_ACCES' in refused.stderr, refused
 
-        # The Pi's own files at the top of its export are its business; pi_disk still converges.
-        again = run_module('pi_disk', dict(common, disks=plan['disks']))
-        assert again['changed'] is False, again
-        more = run_module('pi_disk', dict(common, disks=[{'serial': PIS['pia'], 'name': 'logs', 'size': '4M'}]))
-        assert more['disks'][0]['action'] == 'created', more
-        assert listing(lan, 'pia', point / 'logs') == (0, ['disk.img'])  # no new export needed
+            # The Pi's own files at the top of its export are its business; pi_disk still converges.
+            again = run_module('pi_disk', dict(common, disks=plan['disks']))
+            assert again['changed'] is False, again
+            more = run_module('pi_disk', dict(common, disks=[{'serial': PIS['pia'], 'name': 'logs', 'size': '4M'}]))
+            assert more['disks'][0]['action'] == 'created', more
+            assert listing(lan, 'pia', point / 'logs') == (0, ['disk.img'])  # no new export needed
     finally:
-        server.close()
-        lan.close()
-        for mount in sorted(mounts_below(tmp_path), key=len, reverse=True):
-            if subprocess.run(['umount', mount], check=False, capture_output=True).returncode:
-                subprocess.run(['umount', '--lazy', mount], check=False)
-    for _attempt in range(50):
-        if not loops_backed_by(tmp_path):
-            break
-        time.sleep(0.1)
-    assert mounts_below(tmp_path) == [] and loops_backed_by(tmp_path) == []
+        left = release_below(tmp_path)  # Ganesha's namespace is gone: ours is all there is
+    assert left == []

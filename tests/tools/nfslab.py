@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 TOOLS = ('ip', 'unshare', 'ganesha.nfsd', 'rpcbind', 'nfs-cat', 'nfs-cp', 'nfs-ls')
@@ -189,6 +190,26 @@ class Ganesha:
             self.proc = None
         for pid in pids[1:]:
             wait_gone(pid)
+
+
+@contextmanager
+def ganesha_lan(prefix, hosts, server_host, workdir, v3=True):
+    """``(lan, server)``: the LAN of ``hosts`` and a Ganesha started on ``server_host`` with no exports yet.
+
+    Ganesha's mount namespace is made when it starts: mount what it must serve before entering.
+    Both are torn down on exit.
+    """
+    lan = Lan(prefix, hosts)
+    server = Ganesha(lan, server_host, workdir, v3)
+    try:
+        lan.start()
+        server.dir.mkdir(parents=True, exist_ok=True)
+        server.write_config()
+        server.start()
+        yield lan, server
+    finally:
+        server.close()
+        lan.close()
 
 
 def wait_gone(pid, timeout=10):
