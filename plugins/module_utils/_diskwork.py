@@ -270,7 +270,7 @@ class PiDisks:
                     for step in sorted(plan['steps'], key=lambda s: ORDER[s['action']]):
                         self.step(files, step, now)
         finally:
-            text = render_index(lay, now)
+            text = render_index(lay, now) if plan['image'] else ''  # an index only beside its file system
             if text != plan['old']:
                 write_index(lay.index, text)
 
@@ -303,7 +303,8 @@ class PiDisks:
         for item in plan['items']:
             step = steps.get(item['key'])
             disks[item['key']] = self.disk_result(lay, item, step, measured.get(item['name']), msg)
-        pi['changed'] = any(d['changed'] for d in disks.values()) or (not msg and container['action'] not in QUIET)
+        pi['changed'] = any(d['changed'] for d in disks.values()) or (not msg and (
+            container['action'] not in QUIET or plan['new'] != plan['old']))
         if msg:
             pi['msg'] = msg
             pi['changed'] = any(step.get('done') and step['action'] != 'unchanged' for step in steps.values())

@@ -568,3 +568,43 @@ def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(lab['disks'])) == ['aaaa0099', 'aaaa0099.img', 'aaaa0099.json']
     assert sorted(os.listdir(lab['disks'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
+
+
+@pytest.mark.parametrize('damage', ['lost', 'garbled'])
+def test_an_index_lost_or_garbled_is_rebuilt_from_the_disks(lab, damage):
+    task = base(lab, serial=SERIAL, disks=[{'name': 'data', 'size': '16M', 'fstype': 'ext4'},
+                                           {'name': 'raw', 'size': '8M'}])
+    run_module('pi_disk', task)
+    index = lab['disks'] / (SERIAL + '.json')
+    text = index.read_text()
+    if damage == 'lost':
+        index.unlink()
+    else:
+        index.write_text('{"disks": [')
+    one = run_module('pi_disk', dict(task, disks=task['disks'][:1]))  # a call naming one disk of two
+    assert one['changed'] is True and one['disks'][0]['action'] == 'unchanged', one
+    assert index.read_text() == text  # both disks, as they are in the Pi's file system
+    assert ('is unreadable: rebuilt' in json.dumps(one.get('warnings'))) is (damage == 'garbled')
+    assert run_module('pi_disk', task)['changed'] is False
+
+
+def test_a_pi_failing_half_way_keeps_an_index_of_what_was_done(lab, tmp_path, monkeypatch):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'mkfs.ext4').write_text('#!/bin/sh\necho "mkfs.ext4: no space left (a test)" >&2\nexit 1\n')
+    (bin_dir / 'mkfs.ext4').chmod(0o755)
+    monkeypatch.setenv('PATH', '%s:%s' % (bin_dir, os.environ['PATH']))
+    items = [{'serial': SERIAL, 'name': 'good', 'size': '8M'}, {'serial': SERIAL, 'name': 'bad', 'size': '16M',
+                                                                 'fstype': 'ext4'},
+             {'serial': 'bbbb0005', 'name': 'other', 'size': '8M'}]
+    failed = run_module('pi_disk', base(lab, disks=items))
+    assert failed.get('failed') and 'formatting disk bad of Pi 3a4b5c6d as ext4 failed: mkfs.ext4: no space' in \
+        failed['msg'], failed
+    assert [(d['name'], d['action']) for d in failed['disks']] == [('good', 'created'), ('bad', 'failed'),
+                                                                   ('other', 'created')]
+    assert failed['changed'] is True and [p['action'] for p in failed['pis']] == ['failed', 'created']
+    index = json.loads((lab['disks'] / (SERIAL + '.json')).read_text())
+    assert [d['name'] for d in index['disks']] == ['good'] and os.listdir(lab['disks'] / SERIAL / 'bad') == []
+    monkeypatch.setenv('PATH', os.environ['PATH'].split(':', 1)[1])
+    done = run_module('pi_disk', base(lab, disks=items))
+    assert [d['action'] for d in done['disks']] == ['unchanged', 'created', 'unchanged'], done
