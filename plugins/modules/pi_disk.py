@@ -56,7 +56,8 @@ notes:
     for O(fstype=ext4) more inodes in use than a fresh file system (11), a journal that needs recovery, or an
     unreadable superblock; for both, other files the Pi put in the disk's directory."
   - Growing a mounted file system needs C(CAP_SYS_RESOURCE) (containers often drop it). Without it, pi_disk
-    unmounts the file system, grows it offline and mounts it again, which fails while an NFS server holds it.
+    unmounts the file system, grows it offline and mounts it again; it refuses, with the reason, while an NFS
+    server holds it (busy here, or still mounted in the server's own mount namespace).
   - Quote serials in YAML, for example C("00c0ffee"), because unquoted digits may be read as numbers.
 options:
   serial:
