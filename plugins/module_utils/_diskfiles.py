@@ -72,22 +72,19 @@ class DiskFiles:
 
     @contextlib.contextmanager
     def image(self, name, write=False):
-        """``(fd, stat)`` of ``<name>/disk.img`` checked as a regular file, or None when it is missing."""
+        """``(fd, stat)`` of ``<name>/disk.img`` checked as a regular file; ``(None, None)`` when it is missing."""
         dfd = self._open_dir(name)
-        if dfd is None:
-            yield None
-            return
+        fd = None
+        if dfd is not None:
+            try:
+                fd = self._open_image(name, dfd, os.O_RDWR if write else os.O_RDONLY)
+            finally:
+                os.close(dfd)
         try:
-            fd = self._open_image(name, dfd, os.O_RDWR if write else os.O_RDONLY)
+            yield (fd, os.fstat(fd)) if fd is not None else (None, None)
         finally:
-            os.close(dfd)
-        if fd is None:
-            yield None
-            return
-        try:
-            yield fd, os.fstat(fd)
-        finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     def _open_image(self, name, dfd, mode):
         rel = '%s/%s' % (name, IMAGE)
@@ -117,10 +114,9 @@ class DiskFiles:
         The fstype is the one the index records when there is one (a Pi may put its own file system on
         a ``none`` disk), else what the file holds. ``extra``: other entries in the disk's directory.
         """
-        with self.image(name) as found:
-            if found is None:
+        with self.image(name) as (fd, st):
+            if fd is None:
                 return None
-            fd, st = found
             ext = parse_ext_super(os.pread(fd, 1024, 1024))
         fstype = recorded_fstype or ('ext4' if ext else 'none')
         extra = any(entry != IMAGE for entry in self.names(name, 2))
@@ -185,11 +181,10 @@ class DiskFiles:
     def grow(self, name, size, fstype):
         """Grow the file by a hole to ``size``, then its ext4 file system (never through a path)."""
         what = 'disk %s of Pi %s' % (name, self.serial)
-        with self.image(name, write=True) as found:
-            if found is None:
+        with self.image(name, write=True) as (fd, st):
+            if fd is None:
                 raise DiskError('growing %s failed: its disk.img is gone (the Pi removed it?); run again to '
                                 'create it' % what)
-            fd, st = found
             if st.st_size > size:
                 raise DiskError('growing %s refused: its disk.img is now %s, more than the %s asked for (the Pi '
                                 'changed it); disks never shrink' % (what, human(st.st_size), human(size)))

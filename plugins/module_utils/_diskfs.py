@@ -83,11 +83,11 @@ class Containers:
             with Tree(lay.point, 'the old disks of Pi %s' % serial) as old, Tree(mnt, 'the new disks') as new:
                 src, dst = self.files(old, lay), self.files(new, lay)
                 for name in keep:
-                    with src.image(name) as found:
-                        if found is None:
+                    with src.image(name) as (fd, st):
+                        if fd is None:
                             raise DiskError('migrating disk %s of Pi %s failed: its disk.img went away meanwhile (is '
                                             'the Pi still running?); run again' % (name, serial))
-                        dst.adopt(name, found[0], found[1].st_size)
+                        dst.adopt(name, fd, st.st_size)
         finally:
             self.mounter.umount(mnt, 'the new disks file system of Pi %s' % serial)
         plan['now'] = {name: plan['now'][name] for name in keep}

@@ -158,8 +158,8 @@ class PiDisks:
         source = self.source(lay.serial)
         if source is not None and _loopfs.loop_backing(source) not in (lay.image, os.path.realpath(lay.image)):
             raise DiskError('the disks of Pi %s: %s has %s mounted on it, not %s; pi_disk mounts only the Pi\'s '
-                            'disks file system there: unmount it, then run again' % (lay.serial, lay.point, source,
-                                                                                        lay.image))
+                            'disks file system there: unmount it, then run again'
+                            % (lay.serial, lay.point, source, lay.image))
         legacy = image is None and source is None and point is not None and bool(os.listdir(lay.point))
         return {'image': image is not None, 'size': image.st_size if image else 0, 'source': source, 'legacy': legacy}
 
@@ -368,5 +368,3 @@ def _lstat(path):
         return os.lstat(path)
     except FileNotFoundError:
         return None
-
-

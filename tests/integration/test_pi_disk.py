@@ -594,8 +594,8 @@ def test_a_pi_failing_half_way_keeps_an_index_of_what_was_done(lab, tmp_path, mo
     (bin_dir / 'mkfs.ext4').write_text('#!/bin/sh\necho "mkfs.ext4: no space left (a test)" >&2\nexit 1\n')
     (bin_dir / 'mkfs.ext4').chmod(0o755)
     monkeypatch.setenv('PATH', '%s:%s' % (bin_dir, os.environ['PATH']))
-    items = [{'serial': SERIAL, 'name': 'good', 'size': '8M'}, {'serial': SERIAL, 'name': 'bad', 'size': '16M',
-                                                                 'fstype': 'ext4'},
+    items = [{'serial': SERIAL, 'name': 'good', 'size': '8M'},
+             {'serial': SERIAL, 'name': 'bad', 'size': '16M', 'fstype': 'ext4'},
              {'serial': 'bbbb0005', 'name': 'other', 'size': '8M'}]
     failed = run_module('pi_disk', base(lab, disks=items))
     assert failed.get('failed') and 'formatting disk bad of Pi 3a4b5c6d as ext4 failed: mkfs.ext4: no space' in \
