@@ -1,8 +1,9 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """pi_disk as a real process, as root: each Pi's disks file system made, loop-mounted, grown and removed;
-real ext4 disks; refusals; a fleet in one call; the old layout migrated; the lock; and a Pi attacking
-from inside its mounted file system (links, FIFOs, swaps while a tool runs) with nothing outside changing.
+real ext4 disks; refusals; a fleet in one call; the old layout migrated; the lock; the fleet's prune step.
+A Pi attacking from inside its file system is in test_pi_disk_attacks.py, its disks over NFS in
+test_pi_disk_nfs.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fstree import mounts_below, release_below, snapshot
+from disklab import SERIAL, bakery, base, device, fs_bytes, mount_options, sha, state, superblock, tool
+from fstree import mounts_below
 from modrun import run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._diskfs import make_container
@@ -27,7 +29,6 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import uni
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-SERIAL = '3a4b5c6d'
 HOSTNAME = Path('/etc/hostname').read_text()
 # The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE (bit 24), which containers like this one may lack.
 ONLINE_GROWTH = bool(int(Path('/proc/self/status').read_text().split('CapEff:')[1].split()[0], 16) & (1 << 24))
@@ -35,62 +36,7 @@ ONLINE_GROWTH = bool(int(Path('/proc/self/status').read_text().split('CapEff:')[
 
 @pytest.fixture
 def lab(tmp_path):
-    """Paths for one bakery; every file system pi_disk mounted below is unmounted afterwards, loop devices freed."""
-    srv = tmp_path / 'srv'  # what the module changes; the lock file (the holder's pid) is beside it
-    srv.mkdir()
-    lab = {'top': srv, 'disks': srv / 'disks', 'units': srv / 'units', 'lock': tmp_path / 'lock'}
-    yield lab
-    assert release_below(tmp_path) == []
-
-
-def state(lab):
-    """snapshot() of what pi_disk manages; a mounted file system's image only by its size (the kernel writes
-    superblock times, lazy inode-table init and atimes to it on its own)."""
-    found = snapshot(lab['top'])
-    for rel in found:
-        if rel.startswith('disks/') and rel.endswith('.img') and rel.count('/') == 1:
-            found[rel] = found[rel][3]
-    return found
-
-
-def base(lab, **extra):
-    return dict({'disks_dir': str(lab['disks']), 'units_dir': str(lab['units']), 'lock_file': str(lab['lock'])},
-                **extra)
-
-
-def tool(*argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, LANG='C', LC_ALL='C'))
-    assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def superblock(image):
-    """dumpe2fs -h as a dict: the file system as e2fsprogs sees it, not as the module reports it."""
-    fields = {}
-    for line in tool('dumpe2fs', '-h', str(image)).splitlines():
-        key, sep, value = line.partition(':')
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def fs_bytes(image):
-    info = superblock(image)
-    return int(info['Block count']) * int(info['Block size'])
-
-
-def device(point):
-    """The loop device mounted at ``point``: its superblock is current, the image file's may lag behind."""
-    return tool('findmnt', '-n', '-o', 'SOURCE', '--mountpoint', str(point)).strip()
-
-
-def mount_options(point):
-    return tool('findmnt', '-n', '-o', 'OPTIONS', '--mountpoint', str(point)).strip().split(',')
-
-
-def sha(path):
-    with open(path, 'rb') as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
+    yield from bakery(tmp_path)
 
 
 def assert_private_file_system(lab, serial, result):
@@ -438,115 +384,6 @@ def test_the_bakery_lock_makes_a_second_run_wait(lab):
     assert not done.get('failed'), done
     assert done['lock_waited'] >= 1.0 and 'held by another pifleet run (pid 4242, pi_root)' in json.dumps(
         done['warnings'])
-
-
-# ------------------------------------------------------------------ a Pi attacking from inside its export
-
-
-@pytest.fixture
-def attacked(lab):
-    """Pi 3a4b5c6d with an ext4 disk 'data', and stand-ins outside its file system that must never change."""
-    run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='64M', fstype='ext4'))
-    outside = lab['top'].parent / 'outside'
-    outside.mkdir()
-    for path in (outside / 'standin.img', outside / 'dir' / 'disk.img'):
-        path.parent.mkdir(exist_ok=True)
-        tool('truncate', '-s', '64M', str(path))  # valid ext4 images: a tool that follows would change them
-        tool('mkfs.ext4', '-q', '-F', '-L', 'standin', str(path), '32M')
-    lab['outside'] = outside
-    return lab
-
-
-def plant(lab, name, attack):
-    """What the Pi does over NFS where pi_disk expects <name>/disk.img; returns what the error must say."""
-    point = lab['disks'] / SERIAL
-    disk_dir = point / name
-    if attack == 'image-link':
-        disk_dir.mkdir(exist_ok=True)
-        if (disk_dir / 'disk.img').exists():
-            os.rename(disk_dir / 'disk.img', disk_dir / 'moved.img')
-        (disk_dir / 'disk.img').symlink_to(lab['outside'] / 'standin.img')
-        return '%s/disk.img is a symbolic link' % name
-    if attack == 'dir-link':
-        if disk_dir.exists():
-            os.rename(disk_dir, point / ('moved-' + name))
-        disk_dir.symlink_to(lab['outside'] / 'dir')
-        return '%s is a symbolic link' % name
-    disk_dir.mkdir(exist_ok=True)
-    if (disk_dir / 'disk.img').exists():
-        os.rename(disk_dir / 'disk.img', disk_dir / 'moved.img')
-    os.mkfifo(disk_dir / 'disk.img')
-    return '%s/disk.img is a FIFO' % name
-
-
-OPERATIONS = {  # the disk attacked, and the item that works on it
-    'grow': ('data', {'name': 'data', 'size': '128M', 'fstype': 'ext4'}),
-    'format': ('fresh', {'name': 'fresh', 'size': '64M', 'fstype': 'ext4'}),
-    'remove': ('data', {'name': 'data', 'state': 'absent', 'force': True}),
-}
-
-
-@pytest.mark.parametrize('operation', sorted(OPERATIONS))
-@pytest.mark.parametrize('attack', ['image-link', 'dir-link', 'fifo'])
-def test_what_the_pi_planted_in_its_export_is_refused_and_nothing_outside_changes(attacked, attack, operation):
-    lab = attacked
-    name, item = OPERATIONS[operation]
-    expected = plant(lab, name, attack)
-    outside, planted = snapshot(lab['outside']), snapshot(lab['disks'] / SERIAL)
-    index = (lab['disks'] / (SERIAL + '.json')).read_text()
-    result = run_module('pi_disk', base(lab, disks=[dict(item, serial=SERIAL),
-                                                    {'serial': 'bbbb0004', 'name': 'other', 'size': '8M'}]))
-    assert result.get('failed'), result
-    assert result['msg'].startswith('pi_disk failed for 1 Pi(s): 3a4b5c6d: disk %s of Pi 3a4b5c6d: ' % name)
-    assert expected in result['msg'] and 'never follows or replaces it' in result['msg'], result['msg']
-    assert [(d['serial'], d['action']) for d in result['disks']] == [(SERIAL, 'failed'), ('bbbb0004', 'created')]
-    assert snapshot(lab['outside']) == outside  # checksums, sizes, times of every stand-in
-    assert snapshot(lab['disks'] / SERIAL) == planted and (lab['disks'] / (SERIAL + '.json')).read_text() == index
-
-
-@pytest.fixture
-def swapping_tools(lab, tmp_path, monkeypatch):
-    """Tools that let the Pi swap a path for a link to a stand-in while they run (first in PATH)."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    for name in ('e2fsck', 'mkfs.ext4'):
-        real = subprocess.run(['sh', '-c', 'command -v %s' % name], capture_output=True, text=True,
-                              check=True, env={'PATH': '/usr/sbin:/sbin:/usr/bin:/bin'}).stdout.strip()
-        (bin_dir / name).write_text('#!/bin/sh\n'
-                                    'if [ -n "$PFD_SWAP" ] && [ ! -L "$PFD_SWAP" ]; then\n'
-                                    '  mv "$PFD_SWAP" "$PFD_SWAP.moved" && ln -s "$PFD_TARGET" "$PFD_SWAP"\n'
-                                    'fi\n'
-                                    'exec %s "$@"\n' % real)
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv('PATH', '%s:%s' % (bin_dir, os.environ['PATH']))
-    return monkeypatch
-
-
-def test_a_swap_while_e2fsck_runs_never_reaches_outside(attacked, swapping_tools):
-    lab = attacked
-    disk = lab['disks'] / SERIAL / 'data' / 'disk.img'
-    swapping_tools.setenv('PFD_SWAP', str(disk))
-    swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'standin.img'))
-    outside = snapshot(lab['outside'])
-    result = run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='128M', fstype='ext4'))
-    assert not result.get('failed'), result
-    assert os.path.islink(disk) and snapshot(lab['outside']) == outside
-    moved = lab['disks'] / SERIAL / 'data' / 'disk.img.moved'  # the file pi_disk checked, grown whole
-    assert moved.stat().st_size == 128 * MIB and fs_bytes(moved) == 128 * MIB
-
-
-def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):
-    lab = attacked
-    fresh = lab['disks'] / SERIAL / 'fresh'
-    fresh.mkdir()
-    swapping_tools.setenv('PFD_SWAP', str(fresh))
-    swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'dir'))
-    outside = snapshot(lab['outside'])
-    result = run_module('pi_disk', base(lab, serial=SERIAL, name='fresh', size='64M', fstype='ext4'))
-    assert not result.get('failed'), result
-    assert snapshot(lab['outside']) == outside
-    made = lab['disks'] / SERIAL / 'fresh.moved' / 'disk.img'  # linked into the directory pi_disk opened
-    assert superblock(made)['Filesystem volume name'] == 'fresh'
 
 
 def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
