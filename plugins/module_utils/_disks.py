@@ -1,10 +1,17 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Extra disks for Pis: sparse ``disk.img`` files the Pi attaches over NFS, and its ``disks.json``.
+"""Extra disks for Pis: names, sizes, the container each Pi's disks live in, planning and the index.
 
-Layout: ``<disks_dir>/<serial>/<name>/disk.img`` (one directory per disk: it is what gets
-exported) and ``<disks_dir>/<serial>/disks.json`` (the list the Pi reads). Parse and plan are pure
-functions; ``DiskWorker`` applies a plan through one ``run(argv)`` callable. No AnsibleModule here.
+Layout in ``<disks_dir>`` (mode 0700, out of every Pi's reach):
+
+- ``<serial>.img``   the Pi's disks file system: a sparse ext4 image, sized for all its disks;
+- ``<serial>.json``  the index pi_disk trusts (name, file, size, fstype, nfs_path of each disk);
+- ``<serial>/``      the mount point (``nosuid,nodev,noexec``) and the one export of the Pi's disks,
+  holding ``<name>/disk.img``. The Pi can write anything in there, so nothing read from it is trusted.
+
+A Pi can forge NFS handles naming any inode of the file system it is exported; a file system of
+its own holding only its disks is all such a handle can reach (``_loopfs``). Pure functions here;
+``_diskfiles`` touches files, ``_diskwork`` plans and applies. No AnsibleModule here.
 """
 
 from __future__ import annotations
@@ -13,17 +20,24 @@ import decimal
 import json
 import os
 import re
-import stat
 import struct
-
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 
 NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
 NAME_MAX = 64
 IMAGE = 'disk.img'
-INDEX = 'disks.json'
+LEGACY_INDEX = 'disks.json'  # where older pifleet kept the index, inside the Pi's directory
+DISKS_MODE = 0o700
+INDEX_LIMIT = 1 << 20
 MIB = 1024 * 1024
 MIN_EXT4 = 8 * MIB
+# Containers are whole ext4 block groups (4 KiB blocks), so resize2fs always fills them exactly.
+GROUP = 128 * MIB
+JOURNAL = 32 * MIB
+PER_DISK = MIB  # the disk's directory and the extent tree of a fully written disk.img
+FIXED = 16 * MIB  # superblock, descriptors, bitmaps, root and lost+found of a small container
+SLACK = 64 * MIB
+MIN_INODES = 256  # two per disk; ext4 cannot add inodes later except by growing
+INODE_RATIO = 4 * MIB  # mke2fs -T largefile4: disk images are few and large
 _SIZE_RE = re.compile(r'(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?', re.IGNORECASE)
 _UNITS = {None: 0, 'k': 1, 'm': 2, 'g': 3, 't': 4}
 # ext2/3/4 superblock (1024 bytes in): the few fields planning needs, little-endian.
@@ -40,10 +54,23 @@ class DiskError(Exception):
         self.details = details
 
 
+class Layout:
+    """The paths of one Pi's disks in ``disks_dir``."""
+
+    def __init__(self, disks_dir, serial):
+        self.serial = serial
+        self.point = os.path.join(disks_dir, serial)
+        self.image = self.point + '.img'
+        self.index = self.point + '.json'
+
+    def disk(self, name):
+        return os.path.join(self.point, name, IMAGE)
+
+
 def check_name(name):
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > NAME_MAX or name == INDEX:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > NAME_MAX or name == LEGACY_INDEX:
         return ('disk name %r is not valid: use up to %d lower-case letters, digits, ".", "_" and "-", starting '
-                'with a letter or digit, not %r (for example "data" or "scratch-1")' % (name, NAME_MAX, INDEX))
+                'with a letter or digit, not %r (for example "data" or "scratch-1")' % (name, NAME_MAX, LEGACY_INDEX))
     return None
 
 
@@ -71,20 +98,37 @@ def human(count):
     return '%d bytes' % count
 
 
-def read_ext_super(path):
-    """The ext2/3/4 superblock fields planning needs, or None when ``path`` holds no ext file system."""
-    try:
-        with open(path, 'rb') as handle:
-            handle.seek(1024)
-            block = handle.read(1024)
-    except OSError:
-        return None
+# --------------------------------------------------------------------------- the container
+
+
+def container_size(sizes):
+    """Bytes of a container that holds disks of these sizes fully written, with ext4's overhead and slack.
+
+    ext4 metadata grows with the size (bitmaps, inode tables, descriptors: about 0.03% measured with
+    these mke2fs options); 0.1% is allowed for it, on top of the journal and a fixed part.
+    """
+    total = sum(sizes)
+    need = total + len(sizes) * PER_DISK + JOURNAL + FIXED + SLACK + -(-total // 1024)
+    return -(-need // GROUP) * GROUP
+
+
+def inode_count(capacity):
+    return max(MIN_INODES, capacity // INODE_RATIO)
+
+
+# --------------------------------------------------------------------------- disks
+
+
+def parse_ext_super(block):
+    """The ext2/3/4 superblock fields planning needs from its 1024 bytes, or None when it is none."""
     if len(block) < 1024 or struct.unpack_from('<H', block, 0x38)[0] != _EXT_MAGIC:
         return None
     inodes, blocks_lo, _unused_reserved, _unused_free_blocks, free_inodes = struct.unpack_from('<5I', block, 0)
     log_block, _unused_log_cluster, per_group = struct.unpack_from('<3I', block, 0x18)
     incompat = struct.unpack_from('<I', block, 0x60)[0]
     blocks_hi = struct.unpack_from('<I', block, 0x150)[0] if incompat & _INCOMPAT_64BIT else 0
+    if log_block > 6:
+        return None  # not a block size ext4 has: garbage that happens to carry the magic
     block_size = 1024 << log_block
     return {
         'block_size': block_size,
@@ -96,36 +140,16 @@ def read_ext_super(path):
     }
 
 
-def inspect_disk(disk_dir, recorded_fstype):
-    """Current state of one disk, or None when it has no ``disk.img``.
-
-    The fstype is the one recorded in disks.json when there is one (a Pi may have put its own file
-    system on a ``none`` disk), else what the file holds.
-    """
-    image = os.path.join(disk_dir, IMAGE)
-    for path in (disk_dir, image):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            raise DiskError('%s is a symbolic link: pifleet disks never are (it could point outside the disks '
-                            'directory); remove it or move it away' % path)
-    if not stat.S_ISREG(st.st_mode):
-        raise DiskError('%s is not a regular file: it is not a pifleet disk; move it away' % image)
-    ext = read_ext_super(image)
-    fstype = recorded_fstype or ('ext4' if ext else 'none')
-    return {'size': st.st_size, 'allocated': st.st_blocks * 512, 'fstype': fstype,
-            'ext': ext if fstype == 'ext4' else None}
-
-
 def has_data(current):
     """Whether removing a disk would lose something: what ``absent`` without force refuses.
 
     ``none``: any allocated block (a fresh sparse file has none). ``ext4``: more inodes in use than
     a fresh file system (reserved inodes and lost+found), or a journal that needs recovery (mounted
-    by a Pi), or an unreadable superblock (so we cannot tell).
+    by a Pi), or an unreadable superblock (so we cannot tell). Either: other files the Pi put in
+    the disk's directory.
     """
+    if current.get('extra'):
+        return True
     if current['fstype'] != 'ext4':
         return current['allocated'] > 0
     ext = current['ext']
@@ -133,7 +157,7 @@ def has_data(current):
 
 
 def plan_disk(want, current, dir_exists=False):
-    """The action that takes one disk from ``current`` (inspect_disk) to ``want``; DiskError if refused.
+    """The action that takes one disk from ``current`` (see _diskfiles.inspect) to ``want``; DiskError if refused.
 
     Returns ``created``, ``grown`` (``resize_only`` when only the ext4 file system lags behind its
     file, after an interrupted grow), ``unchanged`` or ``removed``.
@@ -166,8 +190,9 @@ def _plan_absent(want, current, dir_exists, what):
     if current is None:
         return {'action': 'removed' if dir_exists else 'unchanged'}
     if not want['force'] and has_data(current):
-        raise DiskError('removing %s refused: it holds data (%s file system, %s allocated); set force: true '
-                        'to delete it with its data' % (what, current['fstype'], human(current['allocated'])))
+        extra = ', and other files in its directory' if current.get('extra') else ''
+        raise DiskError('removing %s refused: it holds data (%s file system, %s allocated%s); set force: true '
+                        'to delete it with its data' % (what, current['fstype'], human(current['allocated']), extra))
     return {'action': 'removed'}
 
 
@@ -187,122 +212,42 @@ def _plan_ext4(size, current, what):
     return {'action': 'grown', 'size': size, 'resize_only': size == current['size']}
 
 
-def load_index(serial_dir):
-    """The disks.json of a Pi as ``(text, {name: entry})``; ``('', {})`` when there is none."""
-    path = os.path.join(serial_dir, INDEX)
-    try:
-        with open(path, encoding='utf-8') as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return '', {}
+# --------------------------------------------------------------------------- the index
+
+
+def parse_index(text):
+    """``{name: {'size', 'fstype'}}`` from an index's text; None when it is not one (rebuilt then)."""
     try:
         entries = json.loads(text).get('disks', [])
-        return text, {entry['name']: entry for entry in entries}
+        found = {}
+        for entry in entries:
+            name, size, fstype = entry['name'], entry['size'], entry.get('fstype')
+            if check_name(name) is None and isinstance(size, int) and size > 0 and fstype in ('none', 'ext4'):
+                found[name] = {'size': size, 'fstype': fstype}
+        return found
     except (ValueError, AttributeError, TypeError, KeyError):
-        return text, {}  # unreadable: rewritten from the disks found on disk
+        return None
 
 
-def scan_disks(serial_dir):
-    """Names of the disk directories of a Pi that hold a disk.img."""
+def load_index(path):
+    """(text, entries) of the index at ``path``: ('', {}) when there is none, (text, None) when unreadable."""
     try:
-        names = os.listdir(serial_dir)
+        with open(path, encoding='utf-8') as handle:
+            text = handle.read(INDEX_LIMIT + 1)
     except FileNotFoundError:
-        return []
-    return sorted(name for name in names if check_name(name) is None
-                  and os.path.isfile(os.path.join(serial_dir, name, IMAGE))
-                  and not os.path.islink(os.path.join(serial_dir, name)))
+        return '', {}
+    if len(text) > INDEX_LIMIT:
+        return text[:200], None
+    return text, parse_index(text)
 
 
-def index_entry(serial_dir, name, size, fstype):
-    disk_dir = os.path.join(serial_dir, name)
-    return {'name': name, 'file': os.path.join(disk_dir, IMAGE), 'size': size, 'fstype': fstype, 'nfs_path': disk_dir}
+def render_index(layout, entries):
+    """The index text for ``{name: {'size', 'fstype'}}``; '' (no file) when the Pi has no disk.
 
-
-def render_index(serial, entries):
-    """disks.json text for a Pi; '' (no file) when it has no disk."""
+    ``nfs_path`` is the export (the Pi's disks file system); the disk is ``<name>/disk.img`` in it.
+    """
     if not entries:
         return ''
-    data = {'serial': serial, 'disks': sorted(entries, key=lambda entry: entry['name'])}
-    return json.dumps(data, indent=2, sort_keys=True) + '\n'
-
-
-def make_dir(path, mode=0o755):
-    """Create ``path`` root-owned with ``mode`` whatever the umask; refuse a symbolic link there."""
-    if os.path.islink(path):
-        raise DiskError('%s is a symbolic link: pifleet disk directories never are (it could point outside the '
-                        'disks directory); remove it or move it away' % path)
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise DiskError('%s exists and is not a directory; move it away' % path) from None
-        return
-    os.chmod(path, mode)
-
-
-def write_index(serial_dir, text):
-    """Replace (or remove, for '') disks.json atomically."""
-    path = os.path.join(serial_dir, INDEX)
-    if not text:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return
-    _atomic.write_text(path, text, 0o644)
-
-
-class DiskWorker:
-    """Apply planned actions to disk files; ``run(argv)`` returns ``(rc, out, err)``, ``which(name)`` a path."""
-
-    def __init__(self, run, which):
-        self.run = run
-        self.which = which
-
-    def _check(self, argv, what, ok=(0,)):
-        rc, out, err = self.run(argv)
-        if rc not in ok:
-            raise DiskError('%s failed: %s' % (what, (err or out).strip() or 'exit status %d' % rc),
-                            rc=rc, stderr=err, cmd=argv)
-
-    def create(self, disk_dir, name, size, fstype, what):
-        """Build disk.img in a locked scratch dir beside it (sparse, formatted), then link it into place."""
-        make_dir(disk_dir)
-        with _atomic.ScratchDir(disk_dir, 'disk') as scratch:
-            built = scratch.join(IMAGE)
-            fd = os.open(built, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.ftruncate(fd, size)  # a hole, not written zeros: the file is sparse
-            except OSError as exc:
-                raise DiskError('creating %s failed: cannot make a %s file in %s (%s); ask for a smaller size or '
-                                'use a file system that allows it' % (what, human(size), disk_dir, exc)) from exc
-            finally:
-                os.close(fd)
-            if fstype == 'ext4':
-                self._check([self.which('mkfs.ext4'), '-q', '-F', '-L', name[:16],
-                             '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '--', built],
-                            'formatting %s as ext4' % what)
-            # link() rather than rename(): never replaces a disk.img that appeared meanwhile.
-            try:
-                os.link(built, os.path.join(disk_dir, IMAGE))
-            except FileExistsError:
-                raise DiskError('creating %s failed: %s appeared while it was being built (another run?); run '
-                                'again' % (what, os.path.join(disk_dir, IMAGE))) from None
-
-    def grow(self, image, size, fstype, resize_only, what):
-        if not resize_only:
-            try:
-                os.truncate(image, size)  # grows by a hole: stays sparse
-            except OSError as exc:
-                raise DiskError('growing %s to %s failed: %s' % (what, human(size), exc)) from exc
-        if fstype == 'ext4':
-            # e2fsck -p exits 1 when it fixed something: still fit for resize2fs.
-            self._check([self.which('e2fsck'), '-f', '-p', image], 'checking the ext4 file system of %s '
-                        'before growing it (run e2fsck -f on %s by hand)' % (what, image), ok=(0, 1))
-            self._check([self.which('resize2fs'), image], 'growing the ext4 file system of %s' % what)
-
-    def remove(self, serial_dir, disk_dir, name):
-        # Move it out of sight first: a crash mid-delete never leaves half a disk under its name.
-        with _atomic.ScratchDir(serial_dir, name) as scratch:
-            os.rename(disk_dir, scratch.join('old'))
+    disks = [{'name': name, 'file': layout.disk(name), 'size': entry['size'], 'fstype': entry['fstype'],
+              'nfs_path': layout.point} for name, entry in sorted(entries.items())]
+    return json.dumps({'serial': layout.serial, 'disks': disks}, indent=2, sort_keys=True) + '\n'

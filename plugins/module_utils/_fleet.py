@@ -194,9 +194,9 @@ def build(pis, settings):
             item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
         roots.append(item)
         exports.append({'path': root, 'clients': clients, 'options': list(ROOT_OPTIONS)})
-        for disk in pi['disks']:
-            disks.append(dict(disk, serial=pi['serial']))
-            exports.append({'path': os.path.join(disks_dir, pi['serial'], str(disk['name'])), 'clients': clients,
+        disks.extend(dict(disk, serial=pi['serial']) for disk in pi['disks'])
+        if pi['disks']:  # one file system per Pi holds all its disks: one export
+            exports.append({'path': os.path.join(disks_dir, pi['serial']), 'clients': clients,
                             'options': list(ROOT_OPTIONS)})
         boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'bakeform': pi['bakeform'], 'model': pi['model'],
                      'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],

@@ -38,8 +38,10 @@ class ModuleHost:
         self.diff = module._diff
         self.tmpdir = module.tmpdir
 
-    def run(self, argv):
-        return self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+    def run(self, argv, pass_fds=()):
+        """(rc, out, err); ``pass_fds`` hands a command open files (/proc/self/fd/N), never a path to swap."""
+        return self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'},
+                                       pass_fds=list(pass_fds) or None)
 
     def which(self, name, required=False):
         return self.module.get_bin_path(name, required=required)

@@ -7,37 +7,57 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: pi_disk
-short_description: Extra disks for Raspberry Pis, as sparse disk.img files served over NFS
+short_description: Extra disks for Raspberry Pis, as sparse disk.img files in a file system of their own per Pi
 version_added: 0.1.0
 description:
-  - Creates, grows and removes extra disks of network-booted Pis on the bakery host. Each disk is a sparse
-    C(<disks_dir>/<serial>/<name>/disk.img); its directory is what gets exported over NFS to that Pi.
-  - Maintains C(<disks_dir>/<serial>/disks.json), the list the Pi reads to attach its disks (C(name), C(file),
-    C(size), C(fstype), C(nfs_path)), replaced atomically and only when its content changes.
-  - A new disk is built beside its final place (sparse, formatted when O(fstype=ext4), without mounting) and
-    linked into place, so a failed or killed run never leaves a half-made C(disk.img).
+  - Creates, grows and removes extra disks of network-booted Pis on the bakery host. Each Pi's disks live in one
+    file system of its own, a sparse ext4 image C(<disks_dir>/<serial>.img) loop-mounted C(nosuid,nodev,noexec) at
+    C(<disks_dir>/<serial>), which is what gets exported to that Pi over NFS; each disk is C(<name>/disk.img) in it.
+    A Pi can forge NFS file handles naming any file of the file system it is exported, so that file system holds
+    nothing but its own disks.
+  - The file system is sized for all the Pi's disks at full size, plus ext4's overhead and some slack, and grows
+    when disks are added or grown (online, or offline when the kernel refuses and it can be unmounted); it never
+    shrinks. It is made with C(mke2fs) on the sparse file, without mounting, in a scratch directory, then renamed
+    into place. A systemd mount unit in O(units_dir) mounts it again after a reboot.
+  - Everything in the mounted file system is the Pi's to change, so pi_disk touches it only through file
+    descriptors, one path component at a time, never following a symbolic link; tools get the checked file as
+    C(/proc/self/fd/N), never a path. A C(<name>) or C(disk.img) the Pi replaced by a symbolic link, a FIFO or
+    anything else is refused with the reason. A new disk is made as an unnamed file (sparse, formatted when
+    O(fstype=ext4), without mounting) and linked into place whole.
+  - Maintains C(<disks_dir>/<serial>.json), the index of the Pi's disks (C(name), C(file), C(size), C(fstype),
+    C(nfs_path), the export), beside the image and out of the Pi's reach; replaced atomically, only when it changes.
   - Disks grow in place (the file by a hole; an ext4 file system with C(e2fsck) and C(resize2fs)) and never
-    shrink. The file system of an existing disk is never changed.
-  - All disks of one call are planned before anything is changed, so a refused item changes nothing.
+    shrink. The file system of an existing disk is never changed. When a Pi's last disk goes, its file system,
+    mount unit and index go too (unless the Pi left other files there and no O(force) is given).
+  - Each Pi is planned, then changed, on its own; a Pi whose disks cannot be converged (a refused item, a
+    C(disk.img) the Pi swapped for a link) fails alone and changes nothing of its own that was refused; the other
+    Pis of the call still converge, and the module fails at the end naming each failed Pi.
+  - Disks of the older layout (C(<disks_dir>/<serial>/) a plain directory on the bakery's file system) are
+    refused with the reason; O(migrate=true) copies them into a file system of their own.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._lock
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-    details: The diff shows each C(disks.json) before and after.
+    details: The diff shows each Pi's index C(<disks_dir>/<serial>.json) before and after.
   platform:
     platforms: posix
 requirements:
-  - e2fsprogs (C(mkfs.ext4), C(e2fsck), C(resize2fs)) for O(fstype=ext4) disks.
+  - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
+  - e2fsprogs (C(mke2fs), C(mkfs.ext4), C(e2fsck), C(resize2fs)), util-linux (C(mount), C(umount), C(losetup)).
 notes:
   - An ext4 disk whose journal needs recovery (a Pi has it mounted) is not grown; shut the Pi down first.
   - "O(state=absent) without O(force) refuses a disk that holds data: for O(fstype=none) any allocated block,
     for O(fstype=ext4) more inodes in use than a fresh file system (11), a journal that needs recovery, or an
-    unreadable superblock."
+    unreadable superblock; for both, other files the Pi put in the disk's directory."
+  - Growing a mounted file system needs C(CAP_SYS_RESOURCE) (containers often drop it). Without it, pi_disk
+    unmounts the file system, grows it offline and mounts it again; it refuses, with the reason, while an NFS
+    server holds it (busy here, or still mounted in the server's own mount namespace).
   - Quote serials in YAML, for example C("00c0ffee"), because unquoted digits may be read as numbers.
 options:
   serial:
@@ -66,21 +86,37 @@ options:
     default: none
   state:
     description:
-      - V(present) creates the disk or grows it to O(size). V(absent) removes its directory and its entry in C(disks.json);
-        removing a Pi's last disk also removes its C(disks.json) and its empty directory.
+      - V(present) creates the disk or grows it to O(size). V(absent) removes its directory and its entry in the
+        index; removing a Pi's last disk also removes its file system, mount unit and index.
     type: str
     choices: [present, absent]
     default: present
   force:
     description:
-      - With O(state=absent), remove the disk even when it holds data.
+      - With O(state=absent), remove the disk even when it holds data (and the Pi's file system with its last disk
+        even when the Pi left other files in it).
     type: bool
     default: false
   disks_dir:
     description:
-      - Directory holding the disks of all Pis.
+      - Directory holding the disk file systems, indexes and mount points of all Pis (mode 0700).
     type: path
     default: /srv/pifleet/disks
+  units_dir:
+    description:
+      - Where the systemd mount units that bring the disk file systems back after a reboot are written. An empty
+        string writes none (the mounts then do not survive a reboot).
+    type: path
+    default: /etc/systemd/system
+  migrate:
+    description:
+      - Copy the disks of a Pi still in the older layout (a plain C(<disks_dir>/<serial>/) directory holding
+        C(<name>/disk.img) and C(disks.json)) into a file system of its own, keeping their holes, then delete the
+        old directory. Shut the Pi down first; pi_disk refuses ext4 disks whose journal needs recovery, but cannot
+        tell whether a Pi is still writing to a V(none) disk.
+      - Without it such a Pi fails with the reason.
+    type: bool
+    default: false
   disks:
     description:
       - Many disks in one call (the fleet converges in one task). Top-level O(serial), O(name), O(size),
@@ -124,12 +160,25 @@ EXAMPLES = r"""
     fstype: ext4
     disks: "{{ pifleet_disks }}"  # [{serial: "3a4b5c6d", name: data, size: 16G}, ...]
 
+- name: Export a Pi's disks to it alone (one export per Pi, whatever its number of disks)
+  pifleet.netboot.nfs_export:
+    path: /srv/pifleet/disks/3a4b5c6d
+    clients: [10.0.0.51]
+
 - name: Remove a scratch disk and its data
   pifleet.netboot.pi_disk:
     serial: "3a4b5c6d"
     name: scratch
     state: absent
     force: true
+
+- name: Move a Pi's disks from the older layout into a file system of their own (the Pi shut down)
+  pifleet.netboot.pi_disk:
+    serial: "3a4b5c6d"
+    name: data
+    size: 8G
+    fstype: ext4
+    migrate: true
 """
 
 RETURN = r"""
@@ -148,7 +197,7 @@ disks:
       type: str
       sample: data
     path:
-      description: Path of the disk's C(disk.img).
+      description: Path of the disk's C(disk.img) (in the Pi's mounted file system).
       type: str
       sample: /srv/pifleet/disks/3a4b5c6d/data/disk.img
     changed:
@@ -156,9 +205,9 @@ disks:
       type: bool
       sample: true
     action:
-      description: What was (or in check mode would be) done.
+      description: What was (or in check mode would be) done; V(failed) when its Pi failed before it was done.
       type: str
-      choices: [created, grown, unchanged, removed]
+      choices: [created, grown, unchanged, removed, failed]
       sample: created
     apparent_size:
       description:
@@ -168,7 +217,7 @@ disks:
       sample: 8589934592
     allocated_size:
       description:
-        - Bytes of C(disk.img) actually stored on the bakery (the file is sparse); 0 when the disk does not exist.
+        - Bytes of C(disk.img) actually stored (the file is sparse); 0 when the disk does not exist.
         - In check mode, the current allocation.
       type: int
       sample: 276824064
@@ -176,177 +225,102 @@ disks:
       description: File system of the disk (V(none) or V(ext4)); null when the disk does not exist.
       type: str
       sample: ext4
+    msg:
+      description: Why this disk's Pi failed.
+      type: str
+      returned: when it failed
+pis:
+  description: One entry per Pi of the call (sorted by serial) for its disks file system.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    serial: {description: Serial as 8 lower-case hex digits., type: str, returned: always, sample: 3a4b5c6d}
+    path:
+      description: The mount point of the Pi's disks file system, the path to export to it.
+      type: str
+      returned: always
+      sample: /srv/pifleet/disks/3a4b5c6d
+    image: {description: The file system image., type: str, returned: always, sample: /srv/pifleet/disks/3a4b5c6d.img}
+    index: {description: The index of its disks., type: str, returned: always, sample: /srv/pifleet/disks/3a4b5c6d.json}
+    action:
+      description: What was (or would be) done to the file system.
+      type: str
+      returned: always
+      choices: [created, migrated, grown, mounted, unchanged, removed, kept, none, failed]
+      sample: created
+    changed: {description: Whether anything of this Pi changed (or would)., type: bool, returned: always}
+    capacity:
+      description: Size of the file system image in bytes (in check mode, the size it would have; 0 when none).
+      type: int
+      returned: always
+      sample: 9529458688
+    allocated:
+      description: Bytes of the image actually stored on the bakery (0 in check mode for a new one).
+      type: int
+      returned: always
+      sample: 1347584
+    msg: {description: Why this Pi failed., type: str, returned: when it failed}
+swept:
+  description: Leftover scratch directories of killed runs that this run removed from O(disks_dir).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+lock_waited:
+  description: Seconds this run waited for another pifleet run to release the bakery lock.
+  returned: when it had to wait
+  type: float
+  sample: 3.2
 """
-
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _batch
-from ansible_collections.pifleet.netboot.plugins.module_utils._disks import (
-    IMAGE,
-    INDEX,
-    DiskError,
-    DiskWorker,
-    check_name,
-    index_entry,
-    inspect_disk,
-    load_index,
-    make_dir,
-    parse_size,
-    plan_disk,
-    render_index,
-    scan_disks,
-    write_index,
-)
+from ansible_collections.pifleet.netboot.plugins.module_utils import _batch, _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, check_name, parse_size
+from ansible_collections.pifleet.netboot.plugins.module_utils._diskwork import PiDisks
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
 
 ITEM_KEYS = ('serial', 'name', 'size', 'fstype', 'state', 'force')
-LANG_C = {'LANG': 'C', 'LC_ALL': 'C'}
 
 
-class PiDiskModule:
-    def __init__(self, module):
-        self.module = module
-        self.disks_dir = os.path.abspath(module.params['disks_dir'])
-        self.result = {'changed': False, 'disks': []}
-        self.diffs = []
+def items(module):
+    """The disks to converge, validated and normalised; fails naming the item at fault."""
+    params = module.params
+    found = []
 
-    def fail(self, msg, **details):
-        self.module.fail_json(msg=msg, **self.result, **details)
+    def fail(msg):
+        module.fail_json(msg=msg, changed=False, disks=[], pis=[])
 
-    def items(self):
-        """The disks to converge, validated and normalised; fails naming the item at fault."""
-        params = self.module.params
-        items = []
-        for index, item in enumerate(_batch.expand(params, 'disks', ITEM_KEYS)):
-            where = 'disks[%d]' % index if params['disks'] is not None else 'the disk'
-            for key in ('serial', 'name'):
-                if item[key] in (None, ''):
-                    self.fail('%s missing for %s: every disk needs a serial and a name; set %s at the top level '
-                              'or in the item' % (key, where, key))
-            try:
-                item['serial'] = normalise_serial(item['serial'])
-            except ValueError as exc:
-                self.fail('invalid serial for %s: %s' % (where, exc))
-            problem = check_name(item['name'])
-            if problem:
-                self.fail('invalid name for %s: %s' % (where, problem))
-            if item['state'] == 'present':
-                if item['size'] in (None, ''):
-                    self.fail('size missing for disk %s of Pi %s: state present needs a size; set size (e.g. "8G")'
-                              % (item['name'], item['serial']))
-                try:
-                    item['size'] = parse_size(item['size'])
-                except DiskError as exc:
-                    self.fail('invalid size for disk %s of Pi %s: %s' % (item['name'], item['serial'], exc))
-            item['key'] = '%s/%s' % (item['serial'], item['name'])
-            items.append(item)
-        dupes = _batch.find_duplicates(items, 'key')
-        if dupes:
-            self.fail('duplicate disks in disks: %s each given more than once (as serial/name); give each disk '
-                      'once' % ', '.join(dupes))
-        return items
-
-    def plan_serial(self, serial, items):
-        """Plan every disk of one Pi and the disks.json that results; DiskError if any is refused."""
-        serial_dir = os.path.join(self.disks_dir, serial)
-        if os.path.islink(serial_dir):
-            raise DiskError('%s is a symbolic link: pifleet disk directories never are (it could point outside '
-                            '%s); remove it or move it away' % (serial_dir, self.disks_dir))
-        old_text, recorded = load_index(serial_dir)
-        fstypes = {name: entry.get('fstype') for name, entry in recorded.items()
-                   if isinstance(entry, dict) and entry.get('fstype') in ('none', 'ext4')}
-        entries = {}
-        for name in scan_disks(serial_dir):
-            current = inspect_disk(os.path.join(serial_dir, name), fstypes.get(name))
-            entries[name] = index_entry(serial_dir, name, current['size'], current['fstype'])
-        steps = []
-        for item in items:
-            disk_dir = os.path.join(serial_dir, item['name'])
-            current = inspect_disk(disk_dir, fstypes.get(item['name']))
-            plan = plan_disk(item, current, os.path.isdir(disk_dir))
-            if plan['action'] == 'removed':
-                entries.pop(item['name'], None)
-            elif plan['action'] in ('created', 'grown'):
-                entries[item['name']] = index_entry(serial_dir, item['name'], plan['size'], item['fstype'])
-            steps.append((item, current, plan))
-        return {'serial': serial, 'dir': serial_dir, 'steps': steps, 'old': old_text,
-                'new': render_index(serial, list(entries.values()))}
-
-    def run(self):
-        items = self.items()
-        by_serial = {}
-        for item in items:
-            by_serial.setdefault(item['serial'], []).append(item)
+    for index, item in enumerate(_batch.expand(params, 'disks', ITEM_KEYS)):
+        where = 'disks[%d]' % index if params['disks'] is not None else 'the disk'
+        for key in ('serial', 'name'):
+            if item[key] in (None, ''):
+                fail('%s missing for %s: every disk needs a serial and a name; set %s at the top level or in the '
+                     'item' % (key, where, key))
         try:
-            plans = [self.plan_serial(serial, group) for serial, group in sorted(by_serial.items())]
-            outcome = {}
-            for plan in plans:
-                outcome.update(self.converge(plan))
-        except DiskError as exc:
-            self.fail(str(exc), **exc.details)
-        except OSError as exc:
-            self.fail('changing the disks in %s failed: %s; check the path and its permissions'
-                      % (self.disks_dir, exc))
-        self.result['disks'] = [outcome[item['key']] for item in items]
-        if self.module._diff:
-            self.result['diff'] = self.diffs
-        self.module.exit_json(**self.result)
-
-    def converge(self, plan):
-        """Apply one Pi's plan (unless check mode); return its per-disk results by serial/name."""
-        serial_dir, index_changed = plan['dir'], plan['new'] != plan['old']
-        touched = index_changed or any(step[2]['action'] != 'unchanged' for step in plan['steps'])
-        self.result['changed'] |= touched
-        if index_changed and self.module._diff:
-            path = os.path.join(serial_dir, INDEX)
-            self.diffs.append({'before': plan['old'], 'after': plan['new'], 'before_header': path, 'after_header': path})
-        if touched and not self.module.check_mode:
-            self.apply(plan)
-        return {item['key']: self.outcome(item, current, step) for item, current, step in plan['steps']}
-
-    def apply(self, plan):
-        serial_dir = plan['dir']
-        worker = DiskWorker(lambda argv: self.module.run_command(argv, environ_update=LANG_C),
-                            lambda name: self.module.get_bin_path(name, required=True))
-        if any(step[2]['action'] == 'created' for step in plan['steps']):
-            os.makedirs(self.disks_dir, 0o755, exist_ok=True)
-            make_dir(serial_dir)
-        _atomic.sweep_stale(serial_dir, lambda label: None)
-        for item, _unused_current, step in plan['steps']:
-            disk_dir = os.path.join(serial_dir, item['name'])
-            what = 'disk %s of Pi %s' % (item['name'], item['serial'])
-            if step['action'] == 'created':
-                _atomic.sweep_stale(disk_dir, lambda label: None)
-                worker.create(disk_dir, item['name'], step['size'], item['fstype'], what)
-            elif step['action'] == 'grown':
-                worker.grow(os.path.join(disk_dir, IMAGE), step['size'], item['fstype'], step['resize_only'], what)
-            elif step['action'] == 'removed':
-                worker.remove(serial_dir, disk_dir, item['name'])
-        if os.path.isdir(serial_dir):
-            if plan['new'] != plan['old']:
-                write_index(serial_dir, plan['new'])
-            if not plan['new']:
-                try:
-                    os.rmdir(serial_dir)  # only when nothing else lives there
-                except OSError:
-                    pass
-
-    def outcome(self, item, current, step):
-        image = os.path.join(self.disks_dir, item['serial'], item['name'], IMAGE)
-        action = step['action']
-        result = {'serial': item['serial'], 'name': item['name'], 'path': image, 'action': action,
-                  'changed': action != 'unchanged', 'apparent_size': 0, 'allocated_size': 0, 'fstype': None}
-        if action == 'removed':
-            return result
-        if not self.module.check_mode and action != 'unchanged':
-            current = inspect_disk(os.path.dirname(image), item['fstype'] if item['state'] == 'present' else None)
-        if current is not None:
-            result.update(apparent_size=current['size'], allocated_size=current['allocated'], fstype=current['fstype'])
-        if self.module.check_mode and action in ('created', 'grown'):
-            result.update(apparent_size=step['size'], fstype=item['fstype'])
-        return result
+            item['serial'] = normalise_serial(item['serial'])
+        except ValueError as exc:
+            fail('invalid serial for %s: %s' % (where, exc))
+        problem = check_name(item['name'])
+        if problem:
+            fail('invalid name for %s: %s' % (where, problem))
+        if item['state'] == 'present':
+            if item['size'] in (None, ''):
+                fail('size missing for disk %s of Pi %s: state present needs a size; set size (e.g. "8G")'
+                     % (item['name'], item['serial']))
+            try:
+                item['size'] = parse_size(item['size'])
+            except DiskError as exc:
+                fail('invalid size for disk %s of Pi %s: %s' % (item['name'], item['serial'], exc))
+        item['key'] = '%s/%s' % (item['serial'], item['name'])
+        found.append(item)
+    dupes = _batch.find_duplicates(found, 'key')
+    if dupes:
+        fail('duplicate disks in disks: %s each given more than once (as serial/name); give each disk once'
+             % ', '.join(dupes))
+    return found
 
 
 def main():
@@ -367,11 +341,29 @@ def main():
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             force=dict(type='bool', default=False),
             disks_dir=dict(type='path', default='/srv/pifleet/disks'),
+            units_dir=dict(type='path', default=_loopfs.UNITS_DIR),
+            migrate=dict(type='bool', default=False),
             disks=dict(type='list', elements='dict', options=item_options),
+            **LOCK_ARGS,
         ),
         supports_check_mode=True,
     )
-    PiDiskModule(module).run()
+    todo = items(module)
+    work = PiDisks(ModuleHost(module), disks_dir=module.params['disks_dir'], units_dir=module.params['units_dir'],
+                   migrate=module.params['migrate'])
+    waited = {}
+    lock = take_lock(module, 'pi_disk', waited)
+    try:
+        result, problem = work.run(todo)
+    finally:
+        if lock:
+            lock.release()
+    result.update(waited)
+    if module._diff:
+        result['diff'] = work.diffs
+    if problem:
+        module.fail_json(msg=problem, **result)
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

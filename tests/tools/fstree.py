@@ -103,6 +103,21 @@ def loops_backed_by(path):
     return [d['name'] for d in devices if (d.get('back-file') or '').startswith(os.path.realpath(path))]
 
 
+def release_below(path):
+    """Unmount everything below ``path`` (deepest first, lazily if busy) and wait for its loop devices to go.
+
+    For fixtures around modules that leave file systems mounted by design; returns what is left (nothing).
+    """
+    for point in sorted(mounts_below(path), key=len, reverse=True):
+        if subprocess.run(['umount', point], capture_output=True, check=False).returncode:
+            subprocess.run(['umount', '--lazy', point], capture_output=True, check=False)
+    for _attempt in range(50):  # autoclear frees a loop device once its last user lets go
+        if not loops_backed_by(path):
+            break
+        time.sleep(0.1)
+    return mounts_below(path) + loops_backed_by(path)
+
+
 @contextmanager
 def mounted_ro(image, point):
     """An ext4 image file mounted read-only (no journal replay: nothing is written to it) at ``point``."""

@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 TOOLS = ('ip', 'unshare', 'ganesha.nfsd', 'rpcbind', 'nfs-cat', 'nfs-cp', 'nfs-ls')
@@ -199,6 +200,26 @@ def shared_mount(path):
     if not os.path.ismount(path):
         run(['mount', '--bind', str(path), str(path)])
     run(['mount', '--make-shared', str(path)])
+
+
+@contextmanager
+def ganesha_lan(prefix, hosts, server_host, workdir, v3=True):
+    """``(lan, server)``: the LAN of ``hosts`` and a Ganesha started on ``server_host`` with no exports yet.
+
+    Ganesha's mount namespace is made when it starts: mount what it must serve before entering.
+    Both are torn down on exit.
+    """
+    lan = Lan(prefix, hosts)
+    server = Ganesha(lan, server_host, workdir, v3)
+    try:
+        lan.start()
+        server.dir.mkdir(parents=True, exist_ok=True)
+        server.write_config()
+        server.start()
+        yield lan, server
+    finally:
+        server.close()
+        lan.close()
 
 
 def wait_gone(pid, timeout=10):

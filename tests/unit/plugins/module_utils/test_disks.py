@@ -1,11 +1,10 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""_disks: sizes, names, planning, disks.json and the worker, table-driven; no root, no real tools."""
+"""_disks: sizes, names, planning, the index and the container size, table-driven; no root, no real tools."""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 
 import pytest
@@ -38,7 +37,7 @@ def test_parse_size_rejects(value):
 
 NAMES = [('data', True), ('scratch-1', True), ('a.b_c', True), ('0', True), ('x' * 64, True), ('x' * 65, False),
          ('Data', False), ('-x', False), ('.hidden', False), ('..', False), ('a/b', False), ('../etc', False),
-         ('', False), ('disks.json', False), ('a b', False), (None, False)]
+         ('', False), ('disks.json', False), ('a b', False), ('lost+found', False), (None, False)]
 
 
 @pytest.mark.parametrize(('name', 'valid'), NAMES)
@@ -53,8 +52,8 @@ def test_human(count, text):
     assert _disks.human(count) == text
 
 
-def superblock(path, *, blocks=65536, log_block=0, per_group=8192, inodes=16384, free_inodes=16373,
-               incompat=0x2C2, blocks_hi=0, magic=0xEF53):
+def superblock(*, blocks=65536, log_block=0, per_group=8192, inodes=16384, free_inodes=16373, incompat=0x2C2,
+               blocks_hi=0, magic=0xEF53):
     block = bytearray(1024)
     struct.pack_into('<5I', block, 0, inodes, blocks, 0, 0, free_inodes)
     struct.pack_into('<3I', block, 0x18, log_block, log_block, per_group)
@@ -62,20 +61,18 @@ def superblock(path, *, blocks=65536, log_block=0, per_group=8192, inodes=16384,
     struct.pack_into('<I', block, 0x54, 11)
     struct.pack_into('<I', block, 0x60, incompat)
     struct.pack_into('<I', block, 0x150, blocks_hi)
-    path.write_bytes(bytes(1024) + bytes(block))
-    return str(path)
+    return bytes(block)
 
 
-def test_read_ext_super(tmp_path):
-    info = _disks.read_ext_super(superblock(tmp_path / 'a'))
+def test_parse_ext_super():
+    info = _disks.parse_ext_super(superblock())
     assert info == {'block_size': 1024, 'fs_size': 64 * MIB, 'group_size': 8 * MIB, 'inodes_used': 11,
                     'first_inode': 11, 'needs_recovery': False}
-    big = _disks.read_ext_super(superblock(tmp_path / 'b', blocks=0, blocks_hi=1, log_block=2, incompat=0x2C6))
+    big = _disks.parse_ext_super(superblock(blocks=0, blocks_hi=1, log_block=2, incompat=0x2C6))
     assert big['fs_size'] == (1 << 32) * 4096 and big['block_size'] == 4096 and big['needs_recovery']
-    assert _disks.read_ext_super(superblock(tmp_path / 'c', magic=0x1234)) is None
-    (tmp_path / 'short').write_bytes(b'x' * 1500)
-    assert _disks.read_ext_super(str(tmp_path / 'short')) is None
-    assert _disks.read_ext_super(str(tmp_path / 'missing')) is None
+    assert _disks.parse_ext_super(superblock(magic=0x1234)) is None
+    assert _disks.parse_ext_super(superblock(log_block=40)) is None  # the magic alone, by chance
+    assert _disks.parse_ext_super(b'x' * 500) is None
 
 
 def ext(used=11, fs_size=64 * MIB, group=8 * MIB, recovery=False):
@@ -83,14 +80,15 @@ def ext(used=11, fs_size=64 * MIB, group=8 * MIB, recovery=False):
             'needs_recovery': recovery}
 
 
-def disk(size=64 * MIB, allocated=0, fstype='none', info=None):
-    return {'size': size, 'allocated': allocated, 'fstype': fstype, 'ext': info}
+def disk(size=64 * MIB, allocated=0, fstype='none', info=None, extra=False):
+    return {'size': size, 'allocated': allocated, 'fstype': fstype, 'ext': info, 'extra': extra}
 
 
 @pytest.mark.parametrize(('current', 'expected'), [
     (disk(allocated=0), False), (disk(allocated=4096), True),
     (disk(fstype='ext4', allocated=MIB, info=ext()), False), (disk(fstype='ext4', info=ext(used=12)), True),
-    (disk(fstype='ext4', info=ext(recovery=True)), True), (disk(fstype='ext4', info=None), True)])
+    (disk(fstype='ext4', info=ext(recovery=True)), True), (disk(fstype='ext4', info=None), True),
+    (disk(extra=True), True), (disk(fstype='ext4', allocated=MIB, info=ext(), extra=True), True)])
 def test_has_data(current, expected):
     assert _disks.has_data(current) is expected
 
@@ -134,6 +132,7 @@ REFUSED = [
     ('fstype change', want(fstype='ext4'), disk(), 'changing the file system of disk data of Pi 3a4b5c6d from none'),
     ('ext4 too small', want(fstype='ext4', size=4 * MIB), None, 'too small for ext4'),
     ('absent with data', want(state='absent'), disk(allocated=4096), 'holds data'),
+    ('absent with files beside', want(state='absent'), disk(extra=True), 'other files in its directory'),
     ('absent ext4 with files', want(state='absent'), disk(fstype='ext4', info=ext(used=20)), 'force: true'),
     ('grow mounted', want(size=128 * MIB, fstype='ext4'), disk(fstype='ext4', info=ext(recovery=True)),
      'journal needs recovery'),
@@ -148,126 +147,51 @@ def test_plan_refuses(case, wanted, current, message):
     assert message in str(info.value)
 
 
+LAYOUT = _disks.Layout('/d', '3a4b5c6d')
+
+
+def test_layout_keeps_index_and_image_beside_the_mount_point():
+    assert (LAYOUT.point, LAYOUT.image, LAYOUT.index) == ('/d/3a4b5c6d', '/d/3a4b5c6d.img', '/d/3a4b5c6d.json')
+    assert LAYOUT.disk('data') == '/d/3a4b5c6d/data/disk.img'
+
+
 def test_render_index_sorted_and_empty():
-    entries = [_disks.index_entry('/d/3a4b5c6d', name, MIB, 'none') for name in ('zz', 'aa')]
-    data = json.loads(_disks.render_index('3a4b5c6d', entries))
+    data = json.loads(_disks.render_index(LAYOUT, {'zz': {'size': MIB, 'fstype': 'none'},
+                                                   'aa': {'size': 2 * MIB, 'fstype': 'ext4'}}))
+    # The format of before; nfs_path is now the export, the Pi's disks file system.
     assert data == {'serial': '3a4b5c6d', 'disks': [
-        {'name': 'aa', 'file': '/d/3a4b5c6d/aa/disk.img', 'size': MIB, 'fstype': 'none', 'nfs_path': '/d/3a4b5c6d/aa'},
-        {'name': 'zz', 'file': '/d/3a4b5c6d/zz/disk.img', 'size': MIB, 'fstype': 'none', 'nfs_path': '/d/3a4b5c6d/zz'},
+        {'name': 'aa', 'file': '/d/3a4b5c6d/aa/disk.img', 'size': 2 * MIB, 'fstype': 'ext4', 'nfs_path': '/d/3a4b5c6d'},
+        {'name': 'zz', 'file': '/d/3a4b5c6d/zz/disk.img', 'size': MIB, 'fstype': 'none', 'nfs_path': '/d/3a4b5c6d'},
     ]}
-    assert _disks.render_index('3a4b5c6d', []) == ''
+    assert _disks.render_index(LAYOUT, {}) == ''
 
 
-@pytest.mark.parametrize(('text', 'names'), [
-    ('{"serial": "x", "disks": [{"name": "a", "fstype": "ext4"}]}', ['a']), ('not json', []), ('[1]', []),
-    ('{"disks": [{"no": "name"}]}', [])])
-def test_load_index(tmp_path, text, names):
-    (tmp_path / 'disks.json').write_text(text)
-    got_text, entries = _disks.load_index(str(tmp_path))
-    assert got_text == text and sorted(entries) == names
-    assert _disks.load_index(str(tmp_path / 'none')) == ('', {})
+@pytest.mark.parametrize(('text', 'entries'), [
+    ('{"serial": "x", "disks": [{"name": "a", "size": 1048576, "fstype": "ext4"}]}',
+     {'a': {'size': MIB, 'fstype': 'ext4'}}),
+    ('{"disks": [{"name": "../a", "size": 1, "fstype": "none"}, {"name": "b", "size": -1, "fstype": "none"}, '
+     '{"name": "c", "size": 1, "fstype": "xfs"}]}', {}),
+    ('not json', None), ('[1]', None), ('{"disks": [{"no": "name"}]}', None)])
+def test_load_index(tmp_path, text, entries):
+    (tmp_path / 'x.json').write_text(text)
+    assert _disks.load_index(str(tmp_path / 'x.json')) == (text, entries)
+    assert _disks.load_index(str(tmp_path / 'none.json')) == ('', {})
 
 
-def test_write_index_replaces_and_removes(tmp_path):
-    _disks.write_index(str(tmp_path), 'one\n')
-    assert (tmp_path / 'disks.json').read_text() == 'one\n'
-    assert (tmp_path / 'disks.json').stat().st_mode & 0o777 == 0o644
-    _disks.write_index(str(tmp_path), 'two\n')
-    assert os.listdir(tmp_path) == ['disks.json'] and (tmp_path / 'disks.json').read_text() == 'two\n'
-    _disks.write_index(str(tmp_path), '')
-    assert os.listdir(tmp_path) == []
+def test_load_index_is_size_capped(tmp_path):
+    (tmp_path / 'x.json').write_text(' ' * (_disks.INDEX_LIMIT + 1))
+    assert _disks.load_index(str(tmp_path / 'x.json'))[1] is None
 
 
-def test_scan_and_inspect(tmp_path):
-    for name in ('b', 'a', 'noimage', 'Bad'):
-        (tmp_path / name).mkdir()
-    for name in ('a', 'b', 'Bad'):
-        (tmp_path / name / 'disk.img').write_bytes(b'')
-    os.truncate(tmp_path / 'b' / 'disk.img', 3 * MIB)
-    (tmp_path / 'link').symlink_to(tmp_path / 'a')
-    assert _disks.scan_disks(str(tmp_path)) == ['a', 'b']
-    assert _disks.scan_disks(str(tmp_path / 'missing')) == []
-    assert _disks.inspect_disk(str(tmp_path / 'b'), None) == disk(size=3 * MIB)
-    assert _disks.inspect_disk(str(tmp_path / 'noimage'), None) is None
-    with pytest.raises(DiskError, match='is a symbolic link'):
-        _disks.inspect_disk(str(tmp_path / 'link'), None)
-    superblock(tmp_path / 'a' / 'disk.img')
-    assert _disks.inspect_disk(str(tmp_path / 'a'), None)['fstype'] == 'ext4'  # detected
-    assert _disks.inspect_disk(str(tmp_path / 'a'), 'none')['ext'] is None  # recorded wins
+@pytest.mark.parametrize('sizes', [[], [MIB], [16 * MIB, 64 * MIB], [8 * GIB] * 4, [1024 * GIB], [MIB] * 300])
+def test_container_size_holds_the_disks_and_whole_groups(sizes):
+    size = _disks.container_size(sizes)
+    assert size % _disks.GROUP == 0
+    overhead = _disks.JOURNAL + _disks.FIXED + len(sizes) * _disks.PER_DISK + sum(sizes) // 1024
+    assert sum(sizes) + overhead + _disks.SLACK <= size < sum(sizes) + overhead + _disks.SLACK + _disks.GROUP
+    assert _disks.container_size([*sizes, MIB]) >= size  # a disk more never shrinks it
 
 
-class FakeRun:
-    def __init__(self, *codes):
-        self.codes, self.calls = list(codes), []
-
-    def __call__(self, argv):
-        self.calls.append(argv)
-        return (self.codes.pop(0) if self.codes else 0), '', 'tool said no'
-
-
-def worker(run):
-    return _disks.DiskWorker(run, lambda name: '/sbin/' + name)
-
-
-def test_create_is_sparse_private_and_formats_ext4(tmp_path):
-    run = FakeRun()
-    worker(run).create(str(tmp_path / 'a-very-long-disk-name'), 'a-very-long-disk-name', 64 * MIB, 'ext4', 'disk')
-    image = tmp_path / 'a-very-long-disk-name' / 'disk.img'
-    assert image.stat().st_size == 64 * MIB and image.stat().st_blocks == 0
-    assert image.stat().st_mode & 0o777 == 0o600 and image.stat().st_nlink == 1  # scratch copy gone
-    assert os.listdir(image.parent) == ['disk.img']
-    argv = run.calls[0]
-    assert argv[:5] == ['/sbin/mkfs.ext4', '-q', '-F', '-L', 'a-very-long-disk']
-    assert argv[-2] == '--' and os.path.basename(argv[-1]) == 'disk.img' and argv[-1] != str(image)
-
-
-def test_create_failure_leaves_no_image(tmp_path):
-    with pytest.raises(DiskError, match='formatting disk x as ext4 failed: tool said no'):
-        worker(FakeRun(1)).create(str(tmp_path / 'x'), 'x', 64 * MIB, 'ext4', 'disk x')
-    assert os.listdir(tmp_path / 'x') == []
-
-
-def test_create_never_replaces_an_image(tmp_path):
-    (tmp_path / 'x').mkdir()
-    (tmp_path / 'x' / 'disk.img').write_bytes(b'precious')
-    with pytest.raises(DiskError, match='appeared while it was being built'):
-        worker(FakeRun()).create(str(tmp_path / 'x'), 'x', MIB, 'none', 'disk x')
-    assert (tmp_path / 'x' / 'disk.img').read_bytes() == b'precious'
-
-
-@pytest.mark.parametrize(('codes', 'fails'), [((0, 0), None), ((1, 0), None), ((4,), 'checking the ext4'),
-                                              ((0, 1), 'growing the ext4 file system')])
-def test_grow_ext4_runs_fsck_then_resize(tmp_path, codes, fails):
-    image = tmp_path / 'disk.img'
-    image.write_bytes(b'')
-    run = FakeRun(*codes)
-    if fails:
-        with pytest.raises(DiskError, match=fails):
-            worker(run).grow(str(image), 2 * MIB, 'ext4', False, 'disk')
-    else:
-        worker(run).grow(str(image), 2 * MIB, 'ext4', False, 'disk')
-        assert [argv[0] for argv in run.calls] == ['/sbin/e2fsck', '/sbin/resize2fs']
-        assert run.calls[0][1:] == ['-f', '-p', str(image)]
-    assert image.stat().st_size == 2 * MIB
-
-
-def test_grow_none_runs_nothing_and_remove_takes_the_directory(tmp_path):
-    disk_dir = tmp_path / 'data'
-    disk_dir.mkdir()
-    (disk_dir / 'disk.img').write_bytes(b'x')
-    run = FakeRun()
-    worker(run).grow(str(disk_dir / 'disk.img'), MIB, 'none', False, 'disk')
-    assert run.calls == [] and (disk_dir / 'disk.img').stat().st_size == MIB
-    worker(run).remove(str(tmp_path), str(disk_dir), 'data')
-    assert os.listdir(tmp_path) == []
-
-
-def test_make_dir_refuses_symlinks_and_files(tmp_path):
-    _disks.make_dir(str(tmp_path / 'd'))
-    assert (tmp_path / 'd').stat().st_mode & 0o777 == 0o755
-    (tmp_path / 'l').symlink_to(tmp_path / 'd')
-    with pytest.raises(DiskError, match='symbolic link'):
-        _disks.make_dir(str(tmp_path / 'l'))
-    (tmp_path / 'f').write_bytes(b'')
-    with pytest.raises(DiskError, match='not a directory'):
-        _disks.make_dir(str(tmp_path / 'f'))
+def test_inode_count_has_a_floor_then_follows_largefile4():
+    assert _disks.inode_count(256 * MIB) == _disks.MIN_INODES
+    assert _disks.inode_count(1024 * GIB) == 1024 * GIB // (4 * MIB)

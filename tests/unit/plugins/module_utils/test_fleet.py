@@ -26,16 +26,21 @@ def problems_of(pis, **settings):
 
 
 def test_plan_builds_module_arguments():
-    result = plan({'pi-01': pi(pi_disks=[{'name': 'data', 'size': '8G', 'fstype': 'ext4'}],
-                               pi_config_txt='dtoverlay=disable-bt\n', pi_cmdline_extra='quiet')}, SETTINGS)
-    assert result['roots'] == [{'serial': '1234abcd', 'hostname': 'pi-01', 'bakeform': 'bookworm'}]
-    assert result['disks'] == [{'name': 'data', 'size': '8G', 'fstype': 'ext4', 'serial': '1234abcd'}]
+    result = plan({'pi-01': pi(pi_disks=[{'name': 'data', 'size': '8G', 'fstype': 'ext4'}, {'name': 'swap', 'size': 1}],
+                               pi_config_txt='dtoverlay=disable-bt\n', pi_cmdline_extra='quiet'),
+                   'pi-02': pi(pi_serial='5678abcd', pi_ip='10.0.0.51')}, SETTINGS)
+    assert result['roots'][0] == {'serial': '1234abcd', 'hostname': 'pi-01', 'bakeform': 'bookworm'}
+    assert result['disks'] == [{'name': 'data', 'size': '8G', 'fstype': 'ext4', 'serial': '1234abcd'},
+                               {'name': 'swap', 'size': 1, 'serial': '1234abcd'}]
+    # One export for all of a Pi's disks (its disks file system); none for a Pi without disks.
     assert result['exports'] == [
         {'path': '/srv/pifleet/roots/1234abcd', 'clients': ['10.0.0.50'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/disks/1234abcd/data', 'clients': ['10.0.0.50'],
+        {'path': '/srv/pifleet/disks/1234abcd', 'clients': ['10.0.0.50'],
+         'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
+        {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
-    assert result['boot'] == [{'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
+    assert result['boot'][:1] == [{'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
                                'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
                                'config_txt': ['dtoverlay=disable-bt']}]
 

@@ -1,12 +1,14 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_disk's main(): argument errors, duplicates, check mode, diff and the list form (fstype none).
+"""pi_disk's main(): argument errors, duplicates, check mode and diff, a Pi failing alone, the old layout
+and the lock; nothing here needs a loop device.
 
-ext4 disks, grow with resize2fs and the 20-disk fleet run are in tests/integration/test_pi_disk.py.
+Containers made, mounted, grown and attacked for real are in tests/integration/test_pi_disk.py.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -31,12 +33,13 @@ def tree(top):
 @pytest.fixture
 def disks_dir(tmp_path):
     path = tmp_path / 'disks'
-    path.mkdir()
+    path.mkdir(mode=0o700)
     return path
 
 
 def args(disks_dir, **extra):
-    return dict({'disks_dir': str(disks_dir)}, **extra)
+    return dict({'disks_dir': str(disks_dir), 'units_dir': str(disks_dir.parent / 'units'),
+                 'lock_file': str(disks_dir.parent / 'lock')}, **extra)
 
 
 INVALID = [
@@ -44,9 +47,9 @@ INVALID = [
     ({'serial': SERIAL, 'size': '1G'}, 'name missing for the disk'),
     ({'serial': 'pi-one', 'name': 'data', 'size': '1G'}, 'invalid serial for the disk: serial \'pi-one\''),
     ({'serial': SERIAL, 'name': '../etc', 'size': '1G'}, 'invalid name for the disk: disk name \'../etc\''),
+    ({'serial': SERIAL, 'name': 'lost+found', 'size': '1G'}, 'invalid name for the disk'),
     ({'serial': SERIAL, 'name': 'data'}, 'size missing for disk data of Pi 3a4b5c6d'),
     ({'serial': SERIAL, 'name': 'data', 'size': '12Q'}, 'invalid size for disk data of Pi 3a4b5c6d: size \'12Q\''),
-    ({'serial': SERIAL, 'name': 'data', 'size': '4M', 'fstype': 'ext4'}, 'too small for ext4'),
     ({'serial': SERIAL, 'name': 'data', 'size': '1G', 'fstype': 'xfs'}, 'value of fstype must be one of'),
     ({'disks': [{'serial': SERIAL, 'name': 'a', 'size': '1M'}, {'name': 'b', 'size': '1M'}]},
      'serial missing for disks[1]'),
@@ -62,97 +65,104 @@ def test_invalid_arguments_fail_clearly_and_write_nothing(run_module, disks_dir,
     result = run_module(pi_disk.main, args(disks_dir, **extra))
     assert result.failed
     assert message in result.result['msg']
-    assert tree(disks_dir) == {}
+    assert tree(disks_dir.parent) == {'disks': 'dir'}
 
 
-def test_check_mode_plans_writes_nothing_then_real_run_matches(run_module, disks_dir):
-    task = args(disks_dir, serial=SERIAL, name='data', size='1.5G')
-    planned = run_module(pi_disk.main, task, check_mode=True, diff=True)
-    assert not planned.failed and planned.result['changed'] is True
-    assert tree(disks_dir) == {}
-    [disk] = planned.result['disks']
-    assert disk == {'serial': SERIAL, 'name': 'data', 'path': str(disks_dir / SERIAL / 'data' / 'disk.img'),
-                    'changed': True, 'action': 'created', 'apparent_size': 1536 * MIB, 'allocated_size': 0,
-                    'fstype': 'none'}
-    [diff] = planned.result['diff']
-    assert diff['before'] == '' and diff['before_header'] == str(disks_dir / SERIAL / 'disks.json')
-
-    done = run_module(pi_disk.main, task, diff=True)
-    assert done.result['changed'] is True and done.result['diff'] == planned.result['diff']
-    assert (disks_dir / SERIAL / 'disks.json').read_text() == diff['after']
-    image = disks_dir / SERIAL / 'data' / 'disk.img'
-    assert image.stat().st_size == 1536 * MIB and image.stat().st_blocks == 0
-    assert done.result['disks'][0]['allocated_size'] == 0
-
-    for check_mode in (True, False):
-        again = run_module(pi_disk.main, task, check_mode=check_mode, diff=True)
-        assert again.result['changed'] is False and again.result['diff'] == []
-        assert again.result['disks'][0]['action'] == 'unchanged'
-
-
-def test_list_form_groups_by_serial_and_top_level_defaults(run_module, disks_dir):
+def test_check_mode_plans_containers_and_index_and_writes_nothing(run_module, disks_dir):
     task = args(disks_dir, size='2M', disks=[
-        {'serial': 'aaaa0001', 'name': 'b'}, {'serial': 'aaaa0002', 'name': 'a', 'size': 3 * MIB},
+        {'serial': 'aaaa0001', 'name': 'b', 'size': '1.5G', 'fstype': 'ext4'}, {'serial': 'aaaa0002', 'name': 'a'},
         {'serial': '10000000aaaa0001', 'name': 'a'}])
-    result = run_module(pi_disk.main, task)
-    assert not result.failed, result.result
-    assert [(d['serial'], d['name'], d['apparent_size']) for d in result.result['disks']] == [
-        ('aaaa0001', 'b', 2 * MIB), ('aaaa0002', 'a', 3 * MIB), ('aaaa0001', 'a', 2 * MIB)]
-    index = json.loads((disks_dir / 'aaaa0001' / 'disks.json').read_text())
+    planned = run_module(pi_disk.main, task, check_mode=True, diff=True)
+    assert not planned.failed and planned.result['changed'] is True, planned.result
+    assert tree(disks_dir.parent) == {'disks': 'dir'}
+    disks = planned.result['disks']
+    assert [(d['serial'], d['name'], d['action'], d['apparent_size'], d['fstype']) for d in disks] == [
+        ('aaaa0001', 'b', 'created', 1536 * MIB, 'ext4'), ('aaaa0002', 'a', 'created', 2 * MIB, 'none'),
+        ('aaaa0001', 'a', 'created', 2 * MIB, 'none')]
+    assert disks[0]['path'] == str(disks_dir / 'aaaa0001' / 'b' / 'disk.img')
+    pis = planned.result['pis']
+    assert [(p['serial'], p['action'], p['path'], p['image']) for p in pis] == [
+        ('aaaa0001', 'created', str(disks_dir / 'aaaa0001'), str(disks_dir / 'aaaa0001.img')),
+        ('aaaa0002', 'created', str(disks_dir / 'aaaa0002'), str(disks_dir / 'aaaa0002.img'))]
+    assert pis[0]['capacity'] >= 1540 * MIB and pis[0]['capacity'] % (128 * MIB) == 0
+    first = planned.result['diff'][0]
+    assert first['before'] == '' and first['before_header'] == str(disks_dir / 'aaaa0001.json')
+    index = json.loads(first['after'])
     assert index['serial'] == 'aaaa0001' and [d['name'] for d in index['disks']] == ['a', 'b']
     assert index['disks'][0] == {'name': 'a', 'file': str(disks_dir / 'aaaa0001' / 'a' / 'disk.img'),
-                                 'size': 2 * MIB, 'fstype': 'none', 'nfs_path': str(disks_dir / 'aaaa0001' / 'a')}
+                                 'size': 2 * MIB, 'fstype': 'none', 'nfs_path': str(disks_dir / 'aaaa0001')}
 
 
-def test_refused_item_changes_nothing_at_all(run_module, disks_dir):
-    run_module(pi_disk.main, args(disks_dir, serial=SERIAL, name='data', size='8M'))
-    before = tree(disks_dir)
-    result = run_module(pi_disk.main, args(disks_dir, disks=[
-        {'serial': 'bbbb0001', 'name': 'new', 'size': '1M'},
-        {'serial': SERIAL, 'name': 'data', 'size': '4M'}]))
-    assert result.failed and 'shrinking disk data of Pi 3a4b5c6d refused' in result.result['msg']
-    assert tree(disks_dir) == before
-
-
-def test_absent_needs_force_for_data_and_cleans_up(run_module, disks_dir):
-    task = args(disks_dir, serial=SERIAL, name='data', size='1M')
-    run_module(pi_disk.main, task)
-    run_module(pi_disk.main, dict(task, name='empty'))
-    image = disks_dir / SERIAL / 'data' / 'disk.img'
-    with open(image, 'r+b') as handle:
-        handle.write(b'data')
-    refused = run_module(pi_disk.main, dict(task, state='absent'))
-    assert refused.failed and 'holds data' in refused.result['msg'] and image.exists()
-
-    empty = run_module(pi_disk.main, dict(task, name='empty', state='absent'), diff=True)
-    assert empty.result['changed'] is True and empty.result['disks'][0]['action'] == 'removed'
-    assert sorted(os.listdir(disks_dir / SERIAL)) == ['data', 'disks.json']
-    assert [d['name'] for d in json.loads(empty.result['diff'][0]['after'])['disks']] == ['data']
-
-    forced = run_module(pi_disk.main, dict(task, state='absent', force=True), check_mode=True, diff=True)
-    assert forced.result['changed'] is True and image.exists()
-    assert forced.result['diff'][0]['after'] == ''
-    forced = run_module(pi_disk.main, dict(task, state='absent', force=True))
-    assert forced.result['changed'] is True and os.listdir(disks_dir) == []
-    again = run_module(pi_disk.main, dict(task, state='absent'))
-    assert again.result['changed'] is False and again.result['disks'][0]['action'] == 'unchanged'
-
-
-def test_symlinked_disk_directory_is_refused(run_module, disks_dir, tmp_path):
+def test_a_pi_that_cannot_converge_fails_alone(run_module, disks_dir, tmp_path):
     outside = tmp_path / 'outside'
     outside.mkdir()
     (disks_dir / SERIAL).symlink_to(outside)
-    result = run_module(pi_disk.main, args(disks_dir, serial=SERIAL, name='data', size='1M'))
-    assert result.failed and 'is a symbolic link' in result.result['msg']
+    result = run_module(pi_disk.main, args(disks_dir, size='1M', disks=[
+        {'serial': SERIAL, 'name': 'data'}, {'serial': 'bbbb0001', 'name': 'data'}]), check_mode=True)
+    assert result.failed, result.result
+    assert result.result['msg'].startswith('pi_disk failed for 1 Pi(s): 3a4b5c6d: the disks of Pi 3a4b5c6d: ')
+    assert 'is not a directory (a symbolic link or a file)' in result.result['msg']
+    assert [(d['serial'], d['action']) for d in result.result['disks']] == [(SERIAL, 'failed'), ('bbbb0001', 'created')]
+    assert 'msg' in result.result['disks'][0] and result.result['changed'] is True
     assert os.listdir(outside) == []
 
 
-def test_lost_index_is_rebuilt_from_the_disks(run_module, disks_dir):
-    task = args(disks_dir, serial=SERIAL, name='data', size='1M')
-    run_module(pi_disk.main, task)
-    index = disks_dir / SERIAL / 'disks.json'
-    text = index.read_text()
-    index.write_text('{broken')
-    result = run_module(pi_disk.main, task)
-    assert result.result['changed'] is True and result.result['disks'][0]['action'] == 'unchanged'
-    assert index.read_text() == text
+def legacy(disks_dir, serial=SERIAL):
+    """An older pifleet's layout: a plain directory holding <name>/disk.img and disks.json."""
+    top = disks_dir / serial
+    (top / 'data').mkdir(parents=True)
+    with open(top / 'data' / 'disk.img', 'wb') as handle:
+        handle.truncate(4 * MIB)
+        handle.seek(MIB)
+        handle.write(b'the Pi\'s data')
+    (top / 'disks.json').write_text(json.dumps({'serial': serial, 'disks': [
+        {'name': 'data', 'file': str(top / 'data' / 'disk.img'), 'size': 4 * MIB, 'fstype': 'none',
+         'nfs_path': str(top / 'data')}]}))
+    return top
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_old_layout_is_refused_with_the_way_out(run_module, disks_dir, check_mode):
+    top = legacy(disks_dir)
+    before = tree(disks_dir)
+    result = run_module(pi_disk.main, args(disks_dir, serial=SERIAL, name='data', size='4M'), check_mode=check_mode)
+    assert result.failed
+    msg = result.result['msg']
+    assert 'are in the old layout: %s is a plain directory' % top in msg and 'forged NFS handles' in msg
+    assert 'shut the Pi down, then run pi_disk with migrate: true' in msg
+    assert tree(disks_dir) == before
+
+
+def test_old_layout_with_foreign_files_is_not_migrated(run_module, disks_dir):
+    top = legacy(disks_dir)
+    (top / 'data' / 'notes.txt').write_text('the Pi wrote this beside its disk')
+    result = run_module(pi_disk.main, args(disks_dir, serial=SERIAL, name='data', size='4M', migrate=True),
+                        check_mode=True)
+    assert result.failed and 'holds what pi_disk did not make (data)' in result.result['msg']
+
+
+def test_migration_is_planned_in_check_mode(run_module, disks_dir):
+    legacy(disks_dir)
+    before = tree(disks_dir)
+    result = run_module(pi_disk.main, args(disks_dir, serial=SERIAL, name='data', size='8M', migrate=True),
+                        check_mode=True, diff=True)
+    assert not result.failed, result.result
+    assert result.result['pis'][0]['action'] == 'migrated'
+    assert [(d['action'], d['apparent_size']) for d in result.result['disks']] == [('grown', 8 * MIB)]
+    [diff] = result.result['diff']
+    assert diff['before'] == '' and json.loads(diff['after'])['disks'][0]['size'] == 8 * MIB
+    assert tree(disks_dir) == before
+
+
+def test_the_bakery_lock_is_held_for_changes_and_not_for_check_mode(run_module, disks_dir):
+    task = args(disks_dir, serial=SERIAL, name='data', size='1M', lock_timeout=0)
+    with open(disks_dir.parent / 'lock', 'w') as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write('pid 4242, pi_root\n')
+        held.flush()
+        waiting = run_module(pi_disk.main, task)
+        assert waiting.failed and 'another pifleet run (pid 4242, pi_root) has held the bakery lock' in \
+            waiting.result['msg']
+        assert tree(disks_dir) == {}
+        checked = run_module(pi_disk.main, task, check_mode=True)
+        assert not checked.failed and checked.result['changed'] is True
