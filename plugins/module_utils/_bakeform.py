@@ -284,6 +284,15 @@ def read_os_release(root):
     return None
 
 
+def read_config_txt(boot_dir):
+    """The boot partition's config.txt as text (None when it has none): it names Debian-style kernels."""
+    try:
+        with open(os.path.join(boot_dir, 'config.txt'), encoding='utf-8', errors='replace') as handle:
+            return handle.read(1024 * 1024)
+    except OSError:
+        return None
+
+
 class Ingest:
     """Turn an image file into ``boot/``, ``root/`` and a manifest inside a build directory."""
 
@@ -381,7 +390,7 @@ class Ingest:
             'partitions': [boot, root],
             'boot_files': boot_files,
             'models': detect_models(boot_files),
-            'kernels': detect_kernels(boot_files),
+            'kernels': detect_kernels(boot_files, read_config_txt(os.path.join(os.path.dirname(root_dir), 'boot'))),
             'pretty_name': read_os_release(root_dir),
             'root_extract': self.method,
             'root_subvolume': self.subvolume,

@@ -130,6 +130,8 @@ manifest:
     - Keys C(name), C(source), C(source_stat), C(sha256), C(source_size), C(image_size), C(partition_table),
       C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(root_extract), C(root_subvolume)
       (the golden root is a btrfs subvolume, so per-Pi roots can be snapshots), C(created), C(collection_version).
+    - C(kernels) lists the C(kernel*.img) files and the kernels C(config.txt) names with C(kernel=), such as a
+      Debian C(vmlinuz-<version>).
   returned: always
   type: dict
   sample:
