@@ -52,10 +52,24 @@ QEMU = 'qemu-system-aarch64'
 PROMPT = '=> '
 KERNEL_COMP_ADDR = '0x50000000'  # U-Boot unpacks Debian's gzip'ed vmlinuz here (booti needs it)
 KERNEL_COMP_SIZE = '0x4000000'
+# What a Pi that will never come up shows: a kernel panic, the initramfs' rescue shell, an emergency shell.
+STUCK = r'Kernel panic - not syncing[^\n]*|\(initramfs\) |Give root password for maintenance|You are in emergency mode'
 
 
 class BootError(Exception):
     """The virtual Pi did not get where it should; the message says where it stopped."""
+
+
+def parse_md(out, size):
+    """The bytes of U-Boot ``md.b`` output (``40200000: 6b 65 6c 3d ...  kel=``), at most ``size``."""
+    data = bytearray()
+    for line in out.splitlines():
+        match = re.match(r'\s*[0-9a-f]{8}:((?: [0-9a-f]{2})+)', line)
+        if match:
+            data += bytes.fromhex(match.group(1).replace(' ', ''))
+    if len(data) < size:
+        raise BootError('U-Boot showed %d of %d bytes:\n%s' % (len(data), size, out[-1000:]))
+    return bytes(data[:size])
 
 
 class Console:
@@ -252,13 +266,7 @@ class VirtualPi:
 
     def read_memory(self, address, size):
         """Bytes of guest memory, read through U-Boot's ``md.b`` hex dump."""
-        out = self.uboot('md.b %s %x' % (address, size), what='md.b')
-        data = bytearray()
-        for line in out.splitlines():
-            match = re.match(r'\s*[0-9a-f]{8}:((?: [0-9a-f]{2})+)', line)
-            if match:
-                data += bytes.fromhex(match.group(1).replace(' ', ''))
-        return bytes(data[:size])
+        return parse_md(self.uboot('md.b %s %x' % (address, size), what='md.b'), size)
 
     def firmware(self, server):
         """What the Pi's firmware does, by U-Boot: DHCP, the boot set from the hook, then the kernel."""
@@ -308,12 +316,21 @@ class VirtualPi:
         start = self.console.mark()
         self.console.send('booti ${kernel_addr_r} %s ${fdtcontroladdr}\r' % self.initrd)
         self._lap('kernel', self.console.wait_for(r'Booting Linux on physical CPU', 120, start, 'the kernel'))
-        self._lap('nfs_root', self.console.wait_for(r'systemd\[1\]: systemd \d+', 300, start,
-                                                    'systemd started from the NFS root'))
+        self._lap('nfs_root', self.expect(r'systemd\[1\]: systemd \d+', 300, start,
+                                          'systemd started from the NFS root'))
+
+    def expect(self, pattern, timeout, start, what):
+        """Like ``Console.wait_for``, but a kernel panic or the initramfs' rescue shell ends the wait at once."""
+        match = self.console.wait_for('(?P<wanted>%s)|(?P<stuck>%s)' % (pattern, STUCK), timeout, start, what)
+        if match.group('stuck'):
+            tail = self.console.text[max(start, match.start() - 1500):match.end() + 200]
+            raise BootError('%s: %s never came: the Pi is stuck (%s); the console:\n%s'
+                            % (self.name, what, match.group('stuck').strip(), tail))
+        return match
 
     def wait_login(self, timeout=600):
         start = self.console.mark() if 'login' in self.timings else 0
-        self.console.wait_for(r'(?m)^\S+ login: ', timeout, start, 'the login prompt')
+        self.expect(r'(?m)^\S+ login: ', timeout, start, 'the login prompt')
         self._lap('login')
         lines = [line for line in self.console.text.splitlines() if re.match(r'^\S+ login: ', line)]
         return lines[-1].strip() if lines else ''
