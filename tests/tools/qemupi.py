@@ -320,8 +320,9 @@ class VirtualPi:
                                           'systemd started from the NFS root'))
 
     def expect(self, pattern, timeout, start, what):
-        """Like ``Console.wait_for``, but a kernel panic or the initramfs' rescue shell ends the wait at once."""
-        match = self.console.wait_for('(?P<wanted>%s)|(?P<stuck>%s)' % (pattern, STUCK), timeout, start, what)
+        """Like ``Console.wait_for`` (multi-line: ``^`` is a line's start), but a kernel panic or the initramfs'
+        rescue shell ends the wait at once."""
+        match = self.console.wait_for('(?m)(?P<wanted>%s)|(?P<stuck>%s)' % (pattern, STUCK), timeout, start, what)
         if match.group('stuck'):
             tail = self.console.text[max(start, match.start() - 1500):match.end() + 200]
             raise BootError('%s: %s never came: the Pi is stuck (%s); the console:\n%s'
@@ -330,7 +331,7 @@ class VirtualPi:
 
     def wait_login(self, timeout=600):
         start = self.console.mark() if 'login' in self.timings else 0
-        self.expect(r'(?m)^\S+ login: ', timeout, start, 'the login prompt')
+        self.expect(r'^\S+ login: ', timeout, start, 'the login prompt')
         self._lap('login')
         lines = [line for line in self.console.text.splitlines() if re.match(r'^\S+ login: ', line)]
         return lines[-1].strip() if lines else ''
