@@ -134,7 +134,7 @@ def lab(tmp_path_factory):
                               stdin=subprocess.DEVNULL) as proc:
             for line in proc.stdout:
                 lines.append(line)
-                if line.startswith(('===', 'demo: done')):
+                if line.startswith(('===', 'demo: done', 'demo: pi-06: ')):  # progress, and the real boot's
                     print(line.rstrip(), flush=True)
                 if line.startswith('=== [7/') and found is None:
                     # site is done: the Trixie-like Pi boots beside the demo's (TCG is slow; the cores are two).
