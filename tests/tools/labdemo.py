@@ -196,8 +196,8 @@ def on_bakery(lab, *command, timeout=120):
     proc = subprocess.run(nspawnlab.ssh_argv(lab, *command), capture_output=True, text=True, timeout=timeout,
                           check=False, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise DemoError('on the bakery, %s failed (rc %d): %s' % (' '.join(command), proc.returncode,
-                                                                 (proc.stderr or proc.stdout).strip()[-2000:]))
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise DemoError('on the bakery, %s failed (rc %d): %s' % (' '.join(command), proc.returncode, detail))
     return proc.stdout
 
 
@@ -234,9 +234,10 @@ def real_boot(lab, pi, state, vpi=None, show=say):
     try:
         vpi.power_on()
         fetched = vpi.fetch_boot_set(lab['addresses']['bakery'])
+        sizes = [('%s (%.1f MiB)' % (f, n / 2 ** 20)) if n > 2 ** 20 else ('%s (%d B)' % (f, n))
+                 for f, n in fetched.items()]
         show('%s: U-Boot took the lease %s and fetched from the hook under %s/: %s' % (
-            pi['name'], pi['ip'], pi['folder'], ', '.join('%s (%.1f MiB)' % (f, n / 2 ** 20) if n > 2 ** 20
-                                                           else '%s (%d B)' % (f, n) for f, n in fetched.items())))
+            pi['name'], pi['ip'], pi['folder'], ', '.join(sizes)))
         show('%s: kernel command line: %s' % (pi['name'], vpi.bootargs))
         vpi.boot_kernel()
         show('%s: console: %s' % (pi['name'], vpi.wait_login()))
@@ -268,8 +269,8 @@ def demo(state, keep, name=NAME):
          % ', '.join(sorted(REAL_IMAGES.values())))
     images = real_images()
     for bakeform, info in images.items():
-        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'],
-                                                 info['image_bytes'] / 2 ** 20, info['path']))
+        size = info['image_bytes'] / 2 ** 20
+        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'], size, info['path']))
 
     step(4, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
     try:
