@@ -57,6 +57,17 @@ options:
     description: Keys for Pis that set no C(pi_ssh_authorized_keys).
     type: list
     elements: str
+  boot_mount:
+    description:
+      - How the Pis mount their bakeform's boot files (the C(pifleet.netboot.pi_root) option). With V(nfs), each
+        bakeform's C(<store>/<name>/boot) is exported read-only to exactly the Pis that boot it.
+    type: str
+    choices: [none, nfs]
+    default: none
+  store:
+    description: The bakeform store (where the boot folders exported with O(boot_mount=nfs) live).
+    type: str
+    default: /srv/pifleet/bakeforms
   models:
     description:
       - Pi models each bakeform boots, by bakeform name, as found in its manifest after ingest (the C(models) of
@@ -84,7 +95,9 @@ RETURN = r"""
 _value:
   description: >-
     A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
-    modules) and C(serials).
+    modules) and C(serials). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text, merged into the
+    seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has its checked
+    values in its C(roots) item as C(cloud_init) = C({user_data, instance}).
   type: dict
 """
 
@@ -95,7 +108,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import Plan
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.
 PI_VARS = ('pi_serial', 'pi_mac', 'pi_tftp_prefix', 'pi_model', 'pi_ip', 'pi_bakeform', 'pi_hostname', 'pi_disks',
-           'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys')
+           'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys', 'pi_cloud_init', 'pi_cloud_init_instance')
 
 
 def _models(item):
@@ -107,7 +120,7 @@ def _models(item):
 
 def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scope=None, roots_dir='/srv/pifleet/roots',
                disks_dir='/srv/pifleet/disks', nfs_server=None, ssh_authorized_keys=None, bakery=None,
-               bakeries=None, models=None):
+               bakeries=None, models=None, boot_mount='none', store='/srv/pifleet/bakeforms'):
     declared = {}
     for item in bakeforms or []:
         if not isinstance(item, dict) or not item.get('name'):
@@ -131,7 +144,7 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
                 'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
-                'ssh_authorized_keys': ssh_authorized_keys}
+                'ssh_authorized_keys': ssh_authorized_keys, 'boot_mount': boot_mount, 'store': store}
     try:
         return plan(pis_vars, settings)
     except PlanError as exc:

@@ -418,6 +418,15 @@ def tree_bytes(top):
     return total, count
 
 
+def read_config_txt(boot_dir):
+    """The boot partition's config.txt as text (None when it has none): it names Debian-style kernels."""
+    try:
+        with open(os.path.join(boot_dir, 'config.txt'), encoding='utf-8', errors='replace') as handle:
+            return handle.read(1024 * 1024)
+    except OSError:
+        return None
+
+
 class Ingest:
     """Turn the two partitions of an image into ``boot/``, ``boot.img``, ``root.img`` and a manifest."""
 
@@ -476,7 +485,7 @@ class Ingest:
         os.chmod(dest, 0o600)
 
     def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
-                 root_sb, pretty):
+                 root_sb, pretty, config_txt=None):
         return {
             'name': self.name,
             'format': STORE_FORMAT,
@@ -489,7 +498,7 @@ class Ingest:
             'partitions': [boot, root],
             'boot_files': boot_files,
             'models': detect_models(boot_files),
-            'kernels': detect_kernels(boot_files),
+            'kernels': detect_kernels(boot_files, config_txt),
             'pretty_name': pretty,
             'root_image': ROOT_IMAGE,
             'root_uuid': root_sb['uuid'],

@@ -33,6 +33,8 @@ _DROP_KEYS = frozenset((
     # Raspberry Pi Imager's one-shot customisation: the script edits cmdline.txt on the SD card to
     # stop itself, which it cannot do to files served by TFTP, so it would run on every boot.
     'systemd.run', 'systemd.run_success_action', 'systemd.run_failure_action',
+    # cloud-init's network config: ours turns it off (a bakeform's could reconfigure the root's NIC).
+    'network-config',
 ))
 
 
@@ -67,9 +69,12 @@ def check_pi_name(name):
 
 
 def parse_nfsroot(nfsroot, who):
-    """Check ``server:/path[,options]`` and return it with ``vers=3`` unless it names NFS version 2.
+    """Check ``server:/path[,options]`` and return it with ``vers=3`` unless it names NFS version 2, and
+    ``noacl`` unless it names ``acl`` or ``noacl``.
 
-    klibc's nfsmount in the Bookworm initramfs speaks NFS 2 and 3 only and rejects ``proto=``.
+    klibc's nfsmount in the Bookworm initramfs speaks NFS 2 and 3 only and rejects ``proto=``. Without
+    ``noacl`` the client uses the NFSACL side protocol, which NFS-Ganesha 4.3 answers with errors: every
+    boot then logs systemd-tmpfiles "Setting access ACL ... Input/output error" (seen on real boots).
     """
     text = (nfsroot or '').strip()
     head, _sep, opts = text.partition(',')
@@ -92,6 +97,8 @@ def parse_nfsroot(nfsroot, who):
                                      % (text, who, vers))
     if vers is None:
         options.insert(0, 'vers=3')
+    if 'acl' not in options and 'noacl' not in options:
+        options.append('noacl')
     return ','.join([head, *options])
 
 
@@ -101,10 +108,15 @@ def _token_key(token):
 
 def render_cmdline(base, nfsroot, extra=None):
     """Return the Pi's one-line cmdline.txt: the bakeform's tokens without SD-card root and first-boot
-    ones, then the NFS root, then ``extra``. ``base`` None (no cmdline.txt) starts from the consoles."""
+    ones, then the NFS root, then ``extra``. ``base`` None (no cmdline.txt) starts from the consoles.
+
+    ``network-config=disabled`` keeps cloud-init (Raspberry Pi OS from Debian 13 on) off the NIC the
+    root is mounted over: with ``ip=dhcp`` it would otherwise turn the initramfs' lease into a netplan
+    config for that NIC, which it ranks above any seed's or /etc/cloud's; other systems ignore it.
+    """
     tokens = base.split() if base is not None else list(DEFAULT_CONSOLES)
     kept = [t for t in tokens if _token_key(t) not in _DROP_KEYS and not t.startswith('plymouth')]
-    kept += ['root=/dev/nfs', 'nfsroot=%s' % nfsroot, 'rw', 'ip=dhcp', 'rootwait']
+    kept += ['root=/dev/nfs', 'nfsroot=%s' % nfsroot, 'rw', 'ip=dhcp', 'rootwait', 'network-config=disabled']
     if extra:
         kept += extra.split()
     return ' '.join(kept) + '\n'

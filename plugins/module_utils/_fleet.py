@@ -14,12 +14,21 @@ import ipaddress
 import os
 import re
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import BOOT_EXPORT
+from ansible_collections.pifleet.netboot.plugins.module_utils._cloudinit import (
+    CloudInitError,
+    check_user_data,
+    instance_id,
+    load_user_data,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_mac, normalise_serial
 
 MODELS = (3, 4, 5)
 _HOSTNAME = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
 _PREFIX_STR = re.compile(r'[A-Za-z0-9._-]{1,32}')
 ROOT_OPTIONS = ['rw', 'sync', 'no_subtree_check', 'no_root_squash']
+# A bakeform's boot files, mounted at /boot/firmware by the Pis that boot it (boot_mount: nfs).
+BOOT_OPTIONS = ['ro', 'sync', 'no_subtree_check', 'root_squash']
 
 
 class PlanError(Exception):
@@ -160,14 +169,35 @@ def one_pi(name, hv, settings, problems):
     pi['config_txt'] = _lines(hv.get('pi_config_txt'))
     keys = hv.get('pi_ssh_authorized_keys')
     pi['ssh_authorized_keys'] = _lines(keys) if keys is not None else settings.get('ssh_authorized_keys')
+    pi['cloud_init'] = _cloud_init(name, pi['serial'], hv, problems)
     return pi
+
+
+def _cloud_init(name, serial, hv, problems):
+    """The Pi's cloud-init seed settings for pi_root (None: the defaults, a seed from its identity alone)."""
+    user_data, instance = hv.get('pi_cloud_init'), hv.get('pi_cloud_init_instance')
+    if user_data in (None, '') and instance in (None, ''):
+        return None
+    found = []
+    try:
+        user_data = load_user_data(user_data, name)
+        found += check_user_data(user_data, name)
+    except CloudInitError as exc:
+        found.append(str(exc))
+    try:
+        instance_id(serial, instance)
+    except CloudInitError as exc:
+        found.append('%s: %s' % (name, exc))
+    problems.extend(found)
+    return None if found else {'user_data': user_data, 'instance': None if instance in (None, '') else str(instance)}
 
 
 def plan(pis_vars, settings):
     """``pis_vars``: {inventory name: {pi_* variables}}; ``settings``: the fleet role's settings.
 
     settings keys: bakeforms ({name: [models] or None}), default_bakeform, export_scope, roots_dir,
-    disks_dir, nfs_server (the bakery address the Pis mount from), ssh_authorized_keys.
+    disks_dir, nfs_server (the bakery address the Pis mount from), ssh_authorized_keys, boot_mount
+    (none or nfs: the Pis mount their bakeform's boot files) and store (the bakeform store).
     """
     problems = []
     pis = [one_pi(name, pis_vars[name], settings, problems) for name in sorted(pis_vars)]
@@ -192,6 +222,8 @@ def build(pis, settings):
         item = {'serial': pi['serial'], 'hostname': pi['hostname'], 'bakeform': pi['bakeform']}
         if pi['ssh_authorized_keys'] is not None:
             item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
+        if pi['cloud_init'] is not None:
+            item['cloud_init'] = pi['cloud_init']
         roots.append(item)
         exports.append({'path': root, 'clients': clients, 'options': list(ROOT_OPTIONS)})
         disks.extend(dict(disk, serial=pi['serial']) for disk in pi['disks'])
@@ -201,5 +233,30 @@ def build(pis, settings):
         boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'bakeform': pi['bakeform'], 'model': pi['model'],
                      'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],
                      'config_txt': pi['config_txt']})
+    if settings.get('boot_mount') == 'nfs':
+        exports += boot_exports(pis, settings['store'], scope)
     return {'pis': pis, 'roots': roots, 'disks': disks, 'exports': exports, 'boot': boot,
             'serials': [pi['serial'] for pi in pis]}
+
+
+def boot_exports(pis, store, scope):
+    """Each bakeform's boot files, read-only to exactly the Pis that boot it (they mount them at /boot/firmware).
+
+    The export is ``<store>/<name>/boot-nfs``, where pi_root mounts the bakeform's ``boot.img``: a file
+    system of its own, so a Pi forging handles through it reaches boot files only. One export per
+    bakeform in use, its clients sorted, so the exports file (and each export's id)
+    stays the same from run to run whatever the order of the inventory.
+    """
+    clients = {}
+    for pi in pis:
+        clients.setdefault(pi['bakeform'], set()).add(pi['ip'] or scope)
+    return [{'path': os.path.join(store, bakeform, BOOT_EXPORT), 'options': list(BOOT_OPTIONS),
+             'clients': sorted(clients[bakeform], key=_client_order)} for bakeform in sorted(clients)]
+
+
+def _client_order(client):
+    try:
+        net = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return (1, 0, 0, 0, client)
+    return (0, net.version, int(net.network_address), net.prefixlen, client)

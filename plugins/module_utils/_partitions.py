@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 
@@ -151,6 +152,54 @@ def detect_models(boot_files):
     return sorted(models)
 
 
-def detect_kernels(boot_files):
-    return sorted(name for name in boot_files
-                  if '/' not in name and name.startswith('kernel') and name.endswith('.img'))
+# config.txt section filters that a Pi of each model obeys (besides [all]); filters of one board
+# variant ([cm4], [pi400], ...), of a serial, GPIO or EDID, and [none] are not assumed.
+_MODEL_FILTERS = {3: ('pi3', 'pi3+'), 4: ('pi4',), 5: ('pi5',)}
+_AUTO_INITRAMFS = re.compile(r'kernel(.*)\.img')
+
+
+def boot_config(text, model=None):
+    """The kernel and initramfs a Pi's firmware loads, from the text of its config.txt.
+
+    Returns ``{'kernel', 'initramfs', 'kernels', 'initramfs_files'}``: the first two are what a Pi of
+    ``model`` (3, 4, 5; None: lines of ``[all]`` only) ends up with, the last assignment winning, each
+    None when config.txt does not say (the firmware then picks ``kernel8.img``-style defaults); the
+    last two list every ``kernel=`` and ``initramfs`` name in the file, whatever its section. Handles
+    ``kernel=<file>``, ``initramfs <file> [followkernel|<address>]`` and ``auto_initramfs=1``.
+    """
+    filters = ('all',) + (_MODEL_FILTERS.get(int(model), ()) if model is not None else ())
+    active = True
+    found = {'kernel': None, 'initramfs': None, 'auto_initramfs': False}
+    kernels, initramfs_files = [], []
+    for raw in (text or '').splitlines():
+        line = raw.split('#', 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith('[') and line.endswith(']'):
+            active = line[1:-1].strip().lower() in filters
+            continue
+        key, sep, value = line.partition('=')
+        key, value = key.strip().lower(), value.strip()
+        if sep and key == 'kernel' and value:
+            kernels.append(value)
+            found['kernel'] = value if active else found['kernel']
+        elif sep and key == 'auto_initramfs':
+            found['auto_initramfs'] = value == '1' if active else found['auto_initramfs']
+        elif not sep and line.split()[0].lower() == 'initramfs' and len(line.split()) >= 2:
+            initramfs_files.append(line.split()[1])
+            found['initramfs'] = line.split()[1] if active else found['initramfs']
+    initramfs = found['initramfs']
+    if initramfs is None and found['auto_initramfs'] and found['kernel']:
+        match = _AUTO_INITRAMFS.fullmatch(found['kernel'])
+        initramfs = 'initramfs%s' % match.group(1) if match else None
+    return {'kernel': found['kernel'], 'initramfs': initramfs, 'kernels': sorted(set(kernels)),
+            'initramfs_files': sorted(set(initramfs_files))}
+
+
+def detect_kernels(boot_files, config_text=None):
+    """Kernels on the boot partition: ``kernel*.img`` and the files config.txt names with ``kernel=``
+    (Debian's ``vmlinuz-<version>``, for example)."""
+    names = set(boot_files)
+    named = {name for name in boot_config(config_text)['kernels'] if name in names}
+    return sorted(named | {name for name in names
+                           if '/' not in name and name.startswith('kernel') and name.endswith('.img')})

@@ -28,9 +28,9 @@ NM_CONF = 'etc/NetworkManager/conf.d/90-pifleet-nfsroot.conf'
 SWAPFILE_CONF = 'etc/dphys-swapfile'
 SWAP_MASK = 'etc/systemd/system/dphys-swapfile.service'
 WANTS = 'etc/systemd/system/multi-user.target.wants'
-# First-boot jobs that would resize a partition the Pi does not have, rewrite its config or replace the
-# host keys pi_root made for it.
-FIRSTBOOT = ('resize2fs_once', 'apply_noobs_os_config', 'regenerate_ssh_host_keys')
+# First-boot jobs that would resize a partition the Pi does not have, rewrite its config, replace the
+# host keys pi_root made for it, or wait on a console for a user to be created (the system stays "starting").
+FIRSTBOOT = ('resize2fs_once', 'apply_noobs_os_config', 'regenerate_ssh_host_keys', 'userconfig')
 SSH_UNITS = ('lib/systemd/system/ssh.service', 'usr/lib/systemd/system/ssh.service')
 SWAP_EVIDENCE = (SWAPFILE_CONF, 'etc/init.d/dphys-swapfile', 'lib/systemd/system/dphys-swapfile.service',
                  'usr/lib/systemd/system/dphys-swapfile.service')
@@ -228,9 +228,18 @@ def clone_changes(tree, hostname, boot, keys_text, machine_id, *, seed=None):
     if unit and not probe(tree, os.path.join(WANTS, 'ssh.service')):
         changes.append({'fix': 'ssh_enabled', 'path': os.path.join(WANTS, 'ssh.service'), 'kind': 'symlink',
                         'target': '/' + unit})
-    for rel, text in sorted((seed or {}).items()):
-        changes.append(file_change('cloud_init', rel, tree.read_text(rel), text, 0o600))
+    changes += seed_changes(tree, seed)
     return [change for change in changes if change['kind'] != 'file' or change['before'] != change['after']]
+
+
+def seed_changes(tree, seed):
+    """The Pi's own cloud-init NoCloud seed files that differ from ``seed`` ({path: text}); 0600, they may hold keys."""
+    changes = []
+    for rel, text in sorted((seed or {}).items()):
+        before = tree.read_text(rel)
+        if before != text:
+            changes.append(file_change('cloud_init', rel, before, text, 0o600))
+    return changes
 
 
 def fixes_of(changes):

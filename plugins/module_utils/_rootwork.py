@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _loopfs, _rootfix, _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _cloudinit, _loopfs, _rootfix, _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     BOOT_EXPORT,
     BOOT_IMAGE,
@@ -184,6 +184,22 @@ class PiRoots:
         return _rootfix.boot_line('nfs', item['nfs_server'], os.path.join(self.store, item['bakeform'], BOOT_EXPORT),
                                   _rootfix.boot_mountpoint(tree))
 
+    @staticmethod
+    def seed(item, tree):
+        """The Pi's own cloud-init NoCloud seed, for roots that have cloud-init (None otherwise).
+
+        Without one, cloud-init on an NFS root falls back to its defaults: a new default user and new
+        host keys, and its own idea of the network the root lives on.
+        """
+        if not tree.is_dir('etc/cloud'):
+            return None
+        extra = item.get('cloud_init') or {}
+        try:
+            return _cloudinit.render_seed(item['serial'], item['hostname'], item['ssh_authorized_keys'],
+                                          user_data=extra.get('user_data'), instance=extra.get('instance'))
+        except _cloudinit.CloudInitError as exc:
+            raise _roots.RootError('the cloud-init seed of Pi %s: %s' % (item['serial'], exc)) from None
+
     def ensure_boot_export(self, name):
         """The bakeform's boot.img mounted read-only at <store>/<name>/boot-nfs, for Pis with boot_mount nfs."""
         point, image = os.path.join(self.store, name, BOOT_EXPORT), os.path.join(self.store, name, BOOT_IMAGE)
@@ -230,6 +246,7 @@ class PiRoots:
         with Tree(lay.point, 'the root of Pi %s' % plan['serial']) as tree:
             keys = _rootfix.authorized_keys_text(item['ssh_authorized_keys'])
             changes = _rootfix.inplace_changes(tree, item['hostname'], self.boot_line(item, tree), keys)
+            changes += _rootfix.seed_changes(tree, self.seed(item, tree))
             wanted = _roots.updated_marker(plan['marker'], hostname=item['hostname'], fixes=_rootfix.fixes_of(changes),
                                            keys_sha256=_roots.sha256_text(keys), boot_mount=item['boot_mount'])
             if not changes and wanted is None:
@@ -271,7 +288,8 @@ class PiRoots:
         keys = _rootfix.authorized_keys_text(item['ssh_authorized_keys'])
         if self.host.check_mode:
             tree = self.golden(item['bakeform'])
-            changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys, machine_id)
+            changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys, machine_id,
+                                             seed=self.seed(item, tree))
             self.clone_diff(plan, changes, tree)
             self.diff(plan['layout'].marker, _roots.marker_text(plan['marker']),
                       _roots.marker_text(self.marker(item, plan, methods[0], changes, None)))
@@ -287,7 +305,7 @@ class PiRoots:
             try:
                 with Tree(mnt, 'the new root of Pi %s (bakeform %s)' % (serial, item['bakeform'])) as tree:
                     changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys,
-                                                     machine_id)
+                                                     machine_id, seed=self.seed(item, tree))
                     _rootfix.apply(tree, changes)
                     _roots.host_keys(tree, self.key_types, lambda kind: self.key_forge().key(
                         serial, item['hostname'], kind), carry=carried)

@@ -139,6 +139,8 @@ manifest:
       C(partitions), C(boot_files), C(models), C(kernels), C(pretty_name), C(format) (2), C(root_image) and
       C(boot_image) (file names in the bakeform's directory), C(root_uuid), C(root_bytes), C(created),
       C(collection_version).
+    - C(kernels) lists the C(kernel*.img) files and the kernels C(config.txt) names with C(kernel=), such as a
+      Debian C(vmlinuz-<version>).
   returned: always
   type: dict
   sample:
@@ -182,6 +184,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     is_complete,
     load_manifest,
     parse_checksum,
+    read_config_txt,
     same_source,
     source_stat,
     stream_image,
@@ -368,7 +371,8 @@ class BakeformModule:
             manifest = ingest.manifest(
                 source=self.source(), digest=digest, source_bytes=source_bytes, image_bytes=image_bytes,
                 table=splitter.table, boot=dict(splitter.boot, role='boot'), root=dict(splitter.root, role='root'),
-                boot_files=boot_files, stat_info=stat_info, root_sb=root_sb, pretty=ingest.os_release(root_img))
+                boot_files=boot_files, stat_info=stat_info, root_sb=root_sb, pretty=ingest.os_release(root_img),
+                config_txt=read_config_txt(boot_dir))
             write_json(os.path.join(built, MANIFEST), manifest)
             os.chmod(built, 0o755)
             _atomic.install(scratch, built, self.dest)

@@ -15,8 +15,10 @@ description:
     C(<prefix>/<file>) is served from the Pi's folder first, then from the bakeform's boot files
     C(<store>/<bakeform>/boot/).
   - "C(cmdline.txt) is the bakeform's without its SD-card root and first-boot tokens (C(root=), C(rootfstype=),
-    C(init=), C(fsck.repair=), C(resize), C(splash), C(plymouth.*)) plus an NFS root:
-    C(root=/dev/nfs nfsroot=<nfsroot>,vers=3 rw ip=dhcp rootwait), then O(pis[].cmdline_extra)."
+    C(init=), C(fsck.repair=), C(resize), C(splash), C(plymouth.*), C(network-config=)) plus an NFS root:
+    C(root=/dev/nfs nfsroot=<nfsroot>,vers=3,noacl rw ip=dhcp rootwait network-config=disabled), then O(pis[].cmdline_extra)."
+  - C(network-config=disabled) keeps cloud-init (Raspberry Pi OS based on Debian 13) from turning the kernel's DHCP
+    lease into its own network config for the NIC the root is mounted over; systems without cloud-init ignore it.
   - C(config.txt) is written only for Pis with O(pis[].config_txt) lines (the bakeform's, then a
     C(# pifleet.netboot) block under C([all])); other Pis get the bakeform's.
   - Each folder carries the marker C(.pifleet-boot.json). Folders without it are never changed or removed.
@@ -96,6 +98,8 @@ options:
           - NFS root as C(server:/path), optionally with C(,options). Required when O(pis[].state=present).
           - V(vers=3) is added unless V(vers=2) is given; C(proto=) and NFS 4 are refused (the initramfs mounts
             the root with klibc C(nfsmount)).
+          - V(noacl) is added unless V(acl) or V(noacl) is given (NFS-Ganesha answers the NFSACL side protocol
+            with errors that fill the Pi's journal).
         type: str
       cmdline_extra:
         description:

@@ -124,6 +124,25 @@ options:
     type: str
     choices: [auto, snapshot, reflink, copy]
     default: auto
+  cloud_init:
+    description:
+      - For roots that have cloud-init (Raspberry Pi OS from Trixie on), what goes into the Pi's own NoCloud seed in
+        C(/var/lib/cloud/seed/nocloud/) besides its identity. Every such root gets a seed (mode 0600): an
+        instance-id made from the serial, the host name, root's O(ssh_authorized_keys), cloud-init's networking
+        off (the root lives on that NIC), and none of the first-boot jobs that would replace the host keys or
+        resize a disk the Pi does not have. It is re-applied when it changes.
+    type: dict
+    suboptions:
+      user_data:
+        description:
+          - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
+            owns (hostname, network, the host keys...) are refused.
+        type: dict
+      instance:
+        description:
+          - Appended to the instance-id. Change it to make cloud-init run its first-boot modules again; a reimage
+            keeps the instance-id unless this changes.
+        type: str
   pis:
     description:
       - Many Pis in one call. Top-level options are defaults for each item. Serials and host names must be unique.
@@ -155,6 +174,16 @@ options:
       nfs_server:
         description: As O(nfs_server).
         type: str
+      cloud_init:
+        description: As O(cloud_init).
+        type: dict
+        suboptions:
+          user_data:
+            description: As O(cloud_init.user_data).
+            type: dict
+          instance:
+            description: As O(cloud_init.instance).
+            type: str
 """
 
 EXAMPLES = r"""
@@ -241,7 +270,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._identity import n
 from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
 from ansible_collections.pifleet.netboot.plugins.module_utils._rootwork import PiRoots
 
-ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server')
+ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server',
+             'cloud_init')
 PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError)
 
 
@@ -294,7 +324,9 @@ def converge(module, roots, todo, result):
 
 
 def main():
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict'), instance=dict(type='str')))
     pi_options = dict(
+        cloud_init=cloud_init,
         serial=dict(type='str', required=True),
         hostname=dict(type='str'),
         bakeform=dict(type='str'),
@@ -318,6 +350,7 @@ def main():
             boot_mount=dict(type='str', choices=['none', 'nfs'], default='none'),
             nfs_server=dict(type='str'),
             clone_method=dict(type='str', choices=['auto', 'snapshot', 'reflink', 'copy'], default='auto'),
+            cloud_init=cloud_init,
             pis=dict(type='list', elements='dict', options=pi_options),
             **LOCK_ARGS,
         ),

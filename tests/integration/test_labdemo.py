@@ -1,26 +1,52 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""`make demo` end to end: tests/tools/labdemo.py on the built-in lab, with its state in a temp dir.
+"""`make demo` end to end, then real boots on the same lab: one lab for every check.
 
-The bakery container runs site with inventories/lab (then again: changed=0), the three virtual Pis
-of the inventory boot through it (DHCP from the router, "Raspberry Pi Boot" and TFTP from the
-bakery, NFS root from their own address), the outsider is refused, the status table lists every Pi
-with its last boot file, and nothing of the lab is left running afterwards.
+tests/tools/labdemo.py runs with its state in a temp dir and ``--keep``: the bakery container runs
+site with inventories/lab (then again: changed=0), the simulated Pi 3/4/5 boot through it, the
+outsider is refused, one Pi boots a real arm64 kernel (qemu + U-Boot) to ssh, and the status table
+lists every Pi. Then, on the lab it left running, the real Pis are checked from the inside over their
+console and ssh, and the bakery only through the lab (ssh into the container), so the checks hold
+however the roots are stored:
+
+- the Bookworm-like Pi (the demo's boot, left running; the Trixie-like Pi boots beside it):
+  ``running`` with no failed unit, its inventory host name, ``/`` over NFSv3 from its own export
+  without NFSACL (a clean journal), ``/boot/firmware`` read-only over NFS (bug 1), host keys and
+  machine-id of its own, not the golden image's, and kept across boots, the Raspberry Pi OS
+  first-boot, swap and network pieces neutralised;
+- the Trixie-like Pi: cloud-init ``done`` from its own seed (instance-id from its serial, its host
+  name, root's key), its NFS root's NIC left alone by cloud-init, netplan and NetworkManager;
+- reimage (bug 3): a stray file in the root is gone, identity and keys are kept, and the playbook
+  waits until the Pi's SSH server shows its root's host key;
+- the fleet role again after the boots: changed=0; an outsider cannot mount a real Pi's root or boot files.
+
+Budget on a 2-core machine with the images cached: see docs/real-boot.md for the measured times.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import labdemo
+import nspawnlab
 import pytest
+import qemupi
+import realimage
 import yaml
 from nfslab import missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
-MISSING = missing_tools(('ip', 'systemd-nspawn', 'debootstrap', 'socat', 'ssh', 'dnsmasq', 'nfs-ls'))
+NAME = 'pfboot'  # not the `make demo` lab (pflab), so a kept demo lab does not stop the tests
+MISSING = missing_tools(('ip', 'systemd-nspawn', 'debootstrap', 'socat', 'ssh', 'dnsmasq', 'nfs-ls', 'mmdebstrap',
+                         'qemu-system-aarch64', 'update-binfmts'))
+MISSING += [] if qemupi.UBOOT.exists() else [str(qemupi.UBOOT)]
+TIMINGS = {}
 
 
 def namespaces():
@@ -33,25 +59,252 @@ pytestmark = [
 ]
 
 
-def test_demo_boots_every_pi_of_the_lab_inventory(tmp_path):
-    if 'pflab-' in namespaces():
-        pytest.skip('a lab from `make demo DEMO_ARGS=--keep` is running; take it down first')
-    proc = subprocess.run([sys.executable, str(REPO / 'tests/tools/labdemo.py'), '--state', str(tmp_path / 'lab')],
-                          capture_output=True, text=True, timeout=1200, check=False, stdin=subprocess.DEVNULL)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    pis = yaml.safe_load((REPO / 'inventories/lab/hosts.yml').read_text())['pis']['hosts']
-    assert len(pis) == 3 and {facts['pi_model'] for facts in pis.values()} == {3, 4, 5}
+class Lab:
+    """The lab the demo left running, the real Pis of its inventory and their virtual machines."""
+
+    def __init__(self, state):
+        self.state, self.output = state, ''
+        self.lab = nspawnlab.load(state)
+        self.pis = {pi['name']: pi for pi in labdemo.lab_pis() if pi['boot'] == 'qemu'}
+        self.vms = {name: labdemo.virtual_pi(self.lab, pi, state, show=print) for name, pi in self.pis.items()}
+        self.booting = {}
+
+    def adopt(self, name):
+        """The Pi the demo booted and left on."""
+        self.vms[name].adopt(nspawnlab.load(self.state)['guests'][name])
+        return self.vms[name]
+
+    def boot(self, name):
+        vm = self.vms[name]
+        labdemo.real_boot(self.lab, self.pis[name], self.state, vm, show=print)
+        TIMINGS['%s boot %d' % (name, vm.boots)] = dict(vm.timings)
+        return vm
+
+    def boot_meanwhile(self, name):
+        """Start booting a Pi in the background (TCG is slow: other checks go on meanwhile)."""
+        result = {}
+
+        def run():
+            try:
+                result['vm'] = self.boot(name)
+            except BaseException as exc:  # handed to wait_booted()
+                result['error'] = exc
+        self.booting[name] = (threading.Thread(target=run, daemon=True), result)
+        self.booting[name][0].start()
+
+    def wait_booted(self, name, timeout=900):
+        thread, result = self.booting.pop(name)
+        thread.join(timeout)
+        assert not thread.is_alive(), '%s did not finish booting in %d s' % (name, timeout)
+        if 'error' in result:
+            raise result['error']
+        return result['vm']
+
+    def ssh(self, name, command, check=True):
+        pi = self.pis[name]
+        known = self.state / ('known_hosts-%s' % name)
+        proc = qemupi.ssh(self.lab, pi['ip'], self.lab['ssh_key'], known, command, check=check)
+        return proc.stdout.strip() if check else proc
+
+    def bakery(self, command):
+        return labdemo.on_bakery(self.lab, command).strip()
+
+    def power_off(self, name):
+        if name in self.vms:
+            self.vms[name].power_off()
+
+    def close(self):
+        for thread, _result in self.booting.values():
+            thread.join(900)
+        for vm in self.vms.values():
+            vm.power_off()
+        nspawnlab.down(self.state)
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    if '%s-' % NAME in namespaces():
+        pytest.skip('a lab named %s is running (an earlier run was killed?); take it down first' % NAME)
+    state = tmp_path_factory.mktemp('lab') / 'state'
+    started = time.monotonic()
+    found, lines = None, []
+    try:
+        with subprocess.Popen([sys.executable, str(REPO / 'tests/tools/labdemo.py'), '--state', str(state), '--name',
+                               NAME, '--keep'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              stdin=subprocess.DEVNULL) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith(('===', 'demo: done', 'demo: pi-06: ')):  # progress, and the real boot's
+                    print(line.rstrip(), flush=True)
+                if line.startswith('=== [7/') and found is None:
+                    # site is done: the Trixie-like Pi boots beside the demo's (TCG is slow; the cores are two).
+                    found = Lab(state)
+                    found.boot_meanwhile('pi-07')
+        TIMINGS['demo'] = round(time.monotonic() - started, 1)
+        found = found or Lab(state)
+        found.output = ''.join(lines)
+        assert proc.returncode == 0, found.output[-8000:]
+        found.adopt('pi-06')
+        yield found
+    finally:
+        if found is None and (state / 'lab.json').exists():
+            found = Lab(state)
+        if found is not None:
+            found.close()
+        TIMINGS['whole'] = round(time.monotonic() - started, 1)
+        print('\ntimings (s): %s' % json.dumps(TIMINGS, indent=1))
+        assert '%s-' % NAME not in namespaces()
+        leftovers = subprocess.run(['pgrep', '-f', str(state)], capture_output=True, text=True, check=False).stdout
+        assert not leftovers.strip(), leftovers
+
+
+def test_demo_boots_every_pi_of_the_lab_inventory(lab):
+    output = lab.output
+    group = yaml.safe_load((REPO / 'inventories/lab/hosts.yml').read_text())['pis']
+    pis = {name: dict(group['vars'], **facts) for name, facts in group['hosts'].items()}
+    simulated = {name: facts for name, facts in pis.items() if facts.get('lab_boot') != 'qemu'}
+    assert {facts['pi_model'] for facts in simulated.values()} == {3, 4, 5}
     recaps = re.findall(r'^\s*lab-bakery\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0', output, re.M)
     assert len(recaps) == 3 and int(recaps[0]) > 0 and recaps[1:] == ['0', '0'], recaps  # site, site, status
-    for name, facts in pis.items():
+    for name, facts in simulated.items():
         booted = re.search(r'^demo: %s \(Pi %d, [0-9a-f:]+\): DHCP %s, PXE answer from 10\.99\.0\.2; TFTP (\d+) files'
                            r'.*NFS root readable$' % (name, facts['pi_model'], re.escape(facts['pi_ip'])), output, re.M)
         assert booted and int(booted.group(1)) >= 4, (name, output[-4000:])
-        row = re.search(r'"%s\s+%d\s+raspios-sample\s+yes\s+(\d+)\s+-\s+\S+Z\s+(\S+)\s+ok"' % (name, facts['pi_model']),
-                        output)
+    for name, facts in pis.items():
+        row = re.search(r'"%s\s+%d\s+%s\s+yes\s+(\d+)\s+-\s+(\S+)\s+(\S+)\s+(\S+)"'
+                        % (name, facts['pi_model'], facts['pi_bakeform']), output)
         assert row and int(row.group(1)) == len(facts.get('pi_disks', [])), (name, output[-3000:])
+        if name in simulated or name == 'pi-06':  # pi-07 boots later, in the tests below
+            assert row.group(2) != 'never' and row.group(4) == 'ok', row.group(0)
     assert re.search(r'^demo: the outsider 10\.99\.0\.60 is refused nfs://', output, re.M), output[-3000:]
-    assert 'pflab-' not in namespaces()
-    leftovers = subprocess.run(['pgrep', '-f', str(tmp_path)], capture_output=True, text=True, check=False).stdout
-    assert not leftovers.strip(), leftovers
+    # The real boot: U-Boot fetched the boot set the firmware would, the kernel ran the Pi's cmdline.txt.
+    assert re.search(r'^demo: pi-06: U-Boot took the lease 10\.99\.0\.53 and fetched from the hook under c0ffee06/: '
+                     r'config\.txt \(\d+ B\), cmdline\.txt \(\d+ B\), vmlinuz-\S+ \(\S+ MiB\), initrd\.img-\S+ ',
+                     output, re.M), output[-4000:]
+    cmdline = re.search(r'^demo: pi-06: kernel command line: (.*)$', output, re.M).group(1).split()
+    assert cmdline[-1] == 'console=ttyAMA0' and 'root=/dev/nfs' in cmdline and 'ip=dhcp' in cmdline
+    assert not [t for t in cmdline if t.startswith(('init=', 'root=PARTUUID', 'rootfstype='))], cmdline
+    assert re.search(r'^demo: pi-06: console: pi-06 login:$', output, re.M), output[-4000:]
+    assert re.search(r'^demo: \$ ssh pi-06 hostname.*\ndemo: pi-06$', output, re.M), output[-4000:]
+
+
+def check_running(lab, name):
+    """``running`` with no failed unit, or the failed units and the journal's errors in the message."""
+    state = lab.ssh(name, 'timeout 120 systemctl is-system-running --wait', check=False).stdout.strip()
+    failed = lab.ssh(name, 'systemctl --failed --no-legend --plain')
+    assert state == 'running' and not failed, (state, failed, lab.ssh(name, 'journalctl -b -p err --no-pager'))
+
+
+def mount_of(lab, name, target):
+    source, fstype, options = lab.ssh(name, 'findmnt -n -o SOURCE,FSTYPE,OPTIONS %s' % target).split()
+    return source, fstype, options.split(',')
+
+
+def test_bookworm_pi_runs_clean_on_its_own_root(lab):
+    vm = lab.vms['pi-06']  # as the demo booted it
+    serial, ip = lab.pis['pi-06']['root_key'], lab.pis['pi-06']['ip']
+    check_running(lab, 'pi-06')
+    assert lab.ssh('pi-06', 'hostname') == 'pi-06'
+    source, fstype, options = mount_of(lab, 'pi-06', '/')
+    assert (source, fstype) == ('10.99.0.2:/srv/pifleet/roots/%s' % serial, 'nfs'), source
+    assert 'vers=3' in options and 'noacl' in options, options
+    # Mounted from its own address: its NFS connection comes from the address reserved for it.
+    assert ('%s:' % ip) in lab.ssh('pi-06', 'ss -Htn state established dst 10.99.0.2:2049')
+    # Bug 1: the boot files, read-only over NFS (the fstab line pi_root wrote; before: access denied).
+    source, fstype, options = mount_of(lab, 'pi-06', '/boot/firmware')
+    assert (source, fstype) == ('10.99.0.2:/srv/pifleet/bakeforms/realpi-bookworm/boot', 'nfs') and 'ro' in options
+    assert 'kernel=vmlinuz-' in lab.ssh('pi-06', 'cat /boot/firmware/config.txt')
+    assert 'Read-only file system' in lab.ssh('pi-06', 'touch /boot/firmware/x', check=False).stderr
+    # NFSACL: systemd-tmpfiles' "Setting access ACL ... Input/output error" is gone with noacl.
+    journal = lab.ssh('pi-06', 'journalctl -b --no-pager -o cat')
+    assert 'access ACL' not in journal and 'Input/output error' not in journal, [
+        line for line in journal.splitlines() if 'ACL' in line or 'Input/output' in line]
+    # Identity of its own: neither the golden image's host key nor its machine-id.
+    golden = lab.bakery('cat /srv/pifleet/bakeforms/realpi-bookworm/root/etc/ssh/ssh_host_ed25519_key.pub').split()[1]
+    own = lab.ssh('pi-06', 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]
+    assert own != golden and own in (lab.state / 'known_hosts-pi-06').read_text()
+    machine_id = lab.ssh('pi-06', 'cat /etc/machine-id')
+    assert machine_id != realimage.GOLDEN_MACHINE_ID and re.fullmatch(r'[0-9a-f]{32}', machine_id)
+    assert machine_id == lab.bakery('cat /srv/pifleet/roots/%s/etc/machine-id' % serial)  # the same across boots
+    # The Raspberry Pi OS pieces: no SD-card lines, no first-boot resize, no swap file, dhcpcd off eth0.
+    fstab = lab.ssh('pi-06', 'cat /etc/fstab')
+    assert 'PARTUUID=' not in fstab and '/boot/firmware nfs ro' in fstab
+    assert lab.ssh('pi-06', 'swapon --show --noheadings') == ''
+    assert lab.ssh('pi-06', 'systemctl is-enabled dphys-swapfile', check=False).stdout.strip() == 'masked'
+    assert lab.ssh('pi-06', 'ls /etc/rc3.d/', check=False).stdout.count('resize2fs_once') == 0
+    assert 'valid_lft forever' in lab.ssh('pi-06', 'ip -4 addr show dev eth0')  # the kernel's, no DHCP client's
+    TIMINGS['pi-06 console log'] = str(vm.log)
+
+
+def test_trixie_pi_provisions_with_cloud_init_from_its_own_seed(lab):
+    lab.wait_booted('pi-07')
+    serial = lab.pis['pi-07']['root_key']
+    check_running(lab, 'pi-07')
+    status = lab.ssh('pi-07', 'timeout 120 cloud-init status --wait', check=False)
+    assert status.stdout.split() == ['status:', 'done'], (status.stdout, status.stderr)
+    data = json.loads(lab.ssh('pi-07', 'cat /run/cloud-init/instance-data.json'))
+    assert data['v1']['instance_id'] == 'pifleet-%s' % serial and data['v1']['local_hostname'] == 'pi-07'
+    assert data['v1']['platform'] == 'nocloud'
+    assert lab.ssh('pi-07', 'hostname') == 'pi-07'
+    assert lab.ssh('pi-07', 'cat /root/.ssh/authorized_keys').split()[1] in Path(
+        lab.lab['ssh_key'] + '.pub').read_text()
+    # The root's NIC: the kernel's address, unmanaged by NetworkManager, and no cloud-init network config.
+    assert 'valid_lft forever' in lab.ssh('pi-07', 'ip -4 addr show dev eth0')
+    assert 'eth0:unmanaged' in lab.ssh('pi-07', 'nmcli -t -f DEVICE,STATE device').splitlines()
+    assert lab.ssh('pi-07', 'ls /etc/netplan/', check=False).stdout.count('cloud-init') == 0
+    source, fstype, _options = mount_of(lab, 'pi-07', '/')
+    assert (source, fstype) == ('10.99.0.2:/srv/pifleet/roots/%s' % serial, 'nfs')
+    lab.power_off('pi-07')
+
+
+def test_reimage_round_trip(lab):
+    name = 'pi-06'
+    serial = lab.pis[name]['root_key']
+    before = {'machine_id': lab.ssh(name, 'cat /etc/machine-id'),
+              'host_key': lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]}
+    lab.ssh(name, 'echo stray > /root/stray && sync')
+    lab.power_off(name)  # the lab Pis have no power device: the test pulls the plug and powers it on
+    lines, done = [], threading.Event()
+    argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(labdemo.INVENTORY),
+            'pifleet.netboot.reimage', '--limit', name, '-e', 'pifleet_reimage_wait=300']
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=labdemo.ansible_env(lab.state, NAME), cwd=REPO) as proc:
+        def read():
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("TASK [Wait until each Pi's SSH server"):
+                    done.set()
+            done.set()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert done.wait(600) and proc.poll() is None, ''.join(lines)[-4000:]
+        started = time.monotonic()
+        try:
+            lab.boot(name)
+            stuck = None
+        except qemupi.BootError as exc:  # the playbook's own verdict on it is wanted too
+            stuck = exc
+        finally:
+            rc = proc.wait(900)
+            reader.join(10)
+    output = ''.join(lines)
+    TIMINGS['reimage wait'] = round(time.monotonic() - started, 1)
+    assert stuck is None, '%s\n--- the reimage playbook ended with:\n%s' % (stuck, output[-2500:])
+    assert rc == 0, output[-4000:]
+    assert '%s is up (SSH answers with the host key of its root)' % name in output
+    assert lab.ssh(name, 'test -e /root/stray', check=False).returncode == 1  # a fresh clone of the bakeform
+    assert lab.ssh(name, 'cat /etc/machine-id') == before['machine_id']
+    assert lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1] == before['host_key']
+    assert lab.bakery('cat /srv/pifleet/roots/%s/etc/hostname' % serial) == name
+    check_running(lab, name)
+
+
+def test_fleet_again_changes_nothing_and_outsiders_stay_out(lab):
+    """The roots after their Pis booted, wrote logs and a reimage: the fleet role still has nothing to do."""
+    counters = labdemo.playbook(lab.state, 'site', '--tags', 'fleet', lab_name=NAME)
+    assert counters['changed'] == 0, counters
+    outsider = lab.lab['namespaces']['outsider']
+    for path in ('/srv/pifleet/roots/%s' % lab.pis['pi-06']['root_key'], '/srv/pifleet/bakeforms/realpi-bookworm/boot'):
+        proc = subprocess.run(['ip', 'netns', 'exec', outsider, 'nfs-ls', 'nfs://10.99.0.2%s' % path],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode != 0, (path, proc.stdout)

@@ -1,35 +1,41 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""`make demo`: the main job on the built-in lab, from nothing to three booting virtual Pis and back.
+"""`make demo`: the main job on the built-in lab, from nothing to booting Pis and back.
 
-    python3 tests/tools/labdemo.py [--keep] [--state DIR]
+    python3 tests/tools/labdemo.py [--keep] [--state DIR] [--name NAME]
 
 1. the cached Debian 12 image of the bakery (debootstrap the first time: minutes);
 2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (tests/tools/piimage.py);
-3. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
+3. two real arm64 Raspberry Pi OS-like images, Bookworm-like and Trixie-like (tests/tools/realimage.py:
+   mmdebstrap the first time, about five minutes each; then cached in /var/cache/pifleet/realimage);
+4. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
-   per Pi and an outsider; the sample image goes onto the bakery's data disk;
-4. ``pifleet.netboot.site`` with inventories/lab over ssh into the container, then once more, which
+   per simulated Pi and an outsider; the images go onto the bakery's data disk;
+5. ``pifleet.netboot.site`` with inventories/lab over ssh into the container, then once more, which
    must report changed=0;
-5. each Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the router's
-   lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte against
-   the files the role wrote (its own cmdline.txt), its NFS root listed from its own address; the
-   outsider is refused;
-6. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
-   every Pi boots again;
-7. ``pifleet.netboot.status``: the table per Pi, boot events included;
-8. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
+6. each simulated Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the
+   router's lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte
+   against the files the role wrote (its own cmdline.txt), its NFS root listed from its own address;
+   the outsider is refused;
+7. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
+   router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
+   its prefix, boots the kernel with its cmdline.txt, mounts its root from the bakery; its login
+   prompt and ``ssh <pi> hostname`` are printed, with the time of each phase (tests/tools/qemupi.py);
+8. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
+   every simulated Pi boots again;
+9. ``pifleet.netboot.status``: the table per Pi, boot events included;
+10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
 
-Root only (namespaces, the container, NFS-Ganesha). Exits non-zero when any step fails.
+Root only (namespaces, the container, NFS-Ganesha, qemu). Exits non-zero when any step fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -42,13 +48,17 @@ REPO = TOOLS.parents[1]
 sys.path.insert(0, str(TOOLS))
 import nspawnlab  # noqa: E402
 import pisim  # noqa: E402
+import qemupi  # noqa: E402
+import realimage  # noqa: E402
 from modrun import ensure_importable  # noqa: E402
 from piimage import build_image  # noqa: E402
 
 INVENTORY = REPO / 'inventories' / 'lab'
 NAME, SUBNET = 'pflab', '10.99.0'
+IMAGES_INSIDE = '/srv/pifleet/images'  # inventories/lab/group_vars/bakery.yml names the images there
 IMAGE_NAME = 'raspios-sample.img.xz'
-IMAGE_INSIDE = '/srv/pifleet/images/' + IMAGE_NAME  # inventories/lab/group_vars/bakery.yml names it
+# Bakeforms of the lab inventory made from real images, and the realimage.py flavour of each.
+REAL_IMAGES = {'realpi-bookworm': 'bookworm', 'realpi-trixie': 'trixie'}
 STARTED = time.monotonic()
 
 
@@ -65,10 +75,12 @@ def say(text):
 
 
 def lab_pis(inventory=INVENTORY / 'hosts.yml'):
-    """The Pis of the lab inventory in order, with the facts the lab and the simulator need."""
-    pis = yaml.safe_load(inventory.read_text())['pis']['hosts']
+    """The Pis of the lab inventory in order, with the facts the lab, the simulator and qemu need."""
+    group = yaml.safe_load(inventory.read_text())['pis']
+    pis = group['hosts']
     out = []
-    for index, (name, facts) in enumerate(pis.items(), start=1):
+    for index, (name, own) in enumerate(pis.items(), start=1):
+        facts = dict(group.get('vars') or {}, **own)
         serial = pisim.normalise_serial(str(facts['pi_serial']))
         mac = pisim.normalise_mac(facts['pi_mac'])
         prefix = str(facts.get('pi_tftp_prefix', 'serial'))
@@ -79,27 +91,32 @@ def lab_pis(inventory=INVENTORY / 'hosts.yml'):
                                 name, facts['pi_ip'], index, reserved, nspawnlab.pi_address(SUBNET, 1)))
         out.append({'name': name, 'model': int(facts['pi_model']), 'serial': str(facts['pi_serial']).lower(),
                     'mac': mac, 'ip': facts['pi_ip'], 'prefix': prefix, 'host': 'pi%d' % index,
-                    'folder': pisim.tftp_prefix(prefix, serial, mac), 'root_key': serial})
+                    'folder': pisim.tftp_prefix(prefix, serial, mac), 'root_key': serial,
+                    'bakeform': facts['pi_bakeform'], 'boot': facts.get('lab_boot', 'simulator')})
     return out
 
 
-def ansible_env(state):
+def ansible_env(state, name=NAME):
     ensure_importable()  # the collection symlink, ANSIBLE_COLLECTIONS_PATH and PYTHONPATH
     return dict(os.environ, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0',
-                ANSIBLE_PIPELINING='true', ANSIBLE_LOCALHOST_WARNING='false', PIFLEET_LAB_STATE=str(state))
+                ANSIBLE_PIPELINING='true', ANSIBLE_LOCALHOST_WARNING='false', PIFLEET_LAB_STATE=str(state),
+                PIFLEET_LAB_NAME=name)
 
 
-def playbook(state, name, *extra):
-    """Run pifleet.netboot.<name> on the lab inventory, output streamed; the bakery's recap counters."""
+def playbook(state, name, *extra, lab_name=NAME, check=True):
+    """Run pifleet.netboot.<name> on the lab inventory, output streamed; the bakery's recap counters
+    (with ``check=False``: the return code and the whole output instead)."""
     argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(INVENTORY),
             'pifleet.netboot.%s' % name, *extra]
     say('$ ' + ' '.join(argv[1:]))
     lines = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=ansible_env(state), cwd=REPO) as proc:
+                          text=True, env=ansible_env(state, lab_name), cwd=REPO) as proc:
         for line in proc.stdout:
             lines.append(line)
             print('  ' + line.rstrip(), flush=True)
+    if not check:
+        return proc.returncode, ''.join(lines)
     recap = re.search(r'^lab-bakery\s+:\s+(.*)$', ''.join(lines), re.M)
     if proc.returncode != 0 or not recap:
         raise DemoError('%s failed (rc %d); its output is above' % (name, proc.returncode))
@@ -170,9 +187,107 @@ def outsider_refused(lab, pi):
     return url
 
 
-def demo(state, keep):
-    total = 8
+def real_images():
+    """The real images of the lab's bakeforms, built once per recipe (minutes, side by side), then cached."""
+    with concurrent.futures.ThreadPoolExecutor(len(REAL_IMAGES)) as pool:
+        built = {bakeform: pool.submit(realimage.build, flavour) for bakeform, flavour in REAL_IMAGES.items()}
+        return {bakeform: future.result() for bakeform, future in built.items()}
+
+
+def put_image(lab, source, name):
+    """The image on the bakery's data disk as IMAGES_INSIDE/name: a hard link to the cache when it can be."""
+    dest = Path(outside(lab, IMAGES_INSIDE)) / name
+    dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)  # bakeform only reads it
+    except OSError:
+        subprocess.run(['cp', '--sparse=always', str(source), str(dest)], check=True)
+    return '%s/%s' % (IMAGES_INSIDE, name)
+
+
+def on_bakery(lab, *command, timeout=120):
+    """Run a command in the bakery container (through the lab's ssh); its stdout, DemoError when it fails."""
+    proc = subprocess.run(nspawnlab.ssh_argv(lab, *command), capture_output=True, text=True, timeout=timeout,
+                          check=False, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise DemoError('on the bakery, %s failed (rc %d): %s' % (' '.join(command), proc.returncode, detail))
+    return proc.stdout
+
+
+def known_hosts(lab, pi, path):
+    """A known_hosts file with the SSH host keys pi_root made for the Pi, read from its root on the bakery."""
+    keys = on_bakery(lab, 'cat /srv/pifleet/roots/%s/etc/ssh/ssh_host_*_key.pub' % pi['root_key'])
+    lines = ['%s %s' % (pi['ip'], ' '.join(line.split()[:2])) for line in keys.splitlines() if line.strip()]
+    if not lines:
+        raise DemoError('%s: no SSH host keys in its root on the bakery' % pi['name'])
+    Path(path).write_text(''.join(line + '\n' for line in lines))
+    return path
+
+
+PHASES = {'firmware': 'U-Boot (the firmware) at its prompt', 'dhcp': 'DHCP lease', 'boot_set': 'boot set fetched',
+          'kernel': 'kernel running', 'nfs_root': 'NFS root mounted, systemd starting', 'login': 'login prompt',
+          'ssh': 'ssh answers with its host key'}
+
+
+def virtual_pi(lab, pi, state, show=say):
+    def progress(phase, seconds):
+        show('%s: %-36s %5.1f s after power-on' % (pi['name'], PHASES.get(phase, phase), seconds))
+    return qemupi.VirtualPi(lab, name=pi['name'], mac=pi['mac'], ip=pi['ip'], prefix=pi['folder'],
+                            model=pi['model'], workdir=Path(state) / 'qemu', progress=progress)
+
+
+def real_boot(lab, pi, state, vpi=None, show=say):
+    """Boot a Pi for real (qemu, U-Boot, the hook, its NFS root) up to ssh; the running VirtualPi.
+
+    Shows the boot set, the command line, the login prompt and ``ssh <pi> hostname``; powers the Pi
+    off again when anything fails.
+    """
+    vpi = vpi or virtual_pi(lab, pi, state, show)
+    known = known_hosts(lab, pi, Path(state) / ('known_hosts-%s' % pi['name']))
+    try:
+        vpi.power_on()
+        fetched = vpi.fetch_boot_set(lab['addresses']['bakery'])
+        sizes = [('%s (%.1f MiB)' % (f, n / 2 ** 20)) if n > 2 ** 20 else ('%s (%d B)' % (f, n))
+                 for f, n in fetched.items()]
+        show('%s: U-Boot took the lease %s and fetched from the hook under %s/: %s' % (
+            pi['name'], pi['ip'], pi['folder'], ', '.join(sizes)))
+        show('%s: kernel command line: %s' % (pi['name'], vpi.bootargs))
+        vpi.boot_kernel()
+        show('%s: console: %s' % (pi['name'], vpi.wait_login()))
+        qemupi.wait_ssh(vpi, lab['ssh_key'], known)
+        hostname = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'hostname').stdout.strip()
+        show('$ ssh %s hostname  (root with the lab key; host key checked against its root)' % pi['name'])
+        show(hostname)
+    except BaseException:
+        vpi.power_off()
+        raise
+    return vpi
+
+
+def reboot_and_boot_again(lab, state, pis, fleet_map, keep):
+    """The bakery container reboots; its units mount every Pi's root again, and the Pis boot from them."""
+    nspawnlab.reboot(state)
+    say(roots_mounted(lab, pis))
+    for pi in pis:
+        if pi['boot'] == 'simulator':
+            say(boot_pi(lab, pi, fleet_map))
+    real = next(pi for pi in pis if pi['boot'] == 'qemu')
+    vpi = real_boot(lab, real, state)
+    if keep:  # left running for the user (and the tests); `down` stops it
+        nspawnlab.add_guest(state, real['name'], vpi.guest())
+        say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
+            real['name'], lab['namespaces']['router'], lab['ssh_key'], real['ip']))
+    else:
+        vpi.power_off()
+
+
+def demo(state, keep, name=NAME):
+    total = 10
     pis = lab_pis()
+    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
+    real = [pi for pi in pis if pi['boot'] == 'qemu']
     step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached)')
     image_dir = nspawnlab.image()
 
@@ -182,45 +297,55 @@ def demo(state, keep):
     build_image(sample, models=(3, 4, 5))
     say('%s: %.1f MiB' % (sample, sample.stat().st_size / 2 ** 20))
 
-    step(3, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
+    step(3, total, 'real arm64 Raspberry Pi OS-like images: %s (mmdebstrap once per recipe, then cached)'
+         % ', '.join(sorted(REAL_IMAGES.values())))
+    images = real_images()
+    for bakeform, info in images.items():
+        size = info['image_bytes'] / 2 ** 20
+        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'], size, info['path']))
+
+    step(4, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
     try:
-        lab = nspawnlab.up(NAME, SUBNET, state, pis=len(pis), image_dir=image_dir, macs=[pi['mac'] for pi in pis])
+        lab = nspawnlab.up(name, SUBNET, state, pis=len(pis), image_dir=image_dir, macs=[pi['mac'] for pi in pis])
         say('bakery %s (%s) is %s; the router reserves %s' % (
             lab['machine'], lab['addresses']['bakery'], lab['system_state'],
             ', '.join('%s -> %s' % (facts['mac'], facts['pinned']) for facts in lab['pis'].values())))
-        images = Path(outside(lab, IMAGE_INSIDE)).parent
-        images.mkdir(mode=0o755, parents=True, exist_ok=True)
-        shutil.copyfile(sample, images / IMAGE_NAME)
-        say('sample image copied to the bakery as %s' % IMAGE_INSIDE)
+        for pi in real:  # qemu's NIC carries this MAC on the bridge: the namespace's twin must be silent
+            subprocess.run(['ip', '-n', lab['namespaces'][pi['host']], 'link', 'set', 'eth0', 'down'], check=True)
+        say('images on the bakery: %s' % ', '.join(
+            [put_image(lab, sample, IMAGE_NAME)] + [put_image(lab, info['path'], '%s.img' % bakeform)
+                                                    for bakeform, info in images.items()]))
 
-        step(4, total, 'pifleet.netboot.site with inventories/lab (boot services + fleet)')
-        first = playbook(state, 'site')
+        step(5, total, 'pifleet.netboot.site with inventories/lab (boot services + fleet)')
+        first = playbook(state, 'site', lab_name=name)
         say('site: changed=%d' % first['changed'])
         say('site again: it must change nothing')
-        again = playbook(state, 'site')
+        again = playbook(state, 'site', lab_name=name)
         if again['changed'] != 0:
             raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
 
-        step(5, total, 'the virtual Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
+        step(6, total, 'the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
         fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
-        for pi in pis:
+        for pi in simulated:
             say(boot_pi(lab, pi, fleet_map))
         say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, pis[0])))
 
-        step(6, total, 'the bakery reboots: every Pi root is mounted again by its unit, and boots again')
-        nspawnlab.reboot(state)
-        say(roots_mounted(lab, pis))
-        for pi in pis:
-            say(boot_pi(lab, pi, fleet_map))
+        step(7, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
+             % real[0]['name'])
+        vpi = real_boot(lab, real[0], state)
+        vpi.power_off()
 
-        step(7, total, 'pifleet.netboot.status')
-        playbook(state, 'status')
+        step(8, total, 'the bakery reboots: every Pi root is mounted again by its unit, and the Pis boot again')
+        reboot_and_boot_again(lab, state, pis, fleet_map, keep)
+
+        step(9, total, 'pifleet.netboot.status')
+        playbook(state, 'status', lab_name=name)
     finally:
         if keep:
             say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
-                % (Path(state) / 'ssh_config', '%s-bakery' % NAME, sys.executable, TOOLS / 'nspawnlab.py', state))
+                % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, TOOLS / 'nspawnlab.py', state))
         else:
-            step(8, total, 'taking the lab down')
+            step(10, total, 'taking the lab down')
             nspawnlab.down(state)
     say('done in %.0f s' % (time.monotonic() - STARTED))
 
@@ -230,12 +355,13 @@ def main(argv=None):
     parser.add_argument('--state', default=str(REPO / '.build' / 'lab' / 'state'),
                         help='lab state dir (keys, logs, the bakery data disk); default .build/lab/state')
     parser.add_argument('--keep', action='store_true', help='leave the lab running at the end')
+    parser.add_argument('--name', default=NAME, help='lab name: its namespaces are <name>-* (default %(default)s)')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error('must run as root (network namespaces, systemd-nspawn)')
     try:
-        demo(Path(args.state).resolve(), args.keep)
-    except (DemoError, RuntimeError, subprocess.SubprocessError) as exc:  # nspawnlab says RuntimeError
+        demo(Path(args.state).resolve(), args.keep, args.name)
+    except (DemoError, qemupi.BootError, RuntimeError, subprocess.SubprocessError) as exc:  # nspawnlab: RuntimeError
         print('demo: FAILED: %s' % exc, file=sys.stderr, flush=True)
         return 1
     return 0

@@ -29,10 +29,11 @@ is a stranger for "denied" checks. It waits until sshd in the container accepts 
 first runs ``down``.
 
 ``reboot`` powers the container off and boots it again on the same root and data (the Pis' mount
-units must bring their roots back). ``down`` stops the container (SIGTERM to systemd-nspawn =
-orderly poweroff; SIGKILL after a grace period) and dnsmasq by the PIDs in lab.json (checked
-against /proc/PID/cmdline, so a reused PID is never hit), deletes the namespaces and releases the
-data disk; it keeps the state dir and the image. Idempotent, and lab.json is written before
+units must bring their roots back). ``down`` stops the machines recorded with ``add_guest``
+(labdemo's qemu Pis, SIGKILL), the container (SIGTERM to systemd-nspawn = orderly poweroff; SIGKILL
+after a grace period) and dnsmasq by the PIDs in lab.json (checked against /proc/PID/cmdline, so a
+reused PID is never hit), deletes the namespaces and releases the data disk; it keeps the state dir
+and the image. Idempotent, and lab.json is written before
 anything starts, so it also cleans up a partial ``up``.
 Root only. Needs debootstrap, systemd-container, socat, dnsmasq (-base), iproute2, openssh-client.
 """
@@ -443,6 +444,8 @@ def down(state):
     if lab is None:
         return None
     pids = lab.get('pids', {})
+    for guest in lab.get('guests', {}).values():  # machines others ran on the LAN (labdemo's qemu Pis)
+        stop(guest['pid'], guest['marker'], grace=0.0, sig=signal.SIGKILL)
     stop(pids.get('nspawn'), 'systemd-nspawn', grace=30.0)
     if lab.get('leader_pid'):  # only left when nspawn had to be killed
         stop(lab['leader_pid'], 'systemd', grace=0.0, sig=signal.SIGKILL)
@@ -450,6 +453,7 @@ def down(state):
     for ns in reversed(list(lab.get('namespaces', {}).values())):
         run(['ip', 'netns', 'delete', ns], check=False)
     lab['pids'] = {}
+    lab['guests'] = {}
     lab['leader_pid'] = None
     save(state, lab)
     release_data_disk(state)
@@ -466,6 +470,13 @@ def reboot(state):
     lab['system_state'] = wait_ssh(lab)
     save(state, lab)
     return lab
+
+
+def add_guest(state, name, guest):
+    """Record a machine started on the lab's LAN by someone else ({pid, marker}), so ``down`` stops it too."""
+    lab = load(state)
+    lab.setdefault('guests', {})[name] = guest
+    save(state, lab)
 
 
 def main(argv=None):

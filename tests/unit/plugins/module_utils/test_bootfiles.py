@@ -12,7 +12,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles 
 # The cmdline.txt of Raspberry Pi OS bookworm (2024-11 arm64 lite) as it comes off the image.
 BOOKWORM = ('console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes '
             'rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot splash plymouth.ignore-serial-consoles\n')
-NFS = 'root=/dev/nfs nfsroot=10.99.0.2:/srv/pifleet/roots/pi-01,vers=3 rw ip=dhcp rootwait'
+NFS = 'root=/dev/nfs nfsroot=10.99.0.2:/srv/pifleet/roots/pi-01,vers=3 rw ip=dhcp rootwait network-config=disabled'
 
 CMDLINES = [
     ('bookworm', BOOKWORM, None, 'console=serial0,115200 console=tty1 quiet ' + NFS),
@@ -30,6 +30,8 @@ CMDLINES = [
      'console=tty1 root=PARTUUID=1-02 quiet systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot '
      'plymouth.enable=0', None, 'console=tty1 quiet ' + NFS),
     ('multi-line file joined', 'console=tty1\nquiet\n', None, 'console=tty1 quiet ' + NFS),
+    ('a network config for cloud-init replaced by ours',
+     'console=tty1 network-config=e30K ds=nocloud', None, 'console=tty1 ds=nocloud ' + NFS),
 ]
 
 
@@ -42,12 +44,15 @@ def test_render_cmdline(base, extra, expected):
 
 
 NFSROOTS = [
-    ('10.99.0.2:/srv/pifleet/roots/pi-01', '10.99.0.2:/srv/pifleet/roots/pi-01,vers=3'),
-    ('bakery.lan:/r', 'bakery.lan:/r,vers=3'),
-    ('10.99.0.2:/r,vers=3', '10.99.0.2:/r,vers=3'),
-    ('10.99.0.2:/r,nfsvers=3,tcp', '10.99.0.2:/r,nfsvers=3,tcp'),
-    ('10.99.0.2:/r,vers=2', '10.99.0.2:/r,vers=2'),
-    ('10.99.0.2:/r,tcp,timeo=600', '10.99.0.2:/r,vers=3,tcp,timeo=600'),
+    ('10.99.0.2:/srv/pifleet/roots/pi-01', '10.99.0.2:/srv/pifleet/roots/pi-01,vers=3,noacl'),
+    ('bakery.lan:/r', 'bakery.lan:/r,vers=3,noacl'),
+    ('10.99.0.2:/r,vers=3', '10.99.0.2:/r,vers=3,noacl'),
+    ('10.99.0.2:/r,nfsvers=3,tcp', '10.99.0.2:/r,nfsvers=3,tcp,noacl'),
+    ('10.99.0.2:/r,vers=2', '10.99.0.2:/r,vers=2,noacl'),
+    ('10.99.0.2:/r,tcp,timeo=600', '10.99.0.2:/r,vers=3,tcp,timeo=600,noacl'),
+    # NFSACL is off unless asked for: Ganesha's answers to it fill the Pi's journal with I/O errors.
+    ('10.99.0.2:/r,acl', '10.99.0.2:/r,vers=3,acl'),
+    ('10.99.0.2:/r,noacl,vers=3', '10.99.0.2:/r,noacl,vers=3'),
     ('10.99.0.2:/r,proto=tcp', 'rejects proto='),
     ('10.99.0.2:/r,vers=4', 'NFS 2 and 3 only'),
     ('10.99.0.2:/r,vers=4.2', 'NFS 2 and 3 only'),

@@ -126,3 +126,46 @@ def test_the_fleet_plan_never_reads_pi_power():
     result = fleet_plan(['pi-01'], hostvars, [{'name': 'bookworm'}], nfs_server='10.0.0.2')
     assert result['serials'] == ['1234abcd']
     assert 'Sw0rdf1sh' not in repr(result) and 'power' not in repr(result)
+
+
+def test_boot_mount_nfs_exports_each_bakeforms_boot_folder_to_its_pis_only():
+    """Bug: with boot_mount nfs every Pi's /boot/firmware line failed (access denied): nothing exported it."""
+    pis = {'pi-01': pi(), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.9'),
+           'pi-03': pi(pi_serial='1234abcf', pi_ip='10.0.0.51', pi_bakeform='old')}
+    settings = dict(SETTINGS, boot_mount='nfs', store='/srv/pifleet/bakeforms')
+    boot = [e for e in plan(pis, settings)['exports'] if e['path'].endswith('/boot-nfs')]
+    assert boot == [
+        {'path': '/srv/pifleet/bakeforms/bookworm/boot-nfs', 'clients': ['10.0.0.9', '10.0.0.50'],
+         'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']},
+        {'path': '/srv/pifleet/bakeforms/old/boot-nfs', 'clients': ['10.0.0.51'],
+         'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']}]
+    # The same exports whatever the inventory's order: the file (and each export's id) stays put.
+    reordered = dict(reversed(list(pis.items())))
+    assert plan(reordered, settings)['exports'] == plan(pis, settings)['exports']
+    assert not [e for e in plan(pis, SETTINGS)['exports'] if e['path'].endswith('/boot-nfs')]
+
+
+def test_boot_export_of_a_pi_without_address_goes_to_the_export_scope():
+    settings = dict(SETTINGS, boot_mount='nfs', store='/s', export_scope='10.0.0.0/24')
+    result = plan({'pi-01': pi(pi_ip=None), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.7')}, settings)
+    assert result['exports'][-1] == {'path': '/s/bookworm/boot-nfs', 'clients': ['10.0.0.0/24', '10.0.0.7'],
+                                     'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']}
+
+
+def test_cloud_init_settings_reach_the_roots_item_checked():
+    result = plan({'pi-01': pi(pi_cloud_init='#cloud-config\npackages: [htop]\n', pi_cloud_init_instance=2),
+                   'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.51')}, SETTINGS)
+    assert result['roots'][0]['cloud_init'] == {'user_data': {'packages': ['htop']}, 'instance': '2'}
+    assert 'cloud_init' not in result['roots'][1]  # pi_root seeds it from its identity alone
+
+
+@pytest.mark.parametrize('extra, expected', [
+    ({'pi_cloud_init': 'packages: [htop\n'}, 'pi-01: pi_cloud_init is not valid YAML'),
+    ({'pi_cloud_init': ['htop']}, 'pi-01: pi_cloud_init must be a cloud-config mapping'),
+    ({'pi_cloud_init': {'hostname': 'other'}}, 'pi-01: pi_cloud_init sets hostname'),
+    ({'pi_cloud_init': {'network': {'version': 2}}}, 'cloud-init networking stays off'),
+    ({'pi_cloud_init_instance': 'a b'}, 'pi-01: pi_cloud_init_instance'),
+])
+def test_cloud_init_problems_are_named(extra, expected):
+    problems = problems_of({'pi-01': pi(**extra)})
+    assert any(expected in p and p.startswith('pi-01: ') for p in problems), problems

@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
     PartitionError,
+    boot_config,
     detect_kernels,
     detect_models,
     parse_mbr,
@@ -137,3 +138,60 @@ def test_detect_models(files, models):
 def test_detect_kernels_ignores_subdirs_and_other_files():
     files = ['kernel8.img', 'kernel_2712.img', 'kernel8.img.bak', 'overlays/kernel9.img', 'initramfs8']
     assert detect_kernels(files) == ['kernel8.img', 'kernel_2712.img']
+
+
+DEBIAN_CONFIG = """\
+# Raspberry Pi OS-like, Debian kernel
+arm_64bit=1
+kernel=vmlinuz-6.1.0-44-arm64
+initramfs initrd.img-6.1.0-44-arm64 followkernel
+
+[cm4]
+otg_mode=1
+
+[all]
+"""
+
+BOOT_CONFIG_CASES = [
+    # (id, config.txt, model, kernel, initramfs)
+    ('debian-kernel', DEBIAN_CONFIG, 4, 'vmlinuz-6.1.0-44-arm64', 'initrd.img-6.1.0-44-arm64'),
+    ('no-config', None, 4, None, None),
+    ('defaults-only', 'arm_64bit=1\ndtoverlay=vc4-kms-v3d\n', 4, None, None),
+    ('auto-initramfs', 'auto_initramfs=1\nkernel=kernel8.img\n', 4, 'kernel8.img', 'initramfs8'),
+    ('auto-initramfs-pi5', 'auto_initramfs=1\n[pi5]\nkernel=kernel_2712.img\n', 5, 'kernel_2712.img',
+     'initramfs_2712'),
+    ('auto-off', 'auto_initramfs=0\nkernel=kernel8.img\n', 4, 'kernel8.img', None),
+    ('model-section-applies', '[pi4]\nkernel=k4.img\n[pi5]\nkernel=k5.img\n[all]\n', 4, 'k4.img', None),
+    ('other-model-section-ignored', '[pi4]\nkernel=k4.img\n[pi5]\nkernel=k5.img\n', 5, 'k5.img', None),
+    ('variant-section-not-assumed', 'kernel=a.img\n[cm4]\nkernel=cm.img\n', 4, 'a.img', None),
+    ('none-section', 'kernel=a.img\n[none]\nkernel=b.img\n', 4, 'a.img', None),
+    ('last-wins', 'kernel=a.img\nkernel=b.img\n', 3, 'b.img', None),
+    ('comments-and-spaces', '  kernel = vmlinuz  # the Debian one\n#kernel=old.img\n', None, 'vmlinuz', None),
+    ('initramfs-address', 'initramfs initrd.img 0x01f00000\n', 4, None, 'initrd.img'),
+    ('no-model-reads-all-only', '[pi4]\nkernel=k4.img\n', None, None, None),
+    ('section-case', '[PI4]\nkernel=k4.img\n', 4, 'k4.img', None),
+]
+
+
+@pytest.mark.parametrize(('text', 'model', 'kernel', 'initramfs'), [c[1:] for c in BOOT_CONFIG_CASES],
+                         ids=[c[0] for c in BOOT_CONFIG_CASES])
+def test_boot_config(text, model, kernel, initramfs):
+    found = boot_config(text, model)
+    assert (found['kernel'], found['initramfs']) == (kernel, initramfs)
+
+
+def test_boot_config_lists_every_kernel_and_initramfs_whatever_the_section():
+    found = boot_config('kernel=a.img\n[pi5]\nkernel=b.img\ninitramfs i5 followkernel\n[none]\nkernel=c.img\n')
+    assert found['kernels'] == ['a.img', 'b.img', 'c.img']
+    assert found['initramfs_files'] == ['i5']
+
+
+def test_detect_kernels_reads_config_txt_kernel_lines():
+    files = ['vmlinuz-6.1.0-44-arm64', 'initrd.img-6.1.0-44-arm64', 'config.txt', 'start4.elf']
+    assert detect_kernels(files) == []  # bug: only kernel*.img names were recognised
+    assert detect_kernels(files, DEBIAN_CONFIG) == ['vmlinuz-6.1.0-44-arm64']
+
+
+def test_detect_kernels_lists_only_named_kernels_that_exist():
+    files = ['kernel8.img', 'config.txt']
+    assert detect_kernels(files, 'kernel=vmlinuz-missing\n') == ['kernel8.img']

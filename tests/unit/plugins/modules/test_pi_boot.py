@@ -72,10 +72,10 @@ def test_first_run_writes_then_nothing_to_do(run_module, lab):
                                                          'prefixes': 2}
     one, two = lab / 'pis' / '00001001', lab / 'pis' / 'dc-a6-32-01-36-c2'
     assert (one / 'cmdline.txt').read_text() == (
-        'console=serial0,115200 console=tty1 quiet root=/dev/nfs nfsroot=10.99.0.2:/srv/pifleet/roots/pi-01,vers=3 '
-        'rw ip=dhcp rootwait\n')
+        'console=serial0,115200 console=tty1 quiet root=/dev/nfs nfsroot=10.99.0.2:/srv/pifleet/roots/pi-01,vers=3,'
+        'noacl rw ip=dhcp rootwait network-config=disabled\n')
     assert not (one / 'config.txt').exists()  # the bakeform's is served
-    assert (two / 'cmdline.txt').read_text().endswith('rw ip=dhcp rootwait net.ifnames=0\n')
+    assert (two / 'cmdline.txt').read_text().endswith('rw ip=dhcp rootwait network-config=disabled net.ifnames=0\n')
     assert (two / 'config.txt').read_text() == CONFIG + '\n# pifleet.netboot: pi-02\n[all]\ndtoverlay=disable-wifi\n'
     assert json.loads((two / '.pifleet-boot.json').read_text()) == {
         'name': 'pi-02', 'prefix': 'dc-a6-32-01-36-c2', 'bakeform': 'bw'}
