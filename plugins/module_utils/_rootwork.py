@@ -309,6 +309,8 @@ class PiRoots:
                     _rootfix.apply(tree, changes)
                     _roots.host_keys(tree, self.key_types, lambda kind: self.key_forge().key(
                         serial, item['hostname'], kind), carry=carried)
+                    result['host_keys'] = [tree.read_text('%s/ssh_host_%s_key.pub' % (_roots.SSH_DIR, kind)).strip()
+                                           for kind in self.key_types]
                     self.clone_diff(plan, changes, tree)
             finally:
                 self.mounter.umount(mnt, 'the new root of Pi %s' % serial)

@@ -243,6 +243,13 @@ pis:
       description: True when the root was cloned from other content than the bakeform now holds (left alone).
       type: bool
       returned: always
+    host_keys:
+      description:
+        - The public SSH host keys the new root was given (carried over on V(rebuilt)), one C(authorized_keys)-style
+          line each, to recognise the Pi when it answers (the reimage playbook waits for them).
+      type: list
+      elements: str
+      returned: when the root was cloned or rebuilt (not in check mode)
     msg:
       description: Why this Pi failed.
       type: str

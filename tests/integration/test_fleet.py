@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -168,17 +167,18 @@ def test_inventory_to_booting_pis(bakery):
 
 
 def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_files(bakery):
-    """Bug: reimage counted a Pi as booted once the hook had served it files, even one that panicked then.
+    """Bug: reimage counted a Pi as booted once the hook had served it files, even one that panicked then;
+    and it rebuilt roots with other arguments than site (root's keys went missing).
 
-    Here pi-04 fetches its kernel after the power cycle (the hook's log says so) but no SSH server
-    ever answers with its root's host key: the play fails naming it with its last boot event. The
-    other half, a Pi that comes up, is the real boot in test_labdemo.py.
+    site gives pi-04's root the keys set with the bakery; reimage must give the rebuilt root the same. Here
+    pi-04 fetches its kernel after the power cycle (the hook's log says so) but no SSH server ever
+    answers with its root's host key: the play fails naming it with its last boot event. The other
+    half, a Pi that comes up, is the real boot in test_labdemo.py.
     """
     tmp, _lan, _server = bakery
     plugs = PlugServer()
     root = tmp / 'srv/roots/4a4a4a4a'
     keys = sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key'))
-    (root / 'root/left-behind').write_text('not in the bakeform\n')
     events = tmp / 'events.jsonl'
     stop = threading.Event()
 
@@ -188,14 +188,23 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
                 log.write(json.dumps({'time': datetime.now(timezone.utc).isoformat(), 'client': HOSTS['pi4'],
                                       'request': '4a4a4a4a/kernel8.img', 'prefix': '4a4a4a4a', 'path': 'kernel8.img',
                                       'name': 'pi-04', 'known': True, 'outcome': 'ok'}) + '\n')
+    key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPifleetReimageTestKey admin@lab'
     try:
         power = {'driver': 'http', 'api': 'shelly1', 'url': plugs.add('p4', 'shelly1', on=True)}
         pis = dict(PIS, **{'pi-04': dict(PIS['pi-04'], pi_power=power)})
-        playbook(tmp, pis, bakery_vars={'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'),
-                                        'pifleet_roots_dir': str(tmp / 'srv/roots'),
-                                        'pifleet_events_path': str(events)})
-        (tmp / 'play.yml').write_text((REPO / 'playbooks/reimage.yml').read_text())
-        shutil.copytree(REPO / 'playbooks/vars', tmp / 'vars', dirs_exist_ok=True)  # its vars_files
+        # The settings live with the bakery, as in the example inventory (a fleet_* name set there too).
+        playbook(tmp, pis, site=True, fleet_ssh_authorized_keys=[key],
+                 bakery_vars={'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'),
+                              'pifleet_roots_dir': str(tmp / 'srv/roots'), 'pifleet_events_path': str(events)})
+        (tmp / 'play.yml').write_text(yaml.safe_dump([{'name': 'Fleet', 'hosts': 'bakery', 'gather_facts': False,
+                                                       'roles': ['pifleet.netboot.fleet']}]))
+        rc, _counters, output = ansible(tmp)
+        assert rc == 0, output[-4000:]
+        site_gave = {rel: (root / rel).read_text()
+                     for rel in ('root/.ssh/authorized_keys', 'etc/fstab', 'etc/hostname', 'etc/hosts')}
+        assert key in site_gave['root/.ssh/authorized_keys']
+        (root / 'root/left-behind').write_text('not in the bakeform\n')
+        (tmp / 'play.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}]))
         feeder = threading.Thread(target=pi_fetches)
         feeder.start()
         started = time.monotonic()
@@ -206,11 +215,14 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
         plugs.close()
     feeder.join()
     assert rc != 0 and counters['failed'] == 1, output[-4000:]
-    assert ('1 Pi(s) did not come up within 10 s (no SSH server answered with the host key of its root), with '
-            'their last boot file and outcome since the reimage started: pi-04: kernel8.img, outcome ok') in output
+    assert ('pi-04 did not come up within 10 s (no SSH server at %s answered with the host key of its rebuilt '
+            'root); its last boot file and outcome since the reimage started: kernel8.img, outcome ok'
+            % HOSTS['pi4']) in output
     assert waited < 120, waited  # a real deadline, not the default 600 s
     assert not (root / 'root/left-behind').exists()  # a fresh clone of the bakeform
     assert sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key')) == keys  # its identity kept
+    # Everything site gave the root, a reimage gives it too: the same plan, the same pi_root arguments.
+    assert {rel: (root / rel).read_text() for rel in site_gave} == site_gave
     assert plugs.plugs['p4'].state == [True] and plugs.plugs['p4'].sets == 2  # off, then on
 
 
