@@ -167,7 +167,7 @@ def boot_pi(lab, pi, fleet_map):
 def roots_mounted(lab, pis):
     """Each Pi's root is a loop-mounted file system of its own inside the bakery (nosuid, nodev)."""
     points = ['/srv/pifleet/roots/%s' % pi['root_key'] for pi in pis]
-    proc = subprocess.run(nspawnlab.ssh_argv(lab, 'findmnt', '--json', '--output', 'TARGET,SOURCE,OPTIONS', *points),
+    proc = subprocess.run(nspawnlab.ssh_argv(lab, 'findmnt', '--json', '--list', '--output', 'TARGET,SOURCE,OPTIONS'),
                           capture_output=True, text=True, timeout=60, check=False)
     found = {fs['target']: fs for fs in json.loads(proc.stdout or '{}').get('filesystems', [])}
     missing = [p for p in points if p not in found or 'nosuid' not in found[p]['options']]
