@@ -40,9 +40,10 @@ def test_plan_builds_module_arguments():
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
         {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
-    assert result['boot'][:1] == [{'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
-                               'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
-                               'config_txt': ['dtoverlay=disable-bt']}]
+    assert result['boot'][:1] == [{
+        'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
+        'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
+        'config_txt': ['dtoverlay=disable-bt']}]
 
 
 @pytest.mark.parametrize('extra, prefix', [
