@@ -127,7 +127,7 @@ options:
   cloud_init:
     description:
       - For roots that have cloud-init (Raspberry Pi OS from Trixie on), what goes into the Pi's own NoCloud seed in
-        C(/var/lib/cloud/seed/nocloud/) besides its identity. Every such root gets a seed (mode 0600): an
+        C(/var/lib/cloud/seed/nocloud/) besides its identity. Every such root gets a seed (mode 0600) with an
         instance-id made from the serial, the host name, root's O(ssh_authorized_keys), cloud-init's networking
         off (the root lives on that NIC), and none of the first-boot jobs that would replace the host keys or
         resize a disk the Pi does not have. It is re-applied when it changes.
