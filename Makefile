@@ -81,7 +81,8 @@ sanity: setup
 	cd $(SANITY_TREE) && git init -q && git add -A && \
 	  env -u PYTHONPATH -u ANSIBLE_COLLECTIONS_PATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
-unit: setup
+# Unit tests need only the venv: no root, no Debian packages (the few that need a tool or root skip without).
+unit: venv collection
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 integration: setup
