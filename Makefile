@@ -81,7 +81,8 @@ sanity: setup
 	cd $(SANITY_TREE) && git init -q && git add -A && \
 	  env -u PYTHONPATH -u ANSIBLE_COLLECTIONS_PATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
-unit: setup
+# Unit tests need only the venv: no root, no Debian packages (the few that need a tool or root skip without).
+unit: venv collection
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 integration: setup
@@ -107,7 +108,7 @@ cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 tarball: setup
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/tarball
 
-# Molecule scenarios converge the roles on real systemd-nspawn test hosts (tests/tools/nspawnlab.py).
+# Molecule scenarios converge the roles on real systemd-nspawn test hosts (lab/nspawnlab.py).
 molecule: setup
 	@for scenario in molecule/*/molecule.yml; do \
 	  scenario=$${scenario#molecule/}; $(VENV)/bin/molecule test -s $${scenario%/molecule.yml} || exit 1; \
@@ -128,9 +129,9 @@ test: setup ruff lint sanity unit integration cores tarball molecule ee
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
 # Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.
-# DEMO_ARGS=--keep leaves the lab running (tests/tools/labdemo.py says how to take it down).
+# DEMO_ARGS=--keep leaves the lab running (lab/demo.py says how to take it down).
 demo: setup
-	$(PY) tests/tools/labdemo.py $(DEMO_ARGS)
+	$(PY) -m lab.demo $(DEMO_ARGS)
 
 # Benchmarks report ratios against a baseline timed in the same run (results in .build/bench/).
 bench: bench-bakeform bench-roots bench-storm bench-scale

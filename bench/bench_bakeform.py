@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
 
 from modrun import run_module  # noqa: E402
-from piimage import build_image  # noqa: E402
+
+from lab.piimage import build_image  # noqa: E402
 
 
 def timed(func):

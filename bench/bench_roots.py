@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
 
 from fstree import loop_fs, unmount_below  # noqa: E402
 from modrun import run_module  # noqa: E402
-from piimage import build_image  # noqa: E402
+
+from lab.piimage import build_image  # noqa: E402
 
 
 def used_bytes(path):

@@ -3,7 +3,7 @@
 """Benchmark: a boot storm of N simulated Pi 4s against the TFTP hook service and dnsmasq's TFTP.
 
 A LAN of network namespaces (10.99.50.0/24, ``pfstorm-``): the bakery at .2 and N Pis from .100.
-Every Pi boots at once (tests/tools/pisim.py through bench/storm_client.py: tsize probe, early
+Every Pi boots at once (lab/pisim.py through bench/storm_client.py: tsize probe, early
 terminate, config.txt twice, start4.elf, fixup4.dat, dtb, cmdline.txt, probe + kernel8.img, probe +
 initramfs8) with blksize 1024 and then 1468, no windowsize, each file checked by sha256. The same
 files are served, in the same run, by our hook service (its fleet map names each Pi's folder, then
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
 
-from nfslab import Lan, missing_tools  # noqa: E402
+from lab.nfslab import Lan, missing_tools  # noqa: E402
 
 SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
 CLIENT = REPO / 'bench' / 'storm_client.py'

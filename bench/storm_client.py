@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests' / 'tools'))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab package
 
-import pisim
+from lab import pisim
 
 
 def main():

@@ -8,7 +8,8 @@ import os
 
 import pytest
 from fstree import loops_backed_by, mounts_below
-from piimage import VARIANTS, build_image
+
+from lab.piimage import VARIANTS, build_image
 
 if os.geteuid() != 0:
     pytest.skip('integration tests need root (loop devices, owners, device nodes)', allow_module_level=True)

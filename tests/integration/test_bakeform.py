@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, mounts_below, snapshot
 from modrun import module_argv, run_module
-from piimage import build_image
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
+from lab.piimage import build_image
 
 REPO = Path(__file__).resolve().parents[2]
 SUPERBLOCK = slice(1024, 2048)  # e2fsck records its check there and tune2fs the checksum seed flag

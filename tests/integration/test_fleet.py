@@ -27,13 +27,14 @@ from pathlib import Path
 import pytest
 import yaml
 from fstree import unmount_below
-from nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
-from piimage import build_image
 from powerfakes import PlugServer
+
+from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
+from lab.piimage import build_image
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
-PISIM = REPO / 'tests' / 'tools' / 'pisim.py'
+PISIM = ('-m', 'lab.pisim')  # run from the checkout (lab.ensure_importable puts it on PYTHONPATH)
 BAKERY = '10.99.32.2'
 HOSTS = {'srv': BAKERY, 'pi3': '10.99.32.50', 'pi4': '10.99.32.51', 'pi5': '10.99.32.52', 'out': '10.99.32.60'}
 PIS = {
@@ -148,7 +149,7 @@ def test_inventory_to_booting_pis(bakery):
             pi = PIS[name]
             serial = pi['pi_serial'][-8:]
             prefix = fleet_map and next(p for p, e in fleet_map['prefixes'].items() if e['name'] == name)
-            argv = [sys.executable, str(PISIM), 'boot', '--model', str(pi['pi_model']), '--serial', serial,
+            argv = [sys.executable, *PISIM, 'boot', '--model', str(pi['pi_model']), '--serial', serial,
                     '--server', BAKERY, '--prefix', 'mac' if prefix.count('-') == 5 else 'serial', '--json',
                     '--expect-dir', str(tmp / 'srv/pis' / prefix), '--expect-dir', str(boot),
                     '--nfs', '%s:%s' % (BAKERY, tmp / 'srv/roots' / serial)]

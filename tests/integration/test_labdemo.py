@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """`make demo` end to end, then real boots on the same lab: one lab for every check.
 
-tests/tools/labdemo.py runs with its state in a temp dir and ``--keep``: the bakery container runs
+lab/demo.py runs with its state in a temp dir and ``--keep``: the bakery container runs
 site with inventories/lab (then again: changed=0), the simulated Pi 3/4/5 boot through it, the
 outsider is refused, one Pi boots a real arm64 kernel (qemu + U-Boot) to ssh, and the status table
 lists every Pi. Then, on the lab it left running, the real Pis are checked from the inside over their
@@ -33,13 +33,12 @@ import threading
 import time
 from pathlib import Path
 
-import labdemo
-import nspawnlab
 import pytest
-import qemupi
-import realimage
 import yaml
-from nfslab import missing_tools
+
+from lab import demo as labdemo
+from lab import nspawnlab, qemupi, realimage
+from lab.nfslab import missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = 'pfboot'  # not the `make demo` lab (pflab), so a kept demo lab does not stop the tests
@@ -129,7 +128,7 @@ def lab(tmp_path_factory):
     started = time.monotonic()
     found, lines = None, []
     try:
-        with subprocess.Popen([sys.executable, str(REPO / 'tests/tools/labdemo.py'), '--state', str(state), '--name',
+        with subprocess.Popen([sys.executable, '-m', 'lab.demo', '--state', str(state), '--name',
                                NAME, '--keep'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               stdin=subprocess.DEVNULL) as proc:
             for line in proc.stdout:

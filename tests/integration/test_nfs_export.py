@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """nfs_export against real servers: NFS-Ganesha live on a namespace LAN, and the real exportfs.
 
-The LAN (tests/tools/nfslab.py, 10.99.20.0/24): the bakery pfnfs-srv 10.99.20.2, Pi A 10.99.20.50,
+The LAN (lab/nfslab.py, 10.99.20.0/24): the bakery pfnfs-srv 10.99.20.2, Pi A 10.99.20.50,
 Pi B 10.99.20.51 and an outsider 10.99.20.60, which mount with the userspace libnfs client.
 """
 
@@ -13,7 +13,8 @@ import time
 
 import pytest
 from modrun import module_argv, run_module
-from nfslab import (
+
+from lab.nfslab import (
     TOOLS,
     Ganesha,
     Lan,

@@ -32,10 +32,10 @@ from pathlib import Path
 import pytest
 from fstree import loop_fs
 from modrun import run_module
-from nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
-from piimage import build_image
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import unit_name
+from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
+from lab.piimage import build_image
 
 RAWNFS = Path(__file__).resolve().parents[1] / 'tools' / 'rawnfs.py'
 HOSTS = {'srv': '10.99.41.2', 'pia': '10.99.41.50', 'pib': '10.99.41.51', 'out': '10.99.41.60'}

@@ -3,7 +3,7 @@
 """A Pi's disks over NFS: pi_disk's file systems exported by nfs_export to a real NFS-Ganesha, one export per
 Pi as the fleet role plans it, read and written by the Pis with the userspace client.
 
-The LAN (tests/tools/nfslab.py, 10.99.47.0/24): the bakery pfd-srv 10.99.47.2, Pi A 10.99.47.50, Pi B
+The LAN (lab/nfslab.py, 10.99.47.0/24): the bakery pfd-srv 10.99.47.2, Pi A 10.99.47.50, Pi B
 10.99.47.51. Ganesha runs in a mount namespace of its own made when it starts, so the disks file systems
 are mounted before it starts.
 """
@@ -16,9 +16,9 @@ import time
 import pytest
 from fstree import release_below
 from modrun import run_module
-from nfslab import TOOLS, ganesha_lan, missing_tools, nfs, nfs_read, nfs_url, nfs_write
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import build
+from lab.nfslab import TOOLS, ganesha_lan, missing_tools, nfs, nfs_read, nfs_url, nfs_write
 
 HOSTS = {'srv': '10.99.47.2', 'pia': '10.99.47.50', 'pib': '10.99.47.51'}
 SERVER = HOSTS['srv']

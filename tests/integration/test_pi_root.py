@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, release_mounts, snapshot
 from modrun import module_argv, run_module
-from piimage import build_image
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock, unit_name
+from lab.piimage import build_image
 
 AUTO_METHOD = {'xfs': 'reflink', 'btrfs': 'reflink', 'ext4': 'copy'}
 KEY_A = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0dWJrZXlmb3J0ZXN0aW5nMTIzNDU2Nzg5MA admin@bakery'

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Pi bootloader simulator on a real LAN (root): a home router's DHCP, our proxy DHCP, dnsmasq's TFTP.
 
-The LAN (tests/tools/nfslab.Lan, 10.99.30.0/24, namespaces pfsim-*): the router 10.99.30.1 runs an
+The LAN (lab/nfslab.Lan, 10.99.30.0/24, namespaces pfsim-*): the router 10.99.30.1 runs an
 authoritative dnsmasq (range .100-.150); the bakery 10.99.30.2 runs dnsmasq as proxy DHCP with
 "Raspberry Pi Boot" and its own TFTP as a stand-in for the hook service; one Pi namespace per model
 starts without an address; an outsider 10.99.30.60 sends a plain DISCOVER and boots with a fixed
@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pisim
 import pytest
-from nfslab import Lan, missing_tools, run
+
+from lab import pisim
+from lab.nfslab import Lan, missing_tools, run
 
 HOSTS = {'router': '10.99.30.1', 'bakery': '10.99.30.2', 'pi3': '10.99.30.50', 'pi4': '10.99.30.51',
          'pi5': '10.99.30.52', 'out': '10.99.30.60'}

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The TFTP hook service on a lossy LAN (root): 20 simulated Pi 4s boot at once through netem.
 
-The LAN (tests/tools/nfslab.Lan, 10.99.31.0/24, namespaces pfhook-*): the bakery 10.99.31.2 runs the
+The LAN (lab/nfslab.Lan, 10.99.31.0/24, namespaces pfhook-*): the bakery 10.99.31.2 runs the
 service as the role installs it (``python3 -I pifleet_tftp_hook.py --config``); Pis from .100, or all
 20 in one namespace behind one address, .99, as behind NAT (each Pi is then only a port). Every
 host's link drops 5 % and duplicates 1 % of what it sends, so a transfer meets lost
@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 import pytest
-from nfslab import Lan, missing_tools, run
+
+from lab.nfslab import Lan, missing_tools, run
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
-PISIM = REPO / 'tests' / 'tools' / 'pisim.py'
+PISIM = ('-m', 'lab.pisim')  # run from the checkout (lab.ensure_importable puts it on PYTHONPATH)
 BAKERY = '10.99.31.2'
 PIS = {'pi%02d' % index: ('10.99.31.%d' % (100 + index), '%08x' % (0x7e570000 + index)) for index in range(20)}
 # Small, so lock-step transfers through 5 % loss stay short; odd sizes end in a partial block.
@@ -127,7 +128,7 @@ def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
     try:
         boots = {}
         for name, (_address, serial) in PIS.items():
-            argv = [sys.executable, str(PISIM), 'boot', '--model', '4', '--serial', serial, '--server', BAKERY,
+            argv = [sys.executable, *PISIM, 'boot', '--model', '4', '--serial', serial, '--server', BAKERY,
                     '--timeout', '0.2', '--retries', '12', '--json',
                     '--expect-dir', str(boot_tree / 'pis' / serial),
                     '--expect-dir', str(boot_tree / 'bakeforms/lab/boot')]

@@ -5,7 +5,7 @@ collections dir of its own and used with no checkout on any path, as someone who
 
 ansible-doc documents every plugin and role, ansible-builder introspect finds what an execution environment needs,
 and `site --check --diff` runs with the installed example inventory and its vault example on a fresh Debian 12
-bakery (an nspawn container, tests/tools/nspawnlab.py): no red output, no failed task, no hook program in the diff.
+bakery (an nspawn container, lab/nspawnlab.py): no red output, no failed task, no hook program in the diff.
 Not shipped in the tarball (it needs the checkout to build one).
 """
 
@@ -22,9 +22,10 @@ import tarfile
 import time
 from pathlib import Path
 
-import nspawnlab
 import pytest
 import yaml
+
+from lab import nspawnlab
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -79,7 +80,7 @@ def test_the_tarball_holds_what_a_user_needs_and_nothing_of_the_developers(insta
     dotted = sorted(name for name in names if any(part.startswith('.') for part in name.split('/')))
     assert dotted == []
     for gone in ('Makefile', 'molecule', 'bench', 'inventories/lab', 'tests/tarball', 'requirements-dev.txt',
-                 'execution-environment.yml', 'tests/tools/labdemo.py'):
+                 'execution-environment.yml', 'lab', 'tests/integration'):
         assert not any(name == gone or name.startswith(gone + '/') for name in names), gone
 
 

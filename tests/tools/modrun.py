@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run pifleet.netboot modules as their own processes, the way Ansible does (tests, benchmarks).
 
-``ensure_importable()`` makes the checkout importable as ansible_collections.pifleet.netboot, for
-this process and its children, wherever the checkout sits.
+``ensure_importable()`` (from the lab package) makes the checkout importable as
+ansible_collections.pifleet.netboot, for this process and its children, wherever the checkout sits.
 """
 
 from __future__ import annotations
@@ -14,23 +14,16 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / '.build' / 'collections'
+try:
+    from lab import COLLECTIONS, ensure_importable  # the checkout
+except ImportError:  # an installed collection: importable where it is installed
+    COLLECTIONS = None
 
+    def ensure_importable():
+        return None
 
-def ensure_importable():
-    link = COLLECTIONS / 'ansible_collections' / 'pifleet' / 'netboot'
-    if not link.is_symlink():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO)
-    if str(COLLECTIONS) not in sys.path:
-        sys.path.insert(0, str(COLLECTIONS))
-    paths = os.environ.get('PYTHONPATH', '').split(os.pathsep)
-    if str(COLLECTIONS) not in paths:
-        os.environ['PYTHONPATH'] = os.pathsep.join(p for p in [str(COLLECTIONS), *paths] if p)
-    os.environ['ANSIBLE_COLLECTIONS_PATH'] = str(COLLECTIONS)
+__all__ = ['COLLECTIONS', 'ensure_importable', 'module_argv', 'run_module']
 
 
 def _remove(path):

@@ -125,7 +125,7 @@ def test_udp_69_bound_by_hook_user(host):
 @pytest.fixture(scope='module')
 def boot(lab):
     """pi1 boots once through the simulator; several tests read its report and the events it left."""
-    argv = [sys.executable, str(REPO / 'tests/tools/pisim.py'), 'boot', '--model', '4', '--serial', SERIAL,
+    argv = [sys.executable, '-m', 'lab.pisim', 'boot', '--model', '4', '--serial', SERIAL,
             '--mac', lab['pis']['pi1']['mac'], '--dhcp', 'eth0',
             '--expect-dir', str(BOOTSET / 'pis/pi1'), '--expect-dir', str(BOOTSET / 'demo/boot'),
             '--nfs', '%s:/srv/pifleet/roots/pi1' % BAKERY, '--json']
@@ -185,7 +185,7 @@ def test_events_logged_for_pi1(host, boot, lab):
 
 def test_non_pxe_discover_gets_no_proxy_answer(lab):
     # A laptop-like client: the router answers it (so the probe can hear answers), the bakery must not.
-    proc = netns(lab, 'pi1', [sys.executable, str(REPO / 'tests/tools/pisim.py'), 'dhcp', '--iface', 'eth0',
+    proc = netns(lab, 'pi1', [sys.executable, '-m', 'lab.pisim', 'dhcp', '--iface', 'eth0',
                               '--mac', '02:00:00:00:40:99', '--no-pxe', '--json'], timeout=60)
     report = json.loads(proc.stdout)
     servers = {offer['server_id'] for offer in report['offers']}

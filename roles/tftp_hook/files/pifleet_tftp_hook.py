@@ -64,16 +64,26 @@ FD_MARGIN = 64
 LOG_CHARS = 256  # longer names in event lines are cut: one datagram must not make a huge line
 TRUNCATED = '...[truncated, %d characters]'
 MAX_TRACKED = 4096  # client addresses the refusal rate limit tracks; more share one bucket ('*')
+# The one call that reads file blocks for a transfer (the cache aside): a name of its own, so a test can
+# make a read fail and see the transfer fall back.
 PREADV = os.preadv
 RBUF = bytearray(65536)  # the loop is single-threaded: one receive buffer serves every transfer socket
-TAG = ['pifleet-tftp-hook']
 FINAL_ACK_LOST = 'the final ACK was lost, but the client %s'
 PORT_CLOSED = 'the client closed its port (ICMP port unreachable)'
 
 
+class Log:
+    """Lines on stderr (the journal), tagged with the process that writes them: the service or one worker."""
+
+    tag = 'pifleet-tftp-hook'
+
+
 def log(message):
-    sys.stderr.write('%s: %s\n' % (TAG[0], message))
+    sys.stderr.write('%s: %s\n' % (Log.tag, message))
     sys.stderr.flush()
+
+
+# ---------- errors
 
 
 class ConfigError(Exception):
@@ -106,6 +116,9 @@ class TransferFailed(Exception):
 
 class ClientGone(Exception):
     """A send met the ICMP port unreachable of the client's closed port (ECONNREFUSED)."""
+
+
+# ---------- configuration
 
 
 def inside(path, base):
@@ -194,6 +207,9 @@ class Config:
         except (OSError, ValueError) as exc:
             raise ConfigError('cannot read config %s: %s' % (path, exc)) from exc
         return cls(data)
+
+
+# ---------- the fleet map, request names and where a file comes from
 
 
 class FleetMap:
@@ -325,6 +341,9 @@ def open_file(resolution, roots_real):
     return None
 
 
+# ---------- the protocol: requests, options, blocks, errors, the HTTP hook
+
+
 def parse_request(packet):
     """(filename bytes, mode, [(option name, value bytes)]) of an RRQ/WRQ; raises Malformed."""
     if len(packet) < 4 or packet[-1] != 0:
@@ -405,6 +424,9 @@ def fetch_hook(opener, url, timeout, max_bytes):
 WAIT_HOOK, WAIT_OACK_ACK, SENDING = 0, 1, 2
 
 
+# ---------- file contents shared by transfers
+
+
 class FileCache:
     """Contents of recently served files, shared by transfers: a boot storm reads each file once.
 
@@ -440,6 +462,9 @@ class FileCache:
                 self.held -= len(self.entries.pop(next(iter(self.entries))))
         self.entries[key] = data  # most recently used last
         return data
+
+
+# ---------- one transfer: an (address, port) pair
 
 
 class Transfer:
@@ -657,6 +682,9 @@ class Transfer:
             'blksize': self.blksize, 'windowsize': self.windowsize, 'tsize': self.tsize,
             'duration': round(time.monotonic() - self.started, 6), 'retransmits': self.retransmits,
             'error': clip(error)})
+
+
+# ---------- the service: sockets, the event loop, limits, boot events
 
 
 class Bucket:
@@ -1083,6 +1111,9 @@ class Service:
         self.epoll.close()
 
 
+# ---------- processes, checks and main()
+
+
 def _pktinfo_address(ancdata):
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
@@ -1137,7 +1168,7 @@ def run_workers(config):
         if pid == 0:
             code = 1
             try:
-                TAG[0] = '%s worker %d' % (TAG[0], index)
+                Log.tag = '%s worker %d' % (Log.tag, index)
                 service = Service(config)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
                 code = service.run()

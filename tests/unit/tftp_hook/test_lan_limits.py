@@ -16,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-import pisim
 import pytest
+
+from lab import pisim
 
 SERIALS = ['%08x' % (0x7e570000 + index) for index in range(30)]
 PI4_SET = {'start4.elf': 150_001, 'fixup4.dat': 5_447, 'bcm2711-rpi-4-b.dtb': 52_000, 'kernel8.img': 200_003}

@@ -9,7 +9,7 @@ the tree builder AND mke2fs inside one ``fakeroot`` session, so the faked metada
 mke2fs records.
 
 Usage:
-    python3 tests/tools/piimage.py --out PATH [--models 3,4,5] [--profile tiny|realistic]
+    python3 -m lab.piimage --out PATH [--models 3,4,5] [--profile tiny|realistic]
         [--variant V] [--xz] [--seed N] [--root-files N] [--root-mb N] [--image-mb N]
         [--tree-out DIR]
 """

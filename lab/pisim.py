@@ -9,7 +9,7 @@ expected bytes and timing it; optionally an NFS root check with the userspace cl
 
 Run it inside a Pi's namespace::
 
-    ip netns exec pfsim-pi4 .venv/bin/python tests/tools/pisim.py boot --model 4 --serial 1234abcd \\
+    ip netns exec pfsim-pi4 python3 -m lab.pisim boot --model 4 --serial 1234abcd \\
         --dhcp eth0 --expect-dir /srv/pis/pi-01 --expect-dir /srv/boot --json
 
 It prints one JSON report and exits 0 only when every expected file arrived intact (and the DHCP and

@@ -1,23 +1,17 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Fast checks of the test-image factory tests/tools/piimage.py (tiny profile only)."""
+"""Fast checks of the test-image factory lab/piimage.py (tiny profile only)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-_TOOL = Path(__file__).resolve().parents[2] / "tools" / "piimage.py"
-_spec = importlib.util.spec_from_file_location("piimage", _TOOL)
-piimage = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("piimage", piimage)
-_spec.loader.exec_module(piimage)
+from lab import piimage
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "fakeroot", "xz")),

@@ -11,10 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-import qemupi
-import realimage
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import boot_config, detect_models
+from lab import qemupi, realimage
 
 KVER = '6.1.0-50-arm64'
 

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The Pi bootloader simulator tests/tools/pisim.py without root: packets, DHCP parsing, and the TFTP
+"""The Pi bootloader simulator lab/pisim.py without root: packets, DHCP parsing, and the TFTP
 client and model sequences against a small TFTP server thread on 127.0.0.1 that can drop, duplicate
 and misdirect packets."""
 
@@ -18,8 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import pisim
 import pytest
+
+from lab import pisim
 
 TOOL = Path(pisim.__file__)
 SERIAL = '1234abcd'

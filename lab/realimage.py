@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real Raspberry Pi OS-like arm64 images that boot: Debian built with mmdebstrap, cached by recipe.
 
-    python3 tests/tools/realimage.py build --flavour bookworm|trixie [--cache DIR] [--mirror URL]
-    python3 tests/tools/realimage.py show --flavour bookworm|trixie [--cache DIR]
+    python3 -m lab.realimage build --flavour bookworm|trixie [--cache DIR] [--mirror URL]
+    python3 -m lab.realimage show --flavour bookworm|trixie [--cache DIR]
 
 Two flavours, both packaged like a Raspberry Pi OS image (piimage.py's MBR + FAT ``bootfs`` +
 ext4 ``rootfs``):
@@ -43,9 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import piimage
-from nspawnlab import host_mirror
+from lab import piimage
+from lab.nspawnlab import host_mirror
 
 RECIPE_VERSION = 2  # bump when the packaging below changes in a way the recipe text does not show
 CACHE = Path(os.environ.get('PIFLEET_IMAGE_CACHE', '/var/cache/pifleet/realimage'))

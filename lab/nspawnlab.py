@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real test hosts for molecule: a Debian 12 systemd-nspawn container on a network-namespace LAN.
 
-    python3 tests/tools/nspawnlab.py image
-    python3 tests/tools/nspawnlab.py up --name pfmol --subnet 10.99.40 --state DIR [--pis N] [--macs M1,M2]
-    python3 tests/tools/nspawnlab.py down --state DIR
+    python3 -m lab.nspawnlab image
+    python3 -m lab.nspawnlab up --name pfmol --subnet 10.99.40 --state DIR [--pis N] [--macs M1,M2]
+    python3 -m lab.nspawnlab down --state DIR
 
 ``image`` debootstraps (``--variant=minbase``) a bookworm root with every package the roles
 install baked in (test hosts have no internet), into a scratch dir renamed into
@@ -54,10 +54,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nfslab import Lan, run
+from lab.nfslab import Lan, run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / '.build' / 'cache' / 'nspawn'
 IMAGE_VERSION = 1  # bump when the baking below changes
 PACKAGES = (

@@ -2,11 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """`make demo`: the main job on the built-in lab, from nothing to booting Pis and back.
 
-    python3 tests/tools/labdemo.py [--keep] [--state DIR] [--name NAME]
+    python3 -m lab.demo [--keep] [--state DIR] [--name NAME]
 
 1. the cached Debian 12 image of the bakery (debootstrap the first time: minutes);
-2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (tests/tools/piimage.py);
-3. two real arm64 Raspberry Pi OS-like images, Bookworm-like and Trixie-like (tests/tools/realimage.py:
+2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py);
+3. two real arm64 Raspberry Pi OS-like images, Bookworm-like and Trixie-like (lab/realimage.py:
    mmdebstrap the first time, about five minutes each; then cached in /var/cache/pifleet/realimage);
 4. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
@@ -20,7 +20,7 @@
 7. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
    router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
    its prefix, boots the kernel with its cmdline.txt, mounts its root from the bakery; its login
-   prompt and ``ssh <pi> hostname`` are printed, with the time of each phase (tests/tools/qemupi.py);
+   prompt and ``ssh <pi> hostname`` are printed, with the time of each phase (lab/qemupi.py);
 8. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
    every simulated Pi boots again;
 9. ``pifleet.netboot.status``: the table per Pi, boot events included;
@@ -43,15 +43,8 @@ from pathlib import Path
 
 import yaml
 
-TOOLS = Path(__file__).resolve().parent
-REPO = TOOLS.parents[1]
-sys.path.insert(0, str(TOOLS))
-import nspawnlab  # noqa: E402
-import pisim  # noqa: E402
-import qemupi  # noqa: E402
-import realimage  # noqa: E402
-from modrun import ensure_importable  # noqa: E402
-from piimage import build_image  # noqa: E402
+from lab import REPO, ensure_importable, nspawnlab, pisim, qemupi, realimage
+from lab.piimage import build_image
 
 INVENTORY = REPO / 'inventories' / 'lab'
 NAME, SUBNET = 'pflab', '10.99.0'
@@ -137,7 +130,7 @@ def boot_pi(lab, pi, fleet_map):
     if entry is None:
         raise DemoError('%s: the fleet map has no prefix %s' % (pi['name'], pi['folder']))
     bakery = lab['addresses']['bakery']
-    argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, str(TOOLS / 'pisim.py'), 'boot',
+    argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, '-m', 'lab.pisim', 'boot',
             '--model', str(pi['model']), '--serial', pi['serial'], '--mac', pi['mac'], '--prefix', pi['prefix'],
             '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/%s' % (bakery, pi['root_key']), '--json']
     for folder in [*entry['dirs'], *fleet_map['default']]:
@@ -343,7 +336,7 @@ def demo(state, keep, name=NAME):
     finally:
         if keep:
             say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
-                % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, TOOLS / 'nspawnlab.py', state))
+                % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
         else:
             step(10, total, 'taking the lab down')
             nspawnlab.down(state)

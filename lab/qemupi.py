@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A virtual Raspberry Pi that really boots: qemu (arm64, TCG) with U-Boot on a lab LAN.
 
-    python3 tests/tools/qemupi.py boot --state DIR --mac M --ip A --prefix P [--key K --known-hosts F]
+    python3 -m lab.qemupi boot --state DIR --mac M --ip A --prefix P [--key K --known-hosts F]
 
 qemu 7.2 has no Pi 4 machine, so the Pi is ``-M virt`` (cortex-a72, 2 CPUs, 1 GiB) with a
 virtio NIC carrying the Pi's MAC, on a tap in the lab bridge's namespace: it takes its address
@@ -39,10 +39,8 @@ import threading
 import time
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
-from modrun import ensure_importable  # noqa: E402
-from nspawnlab import alive  # noqa: E402
+from lab import ensure_importable
+from lab.nspawnlab import alive
 
 ensure_importable()
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import boot_config  # noqa: E402
