@@ -230,16 +230,17 @@ def test_version_matches_galaxy_yml():
 def test_manifest_lists_the_kernel_config_txt_names(tmp_path):
     """Bug: a Debian-style image (kernel=vmlinuz-<version>) got an empty kernels list."""
     (tmp_path / 'boot').mkdir()
-    (tmp_path / 'root').mkdir()
     (tmp_path / 'boot/config.txt').write_text('arm_64bit=1\nkernel=vmlinuz-6.1.0-44-arm64\n'
                                               'initramfs initrd.img-6.1.0-44-arm64 followkernel\n')
     files = ['config.txt', 'start4.elf', 'vmlinuz-6.1.0-44-arm64', 'initrd.img-6.1.0-44-arm64']
     manifest = _bakeform.Ingest(None, 'debian').manifest(
         source='/x.img', digest='0' * 64, source_bytes=1, image_bytes=1, table={'table': 'mbr', 'disk_id': '1'},
-        boot={}, root={}, boot_files=files, stat_info={}, root_dir=str(tmp_path / 'root'))
+        boot={}, root={'size': 1}, boot_files=files, stat_info={}, root_sb={'uuid': 'u'}, pretty=None,
+        config_txt=_bakeform.read_config_txt(str(tmp_path / 'boot')))
     assert manifest['kernels'] == ['vmlinuz-6.1.0-44-arm64']
     assert manifest['models'] == ['4']
     (tmp_path / 'boot/config.txt').unlink()
     assert _bakeform.Ingest(None, 'debian').manifest(
         source='/x.img', digest='0' * 64, source_bytes=1, image_bytes=1, table={'table': 'mbr', 'disk_id': '1'},
-        boot={}, root={}, boot_files=files, stat_info={}, root_dir=str(tmp_path / 'root'))['kernels'] == []
+        boot={}, root={'size': 1}, boot_files=files, stat_info={}, root_sb={'uuid': 'u'}, pretty=None,
+        config_txt=_bakeform.read_config_txt(str(tmp_path / 'boot')))['kernels'] == []
