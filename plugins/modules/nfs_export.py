@@ -32,14 +32,8 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 requirements:
   - netaddr (Debian package C(python3-netaddr)) on the bakery host.
   - C(exportfs) (Debian C(nfs-kernel-server)) for O(backend=kernel) with O(reload=true).

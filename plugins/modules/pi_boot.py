@@ -28,14 +28,10 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: One entry per file written or removed (the map first), at most 50, then one saying how many more.
-  platform:
-    platforms: posix
 options:
   store:
     description:

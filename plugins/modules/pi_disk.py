@@ -38,15 +38,11 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: The diff shows each Pi's index C(<disks_dir>/<serial>.json) before and after.
-  platform:
-    platforms: posix
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
   - e2fsprogs (C(mke2fs), C(mkfs.ext4), C(e2fsck), C(resize2fs)), util-linux (C(mount), C(umount), C(losetup)).

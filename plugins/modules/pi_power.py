@@ -39,15 +39,12 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
 attributes:
   check_mode:
-    support: full
     details: Devices are queried (reads are safe) to predict C(changed); nothing is switched.
   diff_mode:
-    support: full
     details: The diff shows the power of each Pi that changes, before and after.
-  platform:
-    platforms: posix
 requirements:
   - coreutils C(timeout) on the bakery (bounds the run time of the PPI program and uhubctl).
   - uhubctl for the V(uhubctl) driver.

@@ -36,15 +36,11 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker.
-  platform:
-    platforms: posix
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
   - coreutils C(cp), util-linux C(setpriv), C(mount), C(umount), e2fsprogs C(tune2fs), OpenSSH C(ssh-keygen).
