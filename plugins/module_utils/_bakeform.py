@@ -19,6 +19,7 @@ import struct
 import subprocess
 import threading
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
     PartitionError,
@@ -29,7 +30,6 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
 
-NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
 CHECKSUM_RE = re.compile(r'sha256:([0-9a-fA-F]{64})')
 CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
@@ -50,7 +50,7 @@ class IngestError(Exception):
 
 
 def check_name(name):
-    if not NAME_RE.fullmatch(name):
+    if not is_name(name):
         return ('bakeform name %r is not valid: use lower-case letters, digits, ".", "_" and "-", '
                 'starting with a letter or digit (for example "bookworm-lite-2025.05")' % name)
     return None

@@ -15,6 +15,7 @@ import re
 import traceback
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_host_name
 
 try:
     import netaddr
@@ -46,8 +47,6 @@ _UUID = re.compile(r'[0-9a-f]{8}(-?[0-9a-f]{4}){3}-?[0-9a-f]{12}|([0-9a-f]{8}:){
 GANESHA_FLAGS = frozenset(('rw', 'ro', 'root_squash', 'no_root_squash', 'all_squash', 'sync', 'no_subtree_check'))
 GANESHA_VALUED = frozenset(('anonuid', 'anongid', 'sec'))
 
-_LABEL = r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?'
-_HOSTNAME = re.compile(r'(?=.{1,253}$)%s(\.%s)*' % (_LABEL, _LABEL))
 _WILDCARD = re.compile(r'[a-z0-9*?.\[\]-]+')
 
 
@@ -142,7 +141,7 @@ def normalise_client(client, path, allow_world=False):
     if ':' in address or re.fullmatch(r'[0-9.]+', address):
         normal = _normalise_ip(address, slash, prefix, where)
         return _world(normal, where, allow_world) if normal.endswith('/0') else normal
-    if slash or not _HOSTNAME.fullmatch(text):
+    if slash or not is_host_name(text):
         raise ExportsError('%s is neither an IP address, a CIDR network nor an RFC 1123 host name' % where)
     return text
 

@@ -210,6 +210,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles as bf
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import MANIFEST, check_name
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import find_duplicates
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_inventory_name, normalise_prefix
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import detect_models
 
 
@@ -312,12 +313,12 @@ class PiBootModule:
         for index, raw in enumerate(pis):
             item = dict(raw)
             try:
-                bf.check_pi_name(item['name'])
-                item['prefix'] = bf.normalise_prefix(item['prefix'])
+                check_inventory_name(item['name'])
+                item['prefix'] = normalise_prefix(item['prefix'])
                 if item['state'] == 'present':
                     item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
                     bf.check_config_lines(item['config_txt'], item['name'])
-            except bf.BootFilesError as exc:
+            except ValueError as exc:  # BootFilesError is one
                 self.problems.append('item %d of pis: %s' % (index, exc))
             items.append(item)
         for key in ('prefix', 'name'):

@@ -266,10 +266,10 @@ lock_waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _rootfix, _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
 from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_host_name, normalise_serial
 from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
 from ansible_collections.pifleet.netboot.plugins.module_utils._rootwork import PiRoots
 
@@ -288,9 +288,10 @@ def items(module):
             problems.append('invalid serial: %s' % exc)
             continue
         item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
-        problem = _rootfix.check_hostname(item['hostname'])
-        if problem:
-            problems.append('%s for Pi %s' % (problem, item['serial']))
+        try:
+            check_host_name(item['hostname'])
+        except ValueError as exc:
+            problems.append('%s for Pi %s' % (exc, item['serial']))
         if item['state'] != 'absent' and not item['bakeform']:
             problems.append('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
         if item['boot_mount'] == 'nfs' and not item['nfs_server']:
