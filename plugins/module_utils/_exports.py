@@ -417,24 +417,9 @@ def merge(current, items, exclusive):
     return result
 
 
-def read_text(path):
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-write_atomic = _atomic.write_text  # the managed files are replaced as a whole
-
-
-def restore(path, text):
-    """Put back what ``path`` held before (``None``: it did not exist)."""
-    if text is None:
-        if os.path.lexists(path):
-            os.unlink(path)
-    else:
-        write_atomic(path, text)
+def read_config(path):
+    """The exports file or Ganesha config (None when missing), read as ever: strict UTF-8, universal newlines."""
+    return _atomic.read_text(path, errors='strict', universal_newlines=True)
 
 
 def ganesha_pid(pidfile):

@@ -208,45 +208,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles as bf
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import MANIFEST, check_name
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import boot_models, check_name
 from ansible_collections.pifleet.netboot.plugins.module_utils._batch import find_duplicates
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_inventory_name, normalise_prefix
-from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import detect_models
-
-
-def read_text(path):
-    """A small file's text, or None when it is not there (os.read: cheaper than open() for thousands)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        chunks = []
-        for chunk in iter(lambda: os.read(fd, 1 << 20), b''):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from exc  # os.read does not say which file
-    finally:
-        os.close(fd)
-    return b''.join(chunks).decode('utf-8', errors='replace')
-
-
-def write_new(path, text):
-    """Create a file in a folder still being built (nobody reads it yet: no temporary name, no fsync)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(text.encode('utf-8'))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, 0o644)  # whatever our umask: the hook reads it unprivileged
-    finally:
-        os.close(fd)
-
-
-def make_dir(path):
-    if not os.path.isdir(path):
-        os.makedirs(path, 0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # the hook runs unprivileged, whatever our umask
 
 
 def listed(names, limit=5):
@@ -337,17 +301,12 @@ class PiBootModule:
             if check_name(name) or not os.path.isdir(boot):
                 self.bakeforms[name] = None
             else:
-                files = {file: read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
-                self.bakeforms[name] = (boot, files, self.models(name, boot))
+                files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
+                self.bakeforms[name] = (boot, files, boot_models(os.path.join(self.store, name)))
         if self.bakeforms[name] is None:
             self.missing.setdefault(name, []).append(who)
         return self.bakeforms[name]
 
-    def models(self, name, boot):
-        try:
-            return [str(model) for model in bf.json_object(read_text(os.path.join(self.store, name, MANIFEST)))['models']]
-        except (TypeError, KeyError):
-            return detect_models(os.listdir(boot))  # no usable manifest: the boot files tell
 
     def folder_state(self, item, folder):
         """The managed files in the Pi's folder, or None when it is there but not ours."""
@@ -357,7 +316,7 @@ class PiBootModule:
             return {}
         current = {}
         if stat.S_ISDIR(mode):
-            current = {file: read_text(os.path.join(folder, file)) for file in bf.MANAGED}
+            current = {file: _atomic.read_text(os.path.join(folder, file)) for file in bf.MANAGED}
             if bf.json_object(current[bf.MARKER]) is not None or not os.listdir(folder):
                 return current
         self.problems.append('boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
@@ -395,7 +354,7 @@ class PiBootModule:
         """Plan removing ``folder`` if it carries our marker (naming ``name``, when given)."""
         if not os.path.isdir(folder) or os.path.islink(folder):
             return False
-        marker = bf.json_object(read_text(os.path.join(folder, bf.MARKER)))
+        marker = bf.json_object(_atomic.read_text(os.path.join(folder, bf.MARKER)))
         if marker is None or (name is not None and marker.get('name') != name):
             return False
         self.removals[folder] = sorted(os.listdir(folder))
@@ -411,7 +370,7 @@ class PiBootModule:
                 self.remove_marked(os.path.join(self.boot_dir, name))
 
     def plan_map(self, items):
-        before = read_text(self.map_path)
+        before = _atomic.read_text(self.map_path)
         existing = bf.read_map(before)
         if before is not None and existing is None:
             self.module.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
@@ -454,7 +413,7 @@ class PiBootModule:
         # New folders are built in a scratch directory and renamed into place once flushed, so a folder is
         # complete whenever it is seen; the map comes after the folders it names; removals after the map, so
         # the hook stops looking into a folder before it goes.
-        make_dir(self.boot_dir)
+        _atomic.make_dir(self.boot_dir)
         _atomic.sweep_stale(self.boot_dir, lambda label: None)
         scratch = _atomic.ScratchDir(self.boot_dir, 'pi-boot') if any(new for _f, _p, new in self.writes) else None
         try:
@@ -476,7 +435,7 @@ class PiBootModule:
             if scratch is not None:
                 scratch.close()
         if self.result['map']['changed']:
-            make_dir(os.path.dirname(self.map_path))
+            _atomic.make_dir(os.path.dirname(self.map_path))
             _atomic.write_text(self.map_path, map_text)
         for folder in sorted(self.removals):
             _atomic.discard(self.boot_dir, 'pi-boot', folder)
@@ -488,7 +447,7 @@ class PiBootModule:
         os.chmod(path, 0o755)
         for file, _before, after in plan:
             if after is not None:
-                write_new(os.path.join(path, file), after)
+                _atomic.write_new(os.path.join(path, file), after)
         return path
 
 
