@@ -240,8 +240,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
-from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import (
+    LOCK_ARGS,
+    expand,
+    find_duplicates,
+    take_lock,
+)
 
 ITEM_KEYS = ('path', 'clients', 'options', 'state')
 

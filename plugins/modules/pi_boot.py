@@ -209,8 +209,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles as bf
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import boot_models, check_name
-from ansible_collections.pifleet.netboot.plugins.module_utils._batch import find_duplicates
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_inventory_name, normalise_prefix
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import find_duplicates
 
 
 def listed(names, limit=5):

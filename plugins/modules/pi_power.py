@@ -302,7 +302,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _batch
+from ansible_collections.pifleet.netboot.plugins.module_utils import _module as _batch
 from ansible_collections.pifleet.netboot.plugins.module_utils._power import DRIVERS, PowerError, converge
 
 ITEM_KEYS = ('name', 'state', 'driver', 'device', 'timeout', 'retries', 'cycle_delay')
