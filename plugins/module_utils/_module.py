@@ -20,6 +20,7 @@ LOCK_ARGS = {
     'lock_file': {'type': 'path', 'default': DEFAULT_PATH},
     'lock_timeout': {'type': 'int', 'default': 3600},
 }
+LANG_C = {'LANG': 'C', 'LC_ALL': 'C'}  # for commands whose output is parsed
 SHOWN_PROBLEMS = 10  # a fleet-wide mistake must not make a message of a thousand lines; ``problems`` has all
 
 
@@ -135,12 +136,24 @@ class ModuleHost:
         self.module = module
         self.check_mode = module.check_mode
         self.diff = module._diff
-        self.tmpdir = module.tmpdir
+
+    @property
+    def tmpdir(self):
+        return self.module.tmpdir  # made on first use only
 
     def run(self, argv, pass_fds=()):
         """(rc, out, err); ``pass_fds`` hands a command open files (/proc/self/fd/N), never a path to swap."""
-        return self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'},
+        return self.module.run_command(argv, environ_update=LANG_C,
                                        pass_fds=list(pass_fds) or None)
+
+    def feed(self, argv, data):
+        """(rc, out, err) of a command given ``data`` (bytes) on its stdin. A program that cannot start is
+        rc 127, never a fail_json: worker threads call this."""
+        try:
+            return self.module.run_command(argv, data=data, binary_data=True, environ_update=LANG_C,
+                                           handle_exceptions=False)
+        except OSError as exc:
+            return 127, '', str(exc)
 
     def which(self, name, required=False):
         return self.module.get_bin_path(name, required=required)
