@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The descriptions of the attributes every pifleet module declares; modules set C(support).
+    # The descriptions of the attributes every pifleet module declares; FULL below sets their C(support).
     DOCUMENTATION = r"""
 options: {}
 attributes:
@@ -16,4 +16,17 @@ attributes:
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
+"""
+
+    # What every pifleet module supports (pifleet.netboot._attributes.full, with the one above): full check and
+    # diff mode on a POSIX bakery. A module adds only its C(details).
+    FULL = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 """

@@ -1,11 +1,14 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Build directories beside their target and swap them into place atomically.
+"""Files and directories of the bakery: read, written whole, built beside their target and swapped in.
 
-A scratch directory ``<parent>/.pifleet-tmp-<label>-<pid>-<random>/`` holds a ``.lock`` file that
-its builder keeps flock()ed. A later run that can take that lock knows the builder died (even by
-SIGKILL) and removes the leftovers, undoing a half-finished swap first, so a crash never leaves a
-visible half-made tree and never loses the old one.
+Small files are read with ``read_text`` and replaced whole with ``write_text`` (by rename); files of a
+folder still being built are made with ``write_new``.
+
+A scratch directory ``<parent>/.pifleet-tmp-<label>-<pid>-<random>/`` holds a ``.lock`` file that its
+builder keeps flock()ed. A later run that can take that lock knows the builder died (even by SIGKILL)
+and removes the leftovers, undoing a half-finished swap first, so a crash never leaves a visible
+half-made tree and never loses the old one.
 """
 
 from __future__ import annotations
@@ -67,6 +70,47 @@ def _unescape(field):
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
+def read_text(path, errors='replace', universal_newlines=False):
+    """A small file's text, or None when it is not there (os.read: cheaper than open() for thousands).
+
+    ``errors`` is how bytes that are not UTF-8 are decoded (``strict``: UnicodeDecodeError);
+    ``universal_newlines`` reads ``\r\n`` and ``\r`` as ``\n``, as open() does.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        chunks = []
+        for chunk in iter(lambda: os.read(fd, 1 << 20), b''):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from exc  # os.read does not say which file
+    finally:
+        os.close(fd)
+    text = b''.join(chunks).decode('utf-8', errors=errors)
+    return text.replace('\r\n', '\n').replace('\r', '\n') if universal_newlines else text
+
+
+def write_new(path, text, mode=0o644):
+    """Create a file in a folder still being built (nobody reads it yet: no temporary name, no fsync)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(text.encode('utf-8'))
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)  # whatever our umask: readers may run unprivileged (the TFTP hook)
+    finally:
+        os.close(fd)
+
+
+def make_dir(path, mode=0o755):
+    """The directory at ``path`` and its parents, ``mode`` whatever our umask (for unprivileged readers)."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode, exist_ok=True)
+        os.chmod(path, mode)
+
+
 def write_text(path, text, mode=0o644, fsync=True):
     """Write ``text`` to ``path`` by rename, keeping an existing file's mode and owner.
 
@@ -93,6 +137,15 @@ def write_text(path, text, mode=0o644, fsync=True):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_or_remove(path, text, mode=0o644):
+    """Replace ``path`` with ``text`` by rename, or remove it when ``text`` is None (put back what was there)."""
+    if text is None:
+        if os.path.lexists(path):
+            os.unlink(path)
+    else:
+        write_text(path, text, mode)
 
 
 def mounts_under(path):

@@ -19,6 +19,8 @@ import struct
 import subprocess
 import threading
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._atomic import write_new
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import (
     PartitionError,
@@ -29,7 +31,6 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils._version import COLLECTION_VERSION
 
-NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
 CHECKSUM_RE = re.compile(r'sha256:([0-9a-fA-F]{64})')
 CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
@@ -50,7 +51,7 @@ class IngestError(Exception):
 
 
 def check_name(name):
-    if not NAME_RE.fullmatch(name):
+    if not is_name(name):
         return ('bakeform name %r is not valid: use lower-case letters, digits, ".", "_" and "-", '
                 'starting with a letter or digit (for example "bookworm-lite-2025.05")' % name)
     return None
@@ -88,15 +89,32 @@ def is_complete(dest, manifest=None):
         os.path.isfile(os.path.join(dest, name)) for name in (ROOT_IMAGE, BOOT_IMAGE))
 
 
-def load_manifest(dest):
+def load_manifest(dest, strict=True):
+    """The manifest of the bakeform stored in ``dest``: what every reader of the store goes through.
+
+    None when there is none; an unreadable one raises IngestError, or is None too unless ``strict``.
+    """
     try:
         with open(os.path.join(dest, MANIFEST), encoding='utf-8') as handle:
             return json.load(handle)
     except FileNotFoundError:
         return None
     except ValueError as exc:
+        if not strict:
+            return None
         raise IngestError('%s is not valid JSON (%s): remove that bakeform directory or run with force: true'
                           % (os.path.join(dest, MANIFEST), exc)) from exc
+
+
+def boot_models(dest):
+    """The Pi models (strings) the bakeform stored in ``dest`` boots: its manifest's, else its boot files'.
+
+    Only its boot files need be there: an older or half-made bakeform still serves them to the Pis.
+    """
+    try:
+        return [str(model) for model in load_manifest(dest, strict=False)['models']]
+    except (TypeError, KeyError):
+        return detect_models(os.listdir(os.path.join(dest, BOOT_DIR)))  # no usable manifest: the boot files tell
 
 
 def same_source(manifest, src, digest):
@@ -510,7 +528,5 @@ class Ingest:
 
 
 def write_json(path, data):
-    with open(path, 'w', encoding='utf-8') as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write('\n')
-    os.chmod(path, 0o644)
+    """The manifest, into the bakeform's directory while it is being built."""
+    write_new(path, json.dumps(data, indent=2, sort_keys=True) + '\n')

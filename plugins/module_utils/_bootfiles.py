@@ -3,16 +3,15 @@
 """Per-Pi boot files and the TFTP hook's fleet map, as pure functions (no AnsibleModule here).
 
 Render a Pi's ``cmdline.txt`` (NFS root, NETBOOT-FACTS §6) and ``config.txt`` from its bakeform's,
-validate TFTP prefixes (NETBOOT-FACTS §4), build the fleet map the hook reads, and plan the file
-writes and removals of one Pi folder from what is there and what is wanted.
+build the fleet map the hook reads, and plan the file
+writes and removals of one Pi folder from what is there and what is wanted. TFTP prefixes (NETBOOT-FACTS §4)
+and Pi names are checked by ``_identity``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_mac
 
 MARKER = '.pifleet-boot.json'
 CMDLINE = 'cmdline.txt'
@@ -22,9 +21,6 @@ MAP_VERSION = 1
 DEFAULT_CONSOLES = ('console=serial0,115200', 'console=tty1')
 MODEL_FILES = {3: 'start.elf', 4: 'start4.elf', 5: 'kernel_2712.img'}
 
-_HEX8 = re.compile(r'[0-9a-fA-F]{8}')
-_MAC = re.compile(r'[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}')
-_CUSTOM = re.compile(r'[A-Za-z0-9._-]{1,32}')
 _VERS = re.compile(r'(?:nfs)?vers=(\S*)')
 
 # Tokens that belong to an SD-card root or a first boot, or that we set ourselves for the NFS root.
@@ -38,34 +34,8 @@ _DROP_KEYS = frozenset((
 ))
 
 
-class BootFilesError(Exception):
+class BootFilesError(ValueError):
     """A problem with the requested boot files; the message says what and how to fix it."""
-
-
-def normalise_prefix(prefix):
-    """Return the TFTP prefix as the hook's map keys it.
-
-    A serial (8 hex digits) and a MAC (``dc:a6:32:01:36:c2`` or ``dc-a6-32-01-36-c2``) go lower-case
-    in the dash form the bootloader asks with; any other string of up to 32 of ``[A-Za-z0-9._-]``
-    (EEPROM ``TFTP_PREFIX_STR``) is kept as it is.
-    """
-    text = str(prefix).strip()
-    if _HEX8.fullmatch(text):
-        return text.lower()
-    if _MAC.fullmatch(text):
-        return normalise_mac(text)
-    if _CUSTOM.fullmatch(text) and not text.startswith('.'):
-        return text
-    raise BootFilesError(
-        'TFTP prefix %r is not valid: give the serial as 8 hex digits ("3a4b5c6d"), the MAC as '
-        '"dc-a6-32-01-36-c2", or a custom string of up to 32 letters, digits, ".", "_" and "-" '
-        'not starting with "."' % text)
-
-
-def check_pi_name(name):
-    """Names go into config.txt comments and the marker: one word, no control characters."""
-    if not name or any(c.isspace() or ord(c) < 32 for c in name):
-        raise BootFilesError('Pi name %r is not valid: give the inventory name, without spaces or line breaks' % name)
 
 
 def parse_nfsroot(nfsroot, who):

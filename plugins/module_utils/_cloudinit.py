@@ -25,10 +25,11 @@ try:
 except ImportError:  # rendering needs no YAML library; only parsing the inventory's text does (controller)
     yaml = None
 
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_host_label
+
 SEED_DIR = 'var/lib/cloud/seed/nocloud'
 MAX_USER_DATA = 64 * 1024
 _INSTANCE = re.compile(r'[A-Za-z0-9._-]{1,64}')
-_HOSTNAME = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
 # Keys the seed itself sets, or that would undo what the collection did to the root: the identity
 # (host name), root's keys, the host keys pi_root made, and the network the root lives on.
 OWNED = {
@@ -125,7 +126,7 @@ def render_seed(serial, hostname, authorized_keys=None, user_data=None, instance
     ``authorized_keys``: root's keys (None: not managed, root's entry is left out); ``user_data``: the
     checked ``pi_cloud_init`` mapping; ``instance``: ``pi_cloud_init_instance``.
     """
-    if not _HOSTNAME.fullmatch(hostname or ''):
+    if not is_host_label(hostname or ''):
         raise CloudInitError('host name %r is not a valid RFC 1123 label' % hostname)
     user_data = dict(user_data or {})
     problems = check_user_data(user_data, hostname)

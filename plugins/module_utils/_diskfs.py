@@ -23,10 +23,10 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._disks import (
     human,
     inode_count,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_serial
 
 OPTIONS = (*_loopfs.ROOT_OPTIONS, 'noexec')
 PEEK_OPTIONS = ('ro', 'noload', *OPTIONS)
-SERIAL_RE = re.compile(r'[0-9a-f]{8}')
 
 
 class Containers:
@@ -45,7 +45,7 @@ class Containers:
 
     def _sweep_target(self, label):
         """A migration that died between its two renames put the old directory in its scratch: put it back."""
-        if SERIAL_RE.fullmatch(label) and not os.path.lexists(os.path.join(self.disks_dir, label + '.img')):
+        if is_serial(label) and not os.path.lexists(os.path.join(self.disks_dir, label + '.img')):
             return os.path.join(self.disks_dir, label)
         return None
 

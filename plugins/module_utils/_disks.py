@@ -22,7 +22,8 @@ import os
 import re
 import struct
 
-NAME_RE = re.compile(r'[a-z0-9][a-z0-9._-]*')
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_name
+
 NAME_MAX = 64
 IMAGE = 'disk.img'
 LEGACY_INDEX = 'disks.json'  # where older pifleet kept the index, inside the Pi's directory
@@ -68,7 +69,7 @@ class Layout:
 
 
 def check_name(name):
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > NAME_MAX or name == LEGACY_INDEX:
+    if not is_name(name) or len(name) > NAME_MAX or name == LEGACY_INDEX:
         return ('disk name %r is not valid: use up to %d lower-case letters, digits, ".", "_" and "-", starting '
                 'with a letter or digit, not %r (for example "data" or "scratch-1")' % (name, NAME_MAX, LEGACY_INDEX))
     return None

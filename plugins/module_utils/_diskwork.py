@@ -272,7 +272,7 @@ class PiDisks:
         finally:
             text = render_index(lay, now) if plan['image'] else ''  # an index only beside its file system
             if text != plan['old']:
-                write_index(lay.index, text)
+                _atomic.write_or_remove(lay.index, text or None, 0o600)  # beside the image, out of the Pi's reach
 
     def step(self, files, step, now):
         item, action = step['item'], step['action']
@@ -352,15 +352,6 @@ class PiDisks:
 def plan_entry(step):
     item = step['item']
     return {'size': step.get('size') or step['current']['size'], 'fstype': item['fstype']}
-
-
-def write_index(path, text):
-    """Replace (or remove, for '') the index atomically; it lives beside the image, out of the Pi's reach."""
-    if not text:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    _atomic.write_text(path, text, 0o600)
 
 
 def _lstat(path):

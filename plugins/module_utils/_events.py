@@ -16,15 +16,12 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_mac
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import (
+    is_logged_prefix,
+    normalise_mac,
+    prefix_kind,
+)
 
-# The hook denies traversal, NUL, control characters and over-long names; a prefix we turn into a
-# host name must still look like a name, so hostile requests never become hosts.
-_PREFIX = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:-]{0,63}')
-_SERIAL = re.compile(r'[0-9a-f]{8}')
-# The form a Pi 4/5 with TFTP_PREFIX=2 asks for; the fleet's pi_tftp_prefix strings (_fleet._PREFIX_STR).
-_MAC_PREFIX = re.compile(r'[0-9a-f]{2}(?:-[0-9a-f]{2}){5}')
-_PREFIX_STR = re.compile(r'[A-Za-z0-9._-]{1,32}')
 _RELATIVE = re.compile(r'\s*(\d+)\s*([smhdw])\s*')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 # Files only one model asks for (NETBOOT-FACTS §3): start.elf/bootcode.bin are the Pi 3 firmware,
@@ -153,19 +150,6 @@ def guess_model(paths):
     return None
 
 
-def prefix_kind(prefix):
-    """``serial``, ``mac`` or the prefix itself: the ``pi_tftp_prefix`` that makes the hook see it.
-
-    None when no pi_tftp_prefix would: the fleet accepts 8 hex digits, the Pi's dashed MAC or a
-    TFTP_PREFIX_STR (letters, digits, dots, dashes, underscores; at most 32).
-    """
-    if _SERIAL.fullmatch(prefix):
-        return 'serial'
-    if _MAC_PREFIX.fullmatch(prefix.lower()):
-        return 'mac'
-    return prefix if _PREFIX_STR.fullmatch(prefix) else None
-
-
 def mac_from_prefix(prefix, model=None):
     """The Pi's MAC as ``dc:a6:32:01:36:c2`` if the prefix tells it, else None.
 
@@ -226,7 +210,7 @@ def _group(events, names):
         if not prefix:
             pending.setdefault(client, []).append(event)
             continue
-        if not _PREFIX.fullmatch(prefix) or '..' in prefix:
+        if not is_logged_prefix(prefix):
             continue
         key = prefix.lower()
         entry = entries.setdefault(key, _new_entry(prefix))

@@ -15,6 +15,7 @@ import re
 import traceback
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_host_name
 
 try:
     import netaddr
@@ -46,8 +47,6 @@ _UUID = re.compile(r'[0-9a-f]{8}(-?[0-9a-f]{4}){3}-?[0-9a-f]{12}|([0-9a-f]{8}:){
 GANESHA_FLAGS = frozenset(('rw', 'ro', 'root_squash', 'no_root_squash', 'all_squash', 'sync', 'no_subtree_check'))
 GANESHA_VALUED = frozenset(('anonuid', 'anongid', 'sec'))
 
-_LABEL = r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?'
-_HOSTNAME = re.compile(r'(?=.{1,253}$)%s(\.%s)*' % (_LABEL, _LABEL))
 _WILDCARD = re.compile(r'[a-z0-9*?.\[\]-]+')
 
 
@@ -142,7 +141,7 @@ def normalise_client(client, path, allow_world=False):
     if ':' in address or re.fullmatch(r'[0-9.]+', address):
         normal = _normalise_ip(address, slash, prefix, where)
         return _world(normal, where, allow_world) if normal.endswith('/0') else normal
-    if slash or not _HOSTNAME.fullmatch(text):
+    if slash or not is_host_name(text):
         raise ExportsError('%s is neither an IP address, a CIDR network nor an RFC 1123 host name' % where)
     return text
 
@@ -418,24 +417,9 @@ def merge(current, items, exclusive):
     return result
 
 
-def read_text(path):
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-write_atomic = _atomic.write_text  # the managed files are replaced as a whole
-
-
-def restore(path, text):
-    """Put back what ``path`` held before (``None``: it did not exist)."""
-    if text is None:
-        if os.path.lexists(path):
-            os.unlink(path)
-    else:
-        write_atomic(path, text)
+def read_config(path):
+    """The exports file or Ganesha config (None when missing), read as ever: strict UTF-8, universal newlines."""
+    return _atomic.read_text(path, errors='strict', universal_newlines=True)
 
 
 def ganesha_pid(pidfile):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import BOOT_EXPORT
 from ansible_collections.pifleet.netboot.plugins.module_utils._cloudinit import (
@@ -21,11 +20,14 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._cloudinit import 
     instance_id,
     load_user_data,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_mac, normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import (
+    is_host_label,
+    is_prefix_str,
+    normalise_mac,
+    normalise_serial,
+)
 
 MODELS = (3, 4, 5)
-_HOSTNAME = re.compile(r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)')
-_PREFIX_STR = re.compile(r'[A-Za-z0-9._-]{1,32}')
 ROOT_OPTIONS = ['rw', 'sync', 'no_subtree_check', 'no_root_squash']
 # A bakeform's boot files, mounted at /boot/firmware by the Pis that boot it (boot_mount: nfs).
 BOOT_OPTIONS = ['ro', 'sync', 'no_subtree_check', 'root_squash']
@@ -76,7 +78,7 @@ def _prefix(mode, pi, problems):
         if not mac and not pi.get('mac_given'):
             problems.append('%s: pi_tftp_prefix is mac but pi_mac is not set' % name)
         return mac
-    if not _PREFIX_STR.fullmatch(mode) or mode == 'serial':
+    if not is_prefix_str(mode) or mode == 'serial':
         problems.append('%s: pi_tftp_prefix %r must be serial, mac or a TFTP_PREFIX_STR of at most 32 letters, '
                         'digits, dots, dashes or underscores' % (name, mode))
         return None
@@ -149,7 +151,7 @@ def one_pi(name, hv, settings, problems):
     pi['model'] = _model(hv.get('pi_model'), name, problems)
     pi['prefix'] = _prefix(hv.get('pi_tftp_prefix'), pi, problems)
     hostname = str(hv.get('pi_hostname') or name)
-    if not _HOSTNAME.fullmatch(hostname):
+    if not is_host_label(hostname):
         problems.append('%s: host name %r is not a valid RFC 1123 label (letters, digits, dashes; at most 63); '
                         'set pi_hostname' % (name, hostname))
     pi['hostname'] = hostname

@@ -43,15 +43,7 @@ NM_CONF_TEXT = (
     '# NetworkManager must never take it down (systemd#21967).\n'
     '[keyfile]\n'
     'unmanaged-devices=%s\n' % ';'.join('interface-name:%s' % nic for nic in NFS_ROOT_NICS))
-_HOSTNAME = re.compile(r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*')
 _SWAPSIZE = re.compile(r'\s*CONF_SWAPSIZE\s*=')
-
-
-def check_hostname(hostname):
-    if not hostname or len(hostname) > 253 or not _HOSTNAME.fullmatch(hostname):
-        return ('hostname %r is not valid: use lower-case letters, digits and "-" (labels of at most 63 '
-                'characters, separated by ".", not starting or ending with "-")' % hostname)
-    return None
 
 
 def boot_line(mode, nfs_server, export, mountpoint):

@@ -32,14 +32,8 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 requirements:
   - root on the bakery host (owners, device nodes and capabilities of the root are kept).
   - mtools (C(mcopy)) for the boot partition.

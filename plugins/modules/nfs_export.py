@@ -32,14 +32,8 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 requirements:
   - netaddr (Debian package C(python3-netaddr)) on the bakery host.
   - C(exportfs) (Debian C(nfs-kernel-server)) for O(backend=kernel) with O(reload=true).
@@ -244,10 +238,14 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
-from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import (
+    LOCK_ARGS,
+    expand,
+    find_duplicates,
+    take_lock,
+)
 
 ITEM_KEYS = ('path', 'clients', 'options', 'state')
 
@@ -312,7 +310,7 @@ class NfsExport:
                 and not self.file.endswith('.exports'):
             self.module.warn('exportfs reads only *.exports files in %s: %s will be ignored; name it '
                              '<something>.exports' % (os.path.dirname(self.file), self.file))
-        before = ex.read_text(self.file)
+        before = ex.read_config(self.file)
         parse = ex.parse_kernel if self.backend == 'kernel' else ex.parse_ganesha
         current, extra = parse(before or '')
         if self.backend == 'kernel' and extra:
@@ -348,7 +346,7 @@ class NfsExport:
             self.result['exports'] = [wanted[p] for p in sorted(wanted)]
             return ex.render_kernel(wanted)
         old_ids = extra
-        reserved = ex.used_export_ids(ex.read_text(self.params['ganesha_config']))
+        reserved = ex.used_export_ids(ex.read_config(self.params['ganesha_config']))
         ids = ex.assign_ids(list(wanted), old_ids, reserved)
         self.result['exports'] = [dict(wanted[p], export_id=ids[p]) for p in sorted(wanted)]
         return ex.render_ganesha(wanted, ids)
@@ -358,7 +356,7 @@ class NfsExport:
         if self.backend != 'ganesha':
             return None, None
         config = self.params['ganesha_config']
-        text = ex.read_text(config)
+        text = ex.read_config(config)
         if text is None:
             self.fail('NFS-Ganesha config %s not found for the include of %s; install nfs-ganesha or set '
                       'ganesha_config' % (config, self.file))
@@ -377,10 +375,10 @@ class NfsExport:
             os.makedirs(os.path.dirname(self.file), 0o755, exist_ok=True)
             if bounce:
                 self.let_go(bounce, current, ex.without(wanted, bounce), extra)
-            ex.write_atomic(self.file, after)
+            _atomic.write_text(self.file, after)
         if config_after is not None:
             # After the exports file exists, so the config never includes a missing file.
-            ex.write_atomic(self.params['ganesha_config'], config_after)
+            _atomic.write_text(self.params['ganesha_config'], config_after)
         if not self.params['reload']:
             return
         if self.backend == 'kernel':
@@ -402,7 +400,7 @@ class NfsExport:
                     self.module.run_command([exportfs, '-u', '%s:%s' % (client, path)])
             return
         shown = self.result['exports']
-        ex.write_atomic(self.file, self.render(rest, extra))
+        _atomic.write_text(self.file, self.render(rest, extra))
         self.result['exports'] = shown
         pid = self.hup()
         deadline = time.monotonic() + 30
@@ -414,7 +412,7 @@ class NfsExport:
         exportfs = self.module.get_bin_path('exportfs', required=True)
         rc, out, err = self.module.run_command([exportfs, '-ra'], environ_update={'LANG': 'C', 'LC_ALL': 'C'})
         if rc != 0:
-            ex.restore(self.file, before)
+            _atomic.write_or_remove(self.file, before)
             self.module.run_command([exportfs, '-ra'])
             self.result['changed'] = False
             self.fail('exportfs -ra failed for %s: %s; the previous file is back in place, correct the exports and '

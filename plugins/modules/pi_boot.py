@@ -28,14 +28,10 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: One entry per file written or removed (the map first), at most 50, then one saying how many more.
-  platform:
-    platforms: posix
 options:
   store:
     description:
@@ -205,294 +201,11 @@ removed:
   sample: [/srv/pifleet/pis/0badcafe]
 """
 
-import os
-import stat
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
-from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles as bf
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import MANIFEST, check_name
-from ansible_collections.pifleet.netboot.plugins.module_utils._batch import find_duplicates
-from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import detect_models
-
-
-def read_text(path):
-    """A small file's text, or None when it is not there (os.read: cheaper than open() for thousands)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        chunks = []
-        for chunk in iter(lambda: os.read(fd, 1 << 20), b''):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from exc  # os.read does not say which file
-    finally:
-        os.close(fd)
-    return b''.join(chunks).decode('utf-8', errors='replace')
-
-
-def write_new(path, text):
-    """Create a file in a folder still being built (nobody reads it yet: no temporary name, no fsync)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(text.encode('utf-8'))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, 0o644)  # whatever our umask: the hook reads it unprivileged
-    finally:
-        os.close(fd)
-
-
-def make_dir(path):
-    if not os.path.isdir(path):
-        os.makedirs(path, 0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # the hook runs unprivileged, whatever our umask
-
-
-def listed(names, limit=5):
-    names = list(names)
-    more = ' and %d more' % (len(names) - limit) if len(names) > limit else ''
-    return ', '.join(names[:limit]) + more
-
-
-class PiBootModule:
-    def __init__(self, module):
-        self.module = module
-        params = module.params
-        self.store = os.path.abspath(params['store'])
-        self.boot_dir = os.path.abspath(params['boot_dir'])
-        self.map_path = os.path.abspath(params['map_path'])
-        self.exclusive = params['exclusive']
-        self.result = {'changed': False, 'pis': [], 'removed': [],
-                       'map': {'path': self.map_path, 'changed': False, 'prefixes': 0}}
-        self.problems = []
-        self.bakeforms = {}  # name -> (boot dir, {file: text}, models) or None when missing
-        self.missing = {}  # bakeform -> names of the Pis asking for it
-        self.writes = []  # (folder, [(file, before, after)], new folder?)
-        self.removals = {}  # folder -> its files, for the diff
-
-    def fail(self, msg, **details):
-        self.module.fail_json(msg=msg, **self.result, **details)
-
-    def run(self):
-        items = self.validate(self.module.params['pis'])
-        try:
-            map_text, map_before = self.plan(items)
-        except OSError as exc:
-            where = ', '.join((self.store, self.boot_dir, self.map_path))
-            self.fail('reading the current boot files failed for %s: %s; check that pi_boot runs as a user who can '
-                      'read %s' % (exc.filename, exc.strerror or exc, where))
-        if self.problems:
-            self.fail(self.problems[0] if len(self.problems) == 1 else '%d problems in pis: %s'
-                      % (len(self.problems), '; '.join(self.problems[:10])), problems=self.problems)
-        self.result['removed'] = sorted(self.removals)
-        self.result['changed'] = bool(self.writes or self.removals or self.result['map']['changed'])
-        if self.module._diff:
-            self.result['diff'] = bf.cap_diffs(self.diffs(map_before, map_text))
-        if self.result['changed'] and not self.module.check_mode:
-            try:
-                self.apply(map_text)
-            except OSError as exc:
-                self.fail('writing boot files failed for %s: %s; check the permissions and free space of %s and %s'
-                          % (exc.filename or self.boot_dir, exc.strerror or exc, self.boot_dir, self.map_path))
-        self.module.exit_json(**self.result)
-
-    def plan(self, items):
-        wanted = {item['prefix'] for item in items if item['state'] == 'present'}
-        for item in items:
-            if item['state'] == 'present':
-                self.plan_present(item)
-            else:
-                self.plan_absent(item)
-        if self.exclusive:
-            self.plan_strays(wanted)
-        return self.plan_map(items)
-
-    def validate(self, pis):
-        items = []
-        for index, raw in enumerate(pis):
-            item = dict(raw)
-            try:
-                bf.check_pi_name(item['name'])
-                item['prefix'] = bf.normalise_prefix(item['prefix'])
-                if item['state'] == 'present':
-                    item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
-                    bf.check_config_lines(item['config_txt'], item['name'])
-            except bf.BootFilesError as exc:
-                self.problems.append('item %d of pis: %s' % (index, exc))
-            items.append(item)
-        for key in ('prefix', 'name'):
-            dupes = find_duplicates(items, key)
-            if dupes:
-                self.problems.append('pis lists the %s %s more than once; give each Pi its own %s'
-                                     % (key, ', '.join(dupes), key))
-        if self.problems:
-            self.fail('; '.join(self.problems), problems=self.problems)
-        return items
-
-    def bakeform(self, name, who):
-        """(boot dir, {cmdline.txt, config.txt: text or None}, models) of a bakeform, read once per run."""
-        if name not in self.bakeforms:
-            boot = os.path.join(self.store, name, 'boot')
-            if check_name(name) or not os.path.isdir(boot):
-                self.bakeforms[name] = None
-            else:
-                files = {file: read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
-                self.bakeforms[name] = (boot, files, self.models(name, boot))
-        if self.bakeforms[name] is None:
-            self.missing.setdefault(name, []).append(who)
-        return self.bakeforms[name]
-
-    def models(self, name, boot):
-        try:
-            return [str(model) for model in bf.json_object(read_text(os.path.join(self.store, name, MANIFEST)))['models']]
-        except (TypeError, KeyError):
-            return detect_models(os.listdir(boot))  # no usable manifest: the boot files tell
-
-    def folder_state(self, item, folder):
-        """The managed files in the Pi's folder, or None when it is there but not ours."""
-        try:
-            mode = os.lstat(folder).st_mode
-        except FileNotFoundError:
-            return {}
-        current = {}
-        if stat.S_ISDIR(mode):
-            current = {file: read_text(os.path.join(folder, file)) for file in bf.MANAGED}
-            if bf.json_object(current[bf.MARKER]) is not None or not os.listdir(folder):
-                return current
-        self.problems.append('boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
-                             'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
-        return None
-
-    def plan_present(self, item):
-        info = self.bakeform(item['bakeform'], item['name'])
-        folder = os.path.join(self.boot_dir, item['prefix'])
-        entry = {'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'present',
-                 'changed': False, 'files': []}
-        self.result['pis'].append(entry)
-        item['dirs'] = [folder, info[0] if info else '']
-        if info is None:
-            return
-        problem = bf.model_problem(item['name'], item['model'], item['bakeform'], info[2])
-        if problem:
-            self.problems.append(problem)
-            return
-        current = self.folder_state(item, folder)
-        if current is None:
-            return
-        plan = bf.plan_files(current, bf.desired_files(item, info[1]))
-        if plan:
-            self.writes.append((folder, plan, not current))
-            entry.update(changed=True, files=[file for file, _before, _after in plan])
-
-    def plan_absent(self, item):
-        folder = os.path.join(self.boot_dir, item['prefix'])
-        removed = self.remove_marked(folder)
-        self.result['pis'].append({'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'absent',
-                                   'changed': removed, 'files': sorted(self.removals.get(folder, []))})
-
-    def remove_marked(self, folder, name=None):
-        """Plan removing ``folder`` if it carries our marker (naming ``name``, when given)."""
-        if not os.path.isdir(folder) or os.path.islink(folder):
-            return False
-        marker = bf.json_object(read_text(os.path.join(folder, bf.MARKER)))
-        if marker is None or (name is not None and marker.get('name') != name):
-            return False
-        self.removals[folder] = sorted(os.listdir(folder))
-        return True
-
-    def plan_strays(self, wanted):
-        try:
-            names = os.listdir(self.boot_dir)
-        except FileNotFoundError:
-            return
-        for name in sorted(names):
-            if not name.startswith('.') and name not in wanted:
-                self.remove_marked(os.path.join(self.boot_dir, name))
-
-    def plan_map(self, items):
-        before = read_text(self.map_path)
-        existing = bf.read_map(before)
-        if before is not None and existing is None:
-            self.module.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
-        default_name = self.module.params['default_bakeform']
-        if default_name:
-            info = self.bakeform(default_name, 'default_bakeform')
-            default = [info[0]] if info else []
-        elif existing and not self.exclusive and isinstance(existing.get('default'), list):
-            default = existing['default']
-        else:
-            default = []
-        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
-        for prefix, name in moved:
-            self.remove_marked(os.path.join(self.boot_dir, prefix), name)
-        for bakeform in sorted(self.missing):
-            why = check_name(bakeform) or 'bakeform %s has no %s' % (bakeform, os.path.join(self.store, bakeform, 'boot'))
-            self.problems.append('boot files not found for %s: %s; register it with pifleet.netboot.bakeform or '
-                                 'name another bakeform' % (listed(self.missing[bakeform]), why))
-        text = bf.render_map(bf.build_map(default, entries))
-        self.result['map'].update(changed=text != before, prefixes=len(entries))
-        return text, before
-
-    def diffs(self, map_before, map_text):
-        diffs = []
-        if self.result['map']['changed']:
-            diffs.append(self.file_diff(self.map_path, map_before, map_text))
-        for folder, plan, _new in self.writes:
-            diffs.extend(self.file_diff(os.path.join(folder, file), before, after) for file, before, after in plan)
-        for folder in sorted(self.removals):
-            listing = ''.join(file + '\n' for file in self.removals[folder])
-            diffs.append({'before': listing, 'after': '', 'before_header': folder + '/',
-                          'after_header': folder + '/ (removed)'})
-        return diffs
-
-    @staticmethod
-    def file_diff(path, before, after):
-        return {'before': before or '', 'after': after or '', 'before_header': path, 'after_header': path}
-
-    def apply(self, map_text):
-        # New folders are built in a scratch directory and renamed into place once flushed, so a folder is
-        # complete whenever it is seen; the map comes after the folders it names; removals after the map, so
-        # the hook stops looking into a folder before it goes.
-        make_dir(self.boot_dir)
-        _atomic.sweep_stale(self.boot_dir, lambda label: None)
-        scratch = _atomic.ScratchDir(self.boot_dir, 'pi-boot') if any(new for _f, _p, new in self.writes) else None
-        try:
-            built = []
-            for folder, plan, new in self.writes:
-                if new:
-                    built.append((self.build(scratch, folder, plan), folder))
-                    continue
-                for file, _before, after in plan:
-                    if after is None:
-                        os.unlink(os.path.join(folder, file))
-                    else:
-                        _atomic.write_text(os.path.join(folder, file), after, fsync=False)
-            if self.writes:
-                os.sync()  # one flush for thousands of small files
-            for path, folder in built:
-                os.rename(path, folder)
-        finally:
-            if scratch is not None:
-                scratch.close()
-        if self.result['map']['changed']:
-            make_dir(os.path.dirname(self.map_path))
-            _atomic.write_text(self.map_path, map_text)
-        for folder in sorted(self.removals):
-            _atomic.discard(self.boot_dir, 'pi-boot', folder)
-
-    @staticmethod
-    def build(scratch, folder, plan):
-        path = scratch.join(os.path.basename(folder))
-        os.mkdir(path)
-        os.chmod(path, 0o755)
-        for file, _before, after in plan:
-            if after is not None:
-                write_new(os.path.join(path, file), after)
-        return path
+from ansible_collections.pifleet.netboot.plugins.module_utils._bootfiles import cap_diffs
+from ansible_collections.pifleet.netboot.plugins.module_utils._bootwork import PiBoots, check_items
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import PifleetModule
 
 
 def main():
@@ -518,7 +231,31 @@ def main():
         ),
         supports_check_mode=True,
     )
-    PiBootModule(module).run()
+    params = module.params
+    boots = PiBoots(store=params['store'], boot_dir=params['boot_dir'], map_path=params['map_path'],
+                    exclusive=params['exclusive'], default_bakeform=params['default_bakeform'], warn=module.warn)
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'removed': [],
+                                  'map': {'path': boots.map_path, 'changed': False, 'prefixes': 0}}, 'pis')
+    items, base.problems = check_items(params['pis'])
+    base.check()
+    try:
+        plan = boots.plan(items)
+    except OSError as exc:
+        base.fail('reading the current boot files failed for %s: %s; check that pi_boot runs as a user who can read '
+                  '%s' % (exc.filename, exc.strerror or exc, ', '.join((boots.store, boots.boot_dir, boots.map_path))))
+    base.result.update(pis=plan.pis, map=plan.map)
+    base.problems = plan.problems
+    base.check()
+    base.result.update(removed=sorted(plan.removals), changed=plan.changed)
+    if module._diff:
+        base.result['diff'] = cap_diffs(plan.diffs())
+    if plan.changed and not module.check_mode:
+        try:
+            boots.apply(plan)
+        except OSError as exc:
+            base.fail('writing boot files failed for %s: %s; check the permissions and free space of %s and %s'
+                      % (exc.filename or boots.boot_dir, exc.strerror or exc, boots.boot_dir, boots.map_path))
+    module.exit_json(**base.result)
 
 
 if __name__ == '__main__':

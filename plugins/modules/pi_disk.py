@@ -38,15 +38,11 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: The diff shows each Pi's index C(<disks_dir>/<serial>.json) before and after.
-  platform:
-    platforms: posix
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
   - e2fsprogs (C(mke2fs), C(mkfs.ext4), C(e2fsck), C(resize2fs)), util-linux (C(mount), C(umount), C(losetup)).
@@ -276,51 +272,52 @@ lock_waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _batch, _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, check_name, parse_size
 from ansible_collections.pifleet.netboot.plugins.module_utils._diskwork import PiDisks
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, PifleetModule
 
 ITEM_KEYS = ('serial', 'name', 'size', 'fstype', 'state', 'force')
 
 
-def items(module):
-    """The disks to converge, validated and normalised; fails naming the item at fault."""
-    params = module.params
+def items(base):
+    """The disks to converge, validated and normalised; every item's problem named with its item, at once."""
     found = []
-
-    def fail(msg):
-        module.fail_json(msg=msg, changed=False, disks=[], pis=[])
-
-    for index, item in enumerate(_batch.expand(params, 'disks', ITEM_KEYS)):
-        where = 'disks[%d]' % index if params['disks'] is not None else 'the disk'
-        for key in ('serial', 'name'):
-            if item[key] in (None, ''):
-                fail('%s missing for %s: every disk needs a serial and a name; set %s at the top level or in the '
-                     'item' % (key, where, key))
+    for where, item in base.items(ITEM_KEYS, 'the disk'):
         try:
-            item['serial'] = normalise_serial(item['serial'])
+            found.append(normalise(item, where))
         except ValueError as exc:
-            fail('invalid serial for %s: %s' % (where, exc))
-        problem = check_name(item['name'])
-        if problem:
-            fail('invalid name for %s: %s' % (where, problem))
-        if item['state'] == 'present':
-            if item['size'] in (None, ''):
-                fail('size missing for disk %s of Pi %s: state present needs a size; set size (e.g. "8G")'
-                     % (item['name'], item['serial']))
-            try:
-                item['size'] = parse_size(item['size'])
-            except DiskError as exc:
-                fail('invalid size for disk %s of Pi %s: %s' % (item['name'], item['serial'], exc))
-        item['key'] = '%s/%s' % (item['serial'], item['name'])
-        found.append(item)
-    dupes = _batch.find_duplicates(found, 'key')
-    if dupes:
-        fail('duplicate disks in disks: %s each given more than once (as serial/name); give each disk once'
-             % ', '.join(dupes))
+            base.problem(str(exc))
+    base.unique(found, 'key', 'duplicate disks in disks: %s each given more than once (as serial/name); give each '
+                'disk once')
+    base.check()
     return found
+
+
+def normalise(item, where):
+    """The item checked and normalised; ValueError says its first problem."""
+    for key in ('serial', 'name'):
+        if item[key] in (None, ''):
+            raise ValueError('%s missing for %s: every disk needs a serial and a name; set %s at the top level or in '
+                             'the item' % (key, where, key))
+    try:
+        item['serial'] = normalise_serial(item['serial'])
+    except ValueError as exc:
+        raise ValueError('invalid serial for %s: %s' % (where, exc)) from None
+    problem = check_name(item['name'])
+    if problem:
+        raise ValueError('invalid name for %s: %s' % (where, problem))
+    if item['state'] == 'present':
+        if item['size'] in (None, ''):
+            raise ValueError('size missing for disk %s of Pi %s: state present needs a size; set size (e.g. "8G")'
+                             % (item['name'], item['serial']))
+        try:
+            item['size'] = parse_size(item['size'])
+        except DiskError as exc:
+            raise ValueError('invalid size for disk %s of Pi %s: %s' % (item['name'], item['serial'], exc)) from None
+    item['key'] = '%s/%s' % (item['serial'], item['name'])
+    return item
 
 
 def main():
@@ -348,22 +345,22 @@ def main():
         ),
         supports_check_mode=True,
     )
-    todo = items(module)
+    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': []}, 'disks')
+    todo = items(base)
     work = PiDisks(ModuleHost(module), disks_dir=module.params['disks_dir'], units_dir=module.params['units_dir'],
                    migrate=module.params['migrate'])
-    waited = {}
-    lock = take_lock(module, 'pi_disk', waited)
+    lock = base.lock('pi_disk')
     try:
         result, problem = work.run(todo)
     finally:
         if lock:
             lock.release()
-    result.update(waited)
+    base.result.update(result)
     if module._diff:
-        result['diff'] = work.diffs
+        base.result['diff'] = work.diffs
     if problem:
-        module.fail_json(msg=problem, **result)
-    module.exit_json(**result)
+        base.fail(problem)
+    module.exit_json(**base.result)
 
 
 if __name__ == '__main__':

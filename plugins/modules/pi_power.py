@@ -39,15 +39,12 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
 attributes:
   check_mode:
-    support: full
     details: Devices are queried (reads are safe) to predict C(changed); nothing is switched.
   diff_mode:
-    support: full
     details: The diff shows the power of each Pi that changes, before and after.
-  platform:
-    platforms: posix
 requirements:
   - coreutils C(timeout) on the bakery (bounds the run time of the PPI program and uhubctl).
   - uhubctl for the V(uhubctl) driver.
@@ -300,16 +297,18 @@ pis:
         check the plug is reachable from the bakery"
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _batch
-from ansible_collections.pifleet.netboot.plugins.module_utils._power import DRIVERS, PowerError, converge
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils._power import DRIVERS
+from ansible_collections.pifleet.netboot.plugins.module_utils._powerwork import (
+    PiPower,
+    check_item,
+    diff_entry,
+    failure_message,
+)
 
 ITEM_KEYS = ('name', 'state', 'driver', 'device', 'timeout', 'retries', 'cycle_delay')
-LANG_C = {'LANG': 'C', 'LC_ALL': 'C'}
 STATES = ['on', 'off', 'cycled', 'status']
 DEVICE_OPTIONS = dict(
     program=dict(type='str'), config=dict(type='str'), pi_id=dict(type='str'),
@@ -320,114 +319,23 @@ DEVICE_OPTIONS = dict(
 )
 
 
-class PiPowerModule:
-    def __init__(self, module):
-        self.module = module
-        self.result = {'changed': False, 'pis': []}
-        self.timeout_bin = None
-
-    def fail(self, msg, **details):
-        self.module.fail_json(msg=msg, **self.result, **details)
-
-    def run_program(self, argv, data, timeout):
-        """Run a device program bounded by coreutils timeout (rc 124 when it ran too long)."""
-        argv = [self.timeout_bin, '-k', '2', '%gs' % timeout, *argv]
+def items(base):
+    """The Pis of this call, each with its own device settings (``own``); every problem at once."""
+    params = base.params
+    if params['parallel'] < 1:
+        base.problem('invalid parallel: %d; give at least 1' % params['parallel'])
+    found = []
+    for (where, item), raw in zip(base.items(ITEM_KEYS, 'the Pi'), params['pis'] or [{}]):
         try:
-            return self.module.run_command(argv, data=data, binary_data=True, environ_update=LANG_C,
-                                           handle_exceptions=False)
-        except OSError as exc:
-            return 127, '', str(exc)
-
-    def resolve(self, program, name, driver):
-        """Absolute path of a device program, checked here so that workers never call fail_json."""
-        path = program if '/' in program else self.module.get_bin_path(program)
-        if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
-            raise ValueError('program %s not found for %s (driver %s): it is not an executable file on %s; install '
-                             'it or set device.program to its path' % (program, name, driver, os.uname()[1]))
-        return path
-
-    def items(self):
-        params = self.module.params
-        raw_items = params['pis'] if params['pis'] is not None else [{}]
-        items = []
-        for index, (item, raw) in enumerate(zip(_batch.expand(params, 'pis', ITEM_KEYS), raw_items)):
-            where = 'pis[%d]' % index if params['pis'] is not None else 'the Pi'
-            for key in ('name', 'driver'):
-                if item[key] in (None, ''):
-                    self.fail('%s missing for %s: every Pi needs a name and a driver; set %s at the top level or '
-                              'in the item' % (key, where, key))
-            name, kind = item['name'], item['driver']
-            for key, low in (('timeout', 0.001), ('retries', 0), ('cycle_delay', 0)):
-                if item[key] < low:
-                    self.fail('invalid %s for %s: %s is below %s' % (key, name, item[key], low))
-            shared = params['device'] or {}
-            if params['pis'] is not None:  # shared settings may serve several drivers: each takes its own keys
-                shared = {key: value for key, value in shared.items() if key in DRIVERS[kind].KEYS}
-            device = {key: value for key, value in shared.items() if value is not None}
-            device.update((key, value) for key, value in (raw.get('device') or {}).items() if value is not None)
-            # A Pi whose device is unusable (bad settings, a program missing on the bakery) fails alone: the
-            # others are still driven, and `status` shows each Pi's own result.
-            try:
-                settings = DRIVERS[kind].settings(device)
-            except ValueError as exc:
-                item['error'] = ('invalid device for %s (driver %s): %s; see the documentation of pifleet.netboot.pi_power'
-                                 % (name, kind, exc))
-                settings = None
-            if settings and 'program' in settings:
-                try:
-                    settings['program'] = self.resolve(settings['program'], name, kind)
-                except ValueError as exc:
-                    item['error'] = str(exc)
-            item['device'] = settings
-            item['runner'] = None
-            if not item.get('error'):
-                item['runner'] = DRIVERS[kind](settings, item['timeout'], item['retries'], self.run_program)
-            items.append(item)
-        dupes = _batch.find_duplicates(items, 'name')
-        if dupes:
-            self.fail('duplicate Pis in pis: %s given more than once; give each Pi once' % ', '.join(dupes))
-        return items
-
-    def drive(self, item):
-        driver = item['runner']
-        if driver is None:
-            return {'name': item['name'], 'driver': item['driver'], 'device': '%s (unusable)' % item['driver'],
-                    'previous': 'unknown', 'power': 'unknown', 'changed': False, 'error': item['error']}
-        result = {'name': item['name'], 'driver': item['driver'], 'device': driver.describe()}
-        try:
-            result.update(converge(driver, item['state'], self.module.check_mode, item['cycle_delay']))
-        except PowerError as exc:
-            result.update(previous='unknown', power='unknown', changed=exc.changed,
-                          error='power %s failed for %s (%s): %s; %s' % (
-                              exc.action, item['name'], driver.describe(), exc.reason(), exc.hint or driver.hint))
-        except Exception as exc:  # one broken device must not hide the others' results
-            result.update(previous='unknown', power='unknown', changed=False,
-                          error='power %s failed for %s (%s): unexpected %s: %s' % (
-                              item['state'], item['name'], driver.describe(), type(exc).__name__, exc))
-        return result
-
-    def run(self):
-        items = self.items()
-        if any(item['runner'] and item['driver'] in ('command', 'uhubctl') for item in items):
-            self.timeout_bin = self.module.get_bin_path('timeout', required=True)
-        workers = max(1, min(self.module.params['parallel'], len(items)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(self.drive, items))
-        self.result['pis'] = results
-        self.result['changed'] = any(result['changed'] for result in results)
-        if self.module._diff:
-            self.result['diff'] = [
-                {'before': 'power: %s\n' % result['previous'],
-                 'after': 'power: %s%s\n' % (result['power'], ' (power-cycled)' if result['previous'] == result['power'] == 'on' else ''),
-                 'before_header': '%s (%s)' % (result['name'], result['device']),
-                 'after_header': '%s (%s)' % (result['name'], result['device'])}
-                for result in results if result['changed'] and 'error' not in result]
-        failed = [result['error'] for result in results if 'error' in result]
-        if len(failed) == 1:
-            self.fail(failed[0])
-        if failed:
-            self.fail('%d of %d Pis failed: %s' % (len(failed), len(results), ' | '.join(failed)))
-        self.module.exit_json(**self.result)
+            check_item(item, where)
+        except ValueError as exc:
+            base.problem(str(exc))
+            continue
+        item['own'] = raw.get('device')
+        found.append(item)
+    base.unique(found, 'name', 'duplicate Pis in pis: %s given more than once; give each Pi once')
+    base.check()
+    return found
 
 
 def main():
@@ -454,9 +362,17 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if module.params['parallel'] < 1:
-        module.fail_json(msg='invalid parallel: %d; give at least 1' % module.params['parallel'])
-    PiPowerModule(module).run()
+    base = PifleetModule(module, {'changed': False, 'pis': []}, 'pis')
+    power = PiPower(ModuleHost(module))
+    plan = power.plan(items(base), module.params['device'], module.params['pis'] is not None)
+    results = power.apply(plan, module.params['parallel'])
+    base.result.update(pis=results, changed=any(result['changed'] for result in results))
+    if module._diff:
+        base.result['diff'] = [diff_entry(result) for result in results if result['changed'] and 'error' not in result]
+    problem = failure_message(results)
+    if problem:
+        base.fail(problem)
+    module.exit_json(**base.result)
 
 
 if __name__ == '__main__':

@@ -36,15 +36,11 @@ author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
+  - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
 attributes:
-  check_mode:
-    support: full
   diff_mode:
-    support: full
     details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker.
-  platform:
-    platforms: posix
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
   - coreutils C(cp), util-linux C(setpriv), C(mount), C(umount), e2fsprogs C(tune2fs), OpenSSH C(ssh-keygen).
@@ -270,11 +266,10 @@ lock_waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _rootfix, _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils._batch import expand, find_duplicates
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_host_name, normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, PifleetModule
 from ansible_collections.pifleet.netboot.plugins.module_utils._rootwork import PiRoots
 
 ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server',
@@ -282,30 +277,28 @@ ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', '
 PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError)
 
 
-def items(module):
+def items(base):
     """The Pis of this call, validated all at once (every problem in one message)."""
-    found, problems = expand(module.params, 'pis', ITEM_KEYS), []
+    found = [item for _where, item in base.items(ITEM_KEYS, 'the Pi')]
     for item in found:
         try:
             item['serial'] = normalise_serial(item['serial'])
         except ValueError as exc:
-            problems.append('invalid serial: %s' % exc)
+            base.problem('invalid serial: %s' % exc)
             continue
         item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
-        problem = _rootfix.check_hostname(item['hostname'])
-        if problem:
-            problems.append('%s for Pi %s' % (problem, item['serial']))
+        try:
+            check_host_name(item['hostname'])
+        except ValueError as exc:
+            base.problem('%s for Pi %s' % (exc, item['serial']))
         if item['state'] != 'absent' and not item['bakeform']:
-            problems.append('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
+            base.problem('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
         if item['boot_mount'] == 'nfs' and not item['nfs_server']:
-            problems.append('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery '
-                            'address the Pis reach)' % item['serial'])
+            base.problem('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery '
+                         'address the Pis reach)' % item['serial'])
     for key in ('serial', 'hostname'):
-        dupes = find_duplicates(found, key)
-        if dupes:
-            problems.append('duplicate %ss in pis: %s; each Pi needs its own' % (key, ', '.join(dupes)))
-    if problems:
-        module.fail_json(msg='; '.join(problems), changed=False)
+        base.unique(found, key, 'duplicate %ss in pis: %%s; each Pi needs its own' % key)
+    base.check()
     return found
 
 
@@ -366,13 +359,12 @@ def main():
         required_if=[('boot_mount', 'nfs', ('nfs_server',))],
         supports_check_mode=True,
     )
-    result = {'changed': False, 'pis': [], 'swept': []}
-    todo = items(module)
-    params = module.params
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'swept': []}, 'pis')
+    result, params, todo = base.result, module.params, items(base)
     roots = PiRoots(ModuleHost(module), store=params['store'], roots_dir=params['roots_dir'],
                     units_dir=params['units_dir'], clone_method=params['clone_method'],
                     key_types=params['host_key_types'])
-    lock = take_lock(module, 'pi_root', result)
+    lock = base.lock('pi_root')
     try:
         if not module.check_mode:
             result['swept'] = roots.prepare()
@@ -387,8 +379,8 @@ def main():
     if module._diff:
         result['diff'] = roots.diffs
     if failed:
-        module.fail_json(msg='pi_root failed for %d Pi(s): %s' % (len(failed), '; '.join(
-            '%s: %s' % (pi['serial'], pi['msg']) if 'serial' in pi else pi['msg'] for pi in failed)), **result)
+        base.fail('pi_root failed for %d Pi(s): %s' % (len(failed), '; '.join(
+            '%s: %s' % (pi['serial'], pi['msg']) if 'serial' in pi else pi['msg'] for pi in failed)))
     module.exit_json(**result)
 
 

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 
 
@@ -116,3 +118,51 @@ def test_discard_is_never_restored(tmp_path):
     os.mkdir(os.path.join(path, 'trash'))
     _atomic.sweep_stale(str(tmp_path), lambda label: str(tmp_path / label))
     assert os.listdir(tmp_path) == []
+
+
+def test_write_text_keeps_mode_and_write_or_remove_puts_back(tmp_path):
+    target = tmp_path / 'f'
+    _atomic.write_text(str(target), 'one\n')
+    assert target.read_text() == 'one\n' and target.stat().st_mode & 0o777 == 0o644
+    target.chmod(0o600)
+    _atomic.write_text(str(target), 'two\n')
+    assert target.read_text() == 'two\n' and target.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ['f']
+    _atomic.write_or_remove(str(target), 'one\n')
+    assert target.read_text() == 'one\n'
+    _atomic.write_or_remove(str(target), None)
+    assert not target.exists()
+    _atomic.write_or_remove(str(target), None)  # nothing there: nothing to do
+    _atomic.write_or_remove(str(target), 'new\n', 0o600)
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_read_text(tmp_path):
+    target = tmp_path / 'f'
+    assert _atomic.read_text(str(target)) is None
+    assert _atomic.read_text(str(target / 'below-a-missing-file')) is None
+    target.write_bytes(b'a\r\nb \xff\n')
+    assert _atomic.read_text(str(target)) == 'a\r\nb \ufffd\n'
+    assert _atomic.read_text(str(target), universal_newlines=True) == 'a\nb \ufffd\n'
+    with pytest.raises(UnicodeDecodeError):
+        _atomic.read_text(str(target), errors='strict')
+    target.write_text('x')
+    assert _atomic.read_text(str(target / 'below-a-file')) is None
+    with pytest.raises(IsADirectoryError) as info:
+        _atomic.read_text(str(tmp_path))
+    assert info.value.filename == str(tmp_path)  # os.read does not say which file: read_text does
+
+
+def test_write_new_and_make_dir_ignore_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        folder = tmp_path / 'a' / 'b'
+        _atomic.make_dir(str(folder))
+        _atomic.write_new(str(folder / 'cmdline.txt'), 'console=tty1\n')
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / 'cmdline.txt').stat().st_mode & 0o777 == 0o644
+    assert (folder / 'cmdline.txt').read_text() == 'console=tty1\n'
+    with pytest.raises(FileExistsError):
+        _atomic.write_new(str(folder / 'cmdline.txt'), 'again\n')

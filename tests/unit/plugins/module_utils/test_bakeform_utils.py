@@ -243,3 +243,32 @@ def test_manifest_lists_the_kernel_config_txt_names(tmp_path):
     assert manifest()['models'] == ['4']
     (tmp_path / 'boot/config.txt').unlink()
     assert manifest()['kernels'] == []
+
+
+@pytest.mark.parametrize(('manifest', 'expected'), [
+    ('{"models": ["4", "5"]}', ['4', '5']),
+    ('{"models": [3]}', ['3']),
+    (None, ['3', '4']),                   # no manifest: what the boot files boot
+    ('{"models": null}', ['3', '4']),
+    ('{"name": "x"}', ['3', '4']),
+    ('[1, 2]', ['3', '4']),
+    ('{not json', ['3', '4']),
+])
+def test_boot_models_read_the_manifest_else_the_boot_files(tmp_path, manifest, expected):
+    (tmp_path / 'boot').mkdir()
+    for name in ('bootcode.bin', 'start.elf', 'start4.elf'):
+        (tmp_path / 'boot' / name).write_bytes(b'x')
+    if manifest is not None:
+        (tmp_path / 'manifest.json').write_text(manifest)
+    assert _bakeform.boot_models(str(tmp_path)) == expected
+
+
+def test_load_manifest_strict_or_not(tmp_path):
+    assert _bakeform.load_manifest(str(tmp_path)) is None
+    (tmp_path / 'manifest.json').write_text('{not json')
+    with pytest.raises(IngestError, match='is not valid JSON'):
+        _bakeform.load_manifest(str(tmp_path))
+    assert _bakeform.load_manifest(str(tmp_path), strict=False) is None
+    _bakeform.write_json(str(tmp_path / 'new.json'), {'b': 1, 'a': [2]})
+    assert (tmp_path / 'new.json').read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    assert (tmp_path / 'new.json').stat().st_mode & 0o777 == 0o644

@@ -76,40 +76,6 @@ def test_parse_nfsroot(given, expected):
         assert 'pi-01' in str(info.value)
 
 
-PREFIXES = [
-    ('3a4b5c6d', '3a4b5c6d'),
-    ('3A4B5C6D', '3a4b5c6d'),
-    ('dc-a6-32-01-36-c2', 'dc-a6-32-01-36-c2'),
-    ('DC:A6:32:01:36:C2', 'dc-a6-32-01-36-c2'),
-    ('lab-rack1.pi_07', 'lab-rack1.pi_07'),       # TFTP_PREFIX_STR kept as given
-    ('Rack1', 'Rack1'),
-    ('a' * 32, 'a' * 32),
-    (12345678, '12345678'),                       # YAML reads an all-digit serial as an int
-    ('a' * 33, None),
-    ('..', None),
-    ('.hidden', None),
-    ('../etc', None),
-    ('a/b', None),
-    ('pi 07', None),
-    ('', None),
-]
-
-
-@pytest.mark.parametrize(('given', 'expected'), PREFIXES)
-def test_normalise_prefix(given, expected):
-    if expected is None:
-        with pytest.raises(bf.BootFilesError, match=r'TFTP prefix .* is not valid'):
-            bf.normalise_prefix(given)
-    else:
-        assert bf.normalise_prefix(given) == expected
-
-
-@pytest.mark.parametrize('name', ['', 'pi 07', 'pi-07\n[all]', 'pi\t1'])
-def test_bad_pi_names(name):
-    with pytest.raises(bf.BootFilesError, match='Pi name'):
-        bf.check_pi_name(name)
-
-
 CONFIGS = [
     ('no extra lines: none of ours', 'arm_64bit=1\n', [], None),
     ('no extra lines (None)', 'arm_64bit=1\n', None, None),

@@ -262,18 +262,14 @@ def test_merge():
     assert sorted(current) == ['/a', '/b']
 
 
-def test_write_atomic_keeps_mode_and_restore(tmp_path):
-    target = tmp_path / 'f'
-    ex.write_atomic(str(target), 'one\n')
-    assert target.read_text() == 'one\n' and target.stat().st_mode & 0o777 == 0o644
-    target.chmod(0o600)
-    ex.write_atomic(str(target), 'two\n')
-    assert target.read_text() == 'two\n' and target.stat().st_mode & 0o777 == 0o600
-    assert os.listdir(tmp_path) == ['f']
-    ex.restore(str(target), 'one\n')
-    assert target.read_text() == 'one\n'
-    ex.restore(str(target), None)
-    assert not target.exists()
+def test_read_config_reads_as_open_did(tmp_path):
+    target = tmp_path / 'ganesha.conf'
+    assert ex.read_config(str(target)) is None
+    target.write_bytes(b'EXPORT {\r\n}\r\n')
+    assert ex.read_config(str(target)) == 'EXPORT {\n}\n'
+    target.write_bytes(b'\xff\n')
+    with pytest.raises(UnicodeDecodeError):
+        ex.read_config(str(target))
 
 
 def test_ganesha_pid(tmp_path):

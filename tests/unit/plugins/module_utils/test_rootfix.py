@@ -91,15 +91,6 @@ def test_fix_swapfile(text, expected):
     assert rf.fix_swapfile(text) == expected
 
 
-@pytest.mark.parametrize('hostname, ok', [
-    ('kitchen', True), ('pi-3a4b5c6d', True), ('rack1.lab', True), ('a' * 63, True),
-    ('', False), ('Kitchen', False), ('-pi', False), ('pi-', False), ('a' * 64, False), ('pi_1', False),
-    ('a..b', False), ('pi 1', False),
-])
-def test_check_hostname(hostname, ok):
-    assert (rf.check_hostname(hostname) is None) is ok
-
-
 @pytest.mark.parametrize('keys, expected', [
     (None, None),
     ([], ''),
