@@ -65,13 +65,35 @@ def test_the_readme_lists_every_shared_setting_with_its_default():
     assert {name: documented[name] for name in defaults} == defaults
 
 
+def interface(role):
+    """What a role documents as its interface in meta/argument_specs.yml: the options of every entry point, and the
+    results an entry point's description says it leaves (C(fleet_roots_result)). A playbook may pass those to
+    include_role and read those back; anything else of the role is its own business."""
+    names = set()
+    for entry in load(REPO / 'roles' / role / 'meta' / 'argument_specs.yml')['argument_specs'].values():
+        names.update(entry.get('options') or {})
+        for line in entry.get('description') or []:
+            if re.search(r'\b(leaves|sets)\b', line, re.I):
+                names.update(re.findall(r'C\((%s_[a-z0-9_]+)\)' % re.escape(role), line))
+    return names
+
+
+def test_the_fleet_role_documents_what_reimage_passes_and_reads():
+    assert {'fleet_bakery_host', 'fleet_rebuild', 'fleet_roots_result'} <= interface('fleet')
+    assert 'fleet_plan' not in interface('fleet') and 'fleet_store' in interface('fleet')
+
+
 @pytest.mark.parametrize('path', YAML_FILES, ids=[str(p.relative_to(REPO)) for p in YAML_FILES])
 def test_no_role_or_playbook_reads_another_roles_variables(path):
     """Reading tftp_hook_events_path in a playbook is how the same file got two names."""
     text = re.sub(r'(?m)^\s*#.*$', '', path.read_text(encoding='utf-8'))  # comments may name anything
     parts = path.relative_to(REPO).parts
     own = parts[1] if parts[0] == 'roles' else None
-    foreign = sorted({match.group(0) for match in ROLE_VAR_RE.finditer(text) if match.group(1) != own})
+    # Settings are shared through pifleet_* names, so a playbook names a role's variable only for what that role
+    # documents as its interface (the inputs and results of an entry point that it includes).
+    public = set().union(*(interface(role) for role in ROLES)) if own is None else set()
+    foreign = sorted({match.group(0) for match in ROLE_VAR_RE.finditer(text)
+                      if match.group(1) != own and match.group(0) not in public})
     assert foreign == [], '%s reads variables of another role: %s' % (path.relative_to(REPO), foreign)
 
 
