@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A Raspberry Pi bootloader simulator for tests, the demo and benchmarks (NETBOOT-FACTS §1-§5).
+"""A Raspberry Pi bootloader simulator for tests, the demo and benchmarks (docs/netboot.md §1-§5).
 
 Plays a Pi 3, 4 or 5 on a test LAN: the PXE DHCPDISCOVER of the bootloader (scapy, imported only
 for DHCP), then the TFTP request sequence of the model (tsize probes answered with "Early
@@ -39,7 +39,7 @@ DHCP_MAGIC = b'\x63\x82\x53\x63'
 OUIS = {3: 'b8:27:eb', 4: 'dc:a6:32', 5: '2c:cf:67'}
 # Option 97 of the EEPROM bootloaders: fourcc, board revision, low MAC bytes, serial (bcm2711-bootloader.adoc).
 BOARDS = {4: (b'RPi4', 0x00C03111), 5: (b'RPi5', 0x00D04170)}
-# Requests per model (NETBOOT-FACTS §3). Kinds: root = root-level get, root? = root-level get that
+# Requests per model (docs/netboot.md §3). Kinds: root = root-level get, root? = root-level get that
 # may be "not found", probe! = prefix probe (not found -> the bootloader drops the prefix),
 # probe = tsize probe, get = get, get? = get only when the file is expected.
 SEQUENCES = {

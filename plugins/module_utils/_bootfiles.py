@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Per-Pi boot files and the TFTP hook's fleet map, as pure functions (no AnsibleModule here).
 
-Render a Pi's ``cmdline.txt`` (NFS root, NETBOOT-FACTS §6) and ``config.txt`` from its bakeform's,
+Render a Pi's ``cmdline.txt`` (NFS root, docs/netboot.md §6) and ``config.txt`` from its bakeform's,
 build the fleet map the hook reads, and plan the file
-writes and removals of one Pi folder from what is there and what is wanted. TFTP prefixes (NETBOOT-FACTS §4)
+writes and removals of one Pi folder from what is there and what is wanted. TFTP prefixes (docs/netboot.md §4)
 and Pi names are checked by ``_identity``.
 """
 

@@ -194,8 +194,8 @@ class PiBoots:
         for prefix, name in moved:
             self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
         for bakeform in sorted(self.missing):
-            why = check_name(bakeform) or 'bakeform %s has no %s' % (bakeform, os.path.join(self.store, bakeform,
-                                                                                           BOOT_DIR))
+            why = check_name(bakeform) or 'bakeform %s has no %s' % (
+                bakeform, os.path.join(self.store, bakeform, BOOT_DIR))
             plan.problems.append('boot files not found for %s: %s; register it with pifleet.netboot.bakeform or '
                                  'name another bakeform' % (listed(self.missing[bakeform]), why))
         plan.map_before, plan.map_text = before, bf.render_map(bf.build_map(default, entries))

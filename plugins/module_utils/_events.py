@@ -24,7 +24,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._identity import (
 
 _RELATIVE = re.compile(r'\s*(\d+)\s*([smhdw])\s*')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
-# Files only one model asks for (NETBOOT-FACTS §3): start.elf/bootcode.bin are the Pi 3 firmware,
+# Files only one model asks for (docs/netboot.md §3): start.elf/bootcode.bin are the Pi 3 firmware,
 # start4.elf/fixup4.dat the Pi 4's, the Pi 5 has no start*.elf and asks for *_2712 files.
 _MODEL_HINTS = (
     (5, re.compile(r'(?:kernel_2712\.img|initramfs_2712|bcm2712.*)')),

@@ -16,6 +16,7 @@ import traceback
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils._identity import is_host_name
+from ansible_collections.pifleet.netboot.plugins.module_utils._module import find_duplicates
 
 try:
     import netaddr
@@ -259,6 +260,37 @@ def unescape_path(text):
 
 
 FS_NOTE = '# pifleet fs: '
+
+
+def check_items(items, backend, allow_world=False, shared=False, mount_roots=None):
+    """Check and normalise the entries of one nfs_export call in place (clients, options, the file system each
+    is); the warnings they draw. ``mount_roots`` (``_loopfs.mount_roots()``) unless ``shared``: then an export need
+    not be the top of a file system of its own. Raises ExportsError with the first problem."""
+    missing = [i for i, item in enumerate(items) if not item['path']]
+    if missing:
+        raise ExportsError('path missing for item %d of exports; give each item a path' % missing[0])
+    dupes = find_duplicates(items, 'path')
+    if dupes:
+        raise ExportsError('exports lists %s more than once; give one item per path' % ', '.join(dupes))
+    warnings = []
+    for item in items:
+        check_path(item['path'], must_exist=item['state'] == 'present')
+        if backend == 'ganesha':
+            check_ganesha_path(item['path'])
+        if item['state'] == 'absent':
+            continue
+        if not item['clients']:
+            raise ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
+        item['clients'] = list(dict.fromkeys(normalise_client(c, item['path'], allow_world) for c in item['clients']))
+        item['options'] = normalise_options(item['options'], item['path'], backend, shared)
+        if not shared:
+            check_own_filesystem(item['path'], mount_roots)
+        item['fs'] = fs_identity(item['path'])
+        if 'rw' in item['options']:
+            warnings.extend('export %s is read-write to %s: every host there can write; a Pi\'s root should go to '
+                            'its own address only' % (item['path'], client)
+                            for client in item['clients'] if is_network(client))
+    return warnings
 
 
 def render_kernel(entries):

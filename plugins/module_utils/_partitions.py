@@ -135,7 +135,7 @@ def select_boot_and_root(table, image_size):
     return boot, root
 
 
-# Files whose presence says which models a boot partition can boot (NETBOOT-FACTS, image layout).
+# Files whose presence says which models a boot partition can boot (docs/netboot.md §10).
 MODEL_MARKERS = (
     ('3', ('start.elf', 'bootcode.bin')),
     ('4', ('start4.elf',)),

@@ -50,7 +50,7 @@ def boot_line(mode, nfs_server, export, mountpoint):
     """The fstab line for the boot files; None when the Pi does not mount them.
 
     NFSv3 with nolock (no lockd on the Pi's side of an NFS root) and never ``proto=``, which
-    Bookworm's klibc nfsmount rejects (NETBOOT-FACTS 6).
+    Bookworm's klibc nfsmount rejects (docs/netboot.md §6).
     """
     if mode == 'none':
         return None

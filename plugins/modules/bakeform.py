@@ -156,7 +156,6 @@ lock_waited:
   sample: 12.5
 """
 
-import errno
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -164,28 +163,19 @@ from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
-    BOOT_DIR,
-    BOOT_IMAGE,
     MANIFEST,
-    ROOT_IMAGE,
-    ImageSplitter,
-    Ingest,
     IngestError,
     PartitionError,
     check_name,
-    copy_stream,
     hash_stream,
     is_complete,
     load_manifest,
     parse_checksum,
-    read_config_txt,
     same_source,
-    source_stat,
-    stream_image,
     summary,
-    write_json,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, human, parse_size
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeformwork import Build
+from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, parse_size
 from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
 
 STORE_MODE = 0o711  # traversable for the unprivileged TFTP hook (boot/), not listable; images are 0600
@@ -236,18 +226,11 @@ class BakeformModule:
         except (IngestError, PartitionError) as exc:
             self.fail(str(exc), **getattr(exc, 'details', {}))
         except OSError as exc:
-            self.fail(self.os_error(exc))
+            self.fail(Build(None, self.name, self.store, source=self.source(), max_size=self.max_size).os_error(exc))
         finally:
             if lock:
                 lock.release()
         self.module.exit_json(**self.result)
-
-    def os_error(self, exc):
-        if exc.errno == errno.ENOSPC:
-            free = _atomic.free_bytes(self.store)
-            return ('the bakeform store %s ran out of space while ingesting bakeform %s (%s free now); nothing was '
-                    'changed: make room there or use a larger store' % (self.store, self.name, human(free)))
-        return 'ingesting bakeform %s into %s failed: %s; nothing was changed' % (self.name, self.store, exc)
 
     def absent(self, existing):
         if not os.path.lexists(self.dest):
@@ -303,78 +286,14 @@ class BakeformModule:
     def source(self):
         return os.path.abspath(self.params['src']) if self.params['src'] else self.params['url']
 
-    def what(self):
-        return 'source %s of bakeform %s' % (self.source(), self.name)
-
-    def fetch(self, scratch, expected):
-        """Download the URL into the scratch directory, verifying it before anything is unpacked."""
-        response, info = fetch_url(self.module, self.params['url'], timeout=self.params['timeout'])
-        if response is None or info.get('status') != 200:
-            raise IngestError('fetching the source of bakeform %s from %s failed: %s (HTTP status %s)'
-                              % (self.name, self.params['url'], info.get('msg'), info.get('status')))
-        length = info.get('content-length')
-        if length and length.isdigit() and int(length) > self.max_size:
-            raise IngestError('%s is %s, more than max_size; raise max_size if the image is really that large'
-                              % (self.what(), human(int(length))))
-        path = scratch.join('download')
-        with response:
-            digest, _count = copy_stream(response, path, self.what(), self.max_size)
-        self.verify(expected, digest)
-        return path
-
-    def verify(self, expected, digest):
-        if expected and digest != expected:
-            raise IngestError('checksum mismatch for bakeform %s: expected sha256:%s, the source %s has sha256:%s; '
-                              'nothing was unpacked. Download it again or correct checksum'
-                              % (self.name, expected, self.source(), digest))
-
-    def need_space(self, count):
-        free = _atomic.free_bytes(self.store)
-        if free is not None and free < count:
-            raise IngestError('the bakeform store %s has %s free, but bakeform %s needs up to %s for its partitions; '
-                              'nothing was changed: make room there or use a larger store'
-                              % (self.store, human(free), self.name, human(count)))
-
     def build(self, expected):
-        ingest = Ingest(self.module.run_command, self.name)
-        scratch = _atomic.ScratchDir(self.store, self.name)
-        try:
-            built = scratch.join('build')
-            os.mkdir(built, 0o755)
-            if self.params['url']:
-                path, stat_info = self.fetch(scratch, expected), None
-            else:
-                path, stat_info = self.params['src'], source_stat(self.params['src'])
-                if expected:  # verify before unpacking a byte
-                    with open(path, 'rb') as reader:
-                        self.verify(expected, hash_stream(reader, self.what(), self.max_size)[0])
-            fat, root_img = scratch.join('boot.fat'), os.path.join(built, ROOT_IMAGE)
-            splitter = ImageSplitter(fat, root_img, self.what(), self.max_size, self.need_space)
-            with open(path, 'rb') as reader:
-                digest, source_bytes, image_bytes = stream_image(reader, splitter, self.what(),
-                                                                 self.module.get_bin_path('xz'))
-            self.verify(expected, digest)
-            if self.params['url']:
-                os.unlink(path)
-            os.chmod(root_img, 0o600)
-            boot_dir = os.path.join(built, BOOT_DIR)
-            boot_files = ingest.extract_boot(fat, boot_dir)
-            os.unlink(fat)
-            root_sb = ingest.prepare_root(root_img)
-            ingest.boot_image(boot_dir, os.path.join(built, BOOT_IMAGE))
-            manifest = ingest.manifest(
-                source=self.source(), digest=digest, source_bytes=source_bytes, image_bytes=image_bytes,
-                table=splitter.table, boot=dict(splitter.boot, role='boot'), root=dict(splitter.root, role='root'),
-                boot_files=boot_files, stat_info=stat_info, root_sb=root_sb, pretty=ingest.os_release(root_img),
-                config_txt=read_config_txt(boot_dir))
-            write_json(os.path.join(built, MANIFEST), manifest)
-            os.chmod(built, 0o755)
-            _atomic.install(scratch, built, self.dest)
-            return manifest
-        except PartitionError as exc:
-            raise IngestError('%s cannot be used: %s' % (self.what(), exc)) from exc
-        finally:
-            scratch.close(self.unmount)
+        build = Build(self.module.run_command, self.name, self.store, source=self.source(), max_size=self.max_size,
+                      xz_bin=self.module.get_bin_path('xz'), unmount=self.unmount)
+        download = None
+        if self.params['url']:
+            def download():
+                return fetch_url(self.module, self.params['url'], timeout=self.params['timeout'])
+        return build.build(expected, download)
 
 
 def main():

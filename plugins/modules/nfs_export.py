@@ -243,7 +243,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as
 from ansible_collections.pifleet.netboot.plugins.module_utils._module import (
     LOCK_ARGS,
     expand,
-    find_duplicates,
+    file_diff,
     take_lock,
 )
 
@@ -273,33 +273,10 @@ class NfsExport:
             raise ex.ExportsError('exports_file %s is not an absolute path; give the full path' % self.file)
         if self.backend == 'ganesha':
             ex.check_ganesha_path(self.file)
-        missing = [i for i, item in enumerate(items) if not item['path']]
-        if missing:
-            self.fail('path missing for item %d of exports; give each item a path' % missing[0])
-        dupes = find_duplicates(items, 'path')
-        if dupes:
-            self.fail('exports lists %s more than once; give one item per path' % ', '.join(dupes))
         shared = self.params['allow_shared_filesystem']
-        roots = None if shared else _loopfs.mount_roots()
-        for item in items:
-            ex.check_path(item['path'], must_exist=item['state'] == 'present')
-            if self.backend == 'ganesha':
-                ex.check_ganesha_path(item['path'])
-            if item['state'] == 'absent':
-                continue
-            if not item['clients']:
-                raise ex.ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
-            clients = [ex.normalise_client(c, item['path'], self.params['allow_world']) for c in item['clients']]
-            item['clients'] = list(dict.fromkeys(clients))
-            item['options'] = ex.normalise_options(item['options'], item['path'], self.backend, shared)
-            if not shared:
-                ex.check_own_filesystem(item['path'], roots)
-            item['fs'] = ex.fs_identity(item['path'])
-            if 'rw' in item['options']:
-                for client in item['clients']:
-                    if ex.is_network(client):
-                        self.module.warn('export %s is read-write to %s: every host there can write; a Pi\'s root '
-                                         'should go to its own address only' % (item['path'], client))
+        for warning in ex.check_items(items, self.backend, self.params['allow_world'], shared,
+                                      None if shared else _loopfs.mount_roots()):
+            self.module.warn(warning)
         return items
 
     def run(self):
@@ -328,9 +305,9 @@ class NfsExport:
         self.result['bounced'] = ex.bounced(current, wanted)
         if self.module._diff:
             if file_changed:
-                self.diffs.append(self.diff(self.file, before, after))
+                self.diffs.append(file_diff(self.file, before, after))
             if include_changed:
-                self.diffs.append(self.diff(self.params['ganesha_config'], config_before, config_after))
+                self.diffs.append(file_diff(self.params['ganesha_config'], config_before, config_after))
             self.result['diff'] = self.diffs
         if self.result['changed'] and not self.module.check_mode:
             lock = take_lock(self.module, 'nfs_export', self.result)
@@ -363,10 +340,6 @@ class NfsExport:
         if ex.has_include(text, self.file):
             return text, text
         return text, ex.add_include(text, self.file)
-
-    @staticmethod
-    def diff(path, before, after):
-        return {'before': before or '', 'after': after or '', 'before_header': path, 'after_header': path}
 
     def apply(self, file_changed, before, after, config_after, sets):
         current, wanted, extra = sets

@@ -331,7 +331,7 @@ def test_probe():
 # ---- model sequences -----------------------------------------------------------------------
 
 def sequence(model, p, initramfs=False):
-    """The requests of NETBOOT-FACTS §3 / boot_spec.md, written out by hand: (request, server outcome)."""
+    """The requests of docs/netboot.md §3, written out by hand: (request, server outcome)."""
     if model == 3:
         return [('bootcode.bin', 'ok'), ('bootsig.bin', 'not_found'), (p + 'start.elf', 'probe'),
                 *[(p + n, 'ok') for n in ('start.elf', 'fixup.dat', 'config.txt', 'bcm2710-rpi-3-b.dtb',
@@ -375,7 +375,7 @@ def test_boot_prefixes_and_blksize():
 
 
 def test_boot_drops_a_missing_prefix():
-    """No <serial>/start4.elf: the bootloader asks for everything at the root (NETBOOT-FACTS §4)."""
+    """No <serial>/start4.elf: the bootloader asks for everything at the root (docs/netboot.md §4)."""
     files = boot_set(folder='')
     with MiniServer(files) as server:
         report = pisim.boot(4, '127.0.0.1', serial=SERIAL, expect=files.get, port=server.port, timeout=0.5)

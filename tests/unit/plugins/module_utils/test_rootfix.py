@@ -49,7 +49,7 @@ def test_fix_fstab(text, boot, expected):
 def test_boot_line(mode, mountpoint, expected):
     line = rf.boot_line(mode, '10.99.0.2', '/s/bw/boot', mountpoint)
     assert line == expected
-    assert 'proto=' not in (line or '')  # klibc nfsmount rejects it (NETBOOT-FACTS 6)
+    assert 'proto=' not in (line or '')  # klibc nfsmount rejects it (docs/netboot.md §6)
 
 
 @pytest.mark.parametrize('text, expected', [

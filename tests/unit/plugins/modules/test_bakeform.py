@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from ansible_collections.pifleet.netboot.plugins.module_utils import _bakeform
 from ansible_collections.pifleet.netboot.plugins.modules import bakeform
 
 
@@ -24,7 +25,7 @@ def store(tmp_path):
     dest.mkdir(parents=True)
     manifest = {
         'name': 'golden', 'source': str(src), 'sha256': hashlib.sha256(b'image-one').hexdigest(),
-        'source_stat': bakeform.source_stat(str(src)), 'models': ['4'], 'format': 2,
+        'source_stat': _bakeform.source_stat(str(src)), 'models': ['4'], 'format': 2,
     }
     (dest / 'manifest.json').write_text(json.dumps(manifest))
     (dest / 'boot').mkdir()
