@@ -60,9 +60,15 @@ def lab(tmp_path):
         lan.close()
 
 
+# These tests are about what each server makes of the file we write and who it lets in, with plain directories
+# as exports: allow_shared_filesystem. That a Pi cannot step out of a shared file system's export by forging
+# handles, and so needs one of its own, is test_pi_boundary.py's subject (per-Pi file systems, a raw client).
+SHARED = {'allow_shared_filesystem': True}
+
+
 def ganesha_args(server, tmp_path, exports):
     return {'backend': 'ganesha', 'exclusive': True, 'exports': exports, 'ganesha_config': str(server.config),
-            'ganesha_pidfile': str(server.pidfile), 'exports_file': str(tmp_path / 'pifleet.conf')}
+            'ganesha_pidfile': str(server.pidfile), 'exports_file': str(tmp_path / 'pifleet.conf'), **SHARED}
 
 
 def wait_for(what, predicate, timeout=15):
@@ -153,7 +159,7 @@ def test_kernel_file_passes_the_real_exportfs(kernel_dirs):
     tmp_path, exports_d, other, dirs = kernel_dirs
     other_before = other.read_bytes()
     target = exports_d / 'pifleet.exports'
-    args = {'exports_file': str(target), 'reload': False, 'exports': [
+    args = {'exports_file': str(target), 'reload': False, **SHARED, 'exports': [
         {'path': str(dirs['pi a']), 'clients': [HOSTS['pia']]},
         {'path': str(dirs['pi-b']), 'clients': [HOSTS['pib'], 'fd00::51']},
         {'path': str(dirs['boot']), 'clients': [HOSTS['pia'], HOSTS['pib']], 'options': RO}]}
@@ -186,7 +192,7 @@ def test_every_kernel_option_we_accept_is_accepted_by_exportfs(kernel_dirs):
     second = ['ro', 'async', 'insecure', 'no_wdelay', 'no_subtree_check', 'no_root_squash', 'no_all_squash',
               'nohide', 'insecure_locks', 'no_auth_nlm', 'mountpoint=%s' % dirs['pi-b'],
               'fsid=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0']
-    result = run_module('nfs_export', {'exports_file': str(exports_d / 'pifleet.exports'), 'reload': False,
+    result = run_module('nfs_export', {'exports_file': str(exports_d / 'pifleet.exports'), 'reload': False, **SHARED,
                                        'exports': [{'path': str(dirs['pi a']), 'clients': ['10.0.0.0/8'],
                                                     'options': first},
                                                    {'path': str(dirs['pi-b']), 'clients': ['pi-b'],
@@ -202,7 +208,7 @@ def test_every_kernel_option_we_accept_is_accepted_by_exportfs(kernel_dirs):
 def test_module_runs_exportfs_and_restores_on_its_failure(kernel_dirs):
     """The module's own `exportfs -ra`, with /etc/exports.d a scratch dir; a broken file elsewhere makes it fail."""
     tmp_path, exports_d, other, dirs = kernel_dirs
-    args = {'path': str(dirs['pi a']), 'clients': [HOSTS['pia']]}  # default exports_file, reload: true
+    args = {'path': str(dirs['pi a']), 'clients': [HOSTS['pia']], **SHARED}  # default exports_file, reload: true
 
     def module(module_args):
         proc = isolated_exportfs(tmp_path / 'iso', exports_d, module_argv('nfs_export', module_args))
