@@ -220,8 +220,9 @@ def test_bookworm_pi_runs_clean_on_its_own_root(lab):
     assert 'access ACL' not in journal and 'Input/output error' not in journal, [
         line for line in journal.splitlines() if 'ACL' in line or 'Input/output' in line]
     # Identity of its own: neither the golden image's host key nor its machine-id.
-    golden = lab.bakery('debugfs -R "cat /etc/ssh/ssh_host_ed25519_key.pub" /srv/pifleet/bakeforms/realpi-bookworm/root.img'
-                        ).split()[1]  # the golden root is the image's own root partition, never mounted
+    # The golden root is the image's own root partition, never mounted: read its key with debugfs.
+    golden = lab.bakery('debugfs -R "cat /etc/ssh/ssh_host_ed25519_key.pub" '
+                        '/srv/pifleet/bakeforms/realpi-bookworm/root.img').split()[1]
     own = lab.ssh('pi-06', 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]
     assert own != golden and own in (lab.state / 'known_hosts-pi-06').read_text()
     machine_id = lab.ssh('pi-06', 'cat /etc/machine-id')
