@@ -45,7 +45,8 @@ WORK = REPO / '.build' / 'bench'
 NAIVE = REPO / 'bench' / 'naive_fleet.yml'
 BAKERY = 'lab-bakery'
 NFS_SERVER = '10.99.0.1'  # only written into cmdline.txt: no traffic is sent
-GOAL_RERUN_SECONDS = 60
+GOAL_FIRST_SECONDS = 120  # 1000 Pis (the Pi-boundary issue's numbers)
+GOAL_RERUN_SECONDS = 15
 GOAL_GROWTH = 5
 
 
@@ -256,8 +257,9 @@ def print_table(rows):
         print('\nrole re-run growth %d -> %d Pis: %.2fx (goal < %dx)'
               % (small['pis'], large['pis'], growth, GOAL_GROWTH))
     if large['pis'] >= 1000:
-        print('role re-run of %d Pis: %.1f s (goal < %d s)' % (
-            large['pis'], large['role']['rerun_seconds'], GOAL_RERUN_SECONDS))
+        print('role first run of %d Pis: %.1f s (goal <= %d s); re-run: %.1f s (goal <= %d s)' % (
+            large['pis'], large['role']['first_seconds'], GOAL_FIRST_SECONDS, large['role']['rerun_seconds'],
+            GOAL_RERUN_SECONDS))
 
 
 def print_tasks(row):
