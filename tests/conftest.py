@@ -19,3 +19,5 @@ except ImportError:  # an installed collection (the tarball has no lab): importa
     ensure_importable = None
 if ensure_importable is not None:
     ensure_importable()
+elif HERE.parents[2].name == 'ansible_collections' and str(HERE.parents[3]) not in sys.path:
+    sys.path.insert(0, str(HERE.parents[3]))  # <dir>/ansible_collections/pifleet/netboot/tests
