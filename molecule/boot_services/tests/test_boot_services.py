@@ -38,7 +38,8 @@ def lab():
 
 
 def netns(lab, host, argv, timeout=120):
-    return subprocess.run(['ip', 'netns', 'exec', lab['namespaces'][host], *argv],
+    # From the checkout, so that python -m lab.pisim finds the lab package.
+    return subprocess.run(['ip', 'netns', 'exec', lab['namespaces'][host], *argv], cwd=REPO,
                           capture_output=True, text=True, check=False, timeout=timeout)
 
 
