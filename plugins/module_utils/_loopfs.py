@@ -12,6 +12,10 @@ such file systems; external tools run through one ``run(argv)`` callable. No Ans
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
+import fcntl
 import os
 import re
 import struct
@@ -97,14 +101,96 @@ def mounted_image(point, mountinfo='/proc/self/mountinfo'):
     return loop_backing(found[0]) if found else None
 
 
+# Loop devices and mount(2), for attach_and_mount (linux/loop.h, sys/mount.h).
+LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_STATUS64, LOOP_CONFIGURE = 0x4C82, 0x4C00, 0x4C01, 0x4C04, 0x4C0A
+LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
+MOUNT_FLAGS = {'ro': 1, 'nosuid': 2, 'nodev': 4, 'noexec': 8, 'noatime': 1024, 'nodiratime': 2048}
+
+
+_LIBC = []  # loaded on first use
+
+
+def _libc():
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True))
+    return _LIBC[0]
+
+
+def _loop_info64(image, flags):
+    """struct loop_info64: device, inode, rdevice, offset, sizelimit; number, encrypt type and key size, flags;
+    file name[64], crypt name[64], key[32], init[2]."""
+    name = os.fsencode(image)[:63]
+    return struct.pack('=5Q4I64s64s32s2Q', 0, 0, 0, 0, 0, 0, 0, 0, flags, name, b'', b'', 0, 0)
+
+
+def attach_and_mount(image, point, options):
+    """Attach ``image`` to a free loop device (autoclear: it goes with the unmount) and mount(2) its ext4.
+
+    What ``mount -o loop`` does, without its cost: util-linux looks through every loop device for one
+    already backed by the file, and a bakery has one per Pi and per Pi's disks (with 1000 Pis, most of
+    a fleet run went there). Raises OSError; a loop device it attached is detached again.
+    """
+    flags = sum(MOUNT_FLAGS.get(option, 0) for option in options)
+    data = ','.join(option for option in options if option not in MOUNT_FLAGS)
+    readonly = 'ro' in options
+    backing = os.open(image, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+    try:
+        control = os.open('/dev/loop-control', os.O_RDWR | os.O_CLOEXEC)
+        try:
+            device, loop = _attach(control, backing, image, readonly)
+        finally:
+            os.close(control)
+    finally:
+        os.close(backing)
+    try:
+        if _libc().mount(device.encode(), os.fsencode(point), b'ext4', flags, data.encode() or None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, '%s (%s of %s)' % (os.strerror(code), device, image))
+    except OSError:
+        fcntl.ioctl(loop, LOOP_CLR_FD, 0)
+        raise
+    finally:
+        os.close(loop)
+
+
+def _attach(control, backing, image, readonly):
+    """A free loop device backed by the open file ``backing``: (its path, an open fd of it)."""
+    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if readonly else 0)
+    for _attempt in range(20):  # another process may take the free device first: ask again
+        device = '/dev/loop%d' % fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+        loop = os.open(device, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            try:
+                config = struct.pack('=II', backing, 0) + _loop_info64(image, flags) + bytes(64)
+                fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTTY):  # a kernel before 5.8 has no LOOP_CONFIGURE
+                    raise
+                fcntl.ioctl(loop, LOOP_SET_FD, backing)
+                fcntl.ioctl(loop, LOOP_SET_STATUS64, _loop_info64(image, flags))
+            return device, loop
+        except OSError as exc:
+            os.close(loop)
+            if exc.errno != errno.EBUSY:
+                raise
+    raise OSError(errno.EBUSY, 'no free loop device stayed free for %s' % image)
+
+
 class Mounter:
     """mount/umount through ``run(argv)`` (util-linux), with messages that say what to do."""
 
-    def __init__(self, run, which):
+    def __init__(self, run, which, direct=True):
         self.run = run
         self.which = which  # which(name, required) -> path
+        self.direct = direct  # attach the loop device and mount(2) here; mount(8) if that cannot be done
 
     def mount(self, image, point, options, what):
+        if self.direct and os.geteuid() == 0:
+            try:
+                attach_and_mount(image, point, options)
+                return
+            except OSError:
+                pass  # mount(8) tries again and says why in its own words (and the hint below)
         opts = ','.join(('loop', *options))
         rc, out, err = self.run([self.which('mount', True), '-t', 'ext4', '-o', opts, '--', image, point])
         if rc != 0:

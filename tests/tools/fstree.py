@@ -140,7 +140,7 @@ def release_mounts(top):
 @contextmanager
 def loop_fs(top, fstype, size='2G'):
     backing, mnt = top / ('%s.img' % fstype), top / ('%s-mnt' % fstype)
-    mnt.mkdir()
+    mnt.mkdir(exist_ok=True)  # a run killed before its clean-up left it (empty: nothing is mounted there)
     subprocess.run(['truncate', '-s', size, str(backing)], check=True)
     subprocess.run([*MKFS[fstype], str(backing)], check=True, capture_output=True)
     subprocess.run(['mount', '-o', 'loop', str(backing), str(mnt)], check=True)  # autoclear frees the loop device
@@ -154,4 +154,5 @@ def loop_fs(top, fstype, size='2G'):
         else:
             subprocess.run(['umount', '--lazy', str(mnt)], check=False)
         backing.unlink()
+        mnt.rmdir()
         assert mounts_below(top) == [] and loops_backed_by(top) == [], 'loop file system left behind'

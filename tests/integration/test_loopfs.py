@@ -1,0 +1,83 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""_loopfs.attach_and_mount on the real kernel: the loop device pi_root and pi_disk mount each Pi's file
+system with (ioctls and mount(2), not mount -o loop, which looks through every loop device first)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+from fstree import loops_backed_by
+
+from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='loop devices and mount(2) need root')
+
+
+def options_of(point):
+    return subprocess.run(['findmnt', '-rn', '-o', 'FSTYPE,OPTIONS', '--mountpoint', str(point)],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def gone(path, timeout=10):
+    deadline = time.monotonic() + timeout
+    while loops_backed_by(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return loops_backed_by(path) == []
+
+
+@pytest.fixture
+def image(tmp_path):
+    tree = tmp_path / 'tree'
+    (tree / 'etc').mkdir(parents=True)
+    (tree / 'etc' / 'hostname').write_text('pi\n')
+    path = tmp_path / 'root.img'
+    subprocess.run(['mke2fs', '-q', '-t', 'ext4', '-d', str(tree), str(path), '16M'], check=True)
+    return path
+
+
+@pytest.mark.parametrize('options', [_loopfs.ROOT_OPTIONS, ('ro', 'noload', 'nosuid', 'nodev', 'noexec')])
+def test_the_image_is_mounted_with_its_options_and_its_loop_device_goes_with_the_unmount(tmp_path, image, options):
+    point = tmp_path / 'mnt'
+    point.mkdir()
+    _loopfs.attach_and_mount(str(image), str(point), options)
+    try:
+        fstype, mounted = options_of(point)
+        assert fstype == 'ext4' and (point / 'etc' / 'hostname').read_text() == 'pi\n'
+        assert set(o for o in options if o != 'noload') <= set(mounted.split(',')), mounted
+        assert ('ro' in options) == ('ro' in mounted.split(','))
+        assert _loopfs.mounted_image(str(point)) == str(image)  # what pi_root checks on the next run
+    finally:
+        subprocess.run(['umount', str(point)], check=True)
+    assert gone(tmp_path), 'the loop device outlived the unmount (no autoclear)'
+
+
+def test_an_image_that_does_not_mount_leaves_no_loop_device(tmp_path):
+    junk = tmp_path / 'junk.img'
+    junk.write_bytes(b'\0' * (4 << 20))
+    point = tmp_path / 'mnt'
+    point.mkdir()
+    with pytest.raises(OSError, match=r'junk\.img'):
+        _loopfs.attach_and_mount(str(junk), str(point), _loopfs.ROOT_OPTIONS)
+    assert not os.path.ismount(point)
+    assert gone(tmp_path)
+
+
+def test_the_mounter_says_what_failed_in_mounts_words(tmp_path):
+    """When mount(2) refuses, mount(8) is asked too: its message names the problem."""
+    junk = tmp_path / 'junk.img'
+    junk.write_bytes(b'\0' * (4 << 20))
+    point = tmp_path / 'mnt'
+    point.mkdir()
+
+    def run(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    with pytest.raises(_loopfs.LoopError, match=r'mounting .*junk\.img .* for the root of Pi x failed: .*'):
+        _loopfs.Mounter(run, lambda name, required: '/usr/bin/' + name).mount(
+            str(junk), str(point), _loopfs.ROOT_OPTIONS, 'the root of Pi x')
+    assert gone(tmp_path)
