@@ -128,18 +128,28 @@ def attach_and_mount(image, point, options):
 
     What ``mount -o loop`` does, without its cost: util-linux looks through every loop device for one
     already backed by the file, and a bakery has one per Pi and per Pi's disks (with 1000 Pis, most of
-    a fleet run went there). Raises OSError; a loop device it attached is detached again.
+    a fleet run went there). That look has a purpose: a file system still mounted through another loop
+    device (an NFS server's private mount namespace keeps it after we unmount) must never be mounted
+    through a second one. Here the loop devices are read once per process (``attached_loops``) and
+    kept up to date with what this process attaches; an image that is still attached raises
+    FileExistsError, and Mounter leaves it to mount(8), which mounts the same device again.
+    Raises OSError; a loop device it attached is detached again.
     """
     flags = sum(MOUNT_FLAGS.get(option, 0) for option in options)
     data = ','.join(option for option in options if option not in MOUNT_FLAGS)
     readonly = 'ro' in options
     backing = os.open(image, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
     try:
+        key = _file_key(os.fstat(backing))
+        known = attached_loops().get(key)
+        if known and _backed_by(known) == key:
+            raise OSError(errno.EEXIST, '%s is still attached to %s' % (image, known))
         control = os.open('/dev/loop-control', os.O_RDWR | os.O_CLOEXEC)
         try:
             device, loop = _attach(control, backing, image, readonly)
         finally:
             os.close(control)
+        _LOOPS[key] = device
     finally:
         os.close(backing)
     try:
@@ -151,6 +161,35 @@ def attach_and_mount(image, point, options):
         raise
     finally:
         os.close(loop)
+
+
+_LOOPS = {}  # (st_dev, st_ino) of a backing file -> /dev/loopN; read once, then kept by attach_and_mount
+_LOOPS_READ = []
+
+
+def _file_key(stat):
+    return stat.st_dev, stat.st_ino
+
+
+def _backed_by(device, sysfs='/sys/block'):
+    """(st_dev, st_ino) of the file behind ``/dev/loopN`` now; None when it is detached or the file is gone."""
+    try:
+        with open(os.path.join(sysfs, os.path.basename(device), 'loop', 'backing_file'), encoding='utf-8') as handle:
+            return _file_key(os.stat(handle.read().rstrip('\n')))
+    except (OSError, ValueError):
+        return None
+
+
+def attached_loops(sysfs='/sys/block'):
+    """{(st_dev, st_ino) of a backing file: /dev/loopN} of the loop devices attached when first asked."""
+    if not _LOOPS_READ:
+        for name in os.listdir(sysfs) if os.path.isdir(sysfs) else []:
+            if name.startswith('loop'):
+                key = _backed_by(name, sysfs)
+                if key:
+                    _LOOPS.setdefault(key, '/dev/' + name)
+        _LOOPS_READ.append(True)
+    return _LOOPS
 
 
 def _attach(control, backing, image, readonly):

@@ -81,3 +81,35 @@ def test_the_mounter_says_what_failed_in_mounts_words(tmp_path):
         _loopfs.Mounter(run, lambda name, required: '/usr/bin/' + name).mount(
             str(junk), str(point), _loopfs.ROOT_OPTIONS, 'the root of Pi x')
     assert gone(tmp_path)
+
+
+def test_an_image_still_mounted_elsewhere_is_never_mounted_through_a_second_loop_device(tmp_path, image):
+    """An NFS server in a private mount namespace keeps the file system after we unmount it: mounting the image
+    through a new loop device then would put one ext4 under two kernels' views of it (corruption). The Mounter
+    mounts the same loop device again, as mount -o loop does."""
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    first.mkdir()
+    second.mkdir()
+
+    def run(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    mounter = _loopfs.Mounter(run, lambda name, required: '/usr/bin/' + name)
+    mounter.mount(str(image), str(first), _loopfs.ROOT_OPTIONS, 'the root of Pi x')
+    device = _loopfs.mount_at(str(first))[0]
+    holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '60'])
+    try:
+        time.sleep(0.5)  # its copy of our mounts is made
+        subprocess.run(['umount', str(first)], check=True)
+        assert loops_backed_by(tmp_path) == [os.path.basename(device)] or loops_backed_by(tmp_path) == [device]
+        mounter.mount(str(image), str(second), _loopfs.ROOT_OPTIONS, 'the root of Pi x')
+        try:
+            assert _loopfs.mount_at(str(second))[0] == device
+            assert len(loops_backed_by(tmp_path)) == 1
+        finally:
+            subprocess.run(['umount', str(second)], check=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert gone(tmp_path)
