@@ -56,14 +56,6 @@ class Build:
                               'nothing was changed: make room there or use a larger store'
                               % (self.store, human(free), self.name, human(count)))
 
-    def os_error(self, exc):
-        """The message for an OSError of a build: the store is untouched either way."""
-        if exc.errno == errno.ENOSPC:
-            return ('the bakeform store %s ran out of space while ingesting bakeform %s (%s free now); nothing was '
-                    'changed: make room there or use a larger store'
-                    % (self.store, self.name, human(_atomic.free_bytes(self.store))))
-        return 'ingesting bakeform %s into %s failed: %s; nothing was changed' % (self.name, self.store, exc)
-
     def fetch(self, scratch, expected, download):
         """Download into the scratch directory, verifying the bytes before anything is unpacked."""
         response, info = download()
@@ -120,3 +112,11 @@ class Build:
             raise IngestError('%s cannot be used: %s' % (self.what, exc)) from exc
         finally:
             scratch.close(self.unmount)
+
+
+def os_error_message(store, name, exc):
+    """The message for an OSError while ingesting bakeform ``name``: the store is untouched either way."""
+    if exc.errno == errno.ENOSPC:
+        return ('the bakeform store %s ran out of space while ingesting bakeform %s (%s free now); nothing was '
+                'changed: make room there or use a larger store' % (store, name, human(_atomic.free_bytes(store))))
+    return 'ingesting bakeform %s into %s failed: %s; nothing was changed' % (name, store, exc)

@@ -218,13 +218,13 @@ def _attach(control, backing, image, readonly):
 class Mounter:
     """mount/umount through ``run(argv)`` (util-linux), with messages that say what to do."""
 
-    def __init__(self, run, which, direct=True):
+    def __init__(self, run, which):
         self.run = run
         self.which = which  # which(name, required) -> path
-        self.direct = direct  # attach the loop device and mount(2) here; mount(8) if that cannot be done
 
     def mount(self, image, point, options, what):
-        if self.direct and os.geteuid() == 0:
+        """Attach and mount(2) here (attach_and_mount); mount(8) when that cannot be done, with its words."""
+        if os.geteuid() == 0:
             try:
                 attach_and_mount(image, point, options)
                 return

@@ -174,7 +174,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     same_source,
     summary,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeformwork import Build
+from ansible_collections.pifleet.netboot.plugins.module_utils._bakeformwork import Build, os_error_message
 from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, parse_size
 from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
 
@@ -226,7 +226,7 @@ class BakeformModule:
         except (IngestError, PartitionError) as exc:
             self.fail(str(exc), **getattr(exc, 'details', {}))
         except OSError as exc:
-            self.fail(Build(None, self.name, self.store, source=self.source(), max_size=self.max_size).os_error(exc))
+            self.fail(os_error_message(self.store, self.name, exc))
         finally:
             if lock:
                 lock.release()
