@@ -43,7 +43,7 @@ from lab import ensure_importable
 from lab.nspawnlab import alive
 
 ensure_importable()
-from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import boot_config  # noqa: E402
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import boot_config  # noqa: E402
 
 UBOOT = Path('/usr/lib/u-boot/qemu_arm64/u-boot.bin')
 QEMU = 'qemu-system-aarch64'

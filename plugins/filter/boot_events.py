@@ -7,7 +7,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._events import parse_events, parse_since, summarise
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import parse_events, parse_since, summarise
 
 
 def boot_events_summary(events, fleet_map=None, include_known=False, since=None):

@@ -103,7 +103,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import PlanError, plan
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
 
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.

@@ -149,7 +149,7 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._events import (
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import (
     host_vars,
     parse_events,
     parse_since,

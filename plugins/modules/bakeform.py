@@ -161,8 +161,10 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import SizeError, parse_size
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
     MANIFEST,
     IngestError,
     PartitionError,
@@ -174,9 +176,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils._bakeform import (
     same_source,
     summary,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils._bakeformwork import Build, os_error_message
-from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, parse_size
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, take_lock
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeformwork import Build, os_error_message
 
 STORE_MODE = 0o711  # traversable for the unprivileged TFTP hook (boot/), not listable; images are 0600
 
@@ -210,7 +210,7 @@ class BakeformModule:
             self.fail(problem)
         try:
             self.max_size = parse_size(self.params['max_size'])
-        except DiskError as exc:
+        except SizeError as exc:
             self.fail('max_size: %s' % exc)
         lock = take_lock(self.module, 'bakeform %s' % self.name, self.result)
         try:

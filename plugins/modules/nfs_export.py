@@ -238,14 +238,15 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _atomic, _loopfs
-from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import (
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
     LOCK_ARGS,
     expand,
     file_diff,
     take_lock,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import exports as ex
 
 ITEM_KEYS = ('path', 'clients', 'options', 'state')
 

@@ -203,9 +203,9 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._bootfiles import cap_diffs
-from ansible_collections.pifleet.netboot.plugins.module_utils._bootwork import PiBoots, check_items
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.bootfiles import cap_diffs
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.bootwork import PiBoots, check_items
 
 
 def main():

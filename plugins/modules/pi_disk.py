@@ -272,11 +272,12 @@ lock_waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
-from ansible_collections.pifleet.netboot.plugins.module_utils._disks import DiskError, check_name, parse_size
-from ansible_collections.pifleet.netboot.plugins.module_utils._diskwork import PiDisks
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import SizeError, parse_size
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import check_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskwork import PiDisks
 
 ITEM_KEYS = ('serial', 'name', 'size', 'fstype', 'state', 'force')
 
@@ -314,7 +315,7 @@ def normalise(item, where):
                              % (item['name'], item['serial']))
         try:
             item['size'] = parse_size(item['size'])
-        except DiskError as exc:
+        except SizeError as exc:
             raise ValueError('invalid size for disk %s of Pi %s: %s' % (item['name'], item['serial'], exc)) from None
     item['key'] = '%s/%s' % (item['serial'], item['name'])
     return item

@@ -299,9 +299,9 @@ pis:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import ModuleHost, PifleetModule
-from ansible_collections.pifleet.netboot.plugins.module_utils._power import DRIVERS
-from ansible_collections.pifleet.netboot.plugins.module_utils._powerwork import (
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.power.power import DRIVERS
+from ansible_collections.pifleet.netboot.plugins.module_utils.power.powerwork import (
     PiPower,
     check_item,
     diff_entry,

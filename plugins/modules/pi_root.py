@@ -266,11 +266,12 @@ lock_waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs, _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils._confined import ConfinedError
-from ansible_collections.pifleet.netboot.plugins.module_utils._identity import check_host_name, normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils._module import LOCK_ARGS, ModuleHost, PifleetModule
-from ansible_collections.pifleet.netboot.plugins.module_utils._rootwork import PiRoots
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import check_host_name, normalise_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootwork import PiRoots
 
 ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server',
              'cloud_init')

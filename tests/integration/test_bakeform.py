@@ -23,7 +23,7 @@ import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, mounts_below, snapshot
 from modrun import module_argv, run_module
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from lab.piimage import build_image
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import time
 import pytest
 from fstree import loops_backed_by
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='loop devices and mount(2) need root')
 

@@ -33,7 +33,7 @@ import pytest
 from fstree import loop_fs
 from modrun import run_module
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
 from lab.piimage import build_image
 

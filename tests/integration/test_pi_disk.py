@@ -23,9 +23,9 @@ from disklab import SERIAL, bakery, base, device, fs_bytes, mount_options, sha, 
 from fstree import mounts_below
 from modrun import run_module
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._diskfs import make_container
-from ansible_collections.pifleet.netboot.plugins.module_utils._disks import container_size
-from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfs import make_container
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import container_size
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

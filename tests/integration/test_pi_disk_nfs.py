@@ -17,7 +17,7 @@ import pytest
 from fstree import release_below
 from modrun import run_module
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._fleet import build
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import build
 from lab.nfslab import TOOLS, ganesha_lan, missing_tools, nfs, nfs_read, nfs_url, nfs_write
 
 HOSTS = {'srv': '10.99.47.2', 'pia': '10.99.47.50', 'pib': '10.99.47.51'}

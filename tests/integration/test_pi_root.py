@@ -22,7 +22,7 @@ import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, release_mounts, snapshot
 from modrun import module_argv, run_module
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock, unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
 from lab.piimage import build_image
 
 AUTO_METHOD = {'xfs': 'reflink', 'btrfs': 'reflink', 'ext4': 'copy'}

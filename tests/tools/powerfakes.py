@@ -29,7 +29,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _snmp
+from ansible_collections.pifleet.netboot.plugins.module_utils.power import snmp as _snmp
 
 PETH = '.1.3.6.1.2.1.105.1.1.1.3'
 

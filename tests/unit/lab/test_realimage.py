@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._partitions import boot_config, detect_models
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import boot_config, detect_models
 from lab import qemupi, realimage
 
 KVER = '6.1.0-50-arm64'

@@ -2,11 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The two formats that cross a process boundary, tested end to end (docs/formats.md).
 
-- The fleet map: pi_boot writes it (``_bootfiles.build_map`` + ``render_map``), the TFTP hook reads it
+- The fleet map: pi_boot writes it (``bootfiles.build_map`` + ``render_map``), the TFTP hook reads it
   (``FleetMap.load``). The map pi_boot would write is handed to a real hook, and each Pi's files come
   back over TFTP from the folders the map names.
 - The event line: the hook writes one JSON line per request (and ``suppressed`` summaries), the
-  controller reads them (``_events.parse_events`` and ``summarise``, behind the boot_events inventory
+  controller reads them (``events.parse_events`` and ``summarise``, behind the boot_events inventory
   plugin, the filter and the discover, status and reimage playbooks). A real hook answers a known Pi,
   an unknown one and a flood of refusals; every line it writes must parse, and the summaries must say
   what happened: the known Pi known, the unknown one discovered, the refusals about nobody.
@@ -18,7 +18,8 @@ import json
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _bootfiles, _events
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import events as _events
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import bootfiles as _bootfiles
 
 
 def map_as_pi_boot_writes_it(made, path):

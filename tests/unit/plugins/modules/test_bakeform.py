@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _bakeform
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import bakeform as _bakeform
 from ansible_collections.pifleet.netboot.plugins.modules import bakeform
 
 

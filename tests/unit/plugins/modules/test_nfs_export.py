@@ -12,7 +12,7 @@ import os
 import pytest
 from ansible.module_utils import basic
 
-from ansible_collections.pifleet.netboot.plugins.module_utils import _exports as ex
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import exports as ex
 from ansible_collections.pifleet.netboot.plugins.modules import nfs_export
 
 pytestmark = pytest.mark.skipif(not ex.HAS_NETADDR, reason='netaddr is not installed')

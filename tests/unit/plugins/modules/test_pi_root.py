@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils._loopfs import read_superblock, unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
 from ansible_collections.pifleet.netboot.plugins.modules import pi_root
 
 SHA = 'c' * 64

@@ -1,0 +1,264 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet plan: inventory variables of every Pi, validated, turned into module arguments.
+
+``plan()`` is pure: it takes each Pi's ``pi_*`` variables and the fleet settings and returns the
+lists the fleet role hands to ``pi_root``, ``pi_disk``, ``nfs_export`` and ``pi_boot`` (one call
+each). Every problem of the whole inventory is collected and raised together as a ``PlanError``,
+so a user fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
+    is_host_label,
+    is_prefix_str,
+    normalise_mac,
+    normalise_serial,
+)
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import (
+    CloudInitError,
+    check_user_data,
+    instance_id,
+    load_user_data,
+)
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import BOOT_EXPORT
+
+MODELS = (3, 4, 5)
+ROOT_OPTIONS = ['rw', 'sync', 'no_subtree_check', 'no_root_squash']
+# A bakeform's boot files, mounted at /boot/firmware by the Pis that boot it (boot_mount: nfs).
+BOOT_OPTIONS = ['ro', 'sync', 'no_subtree_check', 'root_squash']
+
+
+class PlanError(Exception):
+    def __init__(self, problems):
+        self.problems = problems
+        shown = problems[:40]
+        more = '' if len(problems) <= 40 else '\n  ... and %d more' % (len(problems) - 40)
+        super().__init__('the fleet inventory has %d problem(s):\n  %s%s' % (len(problems), '\n  '.join(shown), more))
+
+
+def _model(value, name, problems):
+    if value in (None, ''):
+        return None
+    try:
+        model = int(str(value).strip())
+    except ValueError:
+        model = None
+    if model not in MODELS:
+        problems.append('%s: pi_model %r is not a Pi model this collection boots; use 3, 4 or 5' % (name, value))
+        return None
+    return model
+
+
+def _ip(value, name, problems):
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        problems.append('%s: pi_ip %r is not an IP address' % (name, value))
+        return None
+
+
+def _prefix(mode, pi, problems):
+    serial, mac, model, name = pi['serial'], pi['mac'], pi['model'], pi['name']
+    mode = 'serial' if mode in (None, '') else str(mode)
+    if mode == 'serial':
+        if not serial and not pi.get('serial_given'):
+            problems.append('%s: pi_tftp_prefix is serial but pi_serial is not set; add pi_serial or set '
+                            'pi_tftp_prefix: mac' % name)
+        return serial
+    if model == 3:
+        problems.append('%s: a Pi 3 always asks for <serial>/ files (its ROM has no TFTP_PREFIX); drop '
+                        'pi_tftp_prefix: %s' % (name, mode))
+        return serial
+    if mode == 'mac':
+        if not mac and not pi.get('mac_given'):
+            problems.append('%s: pi_tftp_prefix is mac but pi_mac is not set' % name)
+        return mac
+    if not is_prefix_str(mode) or mode == 'serial':
+        problems.append('%s: pi_tftp_prefix %r must be serial, mac or a TFTP_PREFIX_STR of at most 32 letters, '
+                        'digits, dots, dashes or underscores' % (name, mode))
+        return None
+    return mode
+
+
+def _lines(value):
+    if value in (None, ''):
+        return []
+    if isinstance(value, str):
+        return value.splitlines()
+    return [str(line) for line in value]
+
+
+def _duplicates(pis, key, label, problems):
+    seen = {}
+    for pi in pis:
+        if pi.get(key):
+            seen.setdefault(pi[key], []).append(pi['name'])
+    for value, names in sorted(seen.items()):
+        if len(names) > 1:
+            problems.append('%s %s is used by %s; each Pi needs its own' % (label, value, ', '.join(sorted(names))))
+
+
+def _identity(name, hv, problems):
+    serial = mac = None
+    if hv.get('pi_serial') not in (None, ''):
+        try:
+            serial = normalise_serial(hv['pi_serial'])
+        except ValueError as exc:
+            problems.append('%s: %s' % (name, exc))
+    if hv.get('pi_mac') not in (None, ''):
+        try:
+            mac = normalise_mac(hv['pi_mac'])
+        except ValueError as exc:
+            problems.append('%s: pi_mac: %s' % (name, exc))
+    if not serial and not mac and hv.get('pi_serial') in (None, '') and hv.get('pi_mac') in (None, ''):
+        problems.append('%s: neither pi_serial nor pi_mac is set; the bakery cannot tell this Pi from others '
+                        '(the serial is on the board label and in /proc/cpuinfo; run the discover playbook '
+                        'to see the prefixes of Pis that tried to boot)' % name)
+    elif not serial and hv.get('pi_serial') in (None, ''):
+        problems.append('%s: pi_serial is not set; roots and disks are kept per serial, so even a Pi booting '
+                        'by MAC prefix needs its serial (board label or /proc/cpuinfo)' % name)
+    return serial, mac
+
+
+def _bakeform(name, hv, model, settings, problems):
+    bakeform = hv.get('pi_bakeform') or settings.get('default_bakeform')
+    declared = settings.get('bakeforms') or {}
+    if not bakeform:
+        problems.append('%s: pi_bakeform is not set and there is no default; set pi_bakeform to one of: %s'
+                        % (name, ', '.join(sorted(declared)) or '(no bakeforms declared in pifleet_bakeforms)'))
+    elif bakeform not in declared:
+        problems.append('%s: pi_bakeform %r is not declared in pifleet_bakeforms (declared: %s)'
+                        % (name, bakeform, ', '.join(sorted(declared)) or 'none'))
+    else:
+        models = declared[bakeform]
+        if model and models is not None and model not in models:
+            problems.append('%s is a Pi %d but bakeform %s has boot files for Pi %s only; pick a bakeform that '
+                            'boots it' % (name, model, bakeform, ', '.join(str(m) for m in models) or 'none'))
+    return bakeform
+
+
+def one_pi(name, hv, settings, problems):
+    """Validate one Pi's variables (``hv``: its ``pi_*`` values) into a normalised dict."""
+    pi = {'name': name}
+    pi['serial'], pi['mac'] = _identity(name, hv, problems)
+    pi['serial_given'] = hv.get('pi_serial') not in (None, '')
+    pi['mac_given'] = hv.get('pi_mac') not in (None, '')
+    pi['model'] = _model(hv.get('pi_model'), name, problems)
+    pi['prefix'] = _prefix(hv.get('pi_tftp_prefix'), pi, problems)
+    hostname = str(hv.get('pi_hostname') or name)
+    if not is_host_label(hostname):
+        problems.append('%s: host name %r is not a valid RFC 1123 label (letters, digits, dashes; at most 63); '
+                        'set pi_hostname' % (name, hostname))
+    pi['hostname'] = hostname
+    pi['ip'] = _ip(hv['pi_ip'], name, problems) if hv.get('pi_ip') not in (None, '') else None
+    if not pi['ip'] and not settings.get('export_scope'):
+        problems.append('%s: pi_ip is not set, so its root cannot be exported to it alone; declare pi_ip and '
+                        'reserve that address for its MAC on the router, or use the dnsmasq role in '
+                        'authoritative mode with a reservation (or, knowingly, widen every such export with '
+                        'pifleet_export_scope: <network CIDR>)' % name)
+    pi['bakeform'] = _bakeform(name, hv, pi['model'], settings, problems)
+    disks = hv.get('pi_disks') or []
+    if not isinstance(disks, list) or not all(isinstance(d, dict) and d.get('name') for d in disks):
+        problems.append('%s: pi_disks must be a list of {name, size, fstype}' % name)
+        disks = []
+    pi['disks'] = disks
+    pi['cmdline_extra'] = str(hv.get('pi_cmdline_extra') or '')
+    pi['config_txt'] = _lines(hv.get('pi_config_txt'))
+    keys = hv.get('pi_ssh_authorized_keys')
+    pi['ssh_authorized_keys'] = _lines(keys) if keys is not None else settings.get('ssh_authorized_keys')
+    pi['cloud_init'] = _cloud_init(name, pi['serial'], hv, problems)
+    return pi
+
+
+def _cloud_init(name, serial, hv, problems):
+    """The Pi's cloud-init seed settings for pi_root (None: the defaults, a seed from its identity alone)."""
+    user_data, instance = hv.get('pi_cloud_init'), hv.get('pi_cloud_init_instance')
+    if user_data in (None, '') and instance in (None, ''):
+        return None
+    found = []
+    try:
+        user_data = load_user_data(user_data, name)
+        found += check_user_data(user_data, name)
+    except CloudInitError as exc:
+        found.append(str(exc))
+    try:
+        instance_id(serial, instance)
+    except CloudInitError as exc:
+        found.append('%s: %s' % (name, exc))
+    problems.extend(found)
+    return None if found else {'user_data': user_data, 'instance': None if instance in (None, '') else str(instance)}
+
+
+def plan(pis_vars, settings):
+    """``pis_vars``: {inventory name: {pi_* variables}}; ``settings``: the fleet role's settings.
+
+    settings keys: bakeforms ({name: [models] or None}), default_bakeform, export_scope, roots_dir,
+    disks_dir, nfs_server (the bakery address the Pis mount from), ssh_authorized_keys, boot_mount
+    (none or nfs: the Pis mount their bakeform's boot files) and store (the bakeform store).
+    """
+    problems = []
+    pis = [one_pi(name, pis_vars[name], settings, problems) for name in sorted(pis_vars)]
+    for key, label in (('serial', 'serial'), ('mac', 'MAC'), ('ip', 'address'), ('hostname', 'host name'),
+                       ('prefix', 'TFTP prefix')):
+        _duplicates(pis, key, label, problems)
+    if not settings.get('nfs_server'):
+        problems.append('the bakery address the Pis mount their roots from is unknown; set pifleet_nfs_server')
+    if problems:
+        raise PlanError(problems)
+    return build(pis, settings)
+
+
+def build(pis, settings):
+    roots_dir, disks_dir = settings['roots_dir'], settings['disks_dir']
+    server = settings['nfs_server']
+    scope = settings.get('export_scope')
+    roots, disks, exports, boot = [], [], [], []
+    for pi in pis:
+        clients = [pi['ip']] if pi['ip'] else [scope]
+        root = os.path.join(roots_dir, pi['serial'])
+        item = {'serial': pi['serial'], 'hostname': pi['hostname'], 'bakeform': pi['bakeform']}
+        if pi['ssh_authorized_keys'] is not None:
+            item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
+        if pi['cloud_init'] is not None:
+            item['cloud_init'] = pi['cloud_init']
+        roots.append(item)
+        exports.append({'path': root, 'clients': clients, 'options': list(ROOT_OPTIONS)})
+        disks.extend(dict(disk, serial=pi['serial']) for disk in pi['disks'])
+        if pi['disks']:  # one file system per Pi holds all its disks: one export
+            exports.append({'path': os.path.join(disks_dir, pi['serial']), 'clients': clients,
+                            'options': list(ROOT_OPTIONS)})
+        boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'bakeform': pi['bakeform'], 'model': pi['model'],
+                     'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],
+                     'config_txt': pi['config_txt']})
+    if settings.get('boot_mount') == 'nfs':
+        exports += boot_exports(pis, settings['store'], scope)
+    return {'pis': pis, 'roots': roots, 'disks': disks, 'exports': exports, 'boot': boot,
+            'serials': [pi['serial'] for pi in pis]}
+
+
+def boot_exports(pis, store, scope):
+    """Each bakeform's boot files, read-only to exactly the Pis that boot it (they mount them at /boot/firmware).
+
+    The export is ``<store>/<name>/boot-nfs``, where pi_root mounts the bakeform's ``boot.img``: a file
+    system of its own, so a Pi forging handles through it reaches boot files only. One export per
+    bakeform in use, its clients sorted, so the exports file (and each export's id)
+    stays the same from run to run whatever the order of the inventory.
+    """
+    clients = {}
+    for pi in pis:
+        clients.setdefault(pi['bakeform'], set()).add(pi['ip'] or scope)
+    return [{'path': os.path.join(store, bakeform, BOOT_EXPORT), 'options': list(BOOT_OPTIONS),
+             'clients': sorted(clients[bakeform], key=_client_order)} for bakeform in sorted(clients)]
+
+
+def _client_order(client):
+    try:
+        net = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return (1, 0, 0, 0, client)
+    return (0, net.version, int(net.network_address), net.prefixlen, client)

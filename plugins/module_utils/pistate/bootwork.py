@@ -1,0 +1,248 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pi_boot's plan and apply: a boot folder per Pi and the TFTP hook's fleet map.
+
+``check_items(pis)`` validates the Pis of a call; ``PiBoots.plan(items)`` reads the folders, the
+bakeforms' boot files and the map and returns a ``Plan`` (the files to write or remove, the map, the
+problems found); ``apply(plan)`` makes it so. See ``bootfiles`` for what the files hold. No
+AnsibleModule here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
+    check_inventory_name,
+    normalise_prefix,
+)
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import file_diff, find_duplicates
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import bootfiles as bf
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import BOOT_DIR, boot_models, check_name
+
+
+def check_items(pis):
+    """``(items, problems)``: the Pis normalised (prefix, nfsroot), and every problem found in them."""
+    items, problems = [], []
+    for index, raw in enumerate(pis):
+        item = dict(raw)
+        try:
+            check_inventory_name(item['name'])
+            item['prefix'] = normalise_prefix(item['prefix'])
+            if item['state'] == 'present':
+                item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
+                bf.check_config_lines(item['config_txt'], item['name'])
+        except ValueError as exc:  # BootFilesError is one
+            problems.append('item %d of pis: %s' % (index, exc))
+        items.append(item)
+    for key in ('prefix', 'name'):
+        dupes = find_duplicates(items, key)
+        if dupes:
+            problems.append('pis lists the %s %s more than once; give each Pi its own %s'
+                            % (key, ', '.join(str(dupe) for dupe in dupes), key))
+    return items, problems
+
+
+def listed(names, limit=5):
+    names = list(names)
+    more = ' and %d more' % (len(names) - limit) if len(names) > limit else ''
+    return ', '.join(names[:limit]) + more
+
+
+class Plan:
+    """What a pi_boot run found and would change."""
+
+    def __init__(self, map_path):
+        self.pis = []  # one result entry per Pi of the call
+        self.problems = []
+        self.writes = []  # (folder, [(file, before, after)], new folder?)
+        self.removals = {}  # folder -> its files, for the diff
+        self.map = {'path': map_path, 'changed': False, 'prefixes': 0}
+        self.map_before = self.map_text = None
+
+    @property
+    def changed(self):
+        return bool(self.writes or self.removals or self.map['changed'])
+
+    def diffs(self):
+        """Every file written or removed, the map first (uncapped: see _bootfiles.cap_diffs)."""
+        diffs = []
+        if self.map['changed']:
+            diffs.append(file_diff(self.map['path'], self.map_before, self.map_text))
+        for folder, files, _new in self.writes:
+            diffs.extend(file_diff(os.path.join(folder, file), before, after) for file, before, after in files)
+        for folder in sorted(self.removals):
+            listing = ''.join(file + '\n' for file in self.removals[folder])
+            diffs.append(file_diff(folder + '/', listing, '', folder + '/ (removed)'))
+        return diffs
+
+
+class PiBoots:
+    """The boot folders in ``boot_dir`` and the map at ``map_path``; one instance per module run."""
+
+    def __init__(self, *, store, boot_dir, map_path, exclusive, default_bakeform, warn):
+        self.store = os.path.abspath(store)
+        self.boot_dir = os.path.abspath(boot_dir)
+        self.map_path = os.path.abspath(map_path)
+        self.exclusive, self.default_bakeform, self.warn = exclusive, default_bakeform, warn
+        self.bakeforms = {}  # name -> (boot dir, {file: text}, models) or None when missing
+        self.missing = {}  # bakeform -> names of the Pis asking for it
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, items):
+        plan = Plan(self.map_path)
+        wanted = {item['prefix'] for item in items if item['state'] == 'present'}
+        for item in items:
+            if item['state'] == 'present':
+                self.plan_present(plan, item)
+            else:
+                self.plan_absent(plan, item)
+        if self.exclusive:
+            self.plan_strays(plan, wanted)
+        self.plan_map(plan, items)
+        return plan
+
+    def bakeform(self, name, who):
+        """(boot dir, {cmdline.txt, config.txt: text or None}, models) of a bakeform, read once per run."""
+        if name not in self.bakeforms:
+            boot = os.path.join(self.store, name, BOOT_DIR)
+            if check_name(name) or not os.path.isdir(boot):
+                self.bakeforms[name] = None
+            else:
+                files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
+                self.bakeforms[name] = (boot, files, boot_models(os.path.join(self.store, name)))
+        if self.bakeforms[name] is None:
+            self.missing.setdefault(name, []).append(who)
+        return self.bakeforms[name]
+
+    @staticmethod
+    def folder_state(plan, item, folder):
+        """The managed files in the Pi's folder, or None when it is there but not ours."""
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            return {}
+        current = {}
+        if stat.S_ISDIR(mode):
+            current = {file: _atomic.read_text(os.path.join(folder, file)) for file in bf.MANAGED}
+            if bf.json_object(current[bf.MARKER]) is not None or not os.listdir(folder):
+                return current
+        plan.problems.append('boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
+                             'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
+        return None
+
+    def plan_present(self, plan, item):
+        info = self.bakeform(item['bakeform'], item['name'])
+        folder = os.path.join(self.boot_dir, item['prefix'])
+        entry = {'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'present',
+                 'changed': False, 'files': []}
+        plan.pis.append(entry)
+        item['dirs'] = [folder, info[0] if info else '']
+        if info is None:
+            return
+        problem = bf.model_problem(item['name'], item['model'], item['bakeform'], info[2])
+        if problem:
+            plan.problems.append(problem)
+            return
+        current = self.folder_state(plan, item, folder)
+        if current is None:
+            return
+        files = bf.plan_files(current, bf.desired_files(item, info[1]))
+        if files:
+            plan.writes.append((folder, files, not current))
+            entry.update(changed=True, files=[file for file, _before, _after in files])
+
+    def plan_absent(self, plan, item):
+        folder = os.path.join(self.boot_dir, item['prefix'])
+        removed = self.remove_marked(plan, folder)
+        plan.pis.append({'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'absent',
+                         'changed': removed, 'files': sorted(plan.removals.get(folder, []))})
+
+    @staticmethod
+    def remove_marked(plan, folder, name=None):
+        """Plan removing ``folder`` if it carries our marker (naming ``name``, when given)."""
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            return False
+        marker = bf.json_object(_atomic.read_text(os.path.join(folder, bf.MARKER)))
+        if marker is None or (name is not None and marker.get('name') != name):
+            return False
+        plan.removals[folder] = sorted(os.listdir(folder))
+        return True
+
+    def plan_strays(self, plan, wanted):
+        try:
+            names = os.listdir(self.boot_dir)
+        except FileNotFoundError:
+            return
+        for name in sorted(names):
+            if not name.startswith('.') and name not in wanted:
+                self.remove_marked(plan, os.path.join(self.boot_dir, name))
+
+    def plan_map(self, plan, items):
+        before = _atomic.read_text(self.map_path)
+        existing = bf.read_map(before)
+        if before is not None and existing is None:
+            self.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
+        if self.default_bakeform:
+            info = self.bakeform(self.default_bakeform, 'default_bakeform')
+            default = [info[0]] if info else []
+        elif existing and not self.exclusive and isinstance(existing.get('default'), list):
+            default = existing['default']
+        else:
+            default = []
+        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
+        for prefix, name in moved:
+            self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
+        for bakeform in sorted(self.missing):
+            why = check_name(bakeform) or 'bakeform %s has no %s' % (
+                bakeform, os.path.join(self.store, bakeform, BOOT_DIR))
+            plan.problems.append('boot files not found for %s: %s; register it with pifleet.netboot.bakeform or '
+                                 'name another bakeform' % (listed(self.missing[bakeform]), why))
+        plan.map_before, plan.map_text = before, bf.render_map(bf.build_map(default, entries))
+        plan.map.update(changed=plan.map_text != before, prefixes=len(entries))
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, plan):
+        # New folders are built in a scratch directory and renamed into place once flushed, so a folder is
+        # complete whenever it is seen; the map comes after the folders it names; removals after the map, so
+        # the hook stops looking into a folder before it goes.
+        _atomic.make_dir(self.boot_dir)
+        _atomic.sweep_stale(self.boot_dir, lambda label: None)
+        scratch = _atomic.ScratchDir(self.boot_dir, 'pi-boot') if any(new for _f, _p, new in plan.writes) else None
+        try:
+            built = []
+            for folder, files, new in plan.writes:
+                if new:
+                    built.append((self.build(scratch, folder, files), folder))
+                    continue
+                for file, _before, after in files:
+                    if after is None:
+                        os.unlink(os.path.join(folder, file))
+                    else:
+                        _atomic.write_text(os.path.join(folder, file), after, fsync=False)
+            if plan.writes:
+                os.sync()  # one flush for thousands of small files
+            for path, folder in built:
+                os.rename(path, folder)
+        finally:
+            if scratch is not None:
+                scratch.close()
+        if plan.map['changed']:
+            _atomic.make_dir(os.path.dirname(self.map_path))
+            _atomic.write_text(self.map_path, plan.map_text)
+        for folder in sorted(plan.removals):
+            _atomic.discard(self.boot_dir, 'pi-boot', folder)
+
+    @staticmethod
+    def build(scratch, folder, files):
+        path = scratch.join(os.path.basename(folder))
+        os.mkdir(path)
+        os.chmod(path, 0o755)
+        for file, _before, after in files:
+            if after is not None:
+                _atomic.write_new(os.path.join(path, file), after)
+        return path

@@ -1,0 +1,226 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Extra disks for Pis: names, sizes, the container each Pi's disks live in, planning and the index.
+
+Layout in ``<disks_dir>`` (mode 0700, out of every Pi's reach):
+
+- ``<serial>.img``   the Pi's disks file system: a sparse ext4 image, sized for all its disks;
+- ``<serial>.json``  the index pi_disk trusts (name, file, size, fstype, nfs_path of each disk);
+- ``<serial>/``      the mount point (``nosuid,nodev,noexec``) and the one export of the Pi's disks,
+  holding ``<name>/disk.img``. The Pi can write anything in there, so nothing read from it is trusted.
+
+A Pi can forge NFS handles naming any inode of the file system it is exported; a file system of
+its own holding only its disks is all such a handle can reach (``loopfs``). Pure functions here;
+``diskfiles`` touches files, ``diskwork`` plans and applies. No AnsibleModule here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import MIB, human
+
+NAME_MAX = 64
+IMAGE = 'disk.img'
+LEGACY_INDEX = 'disks.json'  # where older pifleet kept the index, inside the Pi's directory
+DISKS_MODE = 0o700
+INDEX_LIMIT = 1 << 20
+MIN_EXT4 = 8 * MIB
+# Containers are whole ext4 block groups (4 KiB blocks), so resize2fs always fills them exactly.
+GROUP = 128 * MIB
+JOURNAL = 32 * MIB
+PER_DISK = MIB  # the disk's directory and the extent tree of a fully written disk.img
+FIXED = 16 * MIB  # superblock, descriptors, bitmaps, root and lost+found of a small container
+SLACK = 64 * MIB
+MIN_INODES = 256  # two per disk; ext4 cannot add inodes later except by growing
+INODE_RATIO = 4 * MIB  # mke2fs -T largefile4: disk images are few and large
+# ext2/3/4 superblock (1024 bytes in): the few fields planning needs, little-endian.
+_EXT_MAGIC = 0xEF53
+_INCOMPAT_RECOVER = 0x4
+_INCOMPAT_64BIT = 0x80
+
+
+class DiskError(Exception):
+    """A request that cannot be met; the message says what, for which disk, why and how to fix it."""
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.details = details
+
+
+class Layout:
+    """The paths of one Pi's disks in ``disks_dir``."""
+
+    def __init__(self, disks_dir, serial):
+        self.serial = serial
+        self.point = os.path.join(disks_dir, serial)
+        self.image = self.point + '.img'
+        self.index = self.point + '.json'
+
+    def disk(self, name):
+        return os.path.join(self.point, name, IMAGE)
+
+
+def check_name(name):
+    if not is_name(name) or len(name) > NAME_MAX or name == LEGACY_INDEX:
+        return ('disk name %r is not valid: use up to %d lower-case letters, digits, ".", "_" and "-", starting '
+                'with a letter or digit, not %r (for example "data" or "scratch-1")' % (name, NAME_MAX, LEGACY_INDEX))
+    return None
+
+
+# --------------------------------------------------------------------------- the container
+
+
+def container_size(sizes):
+    """Bytes of a container that holds disks of these sizes fully written, with ext4's overhead and slack.
+
+    ext4 metadata grows with the size (bitmaps, inode tables, descriptors: about 0.03% measured with
+    these mke2fs options); 0.1% is allowed for it, on top of the journal and a fixed part.
+    """
+    total = sum(sizes)
+    need = total + len(sizes) * PER_DISK + JOURNAL + FIXED + SLACK + -(-total // 1024)
+    return -(-need // GROUP) * GROUP
+
+
+def inode_count(capacity):
+    return max(MIN_INODES, capacity // INODE_RATIO)
+
+
+# --------------------------------------------------------------------------- disks
+
+
+def parse_ext_super(block):
+    """The ext2/3/4 superblock fields planning needs from its 1024 bytes, or None when it is none."""
+    if len(block) < 1024 or struct.unpack_from('<H', block, 0x38)[0] != _EXT_MAGIC:
+        return None
+    inodes, blocks_lo, _unused_reserved, _unused_free_blocks, free_inodes = struct.unpack_from('<5I', block, 0)
+    log_block, _unused_log_cluster, per_group = struct.unpack_from('<3I', block, 0x18)
+    incompat = struct.unpack_from('<I', block, 0x60)[0]
+    blocks_hi = struct.unpack_from('<I', block, 0x150)[0] if incompat & _INCOMPAT_64BIT else 0
+    if log_block > 6:
+        return None  # not a block size ext4 has: garbage that happens to carry the magic
+    block_size = 1024 << log_block
+    return {
+        'block_size': block_size,
+        'fs_size': ((blocks_hi << 32) | blocks_lo) * block_size,
+        'group_size': per_group * block_size,
+        'inodes_used': inodes - free_inodes,
+        'first_inode': struct.unpack_from('<I', block, 0x54)[0],
+        'needs_recovery': bool(incompat & _INCOMPAT_RECOVER),
+    }
+
+
+def has_data(current):
+    """Whether removing a disk would lose something: what ``absent`` without force refuses.
+
+    ``none``: any allocated block (a fresh sparse file has none). ``ext4``: more inodes in use than
+    a fresh file system (reserved inodes and lost+found), or a journal that needs recovery (mounted
+    by a Pi), or an unreadable superblock (so we cannot tell). Either: other files the Pi put in
+    the disk's directory.
+    """
+    if current.get('extra'):
+        return True
+    if current['fstype'] != 'ext4':
+        return current['allocated'] > 0
+    ext = current['ext']
+    return ext is None or ext['needs_recovery'] or ext['inodes_used'] > ext['first_inode']
+
+
+def plan_disk(want, current, dir_exists=False):
+    """The action that takes one disk from ``current`` (see _diskfiles.inspect) to ``want``; DiskError if refused.
+
+    Returns ``created``, ``grown`` (``resize_only`` when only the ext4 file system lags behind its
+    file, after an interrupted grow), ``unchanged`` or ``removed``.
+    """
+    what = 'disk %s of Pi %s' % (want['name'], want['serial'])
+    if want['state'] == 'absent':
+        return _plan_absent(want, current, dir_exists, what)
+    size, fstype = want['size'], want['fstype']
+    if fstype == 'ext4' and size < MIN_EXT4:
+        raise DiskError('size %s of %s is too small for ext4: an ext4 disk needs at least %s; ask for more, or '
+                        'use fstype: none' % (human(size), what, human(MIN_EXT4)))
+    if current is None:
+        return {'action': 'created', 'size': size}
+    if current['fstype'] != fstype:
+        raise DiskError('changing the file system of %s from %s to %s refused: disks are never reformatted (that '
+                        'would destroy their data); keep fstype: %s, or remove the disk (state: absent) and create '
+                        'it again' % (what, current['fstype'], fstype, current['fstype']))
+    if size < current['size']:
+        raise DiskError('shrinking %s refused: it is %s and size asks for %s; disks never shrink (data would be '
+                        'cut off); keep size at %s or more, or create a new disk under another name'
+                        % (what, human(current['size']), human(size), human(current['size'])))
+    if fstype == 'ext4':
+        return _plan_ext4(size, current, what)
+    if size == current['size']:
+        return {'action': 'unchanged'}
+    return {'action': 'grown', 'size': size, 'resize_only': False}
+
+
+def _plan_absent(want, current, dir_exists, what):
+    if current is None:
+        return {'action': 'removed' if dir_exists else 'unchanged'}
+    if not want['force'] and has_data(current):
+        extra = ', and other files in its directory' if current.get('extra') else ''
+        raise DiskError('removing %s refused: it holds data (%s file system, %s allocated%s); set force: true '
+                        'to delete it with its data' % (what, current['fstype'], human(current['allocated']), extra))
+    return {'action': 'removed'}
+
+
+def _plan_ext4(size, current, what):
+    ext = current['ext']
+    # resize2fs leaves less than one block group unused at the end; more means a grow was interrupted.
+    lagging = ext is not None and ext['fs_size'] + ext['group_size'] <= current['size']
+    if size == current['size'] and not lagging:
+        return {'action': 'unchanged'}
+    if ext is None:
+        raise DiskError('growing %s refused: its disk.img holds no readable ext4 file system; check it with '
+                        'e2fsck -f, or remove the disk and create it again' % what)
+    if ext['needs_recovery']:
+        raise DiskError('growing %s refused: its ext4 journal needs recovery, so a Pi has it mounted (or it was '
+                        'not cleanly unmounted); shut the Pi down (if it is already off, run e2fsck -f on the '
+                        'disk.img), then run again' % what)
+    return {'action': 'grown', 'size': size, 'resize_only': size == current['size']}
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def parse_index(text):
+    """``{name: {'size', 'fstype'}}`` from an index's text; None when it is not one (rebuilt then)."""
+    try:
+        entries = json.loads(text).get('disks', [])
+        found = {}
+        for entry in entries:
+            name, size, fstype = entry['name'], entry['size'], entry.get('fstype')
+            if check_name(name) is None and isinstance(size, int) and size > 0 and fstype in ('none', 'ext4'):
+                found[name] = {'size': size, 'fstype': fstype}
+        return found
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+
+
+def load_index(path):
+    """(text, entries) of the index at ``path``: ('', {}) when there is none, (text, None) when unreadable."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            text = handle.read(INDEX_LIMIT + 1)
+    except FileNotFoundError:
+        return '', {}
+    if len(text) > INDEX_LIMIT:
+        return text[:200], None
+    return text, parse_index(text)
+
+
+def render_index(layout, entries):
+    """The index text for ``{name: {'size', 'fstype'}}``; '' (no file) when the Pi has no disk.
+
+    ``nfs_path`` is the export (the Pi's disks file system); the disk is ``<name>/disk.img`` in it.
+    """
+    if not entries:
+        return ''
+    disks = [{'name': name, 'file': layout.disk(name), 'size': entry['size'], 'fstype': entry['fstype'],
+              'nfs_path': layout.point} for name, entry in sorted(entries.items())]
+    return json.dumps({'serial': layout.serial, 'disks': disks}, indent=2, sort_keys=True) + '\n'
