@@ -256,7 +256,7 @@ def ensure_binfmt():
     if not (binfmt / 'status').exists():
         proc = subprocess.run(['mount', '-t', 'binfmt_misc', 'binfmt_misc', str(binfmt)], capture_output=True,
                               text=True, check=False)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not (binfmt / 'status').exists():  # another build may have mounted it meanwhile
             raise RuntimeError('binfmt_misc is not mounted and mounting it failed (%s); run as root on a host '
                                'with binfmt_misc' % proc.stderr.strip())
     if not (binfmt / 'qemu-aarch64').exists():

@@ -58,6 +58,9 @@ class Layout:
         self.point = os.path.join(roots_dir, serial)
         self.image = self.point + '.img'
         self.marker = self.point + '.json'
+        # The root it had before its last rebuild, upgrade or rollback, kept whole for a rollback.
+        self.prev_image = self.point + '.prev.img'
+        self.prev_marker = self.point + '.prev.json'
 
 
 def load_marker(path, strict=True):
@@ -73,6 +76,37 @@ def load_marker(path, strict=True):
         raise RootError('marker %s is not valid JSON (%s); use state: rebuilt to make the root again'
                         % (path, exc)) from exc
     return marker if isinstance(marker, dict) else None
+
+
+_MARKER_NAME = re.compile(r'([0-9a-f]{8})(\.prev)?\.json')
+
+
+def references(roots_dir):
+    """What every root in ``roots_dir`` was built from, read from the markers beside the images.
+
+    One dict per marker: ``serial``, ``hostname``, ``kept`` (``current`` or ``previous``: the root kept
+    for a rollback), ``bakeform``, ``generation`` (None in markers made before generations) and
+    ``sha256``. Only pifleet's own markers are read, never anything inside a root (a Pi controls that).
+    A generation that appears here is in use and must stay in the store.
+    """
+    try:
+        names = sorted(os.listdir(roots_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for name in names:
+        match = _MARKER_NAME.fullmatch(name)
+        if not match:
+            continue
+        marker = load_marker(os.path.join(roots_dir, name), strict=False)
+        if not marker or not marker.get('bakeform'):
+            continue
+        generation = marker.get('generation')
+        found.append({'serial': match.group(1), 'hostname': marker.get('hostname'),
+                      'kept': 'previous' if match.group(2) else 'current', 'bakeform': marker['bakeform'],
+                      'generation': generation if isinstance(generation, int) and not isinstance(generation, bool)
+                      else None, 'sha256': marker.get('bakeform_sha256')})
+    return found
 
 
 def marker_text(marker):
