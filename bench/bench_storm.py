@@ -361,6 +361,9 @@ def main():
     cpus = os.cpu_count() or 1
     parser.add_argument('--client-cpus', default='0', help='cores of the bench and the simulated Pis ("" = any)')
     parser.add_argument('--server-cpus', default='1' if cpus > 1 else '', help='cores of the server ("" = any)')
+    parser.add_argument('--nice', type=int, default=0,
+                        help='run the bench, the Pis and the servers at this nice value (negative: other jobs of a '
+                             'shared machine disturb the numbers less)')
     parser.add_argument('--out', default=str(REPO / '.build' / 'bench' / 'storm.json'))
     args = parser.parse_args()
     if os.geteuid() != 0 or missing_tools(('ip', 'dnsmasq', 'ss', 'taskset')):
@@ -369,18 +372,20 @@ def main():
     args.server_cpus = cpu_list(args.server_cpus) if args.server_cpus else []
     if args.client_cpus:
         os.sched_setaffinity(0, args.client_cpus)  # the bench and every simulated Pi it starts
+    if args.nice:
+        os.nice(args.nice)  # inherited by the Pis and the servers alike
     blksizes = [int(b) for b in args.blksizes.split(',')]
     results = []
     if args.rounds:
         results += run(args, args.pis, args.layouts.split(','), blksizes, rounds=args.rounds, phase='compare')
     if args.storm:
         results += run(args, args.storm, ['own'], [1024], rounds=1, phase='storm')
-    print('\nhook workers %d, clients on cores %s, server on cores %s; median (min-max) over rounds\n' % (
-        args.workers, args.client_cpus or 'any', args.server_cpus or 'any'))
+    print('\nhook workers %d, clients on cores %s, server on cores %s, nice %d; median (min-max) over rounds\n' % (
+        args.workers, args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
     print(summary(results))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        'workers': args.workers, 'client_cpus': args.client_cpus, 'server_cpus': args.server_cpus,
+        'workers': args.workers, 'nice': args.nice, 'client_cpus': args.client_cpus, 'server_cpus': args.server_cpus,
         'results': results}, indent=1))
     return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
 
