@@ -2,15 +2,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark: a boot storm of N simulated Pi 4s against the TFTP hook service and dnsmasq's TFTP.
 
-A LAN of network namespaces (10.99.50.0/24, ``pfstorm-``): the bakery at .2, N Pis from .100 (one
-address each) and a ``pis`` host at .99 that holds every Pi behind one address (as behind NAT: each
-Pi is then only a port, and a server must keep their transfers apart by (address, port)). Every Pi
-boots at once (lab/pisim.py through bench/storm_client.py, which shares no code with the hook:
-lock-step, one transfer after another, the tsize probe ended by "Early terminate", config.txt
-twice, start4.elf, fixup4.dat, dtb, cmdline.txt, probe + kernel8.img, probe + initramfs8, no
-windowsize), each file checked against its source. The same files are served, in the same run, by
-the hook (its fleet map names each Pi's folder, then the shared boot folder; the event log on) and
-by dnsmasq's own TFTP (``<serial>/`` folders of symlinks).
+A LAN of network namespaces (10.99.0.0/16, ``pfstorm-``): the bakery at 10.99.50.2, N Pis from
+10.99.50.100 on (one address each) and a ``pis`` host at 10.99.50.99 that holds every Pi behind one
+address (as behind NAT: each Pi is then only a port, and a server must keep their transfers apart by
+(address, port)). Every Pi boots at once (lab/pisim.py through bench/storm_client.py, which shares no
+code with the hook: lock-step, one transfer after another, the tsize probe ended by "Early
+terminate", config.txt twice, start4.elf, fixup4.dat, dtb, cmdline.txt, probe + kernel8.img, probe +
+initramfs8, no windowsize), each file checked against its source. The same files are served, in the
+same run, by the hook (its fleet map names each Pi's folder, then the shared boot folder; the event
+log on) and by dnsmasq's own TFTP (``<serial>/`` folders of symlinks).
 
 On a real bakery the Pis' CPUs are not the bakery's. Here they share two cores, so the bench pins
 itself and every simulated Pi to one core (``--client-cpus``) and the server to the other
@@ -302,9 +302,9 @@ def run(args, count, layouts, blksizes, *, rounds, phase):
     if 'one' in layouts:
         hosts['pis'] = NAT
     if 'own' in layouts:
-        hosts.update({n: '%s.%d' % (SUBNET, 100 + i) for i, n in enumerate(names)})
+        hosts.update({n: pi_address(i) for i, n in enumerate(names)})
     work = Path(tempfile.mkdtemp(prefix='pifleet-storm-'))
-    lan = Lan('pfstorm', hosts)
+    lan = Lan('pfstorm', hosts, prefixlen=16)
     results = []
     try:
         work.chmod(0o755)
@@ -333,6 +333,12 @@ def run(args, count, layouts, blksizes, *, rounds, phase):
         lan.close()
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def pi_address(index):
+    """Pi ``index``'s address in 10.99.0.0/16, from 10.99.50.100 on (a storm has more Pis than a /24)."""
+    number = 100 + index
+    return '10.99.%d.%d' % (50 + number // 256, number % 256)
 
 
 def line(row):
@@ -378,16 +384,21 @@ def main():
     results = []
     if args.rounds:
         results += run(args, args.pis, args.layouts.split(','), blksizes, rounds=args.rounds, phase='compare')
+        save(args, results)
     if args.storm:
         results += run(args, args.storm, ['own'], [1024], rounds=1, phase='storm')
     print('\nhook workers %d, clients on cores %s, server on cores %s, nice %d; median (min-max) over rounds\n' % (
         args.workers, args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
     print(summary(results))
+    save(args, results)
+    return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
+
+
+def save(args, results):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         'workers': args.workers, 'nice': args.nice, 'client_cpus': args.client_cpus, 'server_cpus': args.server_cpus,
         'results': results}, indent=1))
-    return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
 
 
 def busy_of(row, cpus):
