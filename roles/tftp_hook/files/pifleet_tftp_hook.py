@@ -708,7 +708,8 @@ class Bucket:
 class Service:
     """The event loop of one process: listen sockets, transfers, hook results, signals, reloads."""
 
-    def __init__(self, config):
+    def __init__(self, config, listeners=None):
+        """``listeners``: this process's [(family, address, bound socket)] (default: bound here)."""
         self.config = config
         # Each worker holds its share of max_transfers, so all of them hold no more than it.
         self.max_transfers = -(-config.max_transfers // config.workers)
@@ -726,43 +727,22 @@ class Service:
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.events_fd = self.events_id = None
         self.lines = []  # event lines queued in this round of the loop
+        self.next_scan = self.next_idle = self.next_map = 0.0  # when housekeeping is due (set by run)
         self.map_sig = None
         self.map = FleetMap()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll.register(self.wake_r, select.EPOLLIN)
-        for family, address in config.listen:
-            self._listen(family, address)
+        if listeners is None:
+            listeners = open_listeners(config)[0]
+        for family, address, sock in listeners:
+            self.listeners[sock.fileno()] = (sock, family, address, address in ('0.0.0.0', '::'))
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.reload_map(force=True)
         self.open_events()
-
-    def _listen(self, family, address):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        wildcard = address in ('0.0.0.0', '::')
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if wildcard:  # the transfer socket must answer from the address the request came to
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        workers = self.config.workers
-        if workers > 1:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((address, self.config.port))
-        if workers > 1:
-            try:
-                steer_by_address(sock, family, workers)
-            except OSError as exc:
-                log('warning: cannot steer requests by client address (%s): the kernel spreads them by address and '
-                    'port, so one address may hold max_per_client transfers in each worker' % exc)
-        sock.setblocking(False)
-        self.listeners[sock.fileno()] = (sock, family, address, wildcard)
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def _on_signal(self, signum, _frame):
         if signum == signal.SIGHUP:
@@ -1160,14 +1140,62 @@ def _pktinfo_address(ancdata):
     return None
 
 
+def bind_listener(config, family, address):
+    """A UDP socket bound to (address, port) for requests; with workers, one of the port's SO_REUSEPORT group."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if address in ('0.0.0.0', '::'):  # the transfer socket must answer from the address the request came to
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        if config.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((address, config.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_listeners(config):
+    """Each worker's listeners, [(family, address, socket)] per worker, all bound and steered before any serves.
+
+    Worker i gets the i-th socket of each address's SO_REUSEPORT group (its index in the group), so the
+    steering program's choice names a worker that is already there.
+    """
+    groups = []
+    try:
+        for family, address in config.listen:
+            group = []
+            groups.append((family, address, group))
+            for _index in range(config.workers):
+                group.append(bind_listener(config, family, address))
+            if config.workers > 1:
+                try:
+                    steer_by_address(group[0], family, config.workers)
+                except OSError as exc:
+                    log('warning: cannot steer requests by client address (%s): the kernel spreads them by address '
+                        'and port, so one address may hold max_per_client transfers in each worker' % exc)
+    except OSError:
+        for _family, _address, group in groups:
+            for sock in group:
+                sock.close()
+        raise
+    return [[(family, address, group[index]) for family, address, group in groups] for index in range(config.workers)]
+
+
 def steer_by_address(sock, family, workers):
     """Send every request of one client address to the same worker: (address mod workers).
 
     A classic BPF program on the listeners' SO_REUSEPORT group picks the socket: it loads the source
     address (IPv4, or the last 32 bits of IPv6) from the network header and returns it modulo the
     number of workers. So each client address meets one worker, whose per-client limit, refusal rate
-    limit and labels (another port of the same address) see all of its requests. Until every worker
-    has joined the group the kernel falls back to its own hash.
+    limit and labels (another port of the same address) see all of its requests.
     """
     load = 0x20  # BPF_LD | BPF_W | BPF_ABS, from the network header: SKF_NET_OFF (-0x100000) + offset
     source = (12 if family == socket.AF_INET else 20) - 0x100000
@@ -1212,8 +1240,16 @@ def check(config):
     return 1 if problems else 0
 
 
-def run_workers(config):
-    """N processes, each with its own SO_REUSEPORT sockets; the kernel spreads clients among them."""
+def close_listeners(listeners, keep=None):
+    """Close the sockets of every worker but ``keep``."""
+    for index, own in enumerate(listeners):
+        if index != keep:
+            for _family, _address, sock in own:
+                sock.close()
+
+
+def run_workers(config, listeners):
+    """N processes, worker i serving the i-th socket of each SO_REUSEPORT group (steered by client address)."""
     handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)  # no signal between fork and the child's handlers
     children = []
@@ -1223,7 +1259,8 @@ def run_workers(config):
             code = 1
             try:
                 Log.tag = '%s worker %d' % (Log.tag, index)
-                service = Service(config)
+                close_listeners(listeners, keep=index)
+                service = Service(config, listeners[index])
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
                 code = service.run()
             except OSError as exc:
@@ -1233,6 +1270,7 @@ def run_workers(config):
             finally:
                 os._exit(code)
         children.append(pid)
+    close_listeners(listeners)  # each is its worker's now: a worker that is gone takes its own out of the group
     stopping = []
 
     def forward(signum, _frame):
@@ -1274,10 +1312,11 @@ def main(argv=None):
     for warning in config.warnings:
         log('warning: %s' % warning)
     raise_open_files_limit(config.max_transfers)
-    if config.workers > 1:
-        return run_workers(config)
     try:
-        service = Service(config)
+        listeners = open_listeners(config)
+        if config.workers > 1:
+            return run_workers(config, listeners)
+        service = Service(config, listeners[0])
     except OSError as exc:
         log('cannot start: %s' % exc)
         return 1

@@ -185,7 +185,10 @@ def test_without_steering_the_workers_still_serve_and_say_why(hook, tmp_path, tf
         raise OSError(22, 'Invalid argument')
 
     monkeypatch.setattr(hook, 'steer_by_address', refused)
-    service = InProcess(hook, config)
+    listeners = hook.open_listeners(config)
+    assert [len(own) for own in listeners] == [1, 1]  # a socket per worker, bound before any serves
+    hook.close_listeners(listeners, keep=0)
+    service = InProcess(hook, config, listeners[0])
     try:
         warning = 'warning: cannot steer requests by client address ([Errno 22] Invalid argument)'
         assert warning in capsys.readouterr().err
@@ -222,9 +225,9 @@ def test_event_lines_of_one_round_are_written_together(hook, tmp_path, tftp, mon
 class InProcess:
     """A Service in this process (a fault can be injected), its loop in a thread, signal handlers restored."""
 
-    def __init__(self, hook, config, run=True):
+    def __init__(self, hook, config, listeners=None, run=True):
         self.saved = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
-        self.service = hook.Service(config)
+        self.service = hook.Service(config, listeners)
         self.thread = threading.Thread(target=self.service.run) if run else None
         if self.thread:
             self.thread.start()
