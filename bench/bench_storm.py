@@ -2,18 +2,29 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark: a boot storm of N simulated Pi 4s against the TFTP hook service and dnsmasq's TFTP.
 
-A LAN of network namespaces (10.99.50.0/24, ``pfstorm-``): the bakery at .2 and N Pis from .100.
-Every Pi boots at once (lab/pisim.py through bench/storm_client.py: tsize probe, early
-terminate, config.txt twice, start4.elf, fixup4.dat, dtb, cmdline.txt, probe + kernel8.img, probe +
-initramfs8) with blksize 1024 and then 1468, no windowsize, each file checked by sha256. The same
-files are served, in the same run, by our hook service (its fleet map names each Pi's folder, then
-the shared boot folder) and by dnsmasq's own TFTP (``<serial>/`` folders of symlinks). Reported:
-aggregate throughput, p50/p95 per-Pi boot time, failed Pis; the ratio hook / dnsmasq.
+A LAN of network namespaces (10.99.0.0/16, ``pfstorm-``): the bakery at 10.99.50.2, N Pis from
+10.99.50.100 on (one address each) and a ``pis`` host at 10.99.50.99 that holds every Pi behind one
+address (as behind NAT: each Pi is then only a port, and a server must keep their transfers apart by
+(address, port)). Every Pi boots at once (lab/pisim.py through bench/storm_client.py, which shares no
+code with the hook: lock-step, one transfer after another, the tsize probe ended by "Early
+terminate", config.txt twice, start4.elf, fixup4.dat, dtb, cmdline.txt, probe + kernel8.img, probe +
+initramfs8, no windowsize), each file checked against its source. The same files are served, in the
+same run, by the hook (its fleet map names each Pi's folder, then the shared boot folder; the event
+log on) and by dnsmasq's own TFTP (``<serial>/`` folders of symlinks).
 
-``--one-address`` puts every Pi in one namespace, behind one address (as behind NAT): each Pi is then
-only a port, and a server must keep their transfers apart by (address, port), as RFC 1350 says.
+On a real bakery the Pis' CPUs are not the bakery's. Here they share two cores, so the bench pins
+itself and every simulated Pi to one core (``--client-cpus``) and the server to the other
+(``--server-cpus``): a server slower than the Pis shows in the throughput, and its cost shows
+whatever the Pis can take, as the server's CPU seconds per GB served (utime + stime of the server
+process and its workers, from /proc/<pid>/stat, over the storm). Also reported: how busy each core
+was (/proc/stat), p50/p95 boot time per Pi, failed Pis; per layout and blksize, the hook's ratio to
+dnsmasq (throughput: higher is better; CPU per GB: lower is better), median and spread over rounds.
 
-    python bench/bench_storm.py [--pis 50] [--blksizes 1024,1468] [--rounds 1] [--workers 1] [--one-address]
+Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 1024 (what the Pi 4
+asks for), as a lab after a power cut; the hook must fail none.
+
+    python bench/bench_storm.py [--pis 30] [--blksizes 1024,1468] [--layouts own,one] [--rounds 3]
+        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--client-cpus 0] [--server-cpus 1]
 """
 
 from __future__ import annotations
@@ -39,9 +50,12 @@ SERVICE = REPO / 'roles' / 'tftp_hook' / 'files' / 'pifleet_tftp_hook.py'
 CLIENT = REPO / 'bench' / 'storm_client.py'
 SUBNET = '10.99.50'
 BAKERY = SUBNET + '.2'
+NAT = SUBNET + '.99'
 # A Pi 4 boot set of realistic sizes (Raspberry Pi OS Bookworm, 2025).
 BOOT_SET = {'start4.elf': 2_300_000, 'fixup4.dat': 5_400, 'kernel8.img': 9_200_000,
             'initramfs8': 12_100_000, 'bcm2711-rpi-4-b.dtb': 54_000}
+TRANSFERS_PER_PI = 11  # 8 files and 3 tsize probes: one event line each
+TICK = os.sysconf('SC_CLK_TCK')
 
 
 def make_files(top, serials):
@@ -74,9 +88,65 @@ def make_files(top, serials):
     return boot, pis, dnsmasq_root
 
 
+# ---------- what the CPUs did
+
+
+def tree_ticks(pid):
+    """(utime, stime) clock ticks of ``pid`` and every process below it, from /proc/<pid>/stat."""
+    stats = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/stat' % entry) as handle:
+                    fields = handle.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            stats[int(entry)] = (int(fields[1]), int(fields[11]), int(fields[12]))  # ppid, utime, stime
+    wanted, found = {pid}, True
+    while found:
+        found = False
+        for child, (ppid, *_ticks) in stats.items():
+            if ppid in wanted and child not in wanted:
+                wanted.add(child)
+                found = True
+    mine = [stats[p] for p in wanted if p in stats]
+    return sum(s[1] for s in mine), sum(s[2] for s in mine)
+
+
+def core_ticks():
+    """{cpu: [user, nice, system, idle, iowait, irq, softirq, steal]} clock ticks since boot (/proc/stat)."""
+    cores = {}
+    with open('/proc/stat') as handle:
+        for line in handle:
+            name, *values = line.split()
+            if name.startswith('cpu') and name != 'cpu':
+                cores[int(name[3:])] = [int(v) for v in values[:8]]
+    return cores
+
+
+def busy_share(before, after, cpus, fields=(0, 1, 2, 5, 6, 7)):
+    """The share of the cores' time spent in ``fields`` (default: all but idle and iowait)."""
+    busy = sum(after[c][f] - before[c][f] for c in cpus for f in fields)
+    total = sum(sum(after[c]) - sum(before[c]) for c in cpus)
+    return busy / total if total else 0.0
+
+
+def cpu_list(text):
+    cpus = set()
+    for part in text.split(','):
+        low, _dash, high = part.partition('-')
+        cpus.update(range(int(low), int(high or low) + 1))
+    return sorted(cpus)
+
+
+# ---------- the servers
+
+
 class Server:
-    def __init__(self, lan, argv, pidfile=None):
-        self.proc = subprocess.Popen(lan.exec_argv('bakery', argv), stdout=subprocess.DEVNULL,
+    def __init__(self, lan, argv, cpus, pidfile=None):
+        pinned = ['taskset', '-c', ','.join(map(str, cpus))] if cpus else []
+        # ip netns exec and taskset exec the server: the PID is the server's.
+        self.proc = subprocess.Popen(lan.exec_argv('bakery', pinned + argv), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.pidfile = pidfile
         deadline = time.monotonic() + 10
@@ -89,6 +159,9 @@ class Server:
                 return
             time.sleep(0.1)
         raise SystemExit('server did not bind UDP 69')
+
+    def ticks(self):
+        return tree_ticks(self.proc.pid)
 
     def close(self):
         pids = [self.proc.pid]
@@ -106,37 +179,55 @@ class Server:
             self.proc.wait()
 
 
-def start_hook(lan, work, files, serials, workers):
+def start_hook(lan, work, files, serials, args):
     boot, pis = files
     fleet_map = {'version': 1, 'default': [str(boot)],
                  'prefixes': {s: {'name': 'pi-' + s, 'dirs': [str(pis / s), str(boot)]} for s in serials}}
     (work / 'map.json').write_text(json.dumps(fleet_map))
+    events = work / 'events.jsonl'
+    if events.exists():
+        events.unlink()
     config = {'listen': [BAKERY], 'port': 69, 'map': str(work / 'map.json'), 'roots': [str(work)],
-              'events': str(work / 'events.jsonl'), 'max_blksize': 1468, 'workers': workers}
+              'events': str(events), 'max_blksize': 1468, 'workers': args.workers}
     (work / 'hook.json').write_text(json.dumps(config))
     python = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
-    return Server(lan, [python, '-I', str(SERVICE), '--config', str(work / 'hook.json')])
+    return Server(lan, [python, '-I', str(SERVICE), '--config', str(work / 'hook.json')], args.server_cpus)
 
 
-def start_dnsmasq(lan, work, dnsmasq_root):
+def start_dnsmasq(lan, work, dnsmasq_root, args):
     pidfile = work / 'dnsmasq.pid'
     argv = ['dnsmasq', '--keep-in-foreground', '--no-resolv', '--no-hosts', '--port=0', '--conf-file=/dev/null',
             '--listen-address=' + BAKERY, '--bind-interfaces', '--enable-tftp', '--tftp-root=' + str(dnsmasq_root),
             '--tftp-max=1000', '--pid-file=' + str(pidfile), '--log-facility=' + str(work / 'dnsmasq.log')]
-    return Server(lan, argv, pidfile)
+    return Server(lan, argv, args.server_cpus, pidfile)
 
 
-def storm(lan, pis_by_name, blksize, files, one_address=False):
+def hook_events(work):
+    """{outcome: count} of the hook's event log (every transfer writes one line)."""
+    counts = {}
+    path = work / 'events.jsonl'
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        outcome = json.loads(line)['outcome']
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+# ---------- one storm
+
+
+def storm(lan, pis_by_host, blksize, files, server):
+    """Every Pi boots at once; the row: throughput, the server's CPU, the cores, boot times, failures."""
     boot, pis = files
     procs = []
-    for name, serial in pis_by_name.items():
-        argv = lan.exec_argv('pis' if one_address else name, [
+    for host, serial in pis_by_host:
+        argv = lan.exec_argv(host, [
             sys.executable, str(CLIENT), '--server', BAKERY, '--serial', serial, '--blksize', str(blksize),
             '--expect-dir', str(pis / serial), '--expect-dir', str(boot)])
         procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for proc in procs:  # all loaded and waiting
         if proc.stdout.readline().strip() != 'ready':
             raise SystemExit('a storm client failed to start')
+    cores_before, ticks_before = core_ticks(), server.ticks()
     start = time.perf_counter()
     for proc in procs:
         proc.stdin.write('x')
@@ -150,67 +241,168 @@ def storm(lan, pis_by_name, blksize, files, one_address=False):
         except (ValueError, IndexError):
             reports.append({'ok': False, 'seconds': None, 'files': []})
     wall = time.perf_counter() - start
+    ticks_after = server.ticks()
+    user, system = ((after - before) / TICK for before, after in zip(ticks_before, ticks_after))
+    cpu = user + system
+    cores_after = core_ticks()
     good = [r for r in reports if r.get('ok')]
     total = sum(f.get('bytes', 0) for r in reports for f in r.get('files', []))
     times = sorted(r['seconds'] for r in good)
+    cores = sorted(cores_after)
     return {'wall': wall, 'bytes': total, 'mbps': total / wall / 1e6, 'failed': len(reports) - len(good),
+            'server_cpu': cpu, 'server_user': user, 'server_system': system,
+            'cpu_per_gb': cpu / (total / 1e9) if total else None,
+            'cores': {str(c): round(busy_share(cores_before, cores_after, [c]), 3) for c in cores},
+            # niced work: other jobs of a shared machine, at a lower priority than the bench
+            'niced': {str(c): round(busy_share(cores_before, cores_after, [c], (1,)), 3) for c in cores},
             'p50': statistics.median(times) if times else None,
-            'p95': times[max(0, round(0.95 * len(times)) - 1)] if times else None}
+            'p95': times[max(0, round(0.95 * len(times)) - 1)] if times else None,
+            'errors': sorted({f['error'] for r in reports for f in r.get('files', []) + r.get('probes', [])
+                              if not f.get('ok') and f.get('error')})[:5]}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--pis', type=int, default=50)
-    parser.add_argument('--blksizes', default='1024,1468')
-    parser.add_argument('--rounds', type=int, default=1)
-    parser.add_argument('--workers', type=int, default=1)
-    parser.add_argument('--one-address', action='store_true', help='every Pi behind one address (NAT)')
-    parser.add_argument('--out', default=str(REPO / '.build' / 'bench' / 'storm.json'))
-    args = parser.parse_args()
-    if os.geteuid() != 0 or missing_tools(('ip', 'dnsmasq', 'ss')):
-        raise SystemExit('bench_storm needs root, iproute2 and dnsmasq')
-    serials = ['%08x' % (0x5a000000 + index) for index in range(args.pis)]
-    names = ['pi%d' % index for index in range(args.pis)]
-    if args.one_address:
-        hosts = {'bakery': BAKERY, 'pis': SUBNET + '.100'}
-    else:
-        hosts = {'bakery': BAKERY, **{n: '%s.%d' % (SUBNET, 100 + i) for i, n in enumerate(names)}}
+# ---------- the report
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return '-'
+    return '%.3g (%.3g-%.3g)' % (statistics.median(values), min(values), max(values))
+
+
+def summary(results):
+    lines = ['| Pis | layout | blksize | server | MB/s | server CPU s/GB | server core busy | client core busy | p95 s '
+             '| failed Pis | MB/s ratio | CPU/GB ratio |', '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    keys = sorted({(r['pis'], r['layout'], r['blksize'], r['server']) for r in results})
+    for pis, layout, blksize, server in keys:
+        rows = [r for r in results
+                if (r['pis'], r['layout'], r['blksize'], r['server']) == (pis, layout, blksize, server)]
+        ratios, cost = [], []
+        for row in rows:
+            base = next((r for r in results if r['server'] == 'dnsmasq' and r['layout'] == layout and r['pis'] == pis
+                         and r['blksize'] == blksize and r['round'] == row['round']), None)
+            if base and server != 'dnsmasq':
+                ratios.append(row['mbps'] / base['mbps'])
+                if row['cpu_per_gb'] and base['cpu_per_gb']:
+                    cost.append(row['cpu_per_gb'] / base['cpu_per_gb'])
+        lines.append('| %d | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s | %s |' % (
+            pis, layout, blksize, server, spread([r['mbps'] for r in rows]), spread([r['cpu_per_gb'] for r in rows]),
+            spread([r['server_core'] for r in rows]), spread([r['client_core'] for r in rows]),
+            spread([r['p95'] for r in rows]), sum(r['failed'] for r in rows),
+            spread(ratios) + 'x' if ratios else '-', spread(cost) + 'x' if cost else '-'))
+    return '\n'.join(lines)
+
+
+def run(args, count, layouts, blksizes, *, rounds, phase):
+    """Every (round, layout, blksize, server) storm of ``count`` Pis on a LAN of its own: the rows."""
+    serials = ['%08x' % (0x5a000000 + index) for index in range(count)]
+    names = ['pi%d' % index for index in range(count)]
+    hosts = {'bakery': BAKERY}
+    if 'one' in layouts:
+        hosts['pis'] = NAT
+    if 'own' in layouts:
+        hosts.update({n: pi_address(i) for i, n in enumerate(names)})
     work = Path(tempfile.mkdtemp(prefix='pifleet-storm-'))
-    lan = Lan('pfstorm', hosts)
+    lan = Lan('pfstorm', hosts, prefixlen=16)
     results = []
     try:
         work.chmod(0o755)
         boot, pis, dnsmasq_root = make_files(work / 'files', serials)
         lan.start()
-        for round_no in range(args.rounds):
-            for blksize in [int(b) for b in args.blksizes.split(',')]:
-                for server in ('dnsmasq', 'hook'):
-                    proc = (start_dnsmasq(lan, work, dnsmasq_root) if server == 'dnsmasq'
-                            else start_hook(lan, work, (boot, pis), serials, args.workers))
-                    try:
-                        row = storm(lan, dict(zip(names, serials)), blksize, (boot, pis), args.one_address)
-                    finally:
-                        proc.close()
-                    row.update(server=server, blksize=blksize, round=round_no)
-                    results.append(row)
-                    print('%-8s blksize %4d: %6.1f MB/s, p50 %5.1f s, p95 %5.1f s, failed %d (%.1f s)' % (
-                        server, blksize, row['mbps'], row['p50'] or -1, row['p95'] or -1, row['failed'], row['wall']),
-                        flush=True)
+        for round_no in range(rounds):
+            servers = args.servers.split(',')
+            for layout in layouts:
+                pis_by_host = list(zip(['pis'] * count if layout == 'one' else names, serials))
+                for blksize in blksizes:
+                    for name in servers if round_no % 2 == 0 else servers[::-1]:  # drift of the machine evens out
+                        server = (start_dnsmasq(lan, work, dnsmasq_root, args) if name == 'dnsmasq'
+                                  else start_hook(lan, work, (boot, pis), serials, args))
+                        try:
+                            row = storm(lan, pis_by_host, blksize, (boot, pis), server)
+                        finally:
+                            server.close()
+                        if name == 'hook':
+                            row['events'] = hook_events(work)
+                        row.update(server=name, blksize=blksize, layout=layout, round=round_no, phase=phase,
+                                   pis=count, server_core=busy_of(row, args.server_cpus),
+                                   client_core=busy_of(row, args.client_cpus))
+                        results.append(row)
+                        print(line(row), flush=True)
     finally:
         lan.close()
         shutil.rmtree(work, ignore_errors=True)
-    print('\n| blksize | server | MB/s | p50 s | p95 s | failed | ratio (hook/dnsmasq) |')
-    print('|---|---|---|---|---|---|---|')
-    for row in results:
-        base = next(r for r in results if r['server'] == 'dnsmasq' and r['blksize'] == row['blksize']
-                    and r['round'] == row['round'])
-        print('| %d | %s | %.1f | %.2f | %.2f | %d | %.2fx |' % (
-            row['blksize'], row['server'], row['mbps'], row['p50'] or -1, row['p95'] or -1, row['failed'],
-            row['mbps'] / base['mbps']))
+    return results
+
+
+def pi_address(index):
+    """Pi ``index``'s address in 10.99.0.0/16, from 10.99.50.100 on (a storm has more Pis than a /24)."""
+    number = 100 + index
+    return '10.99.%d.%d' % (50 + number // 256, number % 256)
+
+
+def line(row):
+    text = ('%-7s %3d Pis %-3s blksize %4d: %6.1f MB/s, server %5.2f CPU s/GB (user %.1f s, system %.1f s), '
+            'cores busy %s (niced %s), p95 %5.1f s, failed %d (%.1f s)' % (
+                row['server'], row['pis'], row['layout'], row['blksize'], row['mbps'], row['cpu_per_gb'] or -1,
+                row['server_user'], row['server_system'], row['cores'], row['niced'], row['p95'] or -1,
+                row['failed'], row['wall']))
+    if 'events' in row:
+        text += ', events %s' % row['events']
+    if row['errors']:
+        text += '\n   errors: %s' % row['errors']
+    return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--pis', type=int, default=30)
+    parser.add_argument('--blksizes', default='1024,1468')
+    parser.add_argument('--layouts', default='own,one', help='own: an address per Pi; one: every Pi behind one')
+    parser.add_argument('--servers', default='dnsmasq,hook')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--storm', type=int, default=200,
+                        help='then this many Pis at once, an address each, blksize 1024, once (0: no storm)')
+    parser.add_argument('--workers', type=int, default=1, help="the hook's workers")
+    cpus = os.cpu_count() or 1
+    parser.add_argument('--client-cpus', default='0', help='cores of the bench and the simulated Pis ("" = any)')
+    parser.add_argument('--server-cpus', default='1' if cpus > 1 else '', help='cores of the server ("" = any)')
+    parser.add_argument('--nice', type=int, default=0,
+                        help='run the bench, the Pis and the servers at this nice value (negative: other jobs of a '
+                             'shared machine disturb the numbers less)')
+    parser.add_argument('--out', default=str(REPO / '.build' / 'bench' / 'storm.json'))
+    args = parser.parse_args()
+    if os.geteuid() != 0 or missing_tools(('ip', 'dnsmasq', 'ss', 'taskset')):
+        raise SystemExit('bench_storm needs root, iproute2, util-linux (taskset) and dnsmasq')
+    args.client_cpus = cpu_list(args.client_cpus) if args.client_cpus else []
+    args.server_cpus = cpu_list(args.server_cpus) if args.server_cpus else []
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)  # the bench and every simulated Pi it starts
+    if args.nice:
+        os.nice(args.nice)  # inherited by the Pis and the servers alike
+    blksizes = [int(b) for b in args.blksizes.split(',')]
+    results = []
+    if args.rounds:
+        results += run(args, args.pis, args.layouts.split(','), blksizes, rounds=args.rounds, phase='compare')
+        save(args, results)
+    if args.storm:
+        results += run(args, args.storm, ['own'], [1024], rounds=1, phase='storm')
+    print('\nhook workers %d, clients on cores %s, server on cores %s, nice %d; median (min-max) over rounds\n' % (
+        args.workers, args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
+    print(summary(results))
+    save(args, results)
+    return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
+
+
+def save(args, results):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({'pis': args.pis, 'workers': args.workers, 'one_address': args.one_address,
-                                          'results': results}, indent=1))
-    return 1 if any(r['failed'] for r in results) else 0
+    Path(args.out).write_text(json.dumps({
+        'workers': args.workers, 'nice': args.nice, 'client_cpus': args.client_cpus, 'server_cpus': args.server_cpus,
+        'results': results}, indent=1))
+
+
+def busy_of(row, cpus):
+    return statistics.mean(row['cores'][str(c)] for c in cpus) if cpus else None
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The TFTP hook service on a lossy LAN (root): 20 simulated Pi 4s boot at once through netem.
+"""The TFTP hook service on a LAN of namespaces (root): 20 simulated Pi 4s through loss, 100 at once.
 
 The LAN (lab/nfslab.Lan, 10.99.31.0/24, namespaces pfhook-*): the bakery 10.99.31.2 runs the
 service as the role installs it (``python3 -I pifleet_tftp_hook.py --config``); Pis from .100, or all
@@ -13,6 +13,9 @@ show every file served ``ok``.
 Loss and duplication come from an nftables ``netdev`` egress chain (``numgen random`` drop and
 ``dup to``), the same effect as ``tc netem loss 5% duplicate 1%``: kernels without sch_netem (like
 the CI machines') have nf_tables.
+
+The storm: 100 Pi 4s, one address each, boot at once from a hook with two workers (a lab after a
+power cut; the full-size storm of 200 is in bench/bench_storm.py), and none may fail.
 """
 
 from __future__ import annotations
@@ -80,35 +83,40 @@ def lossy_lan(request):
         lan.close()
 
 
-@pytest.fixture
-def boot_tree():
+def make_boot_tree(pis, bakery=BAKERY):
     # Not under pytest's 0700 base temp: the service may run as another user in other tests.
     top = Path(tempfile.mkdtemp(prefix='pfhook-'))
+    top.chmod(0o755)
+    boot = top / 'bakeforms' / 'lab' / 'boot'
+    boot.mkdir(parents=True)
+    for name, size in BOOT_SET.items():
+        (boot / name).write_bytes(os.urandom(size))
+    for _address, serial in pis.values():
+        own = top / 'pis' / serial
+        own.mkdir(parents=True)
+        (own / 'cmdline.txt').write_text('root=/dev/nfs nfsroot=%s:/srv/pifleet/roots/%s,vers=3 rw ip=dhcp '
+                                         'rootwait\n' % (bakery, serial))
+    return top
+
+
+@pytest.fixture
+def boot_tree():
+    top = make_boot_tree(PIS)
     try:
-        top.chmod(0o755)
-        boot = top / 'bakeforms' / 'lab' / 'boot'
-        boot.mkdir(parents=True)
-        for name, size in BOOT_SET.items():
-            (boot / name).write_bytes(os.urandom(size))
-        for _address, serial in PIS.values():
-            own = top / 'pis' / serial
-            own.mkdir(parents=True)
-            (own / 'cmdline.txt').write_text('root=/dev/nfs nfsroot=%s:/srv/pifleet/roots/%s,vers=3 rw ip=dhcp '
-                                             'rootwait\n' % (BAKERY, serial))
         yield top
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def start_service(lan, top):
+def start_service(lan, top, pis=PIS, bakery=BAKERY, **settings):
     fleet_map = {'version': 1, 'default': [str(top / 'bakeforms/lab/boot')],
                  'prefixes': {serial: {'name': name, 'dirs': [str(top / 'pis' / serial),
                                                               str(top / 'bakeforms/lab/boot')]}
-                              for name, (_address, serial) in PIS.items()}}
+                              for name, (_address, serial) in pis.items()}}
     (top / 'map.json').write_text(json.dumps(fleet_map))
     # A short retransmit timeout keeps 20 lossy boots within seconds; the logic is the same at 1 s.
-    config = {'listen': [BAKERY], 'map': str(top / 'map.json'), 'roots': [str(top)],
-              'events': str(top / 'events.jsonl'), 'timeout': 0.2, 'retries': 10}
+    config = {'listen': [bakery], 'map': str(top / 'map.json'), 'roots': [str(top)],
+              'events': str(top / 'events.jsonl'), 'timeout': 0.2, 'retries': 10, **settings}
     (top / 'hook.json').write_text(json.dumps(config))
     python = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
     proc = subprocess.Popen(lan.exec_argv('bakery', [python, '-I', str(SERVICE), '--config', str(top / 'hook.json')]),
@@ -121,6 +129,16 @@ def start_service(lan, top):
         time.sleep(0.1)
     proc.kill()
     raise AssertionError('the service did not bind UDP 69')
+
+
+def stop_service(service):
+    service.send_signal(signal.SIGTERM)
+    try:
+        service.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        service.kill()
+        service.wait()
+    return service.returncode
 
 
 def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
@@ -141,12 +159,7 @@ def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
             reports[name] = json.loads(out.strip().splitlines()[-1])
         assert service.poll() is None, 'the service died: %s' % service.stderr.read()
     finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
+        stop_service(service)
     assert service.returncode == 0
     expected = {'config.txt', 'start4.elf', 'fixup4.dat', 'bcm2711-rpi-4-b.dtb', 'cmdline.txt', 'kernel8.img',
                 'initramfs8'}
@@ -169,3 +182,48 @@ def test_twenty_pis_boot_through_loss_and_duplication(lossy_lan, boot_tree):
             (e['path'], e['outcome'], e['error']) for e in mine if e['outcome'] not in ('ok', 'probe')]
         assert all(e['name'] == name for e in mine)
     assert {e['client'] for e in events} == set(lossy_lan.address.values())
+
+
+STORM_BAKERY = '10.99.32.2'
+STORM = {'pi%03d' % index: ('10.99.32.%d' % (10 + index), '%08x' % (0x5707e000 + index)) for index in range(100)}
+
+
+def test_a_hundred_pis_at_once_with_two_workers():
+    """A power cut in a lab: every Pi boots at the same moment; two workers share the port; none may fail."""
+    lan = Lan('pfhks', {'bakery': STORM_BAKERY, **{name: address for name, (address, _serial) in STORM.items()}})
+    top = make_boot_tree(STORM, STORM_BAKERY)
+    try:
+        lan.start()
+        service = start_service(lan, top, STORM, STORM_BAKERY, workers=2, timeout=1.0, retries=5)
+        try:
+            boots = {}
+            for name, (_address, serial) in STORM.items():  # the Pi 4's own settings: 1 s, 5 retries
+                argv = [sys.executable, *PISIM, 'boot', '--model', '4', '--serial', serial, '--server', STORM_BAKERY,
+                        '--json', '--expect-dir', str(top / 'pis' / serial),
+                        '--expect-dir', str(top / 'bakeforms/lab/boot')]
+                boots[name] = subprocess.Popen(lan.exec_argv(name, argv), stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True)
+            failed = {}
+            for name, proc in boots.items():
+                out, err = proc.communicate(timeout=300)
+                report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {'ok': False}
+                if proc.returncode or not report['ok']:
+                    failed[name] = [(f['request'], f['error']) for f in report.get('files', []) + report.get(
+                        'probes', []) if not f['ok']] or err[-500:]
+            assert service.poll() is None, 'the service died: %s' % service.stderr.read()
+        finally:
+            assert stop_service(service) == 0
+        assert failed == {}, '%d of %d Pis failed: %r' % (len(failed), len(STORM), failed)
+        events = [json.loads(line) for line in (top / 'events.jsonl').read_text().splitlines()]
+        by_client = {}
+        for event in events:
+            by_client.setdefault(event['client'], []).append(event)
+        assert sorted(by_client) == sorted(address for address, _serial in STORM.values())
+        for name, (address, serial) in STORM.items():
+            mine = by_client[address]
+            # 8 files and 3 tsize probes (the optional initramfs is asked for when expected), one line each
+            assert sorted(e['outcome'] for e in mine) == ['ok'] * 8 + ['probe'] * 3, (name, mine)
+            assert {(e['prefix'], e['name']) for e in mine} == {(serial, name)}
+    finally:
+        lan.close()
+        shutil.rmtree(top, ignore_errors=True)

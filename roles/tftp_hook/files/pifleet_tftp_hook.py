@@ -22,6 +22,7 @@ SIGHUP reloads the map and reopens the event log; SIGTERM/SIGINT exit 0.
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import concurrent.futures
 import errno
@@ -33,6 +34,7 @@ import select
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 import traceback
@@ -50,6 +52,7 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO 
 IP_PKTINFO = getattr(socket, 'IP_PKTINFO', 8)
 IPV6_RECVPKTINFO = getattr(socket, 'IPV6_RECVPKTINFO', 49)
 IPV6_PKTINFO = getattr(socket, 'IPV6_PKTINFO', 50)
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, 'SO_ATTACH_REUSEPORT_CBPF', 51)
 DEFAULTS = {
     'port': 69, 'roots': ['/srv/pifleet', '/var/lib/pifleet'], 'root_files': ['bootcode.bin', 'bootsig.bin'],
     'events': '/var/log/pifleet/boot-events.jsonl', 'hook_url': None, 'hook_timeout': 5.0,
@@ -471,9 +474,9 @@ class Transfer:
     """One request: its event fields and, once a file is found, the state machine sending it."""
 
     __slots__ = ('acked', 'blksize', 'buf', 'client', 'data', 'deadline', 'fd', 'first_deadline', 'full_iov', 'last',
-                 'moved_on', 'oack', 'opts', 'payload', 'raw', 'recv_into', 'request', 'res', 'retransmits', 'retries',
-                 'send', 'sent', 'server', 'service', 'size', 'sock', 'source', 'started', 'state', 'timeout', 'tries',
-                 'tsize', 'view', 'wall', 'windowsize')
+                 'lockstep', 'moved_on', 'oack', 'opts', 'payload', 'raw', 'recv_into', 'request', 'res',
+                 'retransmits', 'retries', 'send', 'sent', 'server', 'service', 'size', 'sock', 'source', 'started',
+                 'state', 'timeout', 'tries', 'tsize', 'view', 'wall', 'windowsize')
 
     def __init__(self, service, client, server, raw):
         self.service, self.client, self.server, self.raw = service, client, server, raw
@@ -489,6 +492,7 @@ class Transfer:
         self.moved_on = False  # the same address sent another request meanwhile (evidence for labels only)
         self.first_deadline = None
         self.state = WAIT_HOOK
+        self.lockstep = False  # SENDING with windowsize 1: what nearly every block of a Pi's boot takes
         self.timeout, self.retries = service.config.timeout, service.config.retries
         self.deadline = self.started + self.timeout
 
@@ -515,11 +519,15 @@ class Transfer:
             self.state = WAIT_OACK_ACK
             self._send(self.oack)
         else:
-            self.state = SENDING
+            self.sending()
             self.send_window()
         now = self.service.now
         self.first_deadline = now + self.service.config.first_ack_timeout
         self.deadline = now + self.first_interval()
+
+    def sending(self):
+        self.state = SENDING
+        self.lockstep = self.windowsize == 1
 
     def first_interval(self):
         """Resend time before the first ACK: at least one resend falls within first_ack_timeout."""
@@ -581,21 +589,20 @@ class Transfer:
         if count < 4 or RBUF[0]:
             return
         if RBUF[1] == ACK:
-            block = RBUF[2] << 8 | RBUF[3]
-            if self.windowsize == 1 and self.state == SENDING:  # the hot path: lock-step
+            if self.lockstep:  # the hot path: one ACK in, the next block out
                 sent = self.sent
-                if block != sent & 0xFFFF:
+                if (RBUF[2] << 8 | RBUF[3]) != sent & 0xFFFF:
                     return  # duplicate ACKs never trigger resends (Sorcerer's Apprentice)
                 self.acked = sent
                 self.tries = 0
                 if sent >= self.last:
                     self.finish('ok')
                     return
-                self.sent = sent + 1
-                self.send_block(sent + 1)
+                self.sent = sent = sent + 1
+                self.send_block(sent)
                 self.deadline = self.service.now + self.timeout
             else:
-                self.on_ack(block)
+                self.on_ack(RBUF[2] << 8 | RBUF[3])
         elif RBUF[1] == ERROR:
             message = bytes(RBUF[4:count]).split(b'\0', 1)[0].decode('utf-8', 'replace')[:200]
             if self.state == WAIT_OACK_ACK:
@@ -621,7 +628,7 @@ class Transfer:
             else:
                 self.send_window()
         elif self.state == WAIT_OACK_ACK and block == 0:
-            self.state = SENDING
+            self.sending()
             self.tries = 0
             self.send_window()
 
@@ -701,8 +708,11 @@ class Bucket:
 class Service:
     """The event loop of one process: listen sockets, transfers, hook results, signals, reloads."""
 
-    def __init__(self, config):
+    def __init__(self, config, listeners=None):
+        """``listeners``: this process's [(family, address, bound socket)] (default: bound here)."""
         self.config = config
+        # Each worker holds its share of max_transfers, so all of them hold no more than it.
+        self.max_transfers = -(-config.max_transfers // config.workers)
         self.now = time.monotonic()
         self.epoll = select.epoll()
         self.listeners = {}
@@ -716,36 +726,23 @@ class Service:
         self.executor = None
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.events_fd = self.events_id = None
+        self.lines = []  # event lines queued in this round of the loop
+        self.next_scan = self.next_idle = self.next_map = 0.0  # when housekeeping is due (set by run)
         self.map_sig = None
         self.map = FleetMap()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll.register(self.wake_r, select.EPOLLIN)
-        for family, address in config.listen:
-            self._listen(family, address)
+        if listeners is None:
+            listeners = open_listeners(config)[0]
+        for family, address, sock in listeners:
+            self.listeners[sock.fileno()] = (sock, family, address, address in ('0.0.0.0', '::'))
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.reload_map(force=True)
         self.open_events()
-
-    def _listen(self, family, address):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        wildcard = address in ('0.0.0.0', '::')
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if wildcard:  # the transfer socket must answer from the address the request came to
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        if self.config.workers > 1:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((address, self.config.port))
-        sock.setblocking(False)
-        self.listeners[sock.fileno()] = (sock, family, address, wildcard)
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def _on_signal(self, signum, _frame):
         if signum == signal.SIGHUP:
@@ -754,14 +751,15 @@ class Service:
             self.stopping = True
 
     def run(self):
-        listeners, by_fd, wake_r = self.listeners, self.by_fd, self.wake_r
-        next_scan = next_idle = self.now
-        next_map = self.now + self.config.map_poll if self.config.map_poll else float('inf')
+        listeners, by_fd, wake_r, lines = self.listeners, self.by_fd, self.wake_r, self.lines
+        poll, clock = self.epoll.poll, time.monotonic
+        self.next_scan = self.next_idle = self.now
+        self.next_map = self.now + self.config.map_poll if self.config.map_poll else float('inf')
         while not self.stopping:
-            timeout = SCAN_INTERVAL if self.transfers else max(0.0, min(next_idle, next_map) - self.now)
-            events = self.epoll.poll(timeout, 512)
-            self.now = now = time.monotonic()
-            pending = []
+            timeout = SCAN_INTERVAL if self.transfers else max(0.0, min(self.next_idle, self.next_map) - self.now)
+            events = poll(timeout, 512)
+            self.now = now = clock()
+            pending = None
             for fd, _mask in events:
                 transfer = by_fd.get(fd)
                 if transfer is not None:
@@ -769,29 +767,36 @@ class Service:
                         transfer.on_readable()
                     except Exception as exc:
                         self.crashed(transfer, exc)
-                elif fd in listeners:
-                    pending.append(fd)  # after the transfers: an ERROR ending a probe comes before the next RRQ
+                elif fd in listeners:  # after the transfers: an ERROR ending a probe comes before the next RRQ
+                    pending = [fd] if pending is None else [*pending, fd]
                 elif fd == wake_r:
                     self.on_wake()
-            for fd in pending:
-                self.on_listen(listeners[fd])
-            if now >= next_scan:
-                next_scan = now + SCAN_INTERVAL
-                for transfer in [t for t in self.transfers.values() if t.deadline <= now]:
-                    self.guarded(transfer, transfer.on_deadline)
-            if self.hup:
-                self.hup = False
-                self.reload_map(force=True)
-                self.open_events()
-            if now >= next_map:
-                next_map = now + self.config.map_poll
-                self.reload_map()
-            if now >= next_idle:
-                next_idle = now + IDLE_INTERVAL
-                self.check_events_file()
-                self.flush_refusals()
+            if pending is not None:
+                for fd in pending:
+                    self.on_listen(listeners[fd])
+            if now >= self.next_scan or self.hup:
+                self.housekeeping(now)
+            if lines:
+                self.write_events()
         self.shutdown()
         return 0
+
+    def housekeeping(self, now):
+        """Deadlines (every SCAN_INTERVAL), signals, the map, the event log file and refusal summaries."""
+        self.next_scan = now + SCAN_INTERVAL
+        for transfer in [t for t in self.transfers.values() if t.deadline <= now]:
+            self.guarded(transfer, transfer.on_deadline)
+        if self.hup:
+            self.hup = False
+            self.reload_map(force=True)
+            self.open_events()
+        if now >= self.next_map:
+            self.next_map = now + self.config.map_poll
+            self.reload_map()
+        if now >= self.next_idle:
+            self.next_idle = now + IDLE_INTERVAL
+            self.check_events_file()
+            self.flush_refusals()
 
     def guarded(self, transfer, step):
         """Run one step of a transfer; whatever it raises ends that transfer only."""
@@ -893,7 +898,7 @@ class Service:
             t.request = validate_name(filename)
             t.res = resolve(t.request, self.map, config.root_files)
             t.negotiate(negotiate(options, config.max_blksize, config.max_timeout))
-            if len(self.transfers) >= config.max_transfers:
+            if len(self.transfers) >= self.max_transfers:
                 raise Refused(0, 'Server busy', 'error', 'max_transfers reached')
             if len(self.hosts.get(t.client[0], ())) >= config.max_per_client:
                 raise Refused(0, 'Server busy', 'error', 'max_per_client reached for this address')
@@ -1018,6 +1023,8 @@ class Service:
         self.map = fleet_map  # transfers in flight hold their own fds: a new map never drops them
 
     def open_events(self):
+        if self.lines:
+            self.write_events()  # into the file they belong to, rotated or not
         if self.events_fd is not None:
             os.close(self.events_fd)
             self.events_fd = self.events_id = None
@@ -1094,9 +1101,17 @@ class Service:
                 del self.refusals[host]
 
     def emit(self, record):
+        """Queue one event line: each round of the loop writes the lines it queued with one write()."""
+        if self.events_fd is not None:
+            self.lines.append(json.dumps(record))
+
+    def write_events(self):
+        """Append the queued lines with one write(): O_APPEND keeps lines whole, whatever the other workers write."""
+        data = ('\n'.join(self.lines) + '\n').encode('utf-8')
+        self.lines.clear()
         if self.events_fd is not None:
             try:
-                os.write(self.events_fd, (json.dumps(record) + '\n').encode('utf-8'))  # one write: lines stay whole
+                os.write(self.events_fd, data)
             except OSError as exc:
                 log('cannot write the event log: %s' % exc)
 
@@ -1104,6 +1119,8 @@ class Service:
         for t in list(self.transfers.values()):
             t.finish('error', 'service stopped')
         self.flush_refusals(everything=True)
+        if self.lines:
+            self.write_events()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
         for sock, *_rest in self.listeners.values():
@@ -1121,6 +1138,71 @@ def _pktinfo_address(ancdata):
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
             return socket.inet_ntop(socket.AF_INET6, data[:16])
     return None
+
+
+def bind_listener(config, family, address):
+    """A UDP socket bound to (address, port) for requests; with workers, one of the port's SO_REUSEPORT group."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if address in ('0.0.0.0', '::'):  # the transfer socket must answer from the address the request came to
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        if config.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((address, config.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_listeners(config):
+    """Each worker's listeners, [(family, address, socket)] per worker, all bound and steered before any serves.
+
+    Worker i gets the i-th socket of each address's SO_REUSEPORT group (its index in the group), so the
+    steering program's choice names a worker that is already there.
+    """
+    groups = []
+    try:
+        for family, address in config.listen:
+            group = []
+            groups.append((family, address, group))
+            for _index in range(config.workers):
+                group.append(bind_listener(config, family, address))
+            if config.workers > 1:
+                try:
+                    steer_by_address(group[0], family, config.workers)
+                except OSError as exc:
+                    log('warning: cannot steer requests by client address (%s): the kernel spreads them by address '
+                        'and port, so one address may hold max_per_client transfers in each worker' % exc)
+    except OSError:
+        for _family, _address, group in groups:
+            for sock in group:
+                sock.close()
+        raise
+    return [[(family, address, group[index]) for family, address, group in groups] for index in range(config.workers)]
+
+
+def steer_by_address(sock, family, workers):
+    """Send every request of one client address to the same worker: (address mod workers).
+
+    A classic BPF program on the listeners' SO_REUSEPORT group picks the socket: it loads the source
+    address (IPv4, or the last 32 bits of IPv6) from the network header and returns it modulo the
+    number of workers. So each client address meets one worker, whose per-client limit, refusal rate
+    limit and labels (another port of the same address) see all of its requests.
+    """
+    load = 0x20  # BPF_LD | BPF_W | BPF_ABS, from the network header: SKF_NET_OFF (-0x100000) + offset
+    source = (12 if family == socket.AF_INET else 20) - 0x100000
+    code = [(load, 0, 0, source & 0xFFFFFFFF), (0x94, 0, 0, workers), (0x16, 0, 0, 0)]  # ALU MOD K; RET A
+    program = array.array('B', b''.join(struct.pack('=HBBI', *insn) for insn in code))
+    address, _length = program.buffer_info()  # the kernel copies the program during the call
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, struct.pack('@HP', len(code), address))
 
 
 def raise_open_files_limit(max_transfers):
@@ -1158,8 +1240,16 @@ def check(config):
     return 1 if problems else 0
 
 
-def run_workers(config):
-    """N processes, each with its own SO_REUSEPORT sockets; the kernel spreads clients among them."""
+def close_listeners(listeners, keep=None):
+    """Close the sockets of every worker but ``keep``."""
+    for index, own in enumerate(listeners):
+        if index != keep:
+            for _family, _address, sock in own:
+                sock.close()
+
+
+def run_workers(config, listeners):
+    """N processes, worker i serving the i-th socket of each SO_REUSEPORT group (steered by client address)."""
     handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)  # no signal between fork and the child's handlers
     children = []
@@ -1169,7 +1259,8 @@ def run_workers(config):
             code = 1
             try:
                 Log.tag = '%s worker %d' % (Log.tag, index)
-                service = Service(config)
+                close_listeners(listeners, keep=index)
+                service = Service(config, listeners[index])
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
                 code = service.run()
             except OSError as exc:
@@ -1179,6 +1270,7 @@ def run_workers(config):
             finally:
                 os._exit(code)
         children.append(pid)
+    close_listeners(listeners)  # each is its worker's now: a worker that is gone takes its own out of the group
     stopping = []
 
     def forward(signum, _frame):
@@ -1220,10 +1312,11 @@ def main(argv=None):
     for warning in config.warnings:
         log('warning: %s' % warning)
     raise_open_files_limit(config.max_transfers)
-    if config.workers > 1:
-        return run_workers(config)
     try:
-        service = Service(config)
+        listeners = open_listeners(config)
+        if config.workers > 1:
+            return run_workers(config, listeners)
+        service = Service(config, listeners[0])
     except OSError as exc:
         log('cannot start: %s' % exc)
         return 1

@@ -1,12 +1,11 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The service as a process: map reloads with transfers in flight, signals, the event log, the HTTP hook, workers."""
+"""The service as a process: map reloads with transfers in flight, signals, the event log, the HTTP hook."""
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import socket
 import threading
@@ -167,33 +166,6 @@ def test_hook_url(tmp_path, tftp, start_server, hook_http):
     assert events['x/missing']['outcome'] == 'unknown_prefix'
     assert events['1234abcd/missing']['outcome'] == 'not_found'
     assert (events['x/fail']['outcome'], events['x/fail']['error']) == ('error', 'hook answered HTTP 500')
-
-
-def test_workers(tmp_path, tftp, start_server):
-    made = tftp.make_tree(tmp_path)
-    server = start_server(tmp_path, _config(tftp, tmp_path, made, workers=2))
-    children = _until(lambda: len(_children(server.proc.pid)) == 2 and _children(server.proc.pid))
-    clients = [server.client() for _i in range(12)]
-    results = [None] * len(clients)
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, clients[i].get('1234abcd/start4.elf')))
-               for i in range(len(clients))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert all(r['data'] == made['files']['start4.elf'] for r in results)
-    server.signal(signal.SIGHUP)  # forwarded: the workers reload and live on
-    time.sleep(0.3)
-    assert _children(server.proc.pid) == children
-    assert server.client().get('bootcode.bin')['data'] == made['files']['bootcode.bin']
-    assert len(server.wait_events(13)) == 13
-    assert server.stop() == 0
-    assert not any(os.path.exists('/proc/%d' % pid) for pid in children)
-
-
-def _children(pid):
-    with open('/proc/%d/task/%d/children' % (pid, pid), encoding='ascii') as handle:
-        return sorted(int(p) for p in handle.read().split())
 
 
 def test_max_transfers(tmp_path, tftp, start_server):
