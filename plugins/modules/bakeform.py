@@ -11,7 +11,7 @@ short_description: Register Raspberry Pi OS images (bakeforms) and their generat
 version_added: 0.1.0
 description:
   - A bakeform is a named image made ready to netboot. A name holds B(generations), numbered from 1, each one
-    image: C(<store>/<name>/generations/<N>/) with its boot files (C(boot/)), its golden root (C(root.img)), its
+    image in C(<store>/<name>/generations/<N>/) with its boot files (C(boot/)), its golden root (C(root.img)), its
     boot files as a small read-only file system (C(boot.img)) and C(manifest.json). C(<store>/<name>/bakeform.json)
     is the index (which generation is current, the next number, the pinned ones, a summary of each). A generation
     is named C(<name>@<N>) and is never changed once made; numbers are never reused.
@@ -29,10 +29,10 @@ description:
     index is then replaced atomically. A killed run leaves the store as it was (its leftovers are swept by the
     next run), or with the new generation in place, which the next run records.
   - B(Retention.) On every run, generations beyond O(keep) are removed, unless they are the current one, pinned
-    (O(pinned)) or used: a generation is used while the current or previous root of any Pi in O(roots_dir) was
+    (O(pinned)) or used. A generation is used while the current or previous root of any Pi in O(roots_dir) was
     built from it (read from pi_root's markers beside the roots, never from inside a root). A used generation is
     never removed; removing one by hand (O(state=absent) with O(generation)) is refused, naming each Pi.
-  - B(Capture.) With O(capture), the next generation is made from a Pi's root instead of an image: a consistent
+  - B(Capture.) With O(capture), the next generation is made from a Pi's root instead of an image, a consistent
     copy (the root's file system frozen for the moment a reflink clone takes), checked, its identity taken out
     (SSH host keys, machine-id, cloud-init instance data, host name, random seed, logs, shell history, what
     pi_root wrote into it), a new file system UUID; the boot files are those of the generation that root was built
@@ -71,10 +71,11 @@ options:
     type: str
   checksum:
     description:
-      - The image's checksum as C(sha256:<64 hex digits>), or as C(sha256:<URL>) of a checksum file (as
-        M(ansible.builtin.get_url) takes it) published beside the image. That file (at most 1 MiB, fetched on every
-        run) holds one bare hash, or lines C(<hash>  <file name>) (or C(SHA256 (<file name>\) = <hash>)), and
-        the line of the image's file name (the last part of O(url) or O(src)) gives the hash.
+      - The image's checksum as C(sha256:<64 hex digits>), or as C(sha256:<URL>) of a checksum file published
+        beside the image (an http or https URL, as M(ansible.builtin.get_url) takes it). That file (at most 1 MiB,
+        fetched on every run) holds one bare hash, or lines C(<hash>  <file name>) as C(sha256sum) writes them (its
+        C(--tag) style too), and the line of the image's file name (the last part of O(url) or O(src)) gives the
+        hash.
       - Verified before anything is unpacked. When it equals the checksum of a stored generation, nothing is
         read or fetched.
       - A malformed value, or the all-zero placeholder of an example, is refused before anything is fetched.
@@ -99,7 +100,7 @@ options:
     type: int
   current:
     description:
-      - The generation new roots get (and that C(upgrade) moves Pis to by default), when not the newest: for
+      - The generation new roots get (and that C(upgrade) moves Pis to by default), when not the newest; for
         example the one before a bad image. It stays current until another image is ingested or another
         O(current) is given.
     type: int
@@ -117,7 +118,7 @@ options:
     elements: int
   roots_dir:
     description:
-      - Directory of the per-Pi roots (M(pifleet.netboot.pi_root)'s O(pifleet.netboot.pi_root#module:roots_dir)):
+      - Directory of the per-Pi roots (M(pifleet.netboot.pi_root)'s O(pifleet.netboot.pi_root#module:roots_dir));
         the markers there say which generations Pis use. When it does not exist, nothing is removed by O(keep)
         (with a warning), since which generations are used cannot be told.
       - With O(capture), where the Pi's root is.
@@ -125,7 +126,7 @@ options:
     default: /srv/pifleet/roots
   units_dir:
     description:
-      - Where pi_root keeps the systemd mount units of each generation's C(boot-nfs): a removed generation's unit
+      - Where pi_root keeps the systemd mount units of each generation's C(boot-nfs). A removed generation's unit
         is removed, and the unit of a store-format-2 bakeform moves with it.
     type: path
     default: /etc/systemd/system
@@ -134,7 +135,7 @@ options:
       - Make the next generation of this bakeform from the root of one Pi (C(<roots_dir>/<serial>.img)) and the
         boot files of the generation that root was built from. See the description for what is taken out.
       - Set the Pi up by hand first; it may keep running (its file system is frozen for the moment of the clone,
-        about a second with reflinks). A capture is always a new generation (C(changed) on every run): run it once.
+        about a second with reflinks). A capture is always a new generation (C(changed) on every run), so run it once.
       - Mutually exclusive with O(src), O(url) and O(checksum).
     type: dict
     suboptions:
@@ -147,7 +148,7 @@ options:
         type: str
   force:
     description:
-      - No longer needed, and ignored: an image with other content under the same name is simply a new generation.
+      - No longer needed, and ignored. An image with other content under the same name is simply a new generation.
     type: bool
   max_size:
     description:
@@ -181,8 +182,8 @@ EXAMPLES = r"""
 - name: Fetch an image, verified against the checksum file published beside it
   pifleet.netboot.bakeform:
     name: bookworm-lite
-    url: https://downloads.raspberrypi.com/raspios_lite_arm64/images/raspios_lite_arm64-2025-05-13/2025-05-13-raspios-bookworm-arm64-lite.img.xz
-    checksum: sha256:https://downloads.raspberrypi.com/raspios_lite_arm64/images/raspios_lite_arm64-2025-05-13/2025-05-13-raspios-bookworm-arm64-lite.img.xz.sha256
+    url: https://mirror.example.org/raspios/2025-05-13-raspios-bookworm-arm64-lite.img.xz
+    checksum: sha256:https://mirror.example.org/raspios/2025-05-13-raspios-bookworm-arm64-lite.img.xz.sha256
 
 - name: A newer image under the same name becomes the next generation; keep two unused ones and generation 1
   pifleet.netboot.bakeform:
@@ -256,8 +257,9 @@ generations:
       description: The path or URL of its image, or the Pi root image it was captured from.
       type: str
     origin:
-      description: C({kind: image}) or C({kind: capture, serial, hostname, from}) with C(from) the generation the Pi's
-        root was built from.
+      description:
+        - Its C(kind) is V(image), or V(capture) with C(serial), C(hostname) and C(from), the generation the Pi's root
+          was built from.
       type: dict
     pinned:
       description: Whether it is pinned.
