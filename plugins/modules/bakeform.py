@@ -414,8 +414,7 @@ class BakeformModule:
                 self.work.close()
             if lock:
                 lock.release()
-        self.result.update(self.work.report(self.references, self.generation), changed=self.work.changed,
-                           migrated=self.result['migrated'] or bool(self.work.migrating and self.module.check_mode))
+        self.result.update(self.work.report(self.references, self.generation), changed=self.work.changed)
         if self.module._diff:
             self.result['diff'] = self.work.diff()
         self.module.exit_json(**self.result)
@@ -435,7 +434,7 @@ class BakeformModule:
                           'replace it with: give src or url' % self.name)
             self.module.warn('bakeform %s is incomplete or of an older store format: it is replaced by a new '
                              'bakeform made from this run\'s source' % self.name)
-        self.result['migrated'] = work.migrate() and not self.module.check_mode
+        work.migrate()
         if params['capture'] is not None:
             self.capture()
         elif params['src'] or params['url']:

@@ -90,7 +90,7 @@ def find_secrets(root, secrets):
     found = []
     for base, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(base, d))]
-        for name in files + [d for d in dirs]:
+        for name in files + dirs:
             path = os.path.join(base, name)
             rel = os.path.relpath(path, root)
             for what, text in secrets.items():

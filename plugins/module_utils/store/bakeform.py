@@ -23,14 +23,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic impo
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import (  # noqa: F401 (re-exported)
-    BOOT_DIR,
-    BOOT_EXPORT,
-    BOOT_IMAGE,
-    FORMAT,
-    MANIFEST,
-    ROOT_IMAGE,
-)
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as _gen
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import (
     PartitionError,
     detect_kernels,
@@ -43,8 +36,11 @@ CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
 # 1: golden root as a directory tree (before 0.3.0); 2: one image per name, directly in <store>/<name>/;
 # 3: generations (see generations.py).
-STORE_FORMAT = FORMAT
-IMAGE_FORMATS = (2, FORMAT)  # root.img, boot.img and boot/ beside the manifest (format 1 had a root directory)
+# The names of a generation's files (generations.py has the layout; these are read by older importers too).
+MANIFEST, ROOT_IMAGE, BOOT_IMAGE = _gen.MANIFEST, _gen.ROOT_IMAGE, _gen.BOOT_IMAGE
+BOOT_DIR, BOOT_EXPORT = _gen.BOOT_DIR, _gen.BOOT_EXPORT
+STORE_FORMAT = _gen.FORMAT
+IMAGE_FORMATS = (2, _gen.FORMAT)  # root.img, boot.img and boot/ beside the manifest (format 1 had a root directory)
 
 
 class IngestError(Exception):

@@ -51,7 +51,7 @@ class Generations:
         self.units = _loopfs.Units(units_dir) if units_dir else None
         self.unmount = unmount
         self.layout = self.index = self.on_disk = self.legacy = None
-        self.migrating = self.replacing = self.changed = False
+        self.migrating = self.replacing = self.changed = self.migrated = False
         self.manifests = {}
         self.removed = []
         self.planned = set()  # generations check mode would make
@@ -109,11 +109,17 @@ class Generations:
     def migrate(self):
         """Make a format-2 bakeform generation 1 (in check mode: say so). True when it is (or would be) done."""
         if self.migrating:
+            strangers = _migration.strangers(self.bakeform)
+            if strangers:
+                raise GenerationError('bakeform %s (store format 2) cannot become generation 1: %s holds %s, which '
+                                      'pifleet did not put there; move it away first'
+                                      % (self.bakeform.name, self.bakeform.dir, ', '.join(strangers)))
             if not self.check:
                 _migration.Migration(self.host, self.bakeform, self.legacy, self.units, self.unmount).run()
                 self.layout, self.migrating = 'generations', False
                 self.on_disk = self.bakeform.load_index()
             self.mark()
+            self.migrated = True
             return True
         if self.layout == 'generations' and self.units is not None:
             # A migration killed before its last step left the old boot-nfs mount unit: move it now.
@@ -272,7 +278,7 @@ class Generations:
                                pinned=number in (index.get('pinned') or []), current=number == index.get('current'),
                                used_by=_retention.used_by(used.get(number, []))))
         return {'generation': generation, 'current': index.get('current'), 'generations': listed,
-                'removed': sorted(self.removed),
+                'removed': sorted(self.removed), 'migrated': self.migrated,
                 'manifest': {} if generation is None or generation in self.planned else self.manifest(generation)}
 
     def diff(self):

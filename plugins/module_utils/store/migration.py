@@ -38,6 +38,12 @@ def is_legacy_complete(bakeform, manifest):
     return bool(manifest) and manifest.get('format') == LEGACY_FORMAT and is_complete(bakeform.dir)
 
 
+def strangers(bakeform):
+    """What a format-2 bakeform's directory holds besides what pifleet put there (it would go with the old one)."""
+    ours = {_gen.MANIFEST, _gen.BOOT_DIR, _gen.BOOT_IMAGE, _gen.ROOT_IMAGE, _gen.BOOT_EXPORT}
+    return sorted(name for name in os.listdir(bakeform.dir) if name not in ours)
+
+
 def generation_one(bakeform, manifest):
     """The manifest of generation 1 made of a format-2 bakeform's: the same, with what format 3 adds."""
     return dict(manifest, format=_gen.FORMAT, bakeform=bakeform.name, generation=1, origin={'kind': 'image'})

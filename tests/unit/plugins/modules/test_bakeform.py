@@ -174,8 +174,8 @@ def test_current_chooses_what_new_roots_get(run_module, tmp_path):
     assert planned.result['changed'] is True and index_of(tmp_path)['current'] == 3
     done = run_module(bakeform.main, args(tmp_path, current=2), diff=True)
     assert done.result['changed'] is True and done.result['current'] == 2 and index_of(tmp_path)['current'] == 2
-    assert (done.result['diff']['before']['current'], done.result['diff']['after']['current']) == ('golden@3',
-                                                                                                  'golden@2')
+    diff = done.result['diff']
+    assert (diff['before']['current'], diff['after']['current']) == ('golden@3', 'golden@2')
     assert [g['current'] for g in done.result['generations']] == [False, True, False]
     assert run_module(bakeform.main, args(tmp_path, current=2)).result['changed'] is False
     assert run_module(bakeform.main, args(tmp_path)).result['changed'] is False  # current stays until told
@@ -371,3 +371,14 @@ def test_a_failed_ingest_reports_no_change(run_module, top):
     assert result.failed and result.result['changed'] is False
     assert 'no MBR boot signature' in result.result['msg']
     assert tree(top) == before
+
+
+def test_a_format2_bakeform_with_files_of_someone_else_is_not_migrated(run_module, tmp_path):
+    dest, _manifest = format2(tmp_path)
+    (dest / 'NOTES.txt').write_text('mine')
+    before = tree(tmp_path)
+    for check_mode in (True, False):
+        result = run_module(bakeform.main, args(tmp_path), check_mode=check_mode)
+        assert result.failed and 'holds NOTES.txt, which pifleet did not put there' in result.result['msg']
+        assert result.result['changed'] is False
+    assert tree(tmp_path) == before
