@@ -127,7 +127,8 @@ def main(argv=None):
                       % (sample.name, seconds, extra / 2**20, allocated / 2**20, 100.0 * extra / allocated),
                       flush=True)
             finally:
-                release_below(top)
+                release_below(top / 'roots')
+                release_below(top / 'store')
     finally:
         shutil.rmtree(top_dir, ignore_errors=True)
     report = {'images': [p.name for p in images], 'seconds': {'first_ingest': first, 'next_generation': second},

@@ -458,7 +458,11 @@ class BakeformModule:
             self.fail('source of bakeform %s not found: %s is not a file on %s' % (self.name, src, os.uname()[1]))
         if checksum_url:
             digest = self.fetch_checksum(checksum_url)
-        found, digest = same_source(self.work.all_manifests(), src, digest)
+        manifests = self.work.all_manifests()
+        if manifests or self.module.check_mode:  # a first ingest hashes the source as it streams it
+            found, digest = same_source(manifests, src, digest)
+        else:
+            found = None
         if found is not None:
             self.generation = found  # stored already: nothing to ingest
             return
