@@ -435,14 +435,18 @@ class BakeformModule:
             self.module.warn('bakeform %s is incomplete or of an older store format: it is replaced by a new '
                              'bakeform made from this run\'s source' % self.name)
         work.migrate()
-        if params['capture'] is not None:
-            self.capture()
-        elif params['src'] or params['url']:
-            self.ingest(digest, checksum_url)
-        elif not work.exists():
+        source = params['src'] or params['url'] or params['capture']
+        if not source and not work.exists():
             self.fail('bakeform %s does not exist in %s: give src, url or capture to register it'
                       % (self.name, self.store))
-        if params['current'] is not None:
+        current = params['current']
+        if current is not None and current not in work.ids() and not (source and current == work.index['next']):
+            work.choose(current)  # fails before anything is made: neither stored nor the one this run may make
+        if params['capture'] is not None:
+            self.capture()
+        elif source:
+            self.ingest(digest, checksum_url)
+        if current is not None:
             work.choose(params['current'])
         if params['pinned'] is not None:
             work.pin(params['pinned'])

@@ -143,6 +143,7 @@ class Generations:
             self.index['generations'][str(number)] = _gen.entry(self._make(make, number))
         self.mark()  # only once it is made: a failed build changed nothing
         self.index.update(next=number + 1, current=number)
+        self.save()  # right after the generation is in place: what a later failure of this run cannot undo
         return number
 
     def _make(self, make, number):
@@ -229,6 +230,7 @@ class Generations:
         self.removed.append(number)
         del self.index['generations'][str(number)]
         self.index['pinned'] = [n for n in self.index.get('pinned') or [] if n != number]
+        self.save()
 
     def remove_all(self, references):
         """``state: absent``: the whole bakeform, refused while any root uses any of its generations."""

@@ -382,3 +382,12 @@ def test_a_format2_bakeform_with_files_of_someone_else_is_not_migrated(run_modul
         assert result.failed and 'holds NOTES.txt, which pifleet did not put there' in result.result['msg']
         assert result.result['changed'] is False
     assert tree(tmp_path) == before
+
+
+def test_a_current_that_cannot_be_fails_before_anything_is_made(run_module, top):
+    other = top / 'other.img'
+    other.write_bytes(b'not an image, but it is never read')
+    before = tree(top)
+    result = run_module(bakeform.main, args(top, src=str(other), current=5))
+    assert result.failed and 'current: generation golden@5 not found' in result.result['msg']
+    assert result.result['changed'] is False and tree(top) == before
