@@ -2,14 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """bakeform on real factory images: a faithful split-stream ingest, idempotence, bad input, kill -9, URLs, limits.
 
-The golden root is the image's own root partition (root.img); it is compared byte for byte with the
-partition and, mounted read-only, entry by entry with what the factory built.
+The golden root is the image's own root partition (generations/<N>/root.img); it is compared byte for byte
+with the partition and, mounted read-only, entry by entry with what the factory built. Generations,
+retention, migration and capture: test_generations.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, mounts_below, snapshot
+from httpfiles import serve as serve_file
+from httpfiles import serving
 from modrun import module_argv, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
@@ -57,13 +59,15 @@ def test_ingest_is_faithful_and_idempotent(images, store, tmp_path):
 
     planned = bakeform(store, check=True, diff=True, **args)
     assert planned['changed'] is True, planned
-    assert planned['diff']['after']['sha256'] == image['sha256'].split(':')[1]
+    assert planned['diff']['after']['generations']['bookworm@1']['sha256'] == image['sha256'].split(':')[1]
     assert os.listdir(store) == []
 
     done = bakeform(store, diff=True, **args)
     assert done['changed'] is True, done
     manifest = done['manifest']
-    assert manifest['sha256'] == image['sha256'].split(':')[1] and manifest['format'] == 2
+    assert manifest['sha256'] == image['sha256'].split(':')[1] and manifest['format'] == 3
+    assert (manifest['bakeform'], manifest['generation'], manifest['origin']) == ('bookworm', 1, {'kind': 'image'})
+    assert (done['generation'], done['current'], [g['label'] for g in done['generations']]) == (1, 1, ['bookworm@1'])
     assert manifest['models'] == ['3', '4', '5']
     assert manifest['kernels'] == ['kernel8.img', 'kernel_2712.img']
     assert manifest['pretty_name'] == 'Debian GNU/Linux 12 (bookworm)'
@@ -73,7 +77,9 @@ def test_ingest_is_faithful_and_idempotent(images, store, tmp_path):
     assert (manifest['root_image'], manifest['boot_image'], manifest['root_bytes']) == (
         'root.img', 'boot.img', image['root_size'])
     assert sorted(os.listdir(store)) == ['bookworm']
-    dest = store / 'bookworm'
+    assert sorted(os.listdir(store / 'bookworm')) == ['bakeform.json', 'generations']
+    assert json.loads((store / 'bookworm/bakeform.json').read_text())['current'] == 1
+    dest = store / 'bookworm/generations/1'
     assert sorted(os.listdir(dest)) == ['boot', 'boot.img', 'manifest.json', 'root.img']
     assert os.stat(store).st_mode & 0o7777 == 0o711
     assert [os.stat(dest / name).st_mode & 0o777 for name in ('root.img', 'boot.img')] == [0o600, 0o600]
@@ -134,7 +140,7 @@ def test_raw_image_checksum_and_the_retired_root_extract(images, store):
     assert result['changed'] is True, result
     assert result['manifest']['image_size'] == result['manifest']['source_size'] == os.path.getsize(image['path'])
     assert 'root_extract' in json.dumps(result.get('deprecations') or result.get('warnings'))
-    golden, partition = (store / 'raw' / 'root.img').read_bytes(), root_partition(image)
+    golden, partition = (store / 'raw/generations/1/root.img').read_bytes(), root_partition(image)
     assert golden[SUPERBLOCK.stop:] == partition[SUPERBLOCK.stop:]
     assert read_superblock(image['path'], image['root_offset'])['uuid'] == result['manifest']['root_uuid']
 
@@ -179,20 +185,22 @@ def test_random_raw_bytes_are_not_an_image(store, tmp_path):
     assert result['changed'] is False and os.listdir(store) == []
 
 
-def test_same_name_other_content_needs_force(images, store):
+def test_same_name_other_content_is_the_next_generation(images, store):
+    """What needed force: true once is a new generation now; force is accepted, deprecated and changes nothing."""
     first, second = images['good-xz'], images['other-xz']
     first_uuid = bakeform(store, name='bf', src=first['path'])['manifest']['root_uuid']
-    before = snapshot(store)
-    refused = bakeform(store, name='bf', src=second['path'])
-    assert refused.get('failed') and 'force: true' in refused['msg'] and refused['changed'] is False
-    assert snapshot(store) == before
+    gen1 = snapshot(store / 'bf/generations/1')
     replaced = bakeform(store, diff=True, name='bf', src=second['path'], force=True)
-    assert replaced['changed'] is True
-    assert replaced['diff']['before']['models'] == ['3', '4', '5']
+    assert replaced['changed'] is True and (replaced['generation'], replaced['current']) == (2, 2)
+    assert 'force' in json.dumps(replaced.get('deprecations'))
+    assert replaced['diff']['before']['current'] == 'bf@1' and replaced['diff']['after']['current'] == 'bf@2'
     assert replaced['manifest']['models'] == ['4']
-    assert sorted(os.listdir(store)) == ['bf']
-    assert not (store / 'bf/boot/start.elf').exists()
-    assert read_superblock(str(store / 'bf/root.img'))['uuid'] == replaced['manifest']['root_uuid'] != first_uuid
+    assert sorted(os.listdir(store / 'bf/generations')) == ['1', '2']
+    assert not (store / 'bf/generations/2/boot/start.elf').exists()
+    assert (store / 'bf/generations/1/boot/start.elf').exists()
+    assert snapshot(store / 'bf/generations/1') == gen1  # a generation is never changed once made
+    assert read_superblock(str(store / 'bf/generations/2/root.img'))['uuid'] == replaced['manifest']['root_uuid']
+    assert replaced['manifest']['root_uuid'] != first_uuid
 
 
 def test_absent_removes(images, store):
@@ -236,31 +244,7 @@ def test_sigkill_mid_ingest_leaves_store_as_it_was(tmp_path, store):
     assert result['changed'] is True, result
     assert result['swept'] == leftovers
     assert sorted(os.listdir(store)) == ['big']
-    assert (store / 'big/root.img').stat().st_size == image['root_size']
-
-
-class CountingHandler(http.server.SimpleHTTPRequestHandler):
-    requests = 0
-    sent = 0
-    pause = 0.0  # seconds between chunks, so a test can watch the store while the download runs
-
-    def do_GET(self):
-        type(self).requests += 1
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header('Content-Length', str(os.path.getsize(path)))
-        self.end_headers()
-        with open(path, 'rb') as handle:
-            for chunk in iter(lambda: handle.read(256 * 1024), b''):
-                self.wfile.write(chunk)
-                type(self).sent += len(chunk)
-                time.sleep(type(self).pause)
-
-    def log_message(self, *args):
-        pass
+    assert (store / 'big/generations/1/root.img').stat().st_size == image['root_size']
 
 
 @pytest.fixture
@@ -268,21 +252,12 @@ def http_dir(tmp_path):
     """An HTTP server on loopback serving ``tmp_path/www``; yields (base URL, directory, handler class)."""
     www = tmp_path / 'www'
     www.mkdir()
-    handler = type('Handler', (CountingHandler,), {})
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), lambda *a: handler(*a, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield 'http://127.0.0.1:%d/' % server.server_port, www, handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(www) as (base, handler):
+        yield base, www, handler
 
 
 def serve(www, image, name=None):
-    target = www / (name or os.path.basename(image['path']))
-    os.link(image['path'], target)
-    return target.name
+    return serve_file(www, image['path'], name)
 
 
 def test_url_source_is_streamed_verified_and_not_refetched(images, store, http_dir):
@@ -294,7 +269,8 @@ def test_url_source_is_streamed_verified_and_not_refetched(images, store, http_d
     assert first['changed'] is True, first
     assert first['manifest']['source'] == url and first['manifest']['source_stat'] is None
     assert handler.requests == 1 and handler.sent == os.path.getsize(image['path'])
-    assert sorted(os.listdir(store / 'net')) == ['boot', 'boot.img', 'manifest.json', 'root.img']  # no download left
+    gen1 = store / 'net/generations/1'
+    assert sorted(os.listdir(gen1)) == ['boot', 'boot.img', 'manifest.json', 'root.img']  # no download left
     assert bakeform(store, **args)['changed'] is False
     assert handler.requests == 1  # known checksum: nothing fetched
     failed = bakeform(store, name='net3', url=url + '.nope', checksum=args['checksum'])
@@ -318,7 +294,7 @@ def test_a_wrong_checksum_is_found_before_anything_is_unpacked(images, store, ht
     assert good['changed'] is True, good
     before = snapshot(store)
     image = images['random']  # unpacking it would fail with 'no MBR boot signature'
-    args = {'name': 'wrong', 'checksum': 'sha256:' + '0' * 64}
+    args = {'name': 'wrong', 'checksum': 'sha256:' + '1' * 64}
     if source == 'url':
         handler.pause = 0.01  # the download takes a while: long enough to be watched
         args['url'] = base + serve(www, image)

@@ -264,6 +264,32 @@ class Tree:
         finally:
             os.close(fd)
 
+    def entries(self, rel):
+        """``(name, lstat)`` of each entry of the directory ``rel``, never following a link; [] when missing."""
+        fd = self._open_dir(self._parts(rel))
+        if fd is None:
+            return []
+        try:
+            found = []
+            for name in sorted(os.listdir(fd)):
+                st = _lstat_at(fd, name)
+                if st is not None:
+                    found.append((name, st))
+            return found
+        finally:
+            os.close(fd)
+
+    def remove_tree(self, rel):
+        """Remove ``rel`` whatever it is: a file, a symlink (never what it points to) or a whole directory,
+        walked by descriptors without following any link. Nothing outside the tree can be reached."""
+        fd, name = self._parent(rel)
+        if fd is None:
+            return
+        try:
+            _remove_at(fd, name)
+        finally:
+            os.close(fd)
+
     def unlink(self, rel):
         """Remove the file or symlink ``rel`` if it is there (never a directory's content)."""
         fd, name = self._parent(rel)
@@ -292,6 +318,32 @@ def _lstat_at(fd, name):
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+def _remove_at(fd, name):
+    """Remove ``name`` in the directory ``fd``: a directory's content first, entered with O_NOFOLLOW."""
+    st = _lstat_at(fd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink_quiet(fd, name)
+        return
+    try:
+        inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link since: remove the link itself
+            _unlink_quiet(fd, name)
+            return
+        raise
+    try:
+        for child in os.listdir(inner):
+            _remove_at(inner, child)
+    finally:
+        os.close(inner)
+    try:
+        os.rmdir(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
 
 
 def _temp_file(fd, name):

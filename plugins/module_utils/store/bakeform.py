@@ -1,9 +1,10 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The bakeform store: ingest a Pi OS image into boot files, a golden root and a manifest.
+"""The bakeform store: ingest a Pi OS image into boot files, a golden root and a manifest (one generation).
 
-Pure logic plus an ``Ingest`` that drives external tools through one ``run(argv)`` callable
-(``AnsibleModule.run_command`` in the module, ``subprocess`` in tests). No AnsibleModule here.
+Where each generation lives is ``generations``. Pure logic plus an ``Ingest`` that drives external tools
+through one ``run(argv)`` callable (``AnsibleModule.run_command`` in the module, ``subprocess`` in tests).
+No AnsibleModule here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 import lzma
 import os
-import re
 import struct
 import subprocess
 import threading
@@ -23,6 +23,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic impo
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as _gen
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import (
     PartitionError,
     detect_kernels,
@@ -31,15 +32,15 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions i
     select_boot_and_root,
 )
 
-CHECKSUM_RE = re.compile(r'sha256:([0-9a-fA-F]{64})')
 CHUNK = 1024 * 1024
 XZ_MAGIC = b'\xfd7zXZ\x00'
-MANIFEST = 'manifest.json'
-ROOT_IMAGE = 'root.img'  # the golden root: the image's own root partition, an ext4 file system
-BOOT_IMAGE = 'boot.img'  # the boot files as a read-only ext4 file system, for Pis that mount them over NFS
-BOOT_DIR = 'boot'  # the boot files as a tree, for the TFTP hook
-BOOT_EXPORT = 'boot-nfs'  # where pi_root mounts boot.img read-only, for the NFS export
-STORE_FORMAT = 2  # 1: golden root as a directory tree (before 0.3.0)
+# 1: golden root as a directory tree (before 0.3.0); 2: one image per name, directly in <store>/<name>/;
+# 3: generations (see generations.py).
+# The names of a generation's files (generations.py has the layout; these are read by older importers too).
+MANIFEST, ROOT_IMAGE, BOOT_IMAGE = _gen.MANIFEST, _gen.ROOT_IMAGE, _gen.BOOT_IMAGE
+BOOT_DIR, BOOT_EXPORT = _gen.BOOT_DIR, _gen.BOOT_EXPORT
+STORE_FORMAT = _gen.FORMAT
+IMAGE_FORMATS = (2, _gen.FORMAT)  # root.img, boot.img and boot/ beside the manifest (format 1 had a root directory)
 
 
 class IngestError(Exception):
@@ -50,21 +51,15 @@ class IngestError(Exception):
         self.details = details
 
 
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
 def check_name(name):
     if not is_name(name):
         return ('bakeform name %r is not valid: use lower-case letters, digits, ".", "_" and "-", '
                 'starting with a letter or digit (for example "bookworm-lite-2025.05")' % name)
     return None
-
-
-def parse_checksum(checksum):
-    """Return the lower-case hex digest of ``sha256:<hex>``, or None when not given."""
-    if not checksum:
-        return None
-    match = CHECKSUM_RE.fullmatch(checksum.strip())
-    if not match:
-        raise IngestError('checksum %r is not of the form "sha256:<64 hex digits>"' % checksum)
-    return match.group(1).lower()
 
 
 def source_stat(path):
@@ -82,8 +77,9 @@ def hash_file(path):
 
 
 def is_complete(dest, manifest=None):
-    """A stored bakeform of this format has its boot files and images beside the manifest."""
-    if manifest is not None and manifest.get('format') != STORE_FORMAT:
+    """A stored generation (or a bakeform of format 2) has its boot files and images beside the manifest; with
+    ``manifest``, it must also be of a format whose files are these (2: one per name, 3: one per generation)."""
+    if manifest is not None and manifest.get('format') not in IMAGE_FORMATS:
         return False
     return os.path.isdir(os.path.join(dest, BOOT_DIR)) and all(
         os.path.isfile(os.path.join(dest, name)) for name in (ROOT_IMAGE, BOOT_IMAGE))
@@ -102,7 +98,8 @@ def load_manifest(dest, strict=True):
     except ValueError as exc:
         if not strict:
             return None
-        raise IngestError('%s is not valid JSON (%s): remove that bakeform directory or run with force: true'
+        raise IngestError('%s is not valid JSON (%s): it is written by pifleet.netboot.bakeform only; remove that '
+                          'generation (state: absent, generation: <N>) or the bakeform once no Pi uses it'
                           % (os.path.join(dest, MANIFEST), exc)) from exc
 
 
@@ -117,33 +114,28 @@ def boot_models(dest):
         return detect_models(os.listdir(os.path.join(dest, BOOT_DIR)))  # no usable manifest: the boot files tell
 
 
-def same_source(manifest, src, digest):
-    """Decide whether the stored bakeform came from this source, as cheaply as possible.
+def same_source(manifests, src, digest):
+    """Find the generation that holds this source, as cheaply as possible.
 
-    Returns ``(same, digest)``; ``digest`` is the source's sha256 if it had to be (or was) known.
-    A given checksum settles it; then a source file whose path, size, mtime, inode and device are
-    those recorded at ingest; only then is the source hashed again.
+    ``manifests`` is ``{generation: manifest}``. Returns ``(generation or None, digest)``; ``digest`` is the
+    source's sha256 if it had to be (or was) known. A given checksum settles it; then a source file whose
+    path, size, mtime, inode and device are those recorded when a generation was ingested; only then is
+    the source hashed again.
     """
-    if digest:
-        return digest == manifest.get('sha256'), digest
-    if src and os.path.abspath(src) == manifest.get('source'):
+    if not digest and src:
+        path = os.path.abspath(src)
         try:
-            if source_stat(src) == manifest.get('source_stat'):
-                return True, manifest.get('sha256')
+            stat_now = source_stat(src)
         except OSError:
-            pass
-    if src:
+            stat_now = None
+        for number, manifest in sorted(manifests.items()):
+            if stat_now and manifest.get('source') == path and manifest.get('source_stat') == stat_now:
+                return number, manifest.get('sha256')
         digest = hash_file(src)
-        return digest == manifest.get('sha256'), digest
-    return False, None
-
-
-def summary(manifest):
-    """The part of a manifest shown in diffs: what identifies the bakeform's content."""
-    if not manifest:
-        return {}
-    keys = ('name', 'source', 'sha256', 'models', 'kernels', 'pretty_name')
-    return {key: manifest[key] for key in keys if key in manifest}
+    if not digest:
+        return None, None
+    found = [number for number, manifest in sorted(manifests.items()) if manifest.get('sha256') == digest]
+    return (found[0] if found else None), digest
 
 
 _ZEROS = bytes(65536)
@@ -503,9 +495,12 @@ class Ingest:
         os.chmod(dest, 0o600)
 
     def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
-                 root_sb, pretty, config_txt=None):
+                 root_sb, pretty, config_txt=None, generation=None, origin=None):
         return {
             'name': self.name,
+            'bakeform': self.name,
+            'generation': generation,
+            'origin': origin or {'kind': 'image'},
             'format': STORE_FORMAT,
             'source': source,
             'source_stat': stat_info,
@@ -522,7 +517,7 @@ class Ingest:
             'root_uuid': root_sb['uuid'],
             'root_bytes': root['size'],
             'boot_image': BOOT_IMAGE,
-            'created': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+            'created': utc_now(),
             'collection_version': COLLECTION_VERSION,
         }
 

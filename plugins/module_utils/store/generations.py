@@ -36,6 +36,7 @@ ROOT_IMAGE = 'root.img'  # the golden root: the image's own root partition, an e
 BOOT_IMAGE = 'boot.img'  # the boot files as a read-only ext4 file system, for Pis that mount them over NFS
 BOOT_DIR = 'boot'  # the boot files as a tree, for the TFTP hook
 BOOT_EXPORT = 'boot-nfs'  # where pi_root mounts boot.img read-only, for the NFS export
+BOOT_EXPORT_OPTIONS = ('ro', 'nosuid', 'nodev', 'noexec')  # how boot.img is mounted there
 INDEX_LIMIT = 1 << 20
 _ID = re.compile(r'[1-9][0-9]{0,8}')
 _LABEL = re.compile(r'(?P<name>[^@\s]+)@(?P<generation>[1-9][0-9]{0,8})')
@@ -100,6 +101,22 @@ class Bakeform:
 
     def label(self, generation):
         return label(self.name, generation)
+
+    @property
+    def legacy_manifest_path(self):
+        """Where store format 2 kept the one manifest: directly in ``<store>/<name>/``."""
+        return os.path.join(self.dir, MANIFEST)
+
+    def layout(self):
+        """``none``, ``generations`` (format 3), ``format2`` (a manifest directly in the directory, before
+        generations) or ``unknown`` (a directory that is neither)."""
+        if not os.path.lexists(self.dir):
+            return 'none'
+        if os.path.lexists(self.index_path) or (self.ids() and not os.path.lexists(self.legacy_manifest_path)):
+            return 'generations'
+        if os.path.isfile(self.legacy_manifest_path):
+            return 'format2'
+        return 'unknown'
 
     # ------------------------------------------------------------------ what is there
 
@@ -173,6 +190,38 @@ class Bakeform:
 
 def new_index(name):
     return {'format': FORMAT, 'name': name, 'current': None, 'next': 1, 'pinned': [], 'generations': {}}
+
+
+def entry(manifest):
+    """The index's summary of one generation, taken from its manifest."""
+    return {'sha256': manifest.get('sha256'), 'created': manifest.get('created'), 'source': manifest.get('source'),
+            'origin': manifest.get('origin') or {'kind': 'image'}}
+
+
+def reconcile(bakeform, index):
+    """The index as the generation directories say it must be (a new dict; ``index`` may be None).
+
+    A run killed after it renamed a new generation into place but before it wrote the index left a
+    generation numbered ``next`` or more: it is added and becomes current, as that run meant. A
+    generation whose directory is gone (a removal killed before the index was written) is dropped.
+    """
+    ids = bakeform.ids()
+    old = index or new_index(bakeform.name)
+    known = old.get('generations') or {}
+    wanted = dict(old, format=FORMAT, name=bakeform.name, generations={})
+    for number in ids:
+        key = str(number)
+        wanted['generations'][key] = known[key] if key in known else entry(bakeform.manifest(number) or {})
+    first_free = (ids[-1] + 1) if ids else 1
+    next_id = old.get('next') if isinstance(old.get('next'), int) else 1
+    unrecorded = [number for number in ids if number >= next_id]
+    wanted['next'] = max(next_id, first_free)
+    if unrecorded:
+        wanted['current'] = unrecorded[-1]
+    elif old.get('current') not in ids:
+        wanted['current'] = ids[-1] if ids else None
+    wanted['pinned'] = sorted({p for p in old.get('pinned') or [] if isinstance(p, int) and not isinstance(p, bool)})
+    return wanted
 
 
 def write_index(bakeform, index):

@@ -357,3 +357,46 @@ def test_makedirs_makes_root_owned_directories_and_refuses_links(lab):
     st = os.lstat(top / 'etc/NetworkManager/conf.d')
     assert stat.S_ISDIR(st.st_mode) and st.st_mode & 0o7777 == 0o750
     assert sorted(os.listdir(outside)) == ['hostname', 'ssh']
+
+
+def test_remove_tree_removes_everything_inside_and_nothing_outside(lab):
+    top, outside = lab
+    victim = top / 'var/lib/cloud/instances/i-1'
+    (victim / 'sem').mkdir(parents=True)
+    (victim / 'sem/config_ssh').write_text('done')
+    (victim / 'user-data.txt').write_text('#cloud-config')
+    os.symlink(str(outside), victim / 'escape')           # a link to a directory outside: the link goes, not it
+    os.symlink(str(outside / 'hostname'), victim / 'file-link')
+    (victim / 'deep/er/still').mkdir(parents=True)
+    (top / 'etc/link-to-outside').symlink_to(outside)
+    with Tree(str(top)) as tree:
+        tree.remove_tree('var/lib/cloud/instances/i-1')
+        tree.remove_tree('etc/link-to-outside')              # a symlink: removed itself, never followed
+        tree.remove_tree('etc/hostname')                     # a plain file
+        tree.remove_tree('var/missing')                      # not there: nothing to do
+        with pytest.raises(ConfinedError):
+            tree.remove_tree('etc/link-to-outside/../..')
+    assert not victim.exists() and (top / 'var/lib/cloud/instances').is_dir()
+    assert not os.path.lexists(top / 'etc/link-to-outside') and not (top / 'etc/hostname').exists()
+    assert (outside / 'hostname').read_text() == 'bakery\n' and (outside / 'ssh').is_dir()
+
+
+def test_remove_tree_under_a_symlinked_parent_is_refused(lab):
+    top, outside = lab
+    (outside / 'ssh' / 'keep').write_text('bakery key')
+    (top / 'var').symlink_to(outside)
+    with Tree(str(top)) as tree, pytest.raises(ConfinedError, match='is a symlink'):
+        tree.remove_tree('var/ssh')
+    assert (outside / 'ssh' / 'keep').read_text() == 'bakery key'
+
+
+def test_entries_list_without_following(lab):
+    top, outside = lab
+    (top / 'etc/link').symlink_to(outside)
+    (top / 'etc/sub').mkdir()
+    with Tree(str(top)) as tree:
+        found = {name: stat.S_IFMT(st.st_mode) for name, st in tree.entries('etc')}
+        assert found == {'hostname': stat.S_IFREG, 'link': stat.S_IFLNK, 'sub': stat.S_IFDIR}
+        assert tree.entries('missing') == []
+        with pytest.raises(ConfinedError):
+            tree.entries('etc/link')

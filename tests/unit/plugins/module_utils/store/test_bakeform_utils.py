@@ -18,12 +18,10 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store import bakef
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
     IngestError,
     check_name,
-    parse_checksum,
     pretty_name,
     same_source,
     source_stat,
     stream_image,
-    summary,
 )
 
 REPO = Path(__file__).resolve().parents[5]
@@ -38,25 +36,6 @@ NAMES = [
 @pytest.mark.parametrize(('name', 'ok'), NAMES)
 def test_check_name(name, ok):
     assert (check_name(name) is None) == ok
-
-
-CHECKSUMS = [
-    (None, None),
-    ('sha256:' + 'A' * 64, 'a' * 64),
-    (' sha256:' + '0' * 64 + '\n', '0' * 64),
-    ('sha256:' + 'a' * 63, IngestError),
-    ('md5:' + 'a' * 32, IngestError),
-    ('a' * 64, IngestError),
-]
-
-
-@pytest.mark.parametrize(('given', 'expected'), CHECKSUMS)
-def test_parse_checksum(given, expected):
-    if expected is IngestError:
-        with pytest.raises(IngestError, match='sha256:<64 hex digits>'):
-            parse_checksum(given)
-    else:
-        assert parse_checksum(given) == expected
 
 
 def payload():
@@ -134,20 +113,23 @@ def test_same_source_prefers_checksum_then_stat_then_hash(tmp_path, monkeypatch)
     src = tmp_path / 'img'
     src.write_bytes(b'content')
     digest = hashlib.sha256(b'content').hexdigest()
-    manifest = {'source': str(src), 'sha256': digest, 'source_stat': source_stat(str(src))}
-    assert same_source(manifest, str(src), digest) == (True, digest)
-    assert same_source(manifest, str(src), 'f' * 64) == (False, 'f' * 64)
+    manifests = {1: {'source': '/elsewhere.img', 'sha256': 'e' * 64, 'source_stat': None},
+                 2: {'source': str(src), 'sha256': digest, 'source_stat': source_stat(str(src))}}
+    assert same_source(manifests, str(src), digest) == (2, digest)
+    assert same_source(manifests, str(src), 'e' * 64) == (1, 'e' * 64)
+    assert same_source(manifests, str(src), 'f' * 64) == (None, 'f' * 64)
+    assert same_source({}, None, None) == (None, None)
 
     hashed = []
     real_hash = _bakeform.hash_file
     monkeypatch.setattr(_bakeform, 'hash_file', lambda path: hashed.append(path) or real_hash(path))
-    assert same_source(manifest, str(src), None) == (True, digest)
+    assert same_source(manifests, str(src), None) == (2, digest)
     assert hashed == []  # unchanged stat: no re-read
     os.utime(src, ns=(1, 1))
-    assert same_source(manifest, str(src), None) == (True, digest)
+    assert same_source(manifests, str(src), None) == (2, digest)
     assert hashed == [str(src)]  # touched: hashed again, same content
     src.write_bytes(b'other')
-    assert same_source(manifest, str(src), None) == (False, hashlib.sha256(b'other').hexdigest())
+    assert same_source(manifests, str(src), None) == (None, hashlib.sha256(b'other').hexdigest())
 
 
 @pytest.mark.parametrize(('text', 'expected'), [
@@ -214,12 +196,6 @@ def test_splitter_stops_at_max_size_and_checks_space_first(tmp_path):
         stream_image(io.BytesIO(raw), splitter, 'demo')
     assert asked == [3 * mib]  # asked before a byte of a partition was written
     assert not (tmp_path / 'r2').exists()
-
-
-def test_summary_keeps_identity_only():
-    manifest = {'name': 'a', 'sha256': 'b', 'created': 'now', 'source': 's', 'models': ['4']}
-    assert summary(manifest) == {'name': 'a', 'sha256': 'b', 'source': 's', 'models': ['4']}
-    assert summary(None) == {}
 
 
 def test_version_matches_galaxy_yml():

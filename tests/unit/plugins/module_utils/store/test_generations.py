@@ -130,3 +130,63 @@ def test_references_read_current_and_previous_markers(tmp_path):
          'sha256': 'a'},
     ]
     assert _roots.references(str(tmp_path / 'missing')) == []
+
+
+def test_layout_tells_the_formats_apart(tmp_path):
+    bakeform = gen.Bakeform(str(tmp_path), 'lite')
+    assert bakeform.layout() == 'none'
+    os.makedirs(bakeform.dir)
+    assert bakeform.layout() == 'unknown'
+    with open(bakeform.legacy_manifest_path, 'w') as handle:
+        handle.write('{"format": 2}')
+    assert bakeform.layout() == 'format2'
+    make_generation(bakeform, 1)
+    assert bakeform.layout() == 'format2'  # a migration killed before its swap: the old layout still rules
+    os.unlink(bakeform.legacy_manifest_path)
+    assert bakeform.layout() == 'generations'  # generations without an index: the index is made again
+    gen.write_index(bakeform, gen.new_index('lite'))
+    assert bakeform.layout() == 'generations'
+
+
+def summary(number):
+    return {'sha256': 's%d' % number, 'created': 'c', 'source': 'x', 'origin': {'kind': 'image'}}
+
+
+# (index as (current, next, generations listed, pinned) or None, generations there, expected current, next, pinned)
+RECONCILE = [
+    ((2, 3, [1, 2], []), [1, 2], 2, 3, []),                  # as it should be
+    ((1, 3, [1, 2], [1]), [1, 2], 1, 3, [1]),
+    ((2, 3, [1, 2], []), [1, 2, 3], 3, 4, []),               # killed after renaming 3 in, before the index
+    ((2, 3, [1, 2], []), [2], 2, 3, []),                     # killed after removing 1, before the index
+    ((2, 3, [1, 2], [1]), [1], 1, 3, [1]),                   # the current one gone by hand: the newest
+    ((2, 5, [1, 2], []), [1, 2], 2, 5, []),                  # numbers are never reused
+    (None, [3, 4], 4, 5, []),                                # no index at all
+    (None, [], None, 1, []),
+]
+
+
+@pytest.mark.parametrize('case', RECONCILE)
+def test_reconcile(tmp_path, case):
+    before, there, current, next_id, pinned = case
+    bakeform = gen.Bakeform(str(tmp_path), 'lite')
+    for number in there:
+        make_generation(bakeform, number)
+    index = None
+    if before:
+        index = gen.new_index('lite')
+        index.update(current=before[0], next=before[1], pinned=before[3],
+                     generations={str(n): summary(n) for n in before[2]})
+    got = gen.reconcile(bakeform, index)
+    assert (got['current'], got['next'], got['pinned']) == (current, next_id, pinned)
+    assert sorted(int(k) for k in got['generations']) == there
+    for number in there:  # known summaries kept, unknown ones taken from the manifest
+        expected = summary(number) if before and number in before[2] else gen.entry({'generation': number})
+        assert got['generations'][str(number)] == expected
+    assert got['format'] == 3 and got['name'] == 'lite'
+
+
+def test_entry():
+    manifest = {'sha256': 'a', 'created': 'c', 'source': 's', 'models': ['4']}
+    assert gen.entry(manifest) == {'sha256': 'a', 'created': 'c', 'source': 's', 'origin': {'kind': 'image'}}
+    capture = {'kind': 'capture', 'serial': '3a4b5c6d', 'hostname': None, 'from': 'lite@1'}
+    assert gen.entry(dict(manifest, origin=capture))['origin'] == capture
