@@ -17,8 +17,8 @@ description:
   - "A root is built from one generation of its bakeform (O(pis[].generation), by default the bakeform's current one)
     and keeps it: O(state=present) never moves a root to another generation. A root whose generation is not the
     current one is reported with C(behind=true); the C(upgrade) playbook moves it (O(state=rebuilt))."
-  - O(state=rebuilt) keeps the root it replaces as the Pi's previous root (C(<serial>.prev.img), a rename: no copy),
-    and O(state=rolledback) swaps the two back. Each move is safe against a kill at any point.
+  - "O(state=rebuilt) keeps the root it replaces as the Pi's previous root (C(<serial>.prev.img), a rename: no copy),
+    and O(state=rolledback) swaps the two back. Each move is safe against a kill at any point."
   - "The bakery keeps each Pi's identity, out of its reach: C(<roots_dir>/<serial>.identity/) holds its SSH host keys
     and machine-id, made when its first root is made and given to every root built or rolled back for it.
     Nothing is taken from a root being replaced (a Pi is root there); a root made before the bakery kept
@@ -38,9 +38,9 @@ description:
   - With O(host_ca), each root's host keys are signed by the fleet's host CA and the root gets the certificates and
     an sshd drop-in naming them, so an C(@cert-authority) line lets the controller trust every Pi from its first
     boot. A root whose C(sshd_config) does not include C(sshd_config.d/*.conf) gets none (C(host_certificate=false)).
-  - Every root with apt gets the kernel hold of its generation (an apt pin and a C(DPkg::Pre-Install-Pkgs) guard):
+  - "Every root with apt gets the kernel hold of its generation (an apt pin and a C(DPkg::Pre-Install-Pkgs) guard):
     the Pi boots the kernel its bakery serves, so the kernel packages in its root must stay those of its
-    generation; a new kernel comes with a new generation (see the collection's C(docs/kernels.md)).
+    generation; a new kernel comes with a new generation (see the collection's C(docs/kernels.md))."
   - The marker C(<roots_dir>/<serial>.json), out of the Pi's reach, records the bakeform and generation, clone
     method, file system UUID, fixes, host keys, certificate and kernel packages. An existing root gets only the
     option-driven fixes re-applied in place.
@@ -331,7 +331,7 @@ pis:
       sample: {bakeform: bookworm-lite, generation: 2, label: bookworm-lite@2}
     host_certificate:
       description: Whether the root holds a host certificate of O(host_ca) (false when its sshd cannot include the
-        drop-in: known_hosts then needs its plain host keys).
+        drop-in, so known_hosts needs its plain host keys).
       type: bool
       returned: unless failed
     boot_export:
