@@ -414,8 +414,8 @@ def items(base):
         if item['state'] != 'absent' and not item['bakeform']:
             base.problem('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
         if item['generation'] is not None and item['generation'] < 1:
-            base.problem('generation %s for Pi %s is not a generation number (1, 2, 3 ...)' % (item['generation'],
-                                                                                              item['serial']))
+            base.problem('generation %s for Pi %s is not a generation number (1, 2, 3 ...)'
+                         % (item['generation'], item['serial']))
         if item['principals'] is not None:
             for problem in _hostcert.check_principals(item['principals'], 'Pi %s' % item['serial']):
                 base.problem(problem)

@@ -237,8 +237,8 @@ def test_sigkill_mid_rebuild_leaves_whole_pairs(ext4, moment):
     pis = [{'serial': '6f%06x' % index} for index in range(6)]
     first = ext4.pi_root(pis=pis, generation=1, clone_method='copy')
     assert not first.get('failed'), first
-    argv = module_argv('pi_root', ext4.args(pis=[dict(pi, state='rebuilt', generation=2) for pi in pis],
-                                             clone_method='copy'))
+    upgrade = [dict(pi, state='rebuilt', generation=2) for pi in pis]
+    argv = module_argv('pi_root', ext4.args(pis=upgrade, clone_method='copy'))
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if moment == 'cloning':  # the third Pi's new root is being copied: two are rebuilt, the rest are not
         kill_when(proc, lambda: os.path.exists(ext4.roots / '6f000001.prev.img') and any(

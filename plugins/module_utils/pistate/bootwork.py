@@ -126,9 +126,9 @@ class PiBoots:
                    'before generations becomes generation 1 when it runs for it)' % (name, _generations.INDEX, bake.dir)
         number = bake.current(index) if generation is None else generation
         if number is None or not bake.is_complete(number):
-            return 'generation %s is not in %s (there: %s); register the image with pifleet.netboot.bakeform, or ' \
-                   'name a generation that is there' % (bake.label(number or 'current'), bake.generations_dir,
-                                                          ', '.join(str(n) for n in bake.ids()) or 'none')
+            there = ', '.join(str(n) for n in bake.ids()) or 'none'
+            return ('generation %s is not in %s (there: %s); register the image with pifleet.netboot.bakeform, or '
+                    'name a generation that is there' % (bake.label(number or 'current'), bake.generations_dir, there))
         boot = bake.boot_dir(number)
         files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
         return boot, files, boot_models(bake.gen_dir(number)), bake.label(number)

@@ -179,8 +179,8 @@ def adopt(tree, kinds, hostname):
         problems.append('its machine-id (not 32 lower-case hex digits)')
     for kind in kinds:
         try:
-            private, public = tree.read_bytes(key_path(kind), KEY_LIMIT), tree.read_bytes(key_path(kind, '.pub'),
-                                                                                        KEY_LIMIT)
+            private = tree.read_bytes(key_path(kind), KEY_LIMIT)
+            public = tree.read_bytes(key_path(kind, '.pub'), KEY_LIMIT)
         except (ConfinedError, OSError) as exc:
             problems.append('its %s host key (%s)' % (kind, exc))
             continue

@@ -90,9 +90,9 @@ class Builder:
             self.mounter.mount(image, mnt, _loopfs.ROOT_OPTIONS, 'the new root of Pi %s' % serial)
             try:
                 with Tree(mnt, 'the new root of Pi %s (%s)' % (serial, bake.label(generation))) as tree:
-                    changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, bake, generation,
-                                                                                           tree),
-                                                     keys, identity.machine_id + '\n', seed=self.seed(item, tree))
+                    boot = self.boot_line(item, bake, generation, tree)
+                    changes = _rootfix.clone_changes(tree, item['hostname'], boot, keys, identity.machine_id + '\n',
+                                                     seed=self.seed(item, tree))
                     more, facts = self.contents(plan, tree, identity, source=tree)
                     _rootfix.apply(tree, changes + more)
                     self.clone_diff(plan, changes, tree)

@@ -66,11 +66,11 @@ class Parts:
                 raise RootError('%s (%s)' % (exc, who)) from None
             if index is None:
                 if os.path.isfile(os.path.join(bake.dir, _generations.MANIFEST)):
-                    raise RootError('bakeform %s in %s is stored in the format before generations (%s has no %s): run '
-                                    'pifleet.netboot.bakeform for it once (name: %s, store: %s), which makes it '
-                                    'generation 1, then run this again (%s)' % (name, self.store, bake.dir,
-                                                                               _generations.INDEX, name, self.store,
-                                                                               who))
+                    raise RootError(
+                        'bakeform %s in %s is stored in the format before generations (%s has no %s): run '
+                        'pifleet.netboot.bakeform for it once (name: %s, store: %s), which makes it generation 1, '
+                        'then run this again (%s)' % (name, self.store, bake.dir, _generations.INDEX, name, self.store,
+                                                      who))
                 raise RootError('bakeform %s not found for %s: %s has no %s; register the image with '
                                 'pifleet.netboot.bakeform (name: %s, store: %s)' % (name, who, bake.dir,
                                                                                     _generations.INDEX, name,

@@ -21,7 +21,8 @@ from genstore import make_generation
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import kernelhold
 from ansible_collections.pifleet.netboot.plugins.modules import pi_root
 
-A, B = '3a4b5c6d', '0badcafe'
+A = '3a4b5c6d'
+B = '0badcafe'
 STATUS = ''.join('Package: %s\nStatus: install ok installed\nVersion: %s\nDescription: x\n continued\n\n' % pair
                  for pair in (('bash', '5.2.15-2'), ('linux-image-6.1.0-50-arm64', '6.1.158-1'),
                               ('linux-image-arm64', '6.1.158-1')))
@@ -287,17 +288,18 @@ def test_host_certificates_are_signed_once_and_again_when_names_or_ca_change(run
     assert run(run_module, lab, **base).result['pis'][0]['action'] == 'fixed'
     assert (root / 'etc/ssh/ssh_host_ecdsa_key-cert.pub').read_bytes() == certs['ecdsa']
 
-    renamed = run(run_module, lab, **dict(base, principals=['kitchen'])).result
+    renamed = run(run_module, lab, **{**base, 'principals': ['kitchen']}).result
     assert renamed['pis'][0]['action'] == 'fixed'
     assert certificate(root / 'etc/ssh/ssh_host_ed25519_key-cert.pub').split('Principals:')[1].split()[0:2] == [
         'kitchen', 'Critical']
     other = make_ca(tmp_path / 'new_ca')
-    moved = run(run_module, lab, **dict(base, host_ca=str(tmp_path / 'new_ca'))).result
+    new_ca = {**base, 'host_ca': str(tmp_path / 'new_ca')}
+    moved = run(run_module, lab, **new_ca).result
     assert moved['pis'][0]['action'] == 'fixed'
     assert other in certificate(root / 'etc/ssh/ssh_host_ed25519_key-cert.pub')
-    rebuilt = run(run_module, lab, **dict(base, host_ca=str(tmp_path / 'new_ca'), state='rebuilt')).result
+    rebuilt = run(run_module, lab, **{**new_ca, 'state': 'rebuilt'}).result
     assert rebuilt['pis'][0]['host_certificate'] is True
-    assert run(run_module, lab, **dict(base, host_ca=str(tmp_path / 'new_ca'))).result['changed'] is False
+    assert run(run_module, lab, **new_ca).result['changed'] is False
 
     plain = run(run_module, lab, serial=A).result  # host_ca unset: pi_root's certificates go
     assert plain['pis'][0]['host_certificate'] is False

@@ -81,9 +81,9 @@ def test_changes_land_once(tmp_path):
         assert not kernelhold.applies(tree)
 
 
-def guard(tmp_path, debs, label='bw@3', packages=PACKAGES):
+def guard(tmp_path, debs, label='bw@3'):
     script = tmp_path / 'guard'
-    script.write_text(kernelhold.render_guard(label, packages))
+    script.write_text(kernelhold.render_guard(label, PACKAGES))
     return subprocess.run(['sh', str(script)], input=''.join(d + '\n' for d in debs), capture_output=True,
                           text=True, check=False)
 
