@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
@@ -30,6 +31,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootbuild 
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootparts import Parts, kinds_of
 
 BOOT_OPTIONS = ('ro', 'nosuid', 'nodev', 'noexec')
+_HALF_WRITTEN = re.compile(r'\.pifleet-[a-z0-9_]{8}')  # atomic.write_text's temporary file (mkstemp)
 GOLDEN_OPTIONS = ('ro', 'noload', 'nosuid', 'nodev', 'noexec')
 
 
@@ -86,7 +88,13 @@ class PiRoots(Builder):
             os.chmod(self.roots_dir, _roots.ROOTS_MODE)
             self.shared_changed = True
         # A killed run's new identity is dropped and the old one put back (an image is renamed in whole).
-        return _atomic.sweep_stale(self.roots_dir, self.parts.identities.target, self._unmount_quietly)
+        swept = _atomic.sweep_stale(self.roots_dir, self.parts.identities.target, self._unmount_quietly)
+        for name in sorted(os.listdir(self.roots_dir)):  # a marker or journal half written when a run was killed
+            path = os.path.join(self.roots_dir, name)
+            if _HALF_WRITTEN.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)  # only pi_root writes here, and it holds the bakery lock
+                swept.append(name)
+        return swept
 
     def _unmount_quietly(self, point):
         self.host.run([self.host.which('umount', True), '--lazy', '--', point])

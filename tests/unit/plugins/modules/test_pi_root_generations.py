@@ -354,3 +354,11 @@ def test_diffs_never_carry_a_pis_control_characters(run_module, lab):
     assert '\\x1b[2J\\x1b]0;owned\\x07' in shown[0]['before']
     assert (root / 'etc/hosts').read_text().startswith('127.0.0.1 localhost \x1b[2J')  # the file keeps its bytes
     run(run_module, lab, serial=A, state='absent')
+
+
+def test_a_marker_half_written_by_a_killed_run_is_swept(run_module, lab):
+    (lab / 'roots').mkdir(mode=0o700)
+    (lab / 'roots/.pifleet-k1ll3d_x').write_text('{"serial": "3a4')  # atomic.write_text's temporary file
+    (lab / 'roots/.pifleet-notours').mkdir()  # not a temporary file of ours: left alone
+    result = run(run_module, lab, pis=[{'serial': A, 'state': 'absent'}]).result
+    assert result['swept'] == ['.pifleet-k1ll3d_x'] and sorted(os.listdir(lab / 'roots')) == ['.pifleet-notours']
