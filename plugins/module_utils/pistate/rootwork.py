@@ -32,6 +32,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootparts 
 
 BOOT_OPTIONS = ('ro', 'nosuid', 'nodev', 'noexec')
 _HALF_WRITTEN = re.compile(r'\.pifleet-[a-z0-9_]{8}')  # atomic.write_text's temporary file (mkstemp)
+_JOURNAL = re.compile(r'[0-9a-f]{8}\.swap\.json')
 GOLDEN_OPTIONS = ('ro', 'noload', 'nosuid', 'nodev', 'noexec')
 
 
@@ -89,12 +90,18 @@ class PiRoots(Builder):
             self.shared_changed = True
         # A killed run's new identity is dropped and the old one put back (an image is renamed in whole).
         swept = _atomic.sweep_stale(self.roots_dir, self.parts.identities.target, self._unmount_quietly)
-        for name in sorted(os.listdir(self.roots_dir)):  # a marker or journal half written when a run was killed
+        for name in sorted(os.listdir(self.roots_dir)):
             path = os.path.join(self.roots_dir, name)
             if _HALF_WRITTEN.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
-                os.unlink(path)  # only pi_root writes here, and it holds the bakery lock
+                os.unlink(path)  # a marker or journal half written by a killed run: only pi_root writes here
                 swept.append(name)
+            elif _JOURNAL.fullmatch(name):  # every Pi's roots whole before anything reads a marker
+                self.recover(_roots.Layout(self.roots_dir, name[:8]))
         return swept
+
+    def recover(self, lay):
+        self.host.warn('root of Pi %s: a killed run had left its roots half moved; put in order: %s'
+                       % (lay.serial, '; '.join(_rollback.recover(lay)) or 'nothing to do'))
 
     def _unmount_quietly(self, point):
         self.host.run([self.host.which('umount', True), '--lazy', '--', point])
@@ -115,8 +122,7 @@ class PiRoots(Builder):
                 self.host.warn('root of Pi %s: a run was killed while moving its roots; the next real run puts them '
                                'in order first' % serial)
             else:
-                self.host.warn('root of Pi %s: a killed run had left its roots half moved; put in order: %s'
-                               % (serial, '; '.join(_rollback.recover(lay)) or 'nothing to do'))
+                self.recover(lay)
         image = os.path.isfile(lay.image)
         link = os.path.islink(lay.point)
         if link and state != 'absent':  # mounting there would mount over whatever it points to
