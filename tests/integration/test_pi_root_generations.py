@@ -260,7 +260,8 @@ def test_sigkill_mid_rebuild_leaves_whole_pairs(ext4, moment):
         gen2 = (ext4.roots / pi['serial'] / 'etc/generation').exists()
         assert gen2 is (marker['generation'] == 2), pi
     removed = ext4.pi_root(pis=[dict(pi, state='absent') for pi in pis])
-    assert not removed.get('failed') and os.listdir(ext4.roots) == [] and loops_backed_by(ext4.roots) == []
+    assert not removed.get('failed') and os.listdir(ext4.roots) == []
+    assert loops_backed_by(ext4.mnt) == [] and mounts_below(ext4.mnt) == []  # nothing of the killed run either
 
 
 def test_sigkill_mid_rollback_leaves_whole_pairs(ext4):
@@ -281,3 +282,4 @@ def test_sigkill_mid_rollback_leaves_whole_pairs(ext4):
     assert not any((ext4.roots / pi['serial'] / 'etc/generation').exists() for pi in pis)
     ext4.pi_root(pis=[dict(pi, state='absent') for pi in pis])
     assert os.listdir(ext4.roots) == []
+    assert loops_backed_by(ext4.mnt) == [] and mounts_below(ext4.mnt) == []  # nothing of the killed run either

@@ -42,12 +42,15 @@ class Builder:
                 yield tree
         return opened
 
-    def contents(self, plan, tree, identity, source=None):
-        """Changes that give a root (in ``tree``) the Pi's identity, host certificates and kernel hold."""
+    def contents(self, plan, tree, identity, source=None, packages=None):
+        """Changes that give a root (in ``tree``) the Pi's identity, host certificates and kernel hold.
+
+        The generation's kernel packages come from ``packages`` (a marker's), else ``source`` (a fresh clone).
+        """
         item, bake, generation = plan['item'], plan['bake'], plan['generation']
         changes = _identity.host_key_changes(tree, identity, self.key_types)
         certs, record, signed = self.parts.certificate(item, tree, identity, self.key_types)
-        hold, packages = self.parts.hold(tree, bake, generation, source=source)
+        hold, packages = self.parts.hold(tree, bake, generation, packages, source=source)
         return changes + certs + hold, {'host_keys': identity.public_keys(self.key_types), 'certificate': record,
                                         'kernel_packages': packages, 'signed': signed}
 
@@ -136,7 +139,7 @@ class Builder:
                         item, bake, generation, tree), keys)
                     changes += _rootfix.seed_changes(tree, self.seed(item, tree))
                     changes += _rootfix.machine_id_changes(tree, identity.machine_id + '\n')
-                    more, facts = self.contents(plan, tree, identity)
+                    more, facts = self.contents(plan, tree, identity, packages=plan['previous'].get('kernel_packages'))
                     _rootfix.apply(tree, changes + more)
                     self.show(lay, changes)
             finally:

@@ -49,6 +49,7 @@ class PiRoots(Builder):
         self.parts = Parts(host, store=self.store, roots_dir=self.roots_dir, key_types=key_types, host_ca=host_ca,
                            golden=self.golden)
         self.goldens, self.diffs, self.kernels = {}, [], {}
+        self.views = None  # the scratch directory holding the golden views of a real run
         self.mounts = None
         self.stack = contextlib.ExitStack()
         self.shared_changed = False  # the roots directory's mode, the generations' boot file systems
@@ -64,11 +65,21 @@ class PiRoots(Builder):
         return _loopfs.loop_backing(self.mounts.get(point)) if point in self.mounts else None
 
     def golden(self, bake, generation):
-        """A read-only view of a generation's golden root (check mode, package lists), mounted once under the tmpdir."""
+        """A read-only view of a generation's golden root (check mode, package lists), mounted once per run.
+
+        A real run mounts it in a scratch directory of roots_dir, which the next run sweeps (with the mount)
+        should this one be killed; check mode, which writes nothing there, under the module's tmpdir.
+        """
         key = (bake.name, generation)
         if key not in self.goldens:
             label = bake.label(generation)
-            point = os.path.join(self.host.tmpdir, 'golden-%s-%s' % key)
+            if self.host.check_mode or not os.path.isdir(self.roots_dir):
+                point = os.path.join(self.host.tmpdir, 'golden-%s-%s' % key)
+            else:
+                if self.views is None:
+                    self.views = _atomic.ScratchDir(self.roots_dir, 'golden')
+                    self.stack.callback(self.views.close, self._unmount_quietly)
+                point = self.views.join('%s-%s' % key)
             os.mkdir(point, 0o700)
             self.mounter.mount(bake.root_image(generation), point, GOLDEN_OPTIONS, 'a read-only look at %s' % label)
             self.stack.callback(self.mounter.umount, point, label)
