@@ -10,10 +10,12 @@ module: pi_boot
 short_description: Per-Pi boot folders (cmdline.txt, config.txt) and the TFTP hook's fleet map
 version_added: 0.1.0
 description:
-  - Gives every Pi a folder C(<boot_dir>/<prefix>/) holding the boot files that differ from its bakeform's,
-    and writes the fleet map (O(map_path)) that the pifleet TFTP hook reads, so that a request for
-    C(<prefix>/<file>) is served from the Pi's folder first, then from the bakeform's boot files
-    C(<store>/<bakeform>/boot/).
+  - Gives every Pi a folder C(<boot_dir>/<prefix>/) holding the boot files that differ from its bakeform
+    generation's, and writes the fleet map (O(map_path)) that the pifleet TFTP hook reads, so that a request for
+    C(<prefix>/<file>) is served from the Pi's folder first, then from the boot files of the generation its root
+    is built from, C(<store>/<bakeform>/generations/<generation>/boot/), so a kernel always boots with its own modules.
+  - "A Pi whose bakeform or generation is not in the store, or cannot boot its model, fails alone: its folder and
+    map entry stay as they were, the other Pis are served, and the module fails at the end naming it."
   - "C(cmdline.txt) is the bakeform's without its SD-card root and first-boot tokens (C(root=), C(rootfstype=),
     C(init=), C(fsck.repair=), C(resize), C(splash), C(plymouth.*), C(network-config=)) plus an NFS root:
     C(root=/dev/nfs nfsroot=<nfsroot>,vers=3,noacl rw ip=dhcp rootwait network-config=disabled), then O(pis[].cmdline_extra)."
@@ -50,7 +52,8 @@ options:
     default: /var/lib/pifleet/tftp/map.json
   default_bakeform:
     description:
-      - Bakeform whose boot files answer root-level requests (the Pi 3's C(bootcode.bin)); the map's C(default).
+      - Bakeform whose boot files (of its current generation) answer root-level requests (the Pi 3's
+        C(bootcode.bin)); the map's C(default).
       - When not given, the map's C(default) is empty with O(exclusive=true) and kept as it is otherwise.
     type: str
   exclusive:
@@ -84,6 +87,11 @@ options:
         description:
           - Name of the bakeform in O(store) whose boot files the Pi boots. Required when O(pis[].state=present).
         type: str
+      generation:
+        description:
+          - The generation of O(pis[].bakeform) whose boot files the Pi boots, the one its root is built from (the
+            C(generation) M(pifleet.netboot.pi_root) returns). Defaults to the bakeform's current generation.
+        type: int
       model:
         description:
           - Pi model. When given, a bakeform whose boot files cannot boot it is refused.
@@ -168,6 +176,14 @@ pis:
       description: Names of the files written or removed in the folder.
       type: list
       elements: str
+    generation:
+      description: The generation whose boot files the Pi is served, as C(<bakeform>@<generation>); null when absent
+        or failed.
+      type: str
+    msg:
+      description: Why this Pi failed (its folder and map entry were left as they were).
+      type: str
+      returned: when this Pi failed
   sample:
     - name: pi-01
       prefix: 3a4b5c6d
@@ -175,6 +191,13 @@ pis:
       state: present
       changed: true
       files: [.pifleet-boot.json, cmdline.txt]
+      generation: bookworm-lite@3
+failed_pis:
+  description: The Pis that failed alone, C(serial) (the Pi's prefix), C(hostname) (its name) and C(msg) each.
+  returned: always
+  type: list
+  elements: dict
+  sample: []
 map:
   description: The fleet map.
   returned: always
@@ -213,6 +236,7 @@ def main():
         name=dict(type='str', required=True),
         prefix=dict(type='str', required=True),
         bakeform=dict(type='str'),
+        generation=dict(type='int'),
         model=dict(type='int', choices=[3, 4, 5]),
         nfsroot=dict(type='str'),
         cmdline_extra=dict(type='str'),
@@ -234,7 +258,7 @@ def main():
     params = module.params
     boots = PiBoots(store=params['store'], boot_dir=params['boot_dir'], map_path=params['map_path'],
                     exclusive=params['exclusive'], default_bakeform=params['default_bakeform'], warn=module.warn)
-    base = PifleetModule(module, {'changed': False, 'pis': [], 'removed': [],
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'removed': [], 'failed_pis': [],
                                   'map': {'path': boots.map_path, 'changed': False, 'prefixes': 0}}, 'pis')
     items, base.problems = check_items(params['pis'])
     base.check()
@@ -243,7 +267,7 @@ def main():
     except OSError as exc:
         base.fail('reading the current boot files failed for %s: %s; check that pi_boot runs as a user who can read '
                   '%s' % (exc.filename, exc.strerror or exc, ', '.join((boots.store, boots.boot_dir, boots.map_path))))
-    base.result.update(pis=plan.pis, map=plan.map)
+    base.result.update(pis=plan.pis, map=plan.map, failed_pis=plan.failed)
     base.problems = plan.problems
     base.check()
     base.result.update(removed=sorted(plan.removals), changed=plan.changed)
@@ -255,6 +279,9 @@ def main():
         except OSError as exc:
             base.fail('writing boot files failed for %s: %s; check the permissions and free space of %s and %s'
                       % (exc.filename or boots.boot_dir, exc.strerror or exc, boots.boot_dir, boots.map_path))
+    if plan.failed:
+        base.fail('pi_boot failed for %d Pi(s): %s' % (len(plan.failed), '; '.join(
+            '%s: %s' % (pi['hostname'], pi['msg']) for pi in plan.failed)))
     module.exit_json(**base.result)
 
 

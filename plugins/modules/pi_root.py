@@ -11,9 +11,18 @@ short_description: Give each Raspberry Pi a private root file system cloned from
 version_added: 0.1.0
 description:
   - Gives each Pi a root file system of its own, C(<roots_dir>/<serial>.img), cloned from the golden root image
-    of a bakeform (see M(pifleet.netboot.bakeform)) and loop-mounted C(nosuid,nodev) at C(<roots_dir>/<serial>),
-    the directory the Pi mounts over NFS. A file system per Pi means that no NFS file handle a Pi forges can
-    name another Pi's files or the bakery's (see the collection's C(SECURITY.md)).
+    of a bakeform generation (see M(pifleet.netboot.bakeform)) and loop-mounted C(nosuid,nodev) at
+    C(<roots_dir>/<serial>), the directory the Pi mounts over NFS. A file system per Pi means that no NFS file
+    handle a Pi forges can name another Pi's files or the bakery's (see the collection's C(SECURITY.md)).
+  - "A root is built from one generation of its bakeform (O(pis[].generation), by default the bakeform's current one)
+    and keeps it: O(state=present) never moves a root to another generation. A root whose generation is not the
+    current one is reported with C(behind=true); the C(upgrade) playbook moves it (O(state=rebuilt))."
+  - "O(state=rebuilt) keeps the root it replaces as the Pi's previous root (C(<serial>.prev.img), a rename: no copy),
+    and O(state=rolledback) swaps the two back. Each move is safe against a kill at any point."
+  - "The bakery keeps each Pi's identity, out of its reach: C(<roots_dir>/<serial>.identity/) holds its SSH host keys
+    and machine-id, made when its first root is made and given to every root built or rolled back for it.
+    Nothing is taken from a root being replaced (a Pi is root there); a root made before the bakery kept
+    identities gives its own once, well-formed parts only."
   - "Clones are reflink copies where the file system of O(roots_dir) shares extents with O(store) (XFS, btrfs:
     constant time and almost no space per Pi), else full sparse copies. Each clone gets a fresh file system UUID."
   - The clone is built and fixed in a locked scratch directory beside its target and renamed into place, so a
@@ -26,10 +35,15 @@ description:
     O(boot_mount), hostname and C(/etc/hosts), SSH host keys of its own (made on the bakery, O(host_key_types)),
     a fresh machine-id, first-boot resize, host key regeneration and swap file disabled, C(ssh) enabled,
     authorized keys for root, and NetworkManager/dhcpcd kept off the NIC the root lives on."
-  - The marker C(<roots_dir>/<serial>.json), out of the Pi's reach, records the bakeform, clone method, file
-    system UUID and fixes. An existing root made from the same bakeform content gets only the option-driven fixes
-    re-applied in place; a root made from other content is reported as drift and left alone until
-    O(state=rebuilt).
+  - With O(host_ca), each root's host keys are signed by the fleet's host CA and the root gets the certificates and
+    an sshd drop-in naming them, so an C(@cert-authority) line lets the controller trust every Pi from its first
+    boot. A root whose C(sshd_config) does not include C(sshd_config.d/*.conf) gets none (C(host_certificate=false)).
+  - "Every root with apt gets the kernel hold of its generation (an apt pin and a C(DPkg::Pre-Install-Pkgs) guard):
+    the Pi boots the kernel its bakery serves, so the kernel packages in its root must stay those of its
+    generation; a new kernel comes with a new generation (see the collection's C(docs/kernels.md))."
+  - The marker C(<roots_dir>/<serial>.json), out of the Pi's reach, records the bakeform and generation, clone
+    method, file system UUID, fixes, host keys, certificate and kernel packages. An existing root gets only the
+    option-driven fixes re-applied in place.
   - A Pi whose root cannot be converged (for example one that made its C(/etc) a symlink) fails alone; the other
     Pis of the call still converge, and the module fails at the end naming each failed Pi.
 author:
@@ -40,10 +54,12 @@ extends_documentation_fragment:
   - pifleet.netboot._lock
 attributes:
   diff_mode:
-    details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker.
+    details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker, with control
+      characters a Pi may have written escaped.
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
   - coreutils C(cp), util-linux C(setpriv), C(mount), C(umount), e2fsprogs C(tune2fs), OpenSSH C(ssh-keygen).
+  - O(roots_dir) on XFS, btrfs or ext4 (O(state=rolledback) exchanges two files with C(renameat2)).
 options:
   serial:
     description:
@@ -58,6 +74,29 @@ options:
     description:
       - Name of the bakeform in O(store) whose golden root is cloned. Required unless O(state=absent).
     type: str
+  generation:
+    description:
+      - The generation of O(bakeform) a new root is built from (O(state=rebuilt), or a Pi without a root). Defaults
+        to the bakeform's current generation. An existing root keeps its own with O(state=present).
+    type: int
+  identity:
+    description:
+      - For a root pi_root builds or rolls back. V(keep) gives it the identity the bakery keeps for the Pi (SSH host
+        keys, machine-id); V(fresh) makes new ones and keeps those instead (a Pi that changes hands).
+    type: str
+    choices: [keep, fresh]
+    default: keep
+  keep_previous:
+    description:
+      - With O(state=rebuilt), keep the root being replaced as the Pi's previous root (an older previous root goes).
+        With V(false) the replaced root goes and the previous root stays as it was.
+    type: bool
+    default: true
+  principals:
+    description:
+      - Names and addresses the Pi's host certificate is valid for (with O(host_ca)). Defaults to its host name.
+    type: list
+    elements: str
   store:
     description:
       - Directory of the bakeform store.
@@ -77,13 +116,18 @@ options:
     default: /etc/systemd/system
   state:
     description:
-      - V(present) clones the root if missing, mounts it, and re-applies the option-driven fixes in place.
-      - V(rebuilt) always clones afresh from the bakeform and swaps the new root in, like V(restarted) for a
-        service. The Pi keeps its SSH host keys and machine-id, so its identity survives a reimage. An NFS server
-        still serving the old root must re-read its export (M(pifleet.netboot.nfs_export) does so).
-      - V(absent) unmounts and removes the root, its marker and its mount unit.
+      - V(present) clones the root if missing, mounts it, and re-applies the option-driven fixes in place. It never
+        changes the generation of an existing root.
+      - V(rebuilt) always clones afresh from O(generation) (default the current one) and swaps the new root in, like
+        V(restarted) for a service; the replaced root is kept as the previous one (O(keep_previous)). The Pi keeps
+        its identity (O(identity)). An NFS server still serving the old root must re-read its export
+        (M(pifleet.netboot.nfs_export) does so).
+      - V(rolledback) swaps the current and the previous root (the Pi's identity and today's fixes given to it); a
+        Pi without a previous root fails alone. Once rolled back, running it again changes nothing.
+      - V(absent) unmounts and removes the root, the previous root, their markers, the mount unit and the identity
+        the bakery kept for the Pi.
     type: str
-    choices: [present, absent, rebuilt]
+    choices: [present, absent, rebuilt, rolledback]
     default: present
   ssh_authorized_keys:
     description:
@@ -111,6 +155,14 @@ options:
     description:
       - Address of the NFS server exporting the store. Required when O(boot_mount=nfs).
     type: str
+  host_ca:
+    description:
+      - Path on the bakery of the fleet's SSH host CA private key (the fleet role keeps it at
+        C(/var/lib/pifleet/ssh/host_ca)). When set, each root gets C(/etc/ssh/ssh_host_<type>_key-cert.pub) for its
+        host keys (signed with C(ssh-keygen -s), valid for O(principals), for ever) and the drop-in
+        C(/etc/ssh/sshd_config.d/pifleet-host-certificate.conf); re-signed only when the keys, names or CA change.
+        When unset, certificates pi_root wrote are removed.
+    type: path
   clone_method:
     description:
       - V(auto) makes a reflink copy when O(roots_dir) and O(store) share a file system that supports them, falling
@@ -155,10 +207,24 @@ options:
       bakeform:
         description: Bakeform to clone, as O(bakeform).
         type: str
+      generation:
+        description: As O(generation).
+        type: int
+      identity:
+        description: As O(identity).
+        type: str
+        choices: [keep, fresh]
+      keep_previous:
+        description: As O(keep_previous).
+        type: bool
+      principals:
+        description: As O(principals).
+        type: list
+        elements: str
       state:
         description: As O(state).
         type: str
-        choices: [present, absent, rebuilt]
+        choices: [present, absent, rebuilt, rolledback]
       ssh_authorized_keys:
         description: As O(ssh_authorized_keys).
         type: list
@@ -201,12 +267,22 @@ EXAMPLES = r"""
       - {serial: "10000000deadbeef", hostname: garage}
       - {serial: 0badcafe, state: absent}
 
-- name: Reimage a Pi from the updated bakeform (keeps its SSH host keys)
+- name: Move a Pi to generation 4 of its bakeform, keeping its current root for a rollback and its SSH identity
   pifleet.netboot.pi_root:
     serial: 3a4b5c6d
     hostname: kitchen
     bakeform: bookworm-lite
+    generation: 4
     state: rebuilt
+    host_ca: /var/lib/pifleet/ssh/host_ca
+    principals: [kitchen, kitchen.lab.example, 10.0.0.51]
+
+- name: Roll it back to the root it had before
+  pifleet.netboot.pi_root:
+    serial: 3a4b5c6d
+    hostname: kitchen
+    bakeform: bookworm-lite
+    state: rolledback
 """
 
 RETURN = r"""
@@ -226,30 +302,71 @@ pis:
       sample: /srv/pifleet/roots/3a4b5c6d.img
     changed: {description: Whether this Pi's root was (or in check mode would be) changed., type: bool, returned: always}
     action:
-      description: What was done, V(cloned), V(fixed), V(mounted), V(unchanged), V(drift), V(rebuilt), V(removed) or V(failed).
+      description: What was done, V(cloned), V(fixed), V(mounted), V(unchanged), V(rebuilt), V(rolledback), V(removed)
+        or V(failed).
       type: str
       returned: always
       sample: cloned
+    bakeform: {description: The bakeform the root is built from., type: str, returned: unless failed, sample: bookworm-lite}
+    generation:
+      description: The generation the root is built from; null for a root made from content no generation holds.
+      type: int
+      returned: unless failed
+      sample: 3
+    label: {description: The generation as C(<bakeform>@<generation>)., type: str, returned: unless failed, sample: bookworm-lite@3}
+    current_generation:
+      description: The current generation of the Pi's O(bakeform) (the one new roots and the upgrade playbook get).
+      type: int
+      returned: unless failed
+      sample: 4
+    behind:
+      description: True when the root is not built from the current generation of the Pi's O(bakeform).
+      type: bool
+      returned: unless failed
+    previous:
+      description: What the previous root (kept for a rollback) is built from, C(bakeform), C(generation) and C(label);
+        null when there is none.
+      type: dict
+      returned: unless failed
+      sample: {bakeform: bookworm-lite, generation: 2, label: bookworm-lite@2}
+    host_certificate:
+      description: Whether the root holds a host certificate of O(host_ca) (false when its sshd cannot include the
+        drop-in, so known_hosts needs its plain host keys).
+      type: bool
+      returned: unless failed
+    boot_export:
+      description: The directory to export to the Pi for its boot files (its generation's C(boot-nfs)).
+      type: str
+      returned: when O(boot_mount=nfs)
+      sample: /srv/pifleet/bakeforms/bookworm-lite/generations/3/boot-nfs
     clone_method:
       description: How the root was cloned (V(reflink) or V(copy)); null when unknown.
       type: str
       returned: always
       sample: reflink
-    drift:
-      description: True when the root was cloned from other content than the bakeform now holds (left alone).
-      type: bool
-      returned: always
     host_keys:
       description:
-        - The public SSH host keys the new root was given (carried over on V(rebuilt)), one C(authorized_keys)-style
-          line each, to recognise the Pi when it answers (the reimage playbook waits for them).
+        - The public SSH host keys the root was given, C(<type> <base64>) each, to recognise the Pi when it answers
+          (the reimage playbook waits for them). The same across rebuilds and rollbacks with O(identity=keep).
       type: list
       elements: str
-      returned: when the root was cloned or rebuilt (not in check mode)
+      returned: unless failed
     msg:
       description: Why this Pi failed.
       type: str
       returned: when this Pi failed
+failed_pis:
+  description: The Pis that failed, C(serial), C(hostname) and C(msg) each (the others converged).
+  returned: always
+  type: list
+  elements: dict
+  sample: []
+kernels:
+  description: The kernel packages (C(name=version)) each generation used by the roots of this call holds, by label;
+    what the kernel hold keeps in those roots.
+  returned: always
+  type: dict
+  sample: {bookworm-lite@3: [linux-image-6.1.0-50-arm64=6.1.158-1, linux-image-arm64=6.1.158-1]}
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(roots_dir).
   returned: always
@@ -270,12 +387,14 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common import loop
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import check_host_name, normalise_serial
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import hostcert as _hostcert
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootwork import PiRoots
 
-ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'state', 'ssh_authorized_keys', 'boot_mount', 'nfs_server',
-             'cloud_init')
-PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError)
+ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'generation', 'identity', 'keep_previous', 'principals', 'state',
+             'ssh_authorized_keys', 'boot_mount', 'nfs_server', 'cloud_init')
+PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError, _identity.IdentityError, _hostcert.CertError)
 
 
 def items(base):
@@ -294,6 +413,12 @@ def items(base):
             base.problem('%s for Pi %s' % (exc, item['serial']))
         if item['state'] != 'absent' and not item['bakeform']:
             base.problem('no bakeform for Pi %s: set bakeform (at the top level or in its pis entry)' % item['serial'])
+        if item['generation'] is not None and item['generation'] < 1:
+            base.problem('generation %s for Pi %s is not a generation number (1, 2, 3 ...)'
+                         % (item['generation'], item['serial']))
+        if item['principals'] is not None:
+            for problem in _hostcert.check_principals(item['principals'], 'Pi %s' % item['serial']):
+                base.problem(problem)
         if item['boot_mount'] == 'nfs' and not item['nfs_server']:
             base.problem('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery '
                          'address the Pis reach)' % item['serial'])
@@ -312,7 +437,7 @@ def converge(module, roots, todo, result):
         except PI_ERRORS as exc:
             failed.append({'serial': item['serial'], 'hostname': item['hostname'], 'changed': False,
                            'action': 'failed', 'msg': str(exc)})
-    if not module.check_mode and any(plan['action'] == 'clone' for plan in plans):
+    if not module.check_mode:
         roots.order_keys(plans)
     for plan in plans:
         try:
@@ -321,6 +446,7 @@ def converge(module, roots, todo, result):
             failed.append({'serial': plan['serial'], 'hostname': plan['item']['hostname'], 'changed': False,
                            'action': 'failed', 'msg': str(exc)})
     result['pis'].extend(failed)
+    result['failed_pis'] = [{'serial': pi['serial'], 'hostname': pi['hostname'], 'msg': pi['msg']} for pi in failed]
     return failed
 
 
@@ -331,7 +457,11 @@ def main():
         serial=dict(type='str', required=True),
         hostname=dict(type='str'),
         bakeform=dict(type='str'),
-        state=dict(type='str', choices=['present', 'absent', 'rebuilt']),
+        generation=dict(type='int'),
+        identity=dict(type='str', choices=['keep', 'fresh']),
+        keep_previous=dict(type='bool'),
+        principals=dict(type='list', elements='str'),
+        state=dict(type='str', choices=['present', 'absent', 'rebuilt', 'rolledback']),
         ssh_authorized_keys=dict(type='list', elements='str', no_log=False),
         boot_mount=dict(type='str', choices=['none', 'nfs']),
         nfs_server=dict(type='str'),
@@ -341,13 +471,18 @@ def main():
             serial=dict(type='str'),
             hostname=dict(type='str'),
             bakeform=dict(type='str'),
+            generation=dict(type='int'),
+            identity=dict(type='str', choices=['keep', 'fresh'], default='keep'),
+            keep_previous=dict(type='bool', default=True),
+            principals=dict(type='list', elements='str'),
+            host_ca=dict(type='path'),
             store=dict(type='path', default='/srv/pifleet/bakeforms'),
             roots_dir=dict(type='path', default='/srv/pifleet/roots'),
             units_dir=dict(type='path', default=_loopfs.UNITS_DIR),
-            state=dict(type='str', choices=['present', 'absent', 'rebuilt'], default='present'),
+            state=dict(type='str', choices=['present', 'absent', 'rebuilt', 'rolledback'], default='present'),
             ssh_authorized_keys=dict(type='list', elements='str', no_log=False),
             host_key_types=dict(type='list', elements='str', choices=['ed25519', 'ecdsa', 'rsa'],
-                                default=list(_roots.DEFAULT_KEY_TYPES)),
+                                default=list(_identity.DEFAULT_KEY_TYPES)),
             boot_mount=dict(type='str', choices=['none', 'nfs'], default='none'),
             nfs_server=dict(type='str'),
             clone_method=dict(type='str', choices=['auto', 'snapshot', 'reflink', 'copy'], default='auto'),
@@ -360,11 +495,16 @@ def main():
         required_if=[('boot_mount', 'nfs', ('nfs_server',))],
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'pis': [], 'swept': []}, 'pis')
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'failed_pis': [], 'kernels': {}, 'swept': []}, 'pis')
     result, params, todo = base.result, module.params, items(base)
     roots = PiRoots(ModuleHost(module), store=params['store'], roots_dir=params['roots_dir'],
                     units_dir=params['units_dir'], clone_method=params['clone_method'],
-                    key_types=params['host_key_types'])
+                    key_types=params['host_key_types'], host_ca=params['host_ca'])
+    if roots.parts.ca is not None:
+        try:
+            roots.parts.ca.fingerprint()  # a CA that cannot sign is the bakery's problem, not one Pi's
+        except _hostcert.CertError as exc:
+            base.fail(str(exc), changed=False)
     lock = base.lock('pi_root')
     try:
         if not module.check_mode:
@@ -377,6 +517,7 @@ def main():
         if lock:
             lock.release()
     result['changed'] = roots.shared_changed or any(pi['changed'] for pi in result['pis'])
+    result['kernels'] = roots.kernels
     if module._diff:
         result['diff'] = roots.diffs
     if failed:

@@ -13,7 +13,8 @@ NFS-Ganesha serves the exports on a namespace LAN (10.99.41.0/24). Then Pi A att
   read, and nothing is created outside A;
 - as root on its own system it turns paths in its root into symlinks to the stand-in /etc (before a
   rebuild, in a golden image, and flipping etc/ 2000 times while pi_root re-applies its fixes): the
-  stand-in's checksums must not change.
+  stand-in's checksums must not change, and a rebuild gives it the identity the bakery keeps (never
+  what its root holds).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 from fstree import loop_fs
+from genstore import ingest
 from modrun import run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
@@ -113,8 +115,7 @@ def bakery(tmp_path_factory):
         bk = Bakery(top)
         server = Ganesha(lan, 'srv', top / 'ganesha')
         try:
-            result = bk.module('bakeform', {'name': 'bw', 'src': str(image), 'store': str(bk.store)})
-            assert result.get('failed') is not True, result
+            ingest(bk.store, 'bw', image, bk.lock)
             result = bk.roots_call([{'serial': A}, {'serial': B}])
             assert result.get('failed') is not True, result
             (bk.roots / B / 'root/secret').write_bytes(SECRET)
@@ -226,7 +227,7 @@ def test_roots_are_their_own_file_systems_out_of_reach_of_local_users(bakery):
     bk, _lan, _server = bakery
     assert os.stat(bk.roots).st_mode & 0o7777 == 0o700
     assert os.stat(bk.store).st_mode & 0o7777 == 0o711
-    assert os.stat(bk.store / 'bw' / 'root.img').st_mode & 0o777 == 0o600
+    assert os.stat(bk.store / 'bw/generations/1/root.img').st_mode & 0o777 == 0o600
     with open('/proc/self/mountinfo', encoding='utf-8') as info:
         mounts = {line.split()[4]: line.split()[5].split(',') for line in info}
     uuids = set()
@@ -237,29 +238,42 @@ def test_roots_are_their_own_file_systems_out_of_reach_of_local_users(bakery):
         unit = (bk.units / unit_name(point)).read_text()
         assert 'What=%s.img' % point in unit and 'Where=%s' % point in unit and 'nosuid,nodev' in unit
     assert len(uuids) == 2  # each clone has a file system identity of its own
+    for serial in (A, B):  # the identity the bakery keeps: root's, 0700, beside the roots (0700)
+        kept = bk.roots / (serial + '.identity')
+        assert os.stat(kept).st_mode & 0o7777 == 0o700 and os.stat(kept).st_uid == 0
     denied = subprocess.run(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'ls',
                              str(bk.roots / A)], capture_output=True, text=True, check=False)
     assert denied.returncode != 0 and 'Permission denied' in denied.stderr
 
 
-def test_rebuild_does_not_carry_keys_through_an_ssh_symlink(bakery):
+def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink(bakery):
     bk, lan, server = bakery
     before = digest_tree(bk.standin)
+    kept = {name: (bk.roots / (A + '.identity') / name).read_bytes() for name in ('ssh_host_ed25519_key', 'machine-id')}
     ssh = bk.roots / A / 'etc/ssh'
     os.rename(ssh, bk.roots / A / 'etc/ssh.real')
     os.symlink(str(bk.standin / 'ssh'), ssh)
     result = bk.roots_call([{'serial': A, 'state': 'rebuilt'}])
-    assert result.get('failed') is not True, result
-    assert 'not carried over' in json.dumps(result.get('warnings')), result  # 2.19: structured warnings
-    new_key = (bk.roots / A / 'etc/ssh/ssh_host_ed25519_key').read_bytes()
-    assert b'bakery private' not in new_key and not os.path.islink(bk.roots / A / 'etc/ssh')
-    assert digest_tree(bk.standin) == before
+    assert result.get('failed') is not True and not result.get('warnings'), result
+    assert (bk.roots / A / 'etc/ssh/ssh_host_ed25519_key').read_bytes() == kept['ssh_host_ed25519_key']
+    assert (bk.roots / A / 'etc/machine-id').read_bytes() == kept['machine-id']
+    assert not os.path.islink(bk.roots / A / 'etc/ssh') and digest_tree(bk.standin) == before
     # The rebuilt root is a new file system at the same path: the export is dropped and made again.
     result = bk.exports(server)
     assert result['bounced'] == [str(bk.roots / A)], result
     wait_readable(lan, 'pia', bk.roots / A)
     listing = nfs(lan, 'pia', ['nfs-ls', nfs_url(SERVER, str(bk.roots / A / 'etc'))]).stdout
     assert 'ssh.real' not in listing  # Ganesha serves the new root, not the old one it had open
+    # A root made before the bakery kept identities, with the same trap: new keys, never the stand-in's.
+    subprocess.run(['rm', '-rf', '--', str(bk.roots / (A + '.identity'))], check=True)
+    os.rename(ssh, bk.roots / A / 'etc/ssh.real')
+    os.symlink(str(bk.standin / 'ssh'), ssh)
+    result = bk.roots_call([{'serial': A, 'state': 'rebuilt'}])
+    assert result.get('failed') is not True and 'made new ones for' in json.dumps(result.get('warnings')), result
+    new_key = (bk.roots / A / 'etc/ssh/ssh_host_ed25519_key').read_bytes()
+    assert b'bakery private' not in new_key and new_key != kept['ssh_host_ed25519_key']
+    assert digest_tree(bk.standin) == before
+    assert bk.exports(server)['bounced'] == [str(bk.roots / A)]
 
 
 def test_fixes_never_follow_a_flipping_etc(bakery):
@@ -307,7 +321,7 @@ def test_fixes_never_follow_a_flipping_etc(bakery):
 def test_a_golden_image_with_an_ssh_symlink_is_refused(bakery):
     bk, _lan, _server = bakery
     before = digest_tree(bk.standin)
-    golden = bk.store / 'bw' / 'root.img'
+    golden = bk.store / 'bw/generations/1/root.img'
     mnt = bk.top / 'golden-mnt'
     mnt.mkdir()
     subprocess.run(['mount', '-o', 'loop', str(golden), str(mnt)], check=True)

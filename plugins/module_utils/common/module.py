@@ -54,6 +54,29 @@ def find_duplicates(items, key):
     return sorted(dupes, key=str)
 
 
+def printable(text):
+    """``text`` safe to show on a terminal: every character that is not printable (but newlines and tabs) as an
+    escape (``\\x1b``, ``\\u202e``); bytes that were not UTF-8 (surrogateescape) as ``\\xNN``.
+
+    Files a Pi wrote reach ``--diff`` output this way, so they cannot move the cursor, retitle the terminal
+    or hide lines. A backslash stays as it is (fstab writes a space as ``\\040``): this is for the eye only.
+    """
+    if text is None:
+        return None
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '\n\t' or char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
+            out.append('\\x%02x' % (code - 0xDC00))
+        elif code < 0x100:
+            out.append('\\x%02x' % code)
+        else:
+            out.append('\\u%04x' % code if code < 0x10000 else '\\U%08x' % code)
+    return ''.join(out)
+
+
 def file_diff(header, before, after, after_header=None):
     """One entry of a module's diff: a file's text (None: no file) before and after."""
     return {'before': '' if before is None else before, 'after': '' if after is None else after,

@@ -110,9 +110,10 @@ def render_config(base, name, lines):
     return text + ('\n' if text else '') + '\n'.join(block) + '\n'
 
 
-def render_marker(name, prefix, bakeform):
+def render_marker(name, prefix, bakeform, generation=None):
     # One line: json's C encoder only runs without indent, and this is rendered for every Pi of the fleet.
-    return json.dumps({'name': name, 'prefix': prefix, 'bakeform': bakeform}, sort_keys=True) + '\n'
+    return json.dumps({'name': name, 'prefix': prefix, 'bakeform': bakeform, 'generation': generation},
+                      sort_keys=True) + '\n'
 
 
 def json_object(text):
@@ -126,12 +127,15 @@ def json_object(text):
     return data if isinstance(data, dict) else None
 
 
-def desired_files(item, bakeform_files):
-    """The managed files of a Pi folder: name -> content, None for "must not exist"."""
+def desired_files(item, bakeform_files, label=None):
+    """The managed files of a Pi folder: name -> content, None for "must not exist".
+
+    ``bakeform_files`` are the boot files of the Pi's generation, ``label`` its name (``bw@3``).
+    """
     return {
         CMDLINE: render_cmdline(bakeform_files.get(CMDLINE), item['nfsroot'], item.get('cmdline_extra')),
         CONFIG: render_config(bakeform_files.get(CONFIG), item['name'], item.get('config_txt')),
-        MARKER: render_marker(item['name'], item['prefix'], item['bakeform']),
+        MARKER: render_marker(item['name'], item['prefix'], item['bakeform'], label),
     }
 
 

@@ -2,10 +2,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """pi_boot's plan and apply: a boot folder per Pi and the TFTP hook's fleet map.
 
-``check_items(pis)`` validates the Pis of a call; ``PiBoots.plan(items)`` reads the folders, the
-bakeforms' boot files and the map and returns a ``Plan`` (the files to write or remove, the map, the
-problems found); ``apply(plan)`` makes it so. See ``bootfiles`` for what the files hold. No
-AnsibleModule here.
+``check_items(pis)`` validates the Pis of a call; ``PiBoots.plan(items)`` reads the folders, the boot
+files of each Pi's bakeform generation and the map and returns a ``Plan`` (the files to write or remove,
+the map, the problems found, the Pis that failed); ``apply(plan)`` makes it so. Each Pi is served the
+boot files of its root's generation (``generations/<N>/boot``), so its kernel always boots with its own
+modules; a generation that is not there fails that Pi alone (its folder and map entry stay as they
+were). See ``bootfiles`` for what the files hold. No AnsibleModule here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import file_diff, find_duplicates
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import bootfiles as bf
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import BOOT_DIR, boot_models, check_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as _generations
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import boot_models, check_name
 
 
 def check_items(pis):
@@ -31,6 +34,8 @@ def check_items(pis):
         try:
             check_inventory_name(item['name'])
             item['prefix'] = normalise_prefix(item['prefix'])
+            if item.get('generation') is not None:
+                item['generation'] = _generations.check_id(item['generation'], 'generation of %s' % item['name'])
             if item['state'] == 'present':
                 item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
                 bf.check_config_lines(item['config_txt'], item['name'])
@@ -45,18 +50,13 @@ def check_items(pis):
     return items, problems
 
 
-def listed(names, limit=5):
-    names = list(names)
-    more = ' and %d more' % (len(names) - limit) if len(names) > limit else ''
-    return ', '.join(names[:limit]) + more
-
-
 class Plan:
     """What a pi_boot run found and would change."""
 
     def __init__(self, map_path):
         self.pis = []  # one result entry per Pi of the call
         self.problems = []
+        self.failed = []  # {serial (the prefix), hostname (the name), msg} of each Pi that failed alone
         self.writes = []  # (folder, [(file, before, after)], new folder?)
         self.removals = {}  # folder -> its files, for the diff
         self.map = {'path': map_path, 'changed': False, 'prefixes': 0}
@@ -87,8 +87,7 @@ class PiBoots:
         self.boot_dir = os.path.abspath(boot_dir)
         self.map_path = os.path.abspath(map_path)
         self.exclusive, self.default_bakeform, self.warn = exclusive, default_bakeform, warn
-        self.bakeforms = {}  # name -> (boot dir, {file: text}, models) or None when missing
-        self.missing = {}  # bakeform -> names of the Pis asking for it
+        self.bakeforms = {}  # (name, generation) -> (boot dir, {file: text}, models, label); a str: why not there
 
     # ------------------------------------------------------------------ plan
 
@@ -105,18 +104,34 @@ class PiBoots:
         self.plan_map(plan, items)
         return plan
 
-    def bakeform(self, name, who):
-        """(boot dir, {cmdline.txt, config.txt: text or None}, models) of a bakeform, read once per run."""
-        if name not in self.bakeforms:
-            boot = os.path.join(self.store, name, BOOT_DIR)
-            if check_name(name) or not os.path.isdir(boot):
-                self.bakeforms[name] = None
-            else:
-                files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
-                self.bakeforms[name] = (boot, files, boot_models(os.path.join(self.store, name)))
-        if self.bakeforms[name] is None:
-            self.missing.setdefault(name, []).append(who)
-        return self.bakeforms[name]
+    def generation(self, name, generation):
+        """(boot dir, {cmdline.txt, config.txt: text or None}, models, label) of a generation, read once per run;
+        a message saying why when it is not there. ``generation`` None: the bakeform's current one."""
+        key = (name, generation)
+        if key not in self.bakeforms:
+            self.bakeforms[key] = self.read_generation(name, generation)
+        return self.bakeforms[key]
+
+    def read_generation(self, name, generation):
+        problem = check_name(name)
+        if problem:
+            return problem
+        bake = _generations.Bakeform(self.store, name)
+        try:
+            index = bake.load_index()
+        except _generations.GenerationError as exc:
+            return str(exc)
+        if index is None:
+            return 'bakeform %s has no %s in %s; register it with pifleet.netboot.bakeform (a bakeform stored ' \
+                   'before generations becomes generation 1 when it runs for it)' % (name, _generations.INDEX, bake.dir)
+        number = bake.current(index) if generation is None else generation
+        if number is None or not bake.is_complete(number):
+            there = ', '.join(str(n) for n in bake.ids()) or 'none'
+            return ('generation %s is not in %s (there: %s); register the image with pifleet.netboot.bakeform, or '
+                    'name a generation that is there' % (bake.label(number or 'current'), bake.generations_dir, there))
+        boot = bake.boot_dir(number)
+        files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
+        return boot, files, boot_models(bake.gen_dir(number)), bake.label(number)
 
     @staticmethod
     def folder_state(plan, item, folder):
@@ -135,22 +150,24 @@ class PiBoots:
         return None
 
     def plan_present(self, plan, item):
-        info = self.bakeform(item['bakeform'], item['name'])
+        info = self.generation(item['bakeform'], item.get('generation'))
         folder = os.path.join(self.boot_dir, item['prefix'])
         entry = {'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'present',
-                 'changed': False, 'files': []}
+                 'changed': False, 'files': [], 'generation': None}
         plan.pis.append(entry)
-        item['dirs'] = [folder, info[0] if info else '']
-        if info is None:
+        problem = info if isinstance(info, str) else bf.model_problem(item['name'], item['model'], info[3], info[2])
+        if problem:  # this Pi alone: its folder and map entry stay as they are
+            item['failed'] = True
+            msg = problem if not isinstance(info, str) else 'boot files not found for %s: %s' % (item['name'], problem)
+            plan.failed.append({'serial': item['prefix'], 'hostname': item['name'], 'msg': msg})
+            entry.update(failed=True, msg=msg)
             return
-        problem = bf.model_problem(item['name'], item['model'], item['bakeform'], info[2])
-        if problem:
-            plan.problems.append(problem)
-            return
+        entry['generation'] = info[3]
+        item['dirs'] = [folder, info[0]]
         current = self.folder_state(plan, item, folder)
         if current is None:
             return
-        files = bf.plan_files(current, bf.desired_files(item, info[1]))
+        files = bf.plan_files(current, bf.desired_files(item, info[1], info[3]))
         if files:
             plan.writes.append((folder, files, not current))
             entry.update(changed=True, files=[file for file, _before, _after in files])
@@ -187,20 +204,22 @@ class PiBoots:
         if before is not None and existing is None:
             self.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
         if self.default_bakeform:
-            info = self.bakeform(self.default_bakeform, 'default_bakeform')
-            default = [info[0]] if info else []
+            info = self.generation(self.default_bakeform, None)
+            if isinstance(info, str):
+                plan.problems.append('boot files not found for default_bakeform: %s' % info)
+            default = [] if isinstance(info, str) else [info[0]]
         elif existing and not self.exclusive and isinstance(existing.get('default'), list):
             default = existing['default']
         else:
             default = []
-        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
+        served = [item for item in items if not item.get('failed')]
+        entries, moved = bf.merge_entries(existing and existing['prefixes'], served, self.exclusive)
+        for item in items:  # a Pi that failed keeps what it boots now
+            old = ((existing or {}).get('prefixes') or {}).get(item['prefix'])
+            if item.get('failed') and isinstance(old, dict) and old.get('name') == item['name']:
+                entries[item['prefix']] = old
         for prefix, name in moved:
             self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
-        for bakeform in sorted(self.missing):
-            why = check_name(bakeform) or 'bakeform %s has no %s' % (
-                bakeform, os.path.join(self.store, bakeform, BOOT_DIR))
-            plan.problems.append('boot files not found for %s: %s; register it with pifleet.netboot.bakeform or '
-                                 'name another bakeform' % (listed(self.missing[bakeform]), why))
         plan.map_before, plan.map_text = before, bf.render_map(bf.build_map(default, entries))
         plan.map.update(changed=plan.map_text != before, prefixes=len(entries))
 

@@ -38,6 +38,7 @@ NFS_ROOT_NICS = ('eth0', 'end0')  # Pi OS names the onboard NIC eth0 (bullseye) 
 # Mount points the SD card provided; on NFS they are the server's business (or ours: the boot line).
 SD_MOUNTPOINTS = ('/', '/boot', '/boot/firmware')
 SD_SPECS = ('PARTUUID=', '/dev/mmcblk')
+DIFF_FILES = (FSTAB, HOSTNAME, HOSTS)  # what --diff shows of a root: the files people read
 NM_CONF_TEXT = (
     '# Managed by pifleet.netboot pi_root: the root file system is mounted over this NIC (NFS);\n'
     '# NetworkManager must never take it down (systemd#21967).\n'
@@ -232,6 +233,34 @@ def seed_changes(tree, seed):
         if before != text:
             changes.append(file_change('cloud_init', rel, before, text, 0o600))
     return changes
+
+
+def machine_id_changes(tree, machine_id):
+    """The machine-id (text with its newline) in a root a Pi has used: compared capped, written root's, 0444.
+
+    var/lib/dbus/machine-id is written only where it is a file of its own (Debian makes it a symlink).
+    """
+    changes = []
+    if differs(tree, MACHINE_ID, machine_id.encode('ascii'), 0o444):
+        changes.append(dict(file_change('machine_id', MACHINE_ID, None, machine_id, 0o444), force_owner=True))
+    try:
+        st = tree.lstat(DBUS_MACHINE_ID)
+    except ConfinedError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and differs(tree, DBUS_MACHINE_ID, machine_id.encode(), 0o644):
+        changes.append(dict(file_change('machine_id', DBUS_MACHINE_ID, None, machine_id, 0o644), force_owner=True))
+    return changes
+
+
+def differs(tree, rel, data, mode):
+    """True unless ``rel`` holds ``data`` (bytes), owned by root with ``mode``; unreadable counts as different."""
+    try:
+        st = tree.lstat(rel)
+        if st is None or (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (0, 0, mode):
+            return True
+        return tree.read_bytes(rel, len(data) + 1) != data
+    except (ConfinedError, OSError):
+        return True
 
 
 def fixes_of(changes):

@@ -5,10 +5,14 @@
 Each Pi's root is an ext4 file system of its own, so no NFS handle it forges can reach anything else
 (``loopfs``). In ``<roots_dir>`` (mode 0700):
 
-- ``<serial>.img``  the root file system, a clone of the bakeform's ``root.img`` with its own UUID;
-- ``<serial>.json`` the marker: what the root was made from and which fixes it has. It lives beside
-  the image, out of the Pi's reach, so a Pi cannot rewrite what pi_root believes about it;
-- ``<serial>/``     the mount point (``nosuid,nodev``), the directory that gets exported.
+- ``<serial>.img``  the root file system, a clone of a bakeform generation's ``root.img`` with its own UUID;
+- ``<serial>.json`` the marker: what the root was made from (bakeform, generation), which fixes, host keys,
+  certificate and kernel hold it has. It lives beside the image, out of the Pi's reach, so a Pi cannot
+  rewrite what pi_root believes about it;
+- ``<serial>/``     the mount point (``nosuid,nodev``), the directory that gets exported;
+- ``<serial>.prev.img`` and ``<serial>.prev.json``: the root it had before, kept for a rollback (never mounted);
+- ``<serial>.swap.json``: the journal of a move of those files, there only while one runs (``rollback``);
+- ``<serial>.identity/``: the Pi's SSH host keys and machine-id, kept by the bakery (``identity``).
 
 Clones are a reflink copy of the golden image where the file system shares extents (XFS, btrfs:
 constant time, almost no space) or a plain sparse copy. External tools run through one
@@ -22,17 +26,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import ScratchDir, read_mounts
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
 
 METHODS = ('reflink', 'copy')
-DEFAULT_KEY_TYPES = ('ed25519', 'ecdsa')
-SSH_DIR = 'etc/ssh'
-_HOST_KEY = re.compile(r'ssh_host_([a-z0-9]+)_key')
 NO_REFLINK_FS = ('ext2', 'ext3', 'ext4', 'tmpfs', 'overlay')
 ROOTS_MODE = 0o700
 MARKER_LIMIT = 1 << 16
@@ -61,6 +59,10 @@ class Layout:
         # The root it had before its last rebuild, upgrade or rollback, kept whole for a rollback.
         self.prev_image = self.point + '.prev.img'
         self.prev_marker = self.point + '.prev.json'
+        # Written before a change that moves more than one of the files above, removed after it (rollback.py).
+        self.journal = self.point + '.swap.json'
+        # The Pi's SSH host keys and machine-id, kept by the bakery (identity.py).
+        self.identity = self.point + '.identity'
 
 
 def load_marker(path, strict=True):
@@ -113,8 +115,12 @@ def marker_text(marker):
     return '' if marker is None else json.dumps(marker, indent=2, sort_keys=True) + '\n'
 
 
-def plan_action(state, exists, marker, golden_sha256):
-    """What to do with one Pi's root: clone, fix, drift, rebuild, remove, none or foreign (refuse)."""
+def plan_action(state, exists, marker):
+    """What to do with one Pi's root: clone, fix, rebuild, rollback, remove, none or foreign (refuse).
+
+    ``state: present`` never changes a root's generation; a root that was rolled back already is only
+    fixed when asked to roll back again (a second run changes nothing).
+    """
     if state == 'absent':
         return 'remove' if exists else 'none'
     if not exists:
@@ -123,30 +129,45 @@ def plan_action(state, exists, marker, golden_sha256):
         return 'rebuild'
     if marker is None:
         return 'foreign'
-    if marker.get('bakeform_sha256') != golden_sha256:
-        return 'drift'
+    if state == 'rolledback' and not marker.get('rolled_back'):
+        return 'rollback'
     return 'fix'
+
+
+def marker_generation(marker, index):
+    """The generation a root was built from: its marker's, or (markers made before generations) the
+    generation of the index whose content (sha256) it was cloned from; None when neither says."""
+    generation = (marker or {}).get('generation')
+    if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 1:
+        return generation
+    sha = (marker or {}).get('bakeform_sha256')
+    for number, summary in sorted(((index or {}).get('generations') or {}).items()):
+        if sha and isinstance(summary, dict) and summary.get('sha256') == sha and number.isdigit():
+            return int(number)
+    return None
 
 
 def sha256_text(text):
     return None if text is None else hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
-def new_marker(*, serial, hostname, bakeform, sha256, method, fixes, keys_sha256, boot_mount, fs_uuid,
-               instance_id=None, created=None):
+def new_marker(*, serial, hostname, bakeform, generation, sha256, method, fixes, keys_sha256, boot_mount, fs_uuid,
+               host_keys, certificate=None, kernel_packages=None, instance_id=None, created=None):
     stamp = now()
     return {
-        'serial': serial, 'hostname': hostname, 'bakeform': bakeform, 'bakeform_sha256': sha256,
-        'clone_method': method, 'fixes': sorted(fixes), 'authorized_keys_sha256': keys_sha256,
-        'boot_mount': boot_mount, 'fs_uuid': fs_uuid, 'instance_id': instance_id, 'created': created or stamp,
-        'updated': stamp, 'collection_version': COLLECTION_VERSION,
+        'serial': serial, 'hostname': hostname, 'bakeform': bakeform, 'generation': generation,
+        'bakeform_sha256': sha256, 'clone_method': method, 'fixes': sorted(fixes),
+        'authorized_keys_sha256': keys_sha256, 'boot_mount': boot_mount, 'fs_uuid': fs_uuid,
+        'host_keys': list(host_keys), 'host_certificate': certificate is not None, 'certificate': certificate,
+        'kernel_packages': kernel_packages, 'rolled_back': None, 'instance_id': instance_id,
+        'created': created or stamp, 'updated': stamp, 'collection_version': COLLECTION_VERSION,
     }
 
 
-def updated_marker(marker, *, hostname, fixes, keys_sha256, boot_mount):
-    """The marker after in-place fixes; None when nothing it records changes."""
+def updated_marker(marker, *, hostname, fixes, keys_sha256, boot_mount, **extra):
+    """The marker after in-place fixes (``extra``: other fields it records now); None when nothing changes."""
     wanted = dict(marker, hostname=hostname, boot_mount=boot_mount,
-                  fixes=sorted(set(marker.get('fixes') or []) | set(fixes)))
+                  fixes=sorted(set(marker.get('fixes') or []) | set(fixes)), **extra)
     if keys_sha256 is not None:
         wanted['authorized_keys_sha256'] = keys_sha256
     if wanted == marker:
@@ -214,131 +235,3 @@ class Cloner:
     def new_uuid(self, image, who):
         """A fresh UUID, so the NFS server and the kernel tell this file system from its siblings."""
         self._check([self.which('tune2fs', True), '-U', 'random', image], 'giving the root of %s its own UUID' % who)
-
-
-# --------------------------------------------------------------------------- SSH host keys
-
-
-def host_keys(tree, types, make_key, carry=None):
-    """Give the root in ``tree`` its own SSH host keys: carried ones when rebuilding, new ones otherwise.
-
-    ``carry`` is {type: (private bytes, public bytes, uid, gid, mode)} read from the old root;
-    ``make_key(kind)`` returns the path of a new private key (its ``.pub`` beside it). The golden
-    image's keys are removed whatever their type: a key set is never shared. Returns the types made.
-    """
-    for name in tree.listdir(SSH_DIR):
-        if _HOST_KEY.fullmatch(name.replace('.pub', '')):
-            tree.unlink('%s/%s' % (SSH_DIR, name))
-    made = []
-    for kind in types:
-        rel = '%s/ssh_host_%s_key' % (SSH_DIR, kind)
-        if carry and kind in carry:
-            private, public, uid, gid, mode = carry[kind]
-            tree.write_bytes(rel, private, mode, force_owner=True, uid=uid, gid=gid)
-            tree.write_bytes(rel + '.pub', public, 0o644, force_owner=True, uid=uid, gid=gid)
-            continue
-        key = make_key(kind)
-        with open(key, 'rb') as private, open(key + '.pub', 'rb') as public:
-            tree.write_bytes(rel, private.read(), 0o600, force_owner=True)
-            tree.write_bytes(rel + '.pub', public.read(), 0o644, force_owner=True)
-        made.append(kind)
-    return made
-
-
-def read_carry(tree, types):
-    """The host keys of an old root to carry over on rebuild, read without following any symlink.
-
-    Returns ({type: key material}, problem): a Pi that made its etc/ssh (or a key) a symlink gets new
-    keys, never the target's (a symlink to the bakery's own /etc/ssh must not hand it our keys).
-    """
-    carried = {}
-    try:
-        names = tree.listdir(SSH_DIR)
-    except ConfinedError as exc:
-        return {}, str(exc)
-    for kind in types:
-        rel = '%s/ssh_host_%s_key' % (SSH_DIR, kind)
-        if 'ssh_host_%s_key' % kind not in names:
-            continue
-        fd = tree.open_file(rel)
-        if fd is None:
-            continue
-        try:
-            st = os.fstat(fd)
-            private = os.read(fd, 1 << 16)
-        finally:
-            os.close(fd)
-        public = tree.read_bytes(rel + '.pub', 1 << 16)
-        if private and public:
-            carried[kind] = (private, public, st.st_uid, st.st_gid, st.st_mode & 0o7777)
-    return carried, None
-
-
-def keygen_argv(keygen, kind, hostname, key):
-    return [keygen, '-q', '-N', '', '-t', kind, '-C', 'root@%s' % hostname, '-f', key]
-
-
-def run_in_thread(argv):
-    """(rc, stdout, stderr) of ``argv``, safe to call from several threads at once (run_command's preexec_fn is not)."""
-    proc = subprocess.run(argv, capture_output=True, text=True, errors='replace', check=False, close_fds=True,
-                          env=dict(os.environ, LANG='C', LC_ALL='C'))
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-class KeyForge:
-    """SSH host keys of the roots about to be cloned, made ahead and several at a time.
-
-    ssh-keygen is CPU-bound while cloning waits on the disk, so the forge runs it on at most
-    ``workers`` threads (default: the CPU count) into a locked scratch directory of ``parent``,
-    while the clones go on in order; ``take()`` waits for one root's keys. A key that could not be
-    made is left out, so ``host_keys`` makes it itself and fails with the usual message.
-    ``run(argv)`` must be thread-safe; ``setpriv`` (if given) kills a key's ssh-keygen with its module.
-    """
-
-    def __init__(self, parent, keygen, run=run_in_thread, setpriv=None, workers=None):
-        self.keygen, self.run = keygen, run
-        self.prefix = [setpriv, '--pdeathsig', 'KILL', '--'] if setpriv else []
-        self.scratch = ScratchDir(parent, 'keys')
-        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
-        self.orders = {}  # label -> {kind: future}
-
-    def order(self, label, hostname, kinds):
-        """Start making the ``kinds`` of keys for ``label`` (a serial), commented root@``hostname``."""
-        folder = self.scratch.join(label)
-        os.mkdir(folder, 0o700)
-        self.orders[label] = {kind: self.pool.submit(self._make, os.path.join(folder, 'ssh_host_%s_key' % kind),
-                                                     kind, hostname) for kind in kinds}
-
-    def _make(self, key, kind, hostname):
-        rc, _out, _err = self.run([*self.prefix, *keygen_argv(self.keygen, kind, hostname, key)])
-        return key if rc == 0 else None
-
-    def key(self, label, hostname, kind):
-        """The private key path of ``kind`` for ``label``: the one ordered ahead, else made now."""
-        future = self.orders.get(label, {}).pop(kind, None)
-        try:
-            key = future.result() if future else None
-        except Exception:  # made again below, with the usual error if it fails
-            key = None
-        if key:
-            return key
-        folder = self.scratch.join(label)
-        os.makedirs(folder, 0o700, exist_ok=True)
-        key = os.path.join(folder, 'ssh_host_%s_key' % kind)
-        for stale in (key, key + '.pub'):
-            if os.path.lexists(stale):
-                os.unlink(stale)
-        rc, out, err = self.run([*self.prefix, *keygen_argv(self.keygen, kind, hostname, key)])
-        if rc != 0:
-            raise RootError('generating the %s SSH host key for %s failed: %s' % (kind, hostname, (err or out).strip()))
-        return key
-
-    def close(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.scratch.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

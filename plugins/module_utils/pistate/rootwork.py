@@ -1,54 +1,58 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_root's plan and apply: each Pi's root as a file system of its own, cloned, fixed and mounted.
+"""pi_root's plan and apply: each Pi's root as a file system of its own, built from a bakeform generation,
+fixed and mounted; the root before it kept for a rollback.
 
-``plan(item)`` reads the state of one Pi's root (image, marker, mount, unit) and decides what to do;
+``plan(item)`` reads the state of one Pi's root (images, markers, mount) and decides what to do;
 ``apply(plan)`` does it, or in check mode reports it with the diff a real run would make. The host is
 a small object with ``run(argv)``, ``which(name, required)``, ``warn(msg)``, ``check_mode``, ``diff``
-and ``tmpdir`` (the module's AnsibleModule adapter; tests can pass their own). See ``roots`` for the
-layout and ``SECURITY.md`` for why every write goes through ``confined.Tree``.
+and ``tmpdir`` (the module's AnsibleModule adapter; tests can pass their own). Building and rolling
+back are ``rootbuild``; what goes into a root besides the NFS fixes is ``rootparts``; moving roots
+safely is ``rollback``. See ``roots`` for the layout and ``SECURITY.md`` for why every write goes
+through ``confined.Tree``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import Tree
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import file_diff, printable
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import cloudinit as _cloudinit
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rollback as _rollback
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootfix as _rootfix
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
-    BOOT_EXPORT,
-    BOOT_IMAGE,
-    ROOT_IMAGE,
-    check_name,
-    is_complete,
-    load_manifest,
-)
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootbuild import Builder
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootparts import Parts, kinds_of
 
-DIFF_FILES = (_rootfix.FSTAB, _rootfix.HOSTNAME, _rootfix.HOSTS)
 BOOT_OPTIONS = ('ro', 'nosuid', 'nodev', 'noexec')
+_HALF_WRITTEN = re.compile(r'\.pifleet-[a-z0-9_]{8}')  # atomic.write_text's temporary file (mkstemp)
+_JOURNAL = re.compile(r'[0-9a-f]{8}\.swap\.json')
 GOLDEN_OPTIONS = ('ro', 'noload', 'nosuid', 'nodev', 'noexec')
 
 
-class PiRoots:
+class PiRoots(Builder):
     """The roots of many Pis in one ``roots_dir``; one instance per module run."""
 
-    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types):
+    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types, host_ca=None):
         # The kernel's names: mount points are found in mountinfo and named in units by their real path.
         self.host, self.store, self.roots_dir = host, os.path.realpath(store), os.path.realpath(roots_dir)
         self.clone_method, self.key_types = clone_method, list(key_types)
         self.cloner = _roots.Cloner(host.run, host.which)
         self.mounter = _loopfs.Mounter(host.run, host.which)
         self.units = _loopfs.Units(units_dir) if units_dir else None
-        self.manifests, self.goldens, self.diffs = {}, {}, []
+        self.parts = Parts(host, store=self.store, roots_dir=self.roots_dir, key_types=key_types, host_ca=host_ca,
+                           golden=self.golden)
+        self.goldens, self.diffs, self.kernels = {}, [], {}
+        self.views = None  # the scratch directory holding the golden views of a real run
         self.mounts = None
-        self.forge = None
         self.stack = contextlib.ExitStack()
-        self.shared_changed = False  # the roots directory's mode, the bakeforms' boot file systems
+        self.shared_changed = False  # the roots directory's mode, the generations' boot file systems
 
     # ------------------------------------------------------------------ shared state
 
@@ -60,38 +64,31 @@ class PiRoots:
                 self.mounts[target] = source
         return _loopfs.loop_backing(self.mounts.get(point)) if point in self.mounts else None
 
-    def manifest(self, name, serial):
-        """Each bakeform's manifest, read once per run however many Pis use it."""
-        if name not in self.manifests:
-            problem = check_name(name)
-            if problem:
-                raise _roots.RootError('%s (Pi %s)' % (problem, serial))
-            dest = os.path.join(self.store, name)
-            manifest = load_manifest(dest)
-            if manifest is None or not is_complete(dest, manifest):
-                raise _roots.RootError(
-                    'bakeform %s not found for Pi %s: %s has no manifest.json, root.img and boot.img of this '
-                    'version; register the image (again) with pifleet.netboot.bakeform (name: %s, store: %s)'
-                    % (name, serial, dest, name, self.store))
-            self.manifests[name] = manifest
-        return self.manifests[name]
+    def golden(self, bake, generation):
+        """A read-only view of a generation's golden root (check mode, package lists), mounted once per run.
 
-    def golden(self, name):
-        """A read-only view of a bakeform's golden root (check mode diffs): mounted once, under the tmpdir."""
-        if name not in self.goldens:
-            point = os.path.join(self.host.tmpdir, 'golden-%s' % name)
+        A real run mounts it in a scratch directory of roots_dir, which the next run sweeps (with the mount)
+        should this one be killed; check mode, which writes nothing there, under the module's tmpdir.
+        """
+        key = (bake.name, generation)
+        if key not in self.goldens:
+            label = bake.label(generation)
+            if self.host.check_mode or not os.path.isdir(self.roots_dir):
+                point = os.path.join(self.host.tmpdir, 'golden-%s-%s' % key)
+            else:
+                if self.views is None:
+                    self.views = _atomic.ScratchDir(self.roots_dir, 'golden')
+                    self.stack.callback(self.views.close, self._unmount_quietly)
+                point = self.views.join('%s-%s' % key)
             os.mkdir(point, 0o700)
-            self.mounter.mount(os.path.join(self.store, name, ROOT_IMAGE), point, GOLDEN_OPTIONS,
-                               'a read-only look at bakeform %s' % name)
-            self.stack.callback(self.mounter.umount, point, 'bakeform %s' % name)
-            self.goldens[name] = self.stack.enter_context(Tree(point, 'the golden root of bakeform %s' % name))
-        return self.goldens[name]
+            self.mounter.mount(bake.root_image(generation), point, GOLDEN_OPTIONS, 'a read-only look at %s' % label)
+            self.stack.callback(self.mounter.umount, point, label)
+            self.goldens[key] = self.stack.enter_context(Tree(point, 'the golden root of %s' % label))
+        return self.goldens[key]
 
     def close(self):
         self.stack.close()
-        if self.forge:
-            self.forge.close()
-            self.forge = None
+        self.parts.close()
         if self.units:
             self.units.reload(self.host.run, self.host.which)
 
@@ -102,32 +99,41 @@ class PiRoots:
         if os.stat(self.roots_dir).st_mode & 0o7777 != _roots.ROOTS_MODE:
             os.chmod(self.roots_dir, _roots.ROOTS_MODE)
             self.shared_changed = True
-        return _atomic.sweep_stale(self.roots_dir, self._sweep_target, self._unmount_quietly)
+        # A killed run's new identity is dropped and the old one put back (an image is renamed in whole).
+        swept = _atomic.sweep_stale(self.roots_dir, self.parts.identities.target, self._unmount_quietly)
+        for name in sorted(os.listdir(self.roots_dir)):
+            path = os.path.join(self.roots_dir, name)
+            if _HALF_WRITTEN.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)  # a marker or journal half written by a killed run: only pi_root writes here
+                swept.append(name)
+            elif _JOURNAL.fullmatch(name):  # every Pi's roots whole before anything reads a marker
+                self.recover(_roots.Layout(self.roots_dir, name[:8]))
+        return swept
 
-    def _sweep_target(self, _label):
-        return None  # an image is renamed into place whole: a dead build has nothing to put back
+    def recover(self, lay):
+        self.host.warn('root of Pi %s: a killed run had left its roots half moved; put in order: %s'
+                       % (lay.serial, '; '.join(_rollback.recover(lay)) or 'nothing to do'))
 
     def _unmount_quietly(self, point):
         self.host.run([self.host.which('umount', True), '--lazy', '--', point])
 
-    def key_forge(self):
-        if self.forge is None:
-            self.forge = _roots.KeyForge(self.roots_dir, self.host.which('ssh-keygen', True),
-                                         setpriv=self.host.which('setpriv', False))
-        return self.forge
-
     def order_keys(self, plans):
-        """Start making the host keys of every root this run clones (several ssh-keygen at once)."""
-        self.key_forge()
+        """Start making the host keys of every new identity of this run (several ssh-keygen at once)."""
         for plan in plans:
-            if plan['action'] == 'clone':
-                self.forge.order(plan['serial'], plan['item']['hostname'], self.key_types)
+            if self.parts.needs_keys(plan['item'], plan['action']):
+                self.parts.key_forge().order(plan['serial'], plan['item']['hostname'], self.key_types)
 
     # ------------------------------------------------------------------ plan
 
     def plan(self, item):
         serial, state = item['serial'], item['state']
         lay = _roots.Layout(self.roots_dir, serial)
+        if os.path.lexists(lay.journal):
+            if self.host.check_mode:
+                self.host.warn('root of Pi %s: a run was killed while moving its roots; the next real run puts them '
+                               'in order first' % serial)
+            else:
+                self.recover(lay)
         image = os.path.isfile(lay.image)
         link = os.path.islink(lay.point)
         if link and state != 'absent':  # mounting there would mount over whatever it points to
@@ -135,15 +141,22 @@ class PiRoots:
                                    'the link' % (serial, lay.point))
         legacy = not image and not link and os.path.isdir(lay.point) and not os.path.ismount(lay.point) and bool(
             os.listdir(lay.point))
-        marker = _roots.load_marker(lay.marker, strict=state == 'present') if image else None
-        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy,
-                'marker': marker, 'mounted': self.mounted(lay.point)}
+        marker = _roots.load_marker(lay.marker, strict=state in ('present', 'rolledback')) if image else None
+        previous = _roots.load_marker(lay.prev_marker, strict=False) if os.path.isfile(lay.prev_image) else None
+        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy, 'marker': marker,
+                'previous': previous, 'mounted': self.mounted(lay.point)}
         if state == 'absent':
-            present = image or legacy or os.path.lexists(lay.marker) or os.path.lexists(lay.point)
+            present = image or legacy or any(os.path.lexists(path) for path in (
+                lay.marker, lay.point, lay.prev_image, lay.prev_marker, lay.journal, lay.identity))
             return dict(plan, action='remove' if present else 'none')
-        manifest = self.manifest(item['bakeform'], serial)
-        plan['sha256'] = manifest.get('sha256')
-        action = _roots.plan_action(state, image or legacy, marker, plan['sha256'])
+        action = _roots.plan_action(state, image or legacy, marker)
+        if state == 'rolledback' and action == 'clone':
+            raise _roots.RootError('root of Pi %s: there is no root to roll back (%s is not there)'
+                                   % (serial, lay.image))
+        if action == 'rollback' and previous is None:
+            raise _roots.RootError('root of Pi %s has no previous root to roll back to (%s is not there): a root '
+                                   'is kept for a rollback by state: rebuilt with keep_previous: true (the upgrade '
+                                   'playbook)' % (serial, lay.prev_image))
         if action == 'foreign':
             if legacy:
                 raise _roots.RootError(
@@ -152,40 +165,76 @@ class PiRoots:
                     'its SSH host keys and machine-id)' % (serial, lay.point))
             raise _roots.RootError('root of Pi %s: %s exists but %s does not, so pi_root did not make it; move it '
                                    'away, or use state: rebuilt to replace it' % (serial, lay.image, lay.marker))
-        return dict(plan, action=action)
+        who = 'Pi %s' % serial
+        _bake, _generation, current = self.parts.generation(item['bakeform'], None, who)
+        if action in ('clone', 'rebuild'):
+            bake, generation, _current = self.parts.generation(item['bakeform'], item.get('generation'), who)
+        else:  # the root's own generation: present and a rollback never choose another one
+            source = previous if action == 'rollback' else marker
+            bake, index = self.parts.bakeform(source.get('bakeform') or item['bakeform'], who)
+            generation = _roots.marker_generation(source, index)
+        return dict(plan, action=action, bake=bake, generation=generation, current=current)
 
     # ------------------------------------------------------------------ apply
 
     def apply(self, plan):
         item, lay, action = plan['item'], plan['layout'], plan['action']
         result = {'serial': plan['serial'], 'hostname': item['hostname'], 'path': lay.point, 'image': lay.image,
-                  'changed': False, 'action': 'unchanged', 'drift': False,
+                  'changed': False, 'action': 'unchanged',
                   'clone_method': (plan['marker'] or {}).get('clone_method')}
-        if action == 'none':
+        if action in ('none', 'remove'):
+            result.update(self.describe(plan, plan['marker'], plan['previous']))
+            if action == 'remove':
+                self.diff(lay.marker, _roots.marker_text(plan['marker']), '')
+                if not self.host.check_mode:
+                    self.remove(plan)
+                result.update(changed=True, action='removed', previous=None)
             return result
-        if action == 'remove':
-            self.diff(lay.marker, _roots.marker_text(plan['marker']), '')
-            if not self.host.check_mode:
-                self.remove(plan)
-            return dict(result, changed=True, action='removed')
         if action in ('clone', 'rebuild'):
             return self.build(plan, result)
+        if action == 'rollback':
+            return self.rollback(plan, result)
         changed = self.ensure_mounted(plan)
-        if action == 'drift':
-            self.host.warn('root of Pi %s was cloned from bakeform content %s, but bakeform %s now holds %s; left '
-                           'alone: use state: rebuilt to reimage it' % (plan['serial'], plan['marker'].get(
-                               'bakeform_sha256'), item['bakeform'], plan['sha256']))
-            return dict(result, changed=changed, action='mounted' if changed else 'drift', drift=True)
         if changed and self.host.check_mode:
-            return dict(result, changed=True, action='mounted')  # what is inside is read once it is mounted
+            return dict(result, changed=True, action='mounted', **self.describe(plan, plan['marker'], plan['previous']))
         return self.fix(plan, result, changed)
 
-    def boot_line(self, item, tree):
-        """The fstab line for the boot files (None without boot_mount nfs), for the root seen through ``tree``."""
+    def describe(self, plan, marker, previous):
+        """The result keys that say what a root is built from (CONTRACTS part 2), for ``marker`` and ``previous``."""
+        item, bake, generation = plan['item'], plan.get('bake'), plan.get('generation')
+        marker = marker or {}
+        name = marker.get('bakeform') or (bake.name if bake else item.get('bakeform'))
+        if plan['action'] in ('none', 'remove'):
+            generation = marker.get('generation')
+        described = {
+            'bakeform': name, 'generation': generation,
+            'label': '%s@%s' % (name, generation) if name and generation else None,
+            'current_generation': plan.get('current'),
+            'behind': bool(plan.get('current')) and (name != item.get('bakeform') or generation != plan['current']),
+            'previous': None, 'host_keys': list(marker.get('host_keys') or []),
+            'host_certificate': bool(marker.get('host_certificate')),
+        }
+        if described['label'] and marker.get('kernel_packages') is not None:
+            self.kernels[described['label']] = list(marker['kernel_packages'])
+        if previous:
+            number = previous.get('generation')
+            described['previous'] = {'bakeform': previous.get('bakeform'), 'generation': number,
+                                     'label': '%s@%s' % (previous.get('bakeform'), number) if number else None}
+        if item.get('boot_mount') == 'nfs' and bake and generation:
+            described['boot_export'] = bake.boot_export(generation)
+        return described
+
+    def boot_line(self, item, bake, generation, tree):
+        """The fstab line for the boot files of the root's generation (None without boot_mount nfs)."""
         if item['boot_mount'] != 'nfs':
             return None
-        self.ensure_boot_export(item['bakeform'])
-        return _rootfix.boot_line('nfs', item['nfs_server'], os.path.join(self.store, item['bakeform'], BOOT_EXPORT),
+        if generation is None:
+            generation = bake.current()
+            self.host.warn('root of Pi %s was built from content that is no generation of bakeform %s: its boot '
+                           'files are those of %s until the upgrade playbook gives it a generation'
+                           % (item['serial'], bake.name, bake.label(generation)))
+        self.ensure_boot_export(bake, generation)
+        return _rootfix.boot_line('nfs', item['nfs_server'], bake.boot_export(generation),
                                   _rootfix.boot_mountpoint(tree))
 
     @staticmethod
@@ -204,10 +253,10 @@ class PiRoots:
         except _cloudinit.CloudInitError as exc:
             raise _roots.RootError('the cloud-init seed of Pi %s: %s' % (item['serial'], exc)) from None
 
-    def ensure_boot_export(self, name):
-        """The bakeform's boot.img mounted read-only at <store>/<name>/boot-nfs, for Pis with boot_mount nfs."""
-        point, image = os.path.join(self.store, name, BOOT_EXPORT), os.path.join(self.store, name, BOOT_IMAGE)
-        if self.persist(image, point, BOOT_OPTIONS, 'pifleet boot files of bakeform %s' % name):
+    def ensure_boot_export(self, bake, generation):
+        """A generation's boot.img mounted read-only at its boot-nfs, for Pis with boot_mount nfs."""
+        point, image, label = bake.boot_export(generation), bake.boot_image(generation), bake.label(generation)
+        if self.persist(image, point, BOOT_OPTIONS, 'pifleet boot files of %s' % label):
             self.shared_changed = True
         if self.mounted(point) == image:
             return
@@ -215,10 +264,10 @@ class PiRoots:
         if self.host.check_mode:
             return
         if self.mounted(point):
-            self.mounter.umount(point, 'the old boot files of bakeform %s' % name)
+            self.mounter.umount(point, 'the old boot files of %s' % label)
         os.makedirs(point, 0o755, exist_ok=True)
-        self.mounter.mount(image, point, BOOT_OPTIONS, 'the boot files of bakeform %s' % name)
-        self.mounts = None  # read again: other Pis of this bakeform ask the same question
+        self.mounter.mount(image, point, BOOT_OPTIONS, 'the boot files of %s' % label)
+        self.mounts = None  # read again: other Pis of this generation ask the same question
 
     def ensure_mounted(self, plan):
         """Mount the Pi's image at its mount point (again, if another image is mounted there); True if changed."""
@@ -227,12 +276,18 @@ class PiRoots:
         if plan['mounted'] == lay.image:
             return changed
         if not self.host.check_mode:
-            if plan['mounted'] or os.path.ismount(lay.point):
-                self.mounter.umount(lay.point, 'the old root of Pi %s' % plan['serial'])
+            self.unmount(plan)
             os.makedirs(lay.point, 0o755, exist_ok=True)
             self.mounter.mount(lay.image, lay.point, _loopfs.ROOT_OPTIONS, 'the root of Pi %s' % plan['serial'])
             plan['mounted'] = lay.image
         return True
+
+    def unmount(self, plan):
+        """The root at the Pi's mount point unmounted (lazily if the NFS server holds it)."""
+        lay = plan['layout']
+        if plan['mounted'] or os.path.ismount(lay.point):
+            self.mounter.umount(lay.point, 'the old root of Pi %s' % plan['serial'])
+        plan['mounted'] = None
 
     def persist(self, image, point, options, description):
         """The mount unit that brings this mount back after a reboot; True if it had to change."""
@@ -246,134 +301,72 @@ class PiRoots:
         return True
 
     def fix(self, plan, result, changed):
-        item, lay = plan['item'], plan['layout']
+        """The option-driven fixes of a live root, in place; its generation and host keys stay as they are."""
+        item, lay, marker = plan['item'], plan['layout'], plan['marker']
+        bake, generation = plan['bake'], plan['generation']
         with Tree(lay.point, 'the root of Pi %s' % plan['serial']) as tree:
             keys = _rootfix.authorized_keys_text(item['ssh_authorized_keys'])
-            changes = _rootfix.inplace_changes(tree, item['hostname'], self.boot_line(item, tree), keys)
+            boot = self.boot_line(item, bake, generation, tree)
+            changes = _rootfix.inplace_changes(tree, item['hostname'], boot, keys)
             changes += _rootfix.seed_changes(tree, self.seed(item, tree))
-            wanted = _roots.updated_marker(plan['marker'], hostname=item['hostname'], fixes=_rootfix.fixes_of(changes),
-                                           keys_sha256=_roots.sha256_text(keys), boot_mount=item['boot_mount'])
-            if not changes and wanted is None:
-                return dict(result, changed=changed, action='mounted' if changed else 'unchanged')
-            for change in changes:
-                if change['path'] in DIFF_FILES:
-                    self.diff(os.path.join(lay.point, change['path']), change['before'], change['after'])
+            identity = self.parts.identities.load(plan['serial'])
+            kept = identity is not None
+            if not kept:  # a root made before the bakery kept identities: taken from it once (well-formed only)
+                identity, _made = self.parts.identity(dict(item, identity='keep'),
+                                                      old_root=lambda: contextlib.nullcontext(tree))
+                changes += _rootfix.machine_id_changes(tree, identity.machine_id + '\n')
+                changes += [change for change in _identity.host_key_changes(tree, identity, self.key_types)
+                            if change['kind'] != 'absent']  # present gives no key and takes none away
+            kinds = [kind for kind in kinds_of(marker.get('host_keys'), self.key_types) if kind in identity.keys]
+            cert_changes, record, signed = self.parts.certificate(item, tree, identity, kinds)
+            hold_changes, packages = ([], marker.get('kernel_packages')) if generation is None else self.parts.hold(
+                tree, bake, generation, marker.get('kernel_packages'))
+            changes += cert_changes + hold_changes
+            wanted = _roots.updated_marker(
+                marker, hostname=item['hostname'], fixes=_rootfix.fixes_of(changes), boot_mount=item['boot_mount'],
+                keys_sha256=_roots.sha256_text(keys), generation=generation, host_certificate=record is not None,
+                certificate=record, kernel_packages=packages,
+                host_keys=marker.get('host_keys') or identity.public_keys(kinds))
+            described = self.describe(plan, wanted or marker, plan['previous'])
+            if not changes and wanted is None and kept and not signed:
+                return dict(result, changed=changed, action='mounted' if changed else 'unchanged', **described)
+            self.show(lay, changes)
             if wanted is not None:
-                self.diff(lay.marker, _roots.marker_text(plan['marker']), _roots.marker_text(wanted))
+                self.diff(lay.marker, _roots.marker_text(marker), _roots.marker_text(wanted))
             if not self.host.check_mode:
                 _rootfix.apply(tree, changes)
+                if signed or not kept:
+                    self.parts.identities.save(plan['serial'], identity)
                 if wanted is not None:
-                    _atomic.write_text(lay.marker, _roots.marker_text(wanted), 0o600)
-        return dict(result, changed=True, action='fixed')
+                    _rollback.write_marker(lay.marker, wanted)
+        return dict(result, changed=True, action='fixed', **described)
 
-    def carry(self, plan):
-        """Identity kept across a rebuild: (machine-id, host keys, problem) read from the old root, if reachable."""
-        lay = plan['layout']
-        if not (plan['legacy'] or plan['mounted'] == lay.image):
-            return None, {}, None
-        with Tree(lay.point, 'the old root of Pi %s' % plan['serial']) as tree:
-            machine_id = tree.read_text(_rootfix.MACHINE_ID, 64)
-            carried, problem = _roots.read_carry(tree, self.key_types)
-        return machine_id, carried, problem
-
-    def build(self, plan, result):
-        item, lay = plan['item'], plan['layout']
-        serial, rebuild = plan['serial'], plan['action'] == 'rebuild'
-        golden = os.path.join(self.store, item['bakeform'], ROOT_IMAGE)
-        methods = _roots.choose_methods(self.clone_method, golden, self.roots_dir)
-        result.update(changed=True, action='rebuilt' if rebuild else 'cloned', clone_method=methods[0])
-        if rebuild and plan['image'] and not plan['mounted'] and not self.host.check_mode:
-            self.ensure_mounted(plan)
-        machine_id, carried, problem = self.carry(plan) if rebuild else (None, {}, None)
-        if problem:
-            self.host.warn('Pi %s: its SSH host keys were not carried over, new ones were made: %s' % (serial, problem))
-        if not _rootfix.valid_machine_id(machine_id):
-            machine_id = _rootfix.new_machine_id()
-        keys = _rootfix.authorized_keys_text(item['ssh_authorized_keys'])
-        if self.host.check_mode:
-            tree = self.golden(item['bakeform'])
-            changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys, machine_id,
-                                             seed=self.seed(item, tree))
-            self.clone_diff(plan, changes, tree)
-            self.diff(plan['layout'].marker, _roots.marker_text(plan['marker']),
-                      _roots.marker_text(self.marker(item, plan, methods[0], changes, None)))
-            return result
-        scratch = _atomic.ScratchDir(self.roots_dir, serial)
-        try:
-            image, mnt = scratch.join('root.img'), scratch.join('mnt')
-            method = self.cloner.clone(golden, image, methods, 'Pi %s' % serial)
-            self.cloner.new_uuid(image, 'Pi %s' % serial)
-            os.chmod(image, 0o600)
-            os.mkdir(mnt, 0o700)
-            self.mounter.mount(image, mnt, _loopfs.ROOT_OPTIONS, 'the new root of Pi %s' % serial)
-            try:
-                with Tree(mnt, 'the new root of Pi %s (bakeform %s)' % (serial, item['bakeform'])) as tree:
-                    changes = _rootfix.clone_changes(tree, item['hostname'], self.boot_line(item, tree), keys,
-                                                     machine_id, seed=self.seed(item, tree))
-                    _rootfix.apply(tree, changes)
-                    _roots.host_keys(tree, self.key_types, lambda kind: self.key_forge().key(
-                        serial, item['hostname'], kind), carry=carried)
-                    result['host_keys'] = [tree.read_text('%s/ssh_host_%s_key.pub' % (_roots.SSH_DIR, kind)).strip()
-                                           for kind in self.key_types]
-                    self.clone_diff(plan, changes, tree)
-            finally:
-                self.mounter.umount(mnt, 'the new root of Pi %s' % serial)
-            wanted = self.marker(item, plan, method, changes, _loopfs.read_superblock(image)['uuid'])
-            self.diff(lay.marker, _roots.marker_text(plan['marker']), _roots.marker_text(wanted))
-            self.install(plan, scratch, image, wanted)
-            result['clone_method'] = method
-        finally:
-            scratch.close(self._unmount_quietly)
-        return result
-
-    def install(self, plan, scratch, image, marker):
-        """Swap the new root in: the old one unmounted (lazily if the NFS server holds it), the image renamed."""
-        lay = plan['layout']
-        if plan['mounted'] or os.path.ismount(lay.point):
-            self.mounter.umount(lay.point, 'the old root of Pi %s' % plan['serial'])
-        if plan['legacy']:
-            os.rename(lay.point, scratch.join('legacy'))  # removed with the scratch directory
-        os.rename(image, lay.image)
-        _atomic.write_text(lay.marker, _roots.marker_text(marker), 0o600)
-        plan.update(image=True, mounted=None, legacy=False)
-        self.ensure_mounted(plan)
-
-    def marker(self, item, plan, method, changes, fs_uuid):
-        return _roots.new_marker(
-            serial=plan['serial'], hostname=item['hostname'], bakeform=item['bakeform'], sha256=plan['sha256'],
-            method=method, fixes=[*_rootfix.fixes_of(changes), 'ssh_host_keys'], fs_uuid=fs_uuid,
-            keys_sha256=_roots.sha256_text(_rootfix.authorized_keys_text(item['ssh_authorized_keys'])),
-            boot_mount=item['boot_mount'])
-
-    def clone_diff(self, plan, changes, view):
-        """Diffs of the files shown, old root against the new one (``view``: the golden, or the fixed clone)."""
-        if not self.host.diff:
-            return
-        lay, after = plan['layout'], {c['path']: c['after'] for c in changes if c['kind'] == 'file'}
-        old = Tree(lay.point, 'the root of Pi %s' % plan['serial']) if plan['mounted'] == lay.image else None
-        with old or contextlib.nullcontext():
-            for rel in DIFF_FILES:
-                self.diff(os.path.join(lay.point, rel), old.read_text(rel) if old else None,
-                          after.get(rel, view.read_text(rel)))
+    def show(self, lay, changes, point=None):
+        """Diffs of the files people read (fstab, hostname, hosts) among ``changes``."""
+        for change in changes:
+            if change['path'] in _rootfix.DIFF_FILES:
+                self.diff(os.path.join(point or lay.point, change['path']), change['before'], change['after'])
 
     def diff(self, header, before, after):
+        """A diff entry (diff mode only); text a Pi may have written is shown with its control characters escaped."""
         if self.host.diff and before != after:
-            self.diffs.append({'before': before or '', 'after': after or '', 'before_header': header,
-                               'after_header': header})
+            self.diffs.append(file_diff(header, printable(before), printable(after)))
 
     def remove(self, plan):
+        """The Pi's roots (current and previous), its mount and unit, and the identity the bakery kept for it."""
         lay = plan['layout']
         if self.units:
             self.units.remove(lay.point)
         if os.path.islink(lay.point):
             os.unlink(lay.point)  # the link only: what it points to is not this Pi's root
-        if plan['mounted'] or os.path.ismount(lay.point):
-            self.mounter.umount(lay.point, 'the root of Pi %s' % plan['serial'])
+        self.unmount(plan)
         if plan['legacy']:
             _atomic.discard(self.roots_dir, plan['serial'], lay.point)
-        for path in (lay.image, lay.marker):
+        for path in (lay.image, lay.marker, lay.journal):
             if os.path.lexists(path):
                 os.unlink(path)  # a lazily unmounted image lives on until the NFS server lets go of it
+        _rollback.remove_previous(lay)
+        self.parts.identities.remove(plan['serial'])
         if os.path.isdir(lay.point) and not os.path.ismount(lay.point):
             with contextlib.suppress(OSError):
                 os.rmdir(lay.point)

@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pi_boot's main() on a fake bakeform store in tmp: folders, map, idempotence, check/diff, exclusive, scale."""
+"""pi_boot's main() on a fake bakeform store in tmp (generations of store format 3, laid out by genstore):
+folders, map, generations, idempotence, check/diff, exclusive, a Pi that fails alone, scale."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import time
 
 import pytest
+from genstore import add_generation
 
 from ansible_collections.pifleet.netboot.plugins.modules import pi_boot
 
@@ -17,16 +19,22 @@ BOOKWORM = ('console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootf
 CONFIG = '# For more options see config.txt(5)\narm_64bit=1\n[pi4]\narm_boost=1\n'
 
 
-def make_bakeform(store, name, models, cmdline=BOOKWORM, config=CONFIG):
-    boot = store / name / 'boot'
+def make_bakeform(store, name, models, cmdline=BOOKWORM, config=CONFIG, *, current=True):
+    """The next generation of ``name`` (boot files only; its images are empty files): the path of its boot/."""
+    src = store.parent / ('src-%s' % name)
+    boot = src / 'boot'
     boot.mkdir(parents=True)
     if cmdline is not None:
         (boot / 'cmdline.txt').write_text(cmdline)
     if config is not None:
         (boot / 'config.txt').write_text(config)
     (boot / 'start4.elf').write_bytes(b'\x7fELF')
-    (store / name / 'manifest.json').write_text(json.dumps({'name': name, 'models': models}))
-    return boot
+    (src / 'manifest.json').write_text(json.dumps({'name': name, 'models': models}))
+    (src / 'root.img').write_bytes(b'')
+    (src / 'boot.img').write_bytes(b'')
+    number = add_generation(store, name, src, current=current)
+    src.rmdir()
+    return store / name / 'generations' / str(number) / 'boot'
 
 
 @pytest.fixture
@@ -78,9 +86,9 @@ def test_first_run_writes_then_nothing_to_do(run_module, lab):
     assert (two / 'cmdline.txt').read_text().endswith('rw ip=dhcp rootwait network-config=disabled net.ifnames=0\n')
     assert (two / 'config.txt').read_text() == CONFIG + '\n# pifleet.netboot: pi-02\n[all]\ndtoverlay=disable-wifi\n'
     assert json.loads((two / '.pifleet-boot.json').read_text()) == {
-        'name': 'pi-02', 'prefix': 'dc-a6-32-01-36-c2', 'bakeform': 'bw'}
+        'name': 'pi-02', 'prefix': 'dc-a6-32-01-36-c2', 'bakeform': 'bw', 'generation': 'bw@1'}
     assert oct(one.stat().st_mode & 0o777) == '0o755' and oct((one / 'cmdline.txt').stat().st_mode & 0o777) == '0o644'
-    boot = str(lab / 'bakeforms' / 'bw' / 'boot')
+    boot = str(lab / 'bakeforms' / 'bw' / 'generations' / '1' / 'boot')
     assert read_map(lab) == {'version': 1, 'default': [boot], 'prefixes': {
         '00001001': {'name': 'pi-01', 'dirs': [str(one), boot]},
         'dc-a6-32-01-36-c2': {'name': 'pi-02', 'dirs': [str(two), boot]}}}
@@ -125,16 +133,20 @@ def test_changes_are_rendered_again(run_module, lab):
     dropped = run_module(pi_boot.main, args(lab, [pi(1)]), diff=True).result
     assert dropped['pis'][0]['files'] == ['config.txt'] and not (folder / 'config.txt').exists()
     assert dropped['map']['changed'] is False
-    # The bakeform's cmdline.txt changes (a new image under the same name): the Pi's follows.
-    (lab / 'bakeforms' / 'bw' / 'boot' / 'cmdline.txt').write_text('console=tty1 root=/dev/sda2 quiet\n')
-    redone = run_module(pi_boot.main, args(lab, [pi(1)])).result
-    assert redone['pis'][0]['files'] == ['cmdline.txt']
+    # A new generation with another cmdline.txt: the Pi is served it once its root is built from it.
+    make_bakeform(lab / 'bakeforms', 'bw', ['4'], cmdline='console=tty1 root=/dev/sda2 quiet\n')
+    kept = run_module(pi_boot.main, args(lab, [pi(1, generation=1)])).result
+    assert kept['changed'] is False and kept['pis'][0]['generation'] == 'bw@1'
+    redone = run_module(pi_boot.main, args(lab, [pi(1, generation=2)])).result
+    assert redone['pis'][0]['files'] == ['.pifleet-boot.json', 'cmdline.txt'] and redone['map']['changed'] is True
     assert (folder / 'cmdline.txt').read_text().startswith('console=tty1 quiet root=/dev/nfs ')
+    assert read_map(lab)['prefixes']['00001001']['dirs'][1] == str(lab / 'bakeforms/bw/generations/2/boot')
+    assert run_module(pi_boot.main, args(lab, [pi(1)])).result['changed'] is False  # the current one is 2
     # Another bakeform: marker, cmdline and map change; no cmdline.txt there, so the default consoles.
     moved = run_module(pi_boot.main, args(lab, [pi(1, bakeform='old')])).result
     assert moved['pis'][0]['files'] == ['.pifleet-boot.json', 'cmdline.txt'] and moved['map']['changed'] is True
     assert (folder / 'cmdline.txt').read_text().startswith('console=serial0,115200 console=tty1 root=/dev/nfs ')
-    assert read_map(lab)['prefixes']['00001001']['dirs'][1] == str(lab / 'bakeforms' / 'old' / 'boot')
+    assert read_map(lab)['prefixes']['00001001']['dirs'][1] == str(lab / 'bakeforms/old/generations/1/boot')
 
 
 def test_exclusive_removes_only_marked_folders(run_module, lab):
@@ -159,7 +171,7 @@ def test_not_exclusive_keeps_others_and_moves_a_renumbered_pi(run_module, lab):
     assert sorted(os.listdir(lab / 'pis')) == ['00001001', '00001004', 'lab-pi-02']
     fleet = read_map(lab)
     assert sorted(fleet['prefixes']) == ['00001001', '00001004', 'lab-pi-02']
-    assert fleet['default'] == [str(lab / 'bakeforms' / 'bw' / 'boot')]  # kept: no default_bakeform given
+    assert fleet['default'] == [str(lab / 'bakeforms/bw/generations/1/boot')]  # kept: no default_bakeform given
     gone = run_module(pi_boot.main, args(lab, [{'name': 'pi-01', 'prefix': '00001001', 'state': 'absent'}],
                                          exclusive=False)).result
     assert gone['changed'] is True and sorted(read_map(lab)['prefixes']) == ['00001004', 'lab-pi-02']
@@ -173,16 +185,54 @@ def failure(run_module, lab, pis, **extra):
     return outcome.result['msg']
 
 
-def test_model_mismatch_fails(run_module, lab):
-    msg = failure(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)])
-    assert msg == ('pi-07 is a Pi 5 but bakeform old has boot files for Pi 3, 4 only; '
-                   'pick a bakeform with kernel_2712.img')
+def fails_alone(run_module, lab, pis, failing, **extra):
+    """A run where the Pis named ``failing`` fail alone: the others are served; returns the result."""
+    outcome = run_module(pi_boot.main, args(lab, pis, **extra))
+    assert outcome.failed, outcome.result
+    assert [pi['hostname'] for pi in outcome.result['failed_pis']] == failing
+    assert outcome.result['msg'] == 'pi_boot failed for %d Pi(s): %s' % (len(failing), '; '.join(
+        '%s: %s' % (pi['hostname'], pi['msg']) for pi in outcome.result['failed_pis']))
+    served = [p['name'] for p in outcome.result['pis'] if not p.get('failed') and p['state'] == 'present']
+    assert sorted(read_map(lab)['prefixes'][p['prefix']]['name'] for p in outcome.result['pis']
+                  if p['name'] in served) == sorted(served)
+    return outcome.result
+
+
+def test_model_mismatch_fails_that_pi_alone(run_module, lab):
+    result = fails_alone(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)], ['pi-07'])
+    assert result['failed_pis'][0] == {'serial': '00001007', 'hostname': 'pi-07', 'msg': (
+        'pi-07 is a Pi 5 but bakeform old@1 has boot files for Pi 3, 4 only; pick a bakeform with kernel_2712.img')}
+    assert not (lab / 'pis' / '00001007').exists() and (lab / 'pis' / '00001001' / 'cmdline.txt').exists()
 
 
 def test_model_from_boot_files_without_manifest(run_module, lab):
-    (lab / 'bakeforms' / 'old' / 'manifest.json').unlink()  # only start4.elf in its boot files
-    msg = failure(run_module, lab, [pi(7, bakeform='old', model=3)])
-    assert 'has boot files for Pi 4 only; pick a bakeform with start.elf' in msg
+    manifest = lab / 'bakeforms/old/generations/1/manifest.json'
+    manifest.write_text('{"name": "old"}')  # no models: only start4.elf in its boot files tells
+    result = fails_alone(run_module, lab, [pi(7, bakeform='old', model=3)], ['pi-07'])
+    assert 'has boot files for Pi 4 only; pick a bakeform with start.elf' in result['msg']
+
+
+def test_a_missing_generation_fails_that_pi_alone_and_keeps_what_it_boots(run_module, lab):
+    run_module(pi_boot.main, args(lab, [pi(1), pi(2)]))
+    before = {path: text for path, text in snapshot(lab).items() if path.startswith('pis/00001002')}
+    entry = read_map(lab)['prefixes']['00001002']
+    result = fails_alone(run_module, lab, [pi(1, cmdline_extra='quiet'), pi(2, generation=9, cmdline_extra='quiet'),
+                                           pi(3)], ['pi-02'])
+    assert result['failed_pis'][0]['msg'] == (
+        'boot files not found for pi-02: generation bw@9 is not in %s (there: 1); register the image with '
+        'pifleet.netboot.bakeform, or name a generation that is there' % (lab / 'bakeforms/bw/generations'))
+    assert read_map(lab)['prefixes']['00001002'] == entry  # it boots what it booted
+    assert {path: text for path, text in snapshot(lab).items() if path.startswith('pis/00001002')} == before
+    assert (lab / 'pis/00001001/cmdline.txt').read_text().endswith(' quiet\n') and (lab / 'pis/00001003').is_dir()
+    assert [p['generation'] for p in result['pis']] == ['bw@1', None, 'bw@1']
+
+
+def test_a_store_before_generations_is_named(run_module, lab):
+    old = lab / 'bakeforms' / 'legacy'
+    (old / 'boot').mkdir(parents=True)
+    (old / 'manifest.json').write_text('{"name": "legacy"}')
+    result = fails_alone(run_module, lab, [pi(1, bakeform='legacy'), pi(2)], ['pi-01'])
+    assert 'bakeform legacy has no bakeform.json' in result['msg'] and 'becomes generation 1' in result['msg']
 
 
 def test_duplicates_fail(run_module, lab):
@@ -194,6 +244,14 @@ def test_duplicates_fail(run_module, lab):
 @pytest.mark.parametrize(('change', 'expected'), [
     ({'bakeform': 'nosuch'}, 'boot files not found for pi-01: bakeform nosuch has no '),
     ({'bakeform': '../bw'}, "boot files not found for pi-01: bakeform name '../bw' is not valid"),
+])
+def test_a_pi_without_boot_files_fails_alone(run_module, lab, change, expected):
+    result = fails_alone(run_module, lab, [pi(1, **change), pi(2)], ['pi-01'])
+    assert expected in result['msg'] and list(read_map(lab)['prefixes']) == ['00001002']
+
+
+@pytest.mark.parametrize(('change', 'expected'), [
+    ({'generation': 0}, 'generation of pi-01 0 is not a generation number'),
     ({'nfsroot': '10.99.0.2:/r,proto=tcp'}, 'rejects proto='),
     ({'nfsroot': '10.99.0.2:/r,vers=4'}, 'NFS 2 and 3 only'),
     ({'prefix': '../x'}, 'TFTP prefix'),

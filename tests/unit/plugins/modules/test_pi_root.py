@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """pi_root's main(): arguments and per-Pi failures, then a real lifecycle on a bakeform made by hand.
 
-The bakeform here is a format-2 store entry built with mke2fs -d (no bakeform run). Everything that
+The bakeform here is a generation of a format-3 store built with mke2fs -d (no bakeform run; genstore
+lays the generation out). Everything that
 mounts (check mode looks at the golden image, every clone is loop-mounted) needs root and loop
 devices and is skipped without them. Clones on real XFS, ext4 and btrfs file systems, reflinks and
 kills are in tests/integration/test_pi_root.py.
@@ -18,6 +19,7 @@ import stat
 import subprocess
 
 import pytest
+from genstore import make_generation
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
 from ansible_collections.pifleet.netboot.plugins.modules import pi_root
@@ -32,26 +34,8 @@ CAN_MOUNT = os.geteuid() == 0 and os.path.exists('/dev/loop-control') and bool(s
 needs_mounts = pytest.mark.skipif(not CAN_MOUNT, reason='needs root, loop devices and ssh-keygen')
 
 
-def mke2fs(image, tree, size='32M', *options):
-    subprocess.run(['mke2fs', '-q', '-F', '-t', 'ext4', '-O', 'metadata_csum_seed', *options, '-d', str(tree),
-                    str(image), size], check=True, capture_output=True)
-
-
 def make_bakeform(store, name, files=None, sha=SHA):
-    """A format-2 bakeform: root.img and boot.img (ext4 made from small trees), boot/ and the manifest."""
-    dest, src = store / name, store.parent / ('src-' + name)
-    for rel, text in (files or GOLDEN).items():
-        (src / 'root' / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / 'root' / rel).write_text(text)
-    (src / 'root/boot/firmware').mkdir(parents=True, exist_ok=True)
-    (src / 'boot').mkdir(parents=True, exist_ok=True)
-    (src / 'boot/config.txt').write_text('arm_64bit=1\n')
-    dest.mkdir(parents=True)
-    shutil.copytree(src / 'boot', dest / 'boot')
-    mke2fs(dest / 'root.img', src / 'root')
-    mke2fs(dest / 'boot.img', src / 'boot', '8M')
-    write_manifest(dest, sha)
-    return dest
+    return make_generation(store, name, files or GOLDEN, sha)
 
 
 def write_manifest(dest, sha, store_format=2):
@@ -99,6 +83,9 @@ INVALID = [
      'duplicate hostnames in pis: pi'),
     ({'serial': '3a4b5c6d', 'bakeform': None}, 'no bakeform for Pi 3a4b5c6d'),
     ({'serial': '3a4b5c6d', 'clone_method': 'zfs'}, 'value of clone_method must be one of'),
+    ({'serial': '3a4b5c6d', 'generation': 0}, 'generation 0 for Pi 3a4b5c6d is not a generation number'),
+    ({'serial': '3a4b5c6d', 'principals': ['ok', 'a,b']}, "principals 'a,b' are not host names or addresses"),
+    ({'serial': '3a4b5c6d', 'state': 'rolledback', 'identity': 'new'}, 'value of identity must be one of'),
 ]
 
 
@@ -107,12 +94,13 @@ def test_invalid_arguments_fail_clearly_before_touching_anything(run_module, lab
     result = run_module(pi_root.main, args(lab, **extra))
     assert result.failed, result.result
     assert message in result.result['msg'] and not result.result.get('changed')
-    assert sorted(os.listdir(lab)) == ['src-bw', 'store']  # no roots dir, units or lock file
+    assert sorted(os.listdir(lab)) == ['store']  # no roots dir, units or lock file
 
 
 PER_PI = [
     ({'bakeform': '../etc'}, "bakeform name '../etc' is not valid: use lower-case"),
     ({'bakeform': 'missing'}, 'bakeform missing not found for Pi 3a4b5c6d'),
+    ({'state': 'rolledback'}, 'there is no root to roll back'),
     ({'clone_method': 'snapshot'}, 'clone_method snapshot is no longer offered'),
 ]
 
@@ -134,9 +122,15 @@ def test_missing_or_older_bakeform_tells_how_to_fix(run_module, lab):
     assert result.failed
     assert str(lab / 'store' / 'trixie') in result.result['msg']
     assert 'pifleet.netboot.bakeform (name: trixie' in result.result['msg']
-    write_manifest(lab / 'store/bw', SHA, store_format=1)  # a golden root directory, before 0.3.0
-    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d'), check_mode=True)
-    assert result.failed and 'of this version; register the image (again)' in result.result['msg']
+    old = lab / 'store' / 'old'
+    old.mkdir()
+    write_manifest(old, SHA)  # a bakeform stored before generations: the bakeform module moves it
+    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', bakeform='old'), check_mode=True)
+    assert result.failed and 'run pifleet.netboot.bakeform for it once' in result.result['msg'], result.result
+    result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', generation=7), check_mode=True)
+    assert result.failed and 'generation bw@7 not found for Pi 3a4b5c6d' in result.result['msg'], result.result
+    assert result.result['failed_pis'] == [{'serial': '3a4b5c6d', 'hostname': 'pi-3a4b5c6d',
+                                            'msg': result.result['pis'][0]['msg']}]
 
 
 @needs_mounts
@@ -156,9 +150,11 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
     assert diffs[root + '/etc/hostname']['after'] == 'kitchen\n'
     marker = json.loads(diffs[root + '.json']['after'])
     assert marker['bakeform_sha256'] == SHA and marker['hostname'] == 'kitchen' and marker['clone_method'] == 'copy'
-    assert sorted(os.listdir(lab)) == ['src-bw', 'store']  # nothing made, no lock taken
+    assert marker['generation'] == 1 and marker['host_keys'] == ['ssh-ed25519 (new)', 'ecdsa-sha2-nistp256 (new)']
+    assert (pis[0]['generation'], pis[0]['label'], pis[0]['behind'], pis[0]['previous']) == (1, 'bw@1', False, None)
+    assert sorted(os.listdir(lab)) == ['store']  # nothing made, no lock taken
     with open('/proc/self/mountinfo', encoding='utf-8') as info:  # the read-only look at the golden image is gone
-        assert [line for line in info if '/golden-bw ' in line] == []
+        assert [line for line in info if '/golden-bw-1 ' in line] == []
 
 
 @needs_mounts
@@ -167,8 +163,15 @@ def test_copy_lifecycle(run_module, lab):
     roots, root = lab / 'roots', lab / 'roots' / '3a4b5c6d'
     first = run_module(pi_root.main, base).result
     assert first['changed'] and first['pis'][0]['action'] == 'cloned' and first['pis'][0]['clone_method'] == 'copy'
-    assert sorted(os.listdir(roots)) == ['3a4b5c6d', '3a4b5c6d.img', '3a4b5c6d.json']  # no scratch left
+    assert sorted(os.listdir(roots)) == ['3a4b5c6d', '3a4b5c6d.identity', '3a4b5c6d.img', '3a4b5c6d.json']  # no scratch
     assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(str(root) + '.img').st_mode) == 0o600
+    kept = roots / '3a4b5c6d.identity'
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700 and sorted(os.listdir(kept)) == [
+        'machine-id', 'ssh_host_ecdsa_key', 'ssh_host_ecdsa_key.pub', 'ssh_host_ed25519_key',
+        'ssh_host_ed25519_key.pub']
+    for name in os.listdir(kept):  # the bakery's copy is the one in the root
+        assert (kept / name).read_bytes() == (root / 'etc' / ('ssh' if 'key' in name else '') / name).read_bytes()
+        assert stat.S_IMODE(os.stat(kept / name).st_mode) == 0o600 and os.stat(kept / name).st_uid == 0
     assert mounts_below(roots) == [str(root)]
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     assert (root / 'home/pi/.profile').read_text() == 'x\n'
@@ -176,7 +179,10 @@ def test_copy_lifecycle(run_module, lab):
     assert (root / 'etc/ssh/ssh_host_ecdsa_key.pub').read_text().strip().endswith('root@kitchen')
     marker = json.loads((roots / '3a4b5c6d.json').read_text())
     assert marker['fs_uuid'] == read_superblock(str(root) + '.img')['uuid']
-    assert marker['fs_uuid'] != read_superblock(str(lab / 'store/bw/root.img'))['uuid']
+    assert marker['fs_uuid'] != read_superblock(str(lab / 'store/bw/generations/1/root.img'))['uuid']
+    assert marker['host_keys'] == first['pis'][0]['host_keys'] == [
+        ' '.join((root / 'etc/ssh' / ('ssh_host_%s_key.pub' % kind)).read_text().split()[:2])
+        for kind in ('ed25519', 'ecdsa')]
     unit = (lab / 'units' / unit_name(str(root))).read_text()
     assert 'What=%s.img' % root in unit and 'Where=%s' % root in unit
     assert os.path.islink(lab / 'units/local-fs.target.wants' / unit_name(str(root)))
@@ -196,10 +202,12 @@ def test_copy_lifecycle(run_module, lab):
     assert remounted['changed'] and remounted['pis'][0]['action'] == 'mounted'
     assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(root)]
 
-    write_manifest(lab / 'store/bw', 'd' * 64)
-    drift = run_module(pi_root.main, dict(base, hostname='garage'))
-    assert drift.result['changed'] is False and drift.result['pis'][0]['drift'] is True
-    assert any('use state: rebuilt' in w for w in drift.result['warnings'])
+    assert make_bakeform(lab / 'store', 'bw', sha='d' * 64) == 2  # a new generation: the root stays on its own
+    behind = run_module(pi_root.main, dict(base, hostname='garage')).result
+    assert behind['changed'] is False and behind['warnings'] == [], behind
+    pi = behind['pis'][0]
+    assert (pi['action'], pi['generation'], pi['label'], pi['current_generation'], pi['behind']) == (
+        'unchanged', 1, 'bw@1', 2, True)
 
     os.unlink(roots / '3a4b5c6d.json')
     foreign = run_module(pi_root.main, base)

@@ -68,8 +68,8 @@ def test_the_store_set_once_reaches_every_module_that_takes_it(tmp_path):
     }, check_mode=True, store={'store': store})
     assert results['bakeform']['path'] == store + '/demo'
     # Each looked for the bakeform in the store it was given.
-    assert '%s/nosuch has no manifest.json' % store in results['pi_root']['msg'], results['pi_root']
-    assert 'has no %s/nosuch/boot' % store in results['pi_boot']['msg'], results['pi_boot']
+    assert '%s/nosuch has no bakeform.json' % store in results['pi_root']['msg'], results['pi_root']
+    assert 'has no bakeform.json in %s/nosuch' % store in results['pi_boot']['msg'], results['pi_boot']
 
 
 def test_the_lock_set_once_reaches_every_module_that_takes_it(tmp_path):

@@ -88,3 +88,16 @@ def test_diff_is_recorded_in_diff_mode_only():
     loud = _module.PifleetModule(FakeModule({}, diff=True), {})
     loud.diff('/f', 'a', 'b')
     assert loud.diffs == [_module.file_diff('/f', 'a', 'b')]
+
+
+@pytest.mark.parametrize('text, shown', [
+    ('127.0.1.1\tkitchen\n', '127.0.1.1\tkitchen\n'),  # what people write stays as it is
+    ('a\x1b[2J\x1b]0;owned\x07b\n', 'a\\x1b[2J\\x1b]0;owned\\x07b\n'),  # clear screen, retitle, bell
+    ('x\ry', 'x\\x0dy'), ('\x00\x7f\x9b', '\\x00\\x7f\\x9b'),  # a carriage return hides what came before
+    ('\u202egnp.exe', '\\u202egnp.exe'), ('caf\u00e9 \u00fcber', 'caf\u00e9 \u00fcber'),  # right-to-left override
+    (b'bad \xff\xfe'.decode('utf-8', 'surrogateescape'), 'bad \\xff\\xfe'),  # bytes that were not UTF-8
+    ('UUID=x /srv\\040data ext4', 'UUID=x /srv\\040data ext4'),  # fstab's own escapes are left alone
+    (None, None), ('', ''),
+])
+def test_printable_escapes_what_a_terminal_would_act_on(text, shown):
+    assert _module.printable(text) == shown

@@ -123,7 +123,10 @@ def test_desired_files_and_plan():
             'cmdline_extra': None, 'config_txt': None}
     wanted = bf.desired_files(item, {bf.CMDLINE: BOOKWORM, bf.CONFIG: 'arm_64bit=1\n'})
     assert wanted[bf.CONFIG] is None
-    assert json.loads(wanted[bf.MARKER]) == {'name': 'pi-01', 'prefix': '3a4b5c6d', 'bakeform': 'bw'}
+    marker = {'name': 'pi-01', 'prefix': '3a4b5c6d', 'bakeform': 'bw', 'generation': None}
+    assert json.loads(wanted[bf.MARKER]) == marker
+    labelled = bf.desired_files(item, {bf.CMDLINE: BOOKWORM}, 'bw@3')
+    assert json.loads(labelled[bf.MARKER])['generation'] == 'bw@3'
     # A new folder: every file to write; config.txt is not there and must not be, so it is not planned.
     assert [(n, b) for n, b, _a in bf.plan_files({}, wanted)] == [(bf.MARKER, None), (bf.CMDLINE, None)]
     same = dict(wanted)

@@ -4,14 +4,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError, Tree
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 
@@ -20,19 +17,39 @@ SHA, OTHER = 'a' * 64, 'b' * 64
 
 @pytest.mark.parametrize('state, exists, marker, expected', [
     ('present', False, None, 'clone'),
-    ('present', True, {'bakeform_sha256': SHA}, 'fix'),
-    ('present', True, {'bakeform_sha256': OTHER}, 'drift'),
+    ('present', True, {'generation': 1}, 'fix'),
+    ('present', True, {'generation': 1, 'rolled_back': {'from': 'bw@2'}}, 'fix'),
     ('present', True, None, 'foreign'),
     ('rebuilt', False, None, 'clone'),
-    ('rebuilt', True, {'bakeform_sha256': SHA}, 'rebuild'),
-    ('rebuilt', True, {'bakeform_sha256': OTHER}, 'rebuild'),
+    ('rebuilt', True, {'generation': 1}, 'rebuild'),
     ('rebuilt', True, None, 'rebuild'),
-    ('absent', True, {'bakeform_sha256': SHA}, 'remove'),
+    ('rolledback', True, {'generation': 2}, 'rollback'),
+    ('rolledback', True, {'generation': 1, 'rolled_back': {'from': 'bw@2'}}, 'fix'),  # done already
+    ('rolledback', True, None, 'foreign'),
+    ('rolledback', False, None, 'clone'),  # refused by the planner: nothing to roll back
+    ('absent', True, {'generation': 1}, 'remove'),
     ('absent', True, None, 'remove'),
     ('absent', False, None, 'none'),
 ])
 def test_plan_action(state, exists, marker, expected):
-    assert _roots.plan_action(state, exists, marker, SHA) == expected
+    assert _roots.plan_action(state, exists, marker) == expected
+
+
+INDEX = {'generations': {'1': {'sha256': SHA}, '2': {'sha256': OTHER}, 'x': {'sha256': 'c' * 64}}}
+
+
+@pytest.mark.parametrize('marker, expected', [
+    ({'generation': 3, 'bakeform_sha256': SHA}, 3),  # the marker's word counts
+    ({'bakeform_sha256': OTHER}, 2),  # made before generations: the generation with its content
+    ({'bakeform_sha256': 'c' * 64}, None),
+    ({'bakeform_sha256': 'd' * 64}, None),
+    ({'generation': True, 'bakeform_sha256': SHA}, 1),
+    ({'generation': 0}, None),
+    (None, None),
+])
+def test_marker_generation(marker, expected):
+    assert _roots.marker_generation(marker, INDEX) == expected
+    assert _roots.marker_generation(marker, None) == (expected if (marker or {}).get('generation') == 3 else None)
 
 
 MOUNTS = {'/srv/x': ('/dev/loop1', 'xfs'), '/srv/b': ('/dev/loop2', 'btrfs'), '/srv/e': ('/dev/loop3', 'ext4'),
@@ -85,8 +102,12 @@ def test_layout_keeps_the_marker_out_of_the_pis_reach():
     assert (lay.serial, lay.point, lay.image, lay.marker) == (
         '3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d.img',
         '/srv/pifleet/roots/3a4b5c6d.json')
-    # The mount point is what the Pi reaches over NFS: neither the marker nor the image is below it.
-    assert not lay.marker.startswith(lay.point + '/') and not lay.image.startswith(lay.point + '/')
+    assert (lay.prev_image, lay.prev_marker, lay.journal, lay.identity) == (
+        '/srv/pifleet/roots/3a4b5c6d.prev.img', '/srv/pifleet/roots/3a4b5c6d.prev.json',
+        '/srv/pifleet/roots/3a4b5c6d.swap.json', '/srv/pifleet/roots/3a4b5c6d.identity')
+    # The mount point is what the Pi reaches over NFS: nothing else of its state is below it.
+    for path in (lay.marker, lay.image, lay.prev_image, lay.prev_marker, lay.journal, lay.identity):
+        assert not path.startswith(lay.point + '/')
 
 
 def test_load_marker(tmp_path):
@@ -114,10 +135,20 @@ def test_marker_text_and_sha256_text():
 
 
 def test_new_and_updated_marker():
-    marker = _roots.new_marker(serial='3a4b5c6d', hostname='kitchen', bakeform='bw', sha256=SHA, method='copy',
-                               fixes=['hosts', 'fstab'], keys_sha256=None, boot_mount='none', fs_uuid='u-1')
+    marker = _roots.new_marker(serial='3a4b5c6d', hostname='kitchen', bakeform='bw', generation=2, sha256=SHA,
+                               method='copy', fixes=['hosts', 'fstab'], keys_sha256=None, boot_mount='none',
+                               fs_uuid='u-1', host_keys=['ssh-ed25519 AAAA'])
     assert marker['created'] == marker['updated'] and marker['fixes'] == ['fstab', 'hosts']
     assert (marker['fs_uuid'], marker['clone_method'], marker['bakeform_sha256']) == ('u-1', 'copy', SHA)
+    assert (marker['generation'], marker['host_keys'], marker['host_certificate'], marker['rolled_back']) == (
+        2, ['ssh-ed25519 AAAA'], False, None)
+    signed = _roots.new_marker(serial='3a4b5c6d', hostname='kitchen', bakeform='bw', generation=2, sha256=SHA,
+                               method='copy', fixes=[], keys_sha256=None, boot_mount='none', fs_uuid='u-1',
+                               host_keys=[], certificate={'ca': 'SHA256:x'}, kernel_packages=['linux-image-a=1'])
+    assert signed['host_certificate'] is True and signed['kernel_packages'] == ['linux-image-a=1']
+    rolled = _roots.updated_marker(marker, hostname='kitchen', fixes=[], keys_sha256=None, boot_mount='none',
+                                   rolled_back={'from': 'bw@3'})
+    assert rolled['rolled_back'] == {'from': 'bw@3'} and rolled['generation'] == 2
     assert _roots.updated_marker(marker, hostname='kitchen', fixes=[], keys_sha256=None, boot_mount='none') is None
     renamed = _roots.updated_marker(marker, hostname='garage', fixes=['hostname'], keys_sha256=None, boot_mount='none')
     assert renamed['hostname'] == 'garage' and renamed['fixes'] == ['fstab', 'hostname', 'hosts']
@@ -205,184 +236,3 @@ def test_new_uuid_gives_the_clone_an_identity_of_its_own(tmp_path):
         _roots.Cloner(real_run, real_which).new_uuid(str(tmp_path / 'not-ext4.img'), 'Pi x')
     assert info.value.details['rc'] != 0 and info.value.details['cmd'][1:] == ['-U', 'random',
                                                                                str(tmp_path / 'not-ext4.img')]
-
-
-# --------------------------------------------------------------------------- SSH host keys
-
-GOLDEN_KEYS = ('ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub', 'ssh_host_rsa_key', 'ssh_host_rsa_key.pub',
-               'ssh_host_dsa_key', 'ssh_host_dsa_key.pub')
-
-
-def golden_ssh(root):
-    """A root whose etc/ssh holds the golden image's keys of several types and sshd's config."""
-    (root / 'etc/ssh').mkdir(parents=True)
-    for name in GOLDEN_KEYS:
-        (root / 'etc/ssh' / name).write_text('golden %s\n' % name)
-    (root / 'etc/ssh/sshd_config').write_text('config\n')
-    return root
-
-
-def keygen(tmp_path):
-    """make_key for host_keys: real ssh-keygen keys in a folder of their own, and the kinds asked for."""
-    asked = []
-
-    def make_key(kind):
-        asked.append(kind)
-        folder = tmp_path / ('keys-%d' % len(asked))
-        folder.mkdir()
-        key = folder / ('ssh_host_%s_key' % kind)
-        subprocess.run(_roots.keygen_argv(shutil.which('ssh-keygen'), kind, 'kitchen', str(key)), check=True)
-        return str(key)
-    return make_key, asked
-
-
-needs_keygen = pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen (openssh-client)')
-
-
-@needs_keygen
-def test_host_keys_replace_every_golden_key_with_new_ones(tmp_path):
-    root = golden_ssh(tmp_path / 'root')
-    make_key, asked = keygen(tmp_path)
-    with Tree(str(root)) as tree:
-        assert _roots.host_keys(tree, ['ed25519', 'ecdsa'], make_key) == ['ed25519', 'ecdsa']
-    assert asked == ['ed25519', 'ecdsa']
-    assert sorted(os.listdir(root / 'etc/ssh')) == ['ssh_host_ecdsa_key', 'ssh_host_ecdsa_key.pub',
-                                                    'ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub', 'sshd_config']
-    for kind in ('ed25519', 'ecdsa'):
-        private = root / 'etc/ssh' / ('ssh_host_%s_key' % kind)
-        public = private.with_name(private.name + '.pub')
-        assert b'golden' not in private.read_bytes()
-        assert public.read_text().strip().endswith('root@kitchen')
-        assert (private.stat().st_mode & 0o7777, public.stat().st_mode & 0o7777) == (0o600, 0o644)
-        if os.geteuid() == 0:
-            assert (private.stat().st_uid, private.stat().st_gid) == (0, 0)
-    assert (root / 'etc/ssh/sshd_config').read_text() == 'config\n'
-
-
-def test_host_keys_carried_keep_their_bytes_owner_and_mode(tmp_path):
-    root = golden_ssh(tmp_path / 'root')
-    gid = os.getgid()
-    carry = {'ed25519': (b'old private', b'old public', os.getuid(), gid, 0o640)}
-
-    def make_key(kind):
-        raise AssertionError('a carried key is not made again (%s)' % kind)
-    with Tree(str(root)) as tree:
-        assert _roots.host_keys(tree, ['ed25519'], make_key, carry=carry) == []
-    private = root / 'etc/ssh/ssh_host_ed25519_key'
-    assert private.read_bytes() == b'old private' and (root / 'etc/ssh/ssh_host_ed25519_key.pub').read_bytes() == \
-        b'old public'
-    assert (private.stat().st_mode & 0o7777, private.stat().st_gid) == (0o640, gid)
-    assert not (root / 'etc/ssh/ssh_host_rsa_key').exists()  # the golden key set is never shared
-
-
-def test_host_keys_never_write_through_a_symlink(tmp_path):
-    root, outside = golden_ssh(tmp_path / 'root'), tmp_path / 'bakery-ssh'
-    outside.mkdir()
-    (outside / 'ssh_host_ed25519_key').write_text('the bakery key\n')
-    os.unlink(root / 'etc/ssh/ssh_host_ed25519_key')
-    os.symlink(str(outside / 'ssh_host_ed25519_key'), root / 'etc/ssh/ssh_host_ed25519_key')
-    carry = {'ed25519': (b'pi private', b'pi public', os.getuid(), os.getgid(), 0o600)}
-    with Tree(str(root)) as tree:
-        _roots.host_keys(tree, ['ed25519'], None, carry=carry)
-    assert (outside / 'ssh_host_ed25519_key').read_text() == 'the bakery key\n'
-    assert (root / 'etc/ssh/ssh_host_ed25519_key').read_bytes() == b'pi private'
-
-    os.rename(root / 'etc/ssh', root / 'etc/ssh.real')
-    os.symlink(str(outside), root / 'etc/ssh')  # a golden image whose etc/ssh leads out of it
-    with Tree(str(root)) as tree, pytest.raises(ConfinedError, match=r'etc/ssh .*symlink'):
-        _roots.host_keys(tree, ['ed25519'], None, carry=carry)
-    assert sorted(os.listdir(outside)) == ['ssh_host_ed25519_key']
-
-
-def test_read_carry(tmp_path):
-    root = golden_ssh(tmp_path / 'root')
-    os.chmod(root / 'etc/ssh/ssh_host_ed25519_key', 0o640)
-    st = os.stat(root / 'etc/ssh/ssh_host_ed25519_key')
-    with Tree(str(root)) as tree:
-        carried, problem = _roots.read_carry(tree, ['ed25519', 'ecdsa', 'rsa'])
-    assert problem is None and sorted(carried) == ['ed25519', 'rsa']  # no ecdsa key to carry
-    assert carried['ed25519'] == (b'golden ssh_host_ed25519_key\n', b'golden ssh_host_ed25519_key.pub\n',
-                                  st.st_uid, st.st_gid, 0o640)
-    with Tree(str(tmp_path)) as tree:  # no etc/ssh at all
-        assert _roots.read_carry(tree, ['ed25519']) == ({}, None)
-
-
-def test_read_carry_never_follows_a_symlink(tmp_path):
-    root, outside = golden_ssh(tmp_path / 'root'), tmp_path / 'bakery-ssh'
-    outside.mkdir()
-    for name in ('ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub', 'ssh_host_rsa_key'):
-        (outside / name).write_text('the bakery %s\n' % name)
-    for name in ('ssh_host_ed25519_key', 'ssh_host_rsa_key.pub'):  # one private key, one public key: links out
-        os.unlink(root / 'etc/ssh' / name)
-        os.symlink(str(outside / name.replace('.pub', '')), root / 'etc/ssh' / name)
-    os.unlink(root / 'etc/ssh/ssh_host_dsa_key')
-    os.mkfifo(root / 'etc/ssh/ssh_host_dsa_key')  # nor blocks on a FIFO
-    with Tree(str(root)) as tree:
-        assert _roots.read_carry(tree, ['ed25519', 'rsa', 'dsa']) == ({}, None)
-
-    os.rename(root / 'etc/ssh', root / 'etc/ssh.real')
-    os.symlink(str(outside), root / 'etc/ssh')
-    with Tree(str(root), 'the old root of Pi x') as tree:
-        carried, problem = _roots.read_carry(tree, ['ed25519'])
-    assert carried == {} and problem.startswith('etc/ssh in the old root of Pi x is a symlink')
-
-
-def test_keygen_argv():
-    assert _roots.keygen_argv('/usr/bin/ssh-keygen', 'ecdsa', 'kitchen', '/k/key') == [
-        '/usr/bin/ssh-keygen', '-q', '-N', '', '-t', 'ecdsa', '-C', 'root@kitchen', '-f', '/k/key']
-
-
-@needs_keygen
-def test_key_forge_makes_keys_ahead_and_on_demand(tmp_path):
-    with _roots.KeyForge(str(tmp_path), shutil.which('ssh-keygen'), workers=2) as forge:
-        scratch = forge.scratch.path
-        assert os.path.dirname(scratch) == str(tmp_path) and os.stat(scratch).st_mode & 0o777 == 0o700
-        forge.order('3a4b5c6d', 'kitchen', ['ed25519', 'ecdsa'])
-        ahead = forge.key('3a4b5c6d', 'kitchen', 'ed25519')
-        assert ahead == os.path.join(scratch, '3a4b5c6d', 'ssh_host_ed25519_key')
-        assert open(ahead + '.pub', encoding='ascii').read().startswith('ssh-ed25519 ')
-        assert os.stat(ahead).st_mode & 0o777 == 0o600
-        # Not ordered (a rebuild, or a type asked again): made now, in the same place.
-        again = forge.key('3a4b5c6d', 'kitchen', 'ed25519')
-        assert again == ahead and open(again + '.pub', encoding='ascii').read().strip().endswith('root@kitchen')
-        fresh = forge.key('0badcafe', 'garage', 'ecdsa')
-        assert fresh.startswith(scratch) and open(fresh + '.pub', encoding='ascii').read().startswith('ecdsa-sha2')
-        root = tmp_path / 'root'
-        (root / 'etc/ssh').mkdir(parents=True)
-        with Tree(str(root)) as tree:
-            made = _roots.host_keys(tree, ['ed25519', 'ecdsa'], lambda kind: forge.key('3a4b5c6d', 'kitchen', kind))
-        assert made == ['ed25519', 'ecdsa']
-        assert (root / 'etc/ssh/ssh_host_ecdsa_key.pub').read_text().strip().endswith('root@kitchen')
-    assert not os.path.exists(scratch)  # every key made for the run goes with the forge
-
-
-def test_key_forge_failure_is_made_again_then_reported(tmp_path):
-    calls = []
-
-    def failing(argv):
-        calls.append(argv)
-        return 1, '', 'ssh-keygen: no entropy'
-
-    with _roots.KeyForge(str(tmp_path), '/usr/bin/ssh-keygen', run=failing, setpriv='/usr/bin/setpriv',
-                         workers=1) as forge:
-        forge.order('3a4b5c6d', 'pi-x', ['ed25519'])
-        with pytest.raises(_roots.RootError, match=r'generating the ed25519 SSH host key for pi-x failed: .*entropy'):
-            forge.key('3a4b5c6d', 'pi-x', 'ed25519')
-    assert len(calls) == 2  # ahead (failed), then once more inline before giving up
-    assert calls[0][:4] == ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--']  # dies with the module
-
-
-def test_key_forge_close_cancels_what_has_not_started(tmp_path):
-    started = []
-
-    def slow_run(argv):
-        started.append(argv)
-        time.sleep(0.3)
-        return 1, '', 'stopped'
-
-    forge = _roots.KeyForge(str(tmp_path), '/usr/bin/ssh-keygen', run=slow_run, workers=1)
-    for index in range(20):
-        forge.order('%08x' % index, 'pi-%d' % index, ['rsa'])
-    scratch = forge.scratch.path
-    forge.close()
-    assert 1 <= len(started) < 20 and not os.path.exists(scratch)

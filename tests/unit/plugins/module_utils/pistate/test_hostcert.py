@@ -1,0 +1,94 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""SSH host certificates: what sshd can include, the names, the drop-in, the files in a root, real signing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import Tree
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import hostcert, rootfix
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n', True),  # Debian since bookworm
+    ('  include   /etc/ssh/sshd_config.d/*.conf  \n', True),
+    ('Include /etc/ssh/other.conf /etc/ssh/sshd_config.d/*.conf\n', True),
+    ('#Include /etc/ssh/sshd_config.d/*.conf\n', False),
+    ('Include /etc/ssh/sshd_config.d/extra.conf\n', False),
+    ('PermitRootLogin yes\n', False), ('', False), (None, False),
+])
+def test_takes_dropins(text, expected):
+    assert hostcert.takes_dropins(text) is expected
+
+
+def test_principals_are_names_and_addresses():
+    assert hostcert.check_principals(['kitchen', 'kitchen.lab.example', '10.99.0.51', 'fe80::1'], 'Pi x') == []
+    assert hostcert.check_principals([], 'Pi x') == ['Pi x: principals is empty; give at least its host name']
+    problem, = hostcert.check_principals(['ok', 'a,b', 'a b', '*', 'x\n'], 'Pi x')
+    assert "'a,b'" in problem and "'a b'" in problem and "'*'" in problem and "'x\\n'" in problem
+
+
+def test_dropin_record_and_argv():
+    assert hostcert.dropin_text(['ed25519', 'ecdsa']).splitlines()[2:] == [
+        'HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub',
+        'HostCertificate /etc/ssh/ssh_host_ecdsa_key-cert.pub']
+    one = hostcert.record('SHA256:ca', ['kitchen'], ['ssh-ed25519 AAAA'])
+    assert one == hostcert.record('SHA256:ca', ['kitchen'], ['ssh-ed25519 AAAA'])
+    assert one != hostcert.record('SHA256:ca', ['kitchen', '10.0.0.5'], ['ssh-ed25519 AAAA'])
+    assert one != hostcert.record('SHA256:other', ['kitchen'], ['ssh-ed25519 AAAA'])
+    assert one != hostcert.record('SHA256:ca', ['kitchen'], ['ssh-ed25519 BBBB'])
+    assert hostcert.sign_argv('/k', '/ca', 'kitchen-3a4b5c6d', ['kitchen', '10.0.0.5'], '/p.pub') == [
+        '/k', '-q', '-s', '/ca', '-I', 'kitchen-3a4b5c6d', '-h', '-n', 'kitchen,10.0.0.5', '-V', 'always:forever',
+        '/p.pub']
+
+
+def test_changes_write_ours_and_take_only_ours_away(tmp_path):
+    root = tmp_path / 'root'
+    (root / 'etc/ssh/sshd_config.d').mkdir(parents=True)
+    (root / 'etc/ssh/sshd_config.d/local.conf').write_text('PasswordAuthentication no\n')  # the Pi's own
+    identity = _identity.Identity(certs={'ed25519': 'ssh-ed25519-cert-v01@openssh.com AAAA\n'})
+    with Tree(str(root)) as tree:
+        changes = hostcert.changes(tree, identity, ['ed25519'], True)
+        assert sorted(c['path'] for c in changes) == [hostcert.cert_path('ed25519'), hostcert.DROPIN]
+        rootfix.apply(tree, changes)
+        assert hostcert.changes(tree, identity, ['ed25519'], True) == []
+        gone = hostcert.changes(tree, identity, ['ed25519'], False)
+        assert sorted((c['path'], c['kind']) for c in gone) == [(hostcert.cert_path('ed25519'), 'absent'),
+                                                                (hostcert.DROPIN, 'absent')]
+        rootfix.apply(tree, gone)
+    assert os.listdir(root / 'etc/ssh/sshd_config.d') == ['local.conf']
+
+
+class Run:
+    def __call__(self, argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen')
+def test_a_real_ca_signs_the_bakerys_copy_of_each_key(tmp_path):
+    ca = tmp_path / 'host_ca'
+    subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519', '-f', str(ca)], check=True)
+    subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ecdsa', '-f', str(tmp_path / 'hk')], check=True)
+    host = _identity.Identity(keys={'ecdsa': ((tmp_path / 'hk').read_bytes(), (tmp_path / 'hk.pub').read_text())})
+    signer = hostcert.HostCA(str(ca), Run(), lambda name, required: shutil.which(name))
+    assert signer.fingerprint().startswith('SHA256:') and len(signer.fingerprint()) == 50
+    certs = signer.sign(str(tmp_path / 'scratch'), {'serial': '3a4b5c6d', 'hostname': 'kitchen'}, ['kitchen'], host,
+                        ['ecdsa'])
+    (tmp_path / 'cert.pub').write_text(certs['ecdsa'])
+    shown = subprocess.run(['ssh-keygen', '-L', '-f', str(tmp_path / 'cert.pub')], capture_output=True, text=True,
+                           check=True).stdout
+    assert 'ecdsa-sha2-nistp256-cert-v01@openssh.com host certificate' in shown and signer.fingerprint() in shown
+    missing = hostcert.HostCA(str(tmp_path / 'none'), Run(), lambda name, required: shutil.which(name))
+    with pytest.raises(hostcert.CertError, match='does not exist: create the fleet host CA there'):
+        missing.fingerprint()
+    (tmp_path / 'junk').write_text('not a key\n')
+    junk = hostcert.HostCA(str(tmp_path / 'junk'), Run(), lambda name, required: shutil.which(name))
+    with pytest.raises(hostcert.CertError, match='is not an SSH private key ssh-keygen can read'):
+        junk.fingerprint()
