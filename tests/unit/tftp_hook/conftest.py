@@ -153,18 +153,29 @@ class Server:
         self.tmp = tmp
         self.config_path = tmp / 'config.json'
         self.config = config
-        self.config_path.write_text(json.dumps(config))
-        self.port = config['port']
         self.first_event = {}  # client port -> index of the first event line that can be its own
         self.stderr_path = tmp / 'stderr.log'
+        for attempt in range(3):
+            if attempt:  # another process of the machine took the free port between the check and the bind
+                config['port'] = free_port()
+            if self._start(wrap):
+                return
+        raise AssertionError('service could not bind a free port 3 times: %s' % self.stderr())
+
+    def _start(self, wrap):
+        self.config_path.write_text(json.dumps(self.config))
+        self.port = self.config['port']
         with open(self.stderr_path, 'wb') as stderr:
             self.proc = subprocess.Popen([*wrap, sys.executable, '-I', str(SERVICE), '--config', str(self.config_path)],
                                          stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 10
         while not _port_taken(self.port):  # bound when we can no longer bind it ourselves
+            if self.proc.poll() is not None and 'Address already in use' in self.stderr():
+                return False
             assert self.proc.poll() is None, self.stderr()
             assert time.monotonic() < deadline, 'service did not bind port %d' % self.port
             time.sleep(0.02)
+        return True
 
     def client(self, timeout=3.0, source='127.0.0.1'):
         client = Client(self.port, timeout, source)
