@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from fstree import loop_fs, loops_backed_by, mounted_ro, mounts_below, release_below, snapshot
 from httpfiles import serve, serving
 from modrun import ensure_importable, module_argv, run_module
@@ -25,7 +24,6 @@ from pilife import find_secrets, live_in
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
-from ansible_collections.pifleet.netboot.plugins.modules import pi_root
 
 BOOT_OPTIONS = 'loop,ro,nosuid,nodev,noexec'
 
@@ -388,27 +386,11 @@ def test_a_capture_is_the_next_generation_without_the_pis_identity(images, lab, 
     assert [n for n in os.listdir(lab.store) if n.startswith('.pifleet-tmp-')] == []
 
 
-def pi_root_reads_generations():
-    """Whether pi_root takes a generation per Pi (the generations change of pi_root has landed)."""
-    return 'generation' in yaml.safe_load(pi_root.DOCUMENTATION)['options']['pis']['suboptions']
-
-
 def test_a_root_cloned_from_a_capture_by_pi_root_works(images, lab):
     assert lab.bakeform(src=images['good-xz']['path'])['changed'] is True
     lived = make_pi_root(lab, '3a4b5c6d', 'capture-src-pi')
     assert lab.bakeform(capture={'serial': '3a4b5c6d', 'hostname': 'lab-admin'})['generation'] == 2
     store, item = lab.store, {'serial': '0badcafe', 'hostname': 'pupil-01', 'bakeform': 'bw', 'generation': 2}
-    if not pi_root_reads_generations():
-        # pi_root before generations reads store format 2: the capture, as a bakeform of that format (hard links).
-        store = lab.top / 'store2'
-        two, dest = lab.gen(2), lab.top / 'store2' / 'bw'
-        dest.mkdir(parents=True)
-        subprocess.run(['cp', '-al', str(two / 'boot'), str(dest / 'boot')], check=True)
-        for name in ('root.img', 'boot.img'):
-            os.link(two / name, dest / name)
-        manifest = json.loads((two / 'manifest.json').read_text())
-        (dest / 'manifest.json').write_text(json.dumps(dict(manifest, format=2)))
-        item.pop('generation')
     result = run_module('pi_root', {'store': str(store), 'roots_dir': str(lab.roots), 'units_dir': str(lab.units),
                                     'lock_file': lab.lock, 'pis': [item], 'ssh_authorized_keys': []})
     assert result['changed'] is True and not result.get('failed'), result
