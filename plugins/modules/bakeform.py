@@ -162,6 +162,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import command as _command
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, take_lock
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import SizeError, parse_size
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
@@ -178,6 +179,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform imp
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeformwork import Build, os_error_message
 
+# Each tool (mtools, mke2fs -d of a whole root, tune2fs) may take this long on a big image before it is killed.
+TOOL_TIMEOUT = 3600
 STORE_MODE = 0o711  # traversable for the unprivileged TFTP hook (boot/), not listable; images are 0600
 
 
@@ -195,7 +198,7 @@ class BakeformModule:
         self.module.fail_json(msg=msg, **self.result, **details)
 
     def unmount(self, point):
-        self.module.run_command(['umount', '-l', point])
+        _command.run(['umount', '-l', point], TOOL_TIMEOUT)
 
     def diff(self, before, after):
         if self.module._diff:
@@ -287,7 +290,7 @@ class BakeformModule:
         return os.path.abspath(self.params['src']) if self.params['src'] else self.params['url']
 
     def build(self, expected):
-        build = Build(self.module.run_command, self.name, self.store, source=self.source(), max_size=self.max_size,
+        build = Build(lambda argv: _command.run(argv, TOOL_TIMEOUT), self.name, self.store, source=self.source(), max_size=self.max_size,
                       xz_bin=self.module.get_bin_path('xz'), unmount=self.unmount)
         download = None
         if self.params['url']:

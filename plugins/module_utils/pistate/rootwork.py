@@ -112,7 +112,9 @@ class PiRoots:
 
     def key_forge(self):
         if self.forge is None:
+            timeout = getattr(self.host, 'timeout', None) or _roots.DEFAULT_TIMEOUT
             self.forge = _roots.KeyForge(self.roots_dir, self.host.which('ssh-keygen', True),
+                                         run=lambda argv: _roots.run_in_thread(argv, timeout),
                                          setpriv=self.host.which('setpriv', False))
         return self.forge
 
