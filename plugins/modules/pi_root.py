@@ -31,13 +31,16 @@ description:
     re-applied in place; a root made from other content is reported as drift and left alone until
     O(state=rebuilt).
   - A Pi whose root cannot be converged (for example one that made its C(/etc) a symlink) fails alone; the other
-    Pis of the call still converge, and the module fails at the end naming each failed Pi.
+    Pis of the call still converge, and the module fails at the end naming each failed Pi (RV(failed_pis)).
+    Every tool it runs (C(cp), C(mount), C(tune2fs), C(ssh-keygen)) is killed after O(command_timeout) seconds,
+    failing only its Pi.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
   - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
+  - pifleet.netboot._commands
 attributes:
   diff_mode:
     details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker.
@@ -133,6 +136,9 @@ options:
         description:
           - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
             owns (hostname, network, the host keys...) are refused.
+          - It may hold secrets (passwords, tokens), so it is C(no_log). Ansible then hides each of its values wherever
+            it appears in the result; give it as JSON text (C({{ data | to_json }})), as the fleet role does, so that
+            only the whole text is hidden and the rest of the result stays readable.
         type: dict
       instance:
         description:
@@ -250,6 +256,19 @@ pis:
       description: Why this Pi failed.
       type: str
       returned: when this Pi failed
+failed_pis:
+  description: The Pis whose roots could not be converged (every other Pi was), each with why.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    serial: {description: Serial of the Pi (8 hex digits)., type: str}
+    hostname: {description: Its host name., type: str}
+    msg: {description: Why it failed., type: str}
+  sample:
+    - serial: 3a4b5c6d
+      hostname: kitchen
+      msg: "the root of Pi 3a4b5c6d: etc is a symbolic link ..."
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(roots_dir).
   returned: always
@@ -269,7 +288,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import check_host_name, normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    COMMAND_ARGS,
+    LOCK_ARGS,
+    ModuleHost,
+    PifleetModule,
+    failed_pi,
+    failed_pis_message,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootwork import PiRoots
 
@@ -325,7 +351,8 @@ def converge(module, roots, todo, result):
 
 
 def main():
-    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict'), instance=dict(type='str')))
+    # no_log: user data may carry passwords and tokens (passed as JSON text, only that text is hidden).
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict', no_log=True), instance=dict(type='str')))
     pi_options = dict(
         cloud_init=cloud_init,
         serial=dict(type='str', required=True),
@@ -354,13 +381,14 @@ def main():
             cloud_init=cloud_init,
             pis=dict(type='list', elements='dict', options=pi_options),
             **LOCK_ARGS,
+            **COMMAND_ARGS,
         ),
         mutually_exclusive=[('serial', 'pis')],
         required_one_of=[('serial', 'pis')],
         required_if=[('boot_mount', 'nfs', ('nfs_server',))],
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'pis': [], 'swept': []}, 'pis')
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'swept': [], 'failed_pis': []}, 'pis')
     result, params, todo = base.result, module.params, items(base)
     roots = PiRoots(ModuleHost(module), store=params['store'], roots_dir=params['roots_dir'],
                     units_dir=params['units_dir'], clone_method=params['clone_method'],
@@ -379,9 +407,11 @@ def main():
     result['changed'] = roots.shared_changed or any(pi['changed'] for pi in result['pis'])
     if module._diff:
         result['diff'] = roots.diffs
+    if failed and 'serial' not in failed[0]:  # not about one Pi: the roots directory itself
+        base.fail(failed[0]['msg'])
+    result['failed_pis'] = [failed_pi(pi['serial'], pi['hostname'], pi['msg']) for pi in failed]
     if failed:
-        base.fail('pi_root failed for %d Pi(s): %s' % (len(failed), '; '.join(
-            '%s: %s' % (pi['serial'], pi['msg']) if 'serial' in pi else pi['msg'] for pi in failed)))
+        base.fail(failed_pis_message('pi_root', result['failed_pis']))
     module.exit_json(**result)
 
 

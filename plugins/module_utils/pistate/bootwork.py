@@ -4,8 +4,12 @@
 
 ``check_items(pis)`` validates the Pis of a call; ``PiBoots.plan(items)`` reads the folders, the
 bakeforms' boot files and the map and returns a ``Plan`` (the files to write or remove, the map, the
-problems found); ``apply(plan)`` makes it so. See ``bootfiles`` for what the files hold. No
-AnsibleModule here.
+problems found, the Pis that failed); ``apply(plan)`` makes it so. See ``bootfiles`` for what the files
+hold. No AnsibleModule here.
+
+A Pi that fails (its bakeform missing or unable to boot it, its folder not ours, its nfsroot wrong)
+fails alone: it is planned as ``keep``, so its folder and its map entry stay exactly as they were
+(never removed, never changed because of the failure), and every other Pi is written.
 """
 
 from __future__ import annotations
@@ -24,18 +28,26 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform imp
 
 
 def check_items(pis):
-    """``(items, problems)``: the Pis normalised (prefix, nfsroot), and every problem found in them."""
+    """``(items, problems)``: the Pis normalised (prefix, nfsroot), and the problems that make the call wrong.
+
+    A Pi that cannot be named (its name or prefix) is a problem of the call; one whose nfsroot or
+    config.txt lines are wrong fails alone: its item gets ``failed`` (the message).
+    """
     items, problems = [], []
     for index, raw in enumerate(pis):
         item = dict(raw)
         try:
             check_inventory_name(item['name'])
             item['prefix'] = normalise_prefix(item['prefix'])
-            if item['state'] == 'present':
-                item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
-                bf.check_config_lines(item['config_txt'], item['name'])
-        except ValueError as exc:  # BootFilesError is one
+        except ValueError as exc:
             problems.append('item %d of pis: %s' % (index, exc))
+        else:
+            try:
+                if item['state'] == 'present':
+                    item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
+                    bf.check_config_lines(item['config_txt'], item['name'])
+            except ValueError as exc:  # BootFilesError is one
+                item['failed'] = str(exc)
         items.append(item)
     for key in ('prefix', 'name'):
         dupes = find_duplicates(items, key)
@@ -45,18 +57,13 @@ def check_items(pis):
     return items, problems
 
 
-def listed(names, limit=5):
-    names = list(names)
-    more = ' and %d more' % (len(names) - limit) if len(names) > limit else ''
-    return ', '.join(names[:limit]) + more
-
-
 class Plan:
     """What a pi_boot run found and would change."""
 
     def __init__(self, map_path):
         self.pis = []  # one result entry per Pi of the call
-        self.problems = []
+        self.problems = []  # of the call as a whole (a default bakeform missing)
+        self.failed = {}  # name -> why, for the Pis that failed alone (kept as they were)
         self.writes = []  # (folder, [(file, before, after)], new folder?)
         self.removals = {}  # folder -> its files, for the diff
         self.map = {'path': map_path, 'changed': False, 'prefixes': 0}
@@ -88,25 +95,46 @@ class PiBoots:
         self.map_path = os.path.abspath(map_path)
         self.exclusive, self.default_bakeform, self.warn = exclusive, default_bakeform, warn
         self.bakeforms = {}  # name -> (boot dir, {file: text}, models) or None when missing
-        self.missing = {}  # bakeform -> names of the Pis asking for it
 
     # ------------------------------------------------------------------ plan
 
     def plan(self, items):
         plan = Plan(self.map_path)
-        wanted = {item['prefix'] for item in items if item['state'] == 'present'}
         for item in items:
-            if item['state'] == 'present':
+            if item.get('failed'):
+                self.fail(plan, item, item['failed'])
+            elif item['state'] == 'present':
                 self.plan_present(plan, item)
-            else:
+            elif item['state'] == 'absent':
                 self.plan_absent(plan, item)
+            else:
+                plan.pis.append(self.entry(item, 'keep'))
+        # A Pi that failed is kept as it was: in the map, and its folder never a stray.
+        items = [dict(item, state='keep') if item['name'] in plan.failed else item for item in items]
+        existing = self.read_map(plan)
+        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
         if self.exclusive:
-            self.plan_strays(plan, wanted)
-        self.plan_map(plan, items)
+            self.plan_strays(plan, {item['prefix'] for item in items if item['state'] != 'absent'} | set(entries))
+        for prefix, name in moved:
+            self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
+        self.plan_map(plan, existing, entries)
         return plan
 
-    def bakeform(self, name, who):
-        """(boot dir, {cmdline.txt, config.txt: text or None}, models) of a bakeform, read once per run."""
+    def entry(self, item, state):
+        return {'name': item['name'], 'prefix': item['prefix'], 'dir': os.path.join(self.boot_dir, item['prefix']),
+                'state': state, 'changed': False, 'files': []}
+
+    def fail(self, plan, item, msg):
+        """The Pi fails alone: its result says why (nothing of it is planned), and it is kept as it was."""
+        plan.failed[item['name']] = msg
+        found = [entry for entry in plan.pis if entry['name'] == item['name']]
+        if not found:
+            found = [self.entry(item, 'failed')]
+            plan.pis.append(found[0])
+        found[0].update(state='failed', msg=msg)
+
+    def bakeform(self, name):
+        """(boot dir, {cmdline.txt, config.txt: text or None}, models) of a bakeform (None: missing), read once."""
         if name not in self.bakeforms:
             boot = os.path.join(self.store, name, BOOT_DIR)
             if check_name(name) or not os.path.isdir(boot):
@@ -114,13 +142,15 @@ class PiBoots:
             else:
                 files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
                 self.bakeforms[name] = (boot, files, boot_models(os.path.join(self.store, name)))
-        if self.bakeforms[name] is None:
-            self.missing.setdefault(name, []).append(who)
         return self.bakeforms[name]
 
-    @staticmethod
-    def folder_state(plan, item, folder):
-        """The managed files in the Pi's folder, or None when it is there but not ours."""
+    def missing(self, name):
+        why = check_name(name) or 'bakeform %s has no %s' % (name, os.path.join(self.store, name, BOOT_DIR))
+        return ('boot files not found: %s; register it with pifleet.netboot.bakeform or name another bakeform'
+                % why)
+
+    def folder_state(self, plan, item, folder):
+        """The managed files in the Pi's folder, or None (the Pi failed) when it is there but not ours."""
         try:
             mode = os.lstat(folder).st_mode
         except FileNotFoundError:
@@ -130,22 +160,23 @@ class PiBoots:
             current = {file: _atomic.read_text(os.path.join(folder, file)) for file in bf.MANAGED}
             if bf.json_object(current[bf.MARKER]) is not None or not os.listdir(folder):
                 return current
-        plan.problems.append('boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
-                             'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
+        self.fail(plan, item, 'boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
+                              'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
         return None
 
     def plan_present(self, plan, item):
-        info = self.bakeform(item['bakeform'], item['name'])
+        info = self.bakeform(item['bakeform'])
         folder = os.path.join(self.boot_dir, item['prefix'])
-        entry = {'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'present',
-                 'changed': False, 'files': []}
+        entry = self.entry(item, 'present')
         plan.pis.append(entry)
+        item['folder'] = folder
         item['dirs'] = [folder, info[0] if info else '']
         if info is None:
+            self.fail(plan, item, '%s for %s' % (self.missing(item['bakeform']), item['name']))
             return
         problem = bf.model_problem(item['name'], item['model'], item['bakeform'], info[2])
         if problem:
-            plan.problems.append(problem)
+            self.fail(plan, item, problem)
             return
         current = self.folder_state(plan, item, folder)
         if current is None:
@@ -158,8 +189,7 @@ class PiBoots:
     def plan_absent(self, plan, item):
         folder = os.path.join(self.boot_dir, item['prefix'])
         removed = self.remove_marked(plan, folder)
-        plan.pis.append({'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'absent',
-                         'changed': removed, 'files': sorted(plan.removals.get(folder, []))})
+        plan.pis.append(dict(self.entry(item, 'absent'), changed=removed, files=sorted(plan.removals.get(folder, []))))
 
     @staticmethod
     def remove_marked(plan, folder, name=None):
@@ -181,28 +211,25 @@ class PiBoots:
             if not name.startswith('.') and name not in wanted:
                 self.remove_marked(plan, os.path.join(self.boot_dir, name))
 
-    def plan_map(self, plan, items):
-        before = _atomic.read_text(self.map_path)
-        existing = bf.read_map(before)
-        if before is not None and existing is None:
+    def read_map(self, plan):
+        plan.map_before = _atomic.read_text(self.map_path)
+        existing = bf.read_map(plan.map_before)
+        if plan.map_before is not None and existing is None:
             self.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
+        return existing
+
+    def plan_map(self, plan, existing, entries):
         if self.default_bakeform:
-            info = self.bakeform(self.default_bakeform, 'default_bakeform')
+            info = self.bakeform(self.default_bakeform)
+            if info is None:
+                plan.problems.append('default_bakeform: %s' % self.missing(self.default_bakeform))
             default = [info[0]] if info else []
         elif existing and not self.exclusive and isinstance(existing.get('default'), list):
             default = existing['default']
         else:
             default = []
-        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
-        for prefix, name in moved:
-            self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
-        for bakeform in sorted(self.missing):
-            why = check_name(bakeform) or 'bakeform %s has no %s' % (
-                bakeform, os.path.join(self.store, bakeform, BOOT_DIR))
-            plan.problems.append('boot files not found for %s: %s; register it with pifleet.netboot.bakeform or '
-                                 'name another bakeform' % (listed(self.missing[bakeform]), why))
-        plan.map_before, plan.map_text = before, bf.render_map(bf.build_map(default, entries))
-        plan.map.update(changed=plan.map_text != before, prefixes=len(entries))
+        plan.map_text = bf.render_map(bf.build_map(default, entries))
+        plan.map.update(changed=plan.map_text != plan.map_before, prefixes=len(entries))
 
     # ------------------------------------------------------------------ apply
 

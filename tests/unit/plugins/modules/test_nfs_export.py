@@ -147,12 +147,13 @@ def test_manual_lines_are_dropped_with_a_warning(run_module, lab, warnings):
 def fake_exportfs(monkeypatch):
     calls = []
 
-    def run_command(self, argv, **kwargs):
+    def run(argv, timeout, **kwargs):
+        assert timeout == 600  # command_timeout's default: exportfs never hangs the bakery
         calls.append(list(argv))
         return calls_rc.pop(0) if calls_rc else (0, '', '')
 
     calls_rc = []
-    monkeypatch.setattr(basic.AnsibleModule, 'run_command', run_command)
+    monkeypatch.setattr(nfs_export._command, 'run', run)
     monkeypatch.setattr(basic.AnsibleModule, 'get_bin_path', lambda self, name, **kw: '/usr/sbin/' + name)
     return calls, calls_rc
 

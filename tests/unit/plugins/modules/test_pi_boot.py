@@ -39,7 +39,8 @@ def lab(tmp_path):
 
 def args(lab, pis, **extra):
     return dict({'store': str(lab / 'bakeforms'), 'boot_dir': str(lab / 'pis'),
-                 'map_path': str(lab / 'tftp' / 'map.json')}, pis=pis, **extra)
+                 'map_path': str(lab / 'tftp' / 'map.json'),
+                 'lock_file': str(lab.parent / (lab.name + '.lock'))}, pis=pis, **extra)
 
 
 def pi(number, **extra):
@@ -166,22 +167,44 @@ def test_not_exclusive_keeps_others_and_moves_a_renumbered_pi(run_module, lab):
 
 
 def failure(run_module, lab, pis, **extra):
+    """A call refused as a whole: it fails, without failed_pis, and changes nothing."""
     before = snapshot(lab)
     outcome = run_module(pi_boot.main, args(lab, pis, **extra))
     assert outcome.failed, outcome.result
     assert snapshot(lab) == before  # a refused run changes nothing
+    assert outcome.result.get('failed_pis', []) == []
     return outcome.result['msg']
 
 
-def test_model_mismatch_fails(run_module, lab):
-    msg = failure(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)])
-    assert msg == ('pi-07 is a Pi 5 but bakeform old has boot files for Pi 3, 4 only; '
-                   'pick a bakeform with kernel_2712.img')
+def fails_alone(run_module, lab, bad):
+    """pi-01 is served, then asks for ``bad``: it fails alone, keeping its folder and map entry as they were
+    (exclusive as the fleet role calls it), while pi-02 (new) is written. Returns the failure's message."""
+    run_module(pi_boot.main, args(lab, [pi(1, config_txt=['a=1'])], default_bakeform='bw'))
+    folder = snapshot(lab / 'pis' / '00001001')
+    entry = read_map(lab)['prefixes']['00001001']
+    outcome = run_module(pi_boot.main, args(lab, [dict(pi(1), **bad), pi(2)], default_bakeform='bw'))
+    result = outcome.result
+    assert outcome.failed and result['changed'] is True, result
+    assert snapshot(lab / 'pis' / '00001001') == folder and read_map(lab)['prefixes']['00001001'] == entry
+    assert (lab / 'pis' / '00001002' / 'cmdline.txt').exists() and '00001002' in read_map(lab)['prefixes']
+    assert [(p['name'], p['state']) for p in result['pis']] == [('pi-01', 'failed'), ('pi-02', 'present')]
+    assert result['failed_pis'] == [{'serial': '00001001', 'hostname': 'pi-01', 'name': 'pi-01', 'prefix': '00001001',
+                                     'msg': result['pis'][0]['msg']}]
+    assert result['msg'] == 'pi_boot failed for 1 Pi(s): pi-01: %s' % result['pis'][0]['msg']
+    again = run_module(pi_boot.main, args(lab, [dict(pi(1), **bad), pi(2)], default_bakeform='bw'))
+    assert again.failed and again.result['changed'] is False  # the others converged: nothing more to do
+    return result['pis'][0]['msg']
+
+
+def test_model_mismatch_fails_that_pi_alone(run_module, lab):
+    msg = fails_alone(run_module, lab, {'bakeform': 'old', 'model': 5})
+    assert msg == ('pi-01 is a Pi 5 but bakeform old has boot files for Pi 3, 4 only; pick a bakeform with '
+                   'kernel_2712.img')
 
 
 def test_model_from_boot_files_without_manifest(run_module, lab):
     (lab / 'bakeforms' / 'old' / 'manifest.json').unlink()  # only start4.elf in its boot files
-    msg = failure(run_module, lab, [pi(7, bakeform='old', model=3)])
+    msg = fails_alone(run_module, lab, {'bakeform': 'old', 'model': 3})
     assert 'has boot files for Pi 4 only; pick a bakeform with start.elf' in msg
 
 
@@ -192,16 +215,20 @@ def test_duplicates_fail(run_module, lab):
 
 
 @pytest.mark.parametrize(('change', 'expected'), [
-    ({'bakeform': 'nosuch'}, 'boot files not found for pi-01: bakeform nosuch has no '),
-    ({'bakeform': '../bw'}, "boot files not found for pi-01: bakeform name '../bw' is not valid"),
+    ({'bakeform': 'nosuch'}, 'boot files not found: bakeform nosuch has no '),
+    ({'bakeform': '../bw'}, "boot files not found: bakeform name '../bw' is not valid"),
     ({'nfsroot': '10.99.0.2:/r,proto=tcp'}, 'rejects proto='),
     ({'nfsroot': '10.99.0.2:/r,vers=4'}, 'NFS 2 and 3 only'),
-    ({'prefix': '../x'}, 'TFTP prefix'),
     ({'config_txt': ['a=1\n[pi3]']}, 'line break'),
     ({'nfsroot': None}, 'nfsroot'),
 ])
-def test_bad_items_fail(run_module, lab, change, expected):
-    assert expected in failure(run_module, lab, [pi(1, **change)])
+def test_a_bad_item_fails_that_pi_alone(run_module, lab, change, expected):
+    assert expected in fails_alone(run_module, lab, change)
+
+
+@pytest.mark.parametrize(('change', 'expected'), [({'prefix': '../x'}, 'TFTP prefix'), ({'name': 'bad name'}, 'name')])
+def test_an_item_that_cannot_be_named_fails_the_call(run_module, lab, change, expected):
+    assert expected in failure(run_module, lab, [pi(1, **change), pi(2)])
 
 
 def test_missing_default_bakeform_fails(run_module, lab):
@@ -211,8 +238,34 @@ def test_missing_default_bakeform_fails(run_module, lab):
 def test_a_folder_not_ours_is_refused(run_module, lab):
     (lab / 'pis' / '00001001').mkdir(parents=True)
     (lab / 'pis' / '00001001' / 'cmdline.txt').write_text('hand made\n')
-    msg = failure(run_module, lab, [pi(1)])
-    assert msg.startswith('boot folder %s for pi-01 exists but pi_boot did not make it' % (lab / 'pis' / '00001001'))
+    outcome = run_module(pi_boot.main, args(lab, [pi(1), pi(2)]))
+    assert outcome.failed and outcome.result['failed_pis'][0]['msg'].startswith(
+        'boot folder %s for pi-01 exists but pi_boot did not make it' % (lab / 'pis' / '00001001'))
+    assert (lab / 'pis' / '00001001' / 'cmdline.txt').read_text() == 'hand made\n'
+    assert list(read_map(lab)['prefixes']) == ['00001002']
+
+
+def test_keep_leaves_a_pi_as_it_was_even_when_exclusive(run_module, lab):
+    """What the fleet role passes for a Pi that failed an earlier step (its root, its disks)."""
+    run_module(pi_boot.main, args(lab, [pi(1, config_txt=['a=1']), pi(2)], default_bakeform='bw'))
+    before = snapshot(lab / 'pis' / '00001001')
+    entry = read_map(lab)['prefixes']['00001001']
+    result = run_module(pi_boot.main, args(lab, [{'name': 'pi-01', 'prefix': '00001001', 'state': 'keep'},
+                                                 {'name': 'pi-03', 'prefix': '00001003', 'state': 'keep'}],
+                                           default_bakeform='bw')).result
+    assert result['changed'] is True and result['removed'] == [str(lab / 'pis' / '00001002')]  # pi-02 left
+    assert snapshot(lab / 'pis' / '00001001') == before and read_map(lab)['prefixes'] == {'00001001': entry}
+    assert [(p['name'], p['state'], p['changed']) for p in result['pis']] == [('pi-01', 'keep', False),
+                                                                              ('pi-03', 'keep', False)]
+    assert result['failed_pis'] == []
+
+
+def test_pi_boot_holds_the_bakery_lock(run_module, lab):
+    (lab / 'run').mkdir(mode=0o755)
+    (lab / 'run').chmod(0o755)  # a lock directory others may enter: refused, nothing written
+    outcome = run_module(pi_boot.main, args(lab, [pi(1)], lock_file=str(lab / 'run' / 'pifleet.lock')))
+    assert outcome.failed and "the bakery lock's directory %s is owned by" % (lab / 'run') in outcome.result['msg']
+    assert not (lab / 'pis').exists()
 
 
 def test_readable_by_the_hook_whatever_the_umask(run_module, lab):
