@@ -122,9 +122,9 @@ def verify(outcome):
         if '3 Pi(s) failed, every other Pi was converged' not in text:
             problems.append('%s run: no summary naming three Pis' % label)
         for name, step in zip(names, STEPS):
-            if '%s (serial %s) failed at %s: ' % (name, serial(pis[name]), step) not in text:
-                problems.append('%s run: %s (serial %s) is not named failing at %s' % (label, name, serial(pis[name]),
-                                                                                      step))
+            named = '%s (serial %s) failed at %s: ' % (name, serial(pis[name]), step)
+            if named not in text:
+                problems.append('%s run: "%s" is not in the summary' % (label, named))
     if outcome['again'][1].get('changed'):
         problems.append('the second run changed %d task(s)' % outcome['again'][1]['changed'])
     state = outcome['after_first']

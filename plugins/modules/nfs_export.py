@@ -266,7 +266,9 @@ failed_pis:
   elements: dict
   contains:
     serial: {description: Serial of the Pi., type: str}
-    hostname: {description: Its host name, or null., type: str}
+    hostname:
+      description: Its host name, or null.
+      type: str
     path: {description: The export that failed., type: str}
     msg: {description: Why it failed., type: str}
   sample: []
@@ -378,10 +380,12 @@ class NfsExport:
         # A failed entry keeps what its path had: never widened, never removed because one export was wrong.
         wanted = ex.merge(current, good, self.params['exclusive'], keep=[item['path'] for item in failed])
         problems = {item['path']: item['msg'] for item in failed}
-        self.result['results'] = [dict({'path': i['path'], 'state': i['state'], 'changed': current.get(i['path'])
-                                        != wanted.get(i['path'])}, **({'msg': problems[i['path']], 'failed': True}
-                                                                     if i['path'] in problems else {}))
-                                  for i in items]
+        self.result['results'] = []
+        for i in items:
+            entry = {'path': i['path'], 'state': i['state'], 'changed': current.get(i['path']) != wanted.get(i['path'])}
+            if i['path'] in problems:
+                entry.update(failed=True, msg=problems[i['path']])
+            self.result['results'].append(entry)
         self.result['failed_exports'] = [{'path': i['path'], 'serial': i.get('serial'), 'hostname': i.get('hostname'),
                                           'msg': i['msg']} for i in failed]
         self.result['failed_pis'] = [failed_pi(i['serial'], i.get('hostname'), i['msg'], path=i['path'])

@@ -131,11 +131,11 @@ def plan_disk(want, current, dir_exists=False):
                         'would destroy their data); keep fstype: %s, or remove the disk (state: absent) and create '
                         'it again' % (what, current['fstype'], fstype, current['fstype']))
     if size < current['size']:
+        now = human(current['size'])
         raise DiskError('shrinking %s refused: its disk.img is %s and size asks for %s; disks never shrink (data '
                         'would be cut off). Keep size at %s or more, or create a new disk under another name; if the '
                         'Pi made its disk.img bigger itself, shrink it back on the Pi (its own file system first) or '
-                        'remove the disk with force: true' % (what, human(current['size']), human(size),
-                                                               human(current['size'])))
+                        'remove the disk with force: true' % (what, now, human(size), now))
     if size == current['size']:
         return {'action': 'unchanged'}
     return {'action': 'grown', 'size': size}
