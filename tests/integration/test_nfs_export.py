@@ -173,6 +173,7 @@ def test_the_nfsv4_pseudo_root_shows_no_client_another_pis_serial(lab):
     for host in ('out', 'pia', 'pib'):
         listing = nfs(lan, host, ['nfs-ls', '-R', 'nfs://%s/?version=4' % SERVER])
         seen[host] = listing.stdout + listing.stderr
+    assert '3a4b5c6d' in seen['pia'], seen  # the listing does reach the serials: Pi A sees its own
     assert '3a4b5c6d' not in seen['out'] and '0badcafe' not in seen['out'], seen['out']
     assert '0badcafe' not in seen['pia'], seen['pia']
     assert '3a4b5c6d' not in seen['pib'], seen['pib']
