@@ -96,14 +96,18 @@ _value:
   description: >-
     A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
     modules) and C(serials). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text, merged into the
-    seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has its checked
-    values in its C(roots) item as C(cloud_init) = C({user_data, instance}).
+    seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has them checked; its
+    C(roots) item carries C(cloud_init) = C({instance}) and, when it has user data, C(cloud_init_from) (its inventory
+    name). The user data itself stays out of the plan (it may hold secrets, and the plan is a fact C(-v) prints):
+    P(pifleet.netboot.fleet_user_data#filter) reads it for the C(pi_root) call. Each C(exports) item names its Pi
+    (C(serial), C(hostname)) and each C(boot) item its C(serial), so a Pi that fails a step is named and kept.
   type: dict
 """
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
 
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.
@@ -151,6 +155,15 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
         raise AnsibleFilterError(str(exc)) from None
 
 
+def fleet_user_data(roots, hostvars):
+    """The plan's roots items with each Pi's user data read from the inventory (documented in fleet_user_data.yml)."""
+    names = [item['cloud_init_from'] for item in roots or [] if item.get('cloud_init_from')]
+    try:
+        return user_data(roots or [], {name: {'pi_cloud_init': hostvars[name].get('pi_cloud_init')} for name in names})
+    except CloudInitError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 class FilterModule:
     def filters(self):
-        return {'fleet_plan': fleet_plan}
+        return {'fleet_plan': fleet_plan, 'fleet_user_data': fleet_user_data}

@@ -330,6 +330,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import command as _command
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import LoopError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, take_lock
@@ -346,6 +347,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform imp
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeformwork import Build, os_error_message
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.generationwork import GenerationError, Generations
 
+# Each tool (mtools, mke2fs -d of a whole root, tune2fs) may take this long on a big image before it is killed.
+TOOL_TIMEOUT = 3600
 STORE_MODE = 0o711  # traversable for the unprivileged TFTP hook (boot/), not listable; images are 0600
 ERRORS = (IngestError, PartitionError, GenerationError, _roots.RootError, LoopError, ConfinedError)
 
@@ -353,7 +356,7 @@ ERRORS = (IngestError, PartitionError, GenerationError, _roots.RootError, LoopEr
 class BakeformModule:
     def __init__(self, module):
         self.module, self.params = module, module.params
-        self.host = ModuleHost(module)
+        self.host = ModuleHost(module, timeout=TOOL_TIMEOUT)
         self.name, self.store = self.params['name'], self.params['store']
         self.result = {'changed': False, 'path': os.path.join(self.store, self.name), 'generation': None,
                        'current': None, 'generations': [], 'removed': [], 'manifest': {}, 'migrated': False,
@@ -367,7 +370,7 @@ class BakeformModule:
         self.module.fail_json(msg=msg, **dict(self.result, **details))
 
     def unmount(self, point):
-        self.module.run_command(['umount', '-l', point])
+        _command.run(['umount', '-l', point], TOOL_TIMEOUT)
 
     def check_arguments(self):
         problem = check_name(self.name)
@@ -471,8 +474,8 @@ class BakeformModule:
             self.generation = found  # stored already: nothing to ingest
             return
         self.need_root()
-        build = Build(self.module.run_command, self.name, self.store, source=self.source(), max_size=self.max_size,
-                      xz_bin=self.module.get_bin_path('xz'))
+        build = Build(lambda argv: _command.run(argv, TOOL_TIMEOUT), self.name, self.store, source=self.source(),
+                      max_size=self.max_size, xz_bin=self.module.get_bin_path('xz'))
         download = None
         if self.params['url']:
             def download():

@@ -28,6 +28,13 @@ description:
     keep serving the old, deleted file system).
   - Without O(exclusive), entries are merged by path into the managed file (an entry replaces the same path's
     entry); with O(exclusive=true) the managed file holds exactly the entries of this call.
+  - One bad entry never stops the others. An entry that cannot be exported (its path is
+    missing or not a file system of its own, a client or option is wrong) keeps what the managed file had for its
+    path, also with O(exclusive=true) (never widened, never removed because it was wrong); every other entry is
+    written, and then the task fails naming each failed entry (RV(failed_exports)), by Pi when the entry names one
+    (O(exports[].serial), RV(failed_pis)). A failure of the call as a whole (its arguments, the lock, the server's
+    reload) fails without them.
+  - The managed file is read, merged and written under the bakery lock, so two runs at once never lose a change.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
@@ -86,9 +93,21 @@ options:
         type: list
         elements: str
       state:
-        description: Whether the export should be there.
+        description:
+          - Whether the export should be there.
+          - V(keep) leaves the managed entry of this path exactly as it is (or absent, when there is none), also with
+            O(exclusive=true). The fleet role passes it for a Pi that failed an earlier step, so that the Pi keeps the
+            export it had.
         type: str
-        choices: [present, absent]
+        choices: [present, absent, keep]
+      serial:
+        description:
+          - Serial of the Pi this export is for (8 hex digits); when given, a failure of this entry is reported in
+            RV(failed_pis) under it.
+        type: str
+      hostname:
+        description: Host name of the Pi this export is for, to name it in a failure.
+        type: str
   exclusive:
     description:
       - When true, the managed file holds exactly the entries of this call (others are removed).
@@ -136,6 +155,11 @@ options:
         systems of its own.
     type: bool
     default: false
+  command_timeout:
+    description:
+      - Seconds C(exportfs) may run before it is killed (and the task fails saying so).
+    type: int
+    default: 600
   reload_settle:
     description:
       - Seconds NFS-Ganesha is given to re-read its exports while an export whose file system changed (a rebuilt
@@ -211,7 +235,8 @@ reloaded:
   type: bool
   sample: true
 results:
-  description: One item per requested entry, with whether it changed the managed set.
+  description: One item per requested entry, with whether it changed the managed set (and C(failed), C(msg) for an
+    entry that could not be exported).
   returned: always
   type: list
   elements: dict
@@ -219,6 +244,34 @@ results:
     - path: /srv/pifleet/roots/pi-a
       state: present
       changed: true
+failed_exports:
+  description: The entries that could not be exported, each kept as the managed file had it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path: {description: The export's path., type: str}
+    serial:
+      description: The Pi it is for (O(exports[].serial)) or null.
+      type: str
+    hostname:
+      description: The Pi's host name (O(exports[].hostname)) or null.
+      type: str
+    msg: {description: Why it failed., type: str}
+  sample: []
+failed_pis:
+  description: The failed entries that name a Pi (O(exports[].serial)), as every pifleet list module reports them.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    serial: {description: Serial of the Pi., type: str}
+    hostname:
+      description: Its host name, or null.
+      type: str
+    path: {description: The export that failed., type: str}
+    msg: {description: Why it failed., type: str}
+  sample: []
 bounced:
   description: Exports whose file system changed (a rebuilt root), which the server was made to drop and export again.
   returned: always
@@ -239,16 +292,20 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import command as _command
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    COMMAND_ARGS,
     LOCK_ARGS,
     expand,
+    failed_pi,
+    failed_pis_message,
     file_diff,
     take_lock,
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import exports as ex
 
-ITEM_KEYS = ('path', 'clients', 'options', 'state')
+ITEM_KEYS = ('path', 'clients', 'options', 'state', 'serial', 'hostname')
 
 
 class NfsExport:
@@ -257,28 +314,41 @@ class NfsExport:
         self.params = module.params
         self.backend = self.params['backend']
         self.file = self.params['exports_file'] or ex.DEFAULT_FILES[self.backend]
-        self.result = {'changed': False, 'exports': [], 'file': self.file, 'reloaded': False, 'results': []}
+        self.result = {'changed': False, 'exports': [], 'file': self.file, 'reloaded': False, 'results': [],
+                       'failed_pis': [], 'failed_exports': []}
         self.diffs = []
 
     def fail(self, msg, **details):
-        self.module.fail_json(msg=msg, **self.result, **details)
+        self.module.fail_json(msg=msg, **dict(self.result, **details))
 
     def items(self):
+        """The entries of the call; a call that is wrong as a whole (not one export) fails here."""
+        items = expand(self.params, 'exports', ITEM_KEYS)
         try:
-            return self.validate(expand(self.params, 'exports', ITEM_KEYS))
+            if not os.path.isabs(self.file):
+                raise ex.ExportsError('exports_file %s is not an absolute path; give the full path' % self.file)
+            if self.backend == 'ganesha':
+                ex.check_ganesha_path(self.file)
+            ex.check_arguments(items)
         except ex.ExportsError as exc:
-            return self.fail(str(exc))
+            self.fail(str(exc))
+        return items
 
     def validate(self, items):
-        if not os.path.isabs(self.file):
-            raise ex.ExportsError('exports_file %s is not an absolute path; give the full path' % self.file)
-        if self.backend == 'ganesha':
-            ex.check_ganesha_path(self.file)
+        """(the entries that are fine, the failed ones with their ``msg``): one bad export never stops the others."""
         shared = self.params['allow_shared_filesystem']
-        for warning in ex.check_items(items, self.backend, self.params['allow_world'], shared,
-                                      None if shared else _loopfs.mount_roots()):
-            self.module.warn(warning)
-        return items
+        roots = None if shared else _loopfs.mount_roots()
+        good, failed = [], []
+        for item in items:
+            try:
+                warnings = ex.check_item(item, self.backend, self.params['allow_world'], shared, roots)
+            except ex.ExportsError as exc:
+                failed.append(dict(item, msg=str(exc)))
+                continue
+            for warning in warnings:
+                self.module.warn(warning)
+            good.append(item)
+        return good, failed
 
     def run(self):
         if not ex.HAS_NETADDR:
@@ -288,16 +358,38 @@ class NfsExport:
                 and not self.file.endswith('.exports'):
             self.module.warn('exportfs reads only *.exports files in %s: %s will be ignored; name it '
                              '<something>.exports' % (os.path.dirname(self.file), self.file))
+        # Read, merge and write under the lock: another run's change between our read and our write is never lost.
+        lock = take_lock(self.module, 'nfs_export', self.result)
+        try:
+            failed = self.converge(items)
+        finally:
+            if lock:
+                lock.release()
+        if failed:
+            self.fail(failed_pis_message('nfs_export', failed))
+        self.module.exit_json(**self.result)
+
+    def converge(self, items):
+        good, failed = self.validate(items)
         before = ex.read_config(self.file)
         parse = ex.parse_kernel if self.backend == 'kernel' else ex.parse_ganesha
         current, extra = parse(before or '')
         if self.backend == 'kernel' and extra:
             self.module.warn('%s held lines pifleet does not write (%s); they are dropped: keep your own exports '
                              'in another file' % (self.file, '; '.join(extra)))
-        wanted = ex.merge(current, items, self.params['exclusive'])
-        self.result['results'] = [
-            {'path': i['path'], 'state': i['state'], 'changed': current.get(i['path']) != wanted.get(i['path'])}
-            for i in items]
+        # A failed entry keeps what its path had: never widened, never removed because one export was wrong.
+        wanted = ex.merge(current, good, self.params['exclusive'], keep=[item['path'] for item in failed])
+        problems = {item['path']: item['msg'] for item in failed}
+        self.result['results'] = []
+        for i in items:
+            entry = {'path': i['path'], 'state': i['state'], 'changed': current.get(i['path']) != wanted.get(i['path'])}
+            if i['path'] in problems:
+                entry.update(failed=True, msg=problems[i['path']])
+            self.result['results'].append(entry)
+        self.result['failed_exports'] = [{'path': i['path'], 'serial': i.get('serial'), 'hostname': i.get('hostname'),
+                                          'msg': i['msg']} for i in failed]
+        self.result['failed_pis'] = [failed_pi(i['serial'], i.get('hostname'), i['msg'], path=i['path'])
+                                     for i in failed if i.get('serial')]
         after = self.render(wanted, extra)
         file_changed = after != before and not (before is None and not wanted)
         config_before, config_after = self.include()
@@ -311,13 +403,9 @@ class NfsExport:
                 self.diffs.append(file_diff(self.params['ganesha_config'], config_before, config_after))
             self.result['diff'] = self.diffs
         if self.result['changed'] and not self.module.check_mode:
-            lock = take_lock(self.module, 'nfs_export', self.result)
-            try:
-                self.apply(file_changed, before, after, config_after if include_changed else None,
-                           (current, wanted, extra))
-            finally:
-                lock.release()
-        self.module.exit_json(**self.result)
+            self.apply(file_changed, before, after, config_after if include_changed else None,
+                       (current, wanted, extra))
+        return failed
 
     def render(self, wanted, extra):
         if self.backend == 'kernel':
@@ -371,7 +459,7 @@ class NfsExport:
             exportfs = self.module.get_bin_path('exportfs', required=True)
             for path in bounce:
                 for client in current[path]['clients']:
-                    self.module.run_command([exportfs, '-u', '%s:%s' % (client, path)])
+                    self.tool([exportfs, '-u', '%s:%s' % (client, path)])
             return
         shown = self.result['exports']
         _atomic.write_text(self.file, self.render(rest, extra))
@@ -384,14 +472,18 @@ class NfsExport:
 
     def exportfs(self, before):
         exportfs = self.module.get_bin_path('exportfs', required=True)
-        rc, out, err = self.module.run_command([exportfs, '-ra'], environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        rc, out, err = self.tool([exportfs, '-ra'])
         if rc != 0:
             _atomic.write_or_remove(self.file, before)
-            self.module.run_command([exportfs, '-ra'])
+            self.tool([exportfs, '-ra'])
             self.result['changed'] = False
             self.fail('exportfs -ra failed for %s: %s; the previous file is back in place, correct the exports and '
                       'run again' % (self.file, err.strip() or out.strip()), rc=rc, stdout=out, stderr=err)
         self.result['reloaded'] = True
+
+    def tool(self, argv):
+        """(rc, out, err) of exportfs, killed after command_timeout (a hung server must not hang the bakery)."""
+        return _command.run(argv, self.params['command_timeout'])
 
     def hup(self):
         pid = ex.ganesha_pid(self.params['ganesha_pidfile'])
@@ -409,7 +501,9 @@ def main():
         path=dict(type='path', required=True),
         clients=dict(type='list', elements='str'),
         options=dict(type='list', elements='str'),
-        state=dict(type='str', choices=['present', 'absent']),
+        state=dict(type='str', choices=['present', 'absent', 'keep']),
+        serial=dict(type='str'),
+        hostname=dict(type='str'),
     )
     module = AnsibleModule(
         argument_spec=dict(
@@ -428,6 +522,7 @@ def main():
             allow_shared_filesystem=dict(type='bool', default=False),
             reload_settle=dict(type='float', default=2.0),
             **LOCK_ARGS,
+            **COMMAND_ARGS,
         ),
         required_one_of=[('path', 'exports')],
         mutually_exclusive=[('path', 'exports')],

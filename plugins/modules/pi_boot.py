@@ -26,11 +26,18 @@ description:
   - Each folder carries the marker C(.pifleet-boot.json). Folders without it are never changed or removed.
   - O(store) and O(boot_dir) must lie inside the hook's C(roots) (by default C(/srv/pifleet) and C(/var/lib/pifleet)).
   - Meant to be called once for the whole fleet; files and the map are only written when their content changes.
+  - A Pi that cannot be served (its bakeform or generation missing or unable to boot its model, its folder not made by pi_boot, a
+    wrong nfsroot or config.txt line) fails alone; its folder and its map entry stay exactly
+    as they were, also with O(exclusive=true); every other Pi is written, and then the task fails naming each failed
+    Pi (RV(failed_pis)). Problems of the call as a whole (a name or prefix given twice or invalid, a missing
+    O(default_bakeform), the lock) fail it without writing anything.
+  - Reads and writes the folders and the map under the bakery lock (not in check mode).
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
   - pifleet.netboot._attributes.full
+  - pifleet.netboot._lock
 attributes:
   diff_mode:
     details: One entry per file written or removed (the map first), at most 50, then one saying how many more.
@@ -117,9 +124,16 @@ options:
       state:
         description:
           - V(absent) removes the Pi's folder (when it carries the marker) and its map entry.
+          - V(keep) leaves the Pi's folder and the map entries that name it exactly as they are (none, if it has
+            none), also with O(exclusive=true). The fleet role passes it for a Pi that failed an earlier step.
         type: str
-        choices: [present, absent]
+        choices: [present, absent, keep]
         default: present
+      serial:
+        description:
+          - Serial of the Pi (8 hex digits), to name it in RV(failed_pis). Defaults to O(pis[].prefix) when that is a
+            serial.
+        type: str
 """
 
 EXAMPLES = r"""
@@ -192,12 +206,6 @@ pis:
       changed: true
       files: [.pifleet-boot.json, cmdline.txt]
       generation: bookworm-lite@3
-failed_pis:
-  description: The Pis that failed alone, C(serial) (the Pi's prefix), C(hostname) (its name) and C(msg) each.
-  returned: always
-  type: list
-  elements: dict
-  sample: []
 map:
   description: The fleet map.
   returned: always
@@ -216,6 +224,32 @@ map:
     path: /var/lib/pifleet/tftp/map.json
     changed: false
     prefixes: 2
+failed_pis:
+  description: The Pis that failed (each kept as it was; every other Pi was written), each with why.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    serial:
+      description: Its serial (O(pis[].serial), or its prefix when that is a serial) or null.
+      type: str
+    hostname:
+      description: Its inventory name (O(pis[].name)).
+      type: str
+    name: {description: Its inventory name., type: str}
+    prefix: {description: Its TFTP prefix., type: str}
+    msg: {description: Why it failed., type: str}
+  sample:
+    - serial: 3a4b5c6d
+      hostname: pi-01
+      name: pi-01
+      prefix: 3a4b5c6d
+      msg: "pi-01 is a Pi 5 but bakeform old@1 has boot files for Pi 3, 4 only; pick a bakeform with kernel_2712.img"
+lock_waited:
+  description: Seconds this run waited for another pifleet run to release the bakery lock.
+  returned: when it had to wait
+  type: float
+  sample: 1.5
 removed:
   description: Pi folders removed (V(absent), moved, or not listed with O(exclusive=true)).
   returned: always
@@ -226,9 +260,22 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    LOCK_ARGS,
+    PifleetModule,
+    failed_pi,
+    failed_pis_message,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.bootfiles import cap_diffs
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.bootwork import PiBoots, check_items
+
+
+def failures(items, plan):
+    """``failed_pis`` of the run: each Pi that failed alone, in the order given."""
+    return [failed_pi(item.get('serial') or (item['prefix'] if is_serial(item['prefix']) else None), item['name'],
+                      plan.failed[item['name']], name=item['name'], prefix=item['prefix'])
+            for item in items if item['name'] in plan.failed]
 
 
 def main():
@@ -241,7 +288,8 @@ def main():
         nfsroot=dict(type='str'),
         cmdline_extra=dict(type='str'),
         config_txt=dict(type='list', elements='str'),
-        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        state=dict(type='str', choices=['present', 'absent', 'keep'], default='present'),
+        serial=dict(type='str'),
     )
     module = AnsibleModule(
         argument_spec=dict(
@@ -252,6 +300,7 @@ def main():
             exclusive=dict(type='bool', default=True),
             pis=dict(type='list', elements='dict', required=True, options=pi_options,
                      required_if=[('state', 'present', ('bakeform', 'nfsroot'))]),
+            **LOCK_ARGS,
         ),
         supports_check_mode=True,
     )
@@ -262,15 +311,28 @@ def main():
                                   'map': {'path': boots.map_path, 'changed': False, 'prefixes': 0}}, 'pis')
     items, base.problems = check_items(params['pis'])
     base.check()
+    lock = base.lock('pi_boot')  # the folders and the map are read and written under it
+    try:
+        converge(base, boots, items)
+    finally:
+        if lock:
+            lock.release()
+    if base.result['failed_pis']:
+        base.fail(failed_pis_message('pi_boot', base.result['failed_pis']))
+    module.exit_json(**base.result)
+
+
+def converge(base, boots, items):
+    module = base.module
     try:
         plan = boots.plan(items)
     except OSError as exc:
         base.fail('reading the current boot files failed for %s: %s; check that pi_boot runs as a user who can read '
                   '%s' % (exc.filename, exc.strerror or exc, ', '.join((boots.store, boots.boot_dir, boots.map_path))))
-    base.result.update(pis=plan.pis, map=plan.map, failed_pis=plan.failed)
+    base.result.update(pis=plan.pis, map=plan.map)
     base.problems = plan.problems
     base.check()
-    base.result.update(removed=sorted(plan.removals), changed=plan.changed)
+    base.result.update(removed=sorted(plan.removals), changed=plan.changed, failed_pis=failures(items, plan))
     if module._diff:
         base.result['diff'] = cap_diffs(plan.diffs())
     if plan.changed and not module.check_mode:
@@ -279,10 +341,6 @@ def main():
         except OSError as exc:
             base.fail('writing boot files failed for %s: %s; check the permissions and free space of %s and %s'
                       % (exc.filename or boots.boot_dir, exc.strerror or exc, boots.boot_dir, boots.map_path))
-    if plan.failed:
-        base.fail('pi_boot failed for %d Pi(s): %s' % (len(plan.failed), '; '.join(
-            '%s: %s' % (pi['hostname'], pi['msg']) for pi in plan.failed)))
-    module.exit_json(**base.result)
 
 
 if __name__ == '__main__':

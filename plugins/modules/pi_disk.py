@@ -26,12 +26,20 @@ description:
     O(fstype=ext4), without mounting) and linked into place whole.
   - Maintains C(<disks_dir>/<serial>.json), the index of the Pi's disks (C(name), C(file), C(size), C(fstype),
     C(nfs_path), the export), beside the image and out of the Pi's reach; replaced atomically, only when it changes.
-  - Disks grow in place (the file by a hole; an ext4 file system with C(e2fsck) and C(resize2fs)) and never
-    shrink. The file system of an existing disk is never changed. When a Pi's last disk goes, its file system,
-    mount unit and index go too (unless the Pi left other files there and no O(force) is given).
+  - A C(disk.img) is the Pi's, written raw, so the bakery never parses it; no C(e2fsck), C(resize2fs), C(debugfs),
+    C(blkid), C(mount) or superblock read on it once a Pi could have written it (a parser run as root on bytes a Pi
+    chose is the Pi's way into the bakery). What pi_disk knows of a disk is its size and allocation and what its
+    index recorded when it made it. C(mkfs.ext4) runs only on a fresh, still unnamed file, before any Pi saw it.
+  - Disks grow in place, as files (by a hole), and never shrink (told by the file's size alone). The Pi grows its
+    own file system into the new space (see the README, "Growing a disk"). The file system of an existing disk is
+    never changed. When a Pi's last disk goes, its file system, mount unit and index go too (unless the Pi left
+    other files there and no O(force) is given).
   - Each Pi is planned, then changed, on its own; a Pi whose disks cannot be converged (a refused item, a
-    C(disk.img) the Pi swapped for a link) fails alone and changes nothing of its own that was refused; the other
-    Pis of the call still converge, and the module fails at the end naming each failed Pi.
+    C(disk.img) the Pi swapped for a link or made bigger than asked) fails alone and changes nothing of its own
+    that was refused; the other Pis of the call still converge, and the module fails at the end naming each failed
+    Pi (RV(failed_pis)).
+  - Every tool it runs (C(mke2fs), C(mount), C(losetup)) is killed after O(command_timeout) seconds; that Pi fails
+    saying so, the others go on.
   - Disks of the older layout (C(<disks_dir>/<serial>/) a plain directory on the bakery's file system) are
     refused with the reason; O(migrate=true) copies them into a file system of their own.
 author:
@@ -40,17 +48,19 @@ extends_documentation_fragment:
   - pifleet.netboot._attributes
   - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
+  - pifleet.netboot._commands
 attributes:
   diff_mode:
     details: The diff shows each Pi's index C(<disks_dir>/<serial>.json) before and after.
 requirements:
   - root on the bakery host, with loop devices and ext4 (in a container, pass C(/dev/loop-control) and C(/dev/loopN)).
-  - e2fsprogs (C(mke2fs), C(mkfs.ext4), C(e2fsck), C(resize2fs)), util-linux (C(mount), C(umount), C(losetup)).
+  - e2fsprogs (C(mke2fs), C(mkfs.ext4); C(e2fsck), C(resize2fs) for the Pi's disks file system itself, which the
+    bakery's kernel writes), util-linux (C(mount), C(umount), C(losetup)).
 notes:
-  - An ext4 disk whose journal needs recovery (a Pi has it mounted) is not grown; shut the Pi down first.
-  - "O(state=absent) without O(force) refuses a disk that holds data: for O(fstype=none) any allocated block,
-    for O(fstype=ext4) more inodes in use than a fresh file system (11), a journal that needs recovery, or an
-    unreadable superblock; for both, other files the Pi put in the disk's directory."
+  - "O(state=absent) without O(force) refuses a disk that may hold data, told from the file alone: for
+    O(fstype=none) any allocated block; for O(fstype=ext4) more blocks allocated than its blank file system had
+    when pi_disk made it (a disk the Pi has only mounted counts), or any ext4 disk made before pifleet kept that
+    record; for both, other files the Pi put in the disk's directory."
   - Growing a mounted file system needs C(CAP_SYS_RESOURCE) (containers often drop it). Without it, pi_disk
     unmounts the file system, grows it offline and mounts it again; it refuses, with the reason, while an NFS
     server holds it (busy here, or still mounted in the server's own mount namespace).
@@ -201,7 +211,9 @@ disks:
       type: bool
       sample: true
     action:
-      description: What was (or in check mode would be) done; V(failed) when its Pi failed before it was done.
+      description:
+        - What was (or in check mode would be) done; V(failed) when its Pi failed before it was done.
+        - V(grown) grows the file only; the Pi grows the file system in it.
       type: str
       choices: [created, grown, unchanged, removed, failed]
       sample: created
@@ -257,6 +269,19 @@ pis:
       returned: always
       sample: 1347584
     msg: {description: Why this Pi failed., type: str, returned: when it failed}
+failed_pis:
+  description: The Pis whose disks could not be converged (every other Pi was), each with why.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    serial: {description: Serial of the Pi (8 hex digits)., type: str}
+    hostname: {description: Always null (pi_disk knows Pis by serial)., type: str}
+    msg: {description: Why it failed., type: str}
+  sample:
+    - serial: 3a4b5c6d
+      hostname: null
+      msg: "shrinking disk data of Pi 3a4b5c6d refused: its disk.img is 100 GiB ..."
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(disks_dir).
   returned: always
@@ -274,7 +299,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    COMMAND_ARGS,
+    LOCK_ARGS,
+    ModuleHost,
+    PifleetModule,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import SizeError, parse_size
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import check_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskwork import PiDisks
@@ -343,10 +373,11 @@ def main():
             migrate=dict(type='bool', default=False),
             disks=dict(type='list', elements='dict', options=item_options),
             **LOCK_ARGS,
+            **COMMAND_ARGS,
         ),
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': []}, 'disks')
+    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': [], 'failed_pis': []}, 'disks')
     todo = items(base)
     work = PiDisks(ModuleHost(module), disks_dir=module.params['disks_dir'], units_dir=module.params['units_dir'],
                    migrate=module.params['migrate'])

@@ -45,13 +45,16 @@ description:
     method, file system UUID, fixes, host keys, certificate and kernel packages. An existing root gets only the
     option-driven fixes re-applied in place.
   - A Pi whose root cannot be converged (for example one that made its C(/etc) a symlink) fails alone; the other
-    Pis of the call still converge, and the module fails at the end naming each failed Pi.
+    Pis of the call still converge, and the module fails at the end naming each failed Pi (RV(failed_pis)).
+    Every tool it runs (C(cp), C(mount), C(tune2fs), C(ssh-keygen)) is killed after O(command_timeout) seconds,
+    failing only its Pi.
 author:
   - pifleet maintainers (@pifleet)
 extends_documentation_fragment:
   - pifleet.netboot._attributes
   - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
+  - pifleet.netboot._commands
 attributes:
   diff_mode:
     details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker, with control
@@ -185,6 +188,9 @@ options:
         description:
           - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
             owns (hostname, network, the host keys...) are refused.
+          - It may hold secrets (passwords, tokens), so it is C(no_log). Ansible then hides each of its values wherever
+            it appears in the result; give it as JSON text (C({{ data | to_json }})), as the fleet role does, so that
+            only the whole text is hidden and the rest of the result stays readable.
         type: dict
       instance:
         description:
@@ -356,11 +362,18 @@ pis:
       type: str
       returned: when this Pi failed
 failed_pis:
-  description: The Pis that failed, C(serial), C(hostname) and C(msg) each (the others converged).
+  description: The Pis whose roots could not be converged (every other Pi was), each with why.
   returned: always
   type: list
   elements: dict
-  sample: []
+  contains:
+    serial: {description: Serial of the Pi (8 hex digits)., type: str}
+    hostname: {description: Its host name., type: str}
+    msg: {description: Why it failed., type: str}
+  sample:
+    - serial: 3a4b5c6d
+      hostname: kitchen
+      msg: "the root of Pi 3a4b5c6d: etc is a symbolic link ..."
 kernels:
   description: The kernel packages (C(name=version)) each generation used by the roots of this call holds, by label;
     what the kernel hold keeps in those roots.
@@ -386,7 +399,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import check_host_name, normalise_serial
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import LOCK_ARGS, ModuleHost, PifleetModule
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    COMMAND_ARGS,
+    LOCK_ARGS,
+    ModuleHost,
+    PifleetModule,
+    failed_pi,
+    failed_pis_message,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import hostcert as _hostcert
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
@@ -451,7 +471,8 @@ def converge(module, roots, todo, result):
 
 
 def main():
-    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict'), instance=dict(type='str')))
+    # no_log: user data may carry passwords and tokens (passed as JSON text, only that text is hidden).
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict', no_log=True), instance=dict(type='str')))
     pi_options = dict(
         cloud_init=cloud_init,
         serial=dict(type='str', required=True),
@@ -489,6 +510,7 @@ def main():
             cloud_init=cloud_init,
             pis=dict(type='list', elements='dict', options=pi_options),
             **LOCK_ARGS,
+            **COMMAND_ARGS,
         ),
         mutually_exclusive=[('serial', 'pis')],
         required_one_of=[('serial', 'pis')],
@@ -520,9 +542,11 @@ def main():
     result['kernels'] = roots.kernels
     if module._diff:
         result['diff'] = roots.diffs
+    if failed and 'serial' not in failed[0]:  # not about one Pi: the roots directory itself
+        base.fail(failed[0]['msg'])
+    result['failed_pis'] = [failed_pi(pi['serial'], pi['hostname'], pi['msg']) for pi in failed]
     if failed:
-        base.fail('pi_root failed for %d Pi(s): %s' % (len(failed), '; '.join(
-            '%s: %s' % (pi['serial'], pi['msg']) if 'serial' in pi else pi['msg'] for pi in failed)))
+        base.fail(failed_pis_message('pi_root', result['failed_pis']))
     module.exit_json(**result)
 
 

@@ -274,3 +274,19 @@ def test_site_prints_no_secret_and_needs_no_power_vault(bakery):
     assert rc == 0, output[-4000:]
     assert "TASK [pifleet.netboot.fleet : Validate the inventory and plan this bakery's Pis]" in output
     assert 'Sw0rdf1sh' not in output, [row for row in output.splitlines() if 'Sw0rdf1sh' in row][:5]
+
+
+def test_cloud_init_user_data_never_reaches_the_output(bakery):
+    """pi_cloud_init may hold passwords and tokens: at -vvv with --diff, site shows none of it, and still shows
+    the rest (pi_root's result). The plan, a fact -v prints, holds none of it; pi_root's option is no_log, given the
+    user data as JSON text so that only that text is hidden."""
+    tmp, _lan, _server = bakery
+    secret = {'write_files': [{'path': '/etc/pifleet-token', 'content': 'Sw0rdf1sh-cloud-token',
+                               'permissions': '0600'}], 'packages': ['htop']}
+    pis = {'pi-03': dict(PIS['pi-03'], pi_cloud_init=secret), 'pi-05': PIS['pi-05']}
+    playbook(tmp, pis)
+    rc, _counters, output = ansible(tmp, '--diff', '-vvv')
+    assert rc == 0, output[-4000:]
+    assert 'Sw0rdf1sh' not in output, [row for row in output.splitlines() if 'Sw0rdf1sh' in row][:5]
+    assert '"cloud_init_from": "pi-03"' in output  # the plan says which Pi has user data, not what it is
+    assert re.search(r'"serial": "00b3b3b3"', output) and 'htop' not in output  # pi_root's result is shown

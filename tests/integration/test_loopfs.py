@@ -66,6 +66,31 @@ def test_an_image_that_does_not_mount_leaves_no_loop_device(tmp_path):
     assert gone(tmp_path)
 
 
+def test_the_pre_5_8_fallback_never_leaves_a_device_attached_without_autoclear(tmp_path, image, monkeypatch):
+    """A kernel without LOOP_CONFIGURE attaches in two ioctls; when the second (autoclear) fails, the device the
+    first attached is detached again, or it would hold the image for good. The real kernel attaches and detaches;
+    only LOOP_CONFIGURE (said missing, as before 5.8) and LOOP_SET_STATUS64 (made to fail) are played."""
+    real = _loopfs.fcntl.ioctl
+    calls = []
+
+    def ioctl(fd, request, arg=0, *rest):
+        calls.append(request)
+        if request == _loopfs.LOOP_CONFIGURE:
+            raise OSError(22, 'Invalid argument')
+        if request == _loopfs.LOOP_SET_STATUS64:
+            assert loops_backed_by(tmp_path), 'LOOP_SET_FD attached nothing'  # attached, without autoclear
+            raise OSError(5, 'Input/output error')
+        return real(fd, request, arg, *rest)
+
+    monkeypatch.setattr(_loopfs.fcntl, 'ioctl', ioctl)
+    point = tmp_path / 'mnt'
+    point.mkdir()
+    with pytest.raises(OSError, match='Input/output error'):
+        _loopfs.attach_and_mount(str(image), str(point), _loopfs.ROOT_OPTIONS)
+    assert _loopfs.LOOP_SET_FD in calls and calls[-1] == _loopfs.LOOP_CLR_FD
+    assert not os.path.ismount(point) and gone(tmp_path, timeout=2), 'a loop device was left attached'
+
+
 def test_the_mounter_says_what_failed_in_mounts_words(tmp_path):
     """When mount(2) refuses, mount(8) is asked too: its message names the problem."""
     junk = tmp_path / 'junk.img'

@@ -154,6 +154,34 @@ def kernel_dirs(tmp_path):
     return tmp_path, exports_d, other, dirs
 
 
+@needs_ganesha
+def test_the_nfsv4_pseudo_root_shows_no_client_another_pis_serial(lab):
+    """Ganesha puts every NFSv4 export into one pseudo file system that any client may list from its root; the
+    exports are named by path, and a path holds the Pi's serial. Listed from the top, recursively, an outsider
+    sees no serial and Pi A sees only its own, while Pi A still reads its root over v3 and v4."""
+    lan, server, _root, _boot, tmp_path = lab
+    roots = tmp_path / 'fleet' / 'roots'
+    serials = {'pia': '3a4b5c6d', 'pib': '0badcafe'}
+    exports = []
+    for host, serial in serials.items():
+        (roots / serial).mkdir(parents=True)
+        (roots / serial / 'hello').write_text('root of %s\n' % host)
+        exports.append({'path': str(roots / serial), 'clients': [HOSTS[host]]})
+    assert not run_module('nfs_export', ganesha_args(server, tmp_path, exports)).get('failed')
+    wait_for('Pi A to see its root', lambda: readable(lan, 'pia', roots / '3a4b5c6d'))
+    seen = {}
+    for host in ('out', 'pia', 'pib'):
+        listing = nfs(lan, host, ['nfs-ls', '-R', 'nfs://%s/?version=4' % SERVER])
+        seen[host] = listing.stdout + listing.stderr
+    assert '3a4b5c6d' in seen['pia'], seen  # the listing does reach the serials: Pi A sees its own
+    assert '3a4b5c6d' not in seen['out'] and '0badcafe' not in seen['out'], seen['out']
+    assert '0badcafe' not in seen['pia'], seen['pia']
+    assert '3a4b5c6d' not in seen['pib'], seen['pib']
+    for version in (3, 4):
+        got = nfs_read(lan, 'pia', nfs_url(SERVER, str(roots / '3a4b5c6d' / 'hello'), version))
+        assert got.returncode == 0 and got.stdout == 'root of pia\n', (version, got)
+
+
 @needs_exportfs
 def test_kernel_file_passes_the_real_exportfs(kernel_dirs):
     tmp_path, exports_d, other, dirs = kernel_dirs

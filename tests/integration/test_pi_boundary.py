@@ -81,7 +81,7 @@ class Bakery:
         self.top = top
         self.store, self.roots, self.units = top / 'store', top / 'roots', top / 'units'
         self.standin = top / 'bakery-etc'
-        self.lock = str(top / 'pifleet.lock')
+        self.lock = str(top / 'run' / 'pifleet.lock')  # a directory of its own, 0700
 
     def module(self, name, args, **kwargs):
         return run_module(name, dict(args, lock_file=self.lock), **kwargs)

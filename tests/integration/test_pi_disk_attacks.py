@@ -6,11 +6,14 @@ swaps while a tool runs, aimed at stand-ins outside its file system, which must 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import subprocess
+import time
 
 import pytest
-from disklab import SERIAL, bakery, base, fs_bytes, superblock, tool
+from disklab import SERIAL, bakery, base, sha, superblock, tool
 from fstree import snapshot
 from modrun import run_module
 
@@ -88,7 +91,7 @@ def swapping_tools(lab, tmp_path, monkeypatch):
     """Tools that let the Pi swap a path for a link to a stand-in while they run (first in PATH)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    for name in ('e2fsck', 'mkfs.ext4'):
+    for name in ('mkfs.ext4',):
         real = subprocess.run(['sh', '-c', 'command -v %s' % name], capture_output=True, text=True,
                               check=True, env={'PATH': '/usr/sbin:/sbin:/usr/bin:/bin'}).stdout.strip()
         (bin_dir / name).write_text('#!/bin/sh\n'
@@ -101,17 +104,38 @@ def swapping_tools(lab, tmp_path, monkeypatch):
     return monkeypatch
 
 
-def test_a_swap_while_e2fsck_runs_never_reaches_outside(attacked, swapping_tools):
+def test_a_hostile_disk_is_grown_as_a_file_and_no_parser_runs_on_it(attacked, tmp_path, monkeypatch):
+    """The Pi leaves an ext4 superblock in its disk.img that claims a journal to recover, MMP with an update
+    interval of 18 hours (e2fsck would wait for it, holding the bakery lock) and a size beyond the file. pi_disk
+    grows the file and runs no tool on it at all; the file system inside stays the Pi's, byte for byte."""
     lab = attacked
     disk = lab['disks'] / SERIAL / 'data' / 'disk.img'
-    swapping_tools.setenv('PFD_SWAP', str(disk))
-    swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'standin.img'))
-    outside = snapshot(lab['outside'])
+    block = bytearray(1024)
+    struct.pack_into('<5I', block, 0, 16384, 0xFFFFFFFF, 0, 0, 0)
+    struct.pack_into('<3I', block, 0x18, 2, 2, 8192)
+    struct.pack_into('<H', block, 0x38, 0xEF53)
+    struct.pack_into('<I', block, 0x60, 0x2C6 | 0x100)  # needs_recovery, mmp
+    struct.pack_into('<H', block, 0x166, 0xFFFF)  # s_mmp_update_interval
+    with open(disk, 'r+b') as handle:
+        handle.seek(1024)
+        handle.write(bytes(block))
+    content = sha(disk)
+    bin_dir, log = tmp_path / 'bin', tmp_path / 'called'
+    bin_dir.mkdir()
+    for name in ('e2fsck', 'fsck.ext4', 'resize2fs', 'debugfs', 'dumpe2fs', 'tune2fs', 'blkid', 'file'):
+        (bin_dir / name).write_text('#!/bin/sh\necho "%s $*" >> %s\nexec /bin/false\n' % (name, log))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv('PATH', '%s:%s' % (bin_dir, os.environ['PATH']))
+    started = time.monotonic()
     result = run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='128M', fstype='ext4'))
-    assert not result.get('failed'), result
-    assert os.path.islink(disk) and snapshot(lab['outside']) == outside
-    moved = lab['disks'] / SERIAL / 'data' / 'disk.img.moved'  # the file pi_disk checked, grown whole
-    assert moved.stat().st_size == 128 * MIB and fs_bytes(moved) == 128 * MIB
+    assert not result.get('failed') and result['disks'][0]['action'] == 'grown', result
+    assert time.monotonic() - started < 60
+    called = log.read_text() if log.exists() else ''
+    assert 'disk.img' not in called and '/proc/self/fd' not in called, called  # the container's own grow may run
+    assert disk.stat().st_size == 128 * MIB
+    with open(disk, 'rb') as handle:
+        assert hashlib.sha256(handle.read(64 * MIB)).hexdigest() == content
+    assert run_module('pi_disk', base(lab, serial=SERIAL, name='data', size='128M', fstype='ext4'))['changed'] is False
 
 
 def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):

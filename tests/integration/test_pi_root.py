@@ -55,7 +55,7 @@ class Lab:
     def __init__(self, fs, mnt):
         self.fs, self.mnt = fs, mnt
         self.store, self.roots, self.units = mnt / 'store', mnt / 'roots', mnt / 'units'
-        self.lock = str(mnt / 'pifleet.lock')
+        self.lock = str(mnt / 'run' / 'pifleet.lock')  # a directory of its own, 0700
         self.expect = {}  # bakeform name -> the describe() the factory (plus like_pi_os) promises
 
     def args(self, **extra):

@@ -88,6 +88,19 @@ def test_power_failure_names_the_pi_and_device(tmp_path, plugs):
                      % re.escape(plugs.url('p2')), output), output[-3000:]
 
 
+def test_a_bad_argument_shows_pi_powers_own_message(tmp_path, plugs):
+    """Bug: default() evaluated its argument first, so a call that failed before any Pi (a bad argument) showed
+    "'dict object' has no attribute 'changed'" instead of pi_power's message."""
+    inventory(tmp_path, plugs)
+    rc, counters, output = play(tmp_path, 'power.yml', '-e', 'power_state=sideways')
+    assert rc != 0 and "has no attribute" not in output, output[-3000:]
+    for pi in ('pi-01', 'pi-02'):
+        assert counters[pi] == dict(counters[pi], failed=1), counters
+        assert re.search(r'fatal: \[%s\]: FAILED! => \{[^}]*"msg": "value of state must be one of: on, off, cycled, '
+                         r'status, got: sideways' % pi, output), output[-3000:]
+    assert plugs.plugs['p1'].sets == 0 and plugs.plugs['p2'].sets == 0
+
+
 def test_status_table(tmp_path, plugs):
     roots, disks = tmp_path / 'roots', tmp_path / 'disks'
     (roots / '1234abcd').mkdir(parents=True)

@@ -12,6 +12,7 @@ such file systems; external tools run through one ``run(argv)`` callable. No Ans
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -205,14 +206,28 @@ def _attach(control, backing, image, readonly):
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.ENOTTY):  # a kernel before 5.8 has no LOOP_CONFIGURE
                     raise
-                fcntl.ioctl(loop, LOOP_SET_FD, backing)
-                fcntl.ioctl(loop, LOOP_SET_STATUS64, _loop_info64(image, flags))
+                _attach_in_two_steps(loop, backing, _loop_info64(image, flags))
             return device, loop
         except OSError as exc:
             os.close(loop)
             if exc.errno != errno.EBUSY:
                 raise
     raise OSError(errno.EBUSY, 'no free loop device stayed free for %s' % image)
+
+
+def _attach_in_two_steps(loop, backing, info):
+    """LOOP_SET_FD, then LOOP_SET_STATUS64 (autoclear, read-only): what LOOP_CONFIGURE does at once.
+
+    Between the two the device is attached without autoclear: if the second fails, it is detached
+    again here, or it would stay attached (and hold the image) after every unmount, for good.
+    """
+    fcntl.ioctl(loop, LOOP_SET_FD, backing)
+    try:
+        fcntl.ioctl(loop, LOOP_SET_STATUS64, info)
+    except OSError:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(loop, LOOP_CLR_FD, 0)
+        raise
 
 
 class Mounter:

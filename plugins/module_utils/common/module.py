@@ -6,7 +6,10 @@
   ``expand``), its validation problems (one rule: every problem of the arguments reported at once)
   and its diff entries (``file_diff``).
 - ``LOCK_ARGS`` and ``take_lock``: the bakery lock every writing module holds.
-- ``ModuleHost``: what the planners of module_utils need of the host (commands, warnings, modes).
+- ``ModuleHost``: what the planners of module_utils need of the host (commands with a deadline,
+  warnings, modes).
+- ``failed_pis_message``: the one message of a list module some of whose Pis failed (CONTRACTS part 3:
+  every other item is finished, ``failed_pis`` lists ``{serial, hostname, msg}``).
 
 The planners themselves (``_<topic>work.py``) never see the AnsibleModule: tests drive them with a
 host of their own.
@@ -14,13 +17,16 @@ host of their own.
 
 from __future__ import annotations
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import command as _command
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.lock import DEFAULT_PATH, BakeryLock, LockError
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.text import printable
 
 LOCK_ARGS = {
     'lock_file': {'type': 'path', 'default': DEFAULT_PATH},
     'lock_timeout': {'type': 'int', 'default': 3600},
 }
-LANG_C = {'LANG': 'C', 'LC_ALL': 'C'}  # for commands whose output is parsed
+COMMAND_ARGS = {'command_timeout': {'type': 'int', 'default': _command.DEFAULT_TIMEOUT}}
+LANG_C = _command.LANG_C
 SHOWN_PROBLEMS = 10  # a fleet-wide mistake must not make a message of a thousand lines; ``problems`` has all
 
 
@@ -54,33 +60,25 @@ def find_duplicates(items, key):
     return sorted(dupes, key=str)
 
 
-def printable(text):
-    """``text`` safe to show on a terminal: every character that is not printable (but newlines and tabs) as an
-    escape (``\\x1b``, ``\\u202e``); bytes that were not UTF-8 (surrogateescape) as ``\\xNN``.
-
-    Files a Pi wrote reach ``--diff`` output this way, so they cannot move the cursor, retitle the terminal
-    or hide lines. A backslash stays as it is (fstab writes a space as ``\\040``): this is for the eye only.
-    """
-    if text is None:
-        return None
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in '\n\t' or char.isprintable():
-            out.append(char)
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
-            out.append('\\x%02x' % (code - 0xDC00))
-        elif code < 0x100:
-            out.append('\\x%02x' % code)
-        else:
-            out.append('\\u%04x' % code if code < 0x10000 else '\\U%08x' % code)
-    return ''.join(out)
-
-
 def file_diff(header, before, after, after_header=None):
-    """One entry of a module's diff: a file's text (None: no file) before and after."""
-    return {'before': '' if before is None else before, 'after': '' if after is None else after,
-            'before_header': header, 'after_header': after_header or header}
+    """One entry of a module's diff: a file's text (None: no file) before and after.
+
+    The text may be a Pi's (or reach a terminal in any case): non-printable characters are escaped
+    (``common.text.printable``), so an escape sequence in it cannot rewrite what the admin sees.
+    """
+    return {'before': '' if before is None else printable(before), 'after': '' if after is None else printable(after),
+            'before_header': printable(header), 'after_header': printable(after_header or header)}
+
+
+def failed_pis_message(module_name, failed):
+    """``<module> failed for N Pi(s): <hostname or serial>: <why>; ...`` naming every failed Pi."""
+    return '%s failed for %d Pi(s): %s' % (module_name, len(failed), '; '.join(
+        '%s: %s' % (pi.get('hostname') or pi.get('serial') or pi.get('path'), pi['msg']) for pi in failed))
+
+
+def failed_pi(serial, hostname, msg, **extra):
+    """One entry of ``failed_pis``."""
+    return dict(extra, serial=serial, hostname=hostname, msg=msg)
 
 
 def problems_message(problems, where):
@@ -155,28 +153,26 @@ def take_lock(module, who, result=None):
 class ModuleHost:
     """What the planners of module_utils need of the host, taken from an AnsibleModule."""
 
-    def __init__(self, module):
+    def __init__(self, module, timeout=None):
         self.module = module
         self.check_mode = module.check_mode
         self.diff = module._diff
+        # Every tool gets a deadline (the module's command_timeout): a hung one costs only its Pi.
+        self.timeout = timeout or module.params.get('command_timeout') or _command.DEFAULT_TIMEOUT
 
     @property
     def tmpdir(self):
         return self.module.tmpdir  # made on first use only
 
-    def run(self, argv, pass_fds=()):
-        """(rc, out, err); ``pass_fds`` hands a command open files (/proc/self/fd/N), never a path to swap."""
-        return self.module.run_command(argv, environ_update=LANG_C,
-                                       pass_fds=list(pass_fds) or None)
+    def run(self, argv, pass_fds=(), timeout=None):
+        """(rc, out, err); ``pass_fds`` hands a command open files (/proc/self/fd/N), never a path to swap.
+        A command past its deadline is killed with its process group: rc 124, "timed out after N s"."""
+        return _command.run(argv, timeout or self.timeout, pass_fds=pass_fds)
 
-    def feed(self, argv, data):
+    def feed(self, argv, data, timeout=None):
         """(rc, out, err) of a command given ``data`` (bytes) on its stdin. A program that cannot start is
         rc 127, never a fail_json: worker threads call this."""
-        try:
-            return self.module.run_command(argv, data=data, binary_data=True, environ_update=LANG_C,
-                                           handle_exceptions=False)
-        except OSError as exc:
-            return 127, '', str(exc)
+        return _command.run(argv, timeout or self.timeout, data=data)
 
     def which(self, name, required=False):
         return self.module.get_bin_path(name, required=required)

@@ -11,6 +11,7 @@ so a user fixes them in one pass.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
@@ -225,20 +226,45 @@ def build(pis, settings):
         if pi['ssh_authorized_keys'] is not None:
             item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
         if pi['cloud_init'] is not None:
-            item['cloud_init'] = pi['cloud_init']
+            item['cloud_init'] = {'instance': pi['cloud_init']['instance']}
+            if pi['cloud_init']['user_data'] is not None:
+                # The user data may hold secrets: it stays out of the plan (a fact any -v prints); the roots
+                # step reads it from the inventory into pi_root's no_log option (fleet_user_data).
+                item['cloud_init_from'] = pi['name']
         roots.append(item)
-        exports.append({'path': root, 'clients': clients, 'options': list(ROOT_OPTIONS)})
+        # Each export and boot item names its Pi, so a Pi that fails one is named (failed_pis) and kept as it was.
+        mine = {'serial': pi['serial'], 'hostname': pi['hostname']}
+        exports.append(dict(mine, path=root, clients=clients, options=list(ROOT_OPTIONS)))
         disks.extend(dict(disk, serial=pi['serial']) for disk in pi['disks'])
         if pi['disks']:  # one file system per Pi holds all its disks: one export
-            exports.append({'path': os.path.join(disks_dir, pi['serial']), 'clients': clients,
-                            'options': list(ROOT_OPTIONS)})
-        boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'bakeform': pi['bakeform'], 'model': pi['model'],
-                     'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],
+            exports.append(dict(mine, path=os.path.join(disks_dir, pi['serial']), clients=clients,
+                                options=list(ROOT_OPTIONS)))
+        boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'serial': pi['serial'], 'bakeform': pi['bakeform'],
+                     'model': pi['model'], 'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],
                      'config_txt': pi['config_txt']})
     if settings.get('boot_mount') == 'nfs':
         exports += boot_exports(pis, settings['store'], scope)
+    for pi in pis:  # the plan is a fact (-v prints it): the Pis' user data stays out of it
+        if pi['cloud_init'] is not None:
+            pi['cloud_init'] = {'instance': pi['cloud_init']['instance'],
+                                'user_data': pi['cloud_init']['user_data'] is not None}
     return {'pis': pis, 'roots': roots, 'disks': disks, 'exports': exports, 'boot': boot,
             'serials': [pi['serial'] for pi in pis]}
+
+
+def user_data(roots, pis_vars):
+    """``roots`` items (of a plan) ready for pi_root: the user data of each that has some read from its Pi's
+    variables (``pis_vars``: {inventory name: {pi_* variables}}) as JSON text, which pi_root's ``no_log`` option
+    then hides whole (a mapping would have each of its values hidden wherever it appears in the result)."""
+    ready = []
+    for planned in roots:
+        name = planned.get('cloud_init_from')
+        item = {key: value for key, value in planned.items() if key != 'cloud_init_from'}
+        if name is not None:
+            data = load_user_data(pis_vars[name].get('pi_cloud_init'), name)
+            item['cloud_init'] = dict(item.get('cloud_init') or {}, user_data=json.dumps(data, sort_keys=True))
+        ready.append(item)
+    return ready
 
 
 def boot_exports(pis, store, scope):

@@ -169,9 +169,15 @@ def merge_entries(existing, items, exclusive):
     """The map's prefix entries after this run, and ``(prefix, name)`` of entries left by Pis that moved.
 
     ``items`` carry ``prefix``, ``name``, ``state`` and, when present, ``dirs``. Without ``exclusive`` the
-    ``existing`` entries of other Pis stay; an entry naming a listed Pi under another prefix goes.
+    ``existing`` entries of other Pis stay; an entry naming a listed Pi under another prefix goes. An item
+    in state ``keep`` (a Pi that failed) keeps the entries that name it, exactly as they are, unless a Pi
+    that is present takes that prefix.
     """
-    entries = {} if exclusive or not existing else dict(existing)
+    existing = existing or {}
+    keep = {item['name'] for item in items if item['state'] == 'keep'}
+    kept = {prefix: entry for prefix, entry in existing.items()
+            if isinstance(entry, dict) and entry.get('name') in keep}
+    entries = {} if exclusive else {prefix: entry for prefix, entry in existing.items() if prefix not in kept}
     for item in items:
         entries.pop(item['prefix'], None)
     by_name = {}
@@ -186,6 +192,8 @@ def merge_entries(existing, items, exclusive):
             del entries[prefix]
             moved.append((prefix, item['name']))
         entries[item['prefix']] = {'name': item['name'], 'dirs': list(item['dirs'])}
+    for prefix, entry in kept.items():
+        entries.setdefault(prefix, entry)
     return entries, moved
 
 

@@ -6,8 +6,11 @@
 files of each Pi's bakeform generation and the map and returns a ``Plan`` (the files to write or remove,
 the map, the problems found, the Pis that failed); ``apply(plan)`` makes it so. Each Pi is served the
 boot files of its root's generation (``generations/<N>/boot``), so its kernel always boots with its own
-modules; a generation that is not there fails that Pi alone (its folder and map entry stay as they
-were). See ``bootfiles`` for what the files hold. No AnsibleModule here.
+modules. See ``bootfiles`` for what the files hold. No AnsibleModule here.
+
+A Pi that fails (its bakeform or generation missing or unable to boot it, its folder not ours, its nfsroot wrong)
+fails alone: it is planned as ``keep``, so its folder and its map entry stay exactly as they were
+(never removed, never changed because of the failure), and every other Pi is written.
 """
 
 from __future__ import annotations
@@ -27,20 +30,28 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform imp
 
 
 def check_items(pis):
-    """``(items, problems)``: the Pis normalised (prefix, nfsroot), and every problem found in them."""
+    """``(items, problems)``: the Pis normalised (prefix, nfsroot), and the problems that make the call wrong.
+
+    A Pi that cannot be named (its name or prefix) is a problem of the call; one whose nfsroot or
+    config.txt lines or generation are wrong fails alone: its item gets ``failed`` (the message).
+    """
     items, problems = [], []
     for index, raw in enumerate(pis):
         item = dict(raw)
         try:
             check_inventory_name(item['name'])
             item['prefix'] = normalise_prefix(item['prefix'])
-            if item.get('generation') is not None:
-                item['generation'] = _generations.check_id(item['generation'], 'generation of %s' % item['name'])
-            if item['state'] == 'present':
-                item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
-                bf.check_config_lines(item['config_txt'], item['name'])
-        except ValueError as exc:  # BootFilesError is one
+        except ValueError as exc:
             problems.append('item %d of pis: %s' % (index, exc))
+        else:
+            try:
+                if item.get('generation') is not None:
+                    item['generation'] = _generations.check_id(item['generation'], 'generation of %s' % item['name'])
+                if item['state'] == 'present':
+                    item['nfsroot'] = bf.parse_nfsroot(item['nfsroot'], item['name'])
+                    bf.check_config_lines(item['config_txt'], item['name'])
+            except ValueError as exc:  # BootFilesError is one
+                item['failed'] = str(exc)
         items.append(item)
     for key in ('prefix', 'name'):
         dupes = find_duplicates(items, key)
@@ -55,8 +66,8 @@ class Plan:
 
     def __init__(self, map_path):
         self.pis = []  # one result entry per Pi of the call
-        self.problems = []
-        self.failed = []  # {serial (the prefix), hostname (the name), msg} of each Pi that failed alone
+        self.problems = []  # of the call as a whole (a default bakeform missing)
+        self.failed = {}  # name -> why, for the Pis that failed alone (kept as they were)
         self.writes = []  # (folder, [(file, before, after)], new folder?)
         self.removals = {}  # folder -> its files, for the diff
         self.map = {'path': map_path, 'changed': False, 'prefixes': 0}
@@ -93,16 +104,38 @@ class PiBoots:
 
     def plan(self, items):
         plan = Plan(self.map_path)
-        wanted = {item['prefix'] for item in items if item['state'] == 'present'}
         for item in items:
-            if item['state'] == 'present':
+            if item.get('failed'):
+                self.fail(plan, item, item['failed'])
+            elif item['state'] == 'present':
                 self.plan_present(plan, item)
-            else:
+            elif item['state'] == 'absent':
                 self.plan_absent(plan, item)
+            else:
+                plan.pis.append(self.entry(item, 'keep'))
+        # A Pi that failed is kept as it was: in the map, and its folder never a stray.
+        items = [dict(item, state='keep') if item['name'] in plan.failed else item for item in items]
+        existing = self.read_map(plan)
+        entries, moved = bf.merge_entries(existing and existing['prefixes'], items, self.exclusive)
         if self.exclusive:
-            self.plan_strays(plan, wanted)
-        self.plan_map(plan, items)
+            self.plan_strays(plan, {item['prefix'] for item in items if item['state'] != 'absent'} | set(entries))
+        for prefix, name in moved:
+            self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
+        self.plan_map(plan, existing, entries)
         return plan
+
+    def entry(self, item, state):
+        return {'name': item['name'], 'prefix': item['prefix'], 'dir': os.path.join(self.boot_dir, item['prefix']),
+                'state': state, 'changed': False, 'files': [], 'generation': None}
+
+    def fail(self, plan, item, msg):
+        """The Pi fails alone: its result says why (nothing of it is planned), and it is kept as it was."""
+        plan.failed[item['name']] = msg
+        found = [entry for entry in plan.pis if entry['name'] == item['name']]
+        if not found:
+            found = [self.entry(item, 'failed')]
+            plan.pis.append(found[0])
+        found[0].update(state='failed', msg=msg)
 
     def generation(self, name, generation):
         """(boot dir, {cmdline.txt, config.txt: text or None}, models, label) of a generation, read once per run;
@@ -133,9 +166,8 @@ class PiBoots:
         files = {file: _atomic.read_text(os.path.join(boot, file)) for file in (bf.CMDLINE, bf.CONFIG)}
         return boot, files, boot_models(bake.gen_dir(number)), bake.label(number)
 
-    @staticmethod
-    def folder_state(plan, item, folder):
-        """The managed files in the Pi's folder, or None when it is there but not ours."""
+    def folder_state(self, plan, item, folder):
+        """The managed files in the Pi's folder, or None (the Pi failed) when it is there but not ours."""
         try:
             mode = os.lstat(folder).st_mode
         except FileNotFoundError:
@@ -145,25 +177,25 @@ class PiBoots:
             current = {file: _atomic.read_text(os.path.join(folder, file)) for file in bf.MANAGED}
             if bf.json_object(current[bf.MARKER]) is not None or not os.listdir(folder):
                 return current
-        plan.problems.append('boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
-                             'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
+        self.fail(plan, item, 'boot folder %s for %s exists but pi_boot did not make it (not a folder with %s inside); '
+                              'move it away or give the Pi another prefix' % (folder, item['name'], bf.MARKER))
         return None
 
     def plan_present(self, plan, item):
         info = self.generation(item['bakeform'], item.get('generation'))
         folder = os.path.join(self.boot_dir, item['prefix'])
-        entry = {'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'present',
-                 'changed': False, 'files': [], 'generation': None}
+        entry = self.entry(item, 'present')
         plan.pis.append(entry)
-        problem = info if isinstance(info, str) else bf.model_problem(item['name'], item['model'], info[3], info[2])
-        if problem:  # this Pi alone: its folder and map entry stay as they are
-            item['failed'] = True
-            msg = problem if not isinstance(info, str) else 'boot files not found for %s: %s' % (item['name'], problem)
-            plan.failed.append({'serial': item['prefix'], 'hostname': item['name'], 'msg': msg})
-            entry.update(failed=True, msg=msg)
+        item['folder'] = folder
+        if isinstance(info, str):
+            self.fail(plan, item, 'boot files not found for %s: %s' % (item['name'], info))
+            return
+        item['dirs'] = [folder, info[0]]
+        problem = bf.model_problem(item['name'], item['model'], info[3], info[2])
+        if problem:
+            self.fail(plan, item, problem)
             return
         entry['generation'] = info[3]
-        item['dirs'] = [folder, info[0]]
         current = self.folder_state(plan, item, folder)
         if current is None:
             return
@@ -175,8 +207,7 @@ class PiBoots:
     def plan_absent(self, plan, item):
         folder = os.path.join(self.boot_dir, item['prefix'])
         removed = self.remove_marked(plan, folder)
-        plan.pis.append({'name': item['name'], 'prefix': item['prefix'], 'dir': folder, 'state': 'absent',
-                         'changed': removed, 'files': sorted(plan.removals.get(folder, []))})
+        plan.pis.append(dict(self.entry(item, 'absent'), changed=removed, files=sorted(plan.removals.get(folder, []))))
 
     @staticmethod
     def remove_marked(plan, folder, name=None):
@@ -198,11 +229,14 @@ class PiBoots:
             if not name.startswith('.') and name not in wanted:
                 self.remove_marked(plan, os.path.join(self.boot_dir, name))
 
-    def plan_map(self, plan, items):
-        before = _atomic.read_text(self.map_path)
-        existing = bf.read_map(before)
-        if before is not None and existing is None:
+    def read_map(self, plan):
+        plan.map_before = _atomic.read_text(self.map_path)
+        existing = bf.read_map(plan.map_before)
+        if plan.map_before is not None and existing is None:
             self.warn('%s is not a fleet map pi_boot can read; it is replaced' % self.map_path)
+        return existing
+
+    def plan_map(self, plan, existing, entries):
         if self.default_bakeform:
             info = self.generation(self.default_bakeform, None)
             if isinstance(info, str):
@@ -212,16 +246,8 @@ class PiBoots:
             default = existing['default']
         else:
             default = []
-        served = [item for item in items if not item.get('failed')]
-        entries, moved = bf.merge_entries(existing and existing['prefixes'], served, self.exclusive)
-        for item in items:  # a Pi that failed keeps what it boots now
-            old = ((existing or {}).get('prefixes') or {}).get(item['prefix'])
-            if item.get('failed') and isinstance(old, dict) and old.get('name') == item['name']:
-                entries[item['prefix']] = old
-        for prefix, name in moved:
-            self.remove_marked(plan, os.path.join(self.boot_dir, prefix), name)
-        plan.map_before, plan.map_text = before, bf.render_map(bf.build_map(default, entries))
-        plan.map.update(changed=plan.map_text != before, prefixes=len(entries))
+        plan.map_text = bf.render_map(bf.build_map(default, entries))
+        plan.map.update(changed=plan.map_text != plan.map_before, prefixes=len(entries))
 
     # ------------------------------------------------------------------ apply
 

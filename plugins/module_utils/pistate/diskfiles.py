@@ -8,6 +8,10 @@ container's ``confined.Tree`` with ``O_NOFOLLOW``, ``disk.img`` from that direct
 checked to be a regular file with ``fstat`` on the open descriptor, and tools get ``/proc/self/fd/N``
 (the file we checked, whatever the name points to by then), never a path. New disks are built as an
 unnamed ``O_TMPFILE`` and linked into place whole. ``run(argv, pass_fds=())`` runs the tools.
+
+Once linked in, a ``disk.img`` is the Pi's and written raw: nothing here reads its content. ``inspect``
+is ``fstat`` only; ``grow`` only makes the file longer (by a hole). The one tool ever run on a disk
+is ``mkfs.ext4``, on the fresh unnamed file, before any Pi could see it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks impo
     DiskError,
     check_name,
     human,
-    parse_ext_super,
 )
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -108,20 +111,19 @@ class DiskFiles:
 
     # ------------------------------------------------------------------ reading
 
-    def inspect(self, name, recorded_fstype):
-        """``{'size', 'allocated', 'fstype', 'ext', 'extra'}`` of a disk, or None when it has no disk.img.
+    def inspect(self, name, recorded_fstype, blank=None):
+        """``{'size', 'allocated', 'fstype', 'blank', 'extra'}`` of a disk, or None when it has no disk.img.
 
-        The fstype is the one the index records when there is one (a Pi may put its own file system on
-        a ``none`` disk), else what the file holds. ``extra``: other entries in the disk's directory.
+        From ``fstat`` alone: the content is the Pi's and never read. The fstype and ``blank`` are what
+        the index recorded (None when it cannot say: an index lost and rebuilt). ``extra``: other
+        entries in the disk's directory.
         """
         with self.image(name) as (fd, st):
             if fd is None:
                 return None
-            ext = parse_ext_super(os.pread(fd, 1024, 1024))
-        fstype = recorded_fstype or ('ext4' if ext else 'none')
         extra = any(entry != IMAGE for entry in self.names(name, 2))
-        return {'size': st.st_size, 'allocated': st.st_blocks * 512, 'fstype': fstype,
-                'ext': ext if fstype == 'ext4' else None, 'extra': extra}
+        return {'size': st.st_size, 'allocated': st.st_blocks * 512, 'fstype': recorded_fstype, 'blank': blank,
+                'extra': extra}
 
     def is_dir(self, name):
         st = self.tree.lstat(name)
@@ -162,8 +164,13 @@ class DiskFiles:
     # ------------------------------------------------------------------ writing
 
     def create(self, name, size, fstype):
-        """Make ``<name>/disk.img``: sparse (a hole, not written zeros), formatted when ext4, linked in whole."""
+        """Make ``<name>/disk.img``: sparse (a hole, not written zeros), formatted when ext4, linked in whole.
+
+        Returns the bytes it has allocated (its blank file system), which the index keeps (``has_data``).
+        The fresh file is formatted before it has a name: no Pi has seen it yet.
+        """
         what = 'disk %s of Pi %s' % (name, self.serial)
+        made = {}
 
         def fill(fd):
             try:
@@ -175,11 +182,15 @@ class DiskFiles:
                 self.tool([self.which('mkfs.ext4', True), '-q', '-F', '-L', name[:16], '-E',
                            'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '--', fd_path(fd)], fd,
                           'formatting %s as ext4' % what)
+                os.fsync(fd)  # its blocks allocated now, so the count below is the one a Pi's writes add to
+            made['allocated'] = os.fstat(fd).st_blocks * 512
 
         self._link_new(name, fill)
+        return made['allocated']
 
-    def grow(self, name, size, fstype):
-        """Grow the file by a hole to ``size``, then its ext4 file system (never through a path)."""
+    def grow(self, name, size):
+        """Grow ``<name>/disk.img`` to ``size`` by a hole, never through a path. Its file system stays as it is:
+        the Pi grows it (resize2fs on the Pi, or x-systemd.growfs), the bakery never parses a Pi's bytes."""
         what = 'disk %s of Pi %s' % (name, self.serial)
         with self.image(name, write=True) as (fd, st):
             if fd is None:
@@ -190,17 +201,6 @@ class DiskFiles:
                                 'changed it); disks never shrink' % (what, human(st.st_size), human(size)))
             if st.st_size < size:
                 os.ftruncate(fd, size)
-            if fstype != 'ext4':
-                return
-            ext = parse_ext_super(os.pread(fd, 1024, 1024))
-            if ext is None or ext['needs_recovery']:
-                raise DiskError('growing the ext4 file system of %s refused: it is unreadable or a Pi has it '
-                                'mounted; shut the Pi down (then e2fsck -f its disk.img) and run again' % what)
-            # e2fsck -p exits 1 when it fixed something: still fit for resize2fs.
-            self.tool([self.which('e2fsck', True), '-f', '-p', fd_path(fd)], fd,
-                      'checking the ext4 file system of %s before growing it (run e2fsck -f on %s by hand)'
-                      % (what, os.path.join(self.top, name, IMAGE)), ok=(0, 1))
-            self.tool([self.which('resize2fs', True), fd_path(fd)], fd, 'growing the ext4 file system of %s' % what)
 
     def remove(self, name):
         """Delete ``<name>/disk.img`` (the disk is gone from then on), then whatever else is in ``<name>``."""

@@ -12,13 +12,19 @@ Layout in ``<disks_dir>`` (mode 0700, out of every Pi's reach):
 A Pi can forge NFS handles naming any inode of the file system it is exported; a file system of
 its own holding only its disks is all such a handle can reach (``loopfs``). Pure functions here;
 ``diskfiles`` touches files, ``diskwork`` plans and applies. No AnsibleModule here.
+
+A ``disk.img`` is the Pi's, written raw: the bakery never parses it (no superblock read, no
+``e2fsck``, ``resize2fs``, ``debugfs``, ``blkid`` or ``mount`` on it), because a parser run as root
+on bytes a Pi chose is the Pi's way into the bakery (and an ``e2fsck`` waiting on the MMP interval
+the Pi set stops every module behind the lock). What pi_disk knows of a disk is what the bakery
+itself knows: the file's size and allocation (``fstat``) and what its index recorded when it made
+it. Growing a disk grows the file; the Pi grows its own file system.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import MIB, human
@@ -37,10 +43,6 @@ FIXED = 16 * MIB  # superblock, descriptors, bitmaps, root and lost+found of a s
 SLACK = 64 * MIB
 MIN_INODES = 256  # two per disk; ext4 cannot add inodes later except by growing
 INODE_RATIO = 4 * MIB  # mke2fs -T largefile4: disk images are few and large
-# ext2/3/4 superblock (1024 bytes in): the few fields planning needs, little-endian.
-_EXT_MAGIC = 0xEF53
-_INCOMPAT_RECOVER = 0x4
-_INCOMPAT_64BIT = 0x80
 
 
 class DiskError(Exception):
@@ -92,48 +94,28 @@ def inode_count(capacity):
 # --------------------------------------------------------------------------- disks
 
 
-def parse_ext_super(block):
-    """The ext2/3/4 superblock fields planning needs from its 1024 bytes, or None when it is none."""
-    if len(block) < 1024 or struct.unpack_from('<H', block, 0x38)[0] != _EXT_MAGIC:
-        return None
-    inodes, blocks_lo, _unused_reserved, _unused_free_blocks, free_inodes = struct.unpack_from('<5I', block, 0)
-    log_block, _unused_log_cluster, per_group = struct.unpack_from('<3I', block, 0x18)
-    incompat = struct.unpack_from('<I', block, 0x60)[0]
-    blocks_hi = struct.unpack_from('<I', block, 0x150)[0] if incompat & _INCOMPAT_64BIT else 0
-    if log_block > 6:
-        return None  # not a block size ext4 has: garbage that happens to carry the magic
-    block_size = 1024 << log_block
-    return {
-        'block_size': block_size,
-        'fs_size': ((blocks_hi << 32) | blocks_lo) * block_size,
-        'group_size': per_group * block_size,
-        'inodes_used': inodes - free_inodes,
-        'first_inode': struct.unpack_from('<I', block, 0x54)[0],
-        'needs_recovery': bool(incompat & _INCOMPAT_RECOVER),
-    }
-
-
 def has_data(current):
-    """Whether removing a disk would lose something: what ``absent`` without force refuses.
+    """Whether removing a disk could lose something: what ``absent`` without force refuses.
 
-    ``none``: any allocated block (a fresh sparse file has none). ``ext4``: more inodes in use than
-    a fresh file system (reserved inodes and lost+found), or a journal that needs recovery (mounted
-    by a Pi), or an unreadable superblock (so we cannot tell). Either: other files the Pi put in
-    the disk's directory.
+    Told from the file alone, never from its content: ``none``, any allocated block (a fresh sparse
+    file has none); ``ext4``, more blocks allocated than its blank file system had when pi_disk made it
+    (``blank`` in the index: a Pi that only mounted it counts as having written, which errs on the safe
+    side), or no such record (a disk made before pifleet kept it: it cannot tell). Either: other files
+    the Pi put in the disk's directory.
     """
     if current.get('extra'):
         return True
-    if current['fstype'] != 'ext4':
-        return current['allocated'] > 0
-    ext = current['ext']
-    return ext is None or ext['needs_recovery'] or ext['inodes_used'] > ext['first_inode']
+    if current['fstype'] == 'ext4':
+        blank = current.get('blank')
+        return blank is None or current['allocated'] > blank
+    return current['allocated'] > 0
 
 
 def plan_disk(want, current, dir_exists=False):
-    """The action that takes one disk from ``current`` (see _diskfiles.inspect) to ``want``; DiskError if refused.
+    """The action that takes one disk from ``current`` (see diskfiles.inspect) to ``want``; DiskError if refused.
 
-    Returns ``created``, ``grown`` (``resize_only`` when only the ext4 file system lags behind its
-    file, after an interrupted grow), ``unchanged`` or ``removed``.
+    Returns ``created``, ``grown`` (the file by a hole; the Pi grows its file system), ``unchanged`` or
+    ``removed``. Only the file's size decides: the file system inside it is the Pi's.
     """
     what = 'disk %s of Pi %s' % (want['name'], want['serial'])
     if want['state'] == 'absent':
@@ -144,52 +126,45 @@ def plan_disk(want, current, dir_exists=False):
                         'use fstype: none' % (human(size), what, human(MIN_EXT4)))
     if current is None:
         return {'action': 'created', 'size': size}
-    if current['fstype'] != fstype:
+    if current['fstype'] not in (None, fstype):  # None: an index lost and rebuilt cannot say
         raise DiskError('changing the file system of %s from %s to %s refused: disks are never reformatted (that '
                         'would destroy their data); keep fstype: %s, or remove the disk (state: absent) and create '
                         'it again' % (what, current['fstype'], fstype, current['fstype']))
     if size < current['size']:
-        raise DiskError('shrinking %s refused: it is %s and size asks for %s; disks never shrink (data would be '
-                        'cut off); keep size at %s or more, or create a new disk under another name'
-                        % (what, human(current['size']), human(size), human(current['size'])))
-    if fstype == 'ext4':
-        return _plan_ext4(size, current, what)
+        now = human(current['size'])
+        raise DiskError('shrinking %s refused: its disk.img is %s and size asks for %s; disks never shrink (data '
+                        'would be cut off). Keep size at %s or more, or create a new disk under another name; if the '
+                        'Pi made its disk.img bigger itself, shrink it back on the Pi (its own file system first) or '
+                        'remove the disk with force: true' % (what, now, human(size), now))
     if size == current['size']:
         return {'action': 'unchanged'}
-    return {'action': 'grown', 'size': size, 'resize_only': False}
+    return {'action': 'grown', 'size': size}
 
 
 def _plan_absent(want, current, dir_exists, what):
     if current is None:
         return {'action': 'removed' if dir_exists else 'unchanged'}
     if not want['force'] and has_data(current):
+        if current['fstype'] == 'ext4' and current.get('blank') is None:
+            why = 'pifleet has no record of how it looked blank (it was made before pifleet kept one)'
+        else:
+            why = '%s file system, %s allocated' % (current['fstype'], human(current['allocated']))
+            if current['fstype'] == 'ext4':
+                why += ', %s when pi_disk made it blank' % human(current['blank'])
         extra = ', and other files in its directory' if current.get('extra') else ''
-        raise DiskError('removing %s refused: it holds data (%s file system, %s allocated%s); set force: true '
-                        'to delete it with its data' % (what, current['fstype'], human(current['allocated']), extra))
+        raise DiskError('removing %s refused: it may hold data (%s%s); pi_disk never reads inside it to make sure. '
+                        'Set force: true to delete it with its data' % (what, why, extra))
     return {'action': 'removed'}
-
-
-def _plan_ext4(size, current, what):
-    ext = current['ext']
-    # resize2fs leaves less than one block group unused at the end; more means a grow was interrupted.
-    lagging = ext is not None and ext['fs_size'] + ext['group_size'] <= current['size']
-    if size == current['size'] and not lagging:
-        return {'action': 'unchanged'}
-    if ext is None:
-        raise DiskError('growing %s refused: its disk.img holds no readable ext4 file system; check it with '
-                        'e2fsck -f, or remove the disk and create it again' % what)
-    if ext['needs_recovery']:
-        raise DiskError('growing %s refused: its ext4 journal needs recovery, so a Pi has it mounted (or it was '
-                        'not cleanly unmounted); shut the Pi down (if it is already off, run e2fsck -f on the '
-                        'disk.img), then run again' % what)
-    return {'action': 'grown', 'size': size, 'resize_only': size == current['size']}
 
 
 # --------------------------------------------------------------------------- the index
 
 
 def parse_index(text):
-    """``{name: {'size', 'fstype'}}`` from an index's text; None when it is not one (rebuilt then)."""
+    """``{name: {'size', 'fstype'[, 'blank']}}`` from an index's text; None when it is not one (rebuilt then).
+
+    ``blank``: bytes an ext4 disk had allocated when pi_disk made it (its blank file system), see ``has_data``.
+    """
     try:
         entries = json.loads(text).get('disks', [])
         found = {}
@@ -197,6 +172,9 @@ def parse_index(text):
             name, size, fstype = entry['name'], entry['size'], entry.get('fstype')
             if check_name(name) is None and isinstance(size, int) and size > 0 and fstype in ('none', 'ext4'):
                 found[name] = {'size': size, 'fstype': fstype}
+                blank = entry.get('blank')
+                if isinstance(blank, int) and not isinstance(blank, bool) and blank >= 0:
+                    found[name]['blank'] = blank
         return found
     except (ValueError, AttributeError, TypeError, KeyError):
         return None
@@ -221,6 +199,7 @@ def render_index(layout, entries):
     """
     if not entries:
         return ''
-    disks = [{'name': name, 'file': layout.disk(name), 'size': entry['size'], 'fstype': entry['fstype'],
-              'nfs_path': layout.point} for name, entry in sorted(entries.items())]
+    disks = [dict({'name': name, 'file': layout.disk(name), 'size': entry['size'], 'fstype': entry['fstype'] or 'none',
+                   'nfs_path': layout.point}, **({'blank': entry['blank']} if entry.get('blank') is not None else {}))
+             for name, entry in sorted(entries.items())]
     return json.dumps({'serial': layout.serial, 'disks': disks}, indent=2, sort_keys=True) + '\n'

@@ -20,6 +20,12 @@ import tempfile
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError, Tree
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import (
+    failed_pi,
+    failed_pis_message,
+    file_diff,
+)
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.text import printable_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfs import PEEK_OPTIONS, Containers, loop_bytes
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import (
     DISKS_MODE,
@@ -80,7 +86,7 @@ class PiDisks:
 
     def run(self, items):
         """The whole call: (the module's result, the failure message or None)."""
-        result = {'changed': False, 'disks': [], 'pis': [], 'swept': []}
+        result = {'changed': False, 'disks': [], 'pis': [], 'swept': [], 'failed_pis': []}
         failed = []
         try:
             result['swept'] = self.prepare()
@@ -91,10 +97,10 @@ class PiDisks:
         finally:
             self.close()
         result['changed'] = self.shared_changed or any(pi['changed'] for pi in result['pis'])
+        result['failed_pis'] = [failed_pi(pi['serial'], None, pi['msg']) for pi in failed]
         if not failed:
             return result, None
-        reasons = ['%s: %s' % (pi['serial'], pi['msg']) for pi in failed]
-        return result, 'pi_disk failed for %d Pi(s): %s' % (len(failed), '; '.join(reasons))
+        return result, failed_pis_message('pi_disk', result['failed_pis'])
 
     def converge(self, items):
         """Plan and apply Pi by Pi. Returns (one result per Pi, one per item in order, the failed Pis)."""
@@ -129,18 +135,19 @@ class PiDisks:
                 if recorded is None:
                     self.host.warn('the index %s of Pi %s is unreadable: rebuilt from the disks in %s'
                                    % (lay.index, serial, lay.point))
-                recorded = {name: {'size': cur['size'], 'fstype': cur['fstype']} for name, cur in files.scan().items()}
+                recorded = {name: {'size': cur['size'], 'fstype': None} for name, cur in files.scan().items()}
             elif files is None:
                 recorded = {}  # an index without its file system lists nothing that exists
             plan['now'], entries = dict(recorded or {}), dict(recorded or {})
             for item in items:
                 name = item['name']
-                current = files.inspect(name, entries.get(name, {}).get('fstype')) if files else None
+                known = entries.get(name, {})
+                current = files.inspect(name, known.get('fstype'), known.get('blank')) if files else None
                 step = dict(plan_disk(item, current, bool(files and files.is_dir(name))), item=item, current=current)
                 if item['state'] == 'absent':
                     entries.pop(name, None)
                 else:
-                    entries[name] = {'size': step.get('size', current and current['size']), 'fstype': item['fstype']}
+                    entries[name] = plan_entry(step)
                 plan['steps'].append(step)
             leftovers = self.leftovers(files, plan['steps']) if files and not entries else []
         plan.update(entries=entries, new=render_index(lay, entries))
@@ -195,17 +202,11 @@ class PiDisks:
             check_name(name) is None and files.is_dir(name) and set(files.names(name, 3)) <= {IMAGE})]
         if strange:
             raise DiskError('%s, and it holds what pi_disk did not make (%s); migrate: true copies only disk.img '
-                            'files, so move those away first' % (old, ', '.join(strange[:5])))
+                            'files, so move those away first' % (old, ', '.join(map(printable_name, strange[:5]))))
+        # The old index lay in the Pi's directory: its fstype is a hint at most (never trusted for removal).
         recorded = parse_index(files.tree.read_text(LEGACY_INDEX, INDEX_LIMIT) or '') or {}
-        found = {}
-        for name, current in files.scan().items():
-            current['fstype'] = recorded.get(name, {}).get('fstype') or current['fstype']
-            if current['fstype'] == 'ext4' and (current['ext'] is None or current['ext']['needs_recovery']):
-                raise DiskError('%s; its disk %s cannot be migrated: its ext4 journal needs recovery (the Pi has it '
-                                'mounted) or it is unreadable; shut the Pi down, run e2fsck -f on %s, then run '
-                                'again' % (old, name, lay.disk(name)))
-            found[name] = {'size': current['size'], 'fstype': current['fstype']}
-        return found
+        return {name: {'size': current['size'], 'fstype': recorded.get(name, {}).get('fstype')}
+                for name, current in files.scan().items()}
 
     @staticmethod
     def leftovers(files, steps):
@@ -227,10 +228,13 @@ class PiDisks:
         if plan['legacy'] or not plan['image']:
             return {'action': 'migrated' if plan['legacy'] else 'created', 'capacity': capacity}
         capacity = max(capacity, plan['size'])  # never shrinks
+        # The container is the bakery's own file system (its kernel writes every byte of its metadata; the Pi only
+        # writes files in it over NFS): its superblock is not Pi-made bytes.
         info = _loopfs.read_superblock(plan['source'] or lay.image)
         if info is None:
-            raise DiskError('the disks file system %s of Pi %s is not readable ext4; check it with e2fsck -f (when '
-                            'it is unmounted), then run again' % (lay.image, lay.serial))
+            raise DiskError('the disks file system %s of Pi %s is not readable ext4 (pifleet made it: was it '
+                            'replaced or damaged on the bakery?); check it with e2fsck -f while it is unmounted '
+                            '(stop the NFS server first), then run again' % (lay.image, lay.serial))
         lagging = info['blocks'] * info['block_size'] + GROUP <= plan['size']
         grow = plan['size'] < capacity or lagging or (plan['source'] and loop_bytes(plan['source']) < plan['size'])
         unit = not self.boxes.unit_wanted(lay)
@@ -243,15 +247,18 @@ class PiDisks:
         lay, container = plan['layout'], plan['container']
         changed = container['action'] not in QUIET or plan['new'] != plan['old'] or any(
             step['action'] != 'unchanged' for step in plan['steps'])
-        if plan['new'] != plan['old'] and self.host.diff:
-            self.diffs.append({'before': plan['old'], 'after': plan['new'], 'before_header': lay.index,
-                               'after_header': lay.index})
         if container['action'] == 'kept':
             self.host.warn('Pi %s has no disks left, but its disks file system %s holds other files (%s): kept; '
                            'remove them, or remove its disks with force: true to delete it with them'
-                           % (plan['serial'], lay.point, ', '.join(container['leftovers'][:5])))
-        if changed and not self.host.check_mode:
-            self.change(plan)
+                           % (plan['serial'], lay.point, ', '.join(map(printable_name, container['leftovers'][:5]))))
+        try:
+            if changed and not self.host.check_mode:
+                self.change(plan)
+        finally:
+            # What was written (a new ext4 disk's index entry learns its blank size only once it is made).
+            after = plan.get('written', plan['new'])
+            if after != plan['old'] and self.host.diff:
+                self.diffs.append(file_diff(lay.index, plan['old'], after))
         return self.results(plan)
 
     def change(self, plan):
@@ -272,15 +279,18 @@ class PiDisks:
                         self.step(files, step, now)
         finally:
             text = render_index(lay, now) if plan['image'] else ''  # an index only beside its file system
+            plan['written'] = text
             if text != plan['old']:
                 _atomic.write_or_remove(lay.index, text or None, 0o600)  # beside the image, out of the Pi's reach
 
     def step(self, files, step, now):
         item, action = step['item'], step['action']
         if action == 'created':
-            files.create(item['name'], step['size'], item['fstype'])
+            blank = files.create(item['name'], step['size'], item['fstype'])
+            if item['fstype'] == 'ext4':
+                step['blank'] = blank
         elif action == 'grown':
-            files.grow(item['name'], step['size'], item['fstype'])
+            files.grow(item['name'], step['size'])
         elif action == 'removed':
             files.remove(item['name'])
         if item['state'] == 'present':
@@ -351,8 +361,13 @@ class PiDisks:
 
 
 def plan_entry(step):
-    item = step['item']
-    return {'size': step.get('size') or step['current']['size'], 'fstype': item['fstype']}
+    """The index entry of a disk after its step: its size, fstype and (ext4) how much its blank file system took."""
+    item, current = step['item'], step['current'] or {}
+    entry = {'size': step.get('size') or current['size'], 'fstype': item['fstype']}
+    blank = step.get('blank', current.get('blank'))
+    if item['fstype'] == 'ext4' and blank is not None:
+        entry['blank'] = blank
+    return entry
 
 
 def _lstat(path):

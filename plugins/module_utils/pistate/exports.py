@@ -262,34 +262,45 @@ def unescape_path(text):
 FS_NOTE = '# pifleet fs: '
 
 
-def check_items(items, backend, allow_world=False, shared=False, mount_roots=None):
-    """Check and normalise the entries of one nfs_export call in place (clients, options, the file system each
-    is); the warnings they draw. ``mount_roots`` (``_loopfs.mount_roots()``) unless ``shared``: then an export need
-    not be the top of a file system of its own. Raises ExportsError with the first problem."""
+def check_arguments(items):
+    """What makes a call wrong as a whole (not one export): items without a path, a path listed twice."""
     missing = [i for i, item in enumerate(items) if not item['path']]
     if missing:
         raise ExportsError('path missing for item %d of exports; give each item a path' % missing[0])
     dupes = find_duplicates(items, 'path')
     if dupes:
         raise ExportsError('exports lists %s more than once; give one item per path' % ', '.join(dupes))
+
+
+def check_item(item, backend, allow_world=False, shared=False, mount_roots=None):
+    """Check and normalise one entry in place (clients, options, the file system it is); the warnings it draws.
+    ``mount_roots`` (``_loopfs.mount_roots()``) unless ``shared``: then an export need not be the top of a file
+    system of its own. Raises ExportsError with its first problem; a ``keep`` entry is not looked at."""
+    if item['state'] == 'keep':
+        return []
+    check_path(item['path'], must_exist=item['state'] == 'present')
+    if backend == 'ganesha':
+        check_ganesha_path(item['path'])
+    if item['state'] == 'absent':
+        return []
+    if not item['clients']:
+        raise ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
+    item['clients'] = list(dict.fromkeys(normalise_client(c, item['path'], allow_world) for c in item['clients']))
+    item['options'] = normalise_options(item['options'], item['path'], backend, shared)
+    if not shared:
+        check_own_filesystem(item['path'], mount_roots)
+    item['fs'] = fs_identity(item['path'])
+    return ['export %s is read-write to %s: every host there can write; a Pi\'s root should go to its own address '
+            'only' % (item['path'], client)
+            for client in item['clients'] if 'rw' in item['options'] and is_network(client)]
+
+
+def check_items(items, backend, allow_world=False, shared=False, mount_roots=None):
+    """``check_arguments`` and ``check_item`` of every entry; raises ExportsError with the first problem."""
+    check_arguments(items)
     warnings = []
     for item in items:
-        check_path(item['path'], must_exist=item['state'] == 'present')
-        if backend == 'ganesha':
-            check_ganesha_path(item['path'])
-        if item['state'] == 'absent':
-            continue
-        if not item['clients']:
-            raise ExportsError('clients missing for export %s; give the Pi\'s address' % item['path'])
-        item['clients'] = list(dict.fromkeys(normalise_client(c, item['path'], allow_world) for c in item['clients']))
-        item['options'] = normalise_options(item['options'], item['path'], backend, shared)
-        if not shared:
-            check_own_filesystem(item['path'], mount_roots)
-        item['fs'] = fs_identity(item['path'])
-        if 'rw' in item['options']:
-            warnings.extend('export %s is read-write to %s: every host there can write; a Pi\'s root should go to '
-                            'its own address only' % (item['path'], client)
-                            for client in item['clients'] if is_network(client))
+        warnings += check_item(item, backend, allow_world, shared, mount_roots)
     return warnings
 
 
@@ -435,10 +446,18 @@ def add_include(config_text, exports_file):
 
 # ---- plan and write ----
 
-def merge(current, items, exclusive):
-    """The managed set after applying ``items`` (normalised entries with a ``state``) to ``current``."""
+def merge(current, items, exclusive, keep=()):
+    """The managed set after applying ``items`` (normalised entries with a ``state``) to ``current``.
+
+    ``keep``: paths whose current entry stays exactly as it is, whatever the items or ``exclusive`` say (a
+    Pi that failed keeps the export it had: never widened, never removed because a step failed); items in
+    state ``keep`` are kept the same way.
+    """
+    keep = set(keep) | {item['path'] for item in items if item['state'] == 'keep'}
     result = {} if exclusive else {path: dict(entry) for path, entry in current.items()}
     for item in items:
+        if item['path'] in keep:
+            continue
         if item['state'] == 'absent':
             result.pop(item['path'], None)
         else:
@@ -446,6 +465,11 @@ def merge(current, items, exclusive):
                                     'options': list(item['options'])}
             if item.get('fs'):
                 result[item['path']]['fs'] = item['fs']
+    for path in keep:
+        if path in current:
+            result[path] = dict(current[path])
+        else:
+            result.pop(path, None)
     return result
 
 

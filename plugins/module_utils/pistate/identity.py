@@ -23,10 +23,10 @@ import json
 import os
 import re
 import struct
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import command as _command
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootfix import differs
 
@@ -300,11 +300,13 @@ def keygen_argv(keygen, kind, hostname, key):
     return [keygen, '-q', '-N', '', '-t', kind, '-C', 'root@%s' % hostname, '-f', key]
 
 
-def run_in_thread(argv):
-    """(rc, stdout, stderr) of ``argv``, safe to call from several threads at once (run_command's preexec_fn is not)."""
-    proc = subprocess.run(argv, capture_output=True, text=True, errors='replace', check=False, close_fds=True,
-                          env=dict(os.environ, LANG='C', LC_ALL='C'), timeout=600)
-    return proc.returncode, proc.stdout, proc.stderr
+DEFAULT_TIMEOUT = _command.DEFAULT_TIMEOUT
+
+
+def run_in_thread(argv, timeout=DEFAULT_TIMEOUT):
+    """(rc, stdout, stderr) of ``argv``, safe to call from several threads at once (run_command's preexec_fn is not);
+    a hung ssh-keygen is killed after ``timeout`` s (rc 124, "timed out after"), costing only its Pi."""
+    return _command.run(argv, timeout)
 
 
 class KeyForge:

@@ -96,7 +96,9 @@ class Parts:
 
     def key_forge(self):
         if self.forge is None:
+            timeout = getattr(self.host, 'timeout', None) or _identity.DEFAULT_TIMEOUT
             self.forge = _identity.KeyForge(self.identities.roots_dir, self.host.which('ssh-keygen', True),
+                                            run=lambda argv: _identity.run_in_thread(argv, timeout),
                                             setpriv=self.host.which('setpriv', False))
         return self.forge
 

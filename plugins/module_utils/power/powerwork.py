@@ -54,7 +54,7 @@ class PiPower:
 
     def run_program(self, argv, data, timeout):
         """Run a device program bounded by coreutils timeout (rc 124 when it ran too long)."""
-        return self.host.feed([self.timeout_bin, '-k', '2', '%gs' % timeout, *argv], data)
+        return self.host.feed([self.timeout_bin, '-k', '2', '%gs' % timeout, *argv], data, timeout=timeout + 10)
 
     def resolve(self, program, name, driver):
         """Absolute path of a device program, checked here so that workers never fail the module."""

@@ -121,6 +121,56 @@ def test_invalid_arguments_fail_and_write_nothing(run_module, lab, extra, messag
     assert os.listdir(lab / 'exports.d') == []
 
 
+def test_a_bad_entry_keeps_its_export_and_the_others_are_written(run_module, lab):
+    """Fail per Pi: Pi A's entry is wrong this time (its directory went, as a root whose mount failed); it keeps
+    the export it had, even with exclusive, while Pi B's changes and Pi C's new export are written; the task then
+    fails naming Pi A by its serial. Pi D, kept (state keep), stays as it was too."""
+    target = lab / 'exports.d' / 'pifleet.exports'
+    for name in ('pi-c', 'pi-d'):
+        (lab / name).mkdir()
+    first = [{'path': str(lab / n), 'clients': [ip]} for n, ip in (('pi-a', '10.99.20.50'), ('pi-b', '10.99.20.51'),
+                                                                   ('pi-d', '10.99.20.53'))]
+    run_module(nfs_export.main, kernel(lab, exclusive=True, exports=first))
+    had = {line.split()[0]: line for line in lines(target)}
+    (lab / 'pi-a').rmdir()
+    result = run_module(nfs_export.main, kernel(lab, exclusive=True, exports=[
+        {'path': str(lab / 'pi-a'), 'clients': ['10.99.20.0/24'], 'serial': '0000000a', 'hostname': 'pi-a'},
+        {'path': str(lab / 'pi-b'), 'clients': ['10.99.20.52'], 'serial': '0000000b'},
+        {'path': str(lab / 'pi-c'), 'clients': ['10.99.20.54'], 'serial': '0000000c'},
+        {'path': str(lab / 'pi-d'), 'state': 'keep', 'serial': '0000000d'},
+    ]))
+    assert result.failed and result.result['changed'] is True, result.result
+    assert result.result['msg'] == ('nfs_export failed for 1 Pi(s): pi-a: path %s of an export is not a directory '
+                                    'on this host; create it first (a Pi root or boot directory) or correct the '
+                                    'path' % (lab / 'pi-a'))
+    assert result.result['failed_pis'] == [{'serial': '0000000a', 'hostname': 'pi-a', 'path': str(lab / 'pi-a'),
+                                            'msg': result.result['failed_exports'][0]['msg']}]
+    now = {line.split()[0]: line for line in lines(target)}
+    assert now[str(lab / 'pi-a')] == had[str(lab / 'pi-a')]  # kept as it was: not removed, not widened
+    assert now[str(lab / 'pi-d')] == had[str(lab / 'pi-d')]
+    assert now[str(lab / 'pi-b')].startswith('%s 10.99.20.52(' % (lab / 'pi-b'))
+    assert now[str(lab / 'pi-c')].startswith('%s 10.99.20.54(' % (lab / 'pi-c'))
+    assert [(r['path'], r.get('failed', False)) for r in result.result['results']] == [
+        (str(lab / n), n == 'pi-a') for n in ('pi-a', 'pi-b', 'pi-c', 'pi-d')]
+    # A Pi without an export keeps none: keep never adds one.
+    again = run_module(nfs_export.main, kernel(lab, exclusive=True, exports=[
+        {'path': str(lab / 'pi-b'), 'clients': ['10.99.20.52']}, {'path': str(lab / 'pi-e'), 'state': 'keep'}]))
+    assert not again.failed and [line.split()[0] for line in lines(target)] == [str(lab / 'pi-b')]
+
+
+def test_nfs_export_reads_and_writes_under_the_lock(run_module, lab):
+    """It read the file before it took the lock: another run's change between the two was lost."""
+    (lab / 'run').mkdir()
+    (lab / 'run').chmod(0o755)  # a lock directory others may enter: refused before the file is even read
+    result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'],
+                                                lock_file=str(lab / 'run' / 'pifleet.lock')))
+    assert result.failed and "the bakery lock's directory" in result.result['msg']
+    assert os.listdir(lab / 'exports.d') == []
+    checked = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'],
+                                                 lock_file=str(lab / 'run' / 'pifleet.lock')), check_mode=True)
+    assert not checked.failed and checked.result['changed'] is True  # check mode takes no lock
+
+
 def test_allow_world_lets_star_through(run_module, lab):
     result = run_module(nfs_export.main, kernel(lab, path=str(lab / 'boot'), clients=['*'], options=['ro'],
                                                 allow_world=True)).result
@@ -147,12 +197,13 @@ def test_manual_lines_are_dropped_with_a_warning(run_module, lab, warnings):
 def fake_exportfs(monkeypatch):
     calls = []
 
-    def run_command(self, argv, **kwargs):
+    def run(argv, timeout, **kwargs):
+        assert timeout == 600  # command_timeout's default: exportfs never hangs the bakery
         calls.append(list(argv))
         return calls_rc.pop(0) if calls_rc else (0, '', '')
 
     calls_rc = []
-    monkeypatch.setattr(basic.AnsibleModule, 'run_command', run_command)
+    monkeypatch.setattr(nfs_export._command, 'run', run)
     monkeypatch.setattr(basic.AnsibleModule, 'get_bin_path', lambda self, name, **kw: '/usr/sbin/' + name)
     return calls, calls_rc
 

@@ -47,7 +47,8 @@ def lab(tmp_path):
 
 def args(lab, pis, **extra):
     return dict({'store': str(lab / 'bakeforms'), 'boot_dir': str(lab / 'pis'),
-                 'map_path': str(lab / 'tftp' / 'map.json')}, pis=pis, **extra)
+                 'map_path': str(lab / 'tftp' / 'map.json'),
+                 'lock_file': str(lab.parent / (lab.name + '.lock'))}, pis=pis, **extra)
 
 
 def pi(number, **extra):
@@ -178,14 +179,16 @@ def test_not_exclusive_keeps_others_and_moves_a_renumbered_pi(run_module, lab):
 
 
 def failure(run_module, lab, pis, **extra):
+    """A call refused as a whole: it fails, without failed_pis, and changes nothing."""
     before = snapshot(lab)
     outcome = run_module(pi_boot.main, args(lab, pis, **extra))
     assert outcome.failed, outcome.result
     assert snapshot(lab) == before  # a refused run changes nothing
+    assert outcome.result.get('failed_pis', []) == []
     return outcome.result['msg']
 
 
-def fails_alone(run_module, lab, pis, failing, **extra):
+def fails_some(run_module, lab, pis, failing, **extra):
     """A run where the Pis named ``failing`` fail alone: the others are served; returns the result."""
     outcome = run_module(pi_boot.main, args(lab, pis, **extra))
     assert outcome.failed, outcome.result
@@ -199,8 +202,9 @@ def fails_alone(run_module, lab, pis, failing, **extra):
 
 
 def test_model_mismatch_fails_that_pi_alone(run_module, lab):
-    result = fails_alone(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)], ['pi-07'])
-    assert result['failed_pis'][0] == {'serial': '00001007', 'hostname': 'pi-07', 'msg': (
+    result = fails_some(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)], ['pi-07'])
+    assert result['failed_pis'][0] == {'serial': '00001007', 'hostname': 'pi-07', 'name': 'pi-07',
+                                       'prefix': '00001007', 'msg': (
         'pi-07 is a Pi 5 but bakeform old@1 has boot files for Pi 3, 4 only; pick a bakeform with kernel_2712.img')}
     assert not (lab / 'pis' / '00001007').exists() and (lab / 'pis' / '00001001' / 'cmdline.txt').exists()
 
@@ -208,7 +212,7 @@ def test_model_mismatch_fails_that_pi_alone(run_module, lab):
 def test_model_from_boot_files_without_manifest(run_module, lab):
     manifest = lab / 'bakeforms/old/generations/1/manifest.json'
     manifest.write_text('{"name": "old"}')  # no models: only start4.elf in its boot files tells
-    result = fails_alone(run_module, lab, [pi(7, bakeform='old', model=3)], ['pi-07'])
+    result = fails_some(run_module, lab, [pi(7, bakeform='old', model=3)], ['pi-07'])
     assert 'has boot files for Pi 4 only; pick a bakeform with start.elf' in result['msg']
 
 
@@ -216,7 +220,7 @@ def test_a_missing_generation_fails_that_pi_alone_and_keeps_what_it_boots(run_mo
     run_module(pi_boot.main, args(lab, [pi(1), pi(2)]))
     before = {path: text for path, text in snapshot(lab).items() if path.startswith('pis/00001002')}
     entry = read_map(lab)['prefixes']['00001002']
-    result = fails_alone(run_module, lab, [pi(1, cmdline_extra='quiet'), pi(2, generation=9, cmdline_extra='quiet'),
+    result = fails_some(run_module, lab, [pi(1, cmdline_extra='quiet'), pi(2, generation=9, cmdline_extra='quiet'),
                                            pi(3)], ['pi-02'])
     assert result['failed_pis'][0]['msg'] == (
         'boot files not found for pi-02: generation bw@9 is not in %s (there: 1); register the image with '
@@ -231,8 +235,28 @@ def test_a_store_before_generations_is_named(run_module, lab):
     old = lab / 'bakeforms' / 'legacy'
     (old / 'boot').mkdir(parents=True)
     (old / 'manifest.json').write_text('{"name": "legacy"}')
-    result = fails_alone(run_module, lab, [pi(1, bakeform='legacy'), pi(2)], ['pi-01'])
+    result = fails_some(run_module, lab, [pi(1, bakeform='legacy'), pi(2)], ['pi-01'])
     assert 'bakeform legacy has no bakeform.json' in result['msg'] and 'becomes generation 1' in result['msg']
+
+
+def fails_alone(run_module, lab, bad):
+    """pi-01 is served, then asks for ``bad``: it fails alone, keeping its folder and map entry as they were
+    (exclusive as the fleet role calls it), while pi-02 (new) is written. Returns the failure's message."""
+    run_module(pi_boot.main, args(lab, [pi(1, config_txt=['a=1'])], default_bakeform='bw'))
+    folder = snapshot(lab / 'pis' / '00001001')
+    entry = read_map(lab)['prefixes']['00001001']
+    outcome = run_module(pi_boot.main, args(lab, [dict(pi(1), **bad), pi(2)], default_bakeform='bw'))
+    result = outcome.result
+    assert outcome.failed and result['changed'] is True, result
+    assert snapshot(lab / 'pis' / '00001001') == folder and read_map(lab)['prefixes']['00001001'] == entry
+    assert (lab / 'pis' / '00001002' / 'cmdline.txt').exists() and '00001002' in read_map(lab)['prefixes']
+    assert [(p['name'], p['state']) for p in result['pis']] == [('pi-01', 'failed'), ('pi-02', 'present')]
+    assert result['failed_pis'] == [{'serial': '00001001', 'hostname': 'pi-01', 'name': 'pi-01', 'prefix': '00001001',
+                                     'msg': result['pis'][0]['msg']}]
+    assert result['msg'] == 'pi_boot failed for 1 Pi(s): pi-01: %s' % result['pis'][0]['msg']
+    again = run_module(pi_boot.main, args(lab, [dict(pi(1), **bad), pi(2)], default_bakeform='bw'))
+    assert again.failed and again.result['changed'] is False  # the others converged: nothing more to do
+    return result['pis'][0]['msg']
 
 
 def test_duplicates_fail(run_module, lab):
@@ -246,7 +270,7 @@ def test_duplicates_fail(run_module, lab):
     ({'bakeform': '../bw'}, "boot files not found for pi-01: bakeform name '../bw' is not valid"),
 ])
 def test_a_pi_without_boot_files_fails_alone(run_module, lab, change, expected):
-    result = fails_alone(run_module, lab, [pi(1, **change), pi(2)], ['pi-01'])
+    result = fails_some(run_module, lab, [pi(1, **change), pi(2)], ['pi-01'])
     assert expected in result['msg'] and list(read_map(lab)['prefixes']) == ['00001002']
 
 
@@ -254,12 +278,16 @@ def test_a_pi_without_boot_files_fails_alone(run_module, lab, change, expected):
     ({'generation': 0}, 'generation of pi-01 0 is not a generation number'),
     ({'nfsroot': '10.99.0.2:/r,proto=tcp'}, 'rejects proto='),
     ({'nfsroot': '10.99.0.2:/r,vers=4'}, 'NFS 2 and 3 only'),
-    ({'prefix': '../x'}, 'TFTP prefix'),
     ({'config_txt': ['a=1\n[pi3]']}, 'line break'),
     ({'nfsroot': None}, 'nfsroot'),
 ])
-def test_bad_items_fail(run_module, lab, change, expected):
-    assert expected in failure(run_module, lab, [pi(1, **change)])
+def test_a_bad_item_fails_that_pi_alone(run_module, lab, change, expected):
+    assert expected in fails_alone(run_module, lab, change)
+
+
+@pytest.mark.parametrize(('change', 'expected'), [({'prefix': '../x'}, 'TFTP prefix'), ({'name': 'bad name'}, 'name')])
+def test_an_item_that_cannot_be_named_fails_the_call(run_module, lab, change, expected):
+    assert expected in failure(run_module, lab, [pi(1, **change), pi(2)])
 
 
 def test_missing_default_bakeform_fails(run_module, lab):
@@ -269,8 +297,34 @@ def test_missing_default_bakeform_fails(run_module, lab):
 def test_a_folder_not_ours_is_refused(run_module, lab):
     (lab / 'pis' / '00001001').mkdir(parents=True)
     (lab / 'pis' / '00001001' / 'cmdline.txt').write_text('hand made\n')
-    msg = failure(run_module, lab, [pi(1)])
-    assert msg.startswith('boot folder %s for pi-01 exists but pi_boot did not make it' % (lab / 'pis' / '00001001'))
+    outcome = run_module(pi_boot.main, args(lab, [pi(1), pi(2)]))
+    assert outcome.failed and outcome.result['failed_pis'][0]['msg'].startswith(
+        'boot folder %s for pi-01 exists but pi_boot did not make it' % (lab / 'pis' / '00001001'))
+    assert (lab / 'pis' / '00001001' / 'cmdline.txt').read_text() == 'hand made\n'
+    assert list(read_map(lab)['prefixes']) == ['00001002']
+
+
+def test_keep_leaves_a_pi_as_it_was_even_when_exclusive(run_module, lab):
+    """What the fleet role passes for a Pi that failed an earlier step (its root, its disks)."""
+    run_module(pi_boot.main, args(lab, [pi(1, config_txt=['a=1']), pi(2)], default_bakeform='bw'))
+    before = snapshot(lab / 'pis' / '00001001')
+    entry = read_map(lab)['prefixes']['00001001']
+    result = run_module(pi_boot.main, args(lab, [{'name': 'pi-01', 'prefix': '00001001', 'state': 'keep'},
+                                                 {'name': 'pi-03', 'prefix': '00001003', 'state': 'keep'}],
+                                           default_bakeform='bw')).result
+    assert result['changed'] is True and result['removed'] == [str(lab / 'pis' / '00001002')]  # pi-02 left
+    assert snapshot(lab / 'pis' / '00001001') == before and read_map(lab)['prefixes'] == {'00001001': entry}
+    assert [(p['name'], p['state'], p['changed']) for p in result['pis']] == [('pi-01', 'keep', False),
+                                                                              ('pi-03', 'keep', False)]
+    assert result['failed_pis'] == []
+
+
+def test_pi_boot_holds_the_bakery_lock(run_module, lab):
+    (lab / 'run').mkdir(mode=0o755)
+    (lab / 'run').chmod(0o755)  # a lock directory others may enter: refused, nothing written
+    outcome = run_module(pi_boot.main, args(lab, [pi(1)], lock_file=str(lab / 'run' / 'pifleet.lock')))
+    assert outcome.failed and "the bakery lock's directory %s is owned by" % (lab / 'run') in outcome.result['msg']
+    assert not (lab / 'pis').exists()
 
 
 def test_readable_by_the_hook_whatever_the_umask(run_module, lab):

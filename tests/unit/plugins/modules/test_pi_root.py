@@ -110,7 +110,8 @@ def test_a_pi_that_cannot_be_planned_fails_with_its_serial(run_module, lab, extr
     for check_mode in (True, False):
         result = run_module(pi_root.main, args(lab, serial='3a4b5c6d', **extra), check_mode=check_mode)
         assert result.failed and message in result.result['msg'], result.result
-        assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 3a4b5c6d: ')
+        assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): pi-3a4b5c6d: ')
+        assert [(p['serial'], p['hostname']) for p in result.result['failed_pis']] == [('3a4b5c6d', 'pi-3a4b5c6d')]
         assert result.result['pis'] == [{'serial': '3a4b5c6d', 'hostname': 'pi-3a4b5c6d', 'changed': False,
                                          'action': 'failed', 'msg': result.result['pis'][0]['msg']}]
         assert result.result['changed'] is False
@@ -231,7 +232,10 @@ def test_one_failing_pi_does_not_stop_the_others(run_module, lab):
     assert bad_name.failed and "hostname 'Bad' is not valid" in bad_name.result['msg']  # validated up front
     pis[2]['hostname'] = 'good'
     result = run_module(pi_root.main, args(lab, pis=pis))
-    assert result.failed and result.result['msg'].startswith('pi_root failed for 1 Pi(s): 0000000a: bakeform missing')
+    assert result.failed and result.result['msg'].startswith('pi_root failed for 1 Pi(s): pi-0000000a: bakeform '
+                                                             'missing')
+    assert result.result['failed_pis'] == [{'serial': '0000000a', 'hostname': 'pi-0000000a',
+                                            'msg': result.result['pis'][2]['msg']}]
     assert result.result['changed'] is True
     assert [(p['serial'], p['action']) for p in result.result['pis']] == [
         ('0000000b', 'cloned'), ('0000000c', 'cloned'), ('0000000a', 'failed')]
@@ -304,7 +308,8 @@ def test_a_pi_that_filled_its_root_fails_alone(run_module, lab):
     assert by_serial['0000000b']['action'] == 'fixed', result.result
     assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
     assert by_serial['0000000a']['action'] == 'failed' and 'No space left' in by_serial['0000000a']['msg']
-    assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 0000000a: ')
+    assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): renamed-a: ')
+    assert [p['serial'] for p in result.result['failed_pis']] == ['0000000a']
     os.unlink(filler)
     assert run_module(pi_root.main, args(lab, pis=renamed)).result['pis'][0]['action'] == 'fixed'
     run_module(pi_root.main, args(lab, pis=[dict(pi, state='absent') for pi in pis]))

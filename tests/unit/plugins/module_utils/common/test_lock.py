@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.lock import BakeryLock, LockError
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.lock import DEFAULT_PATH, BakeryLock, LockError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import take_lock
 
 HOLDER = (
@@ -82,9 +82,65 @@ def test_a_lock_file_that_is_a_symlink_is_refused(tmp_path):
     target = tmp_path / 'elsewhere'
     target.write_text('precious\n')
     os.symlink(str(target), tmp_path / 'pifleet.lock')
-    with pytest.raises(OSError):
+    with pytest.raises(LockError) as info:
         BakeryLock(str(tmp_path / 'pifleet.lock'), 'pi_root').acquire()
+    assert str(info.value) == ('the bakery lock %s cannot be opened: a symbolic link; remove it (pifleet makes it '
+                               'again) and run again' % (tmp_path / 'pifleet.lock'))
     assert target.read_text() == 'precious\n'
+
+
+def test_the_default_lock_is_in_a_directory_of_its_own_only_root_can_use():
+    """Not /run/lock (1777): there any local user could make the file first and hold it."""
+    assert DEFAULT_PATH == '/run/pifleet/pifleet.lock'
+
+
+def test_a_new_lock_directory_is_made_private(tmp_path):
+    path = tmp_path / 'run' / 'pifleet' / 'pifleet.lock'
+    with BakeryLock(str(path), 'pi_boot'):
+        assert path.parent.stat().st_mode & 0o7777 == 0o700 and path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize('mode', [0o755, 0o1777, 0o770, 0o701])
+def test_a_lock_directory_others_can_use_is_refused_saying_what_to_do(tmp_path, mode):
+    directory = tmp_path / 'pifleet'
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(LockError) as info:
+        BakeryLock(str(directory / 'pifleet.lock'), 'pi_root').acquire()
+    assert str(info.value) == (
+        "the bakery lock's directory %s is owned by uid %d with mode %04o; pifleet wants it owned by uid %d (the user "
+        'the modules run as, root on a bakery) with mode 0700, so that no other user can take or hold the lock and '
+        'stop every pifleet module. Check who made it, then remove it (pifleet makes it again) or run: chown %d %s '
+        '&& chmod 0700 %s' % (directory, os.geteuid(), mode, os.geteuid(), os.geteuid(), directory, directory))
+    assert os.listdir(directory) == []  # nothing made in it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to give the directory to another user')
+def test_a_lock_directory_of_another_user_is_refused(tmp_path):
+    directory = tmp_path / 'pifleet'
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)  # nobody made it first
+    with pytest.raises(LockError) as info:
+        BakeryLock(str(directory / 'pifleet.lock'), 'pi_root').acquire()
+    assert 'is owned by uid 65534 with mode 0700' in str(info.value)
+
+
+def test_a_lock_directory_that_is_a_symlink_is_refused(tmp_path):
+    real = tmp_path / 'real'
+    real.mkdir(mode=0o700)
+    os.symlink(str(real), tmp_path / 'pifleet')
+    with pytest.raises(LockError) as info:
+        BakeryLock(str(tmp_path / 'pifleet' / 'pifleet.lock'), 'pi_root').acquire()
+    assert "the bakery lock's directory %s is a symbolic link or not a directory" % (tmp_path / 'pifleet') in str(
+        info.value)
+    assert os.listdir(real) == []
+
+
+def test_a_lock_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / 'pifleet.lock')  # would block a plain open() for ever
+    with pytest.raises(LockError) as info:
+        BakeryLock(str(tmp_path / 'pifleet.lock'), 'pi_root', timeout=1).acquire()
+    assert 'is not a regular file' in str(info.value)
 
 
 class FakeModule:
@@ -117,6 +173,15 @@ def test_take_lock_warns_and_records_the_wait(holder):
         assert module.warnings == [lock.message()] and '(pid %d, pi_root)' % proc.pid in module.warnings[0]
     finally:
         lock.release()
+
+
+def test_take_lock_fails_with_a_message_not_a_traceback(tmp_path):
+    (tmp_path / 'pifleet').mkdir(mode=0o777)
+    (tmp_path / 'pifleet').chmod(0o777)
+    with pytest.raises(AssertionError) as info:
+        take_lock(FakeModule(str(tmp_path / 'pifleet' / 'x.lock')), 'pi_boot', {'changed': False})
+    failed = info.value.args[0]
+    assert failed['changed'] is False and "the bakery lock's directory" in failed['msg']
 
 
 def test_take_lock_fails_with_changed_false_naming_the_holder(holder):

@@ -228,3 +228,23 @@ def test_umount_falls_back_to_lazy_and_says_what_failed():
     run = FakeRun((32, '', 'busy'), (32, '', 'not mounted'))
     with pytest.raises(_loopfs.LoopError, match=r'unmounting /r/x \(the root of Pi x\) failed: not mounted'):
         _loopfs.Mounter(run, which).umount('/r/x', 'the root of Pi x')
+
+
+def test_the_two_step_attach_detaches_what_it_attached_when_autoclear_fails(monkeypatch):
+    """Before 5.8: LOOP_SET_FD attaches; a failing LOOP_SET_STATUS64 must not leave it attached for good."""
+    calls = []
+
+    def ioctl(fd, request, arg=0):
+        calls.append(request)
+        if request == _loopfs.LOOP_SET_STATUS64:
+            raise OSError(5, 'Input/output error')
+        return 0
+
+    monkeypatch.setattr(_loopfs.fcntl, 'ioctl', ioctl)
+    with pytest.raises(OSError, match='Input/output error'):
+        _loopfs._attach_in_two_steps(7, 8, b'info')
+    assert calls == [_loopfs.LOOP_SET_FD, _loopfs.LOOP_SET_STATUS64, _loopfs.LOOP_CLR_FD]
+    calls.clear()
+    monkeypatch.setattr(_loopfs.fcntl, 'ioctl', lambda fd, request, arg=0: calls.append(request) or 0)
+    _loopfs._attach_in_two_steps(7, 8, b'info')
+    assert calls == [_loopfs.LOOP_SET_FD, _loopfs.LOOP_SET_STATUS64]  # kept attached: autoclear is set

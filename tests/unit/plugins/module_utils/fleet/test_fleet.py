@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.pifleet.netboot.plugins.filter.fleet_plan import fleet_plan
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
 
 SETTINGS = {'bakeforms': {'bookworm': [3, 4, 5], 'old': [3, 4]}, 'default_bakeform': None, 'export_scope': None,
             'roots_dir': '/srv/pifleet/roots', 'disks_dir': '/srv/pifleet/disks', 'nfs_server': '10.0.0.2',
@@ -33,15 +35,16 @@ def test_plan_builds_module_arguments():
     assert result['disks'] == [{'name': 'data', 'size': '8G', 'fstype': 'ext4', 'serial': '1234abcd'},
                                {'name': 'swap', 'size': 1, 'serial': '1234abcd'}]
     # One export for all of a Pi's disks (its disks file system); none for a Pi without disks.
+    # Each export names its Pi (serial, hostname): one that fails is named, and kept as it was.
     assert result['exports'] == [
-        {'path': '/srv/pifleet/roots/1234abcd', 'clients': ['10.0.0.50'],
+        {'path': '/srv/pifleet/roots/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/disks/1234abcd', 'clients': ['10.0.0.50'],
+        {'path': '/srv/pifleet/disks/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'],
+        {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'], 'serial': '5678abcd', 'hostname': 'pi-02',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
     assert result['boot'][:1] == [{
-        'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
+        'name': 'pi-01', 'prefix': '1234abcd', 'serial': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
         'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
         'config_txt': ['dtoverlay=disable-bt']}]
 
@@ -156,8 +159,15 @@ def test_boot_export_of_a_pi_without_address_goes_to_the_export_scope():
 def test_cloud_init_settings_reach_the_roots_item_checked():
     result = plan({'pi-01': pi(pi_cloud_init='#cloud-config\npackages: [htop]\n', pi_cloud_init_instance=2),
                    'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.51')}, SETTINGS)
-    assert result['roots'][0]['cloud_init'] == {'user_data': {'packages': ['htop']}, 'instance': '2'}
+    # The user data (it may hold secrets) stays out of the plan, a fact that -v prints: only where it comes from.
+    assert result['roots'][0]['cloud_init'] == {'instance': '2'} and result['roots'][0]['cloud_init_from'] == 'pi-01'
+    assert result['pis'][0]['cloud_init'] == {'instance': '2', 'user_data': True}
+    assert 'htop' not in json.dumps(result)
     assert 'cloud_init' not in result['roots'][1]  # pi_root seeds it from its identity alone
+    # The roots step reads it then, as JSON text for pi_root's no_log option (hidden whole, nothing else).
+    ready = user_data(result['roots'], {'pi-01': {'pi_cloud_init': '#cloud-config\npackages: [htop]\n'}})
+    assert ready[0]['cloud_init'] == {'instance': '2', 'user_data': '{"packages": ["htop"]}'}
+    assert 'cloud_init_from' not in ready[0] and ready[1] == result['roots'][1]
 
 
 @pytest.mark.parametrize('extra, expected', [

@@ -155,6 +155,14 @@ MERGES = [
     ('a Pi that moved leaves its old prefix', {'0000000a': {'name': 'pi-a', 'dirs': []}}, False,
      [entry('0000000f', 'pi-a')], ['0000000f'], [('0000000a', 'pi-a')]),
     ('no map yet', None, False, [entry('0000000b', 'pi-b')], ['0000000b'], []),
+    # A Pi that failed keeps the entries naming it, exactly, even exclusive and even under another prefix.
+    ('keep, exclusive', {'0000000a': {'name': 'pi-a', 'dirs': ['/old']}, '0000000c': {'name': 'c', 'dirs': []}},
+     True, [entry('0000000a', 'pi-a', 'keep'), entry('0000000b', 'pi-b')], ['0000000a', '0000000b'], []),
+    ('keep under its old prefix', {'0000000a': {'name': 'pi-a', 'dirs': ['/old']}}, True,
+     [entry('0000000f', 'pi-a', 'keep')], ['0000000a'], []),
+    ('keep a Pi that had none', {}, True, [entry('0000000a', 'pi-a', 'keep')], [], []),
+    ('a present Pi takes the prefix a kept one had', {'0000000a': {'name': 'pi-a', 'dirs': ['/old']}}, True,
+     [entry('0000000f', 'pi-a', 'keep'), entry('0000000a', 'pi-b')], ['0000000a'], []),
 ]
 
 
@@ -167,6 +175,10 @@ def test_merge_entries(existing, exclusive, items, prefixes, moved):
     for item in items:
         if item['state'] == 'present':
             assert entries[item['prefix']] == {'name': item['name'], 'dirs': item['dirs']}
+    for prefix, kept in (existing or {}).items():
+        if any(item['state'] == 'keep' and item['name'] == kept['name'] for item in items) and \
+                not any(item['state'] == 'present' and item['prefix'] == prefix for item in items):
+            assert entries[prefix] is kept or entries[prefix] == kept
 
 
 def test_map_format():

@@ -1,0 +1,149 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A broken or hostile Pi costs only itself: the fleet role and reimage fail per Pi.
+
+``site``'s fleet part on N simulated Pis (bench/bench_sabotage.py, the fleet of bench_scale.py on an
+XFS loop store; N is PIFLEET_SABOTAGE_PIS, 100 by default, the bench runs 1000) with three Pis
+sabotaged as a Pi can: the other N-3 converge, the three are named in one summary and keep what
+they had, a second run changes nothing. Then ``reimage`` of four Pis that answer SSH on loopback
+(tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails: that one is
+named, the other three still get the export bounce, the power cycle and the wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fstree import loop_fs, unmount_below
+from powerfakes import PlugServer
+from sshpi import SshPis
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / 'bench'))
+
+import bench_sabotage  # noqa: E402  (the proof itself; the bench runs it at 1000 Pis)
+from bench_scale import WORK, build_image, fresh  # noqa: E402
+
+PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '100'))
+
+
+@pytest.fixture(scope='module')
+def image():
+    path = WORK / 'scale-tiny.img.xz'  # the bench's, cached
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_image(path, profile='tiny', models=(3, 4, 5))
+    return path
+
+
+def test_three_sabotaged_pis_fail_alone_and_every_other_pi_converges(tmp_path, image):
+    with loop_fs(tmp_path, 'xfs', '16G') as scratch:
+        tmp = fresh(scratch, 'sabotage')
+        try:
+            outcome = bench_sabotage.run(tmp, image, PIS)
+            assert bench_sabotage.verify(outcome) == [], (tmp / 'sabotaged-first.log').read_text()[-4000:]
+        finally:
+            unmount_below(tmp)
+
+
+# ------------------------------------------------------------------------------------------------ reimage
+
+REIMAGE_PIS = {'pi-a': '0a0a0a0a', 'pi-b': '0b0b0b0b', 'pi-c': '0c0c0c0c', 'pi-d': '0d0d0d0d'}
+
+
+def address(name):
+    return '127.0.99.%d' % (11 + sorted(REIMAGE_PIS).index(name))
+
+
+def reimage_inventory(tmp, image, plugs):
+    fleet = {'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'), 'pifleet_roots_dir': str(tmp / 'srv/roots'),
+             'pifleet_disks_dir': str(tmp / 'srv/disks'), 'pifleet_boot_dir': str(tmp / 'srv/pis'),
+             'pifleet_map_path': str(tmp / 'map.json'), 'pifleet_nfs_server': '10.99.0.2',
+             'pifleet_events_path': str(tmp / 'events.jsonl'), 'fleet_hook_service': '', 'fleet_nfs_reload': False,
+             'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'), 'fleet_units_dir': str(tmp / 'units'),
+             'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_clone_method': 'auto',
+             'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable, 'ansible_become': False}
+    pis = {name: {'pi_serial': serial, 'pi_model': 4, 'pi_ip': address(name),
+                  'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}}
+           for name, serial in REIMAGE_PIS.items()}
+    (tmp / 'hosts.yml').write_text(yaml.safe_dump({
+        'bakery': {'hosts': {'lab-bakery': fleet}, 'vars': {'pifleet_bakeforms': [{'name': 'raspios',
+                                                                                  'src': str(image)}]}},
+        'pis': {'hosts': pis}}))
+    (tmp / 'ganesha').mkdir(exist_ok=True)
+    (tmp / 'ganesha/ganesha.conf').write_text('NFS_CORE_PARAM {\n    Protocols = 3, 4;\n}\n')
+
+
+def playbook(tmp, play, *args):
+    (tmp / 'play.yml').write_text(yaml.safe_dump(play))
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1')
+    proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'),
+                           str(tmp / 'play.yml'), *args], capture_output=True, text=True, env=env, check=False,
+                          timeout=900)
+    recaps = dict(re.findall(r'^(\S+)\s+:\s+(ok=.*)$', proc.stdout, re.M))
+    counters = {host: {k: int(v) for k, v in re.findall(r'(\w+)=(\d+)', line)} for host, line in recaps.items()}
+    return proc.returncode, counters, proc.stdout + proc.stderr
+
+
+def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_others(tmp_path, image):
+    plugs = PlugServer()
+    with loop_fs(tmp_path, 'xfs', '4G') as tmp:
+        tmp.chmod(0o755)
+        pis = None
+        try:
+            reimage_inventory(tmp, image, plugs)
+            rc, _counters, output = playbook(tmp, [{'name': 'Fleet', 'hosts': 'bakery', 'gather_facts': False,
+                                                    'roles': ['pifleet.netboot.fleet']}])
+            assert rc == 0, output[-4000:]
+            roots = tmp / 'srv/roots'
+            pis = SshPis({address(name): str(roots / serial / 'etc/ssh/ssh_host_ed25519_key')
+                          for name, serial in REIMAGE_PIS.items()})
+            # pi-d's rebuild fails on the bakery: its mount point is no longer one pi_root may mount on.
+            subprocess.run(['umount', str(roots / '0d0d0d0d')], check=True)
+            os.rmdir(roots / '0d0d0d0d')
+            os.symlink(str(tmp / 'elsewhere'), roots / '0d0d0d0d')
+            exports_before = (tmp / 'ganesha/pifleet.conf').read_text()
+            fs_before = dict(re.findall(r'Path = "([^"]*)";.*?# pifleet fs: (\S+)', exports_before, re.S))
+            markers = {serial: json.loads((roots / (serial + '.json')).read_text())['fs_uuid']
+                       for serial in REIMAGE_PIS.values()}
+
+            rc, counters, output = playbook(tmp, [{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}],
+                                            '-e', 'pifleet_reimage_wait=60')
+            exports_after = (tmp / 'ganesha/pifleet.conf').read_text()
+            # A bad power argument fails each Pi with pi_power's own words (it showed "'dict object' has no
+            # attribute 'changed'"); reimage shares the power tasks with the power playbook.
+            bad = playbook(tmp, [{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}], '--limit', 'pi-a',
+                           '-e', json.dumps({'pi_power': {'driver': 'nosuch'}}), '-e', 'pifleet_reimage_wait=5')
+        finally:
+            if pis:
+                pis.close()
+            plugs.close()
+            unmount_below(tmp)
+        assert rc != 0, output[-4000:]
+        assert counters['pi-d'] == dict(counters['pi-d'], failed=1), counters
+        for name in ('pi-a', 'pi-b', 'pi-c'):
+            assert counters[name] == dict(counters[name], failed=0), (counters, output[-4000:])
+            assert plugs.plugs[name].sets == 2 and plugs.plugs[name].state == [True]  # off, then on
+            assert '%s is up (SSH answers with the host key of its root)' % name in output
+        assert plugs.plugs['pi-d'].sets == 0  # not power-cycled onto a root it does not have
+        assert re.search(r'fatal: \[pi-d\]: FAILED! => \{[^}]*"msg": "1 Pi\(s\) failed, every other Pi was converged'
+                         r'[^"]*pi-d \(serial 0d0d0d0d\) failed at roots: root of Pi 0d0d0d0d: %s is a symlink'
+                         % re.escape(str(roots / '0d0d0d0d')), output), output[-4000:]
+        # The others were rebuilt (new file systems) and their exports bounced; pi-d's export is as it was.
+        fs_after = dict(re.findall(r'Path = "([^"]*)";.*?# pifleet fs: (\S+)', exports_after, re.S))
+        for name, serial in REIMAGE_PIS.items():
+            path = str(roots / serial)
+            assert (fs_after[path] == fs_before[path]) is (name == 'pi-d'), (name, fs_before, fs_after)
+        assert all(json.loads((roots / (s + '.json')).read_text())['fs_uuid'] != markers[s]
+                   for s in ('0a0a0a0a', '0b0b0b0b', '0c0c0c0c'))
+        rc, counters, output = bad
+        assert rc != 0 and counters['pi-a'] == dict(counters['pi-a'], failed=1) and 'has no attribute' not in output
+        assert re.search(r'fatal: \[pi-a\]: FAILED! => \{[^}]*"msg": "value of driver must be one of: command, http, '
+                         r'snmp, uhubctl, got: nosuch', output), output[-3000:]
