@@ -147,7 +147,7 @@ def test_a_rollback_without_previous_root_fails_that_pi_alone(run_module, lab):
     result = run(run_module, lab, pis=[dict(pi, state='rolledback') for pi in pis])
     assert result.failed, result.result
     msg = result.result['pis'][1]['msg']
-    assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): %s: root of Pi %s has no previous' % (A, A))
+    assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): kitchen: root of Pi %s has no previous' % A)
     assert result.result['failed_pis'] == [{'serial': A, 'hostname': 'kitchen', 'msg': msg}]
     assert result.result['pis'][0]['action'] == 'rolledback' and result.result['pis'][0]['serial'] == B
     run(run_module, lab, pis=[dict(pi, state='absent') for pi in pis])
