@@ -8,7 +8,9 @@ Each Pi's root is an ext4 file system of its own, so no NFS handle it forges can
 - ``<serial>.img``  the root file system, a clone of the bakeform's ``root.img`` with its own UUID;
 - ``<serial>.json`` the marker: what the root was made from and which fixes it has. It lives beside
   the image, out of the Pi's reach, so a Pi cannot rewrite what pi_root believes about it;
-- ``<serial>/``     the mount point (``nosuid,nodev``), the directory that gets exported.
+- ``mnt/<serial>/`` the mount point (``nosuid,nodev``), the directory that gets exported. ``mnt`` is a tmpfs
+  that holds only mount points (``points``): a root that is not mounted exposes an empty directory there,
+  never the file system of the images.
 
 Clones are a reflink copy of the golden image where the file system shares extents (XFS, btrfs:
 constant time, almost no space) or a plain sparse copy. External tools run through one
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import ScratchDir, read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir
 
 METHODS = ('reflink', 'copy')
 DEFAULT_KEY_TYPES = ('ed25519', 'ecdsa')
@@ -55,12 +58,15 @@ class Layout:
 
     def __init__(self, roots_dir, serial):
         self.serial = serial
-        self.point = os.path.join(roots_dir, serial)
-        self.image = self.point + '.img'
-        self.marker = self.point + '.json'
+        base = os.path.join(roots_dir, serial)
+        # The mount point and export: on the mount points' own tmpfs, never on the file system of the images.
+        self.point = os.path.join(points_dir(roots_dir), serial)
+        self.old_point = base  # where earlier pifleet releases mounted it, on the data file system (moved by pi_root)
+        self.image = base + '.img'
+        self.marker = base + '.json'
         # The root it had before its last rebuild, upgrade or rollback, kept whole for a rollback.
-        self.prev_image = self.point + '.prev.img'
-        self.prev_marker = self.point + '.prev.json'
+        self.prev_image = base + '.prev.img'
+        self.prev_marker = base + '.prev.json'
 
 
 def load_marker(path, strict=True):

@@ -18,6 +18,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common import atom
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import Tree
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import cloudinit as _cloudinit
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootfix as _rootfix
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
@@ -44,6 +45,7 @@ class PiRoots:
         self.cloner = _roots.Cloner(host.run, host.which)
         self.mounter = _loopfs.Mounter(host.run, host.which)
         self.units = _loopfs.Units(units_dir) if units_dir else None
+        self.points = _points.Points(host, self.roots_dir, self.units, 'Pi roots')
         self.manifests, self.goldens, self.diffs = {}, {}, []
         self.mounts = None
         self.forge = None
@@ -92,6 +94,8 @@ class PiRoots:
         if self.forge:
             self.forge.close()
             self.forge = None
+        if self.points.release():  # the last root is gone
+            self.shared_changed = True
         if self.units:
             self.units.reload(self.host.run, self.host.which)
 
@@ -101,6 +105,8 @@ class PiRoots:
             os.makedirs(self.roots_dir, _roots.ROOTS_MODE)
         if os.stat(self.roots_dir).st_mode & 0o7777 != _roots.ROOTS_MODE:
             os.chmod(self.roots_dir, _roots.ROOTS_MODE)
+            self.shared_changed = True
+        if _points.holds_images(self.roots_dir) and self.points.ensure():  # else made with the first mount point
             self.shared_changed = True
         return _atomic.sweep_stale(self.roots_dir, self._sweep_target, self._unmount_quietly)
 
@@ -133,13 +139,15 @@ class PiRoots:
         if link and state != 'absent':  # mounting there would mount over whatever it points to
             raise _roots.RootError('root of Pi %s: %s is a symlink; pi_root mounts the root there itself: remove '
                                    'the link' % (serial, lay.point))
-        legacy = not image and not link and os.path.isdir(lay.point) and not os.path.ismount(lay.point) and bool(
-            os.listdir(lay.point))
+        old = lay.old_point  # the mount point of earlier releases, on the data file system
+        legacy = not image and not os.path.islink(old) and os.path.isdir(old) and not os.path.ismount(old) and bool(
+            os.listdir(old))
+        moved = not legacy and (os.path.lexists(old) or bool(self.units and self.units.current(old)[0] is not None))
         marker = _roots.load_marker(lay.marker, strict=state == 'present') if image else None
-        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy,
+        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy, 'moved': moved,
                 'marker': marker, 'mounted': self.mounted(lay.point)}
         if state == 'absent':
-            present = image or legacy or os.path.lexists(lay.marker) or os.path.lexists(lay.point)
+            present = image or legacy or moved or os.path.lexists(lay.marker) or os.path.lexists(lay.point)
             return dict(plan, action='remove' if present else 'none')
         manifest = self.manifest(item['bakeform'], serial)
         plan['sha256'] = manifest.get('sha256')
@@ -149,7 +157,7 @@ class PiRoots:
                 raise _roots.RootError(
                     'root of Pi %s: %s is a directory made by an older pifleet on the shared file system, where a '
                     'Pi can reach other files with forged NFS handles; rebuild it with state: rebuilt (it keeps '
-                    'its SSH host keys and machine-id)' % (serial, lay.point))
+                    'its SSH host keys and machine-id)' % (serial, lay.old_point))
             raise _roots.RootError('root of Pi %s: %s exists but %s does not, so pi_root did not make it; move it '
                                    'away, or use state: rebuilt to replace it' % (serial, lay.image, lay.marker))
         return dict(plan, action=action)
@@ -225,13 +233,25 @@ class PiRoots:
         lay = plan['layout']
         changed = self.persist(lay.image, lay.point, _loopfs.ROOT_OPTIONS, 'pifleet root of Pi %s' % plan['serial'])
         if plan['mounted'] == lay.image:
-            return changed
+            return self.move_out(plan) or changed
         if not self.host.check_mode:
             if plan['mounted'] or os.path.ismount(lay.point):
                 self.mounter.umount(lay.point, 'the old root of Pi %s' % plan['serial'])
-            os.makedirs(lay.point, 0o755, exist_ok=True)
+            self.points.make(lay.point)
             self.mounter.mount(lay.image, lay.point, _loopfs.ROOT_OPTIONS, 'the root of Pi %s' % plan['serial'])
             plan['mounted'] = lay.image
+        self.move_out(plan)
+        return True
+
+    def move_out(self, plan):
+        """The mount point of earlier releases (on the data file system) given up, once the root is mounted at its
+        new one: its unit goes, it is unmounted (the Pi's NFS server lets go with the next exports) and removed."""
+        if not plan['moved']:
+            return False
+        if not self.host.check_mode:
+            _points.give_up_old_point(self.host, self.mounter, self.units, plan['layout'].old_point,
+                                      'the root of Pi %s' % plan['serial'])
+            plan['moved'] = False
         return True
 
     def persist(self, image, point, options, description):
@@ -271,7 +291,7 @@ class PiRoots:
         lay = plan['layout']
         if not (plan['legacy'] or plan['mounted'] == lay.image):
             return None, {}, None
-        with Tree(lay.point, 'the old root of Pi %s' % plan['serial']) as tree:
+        with Tree(lay.old_point if plan['legacy'] else lay.point, 'the old root of Pi %s' % plan['serial']) as tree:
             machine_id = tree.read_text(_rootfix.MACHINE_ID, 64)
             carried, problem = _roots.read_carry(tree, self.key_types)
         return machine_id, carried, problem
@@ -332,7 +352,7 @@ class PiRoots:
         if plan['mounted'] or os.path.ismount(lay.point):
             self.mounter.umount(lay.point, 'the old root of Pi %s' % plan['serial'])
         if plan['legacy']:
-            os.rename(lay.point, scratch.join('legacy'))  # removed with the scratch directory
+            os.rename(lay.old_point, scratch.join('legacy'))  # removed with the scratch directory
         os.rename(image, lay.image)
         _atomic.write_text(lay.marker, _roots.marker_text(marker), 0o600)
         plan.update(image=True, mounted=None, legacy=False)
@@ -370,7 +390,8 @@ class PiRoots:
         if plan['mounted'] or os.path.ismount(lay.point):
             self.mounter.umount(lay.point, 'the root of Pi %s' % plan['serial'])
         if plan['legacy']:
-            _atomic.discard(self.roots_dir, plan['serial'], lay.point)
+            _atomic.discard(self.roots_dir, plan['serial'], lay.old_point)
+        self.move_out(plan)
         for path in (lay.image, lay.marker):
             if os.path.lexists(path):
                 os.unlink(path)  # a lazily unmounted image lives on until the NFS server lets go of it

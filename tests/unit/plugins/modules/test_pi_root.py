@@ -148,13 +148,13 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
     pis = result.result['pis']
     assert [(p['serial'], p['hostname'], p['action'], p['changed'], p['clone_method']) for p in pis] == [
         ('3a4b5c6d', 'kitchen', 'cloned', True, 'copy'), ('0badcafe', 'pi-0badcafe', 'cloned', True, 'copy')]
-    root = str(lab / 'roots' / '3a4b5c6d')
-    assert (pis[0]['path'], pis[0]['image']) == (root, root + '.img')
+    root, base = str(lab / 'roots/mnt/3a4b5c6d'), str(lab / 'roots/3a4b5c6d')
+    assert (pis[0]['path'], pis[0]['image']) == (root, base + '.img')
     diffs = {d['after_header']: d for d in result.result['diff']}
     assert diffs[root + '/etc/fstab']['before'] == ''  # no root yet
     assert diffs[root + '/etc/fstab']['after'] == 'proc /proc proc defaults 0 0\n'  # read from the golden image
     assert diffs[root + '/etc/hostname']['after'] == 'kitchen\n'
-    marker = json.loads(diffs[root + '.json']['after'])
+    marker = json.loads(diffs[base + '.json']['after'])
     assert marker['bakeform_sha256'] == SHA and marker['hostname'] == 'kitchen' and marker['clone_method'] == 'copy'
     assert sorted(os.listdir(lab)) == ['src-bw', 'store']  # nothing made, no lock taken
     with open('/proc/self/mountinfo', encoding='utf-8') as info:  # the read-only look at the golden image is gone
@@ -164,29 +164,31 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
 @needs_mounts
 def test_copy_lifecycle(run_module, lab):
     base = args(lab, serial='3a4b5c6d', hostname='kitchen', clone_method='copy')
-    roots, root = lab / 'roots', lab / 'roots' / '3a4b5c6d'
+    roots, root, image = lab / 'roots', lab / 'roots/mnt/3a4b5c6d', str(lab / 'roots/3a4b5c6d.img')
     first = run_module(pi_root.main, base).result
     assert first['changed'] and first['pis'][0]['action'] == 'cloned' and first['pis'][0]['clone_method'] == 'copy'
-    assert sorted(os.listdir(roots)) == ['3a4b5c6d', '3a4b5c6d.img', '3a4b5c6d.json']  # no scratch left
-    assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(str(root) + '.img').st_mode) == 0o600
-    assert mounts_below(roots) == [str(root)]
+    assert sorted(os.listdir(roots)) == ['3a4b5c6d.img', '3a4b5c6d.json', 'mnt']  # no scratch left
+    assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(image).st_mode) == 0o600
+    assert mounts_below(roots) == [str(roots / 'mnt'), str(root)]  # the mount point lies on the points' tmpfs
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     assert (root / 'home/pi/.profile').read_text() == 'x\n'
     assert (root / 'etc/ssh/ssh_host_ed25519_key').read_bytes() != b'golden private\n'
     assert (root / 'etc/ssh/ssh_host_ecdsa_key.pub').read_text().strip().endswith('root@kitchen')
     marker = json.loads((roots / '3a4b5c6d.json').read_text())
-    assert marker['fs_uuid'] == read_superblock(str(root) + '.img')['uuid']
+    assert marker['fs_uuid'] == read_superblock(image)['uuid']
     assert marker['fs_uuid'] != read_superblock(str(lab / 'store/bw/root.img'))['uuid']
     unit = (lab / 'units' / unit_name(str(root))).read_text()
-    assert 'What=%s.img' % root in unit and 'Where=%s' % root in unit
+    assert 'What=%s' % image in unit and 'Where=%s' % root in unit
     assert os.path.islink(lab / 'units/local-fs.target.wants' / unit_name(str(root)))
+    points = (lab / 'units' / unit_name(str(roots / 'mnt'))).read_text()
+    assert 'What=pifleet-points' in points and 'Type=tmpfs' in points and 'Where=%s/mnt' % roots in points
 
     assert run_module(pi_root.main, base).result['changed'] is False
     renamed = run_module(pi_root.main, dict(base, hostname='garage'), check_mode=True, diff=True).result
     assert renamed['changed'] and renamed['pis'][0]['action'] == 'fixed'
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     shown = {d['after_header'] for d in renamed['diff']}
-    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(root) + '.json'}
+    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(roots / '3a4b5c6d.json')}
     renamed = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert renamed['pis'][0]['action'] == 'fixed' and (root / 'etc/hostname').read_text() == 'garage\n'
 
@@ -194,7 +196,7 @@ def test_copy_lifecycle(run_module, lab):
     subprocess.run(['umount', str(root)], check=True)
     remounted = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert remounted['changed'] and remounted['pis'][0]['action'] == 'mounted'
-    assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(root)]
+    assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(roots / 'mnt'), str(root)]
 
     write_manifest(lab / 'store/bw', 'd' * 64)
     drift = run_module(pi_root.main, dict(base, hostname='garage'))
@@ -227,7 +229,7 @@ def test_one_failing_pi_does_not_stop_the_others(run_module, lab):
     assert result.result['changed'] is True
     assert [(p['serial'], p['action']) for p in result.result['pis']] == [
         ('0000000b', 'cloned'), ('0000000c', 'cloned'), ('0000000a', 'failed')]
-    assert (lab / 'roots/0000000c/etc/hostname').read_text() == 'good\n'
+    assert (lab / 'roots/mnt/0000000c/etc/hostname').read_text() == 'good\n'
     run_module(pi_root.main, args(lab, pis=[{'serial': s, 'state': 'absent'} for s in ('0000000b', '0000000c')]))
 
 
@@ -254,14 +256,14 @@ def test_absent_never_touches_what_a_symlink_in_roots_dir_points_to(run_module, 
 def test_a_device_node_planted_by_one_pi_fails_or_fixes_that_pi_only(run_module, lab):
     pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
     assert not run_module(pi_root.main, args(lab, pis=pis)).failed
-    hostname = lab / 'roots/0000000a/etc/hostname'
+    hostname = lab / 'roots/mnt/0000000a/etc/hostname'
     os.unlink(hostname)
     os.mknod(hostname, stat.S_IFCHR | 0o644, os.makedev(1, 3))  # the Pi is root on its own root file system
     renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
     result = run_module(pi_root.main, args(lab, pis=renamed))
     by_serial = {p['serial']: p for p in result.result['pis']}
     assert by_serial['0000000b']['action'] == 'fixed', result.result
-    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert (lab / 'roots/mnt/0000000b/etc/hostname').read_text() == 'renamed-b\n'
     assert by_serial['0000000a']['action'] in ('fixed', 'failed'), result.result
     if by_serial['0000000a']['action'] == 'fixed':
         assert hostname.read_text() == 'renamed-a\n'
@@ -287,14 +289,14 @@ def fill(path):
 def test_a_pi_that_filled_its_root_fails_alone(run_module, lab):
     pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
     assert not run_module(pi_root.main, args(lab, pis=pis)).failed
-    filler = lab / 'roots/0000000a/home/pi/filler'
+    filler = lab / 'roots/mnt/0000000a/home/pi/filler'
     fill(filler)
     renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
     result = run_module(pi_root.main, args(lab, pis=renamed))
     assert result.failed, result.result
     by_serial = {p['serial']: p for p in result.result['pis']}
     assert by_serial['0000000b']['action'] == 'fixed', result.result
-    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert (lab / 'roots/mnt/0000000b/etc/hostname').read_text() == 'renamed-b\n'
     assert by_serial['0000000a']['action'] == 'failed' and 'No space left' in by_serial['0000000a']['msg']
     assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 0000000a: ')
     os.unlink(filler)
@@ -311,8 +313,41 @@ def test_roots_dir_behind_a_symlink_converges(run_module, lab):
         assert run_module(pi_root.main, base).result['pis'][0]['action'] == 'cloned'
         again = run_module(pi_root.main, base).result
         assert again['changed'] is False and again['pis'][0]['action'] == 'unchanged', again
-        assert mounts_below(lab / 'real') == [str(lab / 'real/roots/3a4b5c6d')]  # mounted once, not stacked
+        points, root = str(lab / 'real/roots/mnt'), str(lab / 'real/roots/mnt/3a4b5c6d')
+        assert mounts_below(lab / 'real') == [points, root]  # mounted once, not stacked
         units = sorted(os.listdir(lab / 'units'))
-        assert units == ['local-fs.target.wants', unit_name(str(lab / 'real/roots/3a4b5c6d'))], units
+        assert units == sorted(['local-fs.target.wants', unit_name(points), unit_name(root)]), units
         assert run_module(pi_root.main, dict(base, state='absent')).result['changed'] is True
         assert mounts_below(lab / 'real') == []
+
+
+@needs_mounts
+def test_a_root_mounted_where_earlier_releases_did_moves_to_the_mount_points_tmpfs(run_module, lab):
+    """Earlier releases mounted each root at roots/<serial>, on the data file system; the root moves, the old
+    mount point, its unit and directory go, and the root was mounted at one place or the other all along."""
+    base = args(lab, serial='3a4b5c6d', hostname='kitchen')
+    roots, image = lab / 'roots', str(lab / 'roots/3a4b5c6d.img')
+    assert run_module(pi_root.main, base).result['pis'][0]['action'] == 'cloned'
+    old, new = roots / '3a4b5c6d', roots / 'mnt/3a4b5c6d'
+    # What an earlier release left: the root mounted at roots/<serial> with its unit, nothing on the tmpfs.
+    subprocess.run(['umount', str(new)], check=True)
+    subprocess.run(['umount', str(roots / 'mnt')], check=True)
+    for name in os.listdir(lab / 'units'):
+        if name.endswith('.mount'):
+            os.unlink(lab / 'units' / name)
+            os.unlink(lab / 'units/local-fs.target.wants' / name)
+    old.mkdir()
+    subprocess.run(['mount', '-o', 'loop,nosuid,nodev', image, str(old)], check=True)
+    old_unit = lab / 'units' / unit_name(str(old))
+    old_unit.write_text('[Mount]\nWhat=%s\nWhere=%s\n' % (image, old))
+
+    checked = run_module(pi_root.main, base, check_mode=True).result
+    assert checked['changed'] and checked['pis'][0]['action'] == 'mounted' and os.path.ismount(old)
+    moved = run_module(pi_root.main, base).result
+    assert moved['changed'] and moved['pis'][0]['action'] == 'mounted', moved
+    assert moved['pis'][0]['path'] == str(new) and (new / 'etc/hostname').read_text() == 'kitchen\n'
+    assert mounts_below(roots) == [str(roots / 'mnt'), str(new)] and not os.path.lexists(old)
+    assert not old_unit.exists() and (lab / 'units' / unit_name(str(new))).is_file()
+    assert run_module(pi_root.main, base).result['changed'] is False
+    run_module(pi_root.main, dict(base, state='absent'))
+    assert os.listdir(roots) == []

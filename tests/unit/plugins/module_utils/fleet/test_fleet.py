@@ -34,15 +34,15 @@ def test_plan_builds_module_arguments():
                                {'name': 'swap', 'size': 1, 'serial': '1234abcd'}]
     # One export for all of a Pi's disks (its disks file system); none for a Pi without disks.
     assert result['exports'] == [
-        {'path': '/srv/pifleet/roots/1234abcd', 'clients': ['10.0.0.50'],
+        {'path': '/srv/pifleet/roots/mnt/1234abcd', 'clients': ['10.0.0.50'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/disks/1234abcd', 'clients': ['10.0.0.50'],
+        {'path': '/srv/pifleet/disks/mnt/1234abcd', 'clients': ['10.0.0.50'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'],
+        {'path': '/srv/pifleet/roots/mnt/5678abcd', 'clients': ['10.0.0.51'],
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
     assert result['boot'][:1] == [{
         'name': 'pi-01', 'prefix': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
-        'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
+        'nfsroot': '10.0.0.2:/srv/pifleet/roots/mnt/1234abcd', 'cmdline_extra': 'quiet',
         'config_txt': ['dtoverlay=disable-bt']}]
 
 

@@ -83,10 +83,12 @@ def test_mount_of_takes_the_longest_prefix(tmp_path):
 def test_layout_keeps_the_marker_out_of_the_pis_reach():
     lay = _roots.Layout('/srv/pifleet/roots', '3a4b5c6d')
     assert (lay.serial, lay.point, lay.image, lay.marker) == (
-        '3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d.img',
+        '3a4b5c6d', '/srv/pifleet/roots/mnt/3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d.img',
         '/srv/pifleet/roots/3a4b5c6d.json')
-    # The mount point is what the Pi reaches over NFS: neither the marker nor the image is below it.
+    # The mount point is what the Pi reaches over NFS: neither the marker nor the image is below it, and it
+    # lies on the mount points' own file system (roots/mnt), not beside the images.
     assert not lay.marker.startswith(lay.point + '/') and not lay.image.startswith(lay.point + '/')
+    assert os.path.dirname(lay.point) == '/srv/pifleet/roots/mnt' and lay.old_point == '/srv/pifleet/roots/3a4b5c6d'
 
 
 def test_load_marker(tmp_path):
