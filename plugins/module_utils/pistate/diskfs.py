@@ -166,8 +166,7 @@ class Containers:
             self.mounter.umount(lay.point, 'the disks of Pi %s' % lay.serial)
         if os.path.lexists(lay.image):
             os.unlink(lay.image)  # a lazily unmounted image lives on until the NFS server lets go of it
-        with contextlib.suppress(OSError):
-            os.rmdir(lay.point)
+        self.points.remove(lay.point)
 
     def relocate(self, lay, mounts):
         """Disks mounted at the mount point of earlier releases move to their new one first; True if they had one.

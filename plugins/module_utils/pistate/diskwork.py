@@ -21,6 +21,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common import atom
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError, Tree
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfs import PEEK_OPTIONS, Containers, loop_bytes
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import (
     DISKS_MODE,
@@ -46,8 +47,9 @@ QUIET = ('unchanged', 'none', 'kept')
 class PiDisks:
     """The disks of many Pis in one ``disks_dir``; one instance per module run."""
 
-    def __init__(self, host, *, disks_dir, units_dir, migrate=False):
+    def __init__(self, host, *, disks_dir, units_dir, migrate=False, space=None):
         self.host, self.disks_dir, self.migrate = host, disks_dir, migrate
+        self.space = space  # a space.Ledger: new or grown disks must fit the data file system in the worst case
         self.real_dir = os.path.realpath(disks_dir)  # what mountinfo and the loop devices call it
         self.boxes = Containers(host, disks_dir, units_dir)
         self.mounts = None
@@ -153,7 +155,19 @@ class PiDisks:
             leftovers = self.leftovers(files, plan['steps']) if files and not entries else []
         plan.update(entries=entries, new=render_index(lay, entries))
         plan['container'] = self.plan_container(plan, leftovers)
+        self.claim_space(plan)
         return plan
+
+    def claim_space(self, plan):
+        """Book what a new or grown disks file system may take at worst on the data file system, or refuse it."""
+        container = plan['container']
+        more = container.get('capacity', 0) - (plan['size'] if plan['image'] else 0)
+        if self.space is None or container['action'] not in ('created', 'migrated', 'grown') or more <= 0:
+            return
+        try:
+            self.space.claim(self.disks_dir, more, 'the disks of Pi %s' % plan['serial'])
+        except _space.SpaceError as exc:
+            raise DiskError(str(exc)) from None
 
     def container_state(self, lay):
         """What is at the Pi's paths: image, mount and an old layout's directory; DiskError for what is foreign."""

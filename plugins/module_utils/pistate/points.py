@@ -17,9 +17,11 @@ The NFS server withholds an export with nothing mounted at its path as well (``e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import stat
 import struct
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
@@ -128,6 +130,9 @@ class Points:
             changed = True
             if not self.host.check_mode:
                 self.mount()
+        if not self.host.check_mode and not set_immutable(self.path):  # the tmpfs's top: nobody adds to it
+            self.host.warn('the mount points\' tmpfs at %s cannot be made immutable (a kernel before 6.0): a Pi '
+                           'served its bare mount point could write to it' % self.path)
         self.ensured = not self.host.check_mode
         return changed
 
@@ -166,10 +171,33 @@ class Points:
         if not self.mounted():
             raise PointsError('the mount points\' tmpfs is not mounted at %s, so %s cannot be made there without '
                               'leaving a bare directory of the data file system to export' % (self.path, point))
+        with self.opened():
+            st = _lstat(point)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                os.unlink(point)  # not what pifleet makes here: never mounted on, nor followed
+                st = None
+            if st is None:
+                os.mkdir(point, 0o755)
+        if not os.path.ismount(point):
+            set_immutable(point)  # bare (nothing mounted yet, or no more), it takes nothing: not even from root
+
+    def remove(self, point):
+        """Remove the mount point ``point`` once nothing is mounted there."""
+        if os.path.ismount(point) or not os.path.isdir(point) or os.path.islink(point):
+            return
+        set_immutable(point, False)
+        with self.opened():
+            with contextlib.suppress(OSError):
+                os.rmdir(point)
+
+    @contextlib.contextmanager
+    def opened(self):
+        """The tmpfs's top made writable for a moment (pifleet adds or removes a mount point; it holds the lock)."""
+        set_immutable(self.path, False)
         try:
-            os.mkdir(point, 0o755)
-        except FileExistsError:
-            pass
+            yield
+        finally:
+            set_immutable(self.path)
 
     def release(self):
         """With no Pi file system left in ``base``: the tmpfs unmounted, its unit and directory removed (what
@@ -227,6 +255,13 @@ def holds_images(base):
         return any(name.endswith('.img') for name in os.listdir(base))
     except FileNotFoundError:
         return False
+
+
+def _lstat(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def _mount_points():

@@ -21,6 +21,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import clo
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootfix as _rootfix
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
     BOOT_EXPORT,
     BOOT_IMAGE,
@@ -38,7 +39,7 @@ GOLDEN_OPTIONS = ('ro', 'noload', 'nosuid', 'nodev', 'noexec')
 class PiRoots:
     """The roots of many Pis in one ``roots_dir``; one instance per module run."""
 
-    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types):
+    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types, space=None):
         # The kernel's names: mount points are found in mountinfo and named in units by their real path.
         self.host, self.store, self.roots_dir = host, os.path.realpath(store), os.path.realpath(roots_dir)
         self.clone_method, self.key_types = clone_method, list(key_types)
@@ -46,6 +47,7 @@ class PiRoots:
         self.mounter = _loopfs.Mounter(host.run, host.which)
         self.units = _loopfs.Units(units_dir) if units_dir else None
         self.points = _points.Points(host, self.roots_dir, self.units, 'Pi roots')
+        self.space = space  # a space.Ledger: new roots must fit the data file system in the worst case
         self.manifests, self.goldens, self.diffs = {}, {}, []
         self.mounts = None
         self.forge = None
@@ -152,6 +154,8 @@ class PiRoots:
         manifest = self.manifest(item['bakeform'], serial)
         plan['sha256'] = manifest.get('sha256')
         action = _roots.plan_action(state, image or legacy, marker, plan['sha256'])
+        if action in ('clone', 'rebuild'):
+            self.claim_space(item)
         if action == 'foreign':
             if legacy:
                 raise _roots.RootError(
@@ -161,6 +165,16 @@ class PiRoots:
             raise _roots.RootError('root of Pi %s: %s exists but %s does not, so pi_root did not make it; move it '
                                    'away, or use state: rebuilt to replace it' % (serial, lay.image, lay.marker))
         return dict(plan, action=action)
+
+    def claim_space(self, item):
+        """Book the new root's worst case (its golden image's size) on the data file system, or refuse it."""
+        golden = os.path.join(self.store, item['bakeform'], ROOT_IMAGE)
+        if self.space is None or not os.path.isfile(golden):
+            return
+        try:
+            self.space.claim(self.roots_dir, os.stat(golden).st_size, 'the root of Pi %s' % item['serial'])
+        except _space.SpaceError as exc:
+            raise _roots.RootError(str(exc)) from None
 
     # ------------------------------------------------------------------ apply
 
@@ -395,6 +409,4 @@ class PiRoots:
         for path in (lay.image, lay.marker):
             if os.path.lexists(path):
                 os.unlink(path)  # a lazily unmounted image lives on until the NFS server lets go of it
-        if os.path.isdir(lay.point) and not os.path.ismount(lay.point):
-            with contextlib.suppress(OSError):
-                os.rmdir(lay.point)
+        self.points.remove(lay.point)

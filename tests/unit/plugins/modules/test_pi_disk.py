@@ -39,7 +39,7 @@ def disks_dir(tmp_path):
 
 def args(disks_dir, **extra):
     return dict({'disks_dir': str(disks_dir), 'units_dir': str(disks_dir.parent / 'units'),
-                 'lock_file': str(disks_dir.parent / 'lock')}, **extra)
+                 'lock_file': str(disks_dir.parent / 'lock'), 'allow_root_filesystem': True}, **extra)
 
 
 INVALID = [
@@ -173,3 +173,20 @@ def test_the_bakery_lock_is_held_for_changes_and_not_for_check_mode(run_module, 
         assert tree(disks_dir) == {}
         checked = run_module(pi_disk.main, task, check_mode=True)
         assert not checked.failed and checked.result['changed'] is True
+
+
+def test_new_disks_must_fit_the_data_file_system_in_the_worst_case(run_module, disks_dir):
+    task = args(disks_dir, disks=[{'serial': SERIAL, 'name': 'data', 'size': '1G'},
+                                  {'serial': 'bbbb0001', 'name': 'data', 'size': '1M'}])
+    vfs = os.statvfs(disks_dir)
+    # An overcommit that leaves room for about 600 MiB more than is in use: the small disks fit, the 1G ones not.
+    ratio = ((vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize + 600 * MIB) / (
+        ((vfs.f_blocks - vfs.f_bfree) + vfs.f_bavail) * vfs.f_frsize * 0.99)
+    result = run_module(pi_disk.main, dict(task, overcommit=ratio), check_mode=True)
+    assert result.failed and [(p['serial'], p['action']) for p in result.result['pis']] == [
+        (SERIAL, 'failed'), ('bbbb0001', 'created')], result.result
+    msg = result.result['pis'][0]['msg']
+    assert msg.startswith('not enough space on ') and 'for the disks of Pi 3a4b5c6d (1.12 GiB at most)' in msg, msg
+    assert 'pifleet_overcommit' in msg and tree(disks_dir) == {}
+    fine = run_module(pi_disk.main, task, check_mode=True)  # overcommit 1.0 on a file system with room
+    assert not fine.failed or vfs.f_bavail * vfs.f_frsize < 2 * 1024 * MIB, fine.result

@@ -78,13 +78,16 @@ def lab(tmp_path):
     left = mounts_below(tmp_path)
     for point in sorted(left, key=len, reverse=True):
         subprocess.run(['umount', '--lazy', point], check=False)
+    if (tmp_path / 'roots/mnt').is_dir():  # immutable; a test that failed midway leaves it
+        subprocess.run(['chattr', '-i', str(tmp_path / 'roots/mnt')], check=False)
     assert left == [], 'a test left mounts behind'
     assert loops_below(tmp_path) == [], 'a test left loop devices behind'
 
 
 def args(lab, **extra):
     return dict({'bakeform': 'bw', 'store': str(lab / 'store'), 'roots_dir': str(lab / 'roots'),
-                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock')}, **extra)
+                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock'),
+                 'allow_root_filesystem': True}, **extra)  # the test's temp dirs may lie on /
 
 
 INVALID = [
@@ -124,7 +127,9 @@ def test_a_pi_that_cannot_be_planned_fails_with_its_serial(run_module, lab, extr
         assert result.failed and message in result.result['msg'], result.result
         assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): 3a4b5c6d: ')
         assert result.result['pis'] == [{'serial': '3a4b5c6d', 'hostname': 'pi-3a4b5c6d', 'changed': False,
-                                         'action': 'failed', 'msg': result.result['pis'][0]['msg']}]
+                                         'action': 'failed', 'msg': result.result['pis'][0]['msg'], 'usage': {
+                                             'size': 0, 'allocated': 0, 'exclusive': 0, 'growth': 0,
+                                             'filesystem': None, 'fs_size': None, 'fs_used': None, 'fs_free': None}}]
         assert result.result['changed'] is False
     assert os.listdir(lab / 'roots') == []  # made (0700) by the real run, with nothing in it
 
@@ -351,3 +356,38 @@ def test_a_root_mounted_where_earlier_releases_did_moves_to_the_mount_points_tmp
     assert run_module(pi_root.main, base).result['changed'] is False
     run_module(pi_root.main, dict(base, state='absent'))
     assert os.listdir(roots) == []
+
+
+@needs_mounts
+def test_space_is_checked_before_a_root_is_made_and_reported_after(run_module, lab):
+    base = args(lab, serial='3a4b5c6d', clone_method='copy')
+    golden = os.stat(lab / 'store/bw/root.img').st_size
+    refused = run_module(pi_root.main, dict(base, overcommit=0.0001))
+    assert refused.failed and refused.result['pis'][0]['action'] == 'failed'
+    msg = refused.result['pis'][0]['msg']
+    assert msg.startswith('not enough space on ') and 'for the root of Pi 3a4b5c6d' in msg, msg
+    assert 'overcommit 0.0001 allows' in msg and 'pifleet_prune' in msg and 'pifleet_overcommit' in msg
+    assert not (lab / 'roots/3a4b5c6d.img').exists()
+    made = run_module(pi_root.main, base).result
+    usage = made['pis'][0]['usage']
+    assert usage['size'] == golden and 0 < usage['allocated'] <= golden and usage['exclusive'] == usage['allocated']
+    assert usage['growth'] == golden - usage['exclusive'] and usage['fs_size'] > usage['fs_used'] > 0
+    [fs] = made['filesystems']
+    assert fs['images'] == 1 and fs['committed'] == fs['used'] + usage['growth'] and fs['overcommit'] == 1.0
+    assert usage['filesystem'] == fs['mount'] and fs['size'] >= fs['used'] + fs['free'] - 1
+    # A Pi that only keeps what it has is never refused, however full the file system is said to be.
+    kept = run_module(pi_root.main, dict(base, overcommit=0.0001, hostname='renamed')).result
+    assert kept['pis'][0]['action'] == 'fixed'
+    run_module(pi_root.main, dict(base, state='absent'))
+
+
+def test_the_roots_dir_or_store_on_the_bakerys_own_root_file_system_is_refused(run_module, lab, monkeypatch):
+    """Here / stands for whichever file system holds the test's temp dir."""
+    monkeypatch.setattr(os, 'stat', lambda path, _real=os.stat, **kw: _real(str(lab) if path == '/' else path, **kw))
+    refused = run_module(pi_root.main, args(lab, serial='3a4b5c6d', allow_root_filesystem=False))
+    assert refused.failed and not refused.result['changed']
+    assert refused.result['msg'].startswith('roots_dir %s and store %s are on the bakery\'s root file system (/)'
+                                            % (lab / 'roots', lab / 'store')), refused.result['msg']
+    assert 'allow_root_filesystem: true' in refused.result['msg'] and not (lab / 'roots').exists()
+    gone = run_module(pi_root.main, args(lab, serial='3a4b5c6d', state='absent', allow_root_filesystem=False))
+    assert not gone.failed  # removing what is there is never refused
