@@ -11,7 +11,7 @@ version_added: 0.1.0
 author:
   - pifleet maintainers (@pifleet)
 description:
-  - Reads C(pi_ip), C(pi_mac) (for a Pi 3 without it, C(pi_model) and C(pi_serial): its MAC is C(b8:27:eb) and the
+  - Reads C(pi_ip), C(pi_mac) (for a Pi 3 without it, C(pi_model) and C(pi_serial), as its MAC is C(b8:27:eb) and the
     serial's low three bytes) of the given inventory hosts and returns the nftables script of the
     C(pifleet.netboot.lan_guard) role, with the pairs it allows.
   - Packets to the given ports from a Pi's address are dropped unless they come from that Pi's MAC; packets from
