@@ -25,7 +25,7 @@ options:
   allow_root_filesystem:
     description:
       - Allow the Pis' directories (and the bakeform store) on the bakery's own root file system C(/). Refused by
-        default: Pis filling their file systems would fill the file system the bakery needs to run.
+        default, as Pis filling their file systems would fill the file system the bakery needs to run.
     type: bool
     default: false
   space_dirs:
