@@ -280,7 +280,7 @@ filesystems:
     used: {description: Bytes in use., type: int}
     free: {description: Bytes available., type: int}
     images: {description: Pi images on it (roots and disks file systems)., type: int}
-    committed: {description: The worst case, what is in use plus what every Pi image can still take., type: int}
+    committed: {description: The worst case (what is in use plus what every Pi image can still take)., type: int}
     overcommit: {description: The O(overcommit) of this run., type: float}
     limit: {description: What the worst case may reach (O(overcommit) times the size less the file system's share)., type: int}
   sample:

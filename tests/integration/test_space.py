@@ -39,8 +39,8 @@ def dmesg():
 def io_errors(lines, device):
     """Kernel lines of I/O errors on ``device`` (loopN), or of ext4 giving up on it."""
     name = os.path.basename(device)
-    return [line for line in lines if re.search(r'\b%s\b' % name, line) and re.search(r'error|EXT4-fs.*abort', line,
-                                                                                       re.I)]
+    return [line for line in lines
+            if re.search(r'\b%s\b' % name, line) and re.search(r'error|EXT4-fs.*abort', line, re.I)]
 
 
 def fill(directory, name, limit=None):

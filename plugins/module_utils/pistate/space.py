@@ -198,15 +198,16 @@ class Ledger:
         record = self.filesystem_of(directory)
         needed = self.committed(record) + size
         if needed > self.limit(record):
+            numbers = (record['mount'], who, short(size), short(needed), short(record['used']),
+                       short(record['growth'] + record['claimed']), record['images'], self.overcommit,
+                       short(self.limit(record)), short(record['size']), short(record['free']))
             raise SpaceError(
                 'not enough space on %s for %s (%s at most): with every Pi image on it filled, %s would be needed '
                 '(%s in use now, %s that its %d Pi image(s) and this run\'s may still take, and this), but overcommit '
                 '%g allows %s of its %s (%s are free now); free space (remove the roots and disks of Pis that left: '
                 'pifleet_prune), grow the file system, give smaller images or disks, or raise overcommit '
                 '(pifleet_overcommit), knowing that a Pi that fills its own file system may then leave other Pis with '
-                'I/O errors' % (record['mount'], who, short(size), short(needed), short(record['used']),
-                                 short(record['growth'] + record['claimed']), record['images'], self.overcommit,
-                                 short(self.limit(record)), short(record['size']), short(record['free'])))
+                'I/O errors' % numbers)
         record['claimed'] += size
 
     def usage(self, image, point):
