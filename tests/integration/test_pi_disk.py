@@ -41,7 +41,7 @@ def lab(tmp_path):
 
 def assert_private_file_system(lab, serial, result):
     """A private sparse image beside its mount point, mounted without exec, suid or devices, and its unit."""
-    point, container = lab['disks'] / serial, lab['disks'] / (serial + '.img')
+    point, container = lab['points'] / serial, lab['disks'] / (serial + '.img')
     assert lab['disks'].stat().st_mode & 0o777 == 0o700
     assert container.stat().st_mode & 0o777 == 0o600 and container.stat().st_size == result['capacity']
     assert result['allocated'] == container.stat().st_blocks * 512 < 4 * MIB
@@ -57,7 +57,7 @@ def assert_private_file_system(lab, serial, result):
 
 def test_ext4_disk_in_its_own_file_system_created_grown_and_never_shrunk(lab):
     task = base(lab, serial='100000003A4B5C6D', name='data', size='64M', fstype='ext4')
-    disks, point = lab['disks'], lab['disks'] / SERIAL
+    disks, point = lab['disks'], lab['points'] / SERIAL
     image = point / 'data' / 'disk.img'
 
     planned = run_module('pi_disk', task, check=True, diff=True)
@@ -113,7 +113,7 @@ def test_ext4_disk_in_its_own_file_system_created_grown_and_never_shrunk(lab):
 def test_fstype_none_is_a_hole_and_fstype_cannot_change(lab):
     task = base(lab, serial='c0ffee00', name='raw', size='0.25G')
     done = run_module('pi_disk', task)
-    image = lab['disks'] / 'c0ffee00' / 'raw' / 'disk.img'
+    image = lab['points'] / 'c0ffee00' / 'raw' / 'disk.img'
     assert done['disks'][0]['apparent_size'] == image.stat().st_size == 256 * MIB
     assert done['disks'][0]['allocated_size'] == image.stat().st_blocks * 512 == 0
     with open(image, 'rb') as handle:
@@ -129,7 +129,7 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
     task = base(lab, serial='dddd0001', name='keep', size='16M', fstype=fstype)
     assert run_module('pi_disk', task)['changed'] is True
     assert run_module('pi_disk', dict(task, name='spare'))['changed'] is True
-    image = lab['disks'] / 'dddd0001' / 'keep' / 'disk.img'
+    image = lab['points'] / 'dddd0001' / 'keep' / 'disk.img'
     if fstype == 'ext4':
         tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(image))
     else:
@@ -146,7 +146,7 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
     assert spare['changed'] is True and spare['disks'][0]['action'] == 'removed', spare
     index = lab['disks'] / 'dddd0001.json'
     assert [d['name'] for d in json.loads(index.read_text())['disks']] == ['keep']
-    assert sorted(os.listdir(lab['disks'] / 'dddd0001')) == ['keep', 'lost+found']
+    assert sorted(os.listdir(lab['points'] / 'dddd0001')) == ['keep', 'lost+found']
 
     forced = run_module('pi_disk', dict(task, state='absent', force=True))
     assert forced['changed'] is True and forced['disks'][0]['action'] == 'removed', forced
@@ -159,11 +159,11 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
 def test_a_file_system_the_pi_left_files_in_is_kept_unless_forced(lab):
     task = base(lab, serial='dddd0002', name='only', size='16M')
     run_module('pi_disk', task)
-    (lab['disks'] / 'dddd0002' / 'mine.txt').write_text('the Pi wrote this at the top of its export')
+    (lab['points'] / 'dddd0002' / 'mine.txt').write_text('the Pi wrote this at the top of its export')
     kept = run_module('pi_disk', dict(task, state='absent'))
     assert kept['changed'] is True and kept['pis'][0]['action'] == 'kept', kept
     assert 'holds other files (mine.txt): kept' in json.dumps(kept['warnings'])  # 2.19: WarningSummary objects
-    assert not (lab['disks'] / 'dddd0002.json').exists() and (lab['disks'] / 'dddd0002' / 'mine.txt').exists()
+    assert not (lab['disks'] / 'dddd0002.json').exists() and (lab['points'] / 'dddd0002' / 'mine.txt').exists()
     again = run_module('pi_disk', dict(task, state='absent'))
     assert again['changed'] is False and again['pis'][0]['action'] == 'kept'
     gone = run_module('pi_disk', dict(task, state='absent', force=True))
@@ -174,7 +174,7 @@ def test_the_file_system_holds_its_disks_written_in_full(lab):
     sizes = {'a': 64, 'b': 100, 'c': 37}
     task = base(lab, serial='f111f111', disks=[{'name': n, 'size': '%dM' % s} for n, s in sizes.items()])
     run_module('pi_disk', task)
-    point = lab['disks'] / 'f111f111'
+    point = lab['points'] / 'f111f111'
     for name, size in sizes.items():  # what a Pi does over NFS: fill its disks to the last byte
         tool('dd', 'if=/dev/urandom', 'of=%s' % (point / name / 'disk.img'), 'bs=1M', 'count=%d' % size,
              'conv=notrunc,fsync', 'status=none')
@@ -237,7 +237,7 @@ def test_fleet_of_20_disks_for_5_pis_in_one_call(lab):
         index = json.loads((lab['disks'] / (serial + '.json')).read_text())
         assert [(d['name'], d['size'], d['fstype']) for d in index['disks']] == [
             ('data', 64 * MIB, 'ext4'), ('logs', 16 * MIB, 'ext4'), ('raw', MIB, 'none'), ('swap', 128 * MIB, 'none')]
-    assert len({tool('findmnt', '-n', '-o', 'SOURCE', str(lab['disks'] / s)) for s in serials}) == 5
+    assert len({tool('findmnt', '-n', '-o', 'SOURCE', str(lab['points'] / s)) for s in serials}) == 5
 
     before = state(lab)
     started = time.monotonic()
@@ -252,7 +252,7 @@ def test_fleet_of_20_disks_for_5_pis_in_one_call(lab):
 def test_an_unmounted_file_system_is_looked_at_read_only_then_mounted(lab):
     task = base(lab, serial='0badcafe', name='data', size='16M', fstype='ext4')
     run_module('pi_disk', task)
-    point = lab['disks'] / '0badcafe'
+    point = lab['points'] / '0badcafe'
     tool('umount', str(point))  # a bakery rebooted without its mount units
     planned = run_module('pi_disk', task, check=True)
     assert planned['changed'] is True and planned['pis'][0]['action'] == 'mounted', planned
@@ -267,7 +267,7 @@ def test_growing_a_busy_file_system(lab):
     """Online when the kernel lets us; else offline, which a busy file system (an NFS server) refuses clearly."""
     task = base(lab, serial='b0b0b0b0', name='data', size='16M')
     run_module('pi_disk', task)
-    point = lab['disks'] / 'b0b0b0b0'
+    point = lab['points'] / 'b0b0b0b0'
     holder = os.open(point, os.O_RDONLY)  # what Ganesha does with an export's root
     try:
         before = (lab['disks'] / 'b0b0b0b0.json').read_text()
@@ -289,7 +289,7 @@ def test_never_grown_offline_while_another_mount_namespace_holds_it(lab):
     there after it is unmounted here: e2fsck or resize2fs on the image then would corrupt it."""
     task = base(lab, serial='b0b0b0b1', name='data', size='16M')
     run_module('pi_disk', task)
-    point = lab['disks'] / 'b0b0b0b1'
+    point = lab['points'] / 'b0b0b0b1'
     holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '60'])
     try:
         time.sleep(0.5)  # its copy of our mounts is made
@@ -348,7 +348,7 @@ def test_old_layout_is_refused_then_migrated_with_its_data(lab):
     assert not done.get('failed'), done
     assert [p['action'] for p in done['pis']] == ['migrated', 'unchanged']
     assert [d['action'] for d in done['disks']] == ['unchanged', 'grown', 'unchanged']
-    point = lab['disks'] / SERIAL
+    point = lab['points'] / SERIAL
     assert mounts_below(point) == [str(point)] and sorted(os.listdir(point)) == ['data', 'lost+found', 'raw']
     assert sha(point / 'data' / 'disk.img') == sums['data']
     with open(point / 'raw' / 'disk.img', 'rb') as handle:
@@ -391,7 +391,7 @@ def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
     items = [{'serial': serial, 'name': name, 'size': '8M'} for serial in ('aaaa0099', 'bbbb0099')
              for name in ('one', 'two')]
     run_module('pi_disk', base(lab, disks=items))
-    (lab['disks'] / 'bbbb0099' / 'three').mkdir()  # what a departed Pi made in its export is not a disk list
+    (lab['points'] / 'bbbb0099' / 'three').mkdir()  # what a departed Pi made in its export is not a disk list
     (tmp_path / 'roots').mkdir()
     play = tmp_path / 'prune.yml'
     play.write_text(json.dumps([{'name': 'Prune', 'hosts': 'localhost', 'gather_facts': False, 'vars': {
@@ -404,7 +404,7 @@ def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
                           env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1'))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(lab['disks'])) == ['aaaa0099', 'aaaa0099.img', 'aaaa0099.json']
-    assert sorted(os.listdir(lab['disks'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
+    assert sorted(os.listdir(lab['points'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
 
 
 @pytest.mark.parametrize('damage', ['lost', 'garbled'])
@@ -441,7 +441,7 @@ def test_a_pi_failing_half_way_keeps_an_index_of_what_was_done(lab, tmp_path, mo
                                                                    ('other', 'created')]
     assert failed['changed'] is True and [p['action'] for p in failed['pis']] == ['failed', 'created']
     index = json.loads((lab['disks'] / (SERIAL + '.json')).read_text())
-    assert [d['name'] for d in index['disks']] == ['good'] and os.listdir(lab['disks'] / SERIAL / 'bad') == []
+    assert [d['name'] for d in index['disks']] == ['good'] and os.listdir(lab['points'] / SERIAL / 'bad') == []
     monkeypatch.setenv('PATH', os.environ['PATH'].split(':', 1)[1])
     done = run_module('pi_disk', base(lab, disks=items))
     assert [d['action'] for d in done['disks']] == ['unchanged', 'created', 'unchanged'], done
