@@ -445,3 +445,35 @@ def test_a_pi_failing_half_way_keeps_an_index_of_what_was_done(lab, tmp_path, mo
     monkeypatch.setenv('PATH', os.environ['PATH'].split(':', 1)[1])
     done = run_module('pi_disk', base(lab, disks=items))
     assert [d['action'] for d in done['disks']] == ['unchanged', 'created', 'unchanged'], done
+
+
+def test_disks_mounted_where_earlier_releases_did_move_to_the_mount_points_tmpfs(lab):
+    """Earlier releases mounted a Pi's disks at <disks_dir>/<serial>, on the data file system. The next run
+    mounts them at <disks_dir>/mnt/<serial> first, then gives the old mount point, its unit and directory up."""
+    task = base(lab, serial=SERIAL, name='data', size='8M')
+    assert run_module('pi_disk', task)['pis'][0]['action'] == 'created'
+    new, old = lab['points'] / SERIAL, lab['disks'] / SERIAL
+    (new / 'data' / 'notes').write_text('the Pi wrote this\n')
+    image = lab['disks'] / (SERIAL + '.img')
+    tool('umount', str(new))
+    tool('umount', str(lab['points']))
+    for name in os.listdir(lab['units']):
+        if name.endswith('.mount'):
+            os.unlink(lab['units'] / name)
+            os.unlink(lab['units'] / 'local-fs.target.wants' / name)
+    old.mkdir()
+    tool('mount', '-o', 'loop,nosuid,nodev,noexec', str(image), str(old))
+    old_unit = lab['units'] / unit_name(str(old))
+    old_unit.write_text('[Mount]\nWhat=%s\nWhere=%s\n' % (image, old))
+
+    planned = run_module('pi_disk', task, check=True)
+    assert planned['pis'][0]['action'] == 'mounted' and planned['disks'][0]['action'] == 'unchanged', planned
+    assert os.path.ismount(old) and not os.path.exists(new)
+    moved = run_module('pi_disk', task)
+    assert not moved.get('failed') and moved['pis'][0]['action'] == 'mounted', moved
+    assert moved['pis'][0]['path'] == str(new) and (new / 'data' / 'notes').read_text() == 'the Pi wrote this\n'
+    assert mounts_below(lab['disks']) == [str(lab['points']), str(new)] and not os.path.lexists(old)
+    assert not old_unit.exists() and (lab['units'] / unit_name(str(new))).is_file()
+    assert run_module('pi_disk', task)['changed'] is False
+    run_module('pi_disk', dict(task, state='absent', force=True))
+    assert os.listdir(lab['disks']) == []  # the mount points' tmpfs went with the last disks
