@@ -183,7 +183,7 @@ class Containers:
                 os.path.realpath(lay.point)):
             self.points.make(lay.point)
             self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % lay.serial)
-        _points.give_up_old_point(self.host, self.mounter, self.units, lay.old_point, 'the disks of Pi %s' % lay.serial)
+        self.points.give_up(lay.old_point, lay.image, 'the disks of Pi %s' % lay.serial)
         return True
 
     def moved(self, lay):

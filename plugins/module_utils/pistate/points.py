@@ -190,6 +190,23 @@ class Points:
             with contextlib.suppress(OSError):
                 os.rmdir(point)
 
+    def give_up(self, old_point, image, who):
+        """The mount point of earlier releases (``old_point``, on the data file system) given up: its unit removed,
+        unmounted (the NFS server lets go once the exports move) and the directory removed. The Pi's file system
+        (``image``) must be mounted at its new point first, so that nothing is left unmounted in between; anything
+        else mounted there is refused, never unmounted."""
+        found = _loopfs.mount_at(os.path.realpath(old_point))
+        if found and _loopfs.loop_backing(found[0]) not in (image, os.path.realpath(image)):
+            raise PointsError('%s: %s has %s mounted on it, not %s; pifleet moves only its own file systems from '
+                              'there: unmount it, then run again' % (who, old_point, found[0], image))
+        if self.units:
+            self.units.remove(old_point)
+        if found:
+            _loopfs.Mounter(self.host.run, self.host.which).umount(old_point, '%s at its old mount point' % who)
+        problem = remove_old_point(old_point)
+        if problem:
+            self.host.warn('%s: %s' % (who, problem))
+
     @contextlib.contextmanager
     def opened(self):
         """The tmpfs's top made writable for a moment (pifleet adds or removes a mount point; it holds the lock)."""
@@ -219,19 +236,6 @@ class Points:
             set_immutable(self.path, False)
             os.rmdir(self.path)
         return True
-
-
-def give_up_old_point(host, mounter, units, old_point, who):
-    """The mount point of earlier releases (``old_point``, on the data file system) given up: its unit removed,
-    unmounted (the NFS server lets go once the exports move) and the directory removed. The Pi's file system
-    must be mounted at its new point first, so that nothing is left unmounted in between."""
-    if units:
-        units.remove(old_point)
-    if os.path.ismount(old_point):
-        mounter.umount(old_point, '%s at its old mount point' % who)
-    problem = remove_old_point(old_point)
-    if problem:
-        host.warn('%s: %s' % (who, problem))
 
 
 def remove_old_point(path):

@@ -263,8 +263,8 @@ class PiRoots:
         if not plan['moved']:
             return False
         if not self.host.check_mode:
-            _points.give_up_old_point(self.host, self.mounter, self.units, plan['layout'].old_point,
-                                      'the root of Pi %s' % plan['serial'])
+            lay = plan['layout']
+            self.points.give_up(lay.old_point, lay.image, 'the root of Pi %s' % plan['serial'])
             plan['moved'] = False
         return True
 
