@@ -424,9 +424,13 @@ def used_export_ids(config_text):
 
 
 def assign_ids(paths, old_ids, reserved):
-    """Keep each path's Export_Id; give new paths the lowest free id from FIRST_GANESHA_ID on."""
+    """Keep each path's Export_Id; give new paths the lowest free id from FIRST_GANESHA_ID on.
+
+    An id the file gave another path is not handed out in the same write: Ganesha takes a reload that keeps an
+    Export_Id as an update of that export, and an update cannot change its Path (a moved mount point).
+    """
     ids = {path: old_ids[path] for path in paths if path in old_ids and old_ids[path] not in reserved}
-    taken = set(ids.values()) | set(reserved)
+    taken = set(ids.values()) | set(reserved) | set(old_ids.values())
     candidate = FIRST_GANESHA_ID
     for path in sorted(paths):
         if path in ids:

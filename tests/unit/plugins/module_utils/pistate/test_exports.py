@@ -236,6 +236,8 @@ def test_export_ids_stay_and_new_ones_fill_gaps_from_100():
         '/a': 101, '/b': 100, '/c': 102, '/d': 103}
     # An id the user's own config took meanwhile is given up; ids below 100 are never handed out.
     assert ex.assign_ids(['/a', '/b'], {'/a': 100}, {100, 101, 1}) == {'/a': 102, '/b': 103}
+    # A path that replaces another (a mount point moved) never gets its id in the same write.
+    assert ex.assign_ids(['/srv/roots/mnt/a'], {'/srv/roots/a': 100}, set()) == {'/srv/roots/mnt/a': 101}
 
 
 def test_used_export_ids_ignores_comments():
