@@ -284,3 +284,29 @@ def test_a_rebuild_killed_after_it_unmounted_the_old_root_serves_nothing_wide(re
     bk.wait_served('pia', bk.root(A))
     hostname = nfs(bk.lan, 'pia', ['nfs-cat', nfs_url(SERVER, str(bk.root(A) / 'etc/hostname'))]).stdout
     assert hostname == 'pi-%s\n' % A
+
+
+def test_a_root_mounted_where_earlier_releases_did_moves_and_is_served_at_its_new_path(repaired):
+    """The migration, served: B's root mounted and exported at roots/<serial> as earlier releases did; the next
+    converge mounts it at roots/mnt/<serial>, gives the old point up, and the server serves the new path only."""
+    bk = repaired
+    old = bk.roots / B
+    bk.server.close()
+    subprocess.run(['umount', str(bk.root(B))], check=True)
+    old.mkdir()
+    subprocess.run(['mount', '-o', 'loop,nosuid,nodev', str(bk.roots / (B + '.img')), str(old)], check=True)
+    earlier = run_module('nfs_export', {
+        'backend': 'ganesha', 'exclusive': True, 'ganesha_config': str(bk.server.config),
+        'ganesha_pidfile': str(bk.server.pidfile), 'exports_file': str(bk.exports_file), 'lock_file': bk.lock,
+        'exports': [{'path': str(bk.root(A)), 'clients': [HOSTS['pia']]},
+                    {'path': str(old), 'clients': [HOSTS['pib']]}]})
+    assert earlier.get('failed') is not True, earlier
+    bk.server.start()
+    bk.wait_served('pib', old)
+
+    bk.converge()
+    assert not os.path.lexists(old) and os.path.ismount(bk.root(B))
+    bk.wait_served('pib', bk.root(B))
+    secret = nfs(bk.lan, 'pib', ['nfs-cat', nfs_url(SERVER, str(bk.root(B) / 'root/secret'))]).stdout.encode()
+    assert secret == SECRET
+    assert bk.rawnfs('pib', 'handle3', {'server': SERVER, 'export': str(old)})['status'] != 0
