@@ -32,8 +32,24 @@ MISSING = missing_tools(('mkfs.xfs', 'tune2fs', 'ssh-keygen', 'dmesg'))
 pytestmark = pytest.mark.skipif(bool(MISSING), reason='missing %s' % ', '.join(MISSING))
 
 
-def dmesg():
-    return subprocess.run(['dmesg'], capture_output=True, text=True, check=True).stdout.splitlines()
+def uptime():
+    with open('/proc/uptime', encoding='ascii') as handle:
+        return float(handle.read().split()[0])
+
+
+def mark(text):
+    """A line of our own in the kernel log: the proof that the window read back is the right one."""
+    with open('/dev/kmsg', 'w', encoding='ascii') as kmsg:
+        kmsg.write('pifleet test_space: %s\n' % text)
+    return 'pifleet test_space: %s' % text
+
+
+def dmesg(since):
+    """Kernel log lines stamped at ``since`` (uptime seconds) or later: the ring buffer may be full, so lines are
+    told apart by their time, not counted."""
+    lines = subprocess.run(['dmesg'], capture_output=True, text=True, check=True).stdout.splitlines()
+    stamped = [(re.match(r'\[\s*([0-9.]+)\]', line), line) for line in lines]
+    return [line for match, line in stamped if match and float(match.group(1)) >= since - 0.5]
 
 
 def io_errors(lines, device):
@@ -119,7 +135,8 @@ def test_within_the_ratio_a_full_pi_costs_no_other_pi_a_write(tmp_path, image):
             [fs] = made['filesystems']
             assert fs['committed'] <= fs['limit'] and fs['images'] == len(fitted), fs
             a, b = fitted[0], fitted[1]
-            before = dmesg()
+            since = uptime()
+            marker = mark('A fills its root, then B writes')
             filled_a = fill(bk.point(a), 'filler')
             assert filled_a[1] == errno.ENOSPC and filled_a[0] > 20 * MIB, filled_a  # A's own limit, not the bakery's
             others = [fill(bk.point(s), 'filler') for s in fitted[2:]]
@@ -127,7 +144,8 @@ def test_within_the_ratio_a_full_pi_costs_no_other_pi_a_write(tmp_path, image):
             room = vfs.f_bavail * vfs.f_frsize - 2 * MIB
             written, error = fill(bk.point(b), 'mine', room)
             assert (written, error) == (room, None), (written, error, others)
-            new = dmesg()[len(before):]
+            new = dmesg(since)
+            assert any(marker in line for line in new), new[-20:]
             assert io_errors(new, bk.loop_of(b)) == [] and io_errors(new, bk.loop_of(a)) == [], new
             usage = {pi['serial']: pi['usage'] for pi in bk.roots_call(fitted, 1.0)['pis']}
             assert usage[a]['fs_free'] < 2 * MIB and usage[a]['exclusive'] > 20 * MIB, usage[a]
@@ -144,13 +162,15 @@ def test_the_control_overcommitted_a_pi_within_its_limit_gets_io_errors(tmp_path
             [fs] = made['filesystems']
             assert fs['committed'] > fs['size'] + 100 * MIB, fs  # promised far more than it holds
             b, others = MANY[0], MANY[1:]
-            before = dmesg()
+            since = uptime()
+            marker = mark('the others fill theirs, then B writes')
             for serial in others:
                 fill(bk.point(serial), 'filler')
             vfs = os.statvfs(bk.point(b))
             room = vfs.f_bavail * vfs.f_frsize - 2 * MIB
             written, error = fill(bk.point(b), 'mine', room)
-            new = dmesg()[len(before):]
+            new = dmesg(since)
+            assert any(marker in line for line in new), new[-20:]
             assert error in (errno.EIO, errno.ENOSPC), (written, room, error)  # inside B's own limit
             assert io_errors(new, bk.loop_of(b)), new[-30:]
         finally:
