@@ -232,7 +232,10 @@ withheld:
   elements: str
   sample: []
 bounced:
-  description: Exports whose file system changed (a rebuilt root), which the server was made to drop and export again.
+  description:
+    - Exports the server was made to let go of before exporting them, touching no other export. Those whose file
+      system changed (a rebuilt root), and the new paths of a file system exported before under a path that is gone
+      (a mount point moved).
   returned: always
   type: list
   elements: str
@@ -392,7 +395,7 @@ class NfsExport:
         if self.backend == 'kernel':
             exportfs = self.module.get_bin_path('exportfs', required=True)
             for path in bounce:
-                for client in current[path]['clients']:
+                for client in current.get(path, {}).get('clients', ()):  # a moved export was not there before
                     self.module.run_command([exportfs, '-u', '%s:%s' % (client, path)])
             return
         shown = self.result['exports']

@@ -124,10 +124,17 @@ def _mount_point_of(path, mount_roots):
 
 
 def bounced(current, wanted):
-    """Paths exported before and now whose file system changed (a rebuilt root): the server must drop them first."""
-    return sorted(path for path, entry in wanted.items()
-                  if path in current and current[path].get('fs') and entry.get('fs')
-                  and current[path]['fs'] != entry['fs'])
+    """Paths the server must let go of before it exports them: exported before on another file system (a rebuilt
+    root), or new paths of a file system exported before under a path that goes now (a mount point moved).
+
+    Ganesha keeps the file system it opened at a path, and records each file system under the mount point where
+    it first met it; an export added in the same reload that drops the old one would not find it.
+    """
+    changed = {path for path, entry in wanted.items()
+               if current.get(path, {}).get('fs') and entry.get('fs') and current[path]['fs'] != entry['fs']}
+    gone = {current[path]['fs'] for path in current if path not in wanted and current[path].get('fs')}
+    moved = {path for path, entry in wanted.items() if path not in current and entry.get('fs') in gone}
+    return sorted(changed | moved)
 
 
 def is_world(client):
