@@ -365,10 +365,11 @@ def forge_v3(spec):
     answers is reported with its fsid and fileid, every READ with its data (hex), every CREATE.
     """
     server, names = spec['server'], spec['names']
+    nfs, replayed = None, []
     if spec.get('saved'):  # handles this Pi learned earlier (learn3), replayed once its export is gone
         saved = spec['saved']
         root, fh, ino = bytes.fromhex(saved['root']), bytes.fromhex(saved['known']), saved['ino']
-        nfs = Nfs3(server)
+        replayed = [('saved root', root), ('saved known', fh)]
         seen = [{'op': 'mount', 'status': 'saved handles'}]
     else:
         status, root = mount3(server, spec['export'])
@@ -378,13 +379,10 @@ def forge_v3(spec):
         seen = [{'op': 'mount', 'status': 0, 'fsid': _attr(nfs, root)['fsid']}]
         status, fh = nfs.walk(root, spec['known'])
         ino = _attr(nfs, fh)['fileid']
+    nfs = nfs or Nfs3(server)
     offsets = find_le32(fh, ino)
-    if spec.get('saved'):
-        forged_saved = [('saved root', root), ('saved known', fh)]
-    else:
-        forged_saved = []
-    forged = forged_saved + [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
-                             for forged_fh in _forge(fh, offsets, inode, gen)]
+    forged = replayed + [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
+                         for forged_fh in _forge(fh, offsets, inode, gen)]
     for text in spec.get('foreign', ()):
         other = bytes.fromhex(text)
         forged.append(('foreign handle', other))
