@@ -132,7 +132,7 @@ def boot_pi(lab, pi, fleet_map):
     bakery = lab['addresses']['bakery']
     argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, '-m', 'lab.pisim', 'boot',
             '--model', str(pi['model']), '--serial', pi['serial'], '--mac', pi['mac'], '--prefix', pi['prefix'],
-            '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/%s' % (bakery, pi['root_key']), '--json']
+            '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/mnt/%s' % (bakery, pi['root_key']), '--json']
     for folder in [*entry['dirs'], *fleet_map['default']]:
         argv += ['--expect-dir', outside(lab, folder)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
@@ -159,7 +159,7 @@ def boot_pi(lab, pi, fleet_map):
 
 def roots_mounted(lab, pis):
     """Each Pi's root is a loop-mounted file system of its own inside the bakery (nosuid, nodev)."""
-    points = ['/srv/pifleet/roots/%s' % pi['root_key'] for pi in pis]
+    points = ['/srv/pifleet/roots/mnt/%s' % pi['root_key'] for pi in pis]
     proc = subprocess.run(nspawnlab.ssh_argv(lab, 'findmnt', '--json', '--list', '--output', 'TARGET,SOURCE,OPTIONS'),
                           capture_output=True, text=True, timeout=60, check=False)
     found = {fs['target']: fs for fs in json.loads(proc.stdout or '{}').get('filesystems', [])}
@@ -171,7 +171,7 @@ def roots_mounted(lab, pis):
 
 
 def outsider_refused(lab, pi):
-    url = pisim.nfs_url(lab['addresses']['bakery'], '/srv/pifleet/roots/%s' % pi['root_key'])
+    url = pisim.nfs_url(lab['addresses']['bakery'], '/srv/pifleet/roots/mnt/%s' % pi['root_key'])
     proc = subprocess.run(['ip', 'netns', 'exec', lab['namespaces']['outsider'], 'nfs-ls', url], capture_output=True,
                           text=True, timeout=60, check=False)
     if proc.returncode == 0:
@@ -211,7 +211,7 @@ def on_bakery(lab, *command, timeout=120):
 
 def known_hosts(lab, pi, path):
     """A known_hosts file with the SSH host keys pi_root made for the Pi, read from its root on the bakery."""
-    keys = on_bakery(lab, 'cat /srv/pifleet/roots/%s/etc/ssh/ssh_host_*_key.pub' % pi['root_key'])
+    keys = on_bakery(lab, 'cat /srv/pifleet/roots/mnt/%s/etc/ssh/ssh_host_*_key.pub' % pi['root_key'])
     lines = ['%s %s' % (pi['ip'], ' '.join(line.split()[:2])) for line in keys.splitlines() if line.strip()]
     if not lines:
         raise DemoError('%s: no SSH host keys in its root on the bakery' % pi['name'])

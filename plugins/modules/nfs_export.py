@@ -22,10 +22,14 @@ description:
     must not be squashed on an NFS root); boot files should go read-only (O(options) C([ro, sync, no_subtree_check,
     no_root_squash])). Exports to the world (C(*), C(0.0.0.0/0), C(::/0), name patterns) are refused unless
     O(allow_world=true); a read-write export to a network draws a warning.
-  - Each export must be the top of a file system of its own (see O(allow_shared_filesystem)). The managed file
-    records which file system each export is; when another one is mounted at the same path (a rebuilt root), the
-    module makes the server drop that export and export it again, touching no other export (Ganesha would otherwise
-    keep serving the old, deleted file system).
+  - Each export must be the top of a file system of its own (see O(allow_shared_filesystem)), and gets the option
+    C(mp) (unless it has C(mp) or C(mountpoint) already), so it is served only while a file system is mounted at its
+    path. Kernel nfsd does that itself; for NFS-Ganesha, which has no such option, the module writes the export as a
+    comment (withheld, see RV(withheld)) while nothing is mounted there, and the C(nfs_server) role's guard does the
+    same each time Ganesha starts or reloads. A Pi whose root failed to mount is never served a bare directory.
+  - The managed file records which file system each export is; when another one is mounted at the same path (a
+    rebuilt root), the module makes the server drop that export and export it again, touching no other export
+    (Ganesha would otherwise keep serving the old, deleted file system).
   - Without O(exclusive), entries are merged by path into the managed file (an entry replaces the same path's
     entry); with O(exclusive=true) the managed file holds exactly the entries of this call.
   - One bad entry never stops the others. An entry that cannot be exported (its path is
@@ -272,8 +276,19 @@ failed_pis:
     path: {description: The export that failed., type: str}
     msg: {description: Why it failed., type: str}
   sample: []
+withheld:
+  description:
+    - Exports with option C(mp) that have no file system mounted at their path. Kernel nfsd withholds them itself
+      (exports(5) C(mp)); for NFS-Ganesha they are written as comments until their file system is mounted again.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 bounced:
-  description: Exports whose file system changed (a rebuilt root), which the server was made to drop and export again.
+  description:
+    - Exports the server was made to let go of before exporting them, touching no other export. Those whose file
+      system changed (a rebuilt root), and the new paths of a file system exported before under a path that is gone
+      (a mount point moved).
   returned: always
   type: list
   elements: str
@@ -315,7 +330,7 @@ class NfsExport:
         self.backend = self.params['backend']
         self.file = self.params['exports_file'] or ex.DEFAULT_FILES[self.backend]
         self.result = {'changed': False, 'exports': [], 'file': self.file, 'reloaded': False, 'results': [],
-                       'failed_pis': [], 'failed_exports': []}
+                       'failed_pis': [], 'failed_exports': [], 'withheld': []}
         self.diffs = []
 
     def fail(self, msg, **details):
@@ -391,6 +406,12 @@ class NfsExport:
         self.result['failed_pis'] = [failed_pi(i['serial'], i.get('hostname'), i['msg'], path=i['path'])
                                      for i in failed if i.get('serial')]
         after = self.render(wanted, extra)
+        if self.result['withheld']:
+            shown = self.result['withheld']
+            self.module.warn('%d export(s) withheld, as nothing is mounted at their path (option mp): %s%s; each is '
+                             'served again once its file system is mounted (pi_root, pi_disk) and the exports are '
+                             'written again' % (len(shown), ', '.join(shown[:10]), ' and more' if len(shown) > 10
+                                                else ''))
         file_changed = after != before and not (before is None and not wanted)
         config_before, config_after = self.include()
         include_changed = config_after != config_before
@@ -408,6 +429,10 @@ class NfsExport:
         return failed
 
     def render(self, wanted, extra):
+        # Exports with option mp and nothing mounted at their path: kernel nfsd withholds them itself (mp), for
+        # Ganesha they are written withheld (commented out) until their file system is mounted again.
+        withheld = ex.unmounted(wanted, _loopfs.mount_roots())
+        self.result['withheld'] = sorted(withheld)
         if self.backend == 'kernel':
             self.result['exports'] = [wanted[p] for p in sorted(wanted)]
             return ex.render_kernel(wanted)
@@ -415,7 +440,7 @@ class NfsExport:
         reserved = ex.used_export_ids(ex.read_config(self.params['ganesha_config']))
         ids = ex.assign_ids(list(wanted), old_ids, reserved)
         self.result['exports'] = [dict(wanted[p], export_id=ids[p]) for p in sorted(wanted)]
-        return ex.render_ganesha(wanted, ids)
+        return ex.render_ganesha(wanted, ids, withheld)
 
     def include(self):
         """The Ganesha config before and after adding our include line (equal when nothing is to add)."""
@@ -458,7 +483,7 @@ class NfsExport:
         if self.backend == 'kernel':
             exportfs = self.module.get_bin_path('exportfs', required=True)
             for path in bounce:
-                for client in current[path]['clients']:
+                for client in current.get(path, {}).get('clients', ()):  # a moved export was not there before
                     self.tool([exportfs, '-u', '%s:%s' % (client, path)])
             return
         shown = self.result['exports']

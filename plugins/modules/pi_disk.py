@@ -49,6 +49,7 @@ extends_documentation_fragment:
   - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
   - pifleet.netboot._commands
+  - pifleet.netboot._space
 attributes:
   diff_mode:
     details: The diff shows each Pi's index C(<disks_dir>/<serial>.json) before and after.
@@ -248,7 +249,7 @@ pis:
       description: The mount point of the Pi's disks file system, the path to export to it.
       type: str
       returned: always
-      sample: /srv/pifleet/disks/3a4b5c6d
+      sample: /srv/pifleet/disks/mnt/3a4b5c6d
     image: {description: The file system image., type: str, returned: always, sample: /srv/pifleet/disks/3a4b5c6d.img}
     index: {description: The index of its disks., type: str, returned: always, sample: /srv/pifleet/disks/3a4b5c6d.json}
     action:
@@ -268,6 +269,22 @@ pis:
       type: int
       returned: always
       sample: 1347584
+    usage:
+      description:
+        - Space of this Pi's disks file system, read after the run from the bakery's own files (C(stat), the
+          image's extent map, C(statvfs) of the mounted file system), never from a byte the Pi wrote. Sizes in
+          bytes; the keys are those of M(pifleet.netboot.pi_root)'s RV(pis[].usage).
+      type: dict
+      returned: always
+      contains:
+        size: {description: Size of the disks file system image., type: int}
+        allocated: {description: Bytes the image takes on the data file system now., type: int}
+        exclusive: {description: Bytes of those the image alone owns (not shared by reflink)., type: int}
+        growth: {description: What the image can still take from the data file system when the Pi fills it., type: int}
+        filesystem: {description: Mount point of the data file system holding the image (null without one)., type: str}
+        fs_size: {description: Size of the disks file system as mounted (null when not mounted)., type: int}
+        fs_used: {description: Bytes in use inside it., type: int}
+        fs_free: {description: Bytes free inside it., type: int}
     msg: {description: Why this Pi failed., type: str, returned: when it failed}
 failed_pis:
   description: The Pis whose disks could not be converged (every other Pi was), each with why.
@@ -282,6 +299,16 @@ failed_pis:
     - serial: 3a4b5c6d
       hostname: null
       msg: "shrinking disk data of Pi 3a4b5c6d refused: its disk.img is 100 GiB ..."
+filesystems:
+  description:
+    - Each data file system holding Pi images (of O(disks_dir) and O(space_dirs)), after the run; the keys are
+      those of M(pifleet.netboot.pi_root)'s RV(filesystems).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {mount: /srv/pifleet, size: 1099511627776, used: 219902325555, free: 879609302221, images: 240,
+       committed: 1030792151040, overcommit: 1.0, limit: 1088516511498}
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(disks_dir).
   returned: always
@@ -306,7 +333,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.module impo
     PifleetModule,
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import SizeError, parse_size
-from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import check_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import Layout, check_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskwork import PiDisks
 
 ITEM_KEYS = ('serial', 'name', 'size', 'fstype', 'state', 'force')
@@ -374,13 +402,20 @@ def main():
             disks=dict(type='list', elements='dict', options=item_options),
             **LOCK_ARGS,
             **COMMAND_ARGS,
+            **_space.SPACE_ARGS,
         ),
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': [], 'failed_pis': []}, 'disks')
-    todo = items(base)
-    work = PiDisks(ModuleHost(module), disks_dir=module.params['disks_dir'], units_dir=module.params['units_dir'],
-                   migrate=module.params['migrate'])
+    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': [], 'failed_pis': [], 'filesystems': []},
+                         'disks')
+    todo, params = items(base), module.params
+    if any(item['state'] != 'absent' for item in todo):
+        problem = _space.on_root_filesystem({'disks_dir': params['disks_dir']}, params['allow_root_filesystem'])
+        if problem:
+            base.fail(problem)
+    space_dirs = [params['disks_dir'], *params['space_dirs']]
+    work = PiDisks(ModuleHost(module), disks_dir=params['disks_dir'], units_dir=params['units_dir'],
+                   migrate=params['migrate'], space=_space.Ledger(space_dirs, params['overcommit']))
     lock = base.lock('pi_disk')
     try:
         result, problem = work.run(todo)
@@ -388,6 +423,9 @@ def main():
         if lock:
             lock.release()
     base.result.update(result)
+    after = _space.Ledger(space_dirs, params['overcommit']).scan()  # the space as the run left it
+    after.annotate(base.result['pis'], lambda serial: Layout(params['disks_dir'], serial))
+    base.result['filesystems'] = after.report()
     if module._diff:
         base.result['diff'] = work.diffs
     if problem:

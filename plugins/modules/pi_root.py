@@ -55,6 +55,7 @@ extends_documentation_fragment:
   - pifleet.netboot._attributes.full
   - pifleet.netboot._lock
   - pifleet.netboot._commands
+  - pifleet.netboot._space
 attributes:
   diff_mode:
     details: Shows C(/etc/fstab), C(/etc/hostname) and C(/etc/hosts) of each root and its marker, with control
@@ -357,6 +358,23 @@ pis:
       type: list
       elements: str
       returned: unless failed
+    usage:
+      description:
+        - Space of this Pi's root, read after the run from the bakery's own files (C(stat), the image's extent map,
+          C(statvfs) of the Pi's mounted file system), never from a byte the Pi wrote. Sizes in bytes.
+      type: dict
+      returned: always
+      contains:
+        size: {description: Size of the root image (what the Pi's root file system holds at most)., type: int}
+        allocated: {description: Bytes the image takes on the data file system now (shared blocks included)., type: int}
+        exclusive: {description: Bytes of those the image alone owns (not shared by reflink with its bakeform)., type: int}
+        growth: {description: What the image can still take from the data file system when the Pi fills it., type: int}
+        filesystem: {description: Mount point of the data file system holding the image (null without an image)., type: str}
+        fs_size: {description: Size of the Pi's root file system as mounted (null when not mounted)., type: int}
+        fs_used: {description: Bytes in use inside it., type: int}
+        fs_free: {description: Bytes free inside it., type: int}
+      sample: {size: 4294967296, allocated: 2147483648, exclusive: 52428800, growth: 4242538496,
+               filesystem: /srv/pifleet, fs_size: 4160749568, fs_used: 1932735283, fs_free: 2013265920}
     msg:
       description: Why this Pi failed.
       type: str
@@ -380,6 +398,24 @@ kernels:
   returned: always
   type: dict
   sample: {bookworm-lite@3: [linux-image-6.1.0-50-arm64=6.1.158-1, linux-image-arm64=6.1.158-1]}
+filesystems:
+  description:
+    - Each data file system holding Pi images (of O(roots_dir) and O(space_dirs)), after the run. Sizes in bytes.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    mount: {description: Its mount point., type: str}
+    size: {description: Bytes in use plus bytes available., type: int}
+    used: {description: Bytes in use., type: int}
+    free: {description: Bytes available., type: int}
+    images: {description: Pi images on it (roots and disks file systems)., type: int}
+    committed: {description: The worst case (what is in use plus what every Pi image can still take)., type: int}
+    overcommit: {description: The O(overcommit) of this run., type: float}
+    limit: {description: What the worst case may reach (O(overcommit) times the size less the file system's share)., type: int}
+  sample:
+    - {mount: /srv/pifleet, size: 1099511627776, used: 219902325555, free: 879609302221, images: 240,
+       committed: 1030792151040, overcommit: 1.0, limit: 1088516511498}
 swept:
   description: Leftover scratch directories of killed runs that this run removed from O(roots_dir).
   returned: always
@@ -410,6 +446,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.module impo
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import hostcert as _hostcert
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootwork import PiRoots
 
 ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'generation', 'identity', 'keep_previous', 'principals', 'state',
@@ -511,17 +548,26 @@ def main():
             pis=dict(type='list', elements='dict', options=pi_options),
             **LOCK_ARGS,
             **COMMAND_ARGS,
+            **_space.SPACE_ARGS,
         ),
         mutually_exclusive=[('serial', 'pis')],
         required_one_of=[('serial', 'pis')],
         required_if=[('boot_mount', 'nfs', ('nfs_server',))],
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'pis': [], 'failed_pis': [], 'kernels': {}, 'swept': []}, 'pis')
+    base = PifleetModule(module, {'changed': False, 'pis': [], 'failed_pis': [], 'kernels': {}, 'swept': [],
+                                  'filesystems': []}, 'pis')
     result, params, todo = base.result, module.params, items(base)
+    if any(item['state'] != 'absent' for item in todo):
+        problem = _space.on_root_filesystem({'roots_dir': params['roots_dir'], 'store': params['store']},
+                                            params['allow_root_filesystem'])
+        if problem:
+            base.fail(problem)
+    space_dirs = [params['roots_dir'], *params['space_dirs']]
     roots = PiRoots(ModuleHost(module), store=params['store'], roots_dir=params['roots_dir'],
                     units_dir=params['units_dir'], clone_method=params['clone_method'],
-                    key_types=params['host_key_types'], host_ca=params['host_ca'])
+                    key_types=params['host_key_types'], host_ca=params['host_ca'],
+                    space=_space.Ledger(space_dirs, params['overcommit']))
     if roots.parts.ca is not None:
         try:
             roots.parts.ca.fingerprint()  # a CA that cannot sign is the bakery's problem, not one Pi's
@@ -540,6 +586,9 @@ def main():
             lock.release()
     result['changed'] = roots.shared_changed or any(pi['changed'] for pi in result['pis'])
     result['kernels'] = roots.kernels
+    after = _space.Ledger(space_dirs, params['overcommit']).scan()  # the space as the run left it
+    after.annotate(result['pis'], lambda serial: _roots.Layout(roots.roots_dir, serial))
+    result['filesystems'] = after.report()
     if module._diff:
         result['diff'] = roots.diffs
     if failed and 'serial' not in failed[0]:  # not about one Pi: the roots directory itself

@@ -63,6 +63,7 @@ def playbook(tmp, pis, bakery_vars=None, site=False, **extra):
         'fleet_nfs_backend': 'ganesha', 'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'),
         'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
         'fleet_clone_method': 'copy', 'fleet_units_dir': str(tmp / 'units'),
+        'fleet_allow_root_filesystem': True,  # the test's temp dirs may lie on /
     }
     fleet.update(extra)
     host = dict({'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}, **(bakery_vars or {}))
@@ -125,12 +126,12 @@ def test_inventory_to_booting_pis(bakery):
     fleet_map = json.loads((tmp / 'map.json').read_text())
     assert sorted(fleet_map['prefixes']) == ['00b3b3b3', '2c-cf-67-5c-5c-5c', '4a4a4a4a']
     cmdline = (tmp / 'srv/pis/4a4a4a4a/cmdline.txt').read_text()
-    root = tmp / 'srv/roots/4a4a4a4a'
+    root = tmp / 'srv/roots/mnt/4a4a4a4a'
     assert 'root=/dev/nfs nfsroot=%s:%s,vers=3,noacl rw ip=dhcp rootwait network-config=disabled' % (
         BAKERY, root) in cmdline
     assert 'proto=' not in cmdline and cmdline.rstrip().endswith('quiet')
     assert 'dtparam=audio=off' in (tmp / 'srv/pis/4a4a4a4a/config.txt').read_text()
-    assert (tmp / 'srv/disks/4a4a4a4a/data/disk.img').stat().st_size == 16 << 20
+    assert (tmp / 'srv/disks/mnt/4a4a4a4a/data/disk.img').stat().st_size == 16 << 20
 
     # Boot it: the hook serves the role's map, Ganesha the role's exports.
     server.start()
@@ -152,12 +153,12 @@ def test_inventory_to_booting_pis(bakery):
             argv = [sys.executable, *PISIM, 'boot', '--model', str(pi['pi_model']), '--serial', serial,
                     '--server', BAKERY, '--prefix', 'mac' if prefix.count('-') == 5 else 'serial', '--json',
                     '--expect-dir', str(tmp / 'srv/pis' / prefix), '--expect-dir', str(boot),
-                    '--nfs', '%s:%s' % (BAKERY, tmp / 'srv/roots' / serial)]
+                    '--nfs', '%s:%s' % (BAKERY, tmp / 'srv/roots/mnt' / serial)]
             if 'pi_mac' in pi:
                 argv += ['--mac', pi['pi_mac']]
             proc = run(lan.exec_argv(host, argv), check=False, timeout=180)
             assert proc.returncode == 0, (name, proc.stdout[-3000:], proc.stderr[-2000:])
-        refused = nfs(lan, 'out', ['nfs-ls', nfs_url(BAKERY, str(tmp / 'srv/roots/4a4a4a4a'), 3)])
+        refused = nfs(lan, 'out', ['nfs-ls', nfs_url(BAKERY, str(tmp / 'srv/roots/mnt/4a4a4a4a'), 3)])
         assert refused.returncode != 0
     finally:
         hook.send_signal(signal.SIGTERM)
@@ -178,7 +179,7 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
     """
     tmp, _lan, _server = bakery
     plugs = PlugServer()
-    root = tmp / 'srv/roots/4a4a4a4a'
+    root = tmp / 'srv/roots/mnt/4a4a4a4a'
     keys = sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key'))
     events = tmp / 'events.jsonl'
     stop = threading.Event()
@@ -235,12 +236,12 @@ def test_a_pi_leaving_loses_its_export_and_with_prune_its_root(bakery):
     assert rc == 0, output[-4000:]
     exports = (tmp / 'ganesha/pifleet.conf').read_text()
     assert '4a4a4a4a' not in exports and '00b3b3b3' in exports
-    assert (tmp / 'srv/roots/4a4a4a4a.json').exists() and os.path.ismount(tmp / 'srv/roots/4a4a4a4a')  # kept
+    assert (tmp / 'srv/roots/4a4a4a4a.json').exists() and os.path.ismount(tmp / 'srv/roots/mnt/4a4a4a4a')  # kept
     assert '4a4a4a4a' not in json.loads((tmp / 'map.json').read_text())['prefixes']
     playbook(tmp, remaining, fleet_prune=True)
     rc, _counters, output = ansible(tmp)
     assert rc == 0, output[-4000:]
-    assert not (tmp / 'srv/roots/4a4a4a4a').exists() and not (tmp / 'srv/roots/4a4a4a4a.img').exists()
+    assert not (tmp / 'srv/roots/mnt/4a4a4a4a').exists() and not (tmp / 'srv/roots/4a4a4a4a.img').exists()
     assert not (tmp / 'srv/disks/4a4a4a4a/data').exists()
     assert (tmp / 'srv/roots/00b3b3b3.json').exists()
 

@@ -19,27 +19,25 @@ NFS-Ganesha serves the exports on a namespace LAN (10.99.41.0/24). Then Pi A att
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from attack import created_outside, rawnfs, target
 from fstree import loop_fs
 from genstore import ingest
 from modrun import run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
 from lab.piimage import build_image
 
-RAWNFS = Path(__file__).resolve().parents[1] / 'tools' / 'rawnfs.py'
 HOSTS = {'srv': '10.99.41.2', 'pia': '10.99.41.50', 'pib': '10.99.41.51', 'out': '10.99.41.60'}
 SERVER = HOSTS['srv']
 A, B = '0000000a', '0000000b'
@@ -48,19 +46,6 @@ BAKERY_SECRET = b'hostname of the bakery itself: 0c0ffee'
 MISSING = missing_tools(('ip', 'unshare', 'ganesha.nfsd', 'rpcbind', 'nfs-ls', 'mkfs.xfs', 'tune2fs', 'ssh-keygen'))
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason='missing %s' % ', '.join(MISSING))
-
-
-def generation(path):
-    """The inode generation of ``path`` (FS_IOC_GETVERSION): what an attacker would have to guess."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return struct.unpack('l', fcntl.ioctl(fd, 0x80087601, b'\0' * 8))[0] & 0xFFFFFFFF
-    finally:
-        os.close(fd)
-
-
-def target(path):
-    return [os.stat(path).st_ino, generation(path)]
 
 
 def digest_tree(top):
@@ -83,6 +68,10 @@ class Bakery:
         self.standin = top / 'bakery-etc'
         self.lock = str(top / 'run' / 'pifleet.lock')  # a directory of its own, 0700
 
+    def point(self, serial):
+        """A Pi's root as the Pi sees it: its mount point, the export."""
+        return Path(Layout(str(self.roots), serial).point)
+
     def module(self, name, args, **kwargs):
         return run_module(name, dict(args, lock_file=self.lock), **kwargs)
 
@@ -95,8 +84,8 @@ class Bakery:
             'backend': 'ganesha', 'exclusive': True, 'ganesha_config': str(server.config),
             'ganesha_pidfile': str(server.pidfile), 'exports_file': str(self.top / 'pifleet.conf'),
             'reload_settle': 1.0,
-            'exports': [{'path': str(self.roots / A), 'clients': [HOSTS['pia']]},
-                        {'path': str(self.roots / B), 'clients': [HOSTS['pib']]}, *extra]}, **options))
+            'exports': [{'path': str(self.point(A)), 'clients': [HOSTS['pia']]},
+                        {'path': str(self.point(B)), 'clients': [HOSTS['pib']]}, *extra]}, **options))
 
     def unmount_all(self):
         for serial in (A, B):
@@ -118,7 +107,7 @@ def bakery(tmp_path_factory):
             ingest(bk.store, 'bw', image, bk.lock)
             result = bk.roots_call([{'serial': A}, {'serial': B}])
             assert result.get('failed') is not True, result
-            (bk.roots / B / 'root/secret').write_bytes(SECRET)
+            (bk.point(B) / 'root/secret').write_bytes(SECRET)
             bk.standin.mkdir()
             (bk.standin / 'hostname').write_bytes(BAKERY_SECRET)
             (bk.standin / 'ssh').mkdir()
@@ -131,7 +120,7 @@ def bakery(tmp_path_factory):
             server.start()
             result = bk.exports(server)
             assert result.get('failed') is not True, result
-            wait_readable(lan, 'pia', bk.roots / A)
+            wait_readable(lan, 'pia', bk.point(A))
             yield bk, lan, server
         finally:
             server.close()
@@ -146,34 +135,16 @@ def wait_readable(lan, host, path, timeout=20):
         time.sleep(0.3)
 
 
-def rawnfs(lan, host, command, spec):
-    proc = subprocess.run(lan.exec_argv(host, [sys.executable, str(RAWNFS), command, json.dumps(spec)]),
-                          capture_output=True, text=True, check=False, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
-
-
-def created_outside(top, root_a, names):
-    """Paths below ``top`` named like the attacker's creations, outside A's own file system."""
-    hits = []
-    for base, dirs, files in os.walk(top):
-        if Path(base) == root_a:
-            dirs[:] = []
-            continue
-        hits += [os.path.join(base, n) for n in dirs + files if n in names]
-    return hits
-
-
 @pytest.mark.parametrize('version', [3, 4])
 def test_forged_handles_reach_only_the_pis_own_file_system(bakery, version):
     bk, lan, _server = bakery
-    root_a = bk.roots / A
+    root_a = bk.point(A)
     fsid_a = None
-    foreign = [rawnfs(lan, 'pib', 'handle3', {'server': SERVER, 'export': str(bk.roots / B)})['handle']]
-    targets = [2, target(bk.roots / B / 'root/secret'), target(bk.standin / 'hostname'), target(bk.standin),
-               target(bk.top), target(bk.roots / B)]
+    foreign = [rawnfs(lan, 'pib', 'handle3', {'server': SERVER, 'export': str(bk.point(B))})['handle']]
+    targets = [2, target(bk.point(B) / 'root/secret'), target(bk.standin / 'hostname'), target(bk.standin),
+               target(bk.top), target(bk.point(B))]
     spec = {'server': SERVER, 'export': str(root_a), 'known': 'etc/hostname', 'targets': targets,
-            'names': ['root/secret', 'bakery-etc/hostname', 'hostname', 'roots/%s/root/secret' % B, 'secret'],
+            'names': ['root/secret', 'bakery-etc/hostname', 'hostname', 'roots/mnt/%s/root/secret' % B, 'secret'],
             'foreign': foreign}
     seen = rawnfs(lan, 'pia', 'forge3' if version == 3 else 'forge4', spec)
     assert len(seen) > 10, seen
@@ -189,7 +160,7 @@ def test_forged_handles_reach_only_the_pis_own_file_system(bakery, version):
             assert not item['ok'], ('a handle of B answered through A', item)
     created = {item['name'] for item in seen if item['op'] in ('create', 'create4')}
     assert created_outside(bk.top, root_a, created) == []
-    assert (bk.roots / B / 'root/secret').read_bytes() == SECRET
+    assert (bk.point(B) / 'root/secret').read_bytes() == SECRET
 
 
 def test_the_attack_is_real_against_a_directory_on_a_shared_file_system(bakery):
@@ -219,8 +190,8 @@ def test_the_attack_is_real_against_a_directory_on_a_shared_file_system(bakery):
 
 def test_other_addresses_cannot_mount_the_root(bakery):
     bk, lan, _server = bakery
-    assert rawnfs(lan, 'out', 'handle3', {'server': SERVER, 'export': str(bk.roots / A)})['status'] != 0
-    assert rawnfs(lan, 'pib', 'handle3', {'server': SERVER, 'export': str(bk.roots / A)})['status'] != 0
+    assert rawnfs(lan, 'out', 'handle3', {'server': SERVER, 'export': str(bk.point(A))})['status'] != 0
+    assert rawnfs(lan, 'pib', 'handle3', {'server': SERVER, 'export': str(bk.point(A))})['status'] != 0
 
 
 def test_roots_are_their_own_file_systems_out_of_reach_of_local_users(bakery):
@@ -232,17 +203,18 @@ def test_roots_are_their_own_file_systems_out_of_reach_of_local_users(bakery):
         mounts = {line.split()[4]: line.split()[5].split(',') for line in info}
     uuids = set()
     for serial in (A, B):
-        point = str(bk.roots / serial)
+        point = str(bk.point(serial))
         assert {'nosuid', 'nodev'} <= set(mounts[point]), mounts[point]
         uuids.add(json.loads((bk.roots / (serial + '.json')).read_text())['fs_uuid'])
         unit = (bk.units / unit_name(point)).read_text()
-        assert 'What=%s.img' % point in unit and 'Where=%s' % point in unit and 'nosuid,nodev' in unit
+        image = bk.roots / (serial + '.img')
+        assert 'What=%s\n' % image in unit and 'Where=%s\n' % point in unit and 'nosuid,nodev' in unit
     assert len(uuids) == 2  # each clone has a file system identity of its own
     for serial in (A, B):  # the identity the bakery keeps: root's, 0700, beside the roots (0700)
         kept = bk.roots / (serial + '.identity')
         assert os.stat(kept).st_mode & 0o7777 == 0o700 and os.stat(kept).st_uid == 0
     denied = subprocess.run(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'ls',
-                             str(bk.roots / A)], capture_output=True, text=True, check=False)
+                             str(bk.point(A))], capture_output=True, text=True, check=False)
     assert denied.returncode != 0 and 'Permission denied' in denied.stderr
 
 
@@ -250,19 +222,19 @@ def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink
     bk, lan, server = bakery
     before = digest_tree(bk.standin)
     kept = {name: (bk.roots / (A + '.identity') / name).read_bytes() for name in ('ssh_host_ed25519_key', 'machine-id')}
-    ssh = bk.roots / A / 'etc/ssh'
-    os.rename(ssh, bk.roots / A / 'etc/ssh.real')
+    ssh = bk.point(A) / 'etc/ssh'
+    os.rename(ssh, bk.point(A) / 'etc/ssh.real')
     os.symlink(str(bk.standin / 'ssh'), ssh)
     result = bk.roots_call([{'serial': A, 'state': 'rebuilt'}])
     assert result.get('failed') is not True and not result.get('warnings'), result
-    assert (bk.roots / A / 'etc/ssh/ssh_host_ed25519_key').read_bytes() == kept['ssh_host_ed25519_key']
-    assert (bk.roots / A / 'etc/machine-id').read_bytes() == kept['machine-id']
-    assert not os.path.islink(bk.roots / A / 'etc/ssh') and digest_tree(bk.standin) == before
+    assert (bk.point(A) / 'etc/ssh/ssh_host_ed25519_key').read_bytes() == kept['ssh_host_ed25519_key']
+    assert (bk.point(A) / 'etc/machine-id').read_bytes() == kept['machine-id']
+    assert not os.path.islink(bk.point(A) / 'etc/ssh') and digest_tree(bk.standin) == before
     # The rebuilt root is a new file system at the same path: the export is dropped and made again.
     result = bk.exports(server)
-    assert result['bounced'] == [str(bk.roots / A)], result
-    wait_readable(lan, 'pia', bk.roots / A)
-    listing = nfs(lan, 'pia', ['nfs-ls', nfs_url(SERVER, str(bk.roots / A / 'etc'))]).stdout
+    assert result['bounced'] == [str(bk.point(A))], result
+    wait_readable(lan, 'pia', bk.point(A))
+    listing = nfs(lan, 'pia', ['nfs-ls', nfs_url(SERVER, str(bk.point(A) / 'etc'))]).stdout
     assert 'ssh.real' not in listing  # Ganesha serves the new root, not the old one it had open
     # A root made before the bakery kept identities, with the same trap: new keys, never the stand-in's.
     subprocess.run(['rm', '-rf', '--', str(bk.roots / (A + '.identity'))], check=True)
@@ -279,7 +251,7 @@ def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink
 def test_fixes_never_follow_a_flipping_etc(bakery):
     bk, _lan, _server = bakery
     before = digest_tree(bk.standin)
-    root = bk.roots / B
+    root = bk.point(B)
     stop = threading.Event()
     flips = [0]
 

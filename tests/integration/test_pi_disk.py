@@ -49,7 +49,7 @@ def unblank(text):
 
 def assert_private_file_system(lab, serial, result):
     """A private sparse image beside its mount point, mounted without exec, suid or devices, and its unit."""
-    point, container = lab['disks'] / serial, lab['disks'] / (serial + '.img')
+    point, container = lab['points'] / serial, lab['disks'] / (serial + '.img')
     assert lab['disks'].stat().st_mode & 0o777 == 0o700
     assert container.stat().st_mode & 0o777 == 0o600 and container.stat().st_size == result['capacity']
     assert result['allocated'] == container.stat().st_blocks * 512 < 4 * MIB
@@ -65,7 +65,7 @@ def assert_private_file_system(lab, serial, result):
 
 def test_ext4_disk_in_its_own_file_system_created_grown_and_never_shrunk(lab):
     task = base(lab, serial='100000003A4B5C6D', name='data', size='64M', fstype='ext4')
-    disks, point = lab['disks'], lab['disks'] / SERIAL
+    disks, point = lab['disks'], lab['points'] / SERIAL
     image = point / 'data' / 'disk.img'
 
     planned = run_module('pi_disk', task, check=True, diff=True)
@@ -128,7 +128,7 @@ def test_ext4_disk_in_its_own_file_system_created_grown_and_never_shrunk(lab):
 def test_fstype_none_is_a_hole_and_fstype_cannot_change(lab):
     task = base(lab, serial='c0ffee00', name='raw', size='0.25G')
     done = run_module('pi_disk', task)
-    image = lab['disks'] / 'c0ffee00' / 'raw' / 'disk.img'
+    image = lab['points'] / 'c0ffee00' / 'raw' / 'disk.img'
     assert done['disks'][0]['apparent_size'] == image.stat().st_size == 256 * MIB
     assert done['disks'][0]['allocated_size'] == image.stat().st_blocks * 512 == 0
     with open(image, 'rb') as handle:
@@ -144,7 +144,7 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
     task = base(lab, serial='dddd0001', name='keep', size='16M', fstype=fstype)
     assert run_module('pi_disk', task)['changed'] is True
     assert run_module('pi_disk', dict(task, name='spare'))['changed'] is True
-    image = lab['disks'] / 'dddd0001' / 'keep' / 'disk.img'
+    image = lab['points'] / 'dddd0001' / 'keep' / 'disk.img'
     if fstype == 'ext4':
         tool('debugfs', '-w', '-R', 'write /etc/hostname hello', str(image))
     else:
@@ -161,7 +161,7 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
     assert spare['changed'] is True and spare['disks'][0]['action'] == 'removed', spare
     index = lab['disks'] / 'dddd0001.json'
     assert [d['name'] for d in json.loads(index.read_text())['disks']] == ['keep']
-    assert sorted(os.listdir(lab['disks'] / 'dddd0001')) == ['keep', 'lost+found']
+    assert sorted(os.listdir(lab['points'] / 'dddd0001')) == ['keep', 'lost+found']
 
     forced = run_module('pi_disk', dict(task, state='absent', force=True))
     assert forced['changed'] is True and forced['disks'][0]['action'] == 'removed', forced
@@ -174,14 +174,14 @@ def test_absent_refuses_a_disk_with_data_unless_forced_and_the_last_takes_the_fi
 def test_a_file_system_the_pi_left_files_in_is_kept_unless_forced(lab):
     task = base(lab, serial='dddd0002', name='only', size='16M')
     run_module('pi_disk', task)
-    (lab['disks'] / 'dddd0002' / 'mine.txt').write_text('the Pi wrote this at the top of its export')
-    (lab['disks'] / 'dddd0002' / 'x\x1b]0;owned\x07\x1b[2J').write_text('a name that would drive the terminal')
+    (lab['points'] / 'dddd0002' / 'mine.txt').write_text('the Pi wrote this at the top of its export')
+    (lab['points'] / 'dddd0002' / 'x\x1b]0;owned\x07\x1b[2J').write_text('a name that would drive the terminal')
     kept = run_module('pi_disk', dict(task, state='absent'))
     assert kept['changed'] is True and kept['pis'][0]['action'] == 'kept', kept
     shown = json.dumps(kept['warnings'])  # 2.19: WarningSummary objects; JSON doubles each backslash
     assert 'holds other files (mine.txt, x\\\\x1b]0;owned\\\\x07\\\\x1b[2J): kept' in shown, shown
     assert '\\u001b' not in shown  # no raw ESC (JSON writes it \u001b): the Pi's escape never drives a terminal
-    assert not (lab['disks'] / 'dddd0002.json').exists() and (lab['disks'] / 'dddd0002' / 'mine.txt').exists()
+    assert not (lab['disks'] / 'dddd0002.json').exists() and (lab['points'] / 'dddd0002' / 'mine.txt').exists()
     again = run_module('pi_disk', dict(task, state='absent'))
     assert again['changed'] is False and again['pis'][0]['action'] == 'kept'
     gone = run_module('pi_disk', dict(task, state='absent', force=True))
@@ -192,7 +192,7 @@ def test_the_file_system_holds_its_disks_written_in_full(lab):
     sizes = {'a': 64, 'b': 100, 'c': 37}
     task = base(lab, serial='f111f111', disks=[{'name': n, 'size': '%dM' % s} for n, s in sizes.items()])
     run_module('pi_disk', task)
-    point = lab['disks'] / 'f111f111'
+    point = lab['points'] / 'f111f111'
     for name, size in sizes.items():  # what a Pi does over NFS: fill its disks to the last byte
         tool('dd', 'if=/dev/urandom', 'of=%s' % (point / name / 'disk.img'), 'bs=1M', 'count=%d' % size,
              'conv=notrunc,fsync', 'status=none')
@@ -255,7 +255,7 @@ def test_fleet_of_20_disks_for_5_pis_in_one_call(lab):
         index = json.loads((lab['disks'] / (serial + '.json')).read_text())
         assert [(d['name'], d['size'], d['fstype']) for d in index['disks']] == [
             ('data', 64 * MIB, 'ext4'), ('logs', 16 * MIB, 'ext4'), ('raw', MIB, 'none'), ('swap', 128 * MIB, 'none')]
-    assert len({tool('findmnt', '-n', '-o', 'SOURCE', str(lab['disks'] / s)) for s in serials}) == 5
+    assert len({tool('findmnt', '-n', '-o', 'SOURCE', str(lab['points'] / s)) for s in serials}) == 5
 
     before = state(lab)
     started = time.monotonic()
@@ -270,12 +270,12 @@ def test_fleet_of_20_disks_for_5_pis_in_one_call(lab):
 def test_an_unmounted_file_system_is_looked_at_read_only_then_mounted(lab):
     task = base(lab, serial='0badcafe', name='data', size='16M', fstype='ext4')
     run_module('pi_disk', task)
-    point = lab['disks'] / '0badcafe'
+    point = lab['points'] / '0badcafe'
     tool('umount', str(point))  # a bakery rebooted without its mount units
     planned = run_module('pi_disk', task, check=True)
     assert planned['changed'] is True and planned['pis'][0]['action'] == 'mounted', planned
     assert planned['disks'][0]['action'] == 'unchanged' and planned['disks'][0]['apparent_size'] == 16 * MIB
-    assert mounts_below(lab['top']) == []  # the read-only look is gone
+    assert mounts_below(lab['top']) == [str(lab['points'])]  # the read-only look is gone
     done = run_module('pi_disk', task)
     assert done['pis'][0]['action'] == 'mounted' and (point / 'data' / 'disk.img').exists()
     assert run_module('pi_disk', task)['changed'] is False
@@ -285,7 +285,7 @@ def test_growing_a_busy_file_system(lab):
     """Online when the kernel lets us; else offline, which a busy file system (an NFS server) refuses clearly."""
     task = base(lab, serial='b0b0b0b0', name='data', size='16M')
     run_module('pi_disk', task)
-    point = lab['disks'] / 'b0b0b0b0'
+    point = lab['points'] / 'b0b0b0b0'
     holder = os.open(point, os.O_RDONLY)  # what Ganesha does with an export's root
     try:
         before = (lab['disks'] / 'b0b0b0b0.json').read_text()
@@ -307,7 +307,7 @@ def test_never_grown_offline_while_another_mount_namespace_holds_it(lab):
     there after it is unmounted here: e2fsck or resize2fs on the image then would corrupt it."""
     task = base(lab, serial='b0b0b0b1', name='data', size='16M')
     run_module('pi_disk', task)
-    point = lab['disks'] / 'b0b0b0b1'
+    point = lab['points'] / 'b0b0b0b1'
     holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '60'])
     try:
         time.sleep(0.5)  # its copy of our mounts is made
@@ -366,7 +366,7 @@ def test_old_layout_is_refused_then_migrated_with_its_data(lab):
     assert not done.get('failed'), done
     assert [p['action'] for p in done['pis']] == ['migrated', 'unchanged']
     assert [d['action'] for d in done['disks']] == ['unchanged', 'grown', 'unchanged']
-    point = lab['disks'] / SERIAL
+    point = lab['points'] / SERIAL
     assert mounts_below(point) == [str(point)] and sorted(os.listdir(point)) == ['data', 'lost+found', 'raw']
     assert sha(point / 'data' / 'disk.img') == sums['data']
     with open(point / 'raw' / 'disk.img', 'rb') as handle:
@@ -409,7 +409,7 @@ def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
     items = [{'serial': serial, 'name': name, 'size': '8M'} for serial in ('aaaa0099', 'bbbb0099')
              for name in ('one', 'two')]
     run_module('pi_disk', base(lab, disks=items))
-    (lab['disks'] / 'bbbb0099' / 'three').mkdir()  # what a departed Pi made in its export is not a disk list
+    (lab['points'] / 'bbbb0099' / 'three').mkdir()  # what a departed Pi made in its export is not a disk list
     (tmp_path / 'roots').mkdir()
     play = tmp_path / 'prune.yml'
     play.write_text(json.dumps([{'name': 'Prune', 'hosts': 'localhost', 'gather_facts': False, 'vars': {
@@ -421,8 +421,8 @@ def test_fleet_prune_removes_the_disks_its_indexes_list(lab, tmp_path):
                           capture_output=True, text=True, check=False, timeout=300,
                           env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1'))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(os.listdir(lab['disks'])) == ['aaaa0099', 'aaaa0099.img', 'aaaa0099.json']
-    assert sorted(os.listdir(lab['disks'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
+    assert sorted(os.listdir(lab['disks'])) == ['aaaa0099.img', 'aaaa0099.json', 'mnt']
+    assert sorted(os.listdir(lab['points'] / 'aaaa0099')) == ['lost+found', 'one', 'two']
 
 
 @pytest.mark.parametrize('damage', ['lost', 'garbled'])
@@ -461,7 +461,39 @@ def test_a_pi_failing_half_way_keeps_an_index_of_what_was_done(lab, tmp_path, mo
                                                                    ('other', 'created')]
     assert failed['changed'] is True and [p['action'] for p in failed['pis']] == ['failed', 'created']
     index = json.loads((lab['disks'] / (SERIAL + '.json')).read_text())
-    assert [d['name'] for d in index['disks']] == ['good'] and os.listdir(lab['disks'] / SERIAL / 'bad') == []
+    assert [d['name'] for d in index['disks']] == ['good'] and os.listdir(lab['points'] / SERIAL / 'bad') == []
     monkeypatch.setenv('PATH', os.environ['PATH'].split(':', 1)[1])
     done = run_module('pi_disk', base(lab, disks=items))
     assert [d['action'] for d in done['disks']] == ['unchanged', 'created', 'unchanged'], done
+
+
+def test_disks_mounted_where_earlier_releases_did_move_to_the_mount_points_tmpfs(lab):
+    """Earlier releases mounted a Pi's disks at <disks_dir>/<serial>, on the data file system. The next run
+    mounts them at <disks_dir>/mnt/<serial> first, then gives the old mount point, its unit and directory up."""
+    task = base(lab, serial=SERIAL, name='data', size='8M')
+    assert run_module('pi_disk', task)['pis'][0]['action'] == 'created'
+    new, old = lab['points'] / SERIAL, lab['disks'] / SERIAL
+    (new / 'data' / 'notes').write_text('the Pi wrote this\n')
+    image = lab['disks'] / (SERIAL + '.img')
+    tool('umount', str(new))
+    tool('umount', str(lab['points']))
+    for name in os.listdir(lab['units']):
+        if name.endswith('.mount'):
+            os.unlink(lab['units'] / name)
+            os.unlink(lab['units'] / 'local-fs.target.wants' / name)
+    old.mkdir()
+    tool('mount', '-o', 'loop,nosuid,nodev,noexec', str(image), str(old))
+    old_unit = lab['units'] / unit_name(str(old))
+    old_unit.write_text('[Mount]\nWhat=%s\nWhere=%s\n' % (image, old))
+
+    planned = run_module('pi_disk', task, check=True)
+    assert planned['pis'][0]['action'] == 'mounted' and planned['disks'][0]['action'] == 'unchanged', planned
+    assert os.path.ismount(old) and not os.path.exists(new)
+    moved = run_module('pi_disk', task)
+    assert not moved.get('failed') and moved['pis'][0]['action'] == 'mounted', moved
+    assert moved['pis'][0]['path'] == str(new) and (new / 'data' / 'notes').read_text() == 'the Pi wrote this\n'
+    assert mounts_below(lab['disks']) == [str(lab['points']), str(new)] and not os.path.lexists(old)
+    assert not old_unit.exists() and (lab['units'] / unit_name(str(new))).is_file()
+    assert run_module('pi_disk', task)['changed'] is False
+    run_module('pi_disk', dict(task, state='absent', force=True))
+    assert os.listdir(lab['disks']) == []  # the mount points' tmpfs went with the last disks

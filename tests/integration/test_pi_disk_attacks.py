@@ -41,7 +41,7 @@ def attacked(lab):
 
 def plant(lab, name, attack):
     """What the Pi does over NFS where pi_disk expects <name>/disk.img; returns what the error must say."""
-    point = lab['disks'] / SERIAL
+    point = lab['points'] / SERIAL
     disk_dir = point / name
     if attack == 'image-link':
         disk_dir.mkdir(exist_ok=True)
@@ -74,7 +74,7 @@ def test_what_the_pi_planted_in_its_export_is_refused_and_nothing_outside_change
     lab = attacked
     name, item = OPERATIONS[operation]
     expected = plant(lab, name, attack)
-    outside, planted = snapshot(lab['outside']), snapshot(lab['disks'] / SERIAL)
+    outside, planted = snapshot(lab['outside']), snapshot(lab['points'] / SERIAL)
     index = (lab['disks'] / (SERIAL + '.json')).read_text()
     result = run_module('pi_disk', base(lab, disks=[dict(item, serial=SERIAL),
                                                     {'serial': 'bbbb0004', 'name': 'other', 'size': '8M'}]))
@@ -83,7 +83,7 @@ def test_what_the_pi_planted_in_its_export_is_refused_and_nothing_outside_change
     assert expected in result['msg'] and 'never follows or replaces it' in result['msg'], result['msg']
     assert [(d['serial'], d['action']) for d in result['disks']] == [(SERIAL, 'failed'), ('bbbb0004', 'created')]
     assert snapshot(lab['outside']) == outside  # checksums, sizes, times of every stand-in
-    assert snapshot(lab['disks'] / SERIAL) == planted and (lab['disks'] / (SERIAL + '.json')).read_text() == index
+    assert snapshot(lab['points'] / SERIAL) == planted and (lab['disks'] / (SERIAL + '.json')).read_text() == index
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_a_hostile_disk_is_grown_as_a_file_and_no_parser_runs_on_it(attacked, tm
     interval of 18 hours (e2fsck would wait for it, holding the bakery lock) and a size beyond the file. pi_disk
     grows the file and runs no tool on it at all; the file system inside stays the Pi's, byte for byte."""
     lab = attacked
-    disk = lab['disks'] / SERIAL / 'data' / 'disk.img'
+    disk = lab['points'] / SERIAL / 'data' / 'disk.img'
     block = bytearray(1024)
     struct.pack_into('<5I', block, 0, 16384, 0xFFFFFFFF, 0, 0, 0)
     struct.pack_into('<3I', block, 0x18, 2, 2, 8192)
@@ -140,7 +140,7 @@ def test_a_hostile_disk_is_grown_as_a_file_and_no_parser_runs_on_it(attacked, tm
 
 def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):
     lab = attacked
-    fresh = lab['disks'] / SERIAL / 'fresh'
+    fresh = lab['points'] / SERIAL / 'fresh'
     fresh.mkdir()
     swapping_tools.setenv('PFD_SWAP', str(fresh))
     swapping_tools.setenv('PFD_TARGET', str(lab['outside'] / 'dir'))
@@ -148,5 +148,5 @@ def test_a_swap_while_mkfs_runs_never_reaches_outside(attacked, swapping_tools):
     result = run_module('pi_disk', base(lab, serial=SERIAL, name='fresh', size='64M', fstype='ext4'))
     assert not result.get('failed'), result
     assert snapshot(lab['outside']) == outside
-    made = lab['disks'] / SERIAL / 'fresh.moved' / 'disk.img'  # linked into the directory pi_disk opened
+    made = lab['points'] / SERIAL / 'fresh.moved' / 'disk.img'  # linked into the directory pi_disk opened
     assert superblock(made)['Filesystem volume name'] == 'fresh'

@@ -46,11 +46,11 @@ def listing(lan, host, path):
 def test_each_pi_reaches_its_disks_through_one_export_of_its_own(tmp_path):
     plan = fleet(tmp_path)
     common = {'disks_dir': str(tmp_path / 'disks'), 'units_dir': str(tmp_path / 'units'),
-              'lock_file': str(tmp_path / 'lock')}
+              'lock_file': str(tmp_path / 'lock'), 'allow_root_filesystem': True}  # temp dirs may lie on /
     made = run_module('pi_disk', dict(common, disks=plan['disks']))
     assert not made.get('failed') and [p['action'] for p in made['pis']] == ['created', 'created'], made
     disk_exports = [e for e in plan['exports'] if e['path'].startswith(str(tmp_path / 'disks'))]
-    assert [e['path'] for e in disk_exports] == [str(tmp_path / 'disks' / s) for s in PIS.values()]
+    assert [e['path'] for e in disk_exports] == [str(tmp_path / 'disks/mnt' / s) for s in PIS.values()]
 
     try:
         with ganesha_lan('pfd', HOSTS, 'srv', tmp_path / 'ganesha') as (lan, server):
@@ -58,7 +58,7 @@ def test_each_pi_reaches_its_disks_through_one_export_of_its_own(tmp_path):
                 'backend': 'ganesha', 'exclusive': True, 'exports': disk_exports, 'ganesha_config': str(server.config),
                 'ganesha_pidfile': str(server.pidfile), 'exports_file': str(tmp_path / 'pifleet.conf')})
             assert not exported.get('failed'), exported
-            point = tmp_path / 'disks' / PIS['pia']
+            point = tmp_path / 'disks/mnt' / PIS['pia']
             deadline = time.monotonic() + 15
             while listing(lan, 'pia', point)[0] != 0 and time.monotonic() < deadline:
                 time.sleep(0.3)  # Ganesha applies SIGHUP asynchronously

@@ -77,9 +77,24 @@ class Lab:
     def scratch_dirs(self):
         return sorted(n for n in os.listdir(self.roots) if n.startswith('.pifleet-tmp-')) if self.roots.exists() else []
 
+    def point(self, serial):
+        """Where a Pi's root is mounted and exported: on the mount points' tmpfs, roots/mnt."""
+        return self.roots / 'mnt' / serial
+
+    def image(self, serial):
+        return self.roots / (serial + '.img')
+
+    def paths(self, serial):
+        """Everything of a Pi's root in the roots dir: its mount point, image, marker, previous root, journal and
+        the identity the bakery keeps."""
+        base = str(self.roots / serial)
+        return [self.point(serial), *(Path(base + ext) for ext in (
+            '', '.img', '.json', '.prev.img', '.prev.json', '.swap.json', '.identity'))]
+
     def mounted(self):
-        """The mount points below the roots dir, sorted, once per mount (a mount stacked on another shows twice)."""
-        return sorted(point for point, _options in mounts(self.roots))
+        """The Pis' mount points below the roots dir, sorted, once per mount (a mount stacked on another shows
+        twice); the mount points' tmpfs itself is not one of them."""
+        return sorted(point for point, _options in mounts(self.roots) if point != str(self.roots / 'mnt'))
 
     def state(self):
         """What a run that changes nothing leaves as it was: markers, units and every file in the mounted roots.
@@ -180,18 +195,18 @@ def test_clone_is_faithful_and_fixed(lab):
         (serials[1], 'pi-0badcafe', 'cloned', AUTO_METHOD[lab.fs])]
     texts = [d for d in done['diff'] if not d['after_header'].endswith('.json')]
     assert texts == [d for d in planned['diff'] if not d['after_header'].endswith('.json')]  # check mode foretold it
-    made = ('', '.identity', '.img', '.json')
-    assert sorted(os.listdir(lab.roots)) == sorted(serial + ext for serial in serials for ext in made)
-    roots = [lab.roots / serial for serial in serials]
+    made = ('.identity', '.img', '.json')
+    assert sorted(os.listdir(lab.roots)) == sorted(['mnt', *(s + ext for s in serials for ext in made)])
+    roots = [lab.point(serial) for serial in serials]
     assert lab.mounted() == sorted(str(r) for r in roots)
     for point, options in mounts(lab.roots):
-        assert {'rw', 'nosuid', 'nodev'} <= set(options), (point, options)
+        assert {'rw', 'nosuid', 'nodev'} <= set(options), (point, options)  # the tmpfs too (and noexec)
     for root in roots:
         assert_faithful(lab.expect['bw'], root)
 
     # Each clone is a file system image of its own, sharing blocks with the golden one where it can.
-    assert shared_extents(str(roots[0]) + '.img') is (lab.fs != 'ext4')
-    assert os.stat(str(roots[0]) + '.img').st_mode & 0o777 == 0o600 and os.stat(lab.roots).st_mode & 0o777 == 0o700
+    assert shared_extents(str(lab.image(roots[0].name))) is (lab.fs != 'ext4')
+    assert os.stat(lab.image(roots[0].name)).st_mode & 0o777 == 0o600 and os.stat(lab.roots).st_mode & 0o777 == 0o700
 
     assert_fixed(lab, roots[0], 'kitchen')
     assert (roots[1] / 'etc/hostname').read_text() == 'pi-0badcafe\n'
@@ -199,7 +214,7 @@ def test_clone_is_faithful_and_fixed(lab):
     marker = json.loads((lab.roots / (serials[0] + '.json')).read_text())
     assert marker['serial'] == serials[0] and marker['bakeform'] == 'bw' and marker['hostname'] == 'kitchen'
     assert marker['bakeform_sha256'] == lab.sha256 and marker['clone_method'] == AUTO_METHOD[lab.fs]
-    assert marker['fs_uuid'] == read_superblock(str(roots[0]) + '.img')['uuid']
+    assert marker['fs_uuid'] == read_superblock(str(lab.image(roots[0].name)))['uuid']
     assert marker['boot_mount'] == 'nfs' and marker['created'] == marker['updated']
     assert {'fstab', 'hostname', 'hosts', 'machine_id', 'ssh_host_keys', 'firstboot_disabled', 'swap_disabled',
             'network', 'ssh_enabled', 'authorized_keys'} == set(marker['fixes'])
@@ -211,7 +226,7 @@ def test_clone_is_faithful_and_fixed(lab):
 
     # The image itself, as the next boot of the bakery mounts it: unmounted (as by a reboot), then read-only.
     subprocess.run(['umount', str(roots[1])], check=True)
-    with mounted_ro(str(roots[1]) + '.img', lab.mnt / 'view') as view:
+    with mounted_ro(str(lab.image(roots[1].name)), lab.mnt / 'view') as view:
         assert_faithful(lab.expect['bw'], view)
         assert (view / 'etc/hostname').read_text() == 'pi-0badcafe\n'
     remounted = lab.pi_root(**args)
@@ -255,7 +270,7 @@ def assert_fixed(lab, root, hostname):
 def assert_own_identity(lab, roots):
     """Each Pi its own file system UUID, machine-id and host keys, none shared with the golden root or each other."""
     golden = lab.gen('bw') / 'root.img'
-    uuids = {read_superblock(str(r) + '.img')['uuid'] for r in roots} | {read_superblock(str(golden))['uuid']}
+    uuids = {read_superblock(str(lab.image(r.name)))['uuid'] for r in roots} | {read_superblock(str(golden))['uuid']}
     assert len(uuids) == len(roots) + 1
     ids = [(r / 'etc/machine-id').read_text() for r in roots]
     with mounted_ro(golden, lab.mnt / 'view') as view:
@@ -274,7 +289,7 @@ def assert_own_identity(lab, roots):
 def test_forced_clone_method(lab, method):
     serial = {'copy': '00c0ffee', 'reflink': '00ee1111', 'snapshot': '00ab5555'}[method]
     result = lab.pi_root(serial=serial, clone_method=method)
-    root = lab.roots / serial
+    root = lab.point(serial)
     if method == 'snapshot':
         assert result.get('failed') and 'clone_method snapshot is no longer offered' in result['msg'], result
         assert 'forged NFS handles' in result['msg'] and 'clone_method reflink' in result['msg']
@@ -283,19 +298,19 @@ def test_forced_clone_method(lab, method):
     else:
         assert not result.get('failed') and result['pis'][0]['clone_method'] == method, result
         assert_faithful(lab.expect['bw'], root, ADDED_WITHOUT_KEYS)
-        assert shared_extents(str(root) + '.img') is (method == 'reflink')
+        assert shared_extents(str(lab.image(root.name))) is (method == 'reflink')
         assert json.loads((lab.roots / (serial + '.json')).read_text())['clone_method'] == method
         assert_removed(lab, serial)
         return
     assert result['pis'][0]['action'] == 'failed' and result['changed'] is False
-    assert not any(os.path.lexists(str(root) + ext) for ext in ('', '.img', '.json'))
+    assert not any(os.path.lexists(path) for path in lab.paths(root.name))
     assert lab.scratch_dirs() == [] and lab.mounted() == [] and loops_backed_by(lab.roots) == []
 
 
 def test_lifecycle_fix_generation_rebuild_absent(lab, tiny_images):
     first_sha = lab.ingest('life', tiny_images['good'])
     base = dict(serial='1e1e1e1e', hostname='den', bakeform='life', ssh_authorized_keys=[KEY_A])
-    root, marker_path, image = lab.roots / '1e1e1e1e', lab.roots / '1e1e1e1e.json', lab.roots / '1e1e1e1e.img'
+    root, marker_path, image = lab.point('1e1e1e1e'), lab.roots / '1e1e1e1e.json', lab.image('1e1e1e1e')
     assert lab.pi_root(**base)['pis'][0]['action'] == 'cloned'
     marker0 = json.loads(marker_path.read_text())
     keys0 = {rel: (root / rel).read_bytes() for rel in keys('ed25519', 'ecdsa')}
@@ -351,12 +366,11 @@ def test_lifecycle_fix_generation_rebuild_absent(lab, tiny_images):
 
 def assert_removed(lab, serial, **extra):
     args = dict(serial=serial, state='absent', **extra)
-    point = lab.roots / serial
+    point = lab.point(serial)
     assert lab.pi_root(check=True, **args)['changed'] is True and lab.mounted().count(str(point)) == 1
     gone = lab.pi_root(**args)
     assert gone['changed'] is True and gone['pis'][0]['action'] == 'removed', gone
-    assert not any(os.path.lexists(str(point) + ext) for ext in (
-        '', '.img', '.json', '.prev.img', '.prev.json', '.swap.json', '.identity'))
+    assert not any(os.path.lexists(path) for path in lab.paths(serial))
     assert str(point) not in lab.mounted() and lab.scratch_dirs() == []
     assert not (lab.units / unit_name(str(point))).exists()
     assert not os.path.lexists(lab.units / 'local-fs.target.wants' / unit_name(str(point)))
@@ -370,16 +384,16 @@ def test_thirty_pis_in_one_call(lab):
     pis = [{'serial': '5e%06x' % index, 'hostname': 'rack-%02d' % index} for index in range(30)]
     done = lab.pi_root(pis=pis)
     assert done['changed'] is True and [p['action'] for p in done['pis']] == ['cloned'] * 30, done
-    roots = [lab.roots / pi['serial'] for pi in pis]
+    roots = [lab.point(pi['serial']) for pi in pis]
     assert lab.mounted() == sorted(str(r) for r in roots)  # each mounted once
     assert len({(r / 'etc/ssh/ssh_host_ed25519_key.pub').read_bytes() for r in roots}) == 30
     assert len({(r / 'etc/machine-id').read_text() for r in roots}) == 30
-    assert len({read_superblock(str(r) + '.img')['uuid'] for r in roots}) == 30
+    assert len({read_superblock(str(lab.image(r.name)))['uuid'] for r in roots}) == 30
     assert [(r / 'etc/hostname').read_text() for r in roots] == ['rack-%02d\n' % i for i in range(30)]
     assert {unit_name(str(r)) for r in roots} <= set(os.listdir(lab.units))
 
     def state():  # no clone, no new keys, no marker or unit rewritten
-        return ({r.name: os.stat(str(r) + '.img').st_ino for r in roots},
+        return ({r.name: os.stat(str(lab.image(r.name))).st_ino for r in roots},
                 {r.name: (r / 'etc/ssh/ssh_host_ed25519_key').read_bytes() for r in roots},
                 {k: v for k, v in snapshot(lab.roots).items() if k.endswith('.json')}, snapshot(lab.units))
     before = state()
@@ -421,9 +435,9 @@ def test_two_runs_at_once_take_turns_and_end_consistent(lab):
         assert result['lock_waited'] > 0, result
         assert holder in json.dumps(result['warnings']) and 'waited' in json.dumps(result['warnings'])
     assert other['changed'] is False
-    assert lab.mounted() == sorted(str(lab.roots / pi['serial']) for pi in pis)  # each mounted once
+    assert lab.mounted() == sorted(str(lab.point(pi['serial'])) for pi in pis)  # each mounted once
     for index, pi in enumerate(pis):
-        assert (lab.roots / pi['serial'] / 'etc/hostname').read_text() == 'second-%d\n' % index
+        assert (lab.point(pi['serial']) / 'etc/hostname').read_text() == 'second-%d\n' % index
         assert json.loads((lab.roots / (pi['serial'] + '.json')).read_text())['hostname'] == 'second-%d' % index
     assert lab.scratch_dirs() == []
     lab.pi_root(pis=[dict(pi, state='absent') for pi in pis])
@@ -519,8 +533,8 @@ def test_sigkill_mid_clone_leaves_no_root_mount_or_loop_device(ext4_lab):
             break
         time.sleep(0.01)
     assert not any(alive(kid) for kid in kids), 'cp or ssh-keygen outlived the killed module'
-    root = lab.roots / '0dead0ff'
-    assert not any(os.path.lexists(str(root) + ext) for ext in ('', '.img', '.json'))
+    root = lab.point('0dead0ff')
+    assert not any(os.path.lexists(path) for path in lab.paths(root.name))
     assert lab.mounted() == [] and loops_backed_by(lab.roots) == []
     leftovers = lab.scratch_dirs()
     # The half-made image and the SSH host keys made ahead for it (pi_root's KeyForge), both swept below.
@@ -547,7 +561,7 @@ def test_sigkill_while_the_new_root_is_mounted_is_cleaned_by_the_next_run(ext4_l
     again = lab.pi_root(pis=pis)
     assert not again.get('failed'), again
     assert any(name in stale[0] for name in again['swept']), (again['swept'], stale)
-    assert lab.scratch_dirs() == [] and lab.mounted() == sorted(str(lab.roots / p['serial']) for p in pis)
+    assert lab.scratch_dirs() == [] and lab.mounted() == sorted(str(lab.point(p['serial'])) for p in pis)
     for _attempt in range(50):  # the lazily unmounted scratch image lets go of its loop device once released
         if len(loops_backed_by(lab.roots)) == len(pis):
             break

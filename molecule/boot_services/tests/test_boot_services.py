@@ -58,6 +58,22 @@ def test_service_active_and_enabled(host, unit):
     assert service.is_enabled
 
 
+def test_ganesha_needs_the_mount_points_and_withholds_what_is_not_mounted(host):
+    """The nfs_server role's drop-in: the mount points' tmpfs required, the exports guard before start and reload."""
+    props = show(host, 'nfs-ganesha', 'ExecStartPre', 'ExecReload', 'RequiresMountsFor')
+    guard = '/usr/local/lib/pifleet/pifleet_exports_guard.py --exports /etc/ganesha/pifleet.conf'
+    assert guard in props['ExecStartPre'], props
+    assert guard in props['ExecReload'] and '-HUP' in props['ExecReload'], props
+    assert props['ExecReload'].index(guard) < props['ExecReload'].index('-HUP'), props
+    assert {'/srv/pifleet/roots/mnt', '/srv/pifleet/disks/mnt'} <= set(props['RequiresMountsFor'].split()), props
+    assert host.run('systemctl reload nfs-ganesha').rc == 0 and host.service('nfs-ganesha').is_running
+
+
+def test_mount_listens_on_the_fixed_port(host):
+    ports = {line.split()[3] for line in host.check_output('rpcinfo -p').splitlines() if line.endswith('mountd')}
+    assert ports == {'20048'}, ports
+
+
 def test_hook_unit_hardening(host):
     props = show(host, HOOK_SERVICE, 'User', 'DynamicUser', 'CapabilityBoundingSet', 'AmbientCapabilities',
                  'ProtectSystem', 'ReadOnlyPaths', 'NoNewPrivileges', 'MainPID')

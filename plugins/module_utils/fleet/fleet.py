@@ -20,6 +20,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
     normalise_mac,
     normalise_serial,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import (
     CloudInitError,
     check_user_data,
@@ -221,7 +223,7 @@ def build(pis, settings):
     roots, disks, exports, boot = [], [], [], []
     for pi in pis:
         clients = [pi['ip']] if pi['ip'] else [scope]
-        root = os.path.join(roots_dir, pi['serial'])
+        root = _roots.Layout(roots_dir, pi['serial']).point  # the export: its mount point
         item = {'serial': pi['serial'], 'hostname': pi['hostname'], 'bakeform': pi['bakeform']}
         if pi['ssh_authorized_keys'] is not None:
             item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
@@ -237,7 +239,7 @@ def build(pis, settings):
         exports.append(dict(mine, path=root, clients=clients, options=list(ROOT_OPTIONS)))
         disks.extend(dict(disk, serial=pi['serial']) for disk in pi['disks'])
         if pi['disks']:  # one file system per Pi holds all its disks: one export
-            exports.append(dict(mine, path=os.path.join(disks_dir, pi['serial']), clients=clients,
+            exports.append(dict(mine, path=_disks.Layout(disks_dir, pi['serial']).point, clients=clients,
                                 options=list(ROOT_OPTIONS)))
         boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'serial': pi['serial'], 'bakeform': pi['bakeform'],
                      'model': pi['model'], 'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],

@@ -17,6 +17,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common import atom
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import Tree
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_serial
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfiles import DiskFiles
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import (
     JOURNAL,
@@ -37,6 +38,7 @@ class Containers:
         self.host, self.disks_dir = host, disks_dir
         self.mounter = _loopfs.Mounter(host.run, host.which)
         self.units = _loopfs.Units(units_dir) if units_dir else None
+        self.points = _points.Points(host, disks_dir, self.units, 'Pi disks')
 
     def files(self, tree, lay):
         return DiskFiles(tree, lay.serial, top=lay.point, run=self.host.run, which=self.host.which)
@@ -68,7 +70,7 @@ class Containers:
             make_container(self.host.run, self.host.which, image, plan['container']['capacity'], 'disks-%s' % serial)
             if plan['legacy']:
                 self.copy_legacy(plan, image, scratch.join('mnt'))
-                os.rename(lay.point, scratch.join('old'))  # put back by the sweep if we die before the next rename
+                os.rename(lay.old_point, scratch.join('old'))  # put back by the sweep if we die before the next rename
             os.rename(image, lay.image)
         finally:
             scratch.close(self._unmount_quietly)
@@ -81,7 +83,7 @@ class Containers:
         os.mkdir(mnt, 0o700)
         self.mounter.mount(image, mnt, OPTIONS, 'the new disks file system of Pi %s' % serial)
         try:
-            with Tree(lay.point, 'the old disks of Pi %s' % serial) as old, Tree(mnt, 'the new disks') as new:
+            with Tree(lay.old_point, 'the old disks of Pi %s' % serial) as old, Tree(mnt, 'the new disks') as new:
                 src, dst = self.files(old, lay), self.files(new, lay)
                 for name in keep:
                     with src.image(name) as (fd, st):
@@ -102,7 +104,7 @@ class Containers:
             self.resize_offline(lay, container['capacity'])
             container['grow'] = False
         if not plan['source']:
-            os.makedirs(lay.point, 0o755, exist_ok=True)
+            self.points.make(lay.point)
             # mount reuses a loop device still attached elsewhere (another mount namespace): never two.
             self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % serial)
             plan['source'] = (_loopfs.mount_at(os.path.realpath(lay.point)) or ('mounted',))[0]
@@ -156,7 +158,7 @@ class Containers:
         """The Pi has no disks left: its container (or old-layout directory) goes, with its mount unit."""
         lay = plan['layout']
         if plan['legacy']:
-            _atomic.discard(self.disks_dir, lay.serial, lay.point)
+            _atomic.discard(self.disks_dir, lay.serial, lay.old_point)
             return
         if self.units:
             self.units.remove(lay.point)
@@ -164,8 +166,34 @@ class Containers:
             self.mounter.umount(lay.point, 'the disks of Pi %s' % lay.serial)
         if os.path.lexists(lay.image):
             os.unlink(lay.image)  # a lazily unmounted image lives on until the NFS server lets go of it
-        with contextlib.suppress(OSError):
-            os.rmdir(lay.point)
+        self.points.remove(lay.point)
+
+    def relocate(self, lay, mounts):
+        """Disks mounted at the mount point of earlier releases move to their new one first; True if they had one.
+
+        The container is mounted at its new point before the old one is unmounted (the same loop device,
+        mounted twice for a moment), so it is never left unmounted in between. ``mounts``: {target: source}.
+        """
+        if not self.moved(lay):
+            return False
+        if self.host.check_mode:
+            return True
+        old = mounts.get(os.path.realpath(lay.old_point))
+        if old and _loopfs.loop_backing(old) in (lay.image, os.path.realpath(lay.image)) and not mounts.get(
+                os.path.realpath(lay.point)):
+            self.points.make(lay.point)
+            self.mounter.mount(lay.image, lay.point, OPTIONS, 'the disks of Pi %s' % lay.serial)
+        self.points.give_up(lay.old_point, lay.image, 'the disks of Pi %s' % lay.serial)
+        return True
+
+    def moved(self, lay):
+        """True when the disks have a mount point (or unit) of earlier releases; an old layout's disks do not."""
+        old = lay.old_point
+        if self.units and self.units.current(old)[0] is not None:
+            return True
+        if not os.path.lexists(old):
+            return False
+        return os.path.lexists(lay.image) or os.path.islink(old) or os.path.ismount(old) or not os.listdir(old)
 
     def check(self, argv, what, ok=(0,)):
         rc, out, err = self.host.run(argv)

@@ -6,8 +6,9 @@ Layout in ``<disks_dir>`` (mode 0700, out of every Pi's reach):
 
 - ``<serial>.img``   the Pi's disks file system: a sparse ext4 image, sized for all its disks;
 - ``<serial>.json``  the index pi_disk trusts (name, file, size, fstype, nfs_path of each disk);
-- ``<serial>/``      the mount point (``nosuid,nodev,noexec``) and the one export of the Pi's disks,
+- ``mnt/<serial>/``  the mount point (``nosuid,nodev,noexec``) and the one export of the Pi's disks,
   holding ``<name>/disk.img``. The Pi can write anything in there, so nothing read from it is trusted.
+  ``mnt`` is a tmpfs that holds only mount points (``points``).
 
 A Pi can forge NFS handles naming any inode of the file system it is exported; a file system of
 its own holding only its disks is all such a handle can reach (``loopfs``). Pure functions here;
@@ -28,6 +29,7 @@ import os
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import MIB, human
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir
 
 NAME_MAX = 64
 IMAGE = 'disk.img'
@@ -58,9 +60,12 @@ class Layout:
 
     def __init__(self, disks_dir, serial):
         self.serial = serial
-        self.point = os.path.join(disks_dir, serial)
-        self.image = self.point + '.img'
-        self.index = self.point + '.json'
+        base = os.path.join(disks_dir, serial)
+        # The mount point and export: on the mount points' own tmpfs, never on the file system of the images.
+        self.point = os.path.join(points_dir(disks_dir), serial)
+        self.old_point = base  # where earlier pifleet releases mounted it, on the data file system (moved by pi_disk)
+        self.image = base + '.img'
+        self.index = base + '.json'
 
     def disk(self, name):
         return os.path.join(self.point, name, IMAGE)

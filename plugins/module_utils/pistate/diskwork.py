@@ -26,6 +26,8 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.module impo
     file_diff,
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.text import printable_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfs import PEEK_OPTIONS, Containers, loop_bytes
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import (
     DISKS_MODE,
@@ -51,8 +53,9 @@ QUIET = ('unchanged', 'none', 'kept')
 class PiDisks:
     """The disks of many Pis in one ``disks_dir``; one instance per module run."""
 
-    def __init__(self, host, *, disks_dir, units_dir, migrate=False):
+    def __init__(self, host, *, disks_dir, units_dir, migrate=False, space=None):
         self.host, self.disks_dir, self.migrate = host, disks_dir, migrate
+        self.space = space  # a space.Ledger: new or grown disks must fit the data file system in the worst case
         self.real_dir = os.path.realpath(disks_dir)  # what mountinfo and the loop devices call it
         self.boxes = Containers(host, disks_dir, units_dir)
         self.mounts = None
@@ -61,11 +64,11 @@ class PiDisks:
 
     # ------------------------------------------------------------------ shared state
 
-    def source(self, serial):
+    def source(self, serial, point=None):
         """The device mounted at the Pi's mount point (None when nothing is): one mountinfo read per run."""
         if self.mounts is None:
             self.mounts = {target: source for target, _fstype, source in _atomic.read_mounts()}
-        return self.mounts.get(os.path.join(self.real_dir, serial))
+        return self.mounts.get(point or Layout(self.real_dir, serial).point)
 
     def prepare(self):
         """The disks directory exists, 0700; scratch directories of killed runs are cleared away."""
@@ -78,9 +81,13 @@ class PiDisks:
         if os.stat(self.disks_dir).st_mode & 0o7777 != DISKS_MODE:
             os.chmod(self.disks_dir, DISKS_MODE)
             self.shared_changed = True
+        if _points.holds_images(self.disks_dir) and self.boxes.points.ensure():  # else with the first mount point
+            self.shared_changed = True
         return self.boxes.sweep()
 
     def close(self):
+        if self.boxes.points.release():  # the last disks are gone
+            self.shared_changed = True
         if self.boxes.units:
             self.boxes.units.reload(self.host.run, self.host.which)
 
@@ -126,6 +133,9 @@ class PiDisks:
 
     def plan(self, serial, items):
         lay = Layout(self.disks_dir, serial)
+        self.source(serial)  # mountinfo read
+        if self.boxes.relocate(Layout(self.real_dir, serial), self.mounts) and not self.host.check_mode:
+            self.mounts = None  # moved: read again
         plan = dict(self.container_state(lay), serial=serial, layout=lay, items=items, steps=[])
         plan['old'], recorded = load_index(lay.index)
         with self.view(plan) as files:
@@ -152,7 +162,19 @@ class PiDisks:
             leftovers = self.leftovers(files, plan['steps']) if files and not entries else []
         plan.update(entries=entries, new=render_index(lay, entries))
         plan['container'] = self.plan_container(plan, leftovers)
+        self.claim_space(plan)
         return plan
+
+    def claim_space(self, plan):
+        """Book what a new or grown disks file system may take at worst on the data file system, or refuse it."""
+        container = plan['container']
+        more = container.get('capacity', 0) - (plan['size'] if plan['image'] else 0)
+        if self.space is None or container['action'] not in ('created', 'migrated', 'grown') or more <= 0:
+            return
+        try:
+            self.space.claim(self.disks_dir, more, 'the disks of Pi %s' % plan['serial'])
+        except _space.SpaceError as exc:
+            raise DiskError(str(exc)) from None
 
     def container_state(self, lay):
         """What is at the Pi's paths: image, mount and an old layout's directory; DiskError for what is foreign."""
@@ -163,20 +185,25 @@ class PiDisks:
         if image is not None and not stat.S_ISREG(image.st_mode):
             raise DiskError('the disks of Pi %s: %s is not a regular file, so it is not the disks file system '
                             'pi_disk made; move it away, then run again' % (lay.serial, lay.image))
-        source = self.source(lay.serial)
+        source, at = self.source(lay.serial), lay.point
+        if source is None and self.host.check_mode and self.boxes.moved(lay):  # still where earlier releases had it
+            source, at = self.source(lay.serial, os.path.realpath(lay.old_point)), lay.old_point
         if source is not None and _loopfs.loop_backing(source) not in (lay.image, os.path.realpath(lay.image)):
             raise DiskError('the disks of Pi %s: %s has %s mounted on it, not %s; pi_disk mounts only the Pi\'s '
                             'disks file system there: unmount it, then run again'
-                            % (lay.serial, lay.point, source, lay.image))
-        legacy = image is None and source is None and point is not None and bool(os.listdir(lay.point))
-        return {'image': image is not None, 'size': image.st_size if image else 0, 'source': source, 'legacy': legacy}
+                            % (lay.serial, at, source, lay.image))
+        old = _lstat(lay.old_point)
+        legacy = image is None and source is None and old is not None and stat.S_ISDIR(old.st_mode) and not \
+            os.path.ismount(lay.old_point) and bool(os.listdir(lay.old_point))
+        return {'image': image is not None, 'size': image.st_size if image else 0, 'source': source, 'legacy': legacy,
+                'at': at}
 
     @contextlib.contextmanager
     def view(self, plan):
         """DiskFiles of the disks as they are: the mounted container, an old layout, or a read-only look."""
         lay, serial = plan['layout'], plan['serial']
         if plan['legacy'] or plan['source']:
-            with Tree(lay.point, 'the disks of Pi %s' % serial) as tree:
+            with Tree(lay.old_point if plan['legacy'] else plan['at'], 'the disks of Pi %s' % serial) as tree:
                 yield self.boxes.files(tree, lay)
         elif plan['image']:
             point = tempfile.mkdtemp(prefix='peek-%s-' % serial, dir=self.host.tmpdir)
@@ -194,7 +221,7 @@ class PiDisks:
         """{name: {size, fstype}} of an old-layout directory, once it is known to be safe to migrate."""
         lay = plan['layout']
         old = ('the disks of Pi %s are in the old layout: %s is a plain directory on the bakery\'s file system, '
-               'where a Pi can reach other files with forged NFS handles' % (lay.serial, lay.point))
+               'where a Pi can reach other files with forged NFS handles' % (lay.serial, lay.old_point))
         if not self.migrate:
             raise DiskError('%s; shut the Pi down, then run pi_disk with migrate: true to copy them into a file '
                             'system of their own (%s)' % (old, lay.image))

@@ -44,8 +44,17 @@ OPPOSITES = (('rw', 'ro'), ('sync', 'async'), ('secure', 'insecure'), ('wdelay',
 SEC_FLAVORS = ('sys', 'krb5', 'krb5i', 'krb5p')
 _ID = re.compile(r'[0-9]{1,10}')
 _UUID = re.compile(r'[0-9a-f]{8}(-?[0-9a-f]{4}){3}-?[0-9a-f]{12}|([0-9a-f]{8}:){3}[0-9a-f]{8}')
-# Options Ganesha can express; sync and no_subtree_check are what Ganesha always does anyway.
-GANESHA_FLAGS = frozenset(('rw', 'ro', 'root_squash', 'no_root_squash', 'all_squash', 'sync', 'no_subtree_check'))
+# Options Ganesha can express; sync and no_subtree_check are what Ganesha always does anyway. mp is kept by
+# pifleet itself for Ganesha (an export with nothing mounted at its path is written withheld, see below).
+GANESHA_FLAGS = frozenset(('rw', 'ro', 'root_squash', 'no_root_squash', 'all_squash', 'sync', 'no_subtree_check',
+                           'mp'))
+# exports(5) mp: export only while a file system is mounted at the path. Every export that must be the top of a
+# file system of its own gets it, so that a Pi whose root is not mounted is never served the bare directory.
+MOUNTED_ONLY = 'mp'
+# A Ganesha EXPORT block whose lines start with this is withheld: Ganesha reads it as a comment. The nfs_server
+# role's guard (roles/nfs_server/files/pifleet_exports_guard.py) flips blocks the same way when Ganesha starts.
+WITHHELD = '#| '
+
 GANESHA_VALUED = frozenset(('anonuid', 'anongid', 'sec'))
 
 _WILDCARD = re.compile(r'[a-z0-9*?.\[\]-]+')
@@ -115,10 +124,17 @@ def _mount_point_of(path, mount_roots):
 
 
 def bounced(current, wanted):
-    """Paths exported before and now whose file system changed (a rebuilt root): the server must drop them first."""
-    return sorted(path for path, entry in wanted.items()
-                  if path in current and current[path].get('fs') and entry.get('fs')
-                  and current[path]['fs'] != entry['fs'])
+    """Paths the server must let go of before it exports them: exported before on another file system (a rebuilt
+    root), or new paths of a file system exported before under a path that goes now (a mount point moved).
+
+    Ganesha keeps the file system it opened at a path, and records each file system under the mount point where
+    it first met it; an export added in the same reload that drops the old one would not find it.
+    """
+    changed = {path for path, entry in wanted.items()
+               if current.get(path, {}).get('fs') and entry.get('fs') and current[path]['fs'] != entry['fs']}
+    gone = {current[path]['fs'] for path in current if path not in wanted and current[path].get('fs')}
+    moved = {path for path, entry in wanted.items() if path not in current and entry.get('fs') in gone}
+    return sorted(changed | moved)
 
 
 def is_world(client):
@@ -211,7 +227,7 @@ def _check_option(option, where):
 
 def _check_ganesha(option, where):
     name = option.partition('=')[0]
-    if option == 'sec=sys' or name in GANESHA_FLAGS or (name in GANESHA_VALUED and name != 'sec'):
+    if option == 'sec=sys' or option in GANESHA_FLAGS or (name in GANESHA_VALUED and name != 'sec'):
         return
     raise ExportsError('option %s of %s cannot be expressed for NFS-Ganesha; it accepts rw, ro, root_squash, '
                        'no_root_squash, all_squash, anonuid=N, anongid=N, sec=sys (sync and no_subtree_check are '
@@ -289,6 +305,8 @@ def check_item(item, backend, allow_world=False, shared=False, mount_roots=None)
     item['options'] = normalise_options(item['options'], item['path'], backend, shared)
     if not shared:
         check_own_filesystem(item['path'], mount_roots)
+        if not any(option.partition('=')[0] in ('mp', 'mountpoint') for option in item['options']):
+            item['options'].append(MOUNTED_ONLY)
     item['fs'] = fs_identity(item['path'])
     return ['export %s is read-write to %s: every host there can write; a Pi\'s root should go to its own address '
             'only' % (item['path'], client)
@@ -358,8 +376,17 @@ def ganesha_settings(options):
     return access, squash, names.get('anonuid'), names.get('anongid')
 
 
-def render_ganesha(entries, ids):
-    blocks = [HEADER, '# Export_Id of these exports start at %d; keep your own below it.' % FIRST_GANESHA_ID]
+def unmounted(entries, mount_roots):
+    """Paths of the entries with option mp that have no file system mounted at them: withheld (Ganesha)."""
+    return {path for path, entry in entries.items() if MOUNTED_ONLY in entry['options']
+            and mount_roots.get(os.path.realpath(path)) != '/'}
+
+
+def render_ganesha(entries, ids, withheld=()):
+    """The exports file; the blocks of ``withheld`` paths are written as comments (``WITHHELD`` lines)."""
+    blocks = [HEADER, '# Export_Id of these exports start at %d; keep your own below it.' % FIRST_GANESHA_ID,
+              '# Blocks whose lines start with "%s" are withheld: nothing is mounted at their path (option mp).'
+              % WITHHELD.strip()]
     for path in sorted(entries):
         entry = entries[path]
         access, squash, anonuid, anongid = ganesha_settings(entry['options'])
@@ -376,17 +403,18 @@ def render_ganesha(entries, ids):
         if entry.get('fs'):
             lines.append('    ' + FS_NOTE + entry['fs'])
         lines.append('}')
-        blocks.append('\n'.join(lines))
+        blocks.append('\n'.join(WITHHELD + line for line in lines) if path in withheld else '\n'.join(lines))
     return '\n'.join(blocks) + '\n'
 
 
 _BLOCK = re.compile(r'^EXPORT \{\n(.*?)^\}$', re.M | re.S)
+_WITHHELD_LINE = re.compile(r'^%s' % re.escape(WITHHELD), re.M)
 
 
 def parse_ganesha(text):
-    """Entries and Export_Ids of a managed Ganesha exports file."""
+    """Entries and Export_Ids of a managed Ganesha exports file (withheld blocks included)."""
     entries, ids = {}, {}
-    for block in _BLOCK.finditer(text):
+    for block in _BLOCK.finditer(_WITHHELD_LINE.sub('', text)):
         body = block.group(1)
         ident = re.search(r'^\s*Export_Id = (\d+);', body, re.M)
         path = re.search(r'^\s*Path = "([^"]*)";', body, re.M)
@@ -414,9 +442,13 @@ def used_export_ids(config_text):
 
 
 def assign_ids(paths, old_ids, reserved):
-    """Keep each path's Export_Id; give new paths the lowest free id from FIRST_GANESHA_ID on."""
+    """Keep each path's Export_Id; give new paths the lowest free id from FIRST_GANESHA_ID on.
+
+    An id the file gave another path is not handed out in the same write: Ganesha takes a reload that keeps an
+    Export_Id as an update of that export, and an update cannot change its Path (a moved mount point).
+    """
     ids = {path: old_ids[path] for path in paths if path in old_ids and old_ids[path] not in reserved}
-    taken = set(ids.values()) | set(reserved)
+    taken = set(ids.values()) | set(reserved) | set(old_ids.values())
     candidate = FIRST_GANESHA_ID
     for path in sorted(paths):
         if path in ids:

@@ -38,7 +38,7 @@ class Builder:
                 return
             if not plan['legacy'] and plan['mounted'] != lay.image:
                 self.ensure_mounted(plan)
-            with Tree(lay.point, 'the old root of Pi %s' % plan['serial']) as tree:
+            with Tree(lay.old_point if plan['legacy'] else lay.point, 'the old root of Pi %s' % plan['serial']) as tree:
                 yield tree
         return opened
 
@@ -107,7 +107,7 @@ class Builder:
                 self.parts.identities.save(serial, identity)  # before the root that holds it: the store leads
             self.unmount(plan)
             if plan['legacy']:
-                os.rename(lay.point, scratch.join('legacy'))  # removed with the scratch directory
+                os.rename(lay.old_point, scratch.join('legacy'))  # removed with the scratch directory
             _rollback.install(lay, scratch, image, marker, current=plan['marker'] if plan['image'] else None,
                               keep_previous=keep)
             plan.update(image=True, legacy=False, marker=marker)

@@ -9,7 +9,9 @@ Each Pi's root is an ext4 file system of its own, so no NFS handle it forges can
 - ``<serial>.json`` the marker: what the root was made from (bakeform, generation), which fixes, host keys,
   certificate and kernel hold it has. It lives beside the image, out of the Pi's reach, so a Pi cannot
   rewrite what pi_root believes about it;
-- ``<serial>/``     the mount point (``nosuid,nodev``), the directory that gets exported;
+- ``mnt/<serial>/`` the mount point (``nosuid,nodev``), the directory that gets exported. ``mnt`` is a tmpfs
+  that holds only mount points (``points``): a root that is not mounted exposes an empty directory there,
+  never the file system of the images;
 - ``<serial>.prev.img`` and ``<serial>.prev.json``: the root it had before, kept for a rollback (never mounted);
 - ``<serial>.swap.json``: the journal of a move of those files, there only while one runs (``rollback``);
 - ``<serial>.identity/``: the Pi's SSH host keys and machine-id, kept by the bakery (``identity``).
@@ -29,6 +31,7 @@ import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir
 
 METHODS = ('reflink', 'copy')
 NO_REFLINK_FS = ('ext2', 'ext3', 'ext4', 'tmpfs', 'overlay')
@@ -53,16 +56,19 @@ class Layout:
 
     def __init__(self, roots_dir, serial):
         self.serial = serial
-        self.point = os.path.join(roots_dir, serial)
-        self.image = self.point + '.img'
-        self.marker = self.point + '.json'
+        base = os.path.join(roots_dir, serial)
+        # The mount point and export: on the mount points' own tmpfs, never on the file system of the images.
+        self.point = os.path.join(points_dir(roots_dir), serial)
+        self.old_point = base  # where earlier pifleet releases mounted it, on the data file system (moved by pi_root)
+        self.image = base + '.img'
+        self.marker = base + '.json'
         # The root it had before its last rebuild, upgrade or rollback, kept whole for a rollback.
-        self.prev_image = self.point + '.prev.img'
-        self.prev_marker = self.point + '.prev.json'
+        self.prev_image = base + '.prev.img'
+        self.prev_marker = base + '.prev.json'
         # Written before a change that moves more than one of the files above, removed after it (rollback.py).
-        self.journal = self.point + '.swap.json'
+        self.journal = base + '.swap.json'
         # The Pi's SSH host keys and machine-id, kept by the bakery (identity.py).
-        self.identity = self.point + '.identity'
+        self.identity = base + '.identity'
 
 
 def load_marker(path, strict=True):

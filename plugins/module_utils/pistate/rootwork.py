@@ -24,9 +24,11 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined im
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.module import file_diff, printable
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import cloudinit as _cloudinit
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rollback as _rollback
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootfix as _rootfix
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootbuild import Builder
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootparts import Parts, kinds_of
 
@@ -39,13 +41,15 @@ GOLDEN_OPTIONS = ('ro', 'noload', 'nosuid', 'nodev', 'noexec')
 class PiRoots(Builder):
     """The roots of many Pis in one ``roots_dir``; one instance per module run."""
 
-    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types, host_ca=None):
+    def __init__(self, host, *, store, roots_dir, units_dir, clone_method, key_types, host_ca=None, space=None):
         # The kernel's names: mount points are found in mountinfo and named in units by their real path.
         self.host, self.store, self.roots_dir = host, os.path.realpath(store), os.path.realpath(roots_dir)
         self.clone_method, self.key_types = clone_method, list(key_types)
         self.cloner = _roots.Cloner(host.run, host.which)
         self.mounter = _loopfs.Mounter(host.run, host.which)
         self.units = _loopfs.Units(units_dir) if units_dir else None
+        self.points = _points.Points(host, self.roots_dir, self.units, 'Pi roots')
+        self.space = space  # a space.Ledger: new roots must fit the data file system in the worst case
         self.parts = Parts(host, store=self.store, roots_dir=self.roots_dir, key_types=key_types, host_ca=host_ca,
                            golden=self.golden)
         self.goldens, self.diffs, self.kernels = {}, [], {}
@@ -89,6 +93,8 @@ class PiRoots(Builder):
     def close(self):
         self.stack.close()
         self.parts.close()
+        if self.points.release():  # the last root is gone
+            self.shared_changed = True
         if self.units:
             self.units.reload(self.host.run, self.host.which)
 
@@ -98,6 +104,8 @@ class PiRoots(Builder):
             os.makedirs(self.roots_dir, _roots.ROOTS_MODE)
         if os.stat(self.roots_dir).st_mode & 0o7777 != _roots.ROOTS_MODE:
             os.chmod(self.roots_dir, _roots.ROOTS_MODE)
+            self.shared_changed = True
+        if _points.holds_images(self.roots_dir) and self.points.ensure():  # else made with the first mount point
             self.shared_changed = True
         # A killed run's new identity is dropped and the old one put back (an image is renamed in whole).
         swept = _atomic.sweep_stale(self.roots_dir, self.parts.identities.target, self._unmount_quietly)
@@ -139,14 +147,16 @@ class PiRoots(Builder):
         if link and state != 'absent':  # mounting there would mount over whatever it points to
             raise _roots.RootError('root of Pi %s: %s is a symlink; pi_root mounts the root there itself: remove '
                                    'the link' % (serial, lay.point))
-        legacy = not image and not link and os.path.isdir(lay.point) and not os.path.ismount(lay.point) and bool(
-            os.listdir(lay.point))
+        old = lay.old_point  # the mount point of earlier releases, on the data file system
+        legacy = not image and not os.path.islink(old) and os.path.isdir(old) and not os.path.ismount(old) and bool(
+            os.listdir(old))
+        moved = not legacy and (os.path.lexists(old) or bool(self.units and self.units.current(old)[0] is not None))
         marker = _roots.load_marker(lay.marker, strict=state in ('present', 'rolledback')) if image else None
         previous = _roots.load_marker(lay.prev_marker, strict=False) if os.path.isfile(lay.prev_image) else None
-        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy, 'marker': marker,
-                'previous': previous, 'mounted': self.mounted(lay.point)}
+        plan = {'serial': serial, 'item': item, 'layout': lay, 'image': image, 'legacy': legacy, 'moved': moved,
+                'marker': marker, 'previous': previous, 'mounted': self.mounted(lay.point)}
         if state == 'absent':
-            present = image or legacy or any(os.path.lexists(path) for path in (
+            present = image or legacy or moved or any(os.path.lexists(path) for path in (
                 lay.marker, lay.point, lay.prev_image, lay.prev_marker, lay.journal, lay.identity))
             return dict(plan, action='remove' if present else 'none')
         action = _roots.plan_action(state, image or legacy, marker)
@@ -162,18 +172,28 @@ class PiRoots(Builder):
                 raise _roots.RootError(
                     'root of Pi %s: %s is a directory made by an older pifleet on the shared file system, where a '
                     'Pi can reach other files with forged NFS handles; rebuild it with state: rebuilt (it keeps '
-                    'its SSH host keys and machine-id)' % (serial, lay.point))
+                    'its SSH host keys and machine-id)' % (serial, lay.old_point))
             raise _roots.RootError('root of Pi %s: %s exists but %s does not, so pi_root did not make it; move it '
                                    'away, or use state: rebuilt to replace it' % (serial, lay.image, lay.marker))
         who = 'Pi %s' % serial
         _bake, _generation, current = self.parts.generation(item['bakeform'], None, who)
         if action in ('clone', 'rebuild'):
             bake, generation, _current = self.parts.generation(item['bakeform'], item.get('generation'), who)
+            self.claim_space(serial, bake.root_image(generation))
         else:  # the root's own generation: present and a rollback never choose another one
             source = previous if action == 'rollback' else marker
             bake, index = self.parts.bakeform(source.get('bakeform') or item['bakeform'], who)
             generation = _roots.marker_generation(source, index)
         return dict(plan, action=action, bake=bake, generation=generation, current=current)
+
+    def claim_space(self, serial, golden):
+        """Book the new root's worst case (its golden image's size) on the data file system, or refuse it."""
+        if self.space is None or not os.path.isfile(golden):
+            return
+        try:
+            self.space.claim(self.roots_dir, os.stat(golden).st_size, 'the root of Pi %s' % serial)
+        except _space.SpaceError as exc:
+            raise _roots.RootError(str(exc)) from None
 
     # ------------------------------------------------------------------ apply
 
@@ -274,12 +294,24 @@ class PiRoots(Builder):
         lay = plan['layout']
         changed = self.persist(lay.image, lay.point, _loopfs.ROOT_OPTIONS, 'pifleet root of Pi %s' % plan['serial'])
         if plan['mounted'] == lay.image:
-            return changed
+            return self.move_out(plan) or changed
         if not self.host.check_mode:
             self.unmount(plan)
-            os.makedirs(lay.point, 0o755, exist_ok=True)
+            self.points.make(lay.point)
             self.mounter.mount(lay.image, lay.point, _loopfs.ROOT_OPTIONS, 'the root of Pi %s' % plan['serial'])
             plan['mounted'] = lay.image
+        self.move_out(plan)
+        return True
+
+    def move_out(self, plan):
+        """The mount point of earlier releases (on the data file system) given up, once the root is mounted at its
+        new one: its unit goes, it is unmounted (the Pi's NFS server lets go with the next exports) and removed."""
+        if not plan['moved']:
+            return False
+        if not self.host.check_mode:
+            lay = plan['layout']
+            self.points.give_up(lay.old_point, lay.image, 'the root of Pi %s' % plan['serial'])
+            plan['moved'] = False
         return True
 
     def unmount(self, plan):
@@ -361,12 +393,11 @@ class PiRoots(Builder):
             os.unlink(lay.point)  # the link only: what it points to is not this Pi's root
         self.unmount(plan)
         if plan['legacy']:
-            _atomic.discard(self.roots_dir, plan['serial'], lay.point)
+            _atomic.discard(self.roots_dir, plan['serial'], lay.old_point)
+        self.move_out(plan)
         for path in (lay.image, lay.marker, lay.journal):
             if os.path.lexists(path):
                 os.unlink(path)  # a lazily unmounted image lives on until the NFS server lets go of it
         _rollback.remove_previous(lay)
         self.parts.identities.remove(plan['serial'])
-        if os.path.isdir(lay.point) and not os.path.ismount(lay.point):
-            with contextlib.suppress(OSError):
-                os.rmdir(lay.point)
+        self.points.remove(lay.point)

@@ -307,3 +307,34 @@ def test_a_changed_file_system_is_unexported_first(run_module, lab, fake_exportf
                           ['/usr/sbin/exportfs', '-ra']]
     again = run_module(nfs_export.main, args).result
     assert again['changed'] is False and again['bounced'] == []
+
+
+def test_each_own_file_system_export_is_served_only_while_mounted(run_module, lab, monkeypatch, warnings):
+    """mp on every export that must be a file system of its own; Ganesha's withheld while nothing is mounted."""
+    mounts = {'/': '/', str(lab / 'pi-a'): '/', str(lab / 'pi-b'): '/'}
+    monkeypatch.setattr(nfs_export._loopfs, 'mount_roots', lambda: dict(mounts))
+    both = [{'path': str(lab / 'pi-a'), 'clients': ['10.99.20.50']}, {'path': str(lab / 'pi-b'), 'clients': ['h']}]
+    base = ganesha(lab, exports=both, allow_shared_filesystem=False)
+    first = run_module(nfs_export.main, base).result
+    assert [e['options'] for e in first['exports']] == [['rw', 'sync', 'no_subtree_check', 'no_root_squash', 'mp']] * 2
+    assert first['withheld'] == [] and '#| ' not in (lab / 'pifleet.conf').read_text().split('\n', 3)[3]
+    kernel_file = run_module(nfs_export.main, kernel(lab, exports=both, allow_shared_filesystem=False)).result
+    assert lines(lab / 'exports.d' / 'pifleet.exports')[0].endswith('(rw,sync,no_subtree_check,no_root_squash,mp)')
+    assert kernel_file['withheld'] == []
+
+    del mounts[str(lab / 'pi-a')]  # A's root is no longer mounted (a failed mount unit, a swap that died)
+    only_b = dict(base, exports=both[1:])
+    withheld = run_module(nfs_export.main, only_b).result
+    assert withheld['changed'] is True and withheld['withheld'] == [str(lab / 'pi-a')]
+    text = (lab / 'pifleet.conf').read_text()
+    assert '#|     Path = "%s";' % (lab / 'pi-a') in text and '\n    Path = "%s";' % (lab / 'pi-b') in text
+    assert any('1 export(s) withheld' in w and str(lab / 'pi-a') in w for w in warnings)
+    assert [e['path'] for e in withheld['exports']] == [str(lab / 'pi-a'), str(lab / 'pi-b')]  # still wanted
+    refused = run_module(nfs_export.main, base)  # asked for by name while unmounted: refused as ever
+    assert refused.failed and 'is a directory inside the file system of' in refused.result['msg']
+
+    mounts[str(lab / 'pi-a')] = '/'
+    served = run_module(nfs_export.main, base).result
+    assert served['changed'] is True and served['withheld'] == []
+    assert (lab / 'pifleet.conf').read_text().count('#| ') == 0
+    assert run_module(nfs_export.main, base).result['changed'] is False

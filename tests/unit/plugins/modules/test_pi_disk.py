@@ -39,7 +39,7 @@ def disks_dir(tmp_path):
 
 def args(disks_dir, **extra):
     return dict({'disks_dir': str(disks_dir), 'units_dir': str(disks_dir.parent / 'units'),
-                 'lock_file': str(disks_dir.parent / 'lock')}, **extra)
+                 'lock_file': str(disks_dir.parent / 'lock'), 'allow_root_filesystem': True}, **extra)
 
 
 INVALID = [
@@ -79,32 +79,39 @@ def test_check_mode_plans_containers_and_index_and_writes_nothing(run_module, di
     assert [(d['serial'], d['name'], d['action'], d['apparent_size'], d['fstype']) for d in disks] == [
         ('aaaa0001', 'b', 'created', 1536 * MIB, 'ext4'), ('aaaa0002', 'a', 'created', 2 * MIB, 'none'),
         ('aaaa0001', 'a', 'created', 2 * MIB, 'none')]
-    assert disks[0]['path'] == str(disks_dir / 'aaaa0001' / 'b' / 'disk.img')
+    assert disks[0]['path'] == str(disks_dir / 'mnt' / 'aaaa0001' / 'b' / 'disk.img')
     pis = planned.result['pis']
     assert [(p['serial'], p['action'], p['path'], p['image']) for p in pis] == [
-        ('aaaa0001', 'created', str(disks_dir / 'aaaa0001'), str(disks_dir / 'aaaa0001.img')),
-        ('aaaa0002', 'created', str(disks_dir / 'aaaa0002'), str(disks_dir / 'aaaa0002.img'))]
+        ('aaaa0001', 'created', str(disks_dir / 'mnt/aaaa0001'), str(disks_dir / 'aaaa0001.img')),
+        ('aaaa0002', 'created', str(disks_dir / 'mnt/aaaa0002'), str(disks_dir / 'aaaa0002.img'))]
     assert pis[0]['capacity'] >= 1540 * MIB and pis[0]['capacity'] % (128 * MIB) == 0
     first = planned.result['diff'][0]
     assert first['before'] == '' and first['before_header'] == str(disks_dir / 'aaaa0001.json')
     index = json.loads(first['after'])
     assert index['serial'] == 'aaaa0001' and [d['name'] for d in index['disks']] == ['a', 'b']
-    assert index['disks'][0] == {'name': 'a', 'file': str(disks_dir / 'aaaa0001' / 'a' / 'disk.img'),
-                                 'size': 2 * MIB, 'fstype': 'none', 'nfs_path': str(disks_dir / 'aaaa0001')}
+    assert index['disks'][0] == {'name': 'a', 'file': str(disks_dir / 'mnt/aaaa0001' / 'a' / 'disk.img'),
+                                 'size': 2 * MIB, 'fstype': 'none', 'nfs_path': str(disks_dir / 'mnt/aaaa0001')}
 
 
 def test_a_pi_that_cannot_converge_fails_alone(run_module, disks_dir, tmp_path):
-    outside = tmp_path / 'outside'
-    outside.mkdir()
-    (disks_dir / SERIAL).symlink_to(outside)
+    (disks_dir / (SERIAL + '.img')).mkdir()
     result = run_module(pi_disk.main, args(disks_dir, size='1M', disks=[
         {'serial': SERIAL, 'name': 'data'}, {'serial': 'bbbb0001', 'name': 'data'}]), check_mode=True)
     assert result.failed, result.result
     assert result.result['msg'].startswith('pi_disk failed for 1 Pi(s): 3a4b5c6d: the disks of Pi 3a4b5c6d: ')
-    assert 'is not a directory (a symbolic link or a file)' in result.result['msg']
+    assert 'is not a regular file' in result.result['msg']
     assert [(d['serial'], d['action']) for d in result.result['disks']] == [(SERIAL, 'failed'), ('bbbb0001', 'created')]
     assert 'msg' in result.result['disks'][0] and result.result['changed'] is True
-    assert os.listdir(outside) == []
+
+
+def test_a_link_at_the_old_mount_point_is_not_followed(run_module, disks_dir, tmp_path):
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (disks_dir / SERIAL).symlink_to(outside)  # where earlier releases mounted a Pi's disks
+    planned = run_module(pi_disk.main, args(disks_dir, size='1M', serial=SERIAL, name='data'), check_mode=True)
+    assert not planned.failed and planned.result['pis'][0]['action'] == 'created', planned.result
+    assert planned.result['disks'][0]['path'] == str(disks_dir / 'mnt' / SERIAL / 'data/disk.img')
+    assert os.path.islink(disks_dir / SERIAL) and os.listdir(outside) == []
 
 
 def legacy(disks_dir, serial=SERIAL):
@@ -166,3 +173,20 @@ def test_the_bakery_lock_is_held_for_changes_and_not_for_check_mode(run_module, 
         assert tree(disks_dir) == {}
         checked = run_module(pi_disk.main, task, check_mode=True)
         assert not checked.failed and checked.result['changed'] is True
+
+
+def test_new_disks_must_fit_the_data_file_system_in_the_worst_case(run_module, disks_dir):
+    task = args(disks_dir, disks=[{'serial': SERIAL, 'name': 'data', 'size': '1G'},
+                                  {'serial': 'bbbb0001', 'name': 'data', 'size': '1M'}])
+    vfs = os.statvfs(disks_dir)
+    # An overcommit that leaves room for about 600 MiB more than is in use: the small disks fit, the 1G ones not.
+    ratio = ((vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize + 600 * MIB) / (
+        ((vfs.f_blocks - vfs.f_bfree) + vfs.f_bavail) * vfs.f_frsize * 0.99)
+    result = run_module(pi_disk.main, dict(task, overcommit=ratio), check_mode=True)
+    assert result.failed and [(p['serial'], p['action']) for p in result.result['pis']] == [
+        (SERIAL, 'failed'), ('bbbb0001', 'created')], result.result
+    msg = result.result['pis'][0]['msg']
+    assert msg.startswith('not enough space on ') and 'for the disks of Pi 3a4b5c6d (1.12 GiB at most)' in msg, msg
+    assert 'pifleet_overcommit' in msg and tree(disks_dir) == {}
+    fine = run_module(pi_disk.main, task, check_mode=True)  # overcommit 1.0 on a file system with room
+    assert not fine.failed or vfs.f_bavail * vfs.f_frsize < 2 * 1024 * MIB, fine.result

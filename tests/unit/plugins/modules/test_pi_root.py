@@ -62,13 +62,16 @@ def lab(tmp_path):
     left = mounts_below(tmp_path)
     for point in sorted(left, key=len, reverse=True):
         subprocess.run(['umount', '--lazy', point], check=False)
+    if (tmp_path / 'roots/mnt').is_dir():  # immutable; a test that failed midway leaves it
+        subprocess.run(['chattr', '-i', str(tmp_path / 'roots/mnt')], check=False)
     assert left == [], 'a test left mounts behind'
     assert loops_below(tmp_path) == [], 'a test left loop devices behind'
 
 
 def args(lab, **extra):
     return dict({'bakeform': 'bw', 'store': str(lab / 'store'), 'roots_dir': str(lab / 'roots'),
-                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock')}, **extra)
+                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock'),
+                 'allow_root_filesystem': True}, **extra)  # the test's temp dirs may lie on /
 
 
 INVALID = [
@@ -113,7 +116,9 @@ def test_a_pi_that_cannot_be_planned_fails_with_its_serial(run_module, lab, extr
         assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): pi-3a4b5c6d: ')
         assert [(p['serial'], p['hostname']) for p in result.result['failed_pis']] == [('3a4b5c6d', 'pi-3a4b5c6d')]
         assert result.result['pis'] == [{'serial': '3a4b5c6d', 'hostname': 'pi-3a4b5c6d', 'changed': False,
-                                         'action': 'failed', 'msg': result.result['pis'][0]['msg']}]
+                                         'action': 'failed', 'msg': result.result['pis'][0]['msg'], 'usage': {
+                                             'size': 0, 'allocated': 0, 'exclusive': 0, 'growth': 0,
+                                             'filesystem': None, 'fs_size': None, 'fs_used': None, 'fs_free': None}}]
         assert result.result['changed'] is False
     assert os.listdir(lab / 'roots') == []  # made (0700) by the real run, with nothing in it
 
@@ -143,13 +148,13 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
     pis = result.result['pis']
     assert [(p['serial'], p['hostname'], p['action'], p['changed'], p['clone_method']) for p in pis] == [
         ('3a4b5c6d', 'kitchen', 'cloned', True, 'copy'), ('0badcafe', 'pi-0badcafe', 'cloned', True, 'copy')]
-    root = str(lab / 'roots' / '3a4b5c6d')
-    assert (pis[0]['path'], pis[0]['image']) == (root, root + '.img')
+    root, base = str(lab / 'roots/mnt/3a4b5c6d'), str(lab / 'roots/3a4b5c6d')
+    assert (pis[0]['path'], pis[0]['image']) == (root, base + '.img')
     diffs = {d['after_header']: d for d in result.result['diff']}
     assert diffs[root + '/etc/fstab']['before'] == ''  # no root yet
     assert diffs[root + '/etc/fstab']['after'] == 'proc /proc proc defaults 0 0\n'  # read from the golden image
     assert diffs[root + '/etc/hostname']['after'] == 'kitchen\n'
-    marker = json.loads(diffs[root + '.json']['after'])
+    marker = json.loads(diffs[base + '.json']['after'])
     assert marker['bakeform_sha256'] == SHA and marker['hostname'] == 'kitchen' and marker['clone_method'] == 'copy'
     assert marker['generation'] == 1 and marker['host_keys'] == ['ssh-ed25519 (new)', 'ecdsa-sha2-nistp256 (new)']
     assert (pis[0]['generation'], pis[0]['label'], pis[0]['behind'], pis[0]['previous']) == (1, 'bw@1', False, None)
@@ -161,11 +166,11 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
 @needs_mounts
 def test_copy_lifecycle(run_module, lab):
     base = args(lab, serial='3a4b5c6d', hostname='kitchen', clone_method='copy')
-    roots, root = lab / 'roots', lab / 'roots' / '3a4b5c6d'
+    roots, root, image = lab / 'roots', lab / 'roots/mnt/3a4b5c6d', str(lab / 'roots/3a4b5c6d.img')
     first = run_module(pi_root.main, base).result
     assert first['changed'] and first['pis'][0]['action'] == 'cloned' and first['pis'][0]['clone_method'] == 'copy'
-    assert sorted(os.listdir(roots)) == ['3a4b5c6d', '3a4b5c6d.identity', '3a4b5c6d.img', '3a4b5c6d.json']  # no scratch
-    assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(str(root) + '.img').st_mode) == 0o600
+    assert sorted(os.listdir(roots)) == ['3a4b5c6d.identity', '3a4b5c6d.img', '3a4b5c6d.json', 'mnt']  # no scratch
+    assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(image).st_mode) == 0o600
     kept = roots / '3a4b5c6d.identity'
     assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700 and sorted(os.listdir(kept)) == [
         'machine-id', 'ssh_host_ecdsa_key', 'ssh_host_ecdsa_key.pub', 'ssh_host_ed25519_key',
@@ -173,27 +178,29 @@ def test_copy_lifecycle(run_module, lab):
     for name in os.listdir(kept):  # the bakery's copy is the one in the root
         assert (kept / name).read_bytes() == (root / 'etc' / ('ssh' if 'key' in name else '') / name).read_bytes()
         assert stat.S_IMODE(os.stat(kept / name).st_mode) == 0o600 and os.stat(kept / name).st_uid == 0
-    assert mounts_below(roots) == [str(root)]
+    assert mounts_below(roots) == [str(roots / 'mnt'), str(root)]  # the mount point lies on the points' tmpfs
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     assert (root / 'home/pi/.profile').read_text() == 'x\n'
     assert (root / 'etc/ssh/ssh_host_ed25519_key').read_bytes() != b'golden private\n'
     assert (root / 'etc/ssh/ssh_host_ecdsa_key.pub').read_text().strip().endswith('root@kitchen')
     marker = json.loads((roots / '3a4b5c6d.json').read_text())
-    assert marker['fs_uuid'] == read_superblock(str(root) + '.img')['uuid']
+    assert marker['fs_uuid'] == read_superblock(image)['uuid']
     assert marker['fs_uuid'] != read_superblock(str(lab / 'store/bw/generations/1/root.img'))['uuid']
     assert marker['host_keys'] == first['pis'][0]['host_keys'] == [
         ' '.join((root / 'etc/ssh' / ('ssh_host_%s_key.pub' % kind)).read_text().split()[:2])
         for kind in ('ed25519', 'ecdsa')]
     unit = (lab / 'units' / unit_name(str(root))).read_text()
-    assert 'What=%s.img' % root in unit and 'Where=%s' % root in unit
+    assert 'What=%s' % image in unit and 'Where=%s' % root in unit
     assert os.path.islink(lab / 'units/local-fs.target.wants' / unit_name(str(root)))
+    points = (lab / 'units' / unit_name(str(roots / 'mnt'))).read_text()
+    assert 'What=pifleet-points' in points and 'Type=tmpfs' in points and 'Where=%s/mnt' % roots in points
 
     assert run_module(pi_root.main, base).result['changed'] is False
     renamed = run_module(pi_root.main, dict(base, hostname='garage'), check_mode=True, diff=True).result
     assert renamed['changed'] and renamed['pis'][0]['action'] == 'fixed'
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     shown = {d['after_header'] for d in renamed['diff']}
-    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(root) + '.json'}
+    assert shown == {str(root) + '/etc/hostname', str(root) + '/etc/hosts', str(roots / '3a4b5c6d.json')}
     renamed = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert renamed['pis'][0]['action'] == 'fixed' and (root / 'etc/hostname').read_text() == 'garage\n'
 
@@ -201,7 +208,7 @@ def test_copy_lifecycle(run_module, lab):
     subprocess.run(['umount', str(root)], check=True)
     remounted = run_module(pi_root.main, dict(base, hostname='garage')).result
     assert remounted['changed'] and remounted['pis'][0]['action'] == 'mounted'
-    assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(root)]
+    assert (root / 'etc/hostname').read_text() == 'garage\n' and mounts_below(roots) == [str(roots / 'mnt'), str(root)]
 
     assert make_bakeform(lab / 'store', 'bw', sha='d' * 64) == 2  # a new generation: the root stays on its own
     behind = run_module(pi_root.main, dict(base, hostname='garage')).result
@@ -239,7 +246,7 @@ def test_one_failing_pi_does_not_stop_the_others(run_module, lab):
     assert result.result['changed'] is True
     assert [(p['serial'], p['action']) for p in result.result['pis']] == [
         ('0000000b', 'cloned'), ('0000000c', 'cloned'), ('0000000a', 'failed')]
-    assert (lab / 'roots/0000000c/etc/hostname').read_text() == 'good\n'
+    assert (lab / 'roots/mnt/0000000c/etc/hostname').read_text() == 'good\n'
     run_module(pi_root.main, args(lab, pis=[{'serial': s, 'state': 'absent'} for s in ('0000000b', '0000000c')]))
 
 
@@ -266,14 +273,14 @@ def test_absent_never_touches_what_a_symlink_in_roots_dir_points_to(run_module, 
 def test_a_device_node_planted_by_one_pi_fails_or_fixes_that_pi_only(run_module, lab):
     pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
     assert not run_module(pi_root.main, args(lab, pis=pis)).failed
-    hostname = lab / 'roots/0000000a/etc/hostname'
+    hostname = lab / 'roots/mnt/0000000a/etc/hostname'
     os.unlink(hostname)
     os.mknod(hostname, stat.S_IFCHR | 0o644, os.makedev(1, 3))  # the Pi is root on its own root file system
     renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
     result = run_module(pi_root.main, args(lab, pis=renamed))
     by_serial = {p['serial']: p for p in result.result['pis']}
     assert by_serial['0000000b']['action'] == 'fixed', result.result
-    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert (lab / 'roots/mnt/0000000b/etc/hostname').read_text() == 'renamed-b\n'
     assert by_serial['0000000a']['action'] in ('fixed', 'failed'), result.result
     if by_serial['0000000a']['action'] == 'fixed':
         assert hostname.read_text() == 'renamed-a\n'
@@ -299,14 +306,14 @@ def fill(path):
 def test_a_pi_that_filled_its_root_fails_alone(run_module, lab):
     pis = [{'serial': '0000000a'}, {'serial': '0000000b'}]
     assert not run_module(pi_root.main, args(lab, pis=pis)).failed
-    filler = lab / 'roots/0000000a/home/pi/filler'
+    filler = lab / 'roots/mnt/0000000a/home/pi/filler'
     fill(filler)
     renamed = [dict(pi, hostname='renamed-%s' % pi['serial'][-1]) for pi in pis]
     result = run_module(pi_root.main, args(lab, pis=renamed))
     assert result.failed, result.result
     by_serial = {p['serial']: p for p in result.result['pis']}
     assert by_serial['0000000b']['action'] == 'fixed', result.result
-    assert (lab / 'roots/0000000b/etc/hostname').read_text() == 'renamed-b\n'
+    assert (lab / 'roots/mnt/0000000b/etc/hostname').read_text() == 'renamed-b\n'
     assert by_serial['0000000a']['action'] == 'failed' and 'No space left' in by_serial['0000000a']['msg']
     assert result.result['msg'].startswith('pi_root failed for 1 Pi(s): renamed-a: ')
     assert [p['serial'] for p in result.result['failed_pis']] == ['0000000a']
@@ -324,8 +331,76 @@ def test_roots_dir_behind_a_symlink_converges(run_module, lab):
         assert run_module(pi_root.main, base).result['pis'][0]['action'] == 'cloned'
         again = run_module(pi_root.main, base).result
         assert again['changed'] is False and again['pis'][0]['action'] == 'unchanged', again
-        assert mounts_below(lab / 'real') == [str(lab / 'real/roots/3a4b5c6d')]  # mounted once, not stacked
+        points, root = str(lab / 'real/roots/mnt'), str(lab / 'real/roots/mnt/3a4b5c6d')
+        assert mounts_below(lab / 'real') == [points, root]  # mounted once, not stacked
         units = sorted(os.listdir(lab / 'units'))
-        assert units == ['local-fs.target.wants', unit_name(str(lab / 'real/roots/3a4b5c6d'))], units
+        assert units == sorted(['local-fs.target.wants', unit_name(points), unit_name(root)]), units
         assert run_module(pi_root.main, dict(base, state='absent')).result['changed'] is True
         assert mounts_below(lab / 'real') == []
+
+
+@needs_mounts
+def test_a_root_mounted_where_earlier_releases_did_moves_to_the_mount_points_tmpfs(run_module, lab):
+    """Earlier releases mounted each root at roots/<serial>, on the data file system; the root moves, the old
+    mount point, its unit and directory go, and the root was mounted at one place or the other all along."""
+    base = args(lab, serial='3a4b5c6d', hostname='kitchen')
+    roots, image = lab / 'roots', str(lab / 'roots/3a4b5c6d.img')
+    assert run_module(pi_root.main, base).result['pis'][0]['action'] == 'cloned'
+    old, new = roots / '3a4b5c6d', roots / 'mnt/3a4b5c6d'
+    # What an earlier release left: the root mounted at roots/<serial> with its unit, nothing on the tmpfs.
+    subprocess.run(['umount', str(new)], check=True)
+    subprocess.run(['umount', str(roots / 'mnt')], check=True)
+    for name in os.listdir(lab / 'units'):
+        if name.endswith('.mount'):
+            os.unlink(lab / 'units' / name)
+            os.unlink(lab / 'units/local-fs.target.wants' / name)
+    old.mkdir()
+    subprocess.run(['mount', '-o', 'loop,nosuid,nodev', image, str(old)], check=True)
+    old_unit = lab / 'units' / unit_name(str(old))
+    old_unit.write_text('[Mount]\nWhat=%s\nWhere=%s\n' % (image, old))
+
+    checked = run_module(pi_root.main, base, check_mode=True).result
+    assert checked['changed'] and checked['pis'][0]['action'] == 'mounted' and os.path.ismount(old)
+    moved = run_module(pi_root.main, base).result
+    assert moved['changed'] and moved['pis'][0]['action'] == 'mounted', moved
+    assert moved['pis'][0]['path'] == str(new) and (new / 'etc/hostname').read_text() == 'kitchen\n'
+    assert mounts_below(roots) == [str(roots / 'mnt'), str(new)] and not os.path.lexists(old)
+    assert not old_unit.exists() and (lab / 'units' / unit_name(str(new))).is_file()
+    assert run_module(pi_root.main, base).result['changed'] is False
+    run_module(pi_root.main, dict(base, state='absent'))
+    assert os.listdir(roots) == []
+
+
+@needs_mounts
+def test_space_is_checked_before_a_root_is_made_and_reported_after(run_module, lab):
+    base = args(lab, serial='3a4b5c6d', clone_method='copy')
+    golden = os.stat(lab / 'store/bw/generations/1/root.img').st_size
+    refused = run_module(pi_root.main, dict(base, overcommit=0.0001))
+    assert refused.failed and refused.result['pis'][0]['action'] == 'failed'
+    msg = refused.result['pis'][0]['msg']
+    assert msg.startswith('not enough space on ') and 'for the root of Pi 3a4b5c6d' in msg, msg
+    assert 'overcommit 0.0001 allows' in msg and 'pifleet_prune' in msg and 'pifleet_overcommit' in msg
+    assert not (lab / 'roots/3a4b5c6d.img').exists()
+    made = run_module(pi_root.main, base).result
+    usage = made['pis'][0]['usage']
+    assert usage['size'] == golden and 0 < usage['allocated'] <= golden and usage['exclusive'] == usage['allocated']
+    assert usage['growth'] == golden - usage['exclusive'] and usage['fs_size'] > usage['fs_used'] > 0
+    [fs] = made['filesystems']
+    assert fs['images'] == 1 and fs['committed'] == fs['used'] + usage['growth'] and fs['overcommit'] == 1.0
+    assert usage['filesystem'] == fs['mount'] and fs['size'] >= fs['used'] + fs['free'] - 1
+    # A Pi that only keeps what it has is never refused, however full the file system is said to be.
+    kept = run_module(pi_root.main, dict(base, overcommit=0.0001, hostname='renamed')).result
+    assert kept['pis'][0]['action'] == 'fixed'
+    run_module(pi_root.main, dict(base, state='absent'))
+
+
+def test_the_roots_dir_or_store_on_the_bakerys_own_root_file_system_is_refused(run_module, lab, monkeypatch):
+    """Here / stands for whichever file system holds the test's temp dir."""
+    monkeypatch.setattr(os, 'stat', lambda path, _real=os.stat, **kw: _real(str(lab) if path == '/' else path, **kw))
+    refused = run_module(pi_root.main, args(lab, serial='3a4b5c6d', allow_root_filesystem=False))
+    assert refused.failed and not refused.result['changed']
+    assert refused.result['msg'].startswith('roots_dir %s and store %s are on the bakery\'s root file system (/)'
+                                            % (lab / 'roots', lab / 'store')), refused.result['msg']
+    assert 'allow_root_filesystem: true' in refused.result['msg'] and not (lab / 'roots').exists()
+    gone = run_module(pi_root.main, args(lab, serial='3a4b5c6d', state='absent', allow_root_filesystem=False))
+    assert not gone.failed  # removing what is there is never refused

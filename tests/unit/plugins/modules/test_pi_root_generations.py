@@ -55,8 +55,8 @@ def lab(tmp_path):
 
 def args(lab, **extra):
     return dict({'bakeform': 'bw', 'store': str(lab / 'store'), 'roots_dir': str(lab / 'roots'),
-                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock'), 'hostname': 'kitchen'},
-                **extra)
+                 'units_dir': str(lab / 'units'), 'lock_file': str(lab / 'pifleet.lock'), 'hostname': 'kitchen',
+                 'allow_root_filesystem': True}, **extra)  # the test's temp dirs may lie on /
 
 
 def identity_of(root):
@@ -89,7 +89,7 @@ def run(run_module, lab, check=False, diff=False, **extra):
 
 
 def test_rebuild_keeps_the_previous_root_and_rollback_swaps_them(run_module, lab):
-    roots, root = lab / 'roots', lab / 'roots' / A
+    roots, root = lab / 'roots', lab / 'roots/mnt' / A
     first = run(run_module, lab, serial=A).result
     assert first['pis'][0]['action'] == 'cloned' and first['pis'][0]['generation'] == 1
     identity = identity_of(root)
@@ -101,7 +101,7 @@ def test_rebuild_keeps_the_previous_root_and_rollback_swaps_them(run_module, lab
     assert present['changed'] is False and (pi['generation'], pi['current_generation'], pi['behind']) == (1, 2, True)
     assert present['warnings'] == [] and not (root / 'etc/generation').exists()
 
-    old_inode, before = os.stat(str(root) + '.img').st_ino, state(lab)
+    old_inode, before = os.stat(str(roots / A) + '.img').st_ino, state(lab)
     planned = run(run_module, lab, check=True, diff=True, serial=A, state='rebuilt', generation=2).result
     assert planned['changed'] and planned['pis'][0]['action'] == 'rebuilt' and planned['pis'][0]['label'] == 'bw@2'
     assert state(lab) == before
@@ -109,11 +109,11 @@ def test_rebuild_keeps_the_previous_root_and_rollback_swaps_them(run_module, lab
     pi = done['pis'][0]
     assert (pi['action'], pi['generation'], pi['behind'], pi['previous']) == (
         'rebuilt', 2, False, {'bakeform': 'bw', 'generation': 1, 'label': 'bw@1'}), done
-    assert os.stat(str(root) + '.prev.img').st_ino == old_inode  # kept as it was: renamed, never copied
+    assert os.stat(str(roots / A) + '.prev.img').st_ino == old_inode  # kept as it was: renamed, never copied
     assert json.loads((roots / (A + '.prev.json')).read_text())['generation'] == 1
     assert (root / 'etc/generation').read_text() == '2\n' and not (root / 'home/pi/notes.txt').exists()
     assert identity_of(root) == identity and pi['host_keys'] == first['pis'][0]['host_keys']
-    assert mounts_below(roots) == [str(root)]  # the previous root is not mounted
+    assert mounts_below(roots) == [str(roots / 'mnt'), str(root)]  # the previous root is not mounted
     assert run(run_module, lab, serial=A).result['changed'] is False
 
     before = state(lab)
@@ -132,9 +132,9 @@ def test_rebuild_keeps_the_previous_root_and_rollback_swaps_them(run_module, lab
     assert run(run_module, lab, serial=A).result['changed'] is False
 
     # keep_previous false: the replaced root goes, the previous one (bw@2) stays.
-    prev_inode = os.stat(str(root) + '.prev.img').st_ino
+    prev_inode = os.stat(str(roots / A) + '.prev.img').st_ino
     fresh = run(run_module, lab, serial=A, state='rebuilt', keep_previous=False).result
-    assert fresh['pis'][0]['previous']['label'] == 'bw@2' and os.stat(str(root) + '.prev.img').st_ino == prev_inode
+    assert fresh['pis'][0]['previous']['label'] == 'bw@2' and os.stat(str(roots / A) + '.prev.img').st_ino == prev_inode
 
     gone = run(run_module, lab, serial=A, state='absent').result
     assert gone['pis'][0]['action'] == 'removed' and os.listdir(roots) == []
@@ -154,7 +154,7 @@ def test_a_rollback_without_previous_root_fails_that_pi_alone(run_module, lab):
 
 
 def test_identity_fresh_makes_new_keys_and_keeps_them(run_module, lab):
-    root = lab / 'roots' / A
+    root = lab / 'roots/mnt' / A
     run(run_module, lab, serial=A)
     old = identity_of(root)
     fresh = run(run_module, lab, serial=A, state='rebuilt', identity='fresh').result
@@ -168,7 +168,7 @@ def test_identity_fresh_makes_new_keys_and_keeps_them(run_module, lab):
 
 
 def test_a_root_made_before_the_bakery_kept_identities_gives_its_own_once(run_module, lab):
-    root = lab / 'roots' / A
+    root = lab / 'roots/mnt' / A
     run(run_module, lab, serial=A)
     old = identity_of(root)
     shutil.rmtree(lab / 'roots' / (A + '.identity'))  # as a root made by an older pifleet
@@ -189,7 +189,7 @@ SABOTAGE = ['etc_symlink', 'ssh_symlink', 'huge_machine_id', 'junk_keys', 'misma
 @pytest.mark.parametrize('sabotage', SABOTAGE)
 def test_a_rebuild_never_fails_because_of_what_the_pi_left(run_module, lab, tmp_path, sabotage):
     """A root from before the bakery kept identities, sabotaged by its Pi: the rebuild succeeds with new ones."""
-    root, standin = lab / 'roots' / A, tmp_path / 'bakery-etc'
+    root, standin = lab / 'roots/mnt' / A, tmp_path / 'bakery-etc'
     (standin / 'ssh').mkdir(parents=True)
     (standin / 'machine-id').write_text('b' * 32 + '\n')
     (standin / 'ssh/ssh_host_ed25519_key').write_text('the bakery key\n')
@@ -260,7 +260,7 @@ def make_ca(path):
 
 
 def test_host_certificates_are_signed_once_and_again_when_names_or_ca_change(run_module, lab, tmp_path):
-    root, ca = lab / 'roots' / A, tmp_path / 'host_ca'
+    root, ca = lab / 'roots/mnt' / A, tmp_path / 'host_ca'
     fingerprint = make_ca(ca)
     base = dict(serial=A, host_ca=str(ca), principals=['kitchen', '10.99.0.51'])
     first = run(run_module, lab, **base).result
@@ -313,7 +313,7 @@ def test_an_sshd_without_drop_ins_gets_no_certificate(run_module, lab, tmp_path)
     make_generation(lab / 'store', 'old', dict(GOLDEN, **{'etc/ssh/sshd_config': 'PermitRootLogin yes\n'}), 'e' * 64)
     result = run(run_module, lab, serial=A, bakeform='old', host_ca=str(tmp_path / 'ca')).result
     assert result['pis'][0]['host_certificate'] is False and not result.get('failed'), result
-    root = lab / 'roots' / A
+    root = lab / 'roots/mnt' / A
     assert (root / 'etc/ssh/sshd_config').read_text() == 'PermitRootLogin yes\n'
     assert not (root / 'etc/ssh/sshd_config.d').exists()
     assert run(run_module, lab, serial=A, bakeform='old', host_ca=str(tmp_path / 'ca')).result['changed'] is False
@@ -327,7 +327,7 @@ def test_a_missing_host_ca_fails_the_call_before_any_pi(run_module, lab, tmp_pat
 
 
 def test_the_kernel_hold_lands_once_and_comes_back(run_module, lab):
-    root = lab / 'roots' / A
+    root = lab / 'roots/mnt' / A
     first = run(run_module, lab, serial=A).result
     packages = ['linux-image-6.1.0-50-arm64=6.1.158-1', 'linux-image-arm64=6.1.158-1']
     assert first['kernels'] == {'bw@1': packages}
@@ -345,7 +345,7 @@ def test_the_kernel_hold_lands_once_and_comes_back(run_module, lab):
 
 
 def test_diffs_never_carry_a_pis_control_characters(run_module, lab):
-    root = lab / 'roots' / A
+    root = lab / 'roots/mnt' / A
     run(run_module, lab, serial=A)
     (root / 'etc/hosts').write_text('127.0.0.1 localhost \x1b[2J\x1b]0;owned\x07\n127.0.1.1\tkitchen\n')
     result = run(run_module, lab, serial=A, hostname='garage', diff=True).result

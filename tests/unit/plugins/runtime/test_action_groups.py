@@ -63,7 +63,7 @@ def test_the_store_set_once_reaches_every_module_that_takes_it(tmp_path):
     results = play(tmp_path, {
         'bakeform': ('bakeform', {'name': 'demo', 'state': 'absent'}),
         'pi_root': ('pi_root', {'pis': [{'serial': '1234abcd', 'bakeform': 'nosuch'}],
-                                'roots_dir': str(tmp_path / 'roots')}),
+                                'roots_dir': str(tmp_path / 'roots'), 'allow_root_filesystem': True}),
         'pi_boot': ('pi_boot', {'pis': [pi], 'boot_dir': str(tmp_path / 'pis'), 'map_path': str(tmp_path / 'm.json')}),
     }, check_mode=True, store={'store': store})
     assert results['bakeform']['path'] == store + '/demo'

@@ -51,8 +51,8 @@ def test_a_failed_pi_gets_no_disks_and_keeps_its_export_and_boot_folder():
     assert [d['serial'] for d in after['disks']] == ['00000002', '00000003']
     kept = [e for e in after['exports'] if e.get('state') == 'keep']
     assert kept == [{'path': p, 'state': 'keep', 'serial': s, 'hostname': h} for p, s, h in (
-        ('/r/00000001', '00000001', 'pi-1'), ('/d/00000001', '00000001', 'pi-1'),
-        ('/r/00000004', '00000004', 'pi-4'), ('/d/00000004', '00000004', 'pi-4'))]
+        ('/r/mnt/00000001', '00000001', 'pi-1'), ('/d/mnt/00000001', '00000001', 'pi-1'),
+        ('/r/mnt/00000004', '00000004', 'pi-4'), ('/d/mnt/00000004', '00000004', 'pi-4'))]
     # The others exactly as planned, the bakeform's boot export too (read-only boot files, public over TFTP anyway).
     assert [e for e in after['exports'] if e.get('state') != 'keep'] == [
         e for e in whole['exports'] if e.get('serial') not in ('00000001', '00000004')]

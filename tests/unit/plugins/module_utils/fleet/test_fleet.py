@@ -37,15 +37,15 @@ def test_plan_builds_module_arguments():
     # One export for all of a Pi's disks (its disks file system); none for a Pi without disks.
     # Each export names its Pi (serial, hostname): one that fails is named, and kept as it was.
     assert result['exports'] == [
-        {'path': '/srv/pifleet/roots/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
+        {'path': '/srv/pifleet/roots/mnt/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/disks/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
+        {'path': '/srv/pifleet/disks/mnt/1234abcd', 'clients': ['10.0.0.50'], 'serial': '1234abcd', 'hostname': 'pi-01',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']},
-        {'path': '/srv/pifleet/roots/5678abcd', 'clients': ['10.0.0.51'], 'serial': '5678abcd', 'hostname': 'pi-02',
+        {'path': '/srv/pifleet/roots/mnt/5678abcd', 'clients': ['10.0.0.51'], 'serial': '5678abcd', 'hostname': 'pi-02',
          'options': ['rw', 'sync', 'no_subtree_check', 'no_root_squash']}]
     assert result['boot'][:1] == [{
         'name': 'pi-01', 'prefix': '1234abcd', 'serial': '1234abcd', 'bakeform': 'bookworm', 'model': 4,
-        'nfsroot': '10.0.0.2:/srv/pifleet/roots/1234abcd', 'cmdline_extra': 'quiet',
+        'nfsroot': '10.0.0.2:/srv/pifleet/roots/mnt/1234abcd', 'cmdline_extra': 'quiet',
         'config_txt': ['dtoverlay=disable-bt']}]
 
 

@@ -96,9 +96,10 @@ def test_plan_refuses(case, wanted, current, message):
 LAYOUT = _disks.Layout('/d', '3a4b5c6d')
 
 
-def test_layout_keeps_index_and_image_beside_the_mount_point():
-    assert (LAYOUT.point, LAYOUT.image, LAYOUT.index) == ('/d/3a4b5c6d', '/d/3a4b5c6d.img', '/d/3a4b5c6d.json')
-    assert LAYOUT.disk('data') == '/d/3a4b5c6d/data/disk.img'
+def test_layout_keeps_index_and_image_off_the_mount_points_file_system():
+    assert (LAYOUT.point, LAYOUT.image, LAYOUT.index) == ('/d/mnt/3a4b5c6d', '/d/3a4b5c6d.img', '/d/3a4b5c6d.json')
+    assert LAYOUT.disk('data') == '/d/mnt/3a4b5c6d/data/disk.img'
+    assert LAYOUT.old_point == '/d/3a4b5c6d'  # where earlier releases mounted them (moved by pi_disk)
 
 
 def test_render_index_sorted_and_empty():
@@ -106,8 +107,10 @@ def test_render_index_sorted_and_empty():
                                                    'aa': {'size': 2 * MIB, 'fstype': 'ext4'}}))
     # The format of before; nfs_path is now the export, the Pi's disks file system.
     assert data == {'serial': '3a4b5c6d', 'disks': [
-        {'name': 'aa', 'file': '/d/3a4b5c6d/aa/disk.img', 'size': 2 * MIB, 'fstype': 'ext4', 'nfs_path': '/d/3a4b5c6d'},
-        {'name': 'zz', 'file': '/d/3a4b5c6d/zz/disk.img', 'size': MIB, 'fstype': 'none', 'nfs_path': '/d/3a4b5c6d'},
+        {'name': 'aa', 'file': '/d/mnt/3a4b5c6d/aa/disk.img', 'size': 2 * MIB, 'fstype': 'ext4',
+         'nfs_path': '/d/mnt/3a4b5c6d'},
+        {'name': 'zz', 'file': '/d/mnt/3a4b5c6d/zz/disk.img', 'size': MIB, 'fstype': 'none',
+         'nfs_path': '/d/mnt/3a4b5c6d'},
     ]}
     assert _disks.render_index(LAYOUT, {}) == ''
 

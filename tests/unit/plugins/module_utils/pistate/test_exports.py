@@ -127,6 +127,14 @@ def test_bounced_are_the_exports_whose_file_system_changed(current, wanted, boun
     assert ex.bounced(current, wanted) == bounced
 
 
+def test_a_file_system_exported_under_a_new_path_is_bounced_too():
+    """A mount point moved (roots/<serial> to roots/mnt/<serial>): the old export goes before the new one comes."""
+    current = {'/r/a': {'fs': '1:2'}, '/r/b': {'fs': '3:2'}}
+    wanted = {'/r/mnt/a': {'fs': '1:2'}, '/r/b': {'fs': '3:2'}, '/r/mnt/c': {'fs': '5:2'}}
+    assert ex.bounced(current, wanted) == ['/r/mnt/a']
+    assert ex.bounced(current, dict(wanted, **{'/r/a': {'fs': '1:2'}})) == []  # the old one stays: no move
+
+
 @pytest.mark.parametrize('render, parse', [(ex.render_kernel, ex.parse_kernel), (ex.render_ganesha, None)])
 def test_the_file_system_note_round_trips(render, parse):
     entries = {'/srv/r/a': {'path': '/srv/r/a', 'clients': ['10.0.0.5'], 'options': ['rw'], 'fs': 'beef:2'},
@@ -236,6 +244,8 @@ def test_export_ids_stay_and_new_ones_fill_gaps_from_100():
         '/a': 101, '/b': 100, '/c': 102, '/d': 103}
     # An id the user's own config took meanwhile is given up; ids below 100 are never handed out.
     assert ex.assign_ids(['/a', '/b'], {'/a': 100}, {100, 101, 1}) == {'/a': 102, '/b': 103}
+    # A path that replaces another (a mount point moved) never gets its id in the same write.
+    assert ex.assign_ids(['/srv/roots/mnt/a'], {'/srv/roots/a': 100}, set()) == {'/srv/roots/mnt/a': 101}
 
 
 def test_used_export_ids_ignores_comments():

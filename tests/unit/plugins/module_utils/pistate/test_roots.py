@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -100,7 +101,7 @@ def test_mount_of_takes_the_longest_prefix(tmp_path):
 def test_layout_keeps_the_marker_out_of_the_pis_reach():
     lay = _roots.Layout('/srv/pifleet/roots', '3a4b5c6d')
     assert (lay.serial, lay.point, lay.image, lay.marker) == (
-        '3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d.img',
+        '3a4b5c6d', '/srv/pifleet/roots/mnt/3a4b5c6d', '/srv/pifleet/roots/3a4b5c6d.img',
         '/srv/pifleet/roots/3a4b5c6d.json')
     assert (lay.prev_image, lay.prev_marker, lay.journal, lay.identity) == (
         '/srv/pifleet/roots/3a4b5c6d.prev.img', '/srv/pifleet/roots/3a4b5c6d.prev.json',
@@ -108,6 +109,8 @@ def test_layout_keeps_the_marker_out_of_the_pis_reach():
     # The mount point is what the Pi reaches over NFS: nothing else of its state is below it.
     for path in (lay.marker, lay.image, lay.prev_image, lay.prev_marker, lay.journal, lay.identity):
         assert not path.startswith(lay.point + '/')
+    # It lies on the mount points' own file system (roots/mnt), not beside the images.
+    assert os.path.dirname(lay.point) == '/srv/pifleet/roots/mnt' and lay.old_point == '/srv/pifleet/roots/3a4b5c6d'
 
 
 def test_load_marker(tmp_path):
