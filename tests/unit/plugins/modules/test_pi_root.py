@@ -163,6 +163,16 @@ def test_check_mode_reports_and_writes_nothing(run_module, lab):
         assert [line for line in info if '/golden-bw-1 ' in line] == []
 
 
+def assert_identity_kept(kept, root):
+    """The bakery's copy of a Pi's identity (0700, files 0600 root's) is the one in its root."""
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700 and sorted(os.listdir(kept)) == [
+        'machine-id', 'ssh_host_ecdsa_key', 'ssh_host_ecdsa_key.pub', 'ssh_host_ed25519_key',
+        'ssh_host_ed25519_key.pub']
+    for name in os.listdir(kept):
+        assert (kept / name).read_bytes() == (root / 'etc' / ('ssh' if 'key' in name else '') / name).read_bytes()
+        assert stat.S_IMODE(os.stat(kept / name).st_mode) == 0o600 and os.stat(kept / name).st_uid == 0
+
+
 @needs_mounts
 def test_copy_lifecycle(run_module, lab):
     base = args(lab, serial='3a4b5c6d', hostname='kitchen', clone_method='copy')
@@ -171,13 +181,7 @@ def test_copy_lifecycle(run_module, lab):
     assert first['changed'] and first['pis'][0]['action'] == 'cloned' and first['pis'][0]['clone_method'] == 'copy'
     assert sorted(os.listdir(roots)) == ['3a4b5c6d.identity', '3a4b5c6d.img', '3a4b5c6d.json', 'mnt']  # no scratch
     assert stat.S_IMODE(os.stat(roots).st_mode) == 0o700 and stat.S_IMODE(os.stat(image).st_mode) == 0o600
-    kept = roots / '3a4b5c6d.identity'
-    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700 and sorted(os.listdir(kept)) == [
-        'machine-id', 'ssh_host_ecdsa_key', 'ssh_host_ecdsa_key.pub', 'ssh_host_ed25519_key',
-        'ssh_host_ed25519_key.pub']
-    for name in os.listdir(kept):  # the bakery's copy is the one in the root
-        assert (kept / name).read_bytes() == (root / 'etc' / ('ssh' if 'key' in name else '') / name).read_bytes()
-        assert stat.S_IMODE(os.stat(kept / name).st_mode) == 0o600 and os.stat(kept / name).st_uid == 0
+    assert_identity_kept(roots / '3a4b5c6d.identity', root)
     assert mounts_below(roots) == [str(roots / 'mnt'), str(root)]  # the mount point lies on the points' tmpfs
     assert (root / 'etc/hostname').read_text() == 'kitchen\n'
     assert (root / 'home/pi/.profile').read_text() == 'x\n'
