@@ -25,6 +25,7 @@ from genstore import ingest
 from modrun import module_argv, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 from lab.piimage import build_image
 
 AUTO_METHOD = {'xfs': 'reflink', 'btrfs': 'reflink', 'ext4': 'copy'}
@@ -77,19 +78,22 @@ class Lab:
     def scratch_dirs(self):
         return sorted(n for n in os.listdir(self.roots) if n.startswith('.pifleet-tmp-')) if self.roots.exists() else []
 
+    def layout(self, serial):
+        return Layout(str(self.roots), serial)
+
     def point(self, serial):
         """Where a Pi's root is mounted and exported: on the mount points' tmpfs, roots/mnt."""
-        return self.roots / 'mnt' / serial
+        return Path(self.layout(serial).point)
 
     def image(self, serial):
-        return self.roots / (serial + '.img')
+        return Path(self.layout(serial).image)
 
     def paths(self, serial):
-        """Everything of a Pi's root in the roots dir: its mount point, image, marker, previous root, journal and
-        the identity the bakery keeps."""
-        base = str(self.roots / serial)
-        return [self.point(serial), *(Path(base + ext) for ext in (
-            '', '.img', '.json', '.prev.img', '.prev.json', '.swap.json', '.identity'))]
+        """Everything of a Pi's root in the roots dir: its mount point (and that of earlier releases), image,
+        marker, previous root, journal and the identity the bakery keeps."""
+        layout = self.layout(serial)
+        return [Path(p) for p in (layout.point, layout.old_point, layout.image, layout.marker, layout.prev_image,
+                                  layout.prev_marker, layout.journal, layout.identity)]
 
     def mounted(self):
         """The Pis' mount points below the roots dir, sorted, once per mount (a mount stacked on another shows
@@ -351,7 +355,7 @@ def test_lifecycle_fix_generation_rebuild_absent(lab, tiny_images):
     assert rebuilt['changed'] is True and rebuilt['pis'][0]['action'] == 'rebuilt', rebuilt
     assert rebuilt['pis'][0]['label'] == 'life@2' and rebuilt['pis'][0]['previous']['label'] == 'life@1'
     assert os.stat(image).st_ino != old_image and lab.mounted() == [str(root)]  # the old one unmounted
-    assert os.stat(str(root) + '.prev.img').st_ino == old_image  # and kept whole for a rollback
+    assert os.stat(lab.layout('1e1e1e1e').prev_image).st_ino == old_image  # and kept whole for a rollback
     assert not (root / 'home/pi/notes.txt').exists()  # a fresh clone of the new content
     assert_faithful(lab.expect['life'], root)
     marker2 = json.loads(marker_path.read_text())
