@@ -185,7 +185,8 @@ pis:
         - Its last boot (null when the logs hold none). C(start); C(state) (V(running), V(booting), V(stalled),
           V(ended): ran and is not answering now); C(stage) reached (V(dhcp), V(tftp), V(nfs), V(running));
           C(stalled_at); C(times) (C(dhcp), C(tftp), C(kernel), C(tftp_done), C(nfs), C(nfs_last), C(running));
-          C(seconds) (C(dhcp_to_tftp), C(tftp), C(to_running)); C(dhcp) (C(answers), C(mac), C(vendor_class),
+          C(seconds) (C(dhcp_to_tftp), C(tftp), C(to_running)); C(took) (C(seconds) from its start to the furthest
+          stage whose time is known, and that stage as C(to)); C(dhcp) (C(answers), C(mac), C(vendor_class),
           C(client_id)); C(tftp) (C(requests), C(files), C(bytes), C(retransmits), C(errors), C(refusals),
           C(last_file), C(last_outcome), C(last_error), C(client), C(kernel)); C(up); C(hint) (where to look when it
           stalled); C(note) (a slow start: spanning tree).

@@ -41,6 +41,7 @@ def _iso_times(summary):
     out = dict(summary, start=bootlogs.iso(summary['start']))
     out['times'] = {key: bootlogs.iso(value) for key, value in summary['times'].items()}
     out['seconds'] = {key: None if value is None else round(value, 1) for key, value in summary['seconds'].items()}
+    out['took'] = dict(summary['took'], seconds=round(summary['took']['seconds'], 1))
     return out
 
 

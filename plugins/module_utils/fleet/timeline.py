@@ -201,6 +201,9 @@ def summarise(boot, now, limits=None, observed=None):
         'seconds': {'dhcp_to_tftp': first_tftp - dhcp[0]['time'] if dhcp and tftp else None,
                     'tftp': tftp_done - first_tftp if tftp else None,
                     'to_running': running_time - start if running_exact else None},
+        'took': _took(start, (('running', running_time if running_exact else None),
+                              ('nfs', nfs_time if nfs_exact else None), ('tftp', tftp_done),
+                              ('dhcp', dhcp[-1]['time'] if dhcp else None))),
         'up': (observed.get('ssh') or {}).get('verdict') if latest else None,
         'hint': None, 'note': None,
     }
@@ -212,6 +215,14 @@ def summarise(boot, now, limits=None, observed=None):
         _judge(summary, pending, now, limits=limits, observed=observed, latest=latest)
     summary['note'] = _note(summary)
     return summary
+
+
+def _took(start, known):
+    """``{seconds, to}``: from the start of a boot to the furthest stage whose time is known."""
+    for stage, when in known:
+        if when is not None:
+            return {'seconds': when - start, 'to': stage}
+    return {'seconds': 0.0, 'to': None}
 
 
 def _since(summary, pending, observed):
