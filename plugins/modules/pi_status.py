@@ -93,9 +93,12 @@ options:
     type: path
     default: /var/lib/pifleet/watch/state.json
   nfs_server:
-    description: The NFS server in use; only NFS-Ganesha is asked (the kernel server keeps no activity per export).
+    description:
+      - V(ganesha) asks NFS-Ganesha over the system D-Bus which exports and clients were active; when it is not there
+        (or with V(none)) the C(nfs) stage is not observed and a boot goes from C(tftp) to C(running). The kernel NFS
+        server keeps no activity per export to ask.
     type: str
-    choices: [ganesha, kernel, none]
+    choices: [ganesha, none]
     default: ganesha
   ssh:
     description: Ask each Pi's SSH server for its host key.
@@ -183,13 +186,13 @@ pis:
     boot:
       description:
         - Its last boot (null when the logs hold none). C(start); C(state) (V(running), V(booting), V(stalled),
-          V(ended): ran and is not answering now); C(stage) reached (V(dhcp), V(tftp), V(nfs), V(running));
+          V(ended), it ran and is not answering now); C(stage) reached (V(dhcp), V(tftp), V(nfs), V(running));
           C(stalled_at); C(times) (C(dhcp), C(tftp), C(kernel), C(tftp_done), C(nfs), C(nfs_last), C(running));
           C(seconds) (C(dhcp_to_tftp), C(tftp), C(to_running)); C(took) (C(seconds) from its start to the furthest
           stage whose time is known, and that stage as C(to)); C(dhcp) (C(answers), C(mac), C(vendor_class),
           C(client_id)); C(tftp) (C(requests), C(files), C(bytes), C(retransmits), C(errors), C(refusals),
           C(last_file), C(last_outcome), C(last_error), C(client), C(kernel)); C(up); C(hint) (where to look when it
-          stalled); C(note) (a slow start: spanning tree).
+          stalled); C(note) (a slow start, spanning tree for one).
       type: dict
     history:
       description: Its earlier boots (C(start), C(state), C(stage), C(stalled_at)), oldest first.
@@ -261,7 +264,7 @@ def main():
             events_path=dict(type='path', default='/var/log/pifleet/boot-events.jsonl'),
             dhcp_log_path=dict(type='str', default='/var/log/pifleet/dnsmasq.log'),
             watch_state=dict(type='path', default='/var/lib/pifleet/watch/state.json'),
-            nfs_server=dict(type='str', choices=['ganesha', 'kernel', 'none'], default='ganesha'),
+            nfs_server=dict(type='str', choices=['ganesha', 'none'], default='ganesha'),
             ssh=dict(type='bool', default=True),
             ssh_timeout=dict(type='int', default=5),
             max_bytes=dict(type='int', default=16 * 1024 * 1024),

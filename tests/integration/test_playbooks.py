@@ -125,8 +125,8 @@ def status_bakery(tmp_path, **extra):
     (tmp_path / 'events.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in events))
     return dict({'pifleet_roots_dir': str(roots), 'pifleet_disks_dir': str(disks),
                  'pifleet_events_path': str(tmp_path / 'events.jsonl'), 'pifleet_map_path': str(tmp_path / 'map.json'),
-                 'pifleet_dhcp_log_path': str(tmp_path / 'no-dnsmasq.log'), 'pifleet_bakeform_store': str(tmp_path),
-                 'nfs_server_backend': 'none'}, **extra)
+                 'pifleet_dhcp_log_path': str(tmp_path / 'no-dnsmasq.log'), 'pifleet_bakeform_store': str(tmp_path)},
+                **extra)
 
 
 def loopback_pis(tmp_path):
@@ -152,7 +152,8 @@ def test_status_table(tmp_path, plugs):
     # It fetched its kernel long ago, and the NFS server in use tells nothing: stalled after TFTP, with the hint.
     assert one['STAGE'] == 'stalled at nfs' and one['TOOK'] == '2s (tftp)', one  # first request -> kernel's end
     assert [line for line in rest if line.startswith('STALLED pi-01: fetched its kernel ')], rest
-    assert 'NFS not observed: the none NFS server is not asked' in rest
+    # No NFS-Ganesha on this host's D-Bus: the NFS stage is not observed, and status says so.
+    assert [line for line in rest if line.startswith('NFS not observed: NFS-Ganesha did not list its exports')], rest
     assert (rows['pi-02']['ROOT'], rows['pi-02']['DISKS'], rows['pi-02']['STAGE']) == ('missing', '-', 'never')
     assert rows['pi-03']['POWER'] == '-'  # no power device
 

@@ -19,6 +19,7 @@ Standard library only, and no import of the collection: the boot watcher on the 
 from __future__ import annotations
 
 import base64
+import calendar
 import ipaddress
 import json
 import os
@@ -93,6 +94,11 @@ def iso(seconds):
     return datetime.fromtimestamp(int(seconds), timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
+def iso_utc(seconds):
+    """Unix seconds as ``datetime.isoformat()`` in UTC (``2026-11-23T10:00:02+00:00``), as the event summaries show."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
 def text_of(data):
     return data.decode('utf-8', errors='replace') if isinstance(data, bytes) else data
 
@@ -161,6 +167,18 @@ def _log_time(match, now, to_epoch):
         if seconds <= now + 86400:
             return float(seconds)
     return None
+
+
+def utc_offset_epoch(offset):
+    """A to_epoch for parse_dhcp_log reading local times at a UTC offset (``+0100``, ``-05:30``); None: this host's
+    own time zone. ValueError when it is not an offset."""
+    if offset in (None, ''):
+        return None
+    match = re.fullmatch(r'([+-])([0-9]{2}):?([0-9]{2})', str(offset).strip())
+    if not match:
+        raise ValueError('utc_offset %r is not a UTC offset such as +0100 (date +%%z on the bakery)' % (offset,))
+    seconds = (int(match.group(2)) * 3600 + int(match.group(3)) * 60) * (1 if match.group(1) == '+' else -1)
+    return lambda fields: calendar.timegm(fields) - seconds
 
 
 def parse_dhcp_log(data, now=None, to_epoch=None):

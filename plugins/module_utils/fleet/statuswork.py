@@ -85,7 +85,7 @@ class FleetStatus:
         """(exports, clients) of the NFS server, or (None, None) when it tells nothing about its clients."""
         backend = self.params['nfs_server']
         if backend != 'ganesha':
-            self.sources['nfs'] = 'not observed: the %s NFS server is not asked' % backend
+            self.sources['nfs'] = 'not observed: nfs_server is %s' % backend
             return None, None
         if not self.host.which('busctl'):
             self.sources['nfs'] = 'not observed: no busctl on the bakery (systemd) to ask Ganesha over D-Bus'
