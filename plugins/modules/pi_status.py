@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: pi_status
 short_description: Where each Raspberry Pi's last boot got to, and what the bakery knows about its root and disks
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reads, on the bakery, in one call for many Pis, what pifleet and the boot services know about each Pi, and
     changes nothing. Used by the C(pifleet.netboot.status) playbook.

@@ -69,7 +69,7 @@ def test_prints_paste_ready_inventory_of_unknown_pis(tmp_path):
     assert yaml.safe_load(text) == {'pis': {'hosts': {
         'pi-3a4b5c6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
         'pi-dc-a6-32-01-36-c2': {'pi_mac': 'dc:a6:32:01:36:c2', 'pi_tftp_prefix': 'mac', 'pi_model': 4}}}}
-    assert text.startswith('# 2 Pi(s) seen by the TFTP hook and the proxy DHCP on lab-bakery')
+    assert text.startswith('# 2 Pi(s) seen on lab-bakery (TFTP hook, proxy DHCP)')
     devices = {device['prefix']: device for device in seen(stdout)}
     assert devices['dc-a6-32-01-36-c2']['address'] == '10.99.40.51'
     assert devices['dc-a6-32-01-36-c2']['last_seen'] == '2026-11-23T10:02:00+00:00'
@@ -103,8 +103,8 @@ def test_file_names_from_the_lan_stay_out_of_the_paste_ready_block(tmp_path):
         'pi-cccc3333-' + hashlib.sha256(b'cccc3333.').hexdigest()[:8]: {'pi_tftp_prefix': 'cccc3333.', 'pi_model': 4}}}}
     assert '{{' not in text and 'lookup' not in text and 'evil' not in text and 'deadbeef' not in text
     assert [row for row in text.splitlines() if row.startswith('#')] == [
-        '# 2 Pi(s) seen by the TFTP hook and the proxy DHCP on lab-bakery; set pi_serial where missing, pi_bakeform, '
-        'pi_ip ... (what each asked for: below)']
+        '# 2 Pi(s) seen on lab-bakery (TFTP hook, proxy DHCP); set pi_serial if missing, pi_bakeform, pi_ip ... '
+        '(what each sent: below)']
     assert '\u2028' not in stdout  # the listing is JSON: escaped
     devices = {device['prefix']: device for device in seen(stdout)}
     assert devices['bbbb2222']['last_file'] == template % marks[0] + fake
