@@ -186,7 +186,7 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
         (roots / '7e570004' / 'etc').mkdir()
         run(['dropbearkey', '-t', 'ed25519', '-f', str(work / 'good-key')])
         public = run(['dropbearkey', '-y', '-f', str(work / 'good-key')]).stdout
-        key = next(line for line in public.splitlines() if line.startswith('ssh-ed25519 '))
+        key = 'ssh-ed25519 ' + public.split('ssh-ed25519 ', 1)[1].split('\n', 1)[0]  # the public key line
         (roots / '7e570004.json').write_text(json.dumps({'hostname': 'pi-good', 'bakeform': 'lab', 'generation': 1,
                                                          'host_keys': [key]}))
         (roots / '7e570005.json').write_text(json.dumps({'hostname': 'pi-noexport', 'bakeform': 'lab',

@@ -194,7 +194,7 @@ def status_rows(output, last=True):
     at = output.rindex('TASK [Show the fleet]') if last else output.index('TASK [Show the fleet]')
     lines = json.JSONDecoder().raw_decode(output, output.index('=> {', at) + 3)[0]['msg']
     starts = [m.start() for m in re.finditer(r'(?:^|(?<=  ))\S', lines[0])]
-    cut = [(a, b) for a, b in zip(starts, [*starts[1:], None])]
+    cut = list(zip(starts, [*starts[1:], None]))
     names = [lines[0][a:b].strip() for a, b in cut]
     return {cells[0]: dict(zip(names, cells)) for cells in ([line[a:b].strip() for a, b in cut] for line in lines[1:]
                                                             if re.match(r'pi-\d', line))}

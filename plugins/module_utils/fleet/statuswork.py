@@ -77,8 +77,8 @@ class FleetStatus:
             self.sources['tftp'] = 'not read: no event log at %s' % path
         else:
             tftp, malformed = bootlogs.parse_hook_events(text)
-            self.sources['tftp'] = 'read %s: %d events%s' % (path, len(tftp), (', %d malformed lines skipped'
-                                                                                % malformed) if malformed else '')
+            skipped = ', %d malformed lines skipped' % malformed if malformed else ''
+            self.sources['tftp'] = 'read %s: %d events%s' % (path, len(tftp), skipped)
         return dhcp, tftp
 
     def nfs_lists(self):

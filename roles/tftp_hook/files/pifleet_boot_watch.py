@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """pifleet boot watcher: each Pi's boots followed stage by stage, and Prometheus metrics of them.

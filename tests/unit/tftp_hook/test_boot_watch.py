@@ -29,8 +29,8 @@ def event(at, request, outcome='ok', client='10.9.0.51', size=1000):
 
 
 def dhcp(at, mac, xid=7):
-    return '%s dnsmasq-dhcp[9]: %d PXE(eth0) %s proxy\n' % (time.strftime('%b %e %H:%M:%S', time.localtime(at)), xid,
-                                                           mac)
+    stamp = time.strftime('%b %e %H:%M:%S', time.localtime(at))
+    return '%s dnsmasq-dhcp[9]: %d PXE(eth0) %s proxy\n' % (stamp, xid, mac)
 
 
 def boot_set(at, prefix='1234abcd'):

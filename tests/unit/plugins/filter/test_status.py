@@ -43,9 +43,9 @@ def test_status_pis_takes_valid_values_and_the_bakerys_own():
 
 def test_table_widths_follow_the_content():
     long = 'pi-with-a-rather-long-name-in-room-204'
-    lines = status_report(result(pi('pi-01', boot=BOOT), pi(long, label='lite@1', behind=True, current_generation=3,
-                                                              root={'marker': False}, up='yes')),
-                          hostvars={'pi-01': {'pi_model': 4}, long: {}}, power={'pi-01': 'on'})
+    behind = pi(long, label='lite@1', behind=True, current_generation=3, root={'marker': False}, up='yes')
+    lines = status_report(result(pi('pi-01', boot=BOOT), behind), hostvars={'pi-01': {'pi_model': 4}, long: {}},
+                          power={'pi-01': 'on'})
     header, first, second = lines[:3]
     assert header.startswith('PI' + ' ' * (len(long)) + 'MODEL  GENERATION')
     assert first.startswith('pi-01' + ' ' * (len(long) - 5 + 2) + '4  ')

@@ -350,5 +350,5 @@ def test_dhcp_names_the_model_board_and_serial():
         4, 'mac prefix', 0, 'pi-e4-5f-01-00-00-07')
     assert lone['pi_vars'] == {'pi_mac': 'e4:5f:01:00:00:07', 'pi_model': 4}
     assert [pi['host'] for pi in ev.summarise([], dhcp=dhcp[1:2])] == ['discovered_mac_b8-27-eb-4b-5c-6d']
-    assert ev.summarise([], dhcp=dhcp[1:2])[0]['pi_vars'] == {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d',
-                                                             'pi_model': 3}
+    wanted = {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3}
+    assert ev.summarise([], dhcp=dhcp[1:2])[0]['pi_vars'] == wanted
