@@ -97,16 +97,18 @@ def _end(record):
     return record['time'] + record.get('duration', 0.0)
 
 
-def segment(records, boot_gap=LIMITS['boot_gap']):
+def segment(records, boot_gap=LIMITS['boot_gap'], joined=0):
     """Cut one Pi's records (oldest first) into boots.
 
     A boot starts at a DHCP answer once the boot before it asked for a file under its prefix (the Pi 3's
     ``bootcode.bin`` asks DHCP again before its prefixed files, within one boot), or after ``boot_gap``
-    seconds without a record.
+    seconds without a record. The first ``joined`` records are one boot whatever their gaps (what the boot watcher
+    kept of the boot going on).
     """
     boots, current, last, prefixed = [], None, None, False
-    for record in records:
-        fresh = current is None or record['time'] - last > boot_gap or (record['kind'] == 'dhcp' and prefixed)
+    for index, record in enumerate(records):
+        fresh = current is None or (index >= joined and (
+            record['time'] - last > boot_gap or (record['kind'] == 'dhcp' and prefixed)))
         if fresh:
             current, prefixed, last = [], False, record['time']
             boots.append(current)

@@ -35,6 +35,7 @@ import timeline
 STATE_VERSION = 1
 KEPT_BOOTS = 5  # per Pi in the state: the status playbook looks for its last boot among them
 KEPT_RECORDS = 400  # records of a Pi's current boot kept between runs (a boot is some 10-40 requests)
+KEPT_WHEN_DONE = 10  # of a boot that ran or stalled: its first record, its kernel's and the last few
 BOOTING_FOR = 86400  # seconds a boot that has not come up is still asked about
 UNKNOWN_WINDOW = 3600  # seconds an unknown prefix counts as waiting
 UNKNOWN_LIMIT = 1000
@@ -202,11 +203,12 @@ def _first_missing(entry, records):
     return 'running' if entry.get('nfs') else 'nfs'
 
 
-def track_boots(state, name, records, limits):
-    """Note the boots of one Pi (its records, the current boot's kept ones and the new ones); a boot that a new one
+def track_boots(state, name, new, limits):
+    """Note the boots of one Pi (what was kept of its current boot, then the new records); a boot that a new one
     replaced before it ran counts as stalled, once. Returns the current boot's records."""
     entries = state['pis'].setdefault(name, [])
-    boots = timeline.segment(sorted(records, key=lambda r: r['time']), limits['boot_gap'])
+    kept = state['records'].get(name) or []
+    boots = timeline.segment(kept + sorted(new, key=lambda r: r['time']), limits['boot_gap'], joined=len(kept))
     for index, boot in enumerate(boots):
         start = boot[0]['time']
         entry = next((e for e in entries if abs(e['start'] - start) < 1), None)
@@ -221,6 +223,15 @@ def track_boots(state, name, records, limits):
     del entries[:-KEPT_BOOTS]
     state['records'][name] = boots[-1][-KEPT_RECORDS:] if boots else []
     return boots[-1] if boots else None
+
+
+def keep_little(records):
+    """What a boot that ran or stalled still needs between runs: where it started (the next boot's gap and the
+    stage it reached), its kernel, its last records; so the state of a big fleet stays small."""
+    kernel = [r for r in records if r['kind'] == 'tftp' and r['outcome'] == 'ok'
+              and timeline.KERNEL.fullmatch(r['path'].rsplit('/', 1)[-1])][:1]
+    kept = records[:1] + kernel + records[-KEPT_WHEN_DONE:]
+    return sorted({id(r): r for r in kept}.values(), key=lambda r: r['time'])
 
 
 def observe(config, booting, addresses):
@@ -251,20 +262,46 @@ def _run(argv, check=True):
     return proc.stdout
 
 
-def run(config, now=None):
-    """One run: read, follow the boots, write the state and the metrics. Returns the state."""
-    now = time.time() if now is None else now
-    limits = dict(timeline.LIMITS, **config['limits'])
-    state = load_state(config['state'])
+def read_new(config, state, now):
+    """(DHCP answers, TFTP records, which sources could be read) written since the last run."""
     sources = {}
     text, state['files']['events'] = follow(config['events'], state['files'].get('events'), config['max_bytes'])
-    tftp, _malformed = bootlogs.parse_hook_events(text + '\n' if text and not text.endswith('\n') else text)
+    tftp, _malformed = bootlogs.parse_hook_events(text)
     sources['tftp'] = state['files']['events'] is not None
     dhcp = []
     if config['dhcp_log']:
         text, state['files']['dhcp'] = follow(config['dhcp_log'], state['files'].get('dhcp'), config['max_bytes'])
         dhcp = bootlogs.parse_dhcp_log(text, now)
         sources['dhcp'] = state['files']['dhcp'] is not None
+    return dhcp, tftp, sources
+
+
+def judge(state, name, boot, seen, *, now, limits):
+    """Note what the bakery sees of one Pi's current boot now; its summary. A stall counts once."""
+    entry = state['pis'][name][-1]
+    observed = dict(seen)
+    nfs = observed.get('nfs') or {}
+    if nfs.get('used') and nfs['last'] >= boot[0]['time'] and not entry['nfs']:
+        entry['nfs'] = now
+    if (observed.get('ssh') or {}).get('verdict') in ('yes', 'unverified') and not entry['running']:
+        entry['running'] = now
+        entry['nfs'] = entry['nfs'] or now
+    observed['seen'] = {key: entry[key] for key in ('nfs', 'running') if entry[key]}
+    summary = timeline.summarise(boot, now, limits, observed)
+    if summary['state'] == 'stalled' and not entry['stalled'] and not entry['running']:
+        entry['stalled'] = summary['stalled_at']
+        counters_of(state, name)['stalled'][summary['stalled_at']] += 1
+    if entry['running'] or entry['stalled']:
+        state['records'][name] = keep_little(state['records'][name])
+    return summary
+
+
+def run(config, now=None):
+    """One run: read, follow the boots, write the state and the metrics. Returns the state."""
+    now = time.time() if now is None else now
+    limits = dict(timeline.LIMITS, **config['limits'])
+    state = load_state(config['state'])
+    dhcp, tftp, sources = read_new(config, state, now)
     pis = fleet(config, state['addresses'])
     for table in ('pis', 'records', 'counters', 'addresses'):  # Pis taken out of the map leave the metrics
         state[table] = {name: value for name, value in state[table].items() if name in pis}
@@ -276,8 +313,7 @@ def run(config, now=None):
         for record in records:
             if record['kind'] == 'tftp':
                 state['addresses'][name] = record['client']
-        old = state['records'].get(name) or []
-        last_boots[name] = track_boots(state, name, old + records, limits)
+        last_boots[name] = track_boots(state, name, records, limits)
         entry = (state['pis'].get(name) or [{}])[-1]
         # Asked until it runs (a slow boot counted as stalled may still come up), for a day at most.
         if last_boots[name] and not entry.get('running') and now - entry['start'] < BOOTING_FOR:
@@ -288,24 +324,13 @@ def run(config, now=None):
     for name, boot in last_boots.items():
         if boot is None:
             continue
-        entry, pi = state['pis'][name][-1], pis[name]
-        address = state['addresses'].get(name)
-        root = os.path.join(config['roots_dir'], pi['serial']) if pi['serial'] else None
+        pi, address = pis[name], state['addresses'].get(name)
         verdict = bootlogs.key_verdict(keys.get(address, set()), (pi['marker'] or {}).get('host_keys') or [])
-        observed = timeline.observation(root_export=root, address=address, exports=exports, clients=clients,
-                                        verdict=verdict if name in booting and checked else None,
-                                        checked=checked if name in booting else None)
-        if (observed.get('nfs') or {}).get('used') and observed['nfs']['last'] >= boot[0]['time'] and not entry['nfs']:
-            entry['nfs'] = now
-        if (observed.get('ssh') or {}).get('verdict') in ('yes', 'unverified') and not entry['running']:
-            entry['running'] = now
-            entry['nfs'] = entry['nfs'] or now
-        observed['seen'] = {key: entry[key] for key in ('nfs', 'running') if entry[key]}
-        summary = timeline.summarise(boot, now, limits, observed)
-        if summary['state'] == 'stalled' and not entry['stalled'] and not entry['running']:
-            entry['stalled'] = summary['stalled_at']
-            counters_of(state, name)['stalled'][summary['stalled_at']] += 1
-        summaries[name] = summary
+        seen = timeline.observation(
+            root_export=os.path.join(config['roots_dir'], pi['serial']) if pi['serial'] else None, address=address,
+            exports=exports, clients=clients, verdict=verdict if name in booting and checked else None,
+            checked=checked if name in booting else None)
+        summaries[name] = judge(state, name, boot, seen, now=now, limits=limits)
     write_atomically(config['textfile'], boot_metrics.render(state, pis, summaries, config=config, now=now,
                                                              sources=sources))
     write_atomically(config['state'], json.dumps(state, sort_keys=True) + '\n')

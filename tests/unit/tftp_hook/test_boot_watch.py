@@ -139,3 +139,17 @@ def test_the_program_runs_as_installed(watch, tmp_path):
     proc = subprocess.run([sys.executable, '-I', program, '--config', str(tmp_path / 'bad.json'), '--check'],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and 'textfile must be an absolute path' in proc.stderr
+
+
+def test_a_finished_boot_keeps_little_in_the_state(watch, tmp_path):
+    """A boot that stalled keeps its first record, its kernel's and its last few: a fleet's state stays small."""
+    many = ''.join(event(NOW - 900 + i, '1234abcd/overlays/o%02d.dtbo' % i) for i in range(40))
+    append(tmp_path / 'events.jsonl', boot_set(NOW - 1000) + many)
+    watch.run(watch.test_config, NOW)
+    state = json.loads(open(watch.test_config['state'], encoding='utf-8').read())
+    kept = [record['path'] for record in state['records']['pi-01']]
+    assert state['pis']['pi-01'][0]['stalled'] == 'nfs' and len(kept) == 12
+    assert kept[:2] == ['start4.elf', 'kernel8.img'] and kept[-1] == 'overlays/o39.dtbo'
+    append(tmp_path / 'events.jsonl', boot_set(NOW - 5))  # the next boot still starts where it should
+    watch.run(watch.test_config, NOW + 1)
+    assert metrics(watch)[1]['pifleet_boots_total{pi="pi-01"}'] == 2

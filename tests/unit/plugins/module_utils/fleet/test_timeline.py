@@ -130,6 +130,10 @@ def test_segment():
     # A long transfer keeps its boot open: the gap counts from the end of the last record.
     long = [tftp(0, 'kernel8.img', duration=200), tftp(250, 'initramfs8')]
     assert [len(boot) for boot in tl.segment(long)] == [2]
+    # What the boot watcher kept of a boot (its first and last records) stays one boot, gaps or not.
+    kept = [tftp(0, 'start4.elf'), tftp(500, 'overlays/x.dtbo'), tftp(520, 'config.txt')]
+    assert [len(boot) for boot in tl.segment(kept, joined=2)] == [3]
+    assert [len(boot) for boot in tl.segment(kept)] == [1, 2]
 
 
 def test_attribute():
