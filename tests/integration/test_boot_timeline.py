@@ -88,9 +88,10 @@ BUS = """\
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
-    <allow user="root"/>
-    <allow own="org.ganesha.nfsd"/>
-    <allow send_destination="*"/>
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
   </policy>
 </busconfig>
 """

@@ -144,15 +144,18 @@ def test_dhcp_requests_name_the_model_and_find_pis_that_never_asked_for_a_file(t
         + dnsmasq_line(50, 2, OPTION_97 % '00:3a:4b:5c:6d:3a:4b:5c:6d:3a:4b:5c:6d:3a')
         + dnsmasq_line(40, 3, 'PXE(eth0) dc:a6:32:01:36:c2 proxy')  # a Pi of the fleet (its pi_mac)
         + dnsmasq_line(30, 4, 'PXE(eth0) 00:11:22:33:44:55 proxy'))  # a PC's PXE firmware: not a Pi
-    (tmp_path / 'boot-events.jsonl').write_text(line(0, '10.99.40.50', 'bootcode.bin'))
+    long = 'classroom-204-bench-07-left-side'  # a TFTP_PREFIX_STR as long as the EEPROM takes (32)
+    asked = line(1, '10.99.40.57', long + '/config.txt', outcome='unknown_prefix')
+    (tmp_path / 'boot-events.jsonl').write_text(line(0, '10.99.40.50', 'bootcode.bin') + asked)
     (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {}}))
     stdout, text = run_discover(tmp_path, pis={'pi-02': {'pi_mac': 'DC-A6-32-01-36-C2', 'pi_serial': '1234abcd'}})
     assert not marks.exists(), 'a vendor class ran as a template'
     assert yaml.safe_load(text) == {'pis': {'hosts': {
         'pi-2c-cf-67-00-00-05': {'pi_mac': '2c:cf:67:00:00:05', 'pi_model': 5},
-        'pi-b8-27-eb-4b-5c-6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3}}}}
-    devices = {device.get('mac'): device for device in seen(stdout)}
-    assert set(devices) == {'2c:cf:67:00:00:05', 'b8:27:eb:4b:5c:6d', None}  # None: the bootcode.bin address
+        'pi-b8-27-eb-4b-5c-6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
+        'pi-%s-%s' % (long, hashlib.sha256(long.encode()).hexdigest()[:8]): {'pi_tftp_prefix': long}}}}
+    devices = {device.get('mac') or device['prefix']: device for device in seen(stdout)}
+    assert set(devices) == {'2c:cf:67:00:00:05', 'b8:27:eb:4b:5c:6d', long, ''}  # '': the bootcode.bin address
     pi5 = devices['2c:cf:67:00:00:05']
     assert (pi5['board'], pi5['model_from'], pi5['dhcp']['answers']) == ('Pi 5 8GB', 'dhcp client id', 1)
     assert devices['b8:27:eb:4b:5c:6d']['dhcp']['vendor_class'] == "{{ lookup('pipe', 'touch %s') }}" % marks
