@@ -25,7 +25,7 @@ HISTORY = 5  # earlier boots listed per Pi
 NEIGHBOURS = '/proc/net/arp'
 
 
-def _json_file(path, limit=1 << 22):
+def _json_file(path, limit=1 << 26):
     text = read_text(path) if path else None
     if text is None or len(text) > limit:
         return None
