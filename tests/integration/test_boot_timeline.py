@@ -13,7 +13,7 @@ the TFTP hook (the role's program), NFS-Ganesha on a D-Bus system bus of its own
   root would run; test_labdemo.py's real virtual Pi reaches ``running`` with its own sshd;
 - ``pi-noexport`` (a Pi 5 by MAC prefix): DHCP and its boot set, but its root is not exported: its mount is
   refused, it stalls at NFS;
-- ``pi-dhcponly`` (a Pi 4): asks DHCP and never for a file: it stalls at DHCP.
+- ``pi-dhcponly`` (a Pi 4 by MAC prefix): asks DHCP and never for a file: it stalls at DHCP.
 
 Then pi_status (the module, in the bakery's namespace), the status playbook, the boot watcher, promtool and a real
 prometheus-node-exporter serving the watcher's textfile on loopback each say so.
@@ -54,7 +54,9 @@ BAKERY = HOSTS['bakery']
 PIS = {  # inventory name -> (namespace, model, serial, MAC, TFTP prefix mode)
     'pi-good': ('good', 4, '7e570004', 'dc:a6:32:36:00:04', 'serial'),
     'pi-noexport': ('noexport', 5, '7e570005', '2c:cf:67:36:00:05', 'mac'),
-    'pi-dhcponly': ('dhcponly', 4, '7e570006', 'dc:a6:32:36:00:06', 'serial'),
+    # By MAC prefix: the map then tells the boot watcher its MAC. A Pi asking by serial that never fetched a file is
+    # no Pi of the map to the watcher (its answers count as unattributed); status knows it from its pi_mac.
+    'pi-dhcponly': ('dhcponly', 4, '7e570006', 'dc:a6:32:36:00:06', 'mac'),
 }
 BOOT_SET = {'start4.elf': 20_000, 'fixup4.dat': 3_000, 'config.txt': 60, 'bcm2711-rpi-4-b.dtb': 9_000,
             'cmdline.txt': 90, 'kernel8.img': 200_000, 'kernel_2712.img': 210_000, 'bcm2712-rpi-5-b.dtb': 9_000}

@@ -237,6 +237,17 @@ def board_of(revision):
     return '%s %s' % (board[0], MEMORY[(revision >> 20) & 7]), board[1]
 
 
+def mac_of_prefix(prefix):
+    """The MAC a TFTP prefix tells: a MAC prefix is one; a serial is a Pi 3's (``b8:27:eb`` and its low 3 bytes;
+    another model with that serial has another MAC, so no harm). None for other prefixes."""
+    text = str(prefix or '').lower()
+    if re.fullmatch(r'[0-9a-f]{2}(?:-[0-9a-f]{2}){5}', text):
+        return text.replace('-', ':')
+    if re.fullmatch(r'[0-9a-f]{8}', text):
+        return 'b8:27:eb:%s:%s:%s' % (text[2:4], text[4:6], text[6:8])
+    return None
+
+
 def identify(mac, client_id=None):
     """What a Pi's DHCP request says about it: ``model`` (3-5), ``model_from``, ``board``, ``revision``, ``serial``.
 

@@ -176,7 +176,8 @@ class FleetStatus:
             prefixes = {p.lower() for p, entry in map_prefixes.items()
                         if isinstance(entry, dict) and entry.get('name') == pi['name']}
             prefixes.update(p.lower() for p in (pi.get('prefix'), pi.get('serial')) if p)
-            macs = {m for m in (pi.get('mac'), neighbours.get(pi.get('ip'))) if m}
+            told = [bootlogs.mac_of_prefix(prefix) for prefix in prefixes]  # a MAC prefix; a Pi 3's serial
+            macs = {mac for mac in (pi.get('mac'), neighbours.get(pi.get('ip')), *told) if mac}
             specs.append({'name': pi['name'], 'prefixes': sorted(prefixes), 'macs': sorted(macs),
                           'address': pi.get('ip')})
         mine, strays = timeline.attribute(dhcp, tftp, specs)
@@ -235,9 +236,10 @@ class FleetStatus:
         if verdict is not None:
             result['up'] = verdict
         if boots:
-            start = boots[-1][0]['time']
+            start, end = boots[-1][0]['time'], max(r['time'] + r.get('duration', 0.0) for r in boots[-1])
+            # The watcher's boot starting within this one: it may have seen the DHCP answer or not.
             seen = next((entry for entry in watched if isinstance(entry, dict)
-                         and isinstance(entry.get('start'), (int, float)) and abs(entry['start'] - start) < 1), None)
+                         and isinstance(entry.get('start'), (int, float)) and start - 1 <= entry['start'] <= end), None)
             observed = timeline.observation(
                 root_export=os.path.normpath(os.path.join(self.params['roots_dir'], serial)) if serial else None,
                 address=where, exports=self.exports, clients=self.clients, verdict=verdict, checked=checked,

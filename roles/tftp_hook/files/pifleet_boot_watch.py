@@ -118,8 +118,12 @@ def _rest_of_rotated(path, position):
 read_json = boot_metrics.read_json
 
 
-def fleet(config, addresses):
-    """Each Pi of the map: its prefixes, MACs, address, serial, root marker (by the marker's hostname)."""
+def fleet(config, state, tftp):
+    """Each Pi of the map: its prefixes, MACs, address, serial, root marker (by the marker's hostname).
+
+    A Pi's DHCP requests are known by its MAC: a MAC prefix is one; a serial prefix gives a Pi 3's; the bakery's
+    neighbour table gives the MAC of the address a Pi asked for files from, remembered in the state.
+    """
     fleet_map = read_json(config['map']) or {}
     prefixes = fleet_map.get('prefixes') if isinstance(fleet_map.get('prefixes'), dict) else {}
     pis = {}
@@ -128,8 +132,7 @@ def fleet(config, addresses):
         if isinstance(name, str) and name:
             pi = pis.setdefault(name, {'name': name, 'prefixes': [], 'macs': [], 'marker': None, 'serial': None})
             pi['prefixes'].append(prefix.lower())
-            if re.fullmatch(r'[0-9a-f]{2}(?:-[0-9a-f]{2}){5}', prefix.lower()):
-                pi['macs'].append(prefix.lower().replace('-', ':'))
+            pi['macs'].extend(mac for mac in [bootlogs.mac_of_prefix(prefix)] if mac)
     try:
         names = os.listdir(config['roots_dir'])
     except OSError:
@@ -139,11 +142,17 @@ def fleet(config, addresses):
         marker = read_json(os.path.join(config['roots_dir'], file_name)) if match else None
         if marker and marker.get('hostname') in pis:
             pis[marker['hostname']].update(marker=marker, serial=match.group(1))
+    by_prefix = {prefix: pi['name'] for pi in pis.values() for prefix in pi['prefixes']}
+    for record in tftp:
+        if record['prefix'].lower() in by_prefix:
+            state['addresses'][by_prefix[record['prefix'].lower()]] = record['client']
     neighbours = bootlogs.parse_neighbours(_read('/proc/net/arp'))
-    for pi in pis.values():
-        pi['address'] = addresses.get(pi['name'])
+    for name, pi in pis.items():
+        pi['address'] = state['addresses'].get(name)
         if pi['address'] in neighbours:
-            pi['macs'].append(neighbours[pi['address']])
+            state['macs'][name] = neighbours[pi['address']]
+        if state['macs'].get(name):
+            pi['macs'].append(state['macs'][name])
     return pis
 
 
@@ -160,7 +169,7 @@ def _read(path):
 
 def fresh_state():
     return {'version': STATE_VERSION, 'files': {}, 'pis': {}, 'records': {}, 'counters': {}, 'addresses': {},
-            'unknown': {}, 'totals': {'unknown_prefix_requests': 0, 'unattributed_dhcp_answers': 0}}
+            'macs': {}, 'unknown': {}, 'totals': {'unknown_prefix_requests': 0, 'unattributed_dhcp_answers': 0}}
 
 
 def load_state(path):
@@ -302,17 +311,14 @@ def run(config, now=None):
     limits = dict(timeline.LIMITS, **config['limits'])
     state = load_state(config['state'])
     dhcp, tftp, sources = read_new(config, state, now)
-    pis = fleet(config, state['addresses'])
-    for table in ('pis', 'records', 'counters', 'addresses'):  # Pis taken out of the map leave the metrics
+    pis = fleet(config, state, tftp)
+    for table in ('pis', 'records', 'counters', 'addresses', 'macs'):  # Pis taken out of the map leave the metrics
         state[table] = {name: value for name, value in state[table].items() if name in pis}
     mine, strays = timeline.attribute(dhcp, tftp, list(pis.values()))
     count_strays(state, strays, now)
     last_boots, booting = {}, []
     for name, records in mine.items():
         count_records(state, name, records)
-        for record in records:
-            if record['kind'] == 'tftp':
-                state['addresses'][name] = record['client']
         last_boots[name] = track_boots(state, name, records, limits)
         entry = (state['pis'].get(name) or [{}])[-1]
         # Asked until it runs (a slow boot counted as stalled may still come up), for a day at most.

@@ -45,7 +45,8 @@ def watch(tmp_path):
     roots.mkdir()
     (roots / '1234abcd.json').write_text(json.dumps({'hostname': 'pi-01', 'bakeform': 'lite', 'generation': 1}))
     (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {
-        '1234abcd': {'name': 'pi-01', 'dirs': []}, 'dc-a6-32-00-00-02': {'name': 'pi-"02"', 'dirs': []}}}))
+        '1234abcd': {'name': 'pi-01', 'dirs': []}, 'dc-a6-32-00-00-02': {'name': 'pi-"02"', 'dirs': []},
+        '00c0ffe3': {'name': 'pi-03', 'dirs': []}}}))
     config = dict(program.DEFAULTS, events=str(tmp_path / 'events.jsonl'), dhcp_log=str(tmp_path / 'dnsmasq.log'),
                   map=str(tmp_path / 'map.json'), roots_dir=str(roots), disks_dir=str(tmp_path / 'disks'),
                   store=str(tmp_path), textfile=str(tmp_path / 'textfile' / 'pifleet.prom'),
@@ -77,6 +78,7 @@ def append(path, text):
 def test_boots_and_stalls_count_once_across_runs_and_rotation(watch, tmp_path):
     events, leases = tmp_path / 'events.jsonl', tmp_path / 'dnsmasq.log'
     append(leases, dhcp(NOW - 600, 'dc:a6:32:00:00:02', 1))  # pi-"02" (a MAC prefix) never asks for a file
+    append(leases, dhcp(NOW - 590, 'b8:27:eb:c0:ff:e3', 3))  # pi-03: a Pi 3's serial tells its MAC
     append(events, boot_set(NOW - 500))
     watch.run(watch.test_config, NOW)
     _text, found = metrics(watch)
@@ -87,6 +89,8 @@ def test_boots_and_stalls_count_once_across_runs_and_rotation(watch, tmp_path):
     assert found['pifleet_tftp_requests_total{outcome="probe",pi="pi-01"}'] == 1
     assert found['pifleet_pi_generation{bakeform="lite",pi="pi-01"}'] == 1
     assert found['pifleet_dhcp_answers_total{pi="pi-\\"02\\""}'] == 1
+    assert found['pifleet_dhcp_answers_total{pi="pi-03"}'] == 1
+    assert found['pifleet_dhcp_unattributed_answers_total'] == 0
     # Nothing new: nothing counted again.
     watch.run(watch.test_config, NOW + 1)
     assert counters(metrics(watch)[1]) == counters(found)

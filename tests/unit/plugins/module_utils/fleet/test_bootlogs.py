@@ -198,3 +198,11 @@ def test_runs_without_the_collection(name):
             imported.add((node.module or '').split('.')[0])
     allowed = {'__future__', 'base64', 'calendar', 'datetime', 'ipaddress', 'json', 'os', 're', 'time'}
     assert imported <= allowed, imported
+
+
+@pytest.mark.parametrize('prefix, mac', [
+    ('DC-A6-32-01-36-C2', 'dc:a6:32:01:36:c2'), ('00c0ffe3', 'b8:27:eb:c0:ff:e3'), ('lab-x', None), ('', None),
+    ('dc:a6:32:01:36:c2', None),  # a prefix is asked with dashes: colons are no MAC prefix
+])
+def test_mac_of_prefix(prefix, mac):
+    assert bl.mac_of_prefix(prefix) == mac
