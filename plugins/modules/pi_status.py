@@ -19,7 +19,8 @@ description:
     boot gets the stage it reached, the time of each stage, the time between the DHCP answer and the first TFTP
     request, and, when it stalled, a hint of where to look."
   - Its root and disks from the markers beside their images; C(statvfs) of the bakery's own mounts of its file
-    systems; its bakeform generation and whether it is behind the bakeform's current one.
+    systems; its bakeform generation and whether it is behind the bakeform's current one; and each bakeform's
+    generations, which one is current and which Pis use each.
   - Never reads a file inside a Pi's root or disks (a Pi controls those) and never writes anything.
 author:
   - pifleet maintainers (@pifleet)
@@ -168,7 +169,8 @@ pis:
       description: The bakeform's current generation.
       type: int
     behind:
-      description: Whether its generation is older than the current one.
+      description: Whether its generation is not the bakeform's current one (older, or newer after the current one
+        was set back), as M(pifleet.netboot.pi_root) says it.
       type: bool
     host_keys:
       description: How many public host keys its root marker records.
@@ -198,6 +200,16 @@ pis:
       description: Its earlier boots (C(start), C(state), C(stage), C(stalled_at)), oldest first.
       type: list
       elements: dict
+bakeforms:
+  description:
+    - Each bakeform of the store (and each one a root names), from its index, its generation directories and the
+      root markers. C(name); C(layout) (V(generations), V(format2) before its first run of M(pifleet.netboot.bakeform)
+      with generations, V(none) when roots name it but the store has none); C(current) and C(current_label) (the
+      generation new roots get); C(generations), each C(id), C(label) (C(name@N)), C(current), C(pinned) and
+      C(used_by) (C(serial), C(hostname), C(root) V(current) or V(previous): the Pis whose roots use it).
+  type: list
+  elements: dict
+  returned: always
 data_filesystems:
   description: C(path), C(size), C(used), C(avail), C(percent) of each file system holding the store, roots or disks.
   type: list

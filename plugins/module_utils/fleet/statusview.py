@@ -65,6 +65,31 @@ def generation(pi):
     return pi['label']
 
 
+def _count(number, one, many):
+    return '%d %s' % (number, one if number == 1 else many)
+
+
+def bakeform_line(form):
+    """One bakeform of the store: its current generation and, per generation, how many Pis' roots use it."""
+    if form.get('layout') == 'format2':
+        return 'BAKEFORM %s: store format 2 (before generations): the next pifleet.netboot.bakeform run for it makes ' \
+               'its image generation 1' % form['name']
+    if not form.get('generations'):
+        return 'BAKEFORM %s: no generation in the store' % form['name']
+    listed = []
+    for gen in form['generations']:
+        users = gen.get('used_by') or []
+        previous = sum(1 for user in users if user.get('root') == 'previous')
+        notes = [note for note, shown in (('current', gen.get('current')), ('pinned', gen.get('pinned'))) if shown]
+        if len(users) > previous:
+            notes.append(_count(len(users) - previous, 'Pi', 'Pis'))
+        if previous:
+            notes.append(_count(previous, 'root kept for rollback', 'roots kept for rollback'))
+        listed.append('%s (%s)' % (gen['label'], ', '.join(notes) or 'unused'))
+    return 'BAKEFORM %s: current %s; generations %s' % (form['name'], form.get('current_label') or 'none',
+                                                         ', '.join(listed))
+
+
 def row(pi, model, power):
     """One Pi's cells, in COLUMNS order."""
     boot = pi.get('boot')
@@ -83,8 +108,8 @@ def table(rows):
 
 
 def report(status, models=None, power=None, power_errors=None):
-    """The lines ``status`` prints: the table, then why Pis stalled, slow starts, power errors, full disks and
-    what the bakery could not observe."""
+    """The lines ``status`` prints: the table, then why Pis stalled, slow starts, power errors, each bakeform's
+    generations, full disks and what the bakery could not observe."""
     models, power, power_errors = models or {}, power or {}, power_errors or {}
     pis = status.get('pis') or []
     rows = [row(pi, models.get(pi['name']), 'error' if pi['name'] in power_errors else power.get(pi['name']))
@@ -100,6 +125,8 @@ def report(status, models=None, power=None, power_errors=None):
     for pi in pis:
         if pi['name'] in power_errors:
             lines.append(printable('POWER ERROR %s: %s' % (pi['name'], power_errors[pi['name']])))
+    for form in status.get('bakeforms') or []:
+        lines.append(printable(bakeform_line(form)))
     for fs in status.get('data_filesystems') or []:
         if fs.get('percent', 0) > FULL:
             lines.append(printable('DATA FULL %s: %.0f%% used (%d of %d MiB)' % (
@@ -126,12 +153,13 @@ def report_all(results, models=None, power=None, power_errors=None):
 
 def document(results, models=None, power=None, power_errors=None):
     """The JSON document of ``-e status_format=json``: each Pi's pi_status entry with its bakery, model, power
-    and the STAGE the table shows; each bakery's data file systems and sources."""
+    and the STAGE the table shows; each bakery's bakeforms (generations, current), data file systems and sources."""
     models, power, power_errors = models or {}, power or {}, power_errors or {}
     pis, bakeries, now = [], [], None
     for bakery, status in results:
         now = now or status.get('now')
         bakeries.append({'name': bakery, 'failed': bool(status.get('failed')), 'msg': status.get('msg'),
+                         'bakeforms': status.get('bakeforms') or [],
                          'data_filesystems': status.get('data_filesystems') or [],
                          'sources': status.get('sources') or {}})
         for pi in status.get('pis') or []:

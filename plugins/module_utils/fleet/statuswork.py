@@ -16,10 +16,12 @@ import os
 import time
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts, read_text
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import bootlogs, timeline
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as pidisks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as piroots
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import retention
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform, label
 
 HISTORY = 5  # earlier boots listed per Pi
 NEIGHBOURS = '/proc/net/arp'
@@ -121,23 +123,57 @@ class FleetStatus:
 
     # ------------------------------------------------------------------ per Pi
 
-    def generation(self, marker):
-        """(bakeform, generation, current generation) of a root, from its marker and its bakeform's index."""
-        name = marker.get('bakeform')
-        if not name:
-            return None, None, None
+    def bakeform(self, name):
+        """(Bakeform, index, current generation, complete generation ids) of one bakeform, read once per pass;
+        None for a name that cannot be a bakeform's."""
+        if not is_name(name):
+            return None
         if name not in self._bakeforms:
             bakeform = Bakeform(self.params['store'], name)
             index = bakeform.load_index(strict=False)
-            self._bakeforms[name] = (index, bakeform.current(index))
-        index, current = self._bakeforms[name]
+            self._bakeforms[name] = (bakeform, index, bakeform.current(index), bakeform.ids())
+        return self._bakeforms[name]
+
+    def generation(self, marker):
+        """(bakeform, generation, current generation) of a root, from its marker and its bakeform's index."""
+        name = marker.get('bakeform')
+        known = self.bakeform(name) if isinstance(name, str) else None
+        if not known:
+            return None, None, None
+        _bakeform, index, current, _ids = known
         generation = marker.get('generation')
         if not isinstance(generation, int) or isinstance(generation, bool):
-            # Markers made before generations: the generation whose image it was cloned from (store format 3).
-            generation = next((int(key) for key, entry in ((index or {}).get('generations') or {}).items()
-                               if isinstance(entry, dict) and marker.get('bakeform_sha256')
-                               and entry.get('sha256') == marker['bakeform_sha256'] and key.isdigit()), None)
+            # A marker made before generations counts as the generation of the same content (contract 1).
+            found = retention.usage(name, index, [{'bakeform': name, 'generation': None,
+                                                   'sha256': marker.get('bakeform_sha256')}])
+            generation = min(found) if found else None
         return name, generation, current
+
+    def bakeforms(self):
+        """Each bakeform of the store (and each a root names): its generations (label, current, pinned, the Pis
+        whose current or previous root uses it) and its current one. Read from the indexes, the generation
+        directories' names and the root markers only."""
+        names = {name for name, known in self._bakeforms.items() if known}
+        try:
+            names.update(name for name in os.listdir(self.params['store']) if is_name(name))
+        except OSError:
+            pass
+        references = piroots.references(self.params['roots_dir'])
+        found = []
+        for name in sorted(names):
+            bakeform, index, current, ids = self.bakeform(name)
+            layout = bakeform.layout()
+            if layout == 'none' and not any(ref['bakeform'] == name for ref in references):
+                continue
+            used = retention.usage(name, index, references)
+            pinned = [p for p in (index or {}).get('pinned') or [] if isinstance(p, int)]
+            found.append({
+                'name': name, 'layout': layout, 'current': current,
+                'current_label': bakeform.label(current) if current else None,
+                'generations': [{'id': number, 'label': bakeform.label(number), 'current': number == current,
+                                 'pinned': number in pinned, 'used_by': retention.used_by(used.get(number, []))}
+                                for number in ids]})
+        return found
 
     def filesystem(self, point):
         """statvfs of the bakery's own mount of a Pi's file system; None when it is not mounted there."""
@@ -199,7 +235,7 @@ class FleetStatus:
                    for pi in params['pis']]
         return {
             'changed': False, 'now': bootlogs.iso(self.now), 'pis': results,
-            'data_filesystems': self.data_filesystems(), 'sources': self.sources,
+            'bakeforms': self.bakeforms(), 'data_filesystems': self.data_filesystems(), 'sources': self.sources,
             'strays': {'dhcp_answers': len(strays['dhcp']), 'tftp_requests': len(strays['tftp'])},
         }
 
@@ -226,9 +262,10 @@ class FleetStatus:
         result['host_keys'] = len(host_keys)
         if marker:
             name, generation, current = self.generation(marker)
+            # behind: not on the generation new roots get (contract 2, as pi_root says it), older or newer.
             result.update(bakeform=name, generation=generation, current_generation=current,
-                          label='%s@%s' % (name, generation) if name and generation else name,
-                          behind=bool(generation and current and generation < current))
+                          label=label(name, generation) if name and generation else name,
+                          behind=bool(generation and current and generation != current))
         checked = self.checked
         verdict = None
         if checked is not None and where:

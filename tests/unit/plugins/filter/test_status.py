@@ -82,3 +82,23 @@ def test_several_bakeries_and_a_failed_one():
                                            stage='never')
     with pytest.raises(AnsibleFilterError, match=r'expects the registered result of pifleet\.netboot\.pi_status'):
         status_report({'results': [{'item': 'x', 'pis': 'no'}]})
+
+
+def test_each_bakeform_shows_its_generations_and_current():
+    lite = {'name': 'lite', 'layout': 'generations', 'current': 3, 'current_label': 'lite@3', 'generations': [
+        {'id': 1, 'label': 'lite@1', 'current': False, 'pinned': True, 'used_by': []},
+        {'id': 2, 'label': 'lite@2', 'current': False, 'pinned': False, 'used_by': [
+            {'serial': '1234abcd', 'hostname': 'pi-01', 'root': 'current'},
+            {'serial': '1234abce', 'hostname': 'pi-02', 'root': 'current'},
+            {'serial': '1234abcf', 'hostname': 'pi-03', 'root': 'previous'}]},
+        {'id': 3, 'label': 'lite@3', 'current': True, 'pinned': False, 'used_by': [
+            {'serial': '1234abcf', 'hostname': 'pi-03', 'root': 'current'}]},
+        {'id': 4, 'label': 'lite@4', 'current': False, 'pinned': False, 'used_by': []}]}
+    old = {'name': 'old', 'layout': 'format2', 'current': None, 'current_label': None, 'generations': []}
+    loop = {'results': [dict(result(pi('pi-01'), bakeforms=[lite, old]), item='bakery-1')]}
+    lines = status_report(loop)
+    assert ('BAKEFORM lite: current lite@3; generations lite@1 (pinned), lite@2 (2 Pis, 1 root kept for rollback), '
+            'lite@3 (current, 1 Pi), lite@4 (unused)') in lines
+    assert [line for line in lines if line.startswith('BAKEFORM old: store format 2 (before generations)')], lines
+    document = status_document(loop)
+    assert document['bakeries'][0]['bakeforms'] == [lite, old]

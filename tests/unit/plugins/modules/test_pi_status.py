@@ -89,6 +89,37 @@ def test_module_reports_each_pi(run_module, bakery):
     assert result['strays'] == {'dhcp_answers': 0, 'tftp_requests': 1}
     assert result['sources']['nfs'].startswith('not observed') and result['sources']['ssh'] == 'not asked'
     assert result['data_filesystems'][0]['path'] == bakery['args']['store']
+    # Each bakeform of the store: its generations, the current one, the Pis whose roots use each.
+    assert result['bakeforms'] == [{'name': 'lite', 'layout': 'generations', 'current': 2, 'current_label': 'lite@2',
+                                    'generations': [
+        {'id': 1, 'label': 'lite@1', 'current': False, 'pinned': False,
+         'used_by': [{'serial': '1234abcd', 'hostname': None, 'root': 'current'}]},
+        {'id': 2, 'label': 'lite@2', 'current': True, 'pinned': False,
+         'used_by': [{'serial': '1234abce', 'hostname': None, 'root': 'current'}]}]}]
+
+
+def test_behind_is_any_generation_but_the_current_one(run_module, bakery, tmp_path):
+    """After the bakeform's current went back to an older generation, a root on the newer one is behind too (as
+    pi_root says); a generation directory that is incomplete is no generation; a format-2 bakeform is listed."""
+    store, roots = tmp_path / 'bakeforms', tmp_path / 'roots'
+    index = json.loads((store / 'lite' / 'bakeform.json').read_text())
+    (store / 'lite' / 'bakeform.json').write_text(json.dumps(dict(index, current=1, pinned=[2])))
+    (store / 'lite' / 'generations' / '3' / 'boot').mkdir(parents=True)  # no images: a build that never finished
+    (roots / '1234abce.json').write_text(json.dumps({'hostname': 'pi-02', 'bakeform': 'lite', 'generation': 2}))
+    (roots / '1234abce.prev.json').write_text(json.dumps({'hostname': 'pi-02', 'bakeform': 'lite', 'generation': 1}))
+    (store / 'old').mkdir()
+    (store / 'old' / 'manifest.json').write_text('{"format": 2}')
+    (store / '.pifleet-tmp-lite-1-x').mkdir()  # a run's scratch directory: no bakeform
+    result = run_module(pi_status.main, dict(bakery['args'], ssh=False, nfs_server='none')).result
+    pis = {pi['name']: pi for pi in result['pis']}
+    assert (pis['pi-01']['label'], pis['pi-01']['behind']) == ('lite@1', False)
+    assert (pis['pi-02']['label'], pis['pi-02']['current_generation'], pis['pi-02']['behind']) == ('lite@2', 1, True)
+    lite, old = result['bakeforms']
+    assert [(g['label'], g['current'], g['pinned']) for g in lite['generations']] == [
+        ('lite@1', True, False), ('lite@2', False, True)]
+    assert lite['generations'][0]['used_by'] == [{'serial': '1234abcd', 'hostname': None, 'root': 'current'},
+                                                 {'serial': '1234abce', 'hostname': 'pi-02', 'root': 'previous'}]
+    assert (old['name'], old['layout'], old['current'], old['generations']) == ('old', 'format2', None, [])
 
 
 @pytest.mark.parametrize('args, message', [
