@@ -1,7 +1,7 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The boot watcher as the tftp_hook role installs it: its program and the collection's bootlogs.py and
-timeline.py, side by side in one directory (tests, the lab)."""
+"""The boot watcher as the tftp_hook role installs it: its program and the collection's bootlogs.py,
+timeline.py and generations.py (with atomic.py and identity.py), side by side in one directory (tests, the lab)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ COLLECTION = Path(__file__).resolve().parents[2]
 FILES = {'pifleet_boot_watch.py': COLLECTION / 'roles' / 'tftp_hook' / 'files' / 'pifleet_boot_watch.py',
          'boot_metrics.py': COLLECTION / 'roles' / 'tftp_hook' / 'files' / 'boot_metrics.py',
          'bootlogs.py': COLLECTION / 'plugins' / 'module_utils' / 'fleet' / 'bootlogs.py',
-         'timeline.py': COLLECTION / 'plugins' / 'module_utils' / 'fleet' / 'timeline.py'}
+         'timeline.py': COLLECTION / 'plugins' / 'module_utils' / 'fleet' / 'timeline.py',
+         'generations.py': COLLECTION / 'plugins' / 'module_utils' / 'store' / 'generations.py',
+         'atomic.py': COLLECTION / 'plugins' / 'module_utils' / 'common' / 'atomic.py',
+         'identity.py': COLLECTION / 'plugins' / 'module_utils' / 'common' / 'identity.py'}
 
 
 def install(directory):

@@ -3,17 +3,55 @@
 """The boot watcher's metrics, in node_exporter's textfile-collector format (docs/formats.md lists them).
 
 Labels stay bounded: ``pi`` (each Pi of the fleet map), ``stage`` (four), ``outcome`` (seven), ``fs`` (two),
-``path`` (the data file systems), ``source`` (four); never a file name, a client port or an address.
-Standard library only; installed beside pifleet_boot_watch.py.
+``path`` (the data file systems), ``source`` (four), ``bakeform`` (the store's names); never a file name, a
+client port or an address. Standard library only; installed beside pifleet_boot_watch.py, with the collection's
+store/generations.py (and the two files of common/ it imports), through which the store is read.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 
 import bootlogs
 import timeline
+
+# The collection's own files the watcher reads the store with, as their import names and the file each is
+# installed as beside this one: the store's layout is generations.py's alone (docs/formats.md).
+COLLECTION_FILES = (
+    ('ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic', 'atomic.py'),
+    ('ansible_collections.pifleet.netboot.plugins.module_utils.common.identity', 'identity.py'),
+    ('ansible_collections.pifleet.netboot.plugins.module_utils.store.generations', 'generations.py'),
+)
+
+
+def load_collection_files(directory):
+    """{file name: module} of COLLECTION_FILES, loaded from ``directory``. Their imports of each other are
+    served from these files for the time of the loading only: no ansible_collections package installed on
+    the host takes part, and none already imported (a test's) is replaced."""
+    saved = {name: sys.modules.get(name) for name, _file in COLLECTION_FILES}
+    loaded = {}
+    try:
+        for name, file in COLLECTION_FILES:
+            spec = importlib.util.spec_from_file_location(name, os.path.join(directory, file))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            loaded[file] = module
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return loaded
+
+
+_COLLECTION = load_collection_files(os.path.dirname(os.path.abspath(__file__)))
+generations = _COLLECTION['generations.py']
+is_name = _COLLECTION['identity.py'].is_name
 
 OUTCOMES = ('ok', 'probe', 'not_found', 'timeout', 'aborted', 'error')
 FS_KINDS = ('root', 'disks')
@@ -56,7 +94,9 @@ HELP = {
     'pifleet_data_filesystem_size_bytes': ('gauge', 'Size of the file systems holding the store, roots and disks.'),
     'pifleet_data_filesystem_avail_bytes': ('gauge', 'Bytes available on them.'),
     'pifleet_pi_generation': ('gauge', "The bakeform generation of each Pi's root."),
-    'pifleet_pi_generation_behind': ('gauge', "Whether a Pi's generation is older than its bakeform's current."),
+    'pifleet_pi_generation_behind': ('gauge', "Whether a Pi's generation is not its bakeform's current one."),
+    'pifleet_bakeform_current_generation': ('gauge', 'The generation new roots of each bakeform get.'),
+    'pifleet_bakeform_generations': ('gauge', 'How many generations of each bakeform the store holds.'),
     'pifleet_watch_source_up': ('gauge', 'Whether the watcher could read each of its sources on its last run.'),
     'pifleet_watch_last_run_timestamp_seconds': ('gauge', 'When the watcher last ran.'),
 }
@@ -87,8 +127,13 @@ def render(state, pis, summaries, *, config, now, sources):
         summary = summaries.get(name)
         if summary is not None:
             _boot_samples(add, name, summary)
+    bakeforms = {}
     for name, pi in sorted(pis.items()):
-        _pi_samples(add, name, pi, config)
+        _pi_samples(add, name, pi, config, bakeforms)
+    for name, (current, ids) in sorted(bakeforms.items()):
+        if current is not None:
+            add('pifleet_bakeform_current_generation', current, bakeform=name)
+        add('pifleet_bakeform_generations', len(ids), bakeform=name)
     add('pifleet_dhcp_unattributed_answers_total', state['totals']['unattributed_dhcp_answers'])
     add('pifleet_tftp_unknown_prefix_requests_total', state['totals']['unknown_prefix_requests'])
     add('pifleet_tftp_unknown_prefixes', len(state['unknown']))
@@ -122,7 +167,15 @@ def _boot_samples(add, name, summary):
             add(metric, summary['seconds'][key], pi=name)
 
 
-def _pi_samples(add, name, pi, config):
+def _bakeform(config, name, known):
+    """(current generation, generation ids) of a bakeform, read once per run through generations.Bakeform."""
+    if name not in known:
+        bakeform = generations.Bakeform(config['store'], name)
+        known[name] = (bakeform.current(), bakeform.ids())
+    return known[name]
+
+
+def _pi_samples(add, name, pi, config, bakeforms):
     if pi['serial']:
         for kind, top in zip(FS_KINDS, (config['roots_dir'], config['disks_dir'])):
             point = os.path.join(top, pi['serial'])
@@ -132,12 +185,11 @@ def _pi_samples(add, name, pi, config):
                 add('pifleet_pi_filesystem_avail_bytes', usage['avail'], pi=name, fs=kind)
     marker = pi['marker'] or {}
     generation, bakeform = marker.get('generation'), marker.get('bakeform')
-    if isinstance(generation, int) and not isinstance(generation, bool) and isinstance(bakeform, str):
+    if isinstance(generation, int) and not isinstance(generation, bool) and is_name(bakeform):
         add('pifleet_pi_generation', generation, pi=name, bakeform=bakeform)
-        index = read_json(os.path.join(config['store'], bakeform, 'bakeform.json')) or {}
-        current = index.get('current')
-        if isinstance(current, int):
-            add('pifleet_pi_generation_behind', int(generation < current), pi=name)
+        current, _ids = _bakeform(config, bakeform, bakeforms)
+        if current is not None:  # behind as pi_root and status say it: any generation but the current one
+            add('pifleet_pi_generation_behind', int(generation != current), pi=name)
 
 
 def _device(path):

@@ -16,6 +16,8 @@ import time
 import pytest
 from bootwatch import load
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as ours
+
 NOW = time.time()
 PROMTOOL = shutil.which('promtool')
 
@@ -157,3 +159,27 @@ def test_a_finished_boot_keeps_little_in_the_state(watch, tmp_path):
     append(tmp_path / 'events.jsonl', boot_set(NOW - 5))  # the next boot still starts where it should
     watch.run(watch.test_config, NOW + 1)
     assert metrics(watch)[1]['pifleet_boots_total{pi="pi-01"}'] == 2
+
+
+def test_generations_are_read_as_the_modules_read_the_store(watch, tmp_path):
+    """The store through the collection's generations.py installed beside the watcher: the current generation
+    from the index when that generation is complete, behind for any other; an unfinished generation counts not."""
+    bakeform = ours.Bakeform(str(tmp_path), 'lite')
+    for number in (1, 2, 3):
+        os.makedirs(bakeform.boot_dir(number))
+        for path in (bakeform.manifest_path(number), bakeform.root_image(number), bakeform.boot_image(number)):
+            if number < 3 or path.endswith('manifest.json'):  # generation 3: a build that never finished
+                open(path, 'w', encoding='utf-8').close()
+    ours.write_index(bakeform, dict(ours.new_index('lite'), current=2, next=4))
+    append(tmp_path / 'events.jsonl', boot_set(NOW - 30))
+    watch.run(watch.test_config, NOW)
+    found = metrics(watch)[1]
+    assert found['pifleet_pi_generation{bakeform="lite",pi="pi-01"}'] == 1
+    assert found['pifleet_pi_generation_behind{pi="pi-01"}'] == 1
+    assert found['pifleet_bakeform_current_generation{bakeform="lite"}'] == 2
+    assert found['pifleet_bakeform_generations{bakeform="lite"}'] == 2
+    # The watcher's copy is its own: the collection's module a test (or a host) imported is left in place.
+    assert watch.boot_metrics.generations is not ours and sys.modules[ours.__name__] is ours
+    ours.write_index(bakeform, dict(ours.new_index('lite'), current=1, next=4))  # set back to pi-01's
+    watch.run(watch.test_config, NOW + 1)
+    assert metrics(watch)[1]['pifleet_pi_generation_behind{pi="pi-01"}'] == 0
