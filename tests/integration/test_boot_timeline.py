@@ -42,6 +42,7 @@ from fstree import mounts_below
 from modrun import ensure_importable, module_argv
 from rolevars import trusted
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations
 from lab import pisim
 from lab.nfslab import Ganesha, Lan, missing_tools, run
 
@@ -167,11 +168,9 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
             started.start(lan.exec_argv(where, ['dnsmasq', '--keep-in-foreground', '--conf-file=%s' % (
                 work / ('%s.conf' % host)), '--pid-file=%s/%s.pid' % (work, host), '--user=root']),
                 ready=lambda where=where: listening(lan, where, 'sport = :67'))
-        # The boot files and the map the fleet role would write; the hook as the role runs it.
-        boot = work / 'bakeforms' / 'lab' / 'boot'
-        boot.mkdir(parents=True)
-        for name, size in BOOT_SET.items():
-            (boot / name).write_bytes(os.urandom(size))
+        # The store (format 3): bakeform lab, whose generation 1 the Pis boot and whose current one is 2; the
+        # boot files of generation 1 and the map the fleet role would write; the hook as the role runs it.
+        boot = Path(store_generations(work / 'bakeforms', 'lab', (1, 2), current=2).boot_dir(1))
         prefixes = {pisim.tftp_prefix(mode, serial, mac): {'name': name, 'dirs': [str(boot)]}
                     for name, (_ns, _model, serial, mac, mode) in PIS.items()}
         (work / 'map.json').write_text(json.dumps({'version': 1, 'default': [str(boot)], 'prefixes': prefixes}))
@@ -225,6 +224,25 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
         else:
             os.environ['DBUS_SYSTEM_BUS_ADDRESS'] = saved_bus
         shutil.rmtree(work, ignore_errors=True)
+
+
+def store_generations(store, name, numbers, current):
+    """A bakeform of store format 3 laid out by generations.Bakeform: each generation's boot set, manifest and
+    images (the images empty: nothing here reads them), and its index. The Bakeform."""
+    bakeform = generations.Bakeform(str(store), name)
+    index = dict(generations.new_index(name), current=current, next=max(numbers) + 1)
+    for number in numbers:
+        os.makedirs(bakeform.boot_dir(number))
+        for file, size in BOOT_SET.items():
+            Path(bakeform.boot_dir(number), file).write_bytes(os.urandom(size))
+        manifest = {'format': 3, 'name': name, 'bakeform': name, 'generation': number, 'sha256': '%064x' % number,
+                    'origin': {'kind': 'image'}}
+        Path(bakeform.manifest_path(number)).write_text(json.dumps(manifest))
+        Path(bakeform.root_image(number)).write_bytes(b'')
+        Path(bakeform.boot_image(number)).write_bytes(b'')
+        index['generations'][str(number)] = generations.entry(manifest)
+    generations.write_index(bakeform, index)
+    return bakeform
 
 
 def pisim_run(lan, ns, *args):
@@ -286,7 +304,13 @@ def test_each_pi_stops_where_its_boot_stopped(bakery, booted):
     assert good['boot']['tftp']['kernel'] == 'kernel8.img' and good['boot']['tftp']['errors'] == 0
     assert good['boot']['times']['nfs_last'] >= good['boot']['times']['tftp']
     assert 0 <= good['boot']['seconds']['dhcp_to_tftp'] < 10
-    assert good['root']['usage']['size'] > 50 << 20 and good['label'] == 'lab@1'  # statvfs of its own mount
+    assert good['root']['usage']['size'] > 50 << 20  # statvfs of its own mount
+    # Its generation from its marker; the bakeform's current one from the store: lab@2, so it is behind.
+    assert (good['label'], good['current_generation'], good['behind']) == ('lab@1', 2, True), good
+    lab = next(form for form in result['bakeforms'] if form['name'] == 'lab')
+    assert (lab['layout'], lab['current_label']) == ('generations', 'lab@2'), lab
+    assert [(gen['label'], sorted(user['hostname'] for user in gen['used_by'])) for gen in lab['generations']] == [
+        ('lab@1', ['pi-good', 'pi-noexport']), ('lab@2', [])], lab
     refused = pis['pi-noexport']
     assert (refused['boot']['state'], refused['boot']['stage'], refused['boot']['stalled_at']) == (
         'stalled', 'tftp', 'nfs'), refused['boot']
@@ -327,6 +351,8 @@ def test_the_status_playbook_says_so(bakery, booted, tmp_path):
     assert [line for line in lines if line.startswith('STALLED pi-noexport: fetched its kernel ')
             and 'never mounted its root' in line], lines
     assert [line for line in lines if line.startswith('STALLED pi-dhcponly: asked for DHCP ')], lines
+    assert 'lab@1 (behind @2)' in rows['pi-good']
+    assert 'BAKEFORM lab: current lab@2; generations lab@1 (2 Pis), lab@2 (current)' in lines, lines
 
 
 def free_port():
@@ -370,7 +396,9 @@ def test_watcher_metrics_pass_promtool_and_node_exporter_serves_them(bakery, boo
               'pifleet_boots_stalled_total{pi="pi-noexport",stage="nfs"} 1',
               'pifleet_boots_stalled_total{pi="pi-dhcponly",stage="dhcp"} 1',
               'pifleet_boot_stalled{pi="pi-dhcponly"} 1', 'pifleet_dhcp_answers_total{pi="pi-dhcponly"} 1',
-              'pifleet_tftp_requests_total{outcome="ok",pi="pi-good"} 7']
+              'pifleet_tftp_requests_total{outcome="ok",pi="pi-good"} 7',
+              'pifleet_pi_generation{bakeform="lab",pi="pi-good"} 1', 'pifleet_pi_generation_behind{pi="pi-good"} 1',
+              'pifleet_bakeform_current_generation{bakeform="lab"} 2', 'pifleet_bakeform_generations{bakeform="lab"} 2']
     assert [line for line in wanted if line not in scraped] == [], scraped[-3000:]
     assert 'node_textfile_scrape_error 0' in scraped
     served = [line for line in scraped.splitlines() if line.startswith('pifleet_tftp_bytes_total{pi="pi-good"}')]

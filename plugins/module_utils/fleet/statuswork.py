@@ -163,8 +163,8 @@ class FleetStatus:
         for name in sorted(names):
             bakeform, index, current, ids = self.bakeform(name)
             layout = bakeform.layout()
-            if layout == 'none' and not any(ref['bakeform'] == name for ref in references):
-                continue
+            if layout not in ('generations', 'format2') and not any(ref['bakeform'] == name for ref in references):
+                continue  # not a bakeform (another directory beside the store's), and no root names it
             used = retention.usage(name, index, references)
             pinned = [p for p in (index or {}).get('pinned') or [] if isinstance(p, int)]
             found.append({

@@ -110,11 +110,15 @@ def test_behind_is_any_generation_but_the_current_one(run_module, bakery, tmp_pa
     (store / 'old').mkdir()
     (store / 'old' / 'manifest.json').write_text('{"format": 2}')
     (store / '.pifleet-tmp-lite-1-x').mkdir()  # a run's scratch directory: no bakeform
+    (store / 'scratch').mkdir()  # nor is a directory of anything else
+    (roots / '1234abcf.json').write_text(json.dumps({'hostname': 'pi-03', 'bakeform': 'gone', 'generation': 4}))
     result = run_module(pi_status.main, dict(bakery['args'], ssh=False, nfs_server='none')).result
     pis = {pi['name']: pi for pi in result['pis']}
     assert (pis['pi-01']['label'], pis['pi-01']['behind']) == ('lite@1', False)
     assert (pis['pi-02']['label'], pis['pi-02']['current_generation'], pis['pi-02']['behind']) == ('lite@2', 1, True)
-    lite, old = result['bakeforms']
+    gone, lite, old = result['bakeforms']
+    assert (gone['name'], gone['layout'], gone['current'], gone['generations']) == ('gone', 'none', None, [])
+    assert (pis['pi-03']['label'], pis['pi-03']['behind']) == ('gone@4', False)
     assert [(g['label'], g['current'], g['pinned']) for g in lite['generations']] == [
         ('lite@1', True, False), ('lite@2', False, True)]
     assert lite['generations'][0]['used_by'] == [{'serial': '1234abcd', 'hostname': None, 'root': 'current'},
