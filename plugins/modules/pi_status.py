@@ -206,7 +206,7 @@ bakeforms:
       root markers. C(name); C(layout) (V(generations), V(format2) before its first run of M(pifleet.netboot.bakeform)
       with generations, V(none) when roots name it but the store has none); C(current) and C(current_label) (the
       generation new roots get); C(generations), each C(id), C(label) (C(name@N)), C(current), C(pinned) and
-      C(used_by) (C(serial), C(hostname), C(root) V(current) or V(previous): the Pis whose roots use it).
+      C(used_by) (C(serial), C(hostname), C(root) V(current) or V(previous); the Pis whose roots use it).
   type: list
   elements: dict
   returned: always
