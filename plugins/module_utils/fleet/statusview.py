@@ -86,8 +86,8 @@ def bakeform_line(form):
         if previous:
             notes.append(_count(previous, 'root kept for rollback', 'roots kept for rollback'))
         listed.append('%s (%s)' % (gen['label'], ', '.join(notes) or 'unused'))
-    return 'BAKEFORM %s: current %s; generations %s' % (form['name'], form.get('current_label') or 'none',
-                                                         ', '.join(listed))
+    current = form.get('current_label') or 'none'
+    return 'BAKEFORM %s: current %s; generations %s' % (form['name'], current, ', '.join(listed))
 
 
 def row(pi, model, power):

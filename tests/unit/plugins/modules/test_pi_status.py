@@ -90,12 +90,13 @@ def test_module_reports_each_pi(run_module, bakery):
     assert result['sources']['nfs'].startswith('not observed') and result['sources']['ssh'] == 'not asked'
     assert result['data_filesystems'][0]['path'] == bakery['args']['store']
     # Each bakeform of the store: its generations, the current one, the Pis whose roots use each.
-    assert result['bakeforms'] == [{'name': 'lite', 'layout': 'generations', 'current': 2, 'current_label': 'lite@2',
-                                    'generations': [
+    listed = [
         {'id': 1, 'label': 'lite@1', 'current': False, 'pinned': False,
          'used_by': [{'serial': '1234abcd', 'hostname': None, 'root': 'current'}]},
         {'id': 2, 'label': 'lite@2', 'current': True, 'pinned': False,
-         'used_by': [{'serial': '1234abce', 'hostname': None, 'root': 'current'}]}]}]
+         'used_by': [{'serial': '1234abce', 'hostname': None, 'root': 'current'}]}]
+    assert result['bakeforms'] == [{'name': 'lite', 'layout': 'generations', 'current': 2, 'current_label': 'lite@2',
+                                    'generations': listed}]
 
 
 def test_behind_is_any_generation_but_the_current_one(run_module, bakery, tmp_path):
