@@ -7,10 +7,22 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible.utils.unsafe_proxy import wrap_var
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import (
+    parse_dhcp_log,
+    parse_neighbours,
+    utc_offset_epoch,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import parse_events, parse_since, summarise
 
 
-def boot_events_summary(events, fleet_map=None, include_known=False, since=None):
+def _text(value, what):
+    if value is None or isinstance(value, (str, bytes)):
+        return value
+    raise AnsibleFilterError('boot_events_summary: %s is a %s, not text' % (what, type(value).__name__))
+
+
+def boot_events_summary(events, fleet_map=None, include_known=False, since=None, *, dhcp_log=None, utc_offset=None,
+                        neighbours=None, known_macs=None):
     """Event log text (or a list of its lines) -> one dict per Pi seen, discovered ones only by default."""
     if isinstance(events, (list, tuple)):
         events = '\n'.join(str(line) for line in events) + '\n'
@@ -23,7 +35,11 @@ def boot_events_summary(events, fleet_map=None, include_known=False, since=None)
     try:
         cutoff = parse_since(since) if since else None
         parsed, _malformed = parse_events(events)
-        summaries = summarise(parsed, fleet_map, bool(include_known), cutoff)
+        # dnsmasq writes the bakery's local time: with the bakery's offset (+0100) it is read as that.
+        dhcp = parse_dhcp_log(_text(dhcp_log, 'dhcp_log'), to_epoch=utc_offset_epoch(utc_offset)) if dhcp_log else None
+        summaries = summarise(parsed, fleet_map, bool(include_known), cutoff, dhcp=dhcp,
+                              neighbours=parse_neighbours(_text(neighbours, 'neighbours') or ''),
+                              known_macs=[str(mac) for mac in known_macs or []])
     except ValueError as exc:
         raise AnsibleFilterError('boot_events_summary: %s' % exc) from None
     # Strings from the log are data: ansible-core before 2.19 would template them where a playbook reuses them.

@@ -27,6 +27,12 @@ description:
     C(pifleet_prefix), C(pifleet_known), C(pifleet_name) (the fleet map name of a known Pi),
     C(pifleet_address) (last client address), C(pifleet_first_seen), C(pifleet_last_seen), C(pifleet_requests),
     C(pifleet_last_file), C(pifleet_last_outcome)."
+  - "With dnsmasq's DHCP log (O(dhcp_log), the C(pifleet.netboot.dnsmasq) role writes it) a Pi's DHCP request names
+    its model and board (the client identifier of a Pi 4 or 5) and a Pi 3's serial, and a Pi that asked DHCP and
+    never for a file becomes a host too (V(discovered_mac_<mac>)) when its request says it is a Pi. A Pi is matched
+    to its requests by the MAC its prefix tells, else through the bakery's neighbour table (O(neighbours)).
+    Variables C(pifleet_board) and C(pifleet_dhcp) (C(answers), C(first_seen), C(last_seen), C(vendor_class),
+    C(client_id)) say what the requests said; C(pi_mac), C(pi_model) and C(pi_serial) take it only validated."
   - Malformed lines (including a client that is not an IP address) are skipped with a warning giving their count;
     a missing log gives an empty inventory and a warning. Denied requests (traversal and other hostile names)
     never make hosts.
@@ -64,6 +70,16 @@ options:
         prefix from its own address.
     type: bool
     default: false
+  dhcp_log:
+    description:
+      - Path of dnsmasq's DHCP log file (on the bakery when O(ssh_host) is set); not there, no DHCP is read. dnsmasq
+        stamps it in the bakery's local time, which is read over SSH with C(date +%z).
+    type: str
+    default: /var/log/pifleet/dnsmasq.log
+  neighbours:
+    description: The bakery's neighbour table (C(/proc/net/arp)), which maps a Pi's address to its MAC.
+    type: str
+    default: /proc/net/arp
   since:
     description:
       - Ignore events before this time. An ISO 8601 time (V(2026-11-23T10:00:00+00:00)) or an age ending in
@@ -149,10 +165,16 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.unsafe_proxy import wrap_var
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import (
+    parse_dhcp_log,
+    parse_neighbours,
+    utc_offset_epoch,
+)
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import (
     host_vars,
     parse_events,
     parse_since,
+    prefix_kind,
     summarise,
     tail_window,
 )
@@ -210,11 +232,34 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if malformed:
             self.display.warning('boot_events inventory: skipped %d malformed line(s) in %s%s'
                                  % (malformed, self._where(), events_path))
+        # MAC prefixes are MACs of the fleet: their DHCP requests are no discoveries.
+        known_macs = [prefix for prefix in ((fleet_map or {}).get('prefixes') or {}) if prefix_kind(prefix) == 'mac']
         try:
-            return summarise(events, fleet_map, self.get_option('include_known'), since)
+            return summarise(events, fleet_map, self.get_option('include_known'), since, dhcp=self._dhcp(max_bytes),
+                             neighbours=parse_neighbours(self._neighbours()), known_macs=known_macs)
         except ValueError as exc:
             raise AnsibleParserError('cannot use fleet map %s%s for the boot_events inventory: %s'
                                      % (self._where(), self.get_option('fleet_map'), exc)) from None
+
+    def _dhcp(self, max_bytes):
+        """The proxy DHCP's answers from dnsmasq's log, or None when there is no such log."""
+        path = self.get_option('dhcp_log')
+        if not path:
+            return None
+        if self.get_option('ssh_host'):
+            data = self._read_ssh(path, max_bytes, prelude='date +%z')
+            if data is None:
+                return None
+            offset, _newline, data = data.partition(b'\n')
+            to_epoch = utc_offset_epoch(offset.decode('ascii', 'replace').strip())
+        else:
+            data, to_epoch = self._read(path, max_bytes), None  # this host's own time zone, as dnsmasq's
+        return None if data is None else parse_dhcp_log(tail_window(data, max_bytes), to_epoch=to_epoch)
+
+    def _neighbours(self):
+        path = self.get_option('neighbours')
+        data = self._read(path, None) if path else None  # a proc file has no size for tail -c
+        return (data or b'').decode('utf-8', 'replace')
 
     def _where(self):
         return '%s:' % self.get_option('ssh_host') if self.get_option('ssh_host') else ''
@@ -252,8 +297,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError('cannot read %s for the boot_events inventory: %s; run as a user who may '
                                      'read it (the hook writes it as its own user)' % (path, exc)) from None
 
-    def ssh_argv(self, path, max_bytes):
-        """The ssh command reading ``path`` on ``ssh_host`` (exit 66 when it is absent)."""
+    def ssh_argv(self, path, max_bytes, prelude=None):
+        """The ssh command reading ``path`` on ``ssh_host`` (exit 66 when it is absent), after ``prelude``'s output."""
         ssh = shutil.which('ssh')
         if not ssh:
             raise AnsibleParserError('cannot read the boot event log over ssh for the boot_events inventory: no '
@@ -270,11 +315,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         quoted = shlex.quote(path)
         # ssh hands the remote side one shell string: quote the path; tail -c keeps big logs off the wire.
         reader = 'tail -c %d -- %s' % (max_bytes + 1, quoted) if max_bytes is not None else 'cat -- %s' % quoted
-        remote = 'test -e %s || exit %d; exec %s' % (quoted, _SSH_MISSING, reader)
+        remote = 'test -e %s || exit %d; %sexec %s' % (quoted, _SSH_MISSING, prelude + '; ' if prelude else '', reader)
         return [*argv, '--', host, remote]
 
-    def _read_ssh(self, path, max_bytes):
-        argv = self.ssh_argv(path, max_bytes)
+    def _read_ssh(self, path, max_bytes, prelude=None):
+        argv = self.ssh_argv(path, max_bytes, prelude)
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False,
                                   timeout=self.get_option('ssh_timeout'))

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import yaml
@@ -25,12 +26,12 @@ def line(seconds, client, request, known=False, outcome='ok'):
                        'prefix': prefix, 'path': path, 'name': None, 'known': known, 'outcome': outcome}) + '\n'
 
 
-def run_discover(tmp_path, *extra):
+def run_discover(tmp_path, *extra, pis=None):
     inventory = tmp_path / 'hosts.yml'
     inventory.write_text(yaml.safe_dump({'bakery': {'hosts': {'lab-bakery': {
         'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': sys.executable,
-        'pifleet_events_path': str(tmp_path / 'boot-events.jsonl'),
-        'pifleet_map_path': str(tmp_path / 'map.json')}}}}))
+        'pifleet_events_path': str(tmp_path / 'boot-events.jsonl'), 'pifleet_dhcp_log_path': str(tmp_path / 'dhcp.log'),
+        'pifleet_map_path': str(tmp_path / 'map.json')}}}, 'pis': {'hosts': pis or {}}}))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / '.build' / 'collections'),
                ANSIBLE_COLLECTIONS_SCAN_SYS_PATH='false', ANSIBLE_NOCOLOR='1', ANSIBLE_CALLBACK_RESULT_FORMAT='yaml',
                ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_REMOTE_TEMP=str(tmp_path / 'rtmp'))
@@ -68,7 +69,7 @@ def test_prints_paste_ready_inventory_of_unknown_pis(tmp_path):
     assert yaml.safe_load(text) == {'pis': {'hosts': {
         'pi-3a4b5c6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
         'pi-dc-a6-32-01-36-c2': {'pi_mac': 'dc:a6:32:01:36:c2', 'pi_tftp_prefix': 'mac', 'pi_model': 4}}}}
-    assert text.startswith('# 2 Pi(s) seen by the TFTP hook on lab-bakery')
+    assert text.startswith('# 2 Pi(s) seen on lab-bakery (TFTP hook, proxy DHCP)')
     devices = {device['prefix']: device for device in seen(stdout)}
     assert devices['dc-a6-32-01-36-c2']['address'] == '10.99.40.51'
     assert devices['dc-a6-32-01-36-c2']['last_seen'] == '2026-11-23T10:02:00+00:00'
@@ -102,7 +103,8 @@ def test_file_names_from_the_lan_stay_out_of_the_paste_ready_block(tmp_path):
         'pi-cccc3333-' + hashlib.sha256(b'cccc3333.').hexdigest()[:8]: {'pi_tftp_prefix': 'cccc3333.', 'pi_model': 4}}}}
     assert '{{' not in text and 'lookup' not in text and 'evil' not in text and 'deadbeef' not in text
     assert [row for row in text.splitlines() if row.startswith('#')] == [
-        '# 2 Pi(s) seen by the TFTP hook on lab-bakery; set pi_bakeform, pi_ip ... (what each asked for: below)']
+        '# 2 Pi(s) seen on lab-bakery (TFTP hook, proxy DHCP); set pi_serial if missing, pi_bakeform, pi_ip ... '
+        '(what each sent: below)']
     assert '\u2028' not in stdout  # the listing is JSON: escaped
     devices = {device['prefix']: device for device in seen(stdout)}
     assert devices['bbbb2222']['last_file'] == template % marks[0] + fake
@@ -120,3 +122,40 @@ def test_big_log_is_tailed_and_missing_log_is_reported(tmp_path):
     (tmp_path / 'boot-events.jsonl').unlink()
     _unused, text = run_discover(tmp_path)
     assert text.startswith('# no event log at %s' % (tmp_path / 'boot-events.jsonl'))
+
+
+OPTION_97 = 'sent size: 17 option: 97 client-machine-id  %s...'
+
+
+def dnsmasq_line(seconds_ago, xid, message):
+    """A line of dnsmasq's DHCP log, in this host's local time (the bakery's, which date +%z tells)."""
+    stamp = time.strftime('%b %e %H:%M:%S', time.localtime(time.time() - seconds_ago))
+    return '%s dnsmasq-dhcp[77]: %d %s\n' % (stamp, xid, message)
+
+
+def test_dhcp_requests_name_the_model_and_find_pis_that_never_asked_for_a_file(tmp_path):
+    marks = tmp_path / 'ran-vendor'
+    (tmp_path / 'dhcp.log').write_text(
+        dnsmasq_line(60, 1, 'vendor class: PXEClient:Arch:00000:UNDI:002001')
+        + dnsmasq_line(60, 1, 'PXE(eth0) 2c:cf:67:00:00:05 proxy')
+        + dnsmasq_line(60, 1, OPTION_97 % '00:52:50:69:35:70:41:d0:00:67:00:00:05:05')
+        + dnsmasq_line(50, 2, "vendor class: {{ lookup('pipe', 'touch %s') }}" % marks)
+        + dnsmasq_line(50, 2, 'PXE(eth0) b8:27:eb:4b:5c:6d proxy')
+        + dnsmasq_line(50, 2, OPTION_97 % '00:3a:4b:5c:6d:3a:4b:5c:6d:3a:4b:5c:6d:3a')
+        + dnsmasq_line(40, 3, 'PXE(eth0) dc:a6:32:01:36:c2 proxy')  # a Pi of the fleet (its pi_mac)
+        + dnsmasq_line(30, 4, 'PXE(eth0) 00:11:22:33:44:55 proxy'))  # a PC's PXE firmware: not a Pi
+    long = 'classroom-204-bench-07-left-side'  # a TFTP_PREFIX_STR as long as the EEPROM takes (32)
+    asked = line(1, '10.99.40.57', long + '/config.txt', outcome='unknown_prefix')
+    (tmp_path / 'boot-events.jsonl').write_text(line(0, '10.99.40.50', 'bootcode.bin') + asked)
+    (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {}}))
+    stdout, text = run_discover(tmp_path, pis={'pi-02': {'pi_mac': 'DC-A6-32-01-36-C2', 'pi_serial': '1234abcd'}})
+    assert not marks.exists(), 'a vendor class ran as a template'
+    assert yaml.safe_load(text) == {'pis': {'hosts': {
+        'pi-2c-cf-67-00-00-05': {'pi_mac': '2c:cf:67:00:00:05', 'pi_model': 5},
+        'pi-b8-27-eb-4b-5c-6d': {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3},
+        'pi-%s-%s' % (long, hashlib.sha256(long.encode()).hexdigest()[:8]): {'pi_tftp_prefix': long}}}}
+    devices = {device.get('mac') or device['prefix']: device for device in seen(stdout)}
+    assert set(devices) == {'2c:cf:67:00:00:05', 'b8:27:eb:4b:5c:6d', long, ''}  # '': the bootcode.bin address
+    pi5 = devices['2c:cf:67:00:00:05']
+    assert (pi5['board'], pi5['model_from'], pi5['dhcp']['answers']) == ('Pi 5 8GB', 'dhcp client id', 1)
+    assert devices['b8:27:eb:4b:5c:6d']['dhcp']['vendor_class'] == "{{ lookup('pipe', 'touch %s') }}" % marks

@@ -169,13 +169,14 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
         booted = re.search(r'^demo: %s \(Pi %d, [0-9a-f:]+\): DHCP %s, PXE answer from 10\.99\.0\.2; TFTP (\d+) files'
                            r'.*NFS root readable$' % (name, facts['pi_model'], re.escape(facts['pi_ip'])), output, re.M)
         assert booted and int(booted.group(1)) >= 4, (name, output[-4000:])
+    table = status_rows(output)
     for name, facts in pis.items():
-        # DISKS: yes when the Pi's disks container is on the bakery, - when it has none.
-        row = re.search(r'"%s\s+%d\s+%s\s+yes\s+(yes|-)\s+-\s+(\S+)\s+(\S+)\s+(\S+)"'
-                        % (name, facts['pi_model'], facts['pi_bakeform']), output)
-        assert row and row.group(1) == ('yes' if facts.get('pi_disks') else '-'), (name, output[-3000:])
+        # ROOT and DISKS: the use of the bakery's mounts of them (a disks container only for a Pi with disks).
+        row = table[name]
+        assert (row['MODEL'], row['GENERATION'].split('@')[0]) == (str(facts['pi_model']), facts['pi_bakeform']), row
+        assert row['ROOT'].endswith('%') and row['DISKS'].endswith('%') == bool(facts.get('pi_disks')), row
         if name in simulated or name == 'pi-06':  # pi-07 boots later, in the tests below
-            assert row.group(2) != 'never' and row.group(4) == 'ok', row.group(0)
+            assert row['LAST BOOT'] != 'never' and row['STAGE'] != 'never', row
     assert re.search(r'^demo: the outsider 10\.99\.0\.60 is refused nfs://', output, re.M), output[-3000:]
     # The real boot: U-Boot fetched the boot set the firmware would, the kernel ran the Pi's cmdline.txt.
     assert re.search(r'^demo: pi-06: U-Boot took the lease 10\.99\.0\.53 and fetched from the hook under c0ffee06/: '
@@ -186,6 +187,17 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
     assert not [t for t in cmdline if t.startswith(('init=', 'root=PARTUUID', 'rootfstype='))], cmdline
     assert re.search(r'^demo: pi-06: console: pi-06 login:$', output, re.M), output[-4000:]
     assert re.search(r'^demo: \$ ssh pi-06 hostname.*\ndemo: pi-06$', output, re.M), output[-4000:]
+
+
+def status_rows(output, last=True):
+    """The rows of the (last) status table in a playbook's output, {PI: {column: cell}}, cut at the header's columns."""
+    at = output.rindex('TASK [Show the fleet]') if last else output.index('TASK [Show the fleet]')
+    lines = json.JSONDecoder().raw_decode(output, output.index('=> {', at) + 3)[0]['msg']
+    starts = [m.start() for m in re.finditer(r'(?:^|(?<=  ))\S', lines[0])]
+    cut = list(zip(starts, [*starts[1:], None]))
+    names = [lines[0][a:b].strip() for a, b in cut]
+    return {cells[0]: dict(zip(names, cells)) for cells in ([line[a:b].strip() for a, b in cut] for line in lines[1:]
+                                                            if re.match(r'pi-\d', line))}
 
 
 def check_running(lab, name):
@@ -310,3 +322,35 @@ def test_fleet_again_changes_nothing_and_outsiders_stay_out(lab):
         proc = subprocess.run(['ip', 'netns', 'exec', outsider, 'nfs-ls', 'nfs://10.99.0.2%s' % path],
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode != 0, (path, proc.stdout)
+
+
+def test_every_boot_of_the_lab_has_a_timeline(lab, tmp_path):
+    """status from what the lab's bakery saw: the real Pi runs (its SSH server answers with its root's key, checked
+    against the marker when the marker records keys), the simulated Pis got as far as a simulator can (their root
+    listed over NFS; nothing of theirs answers SSH), each with the DHCP answer and the boot set of its last boot."""
+    rc, output = labdemo.playbook(lab.state, 'status', '-e', 'status_format=json', '-e',
+                                  'status_file=%s' % (tmp_path / 'status.json'), lab_name=NAME, check=False)
+    assert rc == 0, output[-4000:]
+    pis = {pi['name']: pi for pi in json.loads((tmp_path / 'status.json').read_text())['pis']}
+    serial = lab.pis['pi-06']['root_key']
+    marker = json.loads(lab.bakery('cat /srv/pifleet/roots/%s.json' % serial))
+    real = pis['pi-06']
+    assert real['boot']['state'] == 'running' and real['stage'] == 'running', real['boot']
+    assert real['up'] == ('yes' if marker.get('host_keys') else 'unverified'), real
+    assert real['boot']['tftp']['kernel'].startswith('vmlinuz-') and real['boot']['tftp']['errors'] == 0
+    assert real['boot']['times']['nfs_last'] is not None  # NFS-Ganesha saw its root in use
+    if real['boot']['times']['running']:  # the boot watcher (tftp_hook_watch) saw it come up
+        assert real['boot']['seconds']['to_running'] > 0
+    TIMINGS['pi-06 timeline'] = real['boot']['seconds']
+    group = yaml.safe_load((REPO / 'inventories/lab/hosts.yml').read_text())['pis']
+    for name, facts in group['hosts'].items():
+        if facts.get('lab_boot') == 'qemu':
+            continue
+        boot = pis[name]['boot']
+        # The simulator fetches its boot set and lists its root over NFS: the furthest a simulated Pi gets.
+        assert boot['stage'] == 'nfs' and boot['state'] in ('booting', 'stalled'), (name, boot)
+        assert boot['dhcp']['answers'] >= 1 and boot['dhcp']['mac'] == facts['pi_mac'], (name, boot['dhcp'])
+        assert boot['tftp']['kernel'] and boot['seconds']['dhcp_to_tftp'] < 10, (name, boot)
+        assert pis[name]['root']['usage']['size'] > 0, pis[name]['root']
+    table = status_rows(labdemo.playbook(lab.state, 'status', lab_name=NAME, check=False)[1])
+    assert table['pi-06']['STAGE'] == 'running', table['pi-06']

@@ -101,7 +101,27 @@ def test_a_bad_argument_shows_pi_powers_own_message(tmp_path, plugs):
     assert plugs.plugs['p1'].sets == 0 and plugs.plugs['p2'].sets == 0
 
 
-def test_status_table(tmp_path, plugs):
+def fleet_table(output):
+    """The rows of the status table as {PI: {column: cell}}, cut at the header's column starts; and the lines
+    below the table."""
+    at = output.index('TASK [Show the fleet]')
+    lines = json.JSONDecoder().raw_decode(output, output.index('=> {', at) + 3)[0]['msg']
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r'(?:^|(?<=  ))\S', header)]
+    names = [header[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+    rows, rest = {}, []
+    for line in lines[1:]:
+        if re.match(r'^[A-Z][A-Z ]+ \S+: |^[A-Z]+ not ', line) or line.startswith('BAKERY '):
+            rest.append(line)
+            continue
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+        rows[cells[0]] = dict(zip(names, cells))
+    return header, rows, rest
+
+
+def status_bakery(tmp_path, **extra):
+    """A bakery in a temp dir: pi-01 with its root and disks (markers), a map, pi-01's last boot in the hook's
+    events; the Pis' addresses on loopback, where no SSH server answers."""
     roots, disks = tmp_path / 'roots', tmp_path / 'disks'
     (roots / '1234abcd').mkdir(parents=True)
     (roots / '1234abcd.json').write_text('{}')  # the markers beside each Pi's images
@@ -110,38 +130,93 @@ def test_status_table(tmp_path, plugs):
     prefixes = {'1234abcd': {'name': 'pi-01', 'dirs': []}, '1234abce': {'name': 'pi-02', 'dirs': []}}
     fleet_map = {'version': 1, 'default': [], 'prefixes': prefixes}
     (tmp_path / 'map.json').write_text(json.dumps(fleet_map))
-    events = [{'time': '2026-11-23T10:00:0%d+00:00' % i, 'client': '10.99.33.51', 'port': 4000 + i,
+    events = [{'time': '2026-11-23T10:00:0%d+00:00' % i, 'client': '127.0.1.51', 'port': 4000 + i,
                'request': '1234abcd/' + path, 'prefix': '1234abcd', 'path': path, 'name': 'pi-01', 'known': True,
-               'outcome': outcome, 'bytes': 10, 'size': 10}
+               'outcome': outcome, 'bytes': 10, 'size': 10, 'duration': 0.5, 'retransmits': 0}
               for i, (path, outcome) in enumerate([('start4.elf', 'probe'), ('start4.elf', 'ok'),
                                                    ('kernel8.img', 'ok')])]
     (tmp_path / 'events.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in events))
-    inventory(tmp_path, plugs, pifleet_roots_dir=str(roots), pifleet_disks_dir=str(disks),
-              pifleet_events_path=str(tmp_path / 'events.jsonl'), pifleet_map_path=str(tmp_path / 'map.json'))
+    return dict({'pifleet_roots_dir': str(roots), 'pifleet_disks_dir': str(disks),
+                 'pifleet_events_path': str(tmp_path / 'events.jsonl'), 'pifleet_map_path': str(tmp_path / 'map.json'),
+                 'pifleet_dhcp_log_path': str(tmp_path / 'no-dnsmasq.log'), 'pifleet_bakeform_store': str(tmp_path)},
+                **extra)
+
+
+def loopback_pis(tmp_path):
+    hosts = yaml.safe_load((tmp_path / 'hosts.yml').read_text())
+    for index, facts in enumerate(hosts['pis']['hosts'].values(), start=51):
+        facts['pi_ip'] = '127.0.1.%d' % index  # keyscan asks loopback only: nothing answers there
+    (tmp_path / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+    return hosts
+
+
+def test_status_table(tmp_path, plugs):
+    inventory(tmp_path, plugs, **status_bakery(tmp_path))
+    loopback_pis(tmp_path)
     rc, counters, output = play(tmp_path, 'status.yml')
     assert rc == 0 and counters['lab-bakery']['changed'] == 0, output[-3000:]
-    rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines()
-            if re.match(r'\s*"pi-0\d ', line)}
-    assert rows['pi-01'][1:6] == ['4', '-', 'yes', 'yes', 'off'], rows
-    assert rows['pi-01'][6] == '2026-11-23T10:00:02Z' and rows['pi-01'][7] == 'kernel8.img'
-    assert rows['pi-02'][3:5] == ['missing', '-'] and rows['pi-02'][6] == 'never'
-    assert rows['pi-03'][5] == '-'  # no power device
+    assert all(c['changed'] == 0 and c['failed'] == 0 for c in counters.values()), counters
+    header, rows, rest = fleet_table(output)
+    assert header.split() == ['PI', 'MODEL', 'GENERATION', 'ROOT', 'DISKS', 'POWER', 'STAGE', 'UP', 'LAST', 'BOOT',
+                              'TOOK']
+    one = rows['pi-01']
+    assert (one['MODEL'], one['ROOT'], one['DISKS'], one['POWER']) == ('4', 'unmounted', 'unmounted', 'off'), rows
+    assert one['LAST BOOT'] == '2026-11-23T10:00:00Z' and one['UP'] == 'no'
+    # It fetched its kernel long ago, and the NFS server in use tells nothing: stalled after TFTP, with the hint.
+    assert one['STAGE'] == 'stalled at nfs' and one['TOOK'] == '2s (tftp)', one  # first request -> kernel's end
+    assert [line for line in rest if line.startswith('STALLED pi-01: fetched its kernel ')], rest
+    # No NFS-Ganesha on this host's D-Bus: the NFS stage is not observed, and status says so.
+    assert [line for line in rest if line.startswith('NFS not observed: NFS-Ganesha did not list its exports')], rest
+    assert (rows['pi-02']['ROOT'], rows['pi-02']['DISKS'], rows['pi-02']['STAGE']) == ('missing', '-', 'never')
+    assert rows['pi-03']['POWER'] == '-'  # no power device
+
+
+def test_status_widths_follow_long_names_limit_and_json(tmp_path, plugs):
+    long_name = 'pi-in-the-far-corner-of-the-second-floor-lab'
+    inventory(tmp_path, plugs, **status_bakery(tmp_path))
+    hosts = loopback_pis(tmp_path)
+    hosts['pis']['hosts'][long_name] = hosts['pis']['hosts'].pop('pi-03')
+    (tmp_path / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+    rc, _counters, output = play(tmp_path, 'status.yml')
+    assert rc == 0, output[-3000:]
+    header, rows, _rest = fleet_table(output)
+    assert set(rows) == {'pi-01', 'pi-02', long_name}
+    assert header.index('MODEL') == len(long_name) + 2  # the PI column is as wide as its widest name
+    # --limit: only the Pis named; the bakery still does the reading.
+    rc, counters, output = play(tmp_path, 'status.yml', '--limit', 'pi-02')
+    assert rc == 0, output[-3000:]
+    _header, rows, _rest = fleet_table(output)
+    assert list(rows) == ['pi-02'] and 'lab-bakery' not in counters
+    # status_format=json: one document instead of the table; status_file writes it alone for scripts.
+    rc, counters, output = play(tmp_path, 'status.yml', '-e', 'status_format=json', '-e',
+                                'status_file=%s' % (tmp_path / 'status.json'))
+    assert rc == 0, output[-3000:]
+    document = json.loads((tmp_path / 'status.json').read_text())
+    at = output.index('TASK [Show the fleet]')
+    assert json.JSONDecoder().raw_decode(output, output.index('=> {', at) + 3)[0]['msg'] == document
+    pis = {pi['name']: pi for pi in document['pis']}
+    assert set(pis) == {'pi-01', 'pi-02', long_name} and document['format'] == 1
+    assert pis['pi-01']['stage'] == 'stalled at nfs' and pis['pi-01']['boot']['stalled_at'] == 'nfs'
+    assert pis['pi-01']['boot']['times']['tftp'] == '2026-11-23T10:00:00Z' and pis['pi-01']['model'] == 4
+    assert pis['pi-01']['bakery'] == 'lab-bakery' and pis['pi-01']['power'] == 'off'
+    assert document['bakeries'][0]['sources']['nfs'].startswith('not observed')
 
 
 def test_status_shows_each_pis_power_error(tmp_path, plugs):
     """A uhubctl missing on the bakery fails its own Pi's POWER (error, with the reason); the others are read."""
-    inventory(tmp_path, plugs)
-    hosts = yaml.safe_load((tmp_path / 'hosts.yml').read_text())
+    inventory(tmp_path, plugs, **status_bakery(tmp_path))
+    hosts = loopback_pis(tmp_path)
     hosts['pis']['hosts']['pi-03']['pi_power'] = {'driver': 'uhubctl', 'location': '1-1', 'port': 2,
                                                   'program': 'no-such-uhubctl'}
     (tmp_path / 'hosts.yml').write_text(yaml.safe_dump(hosts))
     rc, counters, output = play(tmp_path, 'status.yml')
     assert rc == 0 and counters['lab-bakery']['failed'] == 0, output[-3000:]
-    rows = {line.split()[0].strip('"'): line.split() for line in output.splitlines() if re.match(r'\s*"pi-0\d ', line)}
-    assert [rows[pi][5] for pi in ('pi-01', 'pi-02', 'pi-03')] == ['off', 'on', 'error'], rows
-    assert re.search(r'"POWER ERROR pi-03: program no-such-uhubctl not found for pi-03 \(driver uhubctl\): it is not '
-                     r'an executable file on \S+; install it or set device.program to its path"', output), output[-999:]
-    assert 'POWER ERROR pi-01' not in output and 'POWER ERROR pi-02' not in output
+    _header, rows, rest = fleet_table(output)
+    assert [rows[pi]['POWER'] for pi in ('pi-01', 'pi-02', 'pi-03')] == ['off', 'on', 'error'], rows
+    assert [line for line in rest if re.fullmatch(
+        r'POWER ERROR pi-03: program no-such-uhubctl not found for pi-03 \(driver uhubctl\): it is not '
+        r'an executable file on \S+; install it or set device.program to its path', line)], rest
+    assert not [line for line in rest if line.startswith(('POWER ERROR pi-01', 'POWER ERROR pi-02'))]
 
 
 def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):

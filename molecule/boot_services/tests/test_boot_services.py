@@ -219,3 +219,13 @@ def test_nfs_root_readable_by_pi1_only(lab, boot):
         refused = netns(lab, 'outsider', ['nfs-ls', 'nfs://%s/srv/pifleet/roots/pi1%s' % (BAKERY, version)],
                         timeout=60)
         assert refused.returncode != 0, (version, refused.stdout)
+
+
+def test_dnsmasq_logs_the_pxe_answer_to_its_own_file(host, boot, lab):
+    """The dnsmasq role's log file (pifleet_dhcp_log_path): the proxy's answer to pi1, with what pi1 sent."""
+    log = host.file('/var/log/pifleet/dnsmasq.log')
+    assert log.is_file and log.group == 'adm', (log.is_file, log.group)
+    text = log.content_string
+    assert 'PXE(' in text and '%s proxy' % lab['pis']['pi1']['mac'] in text, text[-2000:]
+    assert 'vendor class: PXEClient:Arch:00000:UNDI:002001' in text
+    assert host.file('/etc/logrotate.d/pifleet-dnsmasq').contains('systemctl kill --kill-whom=main --signal=USR2')

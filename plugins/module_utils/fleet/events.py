@@ -21,6 +21,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
     normalise_mac,
     prefix_kind,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import identify, iso_utc
 
 _RELATIVE = re.compile(r'\s*(\d+)\s*([smhdw])\s*')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -225,7 +226,7 @@ def _group(events, names):
     return entries
 
 
-def _summary(entry):
+def _summary(entry, dhcp_by_mac=None, neighbours=None):
     events = entry['events']
     last = events[-1]
     prefix = entry['prefix']
@@ -255,26 +256,87 @@ def _summary(entry):
         'last_outcome': last.get('outcome'),
         'outcomes': outcomes,
     }
+    _add_dhcp(summary, dhcp_by_mac or {}, neighbours or {}, model)
     summary['pi_vars'] = inventory_vars(summary)
     return summary
 
 
-def summarise(events, fleet_map=None, include_known=False, since=None):
+def _add_dhcp(summary, dhcp_by_mac, neighbours, files_model):
+    """What the Pi's DHCP requests said (dnsmasq's log): its MAC (when the prefix did not tell it, through the
+    bakery's neighbour table), the model and board in its client id, a Pi 3's serial. The client id's model beats
+    the files asked for, which beat the MAC prefix."""
+    mac = summary['mac'] or neighbours.get(summary['address'])
+    records = dhcp_by_mac.get(mac) if mac else None
+    found = identify(mac, records[-1].get('client_id') if records else None)
+    summary.update(board=found['board'], model_from='files' if files_model else None, dhcp=None)
+    if records:
+        summary['mac'] = mac
+        summary['dhcp'] = {'answers': len(records), 'first_seen': iso_utc(records[0]['time']),
+                           'last_seen': iso_utc(records[-1]['time']), 'vendor_class': records[-1]['vendor_class'],
+                           'client_id': records[-1]['client_id']}
+    if found['model_from'] == 'dhcp client id' or (files_model is None and found['model'] is not None):
+        summary.update(model=found['model'], model_from=found['model_from'])
+    if summary['serial'] is None and found['serial']:
+        summary['serial'] = found['serial']
+
+
+def _dhcp_only(mac, records, known):
+    """A Pi that asked DHCP and never for a file: what its requests say, if they say it is a Pi."""
+    found = identify(mac, records[-1].get('client_id'))
+    if found['model'] is None:
+        return None  # a PC's PXE firmware, say: not a Pi
+    dashed = mac.replace(':', '-')
+    summary = {
+        'host': host_name(dashed, None, known), 'suggested_name': None if known else suggested_name(dashed),
+        'prefix': '', 'known': known, 'name': None, 'tftp_prefix': None, 'serial': found['serial'], 'mac': mac,
+        'model': found['model'], 'model_from': found['model_from'], 'board': found['board'], 'address': None,
+        'first_seen': iso_utc(records[0]['time']), 'last_seen': iso_utc(records[-1]['time']), 'requests': 0,
+        'last_file': None, 'last_outcome': None, 'outcomes': {},
+        'dhcp': {'answers': len(records), 'first_seen': iso_utc(records[0]['time']),
+                 'last_seen': iso_utc(records[-1]['time']), 'vendor_class': records[-1]['vendor_class'],
+                 'client_id': records[-1]['client_id']},
+    }
+    summary['pi_vars'] = inventory_vars(summary)
+    return summary
+
+
+def summarise(events, fleet_map=None, include_known=False, since=None, *, dhcp=None, neighbours=None, known_macs=()):
     """Per-Pi summaries of parsed events, oldest first seen first.
 
     A Pi is discovered when its prefix is neither marked ``known`` by the hook nor in ``fleet_map``;
     known Pis are left out unless ``include_known``. Events before ``since`` (aware datetime) and
     denied requests are ignored. Host names depend on the prefix alone (see host_name), never on
     which device came first.
+
+    ``dhcp``: the proxy DHCP's answers (bootlogs.parse_dhcp_log), joined to a Pi by its MAC (from its prefix, or
+    from ``neighbours``, the bakery's {address: MAC}); a Pi that asked DHCP and no file is summarised on its own
+    (host ``discovered_mac_<mac>``) unless its MAC is in ``known_macs``.
     """
     names = known_prefixes(fleet_map)
     chosen = [event for event in events
               if (since is None or event['_time'] >= since) and event.get('outcome') not in _IGNORED_OUTCOMES]
     # A stable sort: the log is in completion order, which ties and small clock steps may disturb.
     chosen.sort(key=lambda event: event['_time'])
-    entries = sorted((entry for entry in _group(chosen, names).values() if include_known or not entry['known']),
+    dhcp_by_mac = {}
+    for record in dhcp or []:
+        if since is None or record['time'] >= since.timestamp():
+            dhcp_by_mac.setdefault(record['mac'], []).append(record)
+    entries = sorted(_group(chosen, names).values(),
                      key=lambda entry: (entry['events'][0]['_time'], entry['prefix'], entry['client_key'] or ''))
-    return [_summary(entry) for entry in entries]
+    summaries, claimed = [], set()
+    for entry in entries:
+        summary = _summary(entry, dhcp_by_mac, neighbours)
+        claimed.add(summary['mac'])
+        if include_known or not entry['known']:
+            summaries.append(summary)
+    known = {str(mac).lower().replace('-', ':') for mac in known_macs or ()}
+    for mac, records in dhcp_by_mac.items():
+        if mac not in claimed and (include_known or mac not in known):
+            summary = _dhcp_only(mac, records, mac in known)
+            if summary is not None:
+                summaries.append(summary)
+    summaries.sort(key=lambda summary: summary['first_seen'])
+    return summaries
 
 
 def inventory_vars(summary):
@@ -308,5 +370,7 @@ def host_vars(summary):
         ('pifleet_requests', summary['requests']),
         ('pifleet_last_file', summary['last_file']),
         ('pifleet_last_outcome', summary['last_outcome']),
+        ('pifleet_board', summary.get('board')),
+        ('pifleet_dhcp', summary.get('dhcp')),
     )
     return {key: value for key, value in pairs if value is not None}

@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The two formats that cross a process boundary, tested end to end (docs/formats.md).
+"""The formats that cross a process boundary between the hook and the collection, tested end to end
+(docs/formats.md).
 
 - The fleet map: pi_boot writes it (``bootfiles.build_map`` + ``render_map``), the TFTP hook reads it
   (``FleetMap.load``). The map pi_boot would write is handed to a real hook, and each Pi's files come
@@ -9,7 +10,8 @@
   controller reads them (``events.parse_events`` and ``summarise``, behind the boot_events inventory
   plugin, the filter and the discover, status and reimage playbooks). A real hook answers a known Pi,
   an unknown one and a flood of refusals; every line it writes must parse, and the summaries must say
-  what happened: the known Pi known, the unknown one discovered, the refusals about nobody.
+  what happened: the known Pi known, the unknown one discovered, the refusals about nobody. The same lines are
+  the TFTP records of the boot timeline (``bootlogs.parse_hook_events``, behind pi_status and the boot watcher).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import json
 
 import pytest
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import bootlogs as _bootlogs
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import events as _events
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import timeline as _timeline
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import bootfiles as _bootfiles
 
 
@@ -80,3 +84,27 @@ def test_the_events_the_hook_writes_are_the_events_the_controller_reads(tmp_path
     seen = _events.summarise(events, json.loads(fleet_map.read_text()), include_known=True)
     assert {pi['host']: (pi['known'], pi['name'], pi['last_outcome']) for pi in seen} == {
         'known_serial_1234abcd': (True, 'pi-01', 'ok'), 'discovered_serial_0badcafe': (False, None, 'unknown_prefix')}
+
+
+def test_the_events_the_hook_writes_are_the_records_of_the_boot_timeline(tmp_path, tftp, start_server):
+    """The same lines, read by bootlogs for pi_status and the boot watcher: every line a record or about nobody."""
+    made = tftp.make_tree(tmp_path)
+    fleet_map = map_as_pi_boot_writes_it(made, tmp_path / 'pifleet-map.json')
+    server = start_server(tmp_path, config(tftp, tmp_path, made, fleet_map))
+    client = server.client()
+    for name in ('1234abcd/start4.elf', '1234abcd/config.txt'):
+        client.get(name)
+    refused(server, '1234abcd/nothing-here.elf', tftp)
+    for _attempt in range(6):
+        refused(server, 'feedbeef/../../etc/passwd', tftp)
+    server.stop()
+    records, malformed = _bootlogs.parse_hook_events((tmp_path / 'events.jsonl').read_text())
+    assert malformed == 0
+    assert [(r['prefix'], r['path'], r['outcome']) for r in records] == [
+        ('1234abcd', 'start4.elf', 'ok'), ('1234abcd', 'config.txt', 'ok'),
+        ('1234abcd', 'nothing-here.elf', 'not_found')]
+    assert records[0]['bytes'] == len(made['files']['start4.elf']) and records[0]['client'] == '127.0.0.1'
+    mine, strays = _timeline.attribute([], records, [{'name': 'pi-01', 'prefixes': ['1234abcd'], 'macs': []}])
+    assert len(mine['pi-01']) == 3 and strays == {'dhcp': [], 'tftp': []}
+    boot = _timeline.summarise(_timeline.segment(mine['pi-01'])[0], records[-1]['time'] + 1)
+    assert (boot['stage'], boot['tftp']['files'], boot['tftp']['refusals']) == ('tftp', 2, 1)

@@ -77,6 +77,6 @@ def test_strings_are_unsafe_before_core_2_19():
 def test_documentation_matches_the_signature():
     docs = yaml.safe_load(DOCS.read_text())
     options = set(docs['DOCUMENTATION']['options']) - {'_input'}
-    assert options == {'fleet_map', 'include_known', 'since'}
+    assert options == {'fleet_map', 'include_known', 'since', 'dhcp_log', 'utc_offset', 'neighbours', 'known_macs'}
     returned = set(docs['RETURN']['_value']['contains'])
     assert returned == set(boot_events_summary(TEXT)[0])

@@ -266,18 +266,32 @@ def test_ssh_reads_the_log_and_map_on_the_bakery(tmp_path, fake_ssh):
     events = write_log(remote, BOOT)
     fleet_map = remote / 'map.json'
     fleet_map.write_text(json.dumps({'version': 1, 'prefixes': {'3a4b5c6d': {'name': 'pi-03', 'dirs': []}}}))
+    # dnsmasq's log, in the bakery's local time (date +%z over the same ssh says which): a Pi 5 that asked DHCP only.
+    asked = datetime.now().replace(microsecond=0)
+    (remote / 'dnsmasq.log').write_text(
+        '%s dnsmasq-dhcp[1]: 5 vendor class: PXEClient:Arch:00000:UNDI:002001\n' % asked.strftime('%b %e %H:%M:%S')
+        + '%s dnsmasq-dhcp[1]: 5 PXE(eth0) 2c:cf:67:00:00:05 proxy\n' % asked.strftime('%b %e %H:%M:%S')
+        + '%s dnsmasq-dhcp[1]: 5 sent size: 17 option: 97 client-machine-id  '
+          '00:52:50:69:35:70:41:d0:00:67:00:00:05:05...\n' % asked.strftime('%b %e %H:%M:%S'))
     config = {'events': events, 'fleet_map': str(fleet_map), 'ssh_host': 'bakery.example.net',
               'ssh_user': 'pifleet', 'ssh_port': 2222, 'ssh_private_key_file': '/keys/id_ed25519',
-              'ssh_args': ['-o', 'StrictHostKeyChecking=accept-new'], 'max_bytes': 1 << 20}
+              'ssh_args': ['-o', 'StrictHostKeyChecking=accept-new'], 'max_bytes': 1 << 20,
+              'dhcp_log': str(remote / 'dnsmasq.log')}
     result, _unused = run_inventory(tmp_path, config, env=env)
-    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_dc-a6-32-01-36-c2']
+    assert hosts_of(result, 'discovered') == ['discovered_ip_10-99-40-53', 'discovered_mac_2c-cf-67-00-00-05',
+                                              'discovered_mac_dc-a6-32-01-36-c2']
+    pi5 = result['_meta']['hostvars']['discovered_mac_2c-cf-67-00-00-05']
+    assert (pi5['pi_mac'], pi5['pi_model'], pi5['pifleet_board']) == ('2c:cf:67:00:00:05', 5, 'Pi 5 8GB')
+    assert datetime.fromisoformat(pi5['pifleet_first_seen']) == asked.astimezone()
     calls = recorded()
-    assert len(calls) == 2  # the map, then the log
+    assert len(calls) == 4  # the map, the log, dnsmasq's log, the neighbour table
     for argv in calls:
         assert argv[:8] == ['-o', 'BatchMode=yes', '-p', '2222', '-i', '/keys/id_ed25519',
                             '-o', 'StrictHostKeyChecking=accept-new']
         assert argv[8:10] == ['--', 'pifleet@bakery.example.net']
     assert "tail -c %d -- '%s'" % ((1 << 20) + 1, events) in calls[1][10]
+    assert "date +%%z; exec tail -c %d -- '%s'" % ((1 << 20) + 1, remote / 'dnsmasq.log') in calls[2][10]
+    assert calls[3][10].endswith('exec cat -- /proc/net/arp')
 
 
 def test_ssh_missing_log_warns_and_unreachable_host_fails(tmp_path, fake_ssh):

@@ -314,3 +314,41 @@ def test_variables_follow_the_prefix_as_the_hook_matches_it():
     assert list(upper) == list(lower) == ['discovered_serial_abcd1234']
     for pis in (upper, lower):
         assert pis['discovered_serial_abcd1234']['pi_vars'] == {'pi_serial': 'abcd1234', 'pi_model': 4}
+
+
+def dhcp_answer(seconds, mac, client_id=None):
+    """A proxy DHCP answer as bootlogs.parse_dhcp_log gives it, ``seconds`` after T0."""
+    return {'kind': 'dhcp', 'time': (T0 + timedelta(seconds=seconds)).timestamp(), 'mac': mac, 'xid': '1',
+            'answer': 'proxy', 'address': None, 'vendor_class': 'PXEClient:Arch:00000:UNDI:002001',
+            'client_id': client_id, 'client_id_cut': bool(client_id)}
+
+
+PI4_ID = '00:52:50:69:34:11:31:c0:00:32:ff:ee:04:04'  # RPi4, revision c03111 (4B 4GB), as dnsmasq logs it
+PI3_ID = '00:3a:4b:5c:6d:3a:4b:5c:6d:3a:4b:5c:6d:3a'  # the Pi 3 ROM's serial four times
+
+
+def test_dhcp_names_the_model_board_and_serial():
+    parsed, _malformed = ev.parse_events(log(event(2, '10.99.40.51', '7e570004/start4.elf', outcome='unknown_prefix'),
+                                             *PI3_BOOT))
+    dhcp = [dhcp_answer(0, 'dc:a6:32:ff:ee:04', PI4_ID), dhcp_answer(1, 'b8:27:eb:4b:5c:6d', PI3_ID),
+            dhcp_answer(3, 'e4:5f:01:00:00:07'), dhcp_answer(4, '00:11:22:33:44:55'),  # a PC's PXE firmware
+            dhcp_answer(5, 'dc:a6:32:00:00:09')]
+    pis = {pi['host']: pi for pi in ev.summarise(parsed, dhcp=dhcp, known_macs=['DC-A6-32-00-00-09'],
+                                                 neighbours={'10.99.40.51': 'dc:a6:32:ff:ee:04'})}
+    assert sorted(pis) == ['discovered_mac_e4-5f-01-00-00-07', 'discovered_serial_3a4b5c6d',
+                           'discovered_serial_7e570004']
+    pi4 = pis['discovered_serial_7e570004']  # its MAC through the bakery's neighbour table
+    assert (pi4['model'], pi4['model_from'], pi4['board'], pi4['mac']) == (4, 'dhcp client id', 'Pi 4B 4GB',
+                                                                           'dc:a6:32:ff:ee:04')
+    assert pi4['pi_vars'] == {'pi_serial': '7e570004', 'pi_mac': 'dc:a6:32:ff:ee:04', 'pi_model': 4}
+    assert pi4['dhcp']['answers'] == 1 and pi4['dhcp']['client_id'] == PI4_ID
+    assert ev.host_vars(pi4)['pifleet_board'] == 'Pi 4B 4GB'
+    pi3 = pis['discovered_serial_3a4b5c6d']  # its MAC from its serial (b8:27:eb + the low 3 bytes)
+    assert (pi3['model'], pi3['model_from'], pi3['dhcp']['answers']) == (3, 'files', 1)
+    lone = pis['discovered_mac_e4-5f-01-00-00-07']  # asked DHCP and never for a file
+    assert (lone['model'], lone['model_from'], lone['requests'], lone['suggested_name']) == (
+        4, 'mac prefix', 0, 'pi-e4-5f-01-00-00-07')
+    assert lone['pi_vars'] == {'pi_mac': 'e4:5f:01:00:00:07', 'pi_model': 4}
+    assert [pi['host'] for pi in ev.summarise([], dhcp=dhcp[1:2])] == ['discovered_mac_b8-27-eb-4b-5c-6d']
+    wanted = {'pi_serial': '3a4b5c6d', 'pi_mac': 'b8:27:eb:4b:5c:6d', 'pi_model': 3}
+    assert ev.summarise([], dhcp=dhcp[1:2])[0]['pi_vars'] == wanted
