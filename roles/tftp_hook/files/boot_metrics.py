@@ -55,6 +55,13 @@ is_name = _COLLECTION['identity.py'].is_name
 
 OUTCOMES = ('ok', 'probe', 'not_found', 'timeout', 'aborted', 'error')
 FS_KINDS = ('root', 'disks')
+# Where a Pi's root and disks are mounted (and exported): <roots_dir>/mnt/<serial>, <disks_dir>/mnt/<serial>, on the
+# mount points' own tmpfs (the collection's pistate/points.py POINTS; a contract test keeps the two equal).
+POINTS = 'mnt'
+
+
+def mount_point(top, serial):
+    return os.path.join(top, POINTS, serial)
 
 
 def read_json(path):
@@ -178,7 +185,7 @@ def _bakeform(config, name, known):
 def _pi_samples(add, name, pi, config, bakeforms):
     if pi['serial']:
         for kind, top in zip(FS_KINDS, (config['roots_dir'], config['disks_dir'])):
-            point = os.path.join(top, pi['serial'])
+            point = mount_point(top, pi['serial'])
             usage = bootlogs.usage(point) if os.path.ismount(point) else None
             if usage:
                 add('pifleet_pi_filesystem_size_bytes', usage['size'], pi=name, fs=kind)
