@@ -277,8 +277,9 @@ class FleetStatus:
             # The watcher's boot starting within this one: it may have seen the DHCP answer or not.
             seen = next((entry for entry in watched if isinstance(entry, dict)
                          and isinstance(entry.get('start'), (int, float)) and start - 1 <= entry['start'] <= end), None)
+            export = os.path.normpath(piroots.Layout(self.params['roots_dir'], serial).point) if serial else None
             observed = timeline.observation(
-                root_export=os.path.normpath(piroots.Layout(self.params['roots_dir'], serial).point) if serial else None,
+                root_export=export,
                 address=where, exports=self.exports, clients=self.clients, verdict=verdict, checked=checked,
                 seen={key: (seen or {}).get(key) for key in ('nfs', 'running') if (seen or {}).get(key)})
             limits = self.limits()

@@ -332,8 +332,9 @@ def run(config, now=None):
             continue
         pi, address = pis[name], state['addresses'].get(name)
         verdict = bootlogs.key_verdict(keys.get(address, set()), (pi['marker'] or {}).get('host_keys') or [])
+        export = boot_metrics.mount_point(config['roots_dir'], pi['serial']) if pi['serial'] else None
         seen = timeline.observation(
-            root_export=boot_metrics.mount_point(config['roots_dir'], pi['serial']) if pi['serial'] else None, address=address,
+            root_export=export, address=address,
             exports=exports, clients=clients, verdict=verdict if name in booting and checked else None,
             checked=checked if name in booting else None)
         summaries[name] = judge(state, name, boot, seen, now=now, limits=limits)

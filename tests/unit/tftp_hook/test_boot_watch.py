@@ -16,6 +16,8 @@ import time
 import pytest
 from bootwatch import load
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as ours
 
 NOW = time.time()
@@ -186,7 +188,5 @@ def test_generations_are_read_as_the_modules_read_the_store(watch, tmp_path):
 
 
 def test_the_watcher_looks_for_roots_and_disks_where_pi_root_and_pi_disk_mount_them(watch):
-    from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
-    from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
     assert watch.boot_metrics.mount_point('/r', '3a4b5c6d') == _roots.Layout('/r', '3a4b5c6d').point
     assert watch.boot_metrics.mount_point('/d', '3a4b5c6d') == _disks.Layout('/d', '3a4b5c6d').point
