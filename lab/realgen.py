@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 from lab import debhost, realimage
@@ -106,6 +107,8 @@ def make(name, work, cache, mirror):
     realimage.unpack_tree(tarball, root)
     seconds, facts, override = {'unpack': round(time.monotonic() - started, 1)}, {}, None
     if spec.get('kernel_suite'):
+        for node in (root / 'dev').iterdir():  # mmdebstrap makes /dev again (its mknod fails on existing nodes)
+            node.unlink() if not node.is_dir() or node.is_symlink() else shutil.rmtree(node)
         realimage.ensure_binfmt()
         facts = swap_kernel(root, spec['kernel_suite'], work, cache=cache, mirror=mirror, name=name,
                             base_suite=realimage.FLAVOURS[spec['base']]['suite'])
