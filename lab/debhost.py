@@ -129,12 +129,17 @@ def compile_dirs(root, version):
 
 def byte_compile(root, python, dirs):
     """Compile every .py under ``dirs`` of the tree as the image's interpreter would (timestamp .pyc files
-    that name the file's path on the Pi). Returns how many modules failed (files for other Python versions)."""
+    that name the file's path on the Pi); how many .pyc files there are then. One process: compileall's
+    workers would start the interpreter without its own loader."""
     root = Path(root)
-    proc = subprocess.run([*python, '-E', '-S', '-m', 'compileall', '-q', '-j', '0', '--invalidation-mode',
+    proc = subprocess.run([*python, '-E', '-S', '-m', 'compileall', '-q', '-j', '1', '--invalidation-mode',
                            'timestamp', '-s', str(root), '-p', '/', *(str(root / d.lstrip('/')) for d in dirs)],
                           capture_output=True, text=True, check=False)
-    return len(re.findall(r'^\*\*\* ', proc.stdout, re.M))
+    written = sum(1 for d in dirs for _ in (root / d.lstrip('/')).rglob('*.pyc'))
+    if not written:  # rc 1 alone means some file for another Python version did not compile
+        raise RuntimeError('byte-compiling %s wrote nothing (rc %d): %s' % (root, proc.returncode,
+                                                                           (proc.stderr or proc.stdout)[-2000:]))
+    return written
 
 
 def _pem_name(cert):
