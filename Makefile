@@ -21,12 +21,13 @@ export PYTHONPATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages the tests, demo and modules use (installed only when missing). The real boot needs
-# mmdebstrap + qemu-user-static/binfmt-support/arch-test (arm64 images) and qemu-system-arm + u-boot-qemu.
+# mmdebstrap + qemu-user-static/binfmt-support/arch-test (arm64 images; kmod, zstd and openssl do their
+# depmod, tree cache and certificate store natively) and qemu-system-arm + u-boot-qemu.
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
 	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables logrotate \
-	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu
+	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu kmod zstd openssl
 
 # The other ansible-core versions meta/runtime.yml's requires_ansible allows, each in a venv of its own under
 # .build/ (pinned in requirements-core-<version>.txt). Before 2.19 a core templates any plain string it meets,

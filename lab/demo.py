@@ -4,27 +4,30 @@
 
     python3 -m lab.demo [--keep] [--state DIR] [--name NAME]
 
-1. the cached Debian 12 image of the bakery (debootstrap the first time: minutes);
-2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py);
-3. two real arm64 Raspberry Pi OS-like images, Bookworm-like and Trixie-like (lab/realimage.py:
-   mmdebstrap the first time, about five minutes each; then cached in /var/cache/pifleet/realimage);
-4. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
+1. the images, side by side: the cached Debian 12 image of the bakery container (debootstrap the
+   first time: about a minute) and the real arm64 image of today's Raspberry Pi OS flavour,
+   Trixie-like with cloud-init, that the real Pi boots (lab/realimage.py: mmdebstrap the first time,
+   about four minutes; then cached in /var/cache/pifleet/realimage); only the real images that the
+   lab inventory's bakeforms name are built;
+2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py), for the simulated Pis;
+3. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
    per simulated Pi and an outsider; the images go onto the bakery's data disk;
-5. ``pifleet.netboot.site`` with inventories/lab over ssh into the container, then once more, which
+4. ``pifleet.netboot.site`` with inventories/lab over ssh into the container, then once more, which
    must report changed=0;
-6. each simulated Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the
+5. each simulated Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the
    router's lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte
    against the files the role wrote (its own cmdline.txt), its NFS root listed from its own address;
    the outsider is refused;
-7. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
+6. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
    router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
    its prefix, boots the kernel with its cmdline.txt, mounts its root from the bakery; its login
    prompt and ``ssh <pi> hostname`` are printed, with the time of each phase (lab/qemupi.py);
-8. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
-   every simulated Pi boots again;
-9. ``pifleet.netboot.status``: the table per Pi, boot events included;
-10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
+7. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
+   every Pi boots again, the real one too;
+8. ``pifleet.netboot.status``: the table per Pi, boot events included;
+9. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later); the time
+   of each step is printed at the end.
 
 Root only (namespaces, the container, NFS-Ganesha, qemu). Exits non-zero when any step fails.
 """
@@ -50,8 +53,9 @@ INVENTORY = REPO / 'inventories' / 'lab'
 NAME, SUBNET = 'pflab', '10.99.0'
 IMAGES_INSIDE = '/srv/pifleet/images'  # inventories/lab/group_vars/bakery.yml names the images there
 IMAGE_NAME = 'raspios-sample.img.xz'
-# Bakeforms of the lab inventory made from real images, and the realimage.py flavour of each.
-REAL_IMAGES = {'realpi-bookworm': 'bookworm', 'realpi-trixie': 'trixie'}
+# Bakeforms a lab inventory may name that are made from real images, and the realimage.py image of each:
+# the demo builds those its inventory uses, no more.
+REAL_IMAGES = {'realpi-trixie': 'trixie', 'realpi-bookworm': 'bookworm'}
 STARTED = time.monotonic()
 
 
@@ -59,8 +63,19 @@ class DemoError(Exception):
     pass
 
 
+PHASES_SEEN = []  # (step text, seconds since the start) for the summary at the end
+
+
 def step(number, total, text):
+    PHASES_SEEN.append((text, time.monotonic() - STARTED))
     print('\n=== [%d/%d %5.0fs] %s' % (number, total, time.monotonic() - STARTED, text), flush=True)
+
+
+def summary():
+    """Each step's time, for the README's table and for whoever waits."""
+    ends = [start for _text, start in PHASES_SEEN[1:]] + [time.monotonic() - STARTED]
+    for (text, start), end in zip(PHASES_SEEN, ends):
+        say('%6.0f s  %s' % (end - start, text.split(' (')[0].split(':')[0]))
 
 
 def say(text):
@@ -180,11 +195,26 @@ def outsider_refused(lab, pi):
     return url
 
 
-def real_images():
-    """The real images of the lab's bakeforms, built once per recipe (minutes, side by side), then cached."""
-    with concurrent.futures.ThreadPoolExecutor(len(REAL_IMAGES)) as pool:
-        built = {bakeform: pool.submit(realimage.build, flavour) for bakeform, flavour in REAL_IMAGES.items()}
-        return {bakeform: future.result() for bakeform, future in built.items()}
+def used_images(pis):
+    """{bakeform: realimage name} of the real images the Pis of the inventory boot from."""
+    return {pi['bakeform']: REAL_IMAGES[pi['bakeform']] for pi in pis if pi['bakeform'] in REAL_IMAGES}
+
+
+def build_images(pis):
+    """The bakery's host image and the real images the inventory uses, built side by side (the first
+    time: the bakery's debootstrap overlaps the arm64 build); {'bakery': dir, bakeform: description}."""
+    wanted = used_images(pis)
+    with concurrent.futures.ThreadPoolExecutor(1 + len(wanted)) as pool:
+        def timed(function, *args):
+            started = time.monotonic()
+            result = function(*args)
+            return result, time.monotonic() - started
+        futures = {'bakery': pool.submit(timed, nspawnlab.image)}
+        futures.update({bakeform: pool.submit(timed, realimage.build, name) for bakeform, name in wanted.items()})
+        results = {key: future.result() for key, future in futures.items()}
+    for key, (_result, seconds) in results.items():
+        say('%s: ready in %.0f s' % (key, seconds))
+    return {key: result for key, (result, _seconds) in results.items()}
 
 
 def put_image(lab, source, name):
@@ -277,27 +307,26 @@ def reboot_and_boot_again(lab, state, pis, fleet_map, keep):
 
 
 def demo(state, keep, name=NAME):
-    total = 10
+    total = 9
     pis = lab_pis()
     simulated = [pi for pi in pis if pi['boot'] == 'simulator']
     real = [pi for pi in pis if pi['boot'] == 'qemu']
-    step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached)')
-    image_dir = nspawnlab.image()
+    step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn) and the real arm64 image%s %s, side by '
+         'side (built once, then cached)' % ('s' if len(used_images(pis)) > 1 else '',
+                                             ', '.join(sorted(used_images(pis).values()))))
+    images = build_images(pis)
+    image_dir = images.pop('bakery')
+    for bakeform, info in images.items():
+        size = info['image_bytes'] / 2 ** 20
+        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'], size, info['path']))
 
-    step(2, total, 'a sample Raspberry Pi OS-like image for models 3, 4 and 5')
+    step(2, total, 'a sample Raspberry Pi OS-like image for models 3, 4 and 5 (the simulated Pis)')
     sample = state / IMAGE_NAME
     state.mkdir(parents=True, exist_ok=True)
     build_image(sample, models=(3, 4, 5))
     say('%s: %.1f MiB' % (sample, sample.stat().st_size / 2 ** 20))
 
-    step(3, total, 'real arm64 Raspberry Pi OS-like images: %s (mmdebstrap once per recipe, then cached)'
-         % ', '.join(sorted(REAL_IMAGES.values())))
-    images = real_images()
-    for bakeform, info in images.items():
-        size = info['image_bytes'] / 2 ** 20
-        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'], size, info['path']))
-
-    step(4, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
+    step(3, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
     try:
         lab = nspawnlab.up(name, SUBNET, state, pis=len(pis), image_dir=image_dir, macs=[pi['mac'] for pi in pis])
         say('bakery %s (%s) is %s; the router reserves %s' % (
@@ -309,7 +338,7 @@ def demo(state, keep, name=NAME):
             [put_image(lab, sample, IMAGE_NAME)] + [put_image(lab, info['path'], '%s.img' % bakeform)
                                                     for bakeform, info in images.items()]))
 
-        step(5, total, 'pifleet.netboot.site with inventories/lab (boot services + fleet)')
+        step(4, total, 'pifleet.netboot.site with inventories/lab (boot services + fleet)')
         first = playbook(state, 'site', lab_name=name)
         say('site: changed=%d' % first['changed'])
         say('site again: it must change nothing')
@@ -317,29 +346,30 @@ def demo(state, keep, name=NAME):
         if again['changed'] != 0:
             raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
 
-        step(6, total, 'the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
+        step(5, total, 'the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
         fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
         for pi in simulated:
             say(boot_pi(lab, pi, fleet_map))
         say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, pis[0])))
 
-        step(7, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
+        step(6, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
              % real[0]['name'])
         vpi = real_boot(lab, real[0], state)
         vpi.power_off()
 
-        step(8, total, 'the bakery reboots: every Pi root is mounted again by its unit, and the Pis boot again')
+        step(7, total, 'the bakery reboots: every Pi root is mounted again by its unit, and the Pis boot again')
         reboot_and_boot_again(lab, state, pis, fleet_map, keep)
 
-        step(9, total, 'pifleet.netboot.status')
+        step(8, total, 'pifleet.netboot.status')
         playbook(state, 'status', lab_name=name)
     finally:
         if keep:
             say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
                 % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
         else:
-            step(10, total, 'taking the lab down')
+            step(9, total, 'taking the lab down')
             nspawnlab.down(state)
+    summary()
     say('done in %.0f s' % (time.monotonic() - STARTED))
 
 
