@@ -3,21 +3,25 @@
 """`make demo` end to end, then the real Pi checked from the inside on the same lab: one lab for every check.
 
 lab/demo.py runs with its state in a temp dir and ``--keep``: the bakery container runs
-site with inventories/lab (then again: changed=0), the simulated Pi 3/4/5 boot through it, the
-outsider is refused, the real Pi (pi-06, Trixie-like with cloud-init, like today's Raspberry Pi OS)
-boots an arm64 kernel (qemu + U-Boot) to ssh, the bakery reboots and every Pi boots again, and the
-status table lists every Pi. Then, on the lab it left running (with pi-06 on), the real Pi is checked
-from the inside over ssh, and the bakery only through the lab (ssh into the container), so the
+site with inventories/lab (boot services, then the fleet, then the whole site again: changed=0), the
+simulated Pi 3/4/5 boot through it, the outsider is refused, the real Pi (pi-06, Trixie-like with
+cloud-init, like today's Raspberry Pi OS) boots an arm64 kernel (qemu + U-Boot) to ssh, and the
+status table lists every Pi. Then, on the lab it left running (with pi-06 on), the real Pi is
+checked from the inside over ssh, and the bakery only through the lab (ssh into the container), so the
 checks hold however the roots are stored:
 
 - ``running`` with no failed unit, its inventory host name, ``/`` over NFSv3 from its own export
-  without NFSACL (a clean journal), ``/boot/firmware`` read-only over NFS (bug 1), host keys and
+  without NFSACL (a clean journal), ``/boot/firmware`` read-only over NFS from its generation's boot
+  files (bug 1; the generation found through the bakeform's index), host keys and
   machine-id of its own, not the golden image's, and kept across boots, the Raspberry Pi OS
   first-boot, swap and network pieces neutralised;
 - cloud-init ``done`` from its own seed (instance-id from its serial, its host name, root's key),
   its NFS root's NIC left alone by cloud-init, netplan and NetworkManager;
 - reimage (bug 3): a stray file in the root is gone, identity and keys are kept, and the playbook
   waits until the Pi's SSH server shows its root's host key;
+- the bakery reboots (the demo's step before it was taken out of the demo to halve its time): every
+  root is mounted again by its unit, every simulated Pi boots again, the real one too with its
+  generation's boot files;
 - the fleet role again after the boots: changed=0; an outsider cannot mount a real Pi's root or boot files.
 
 The Bookworm-like flavour (dhcpcd) is no longer booted here: its checks were the same as the
@@ -139,7 +143,8 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
     simulated = {name: facts for name, facts in pis.items() if facts.get('lab_boot') != 'qemu'}
     assert {facts['pi_model'] for facts in simulated.values()} == {3, 4, 5}
     recaps = re.findall(r'^\s*lab-bakery\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0', output, re.M)
-    assert len(recaps) == 3 and int(recaps[0]) > 0 and recaps[1:] == ['0', '0'], recaps  # site, site, status
+    # site --tags services, site --tags fleet, the whole site, status
+    assert len(recaps) == 4 and int(recaps[0]) > 0 and int(recaps[1]) > 0 and recaps[2:] == ['0', '0'], recaps
     for name, facts in simulated.items():
         booted = re.search(r'^demo: %s \(Pi %d, [0-9a-f:]+\): DHCP %s, PXE answer from 10\.99\.0\.2; TFTP (\d+) files'
                            r'.*NFS root readable$' % (name, facts['pi_model'], re.escape(facts['pi_ip'])), output, re.M)
@@ -184,9 +189,13 @@ def test_real_pi_runs_clean_on_its_own_root(lab):
     assert 'vers=3' in options and 'noacl' in options, options
     # Mounted from its own address: its NFS connection comes from the address reserved for it.
     assert ('%s:' % ip) in lab.ssh('pi-06', 'ss -Htn state established dst 10.99.0.2:2049')
-    # Bug 1: the boot files, read-only over NFS (the fstab line pi_root wrote; before: access denied).
+    # Its root records the generation it was built from: the bakeform's current one (the index says which).
+    store, current = labdemo.current_generation(lab.lab, 'realpi-trixie')
+    assert json.loads(lab.bakery('cat %s/%s.json' % (labdemo.ROOTS, serial)))['generation'] == current
+    # Bug 1: the boot files, read-only over NFS (the fstab line pi_root wrote; before: access denied), those
+    # of its own generation.
     source, fstype, options = mount_of(lab, 'pi-06', '/boot/firmware')
-    assert (source, fstype) == ('10.99.0.2:/srv/pifleet/bakeforms/realpi-trixie/boot-nfs', 'nfs') and 'ro' in options
+    assert (source, fstype) == ('10.99.0.2:%s' % store.boot_export(current), 'nfs') and 'ro' in options, source
     assert 'kernel=vmlinuz-' in lab.ssh('pi-06', 'cat /boot/firmware/config.txt')
     assert 'Read-only file system' in lab.ssh('pi-06', 'touch /boot/firmware/x', check=False).stderr
     # NFSACL: systemd-tmpfiles' "Setting access ACL ... Input/output error" is gone with noacl.
@@ -195,8 +204,8 @@ def test_real_pi_runs_clean_on_its_own_root(lab):
         line for line in journal.splitlines() if 'ACL' in line or 'Input/output' in line]
     # Identity of its own: neither the golden image's host key nor its machine-id.
     # The golden root is the image's own root partition, never mounted: read its key with debugfs.
-    golden = lab.bakery('debugfs -R "cat /etc/ssh/ssh_host_ed25519_key.pub" '
-                        '/srv/pifleet/bakeforms/realpi-trixie/root.img').split()[1]
+    golden = lab.bakery('debugfs -R "cat /etc/ssh/ssh_host_ed25519_key.pub" %s'
+                        % store.root_image(current)).split()[1]
     own = lab.ssh('pi-06', 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]
     assert own != golden and own in (lab.state / 'known_hosts-pi-06').read_text()
     machine_id = lab.ssh('pi-06', 'cat /etc/machine-id')
@@ -273,12 +282,42 @@ def test_reimage_round_trip(lab):
     check_running(lab, name)
 
 
+def roots_mounted(lab, pis):
+    """Each Pi's root is a loop-mounted file system of its own inside the bakery (nosuid, nodev)."""
+    points = ['%s/%s' % (labdemo.ROOTS, pi['root_key']) for pi in pis]
+    found = {fs['target']: fs for fs in json.loads(lab.bakery(
+        'findmnt --json --list --output TARGET,SOURCE,OPTIONS') or '{}').get('filesystems', [])}
+    missing = [p for p in points if p not in found or 'nosuid' not in found[p]['options']]
+    assert not missing, 'after the reboot these roots are not mounted nosuid from their images: %s' % missing
+
+
+def test_bakery_reboot_mounts_every_root_again_and_the_pis_boot_again(lab):
+    """The bakery container powered off and booted again: each root's mount unit mounts it, the
+    generation's boot files are mounted again for the NFS export, and every Pi boots again."""
+    pis = labdemo.lab_pis()
+    lab.power_off('pi-06')
+    started = time.monotonic()
+    lab.lab = nspawnlab.reboot(lab.state)
+    TIMINGS['bakery reboot'] = round(time.monotonic() - started, 1)
+    roots_mounted(lab, pis)
+    fleet_map = json.loads(Path(labdemo.outside(lab.lab, '/var/lib/pifleet/tftp/map.json')).read_text())
+    for pi in pis:
+        if pi['boot'] == 'simulator':
+            print(labdemo.boot_pi(lab.lab, pi, fleet_map))
+    lab.boot('pi-06')
+    check_running(lab, 'pi-06')
+    store, current = labdemo.current_generation(lab.lab, 'realpi-trixie')
+    assert mount_of(lab, 'pi-06', '/boot/firmware')[0] == '10.99.0.2:%s' % store.boot_export(current)
+    assert 'kernel=vmlinuz-' in lab.ssh('pi-06', 'cat /boot/firmware/config.txt')
+
+
 def test_fleet_again_changes_nothing_and_outsiders_stay_out(lab):
     """The roots after their Pis booted, wrote logs and a reimage: the fleet role still has nothing to do."""
     counters = labdemo.playbook(lab.state, 'site', '--tags', 'fleet', lab_name=NAME)
     assert counters['changed'] == 0, counters
     outsider = lab.lab['namespaces']['outsider']
-    for path in ('/srv/pifleet/roots/%s' % lab.pis['pi-06']['root_key'], '/srv/pifleet/bakeforms/realpi-trixie/boot'):
+    store, current = labdemo.current_generation(lab.lab, 'realpi-trixie')
+    for path in ('%s/%s' % (labdemo.ROOTS, lab.pis['pi-06']['root_key']), store.boot_export(current)):
         proc = subprocess.run(['ip', 'netns', 'exec', outsider, 'nfs-ls', 'nfs://10.99.0.2%s' % path],
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode != 0, (path, proc.stdout)
