@@ -8,19 +8,20 @@
    about a minute), and in the background the real arm64 image of today's Raspberry Pi OS flavour,
    Trixie-like with cloud-init, that the real Pi boots (lab/realimage.py: mmdebstrap the first time,
    eight to ten minutes on two cores; then cached in /var/cache/pifleet/realimage); only the real
-   images that the lab inventory's bakeforms name are built, and the steps up to 4 run while they are;
+   images that the lab inventory's bakeforms name are built, and the steps up to 5 run while they are;
 2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py), for the simulated Pis;
 3. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
    per simulated Pi and an outsider; the sample image goes onto the bakery's data disk;
 4. the boot services: ``pifleet.netboot.site --tags services`` over ssh into the container;
-5. the real images onto the bakery's data disk, once built;
-6. the fleet: ``pifleet.netboot.site --tags fleet``, then the whole ``site`` once more, which must
-   report changed=0;
-7. each simulated Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the
-   router's lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte
-   against the files the role wrote (its own cmdline.txt), its NFS root listed from its own address;
-   the outsider is refused;
+5. the fleet of the simulated Pis alone (``site --tags fleet`` with a group of them and their
+   bakeform), while the real image may still be building; each simulated Pi boots through the
+   simulator in its namespace: PXE DHCP (the router's lease, the bakery's "Raspberry Pi Boot"
+   answer), its TFTP boot set checked byte for byte against the files the role wrote (its own
+   cmdline.txt), its NFS root listed from its own address; the outsider is refused;
+6. the real images onto the bakery's data disk, once built;
+7. the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join), then the whole
+   ``site`` once more, which must report changed=0;
 8. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
    router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
    its prefix, boots the kernel with its cmdline.txt, mounts its root and its generation's boot files
@@ -61,6 +62,7 @@ NAME, SUBNET = 'pflab', '10.99.0'
 IMAGES_INSIDE = '/srv/pifleet/images'  # inventories/lab/group_vars/bakery.yml names the images there
 IMAGE_NAME = 'raspios-sample.img.xz'
 STORE, ROOTS = '/srv/pifleet/bakeforms', '/srv/pifleet/roots'  # the fleet role's defaults, inside the bakery
+SIMULATED = 'lab_simulated'  # the group of the simulated Pis that lab/demo.py's first fleet run plans alone
 # Bakeforms a lab inventory may name that are made from real images, and the realimage.py image of each:
 # the demo builds those its inventory uses, no more.
 REAL_IMAGES = {'realpi-trixie': 'trixie', 'realpi-bookworm': 'bookworm'}
@@ -300,12 +302,24 @@ def real_boot(lab, pi, state, vpi=None, show=say):
     return vpi
 
 
+def simulated_only(state, pis):
+    """Extra ansible-playbook arguments that make the fleet role plan the simulated Pis alone, with their
+    bakeforms only: an inventory file with a group of them, and the group and bakeforms as extra vars."""
+    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
+    names = {pi['bakeform'] for pi in simulated}
+    declared = yaml.safe_load((INVENTORY / 'group_vars' / 'bakery.yml').read_text())['pifleet_bakeforms']
+    group = Path(state) / 'simulated.yml'
+    group.write_text(yaml.safe_dump({SIMULATED: {'hosts': {pi['name']: {} for pi in simulated}}}))
+    return ['-i', str(group), '-e', json.dumps({'pifleet_pis_group': SIMULATED,
+                                                'pifleet_bakeforms': [b for b in declared if b['name'] in names]})]
+
+
 def demo(state, keep, name=NAME):
     total = 10
     pis = lab_pis()
     real = [pi for pi in pis if pi['boot'] == 'qemu']
     wanted = used_images(pis)
-    # The real images build in the background up to step 5 (a failed demo still waits for them to finish:
+    # The real images build in the background up to step 6 (a failed demo still waits for them to finish:
     # the next run then finds them cached).
     with concurrent.futures.ThreadPoolExecutor(max(1, len(wanted))) as pool:
         step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached), and in the '
@@ -331,17 +345,7 @@ def demo(state, keep, name=NAME):
             for pi in real:  # qemu's NIC carries this MAC on the bridge: the namespace's twin must be silent
                 subprocess.run(['ip', '-n', lab['namespaces'][pi['host']], 'link', 'set', 'eth0', 'down'], check=True)
             say('image on the bakery: %s' % put_image(lab, sample, IMAGE_NAME))
-
-            step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP '
-                 'hook)')
-            say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
-
-            step(5, total, 'the real image%s onto the bakery (waiting for %s)' % (
-                's' if len(wanted) > 1 else '', ', '.join(sorted(wanted.values())) or 'none'))
-            images = real_images(building)
-            say('images on the bakery: %s' % ', '.join(
-                put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()))
-            demo_fleet(lab, state, pis, keep=keep, name=name, total=total)
+            demo_lab(lab, state, pis, building, keep=keep, name=name, total=total)
         finally:
             if keep:
                 say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
@@ -353,22 +357,35 @@ def demo(state, keep, name=NAME):
     say('done in %.0f s' % (time.monotonic() - STARTED))
 
 
-def demo_fleet(lab, state, pis, *, keep, name, total):
-    """Steps 6 to 9: the fleet, the simulated Pis, the real boot and the status table."""
+def demo_lab(lab, state, pis, building, *, keep, name, total):
+    """Steps 4 to 9 on the lab that is up: site, the Pis boot, the status table."""
     simulated = [pi for pi in pis if pi['boot'] == 'simulator']
     real = [pi for pi in pis if pi['boot'] == 'qemu']
-    step(6, total, 'the fleet: pifleet.netboot.site --tags fleet, then the whole site again')
+    step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP hook)')
+    say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
+
+    step(5, total, 'the fleet of the simulated Pis (site --tags fleet for them alone, while the real image builds); '
+         'they boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
+    counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
+    say('fleet of the simulated Pis: changed=%d' % counters['changed'])
+    fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
+    for pi in simulated:
+        say(boot_pi(lab, pi, fleet_map))
+    say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, simulated[0])))
+
+    step(6, total, 'the real image onto the bakery (waiting for %s to be built)' % (
+        ', '.join(sorted(used_images(pis).values())) or 'none'))
+    images = real_images(building)
+    say('images on the bakery: %s' % (', '.join(
+        put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()) or 'none'))
+
+    step(7, total, 'the whole fleet: pifleet.netboot.site --tags fleet (the real Pi and its bakeform join), then '
+         'the whole site again')
     say('fleet: changed=%d' % playbook(state, 'site', '--tags', 'fleet', lab_name=name)['changed'])
     say('site again, whole: it must change nothing')
     again = playbook(state, 'site', lab_name=name)
     if again['changed'] != 0:
         raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
-
-    step(7, total, 'the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
-    fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
-    for pi in simulated:
-        say(boot_pi(lab, pi, fleet_map))
-    say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, pis[0])))
 
     if real:
         step(8, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'

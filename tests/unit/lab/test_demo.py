@@ -6,8 +6,10 @@ bakeform's current generation."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations
 from lab import demo
@@ -54,3 +56,13 @@ def test_no_current_generation_is_a_clear_error(tmp_path, index):
     with pytest.raises(demo.DemoError, match=r'realpi-trixie has no complete current generation .*generations there: '
                                              r'\[1\]'):
         demo.current_generation(lab, 'realpi-trixie')
+
+
+def test_the_first_fleet_run_plans_the_simulated_pis_alone(tmp_path):
+    argv = demo.simulated_only(tmp_path, demo.lab_pis())
+    assert argv[0] == '-i' and argv[2] == '-e'
+    group = yaml.safe_load(Path(argv[1]).read_text())
+    assert group == {demo.SIMULATED: {'hosts': {'pi-03': {}, 'pi-04': {}, 'pi-05': {}}}}
+    extra = json.loads(argv[3])
+    assert extra['pifleet_pis_group'] == demo.SIMULATED
+    assert [b['name'] for b in extra['pifleet_bakeforms']] == ['raspios-sample']  # not the real image's bakeform
