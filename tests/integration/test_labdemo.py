@@ -32,6 +32,7 @@ Trixie-like Pi's but for dhcpcd's ``denyinterfaces``, and its image cost five mi
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -47,7 +48,9 @@ from lab import nspawnlab, qemupi, realimage
 from lab.nfslab import missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
-NAME = 'pfboot'  # not the `make demo` lab (pflab), so a kept demo lab does not stop the tests
+# Not the `make demo` lab (pflab), so a kept demo lab does not stop the tests; PIFLEET_LABDEMO_NAME names
+# another lab when one of this name was left behind by a killed run (the test refuses to run beside it).
+NAME = os.environ.get('PIFLEET_LABDEMO_NAME', 'pfboot')
 MISSING = missing_tools(('ip', 'systemd-nspawn', 'debootstrap', 'socat', 'ssh', 'dnsmasq', 'nfs-ls', 'mmdebstrap',
                          'qemu-system-aarch64', 'update-binfmts'))
 MISSING += [] if qemupi.UBOOT.exists() else [str(qemupi.UBOOT)]
@@ -106,7 +109,8 @@ class Lab:
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     if '%s-' % NAME in namespaces():
-        pytest.skip('a lab named %s is running (an earlier run was killed?); take it down first' % NAME)
+        pytest.skip('a lab named %s is running (an earlier run was killed?); take it down first, or set '
+                    'PIFLEET_LABDEMO_NAME to another name' % NAME)
     state = tmp_path_factory.mktemp('lab') / 'state'
     started = time.monotonic()
     found, lines = None, []
