@@ -7,7 +7,7 @@
 1. the images: the cached Debian 12 image of the bakery container (debootstrap the first time:
    about a minute), and in the background the real arm64 image of today's Raspberry Pi OS flavour,
    Trixie-like with cloud-init, that the real Pi boots (lab/realimage.py: mmdebstrap the first time,
-   eight to ten minutes on two cores; then cached in /var/cache/pifleet/realimage); only the real
+   six to eight minutes on two cores; then cached in /var/cache/pifleet/realimage); only the real
    images that the lab inventory's bakeforms name are built, and the steps up to 5 run while they are;
 2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py), for the simulated Pis;
 3. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
