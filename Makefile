@@ -21,13 +21,14 @@ export PYTHONPATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 
 # Debian packages the tests, demo and modules use (installed only when missing). The real boot needs
-# mmdebstrap + qemu-user-static/binfmt-support/arch-test (arm64 images) and qemu-system-arm + u-boot-qemu; the boot
-# metrics tests promtool (prometheus) and a real node_exporter; a simulated Pi's SSH server is dropbear (no service).
+# mmdebstrap + qemu-user-static/binfmt-support/arch-test (arm64 images; kmod, zstd and openssl do their
+# depmod, tree cache and certificate store natively) and qemu-system-arm + u-boot-qemu; the boot metrics tests
+# promtool (prometheus) and a real node_exporter; a simulated Pi's SSH server is dropbear (no service).
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
 	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables logrotate \
-	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu \
+	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu kmod zstd openssl \
 	prometheus prometheus-node-exporter dropbear-bin
 
 # The other ansible-core versions meta/runtime.yml's requires_ansible allows, each in a venv of its own under
@@ -41,7 +42,8 @@ CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/
 .PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations clean
 
 help:
-	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
+	@echo "make demo   - set up, then site on the built-in lab: a bakery container, three simulated Pis and one that"
+	@echo "              boots a real arm64 kernel (qemu); each step's time at the end"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests (also on"
 	@echo "              ansible-core 2.17 and 2.18: make cores), molecule"
 	@echo "make unit | integration | cores | tarball | molecule | ee | sanity | lint | ruff | bench | clean"
@@ -129,8 +131,9 @@ ee: setup
 
 test: setup ruff lint sanity unit integration cores tarball molecule ee
 
-# The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
-# Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.
+# The main job on the built-in lab (as root): a bakery in a systemd-nspawn container, three simulated Pis
+# and a real one (qemu) on a namespace LAN; site with inventories/lab (while the real image builds, the first
+# time), the Pis boot, the status table, the lab goes down; each step's time is printed at the end.
 # DEMO_ARGS=--keep leaves the lab running (lab/demo.py says how to take it down).
 demo: setup
 	$(PY) -m lab.demo $(DEMO_ARGS)

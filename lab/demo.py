@@ -4,27 +4,35 @@
 
     python3 -m lab.demo [--keep] [--state DIR] [--name NAME]
 
-1. the cached Debian 12 image of the bakery (debootstrap the first time: minutes);
-2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py);
-3. two real arm64 Raspberry Pi OS-like images, Bookworm-like and Trixie-like (lab/realimage.py:
-   mmdebstrap the first time, about five minutes each; then cached in /var/cache/pifleet/realimage);
-4. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
+1. the images: the cached Debian 12 image of the bakery container (debootstrap the first time:
+   about a minute), and in the background the real arm64 image of today's Raspberry Pi OS flavour,
+   Trixie-like with cloud-init, that the real Pi boots (lab/realimage.py: mmdebstrap the first time,
+   six to eight minutes on two cores; then cached in /var/cache/pifleet/realimage); only the real
+   images that the lab inventory's bakeforms name are built, and the steps up to 5 run while they are;
+2. a sample Raspberry Pi OS-like image for models 3, 4 and 5 (lab/piimage.py), for the simulated Pis;
+3. the lab LAN (nspawnlab ``pflab``, 10.99.0.0/24): a home router whose DHCP reserves each Pi's
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
-   per simulated Pi and an outsider; the images go onto the bakery's data disk;
-5. ``pifleet.netboot.site`` with inventories/lab over ssh into the container, then once more, which
-   must report changed=0;
-6. each simulated Pi of the inventory boots through the simulator in its namespace: PXE DHCP (the
-   router's lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte
-   against the files the role wrote (its own cmdline.txt), its NFS root listed from its own address;
-   the outsider is refused;
-7. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
+   per simulated Pi and an outsider; the sample image goes onto the bakery's data disk;
+4. the boot services: ``pifleet.netboot.site --tags services`` over ssh into the container;
+5. the fleet of the simulated Pis alone (``site --tags fleet`` with a group of them and their
+   bakeform), while the real image may still be building; each simulated Pi boots through the
+   simulator in its namespace: PXE DHCP (the router's lease, the bakery's "Raspberry Pi Boot"
+   answer), its TFTP boot set checked byte for byte against the files the role wrote (its own
+   cmdline.txt), its NFS root listed from its own address; the outsider is refused;
+6. the real images onto the bakery's data disk, once built;
+7. the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join), then the whole
+   ``site`` once more, which must report changed=0;
+8. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
    router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
-   its prefix, boots the kernel with its cmdline.txt, mounts its root from the bakery; its login
-   prompt and ``ssh <pi> hostname`` are printed, with the time of each phase (lab/qemupi.py);
-8. the bakery container reboots; each Pi's root must be mounted again (its systemd mount unit) and
-   every simulated Pi boots again;
+   its prefix, boots the kernel with its cmdline.txt, mounts its root and its generation's boot files
+   from the bakery; its login prompt and ``ssh <pi> hostname`` are printed, with the time of each
+   phase (lab/qemupi.py); with --keep it stays on;
 9. ``pifleet.netboot.status``: the table per Pi, boot events included;
-10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later).
+10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later); the time
+    of each step is printed at the end.
+
+A reboot of the bakery (every root mounted again by its unit, every Pi boots again) is checked by
+tests/integration/test_labdemo.py on the lab the demo leaves, not here: it doubled the demo's time.
 
 Root only (namespaces, the container, NFS-Ganesha, qemu). Exits non-zero when any step fails.
 """
@@ -46,12 +54,18 @@ import yaml
 from lab import REPO, ensure_importable, nspawnlab, pisim, qemupi, realimage
 from lab.piimage import build_image
 
+ensure_importable()
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations  # noqa: E402
+
 INVENTORY = REPO / 'inventories' / 'lab'
 NAME, SUBNET = 'pflab', '10.99.0'
 IMAGES_INSIDE = '/srv/pifleet/images'  # inventories/lab/group_vars/bakery.yml names the images there
 IMAGE_NAME = 'raspios-sample.img.xz'
-# Bakeforms of the lab inventory made from real images, and the realimage.py flavour of each.
-REAL_IMAGES = {'realpi-bookworm': 'bookworm', 'realpi-trixie': 'trixie'}
+STORE, ROOTS = '/srv/pifleet/bakeforms', '/srv/pifleet/roots'  # the fleet role's defaults, inside the bakery
+SIMULATED = 'lab_simulated'  # the group of the simulated Pis that lab/demo.py's first fleet run plans alone
+# Bakeforms a lab inventory may name that are made from real images, and the realimage.py image of each:
+# the demo builds those its inventory uses, no more.
+REAL_IMAGES = {'realpi-trixie': 'trixie', 'realpi-bookworm': 'bookworm'}
 STARTED = time.monotonic()
 
 
@@ -59,8 +73,19 @@ class DemoError(Exception):
     pass
 
 
+PHASES_SEEN = []  # (step text, seconds since the start) for the summary at the end
+
+
 def step(number, total, text):
+    PHASES_SEEN.append((text, time.monotonic() - STARTED))
     print('\n=== [%d/%d %5.0fs] %s' % (number, total, time.monotonic() - STARTED, text), flush=True)
+
+
+def summary():
+    """Each step's time, for the README's table and for whoever waits."""
+    ends = [start for _text, start in PHASES_SEEN[1:]] + [time.monotonic() - STARTED]
+    for (text, start), end in zip(PHASES_SEEN, ends):
+        say('%6.0f s  %s' % (end - start, text.split(' (')[0].split(':')[0]))
 
 
 def say(text):
@@ -157,17 +182,15 @@ def boot_pi(lab, pi, fleet_map):
     return summary
 
 
-def roots_mounted(lab, pis):
-    """Each Pi's root is a loop-mounted file system of its own inside the bakery (nosuid, nodev)."""
-    points = ['/srv/pifleet/roots/mnt/%s' % pi['root_key'] for pi in pis]
-    proc = subprocess.run(nspawnlab.ssh_argv(lab, 'findmnt', '--json', '--list', '--output', 'TARGET,SOURCE,OPTIONS'),
-                          capture_output=True, text=True, timeout=60, check=False)
-    found = {fs['target']: fs for fs in json.loads(proc.stdout or '{}').get('filesystems', [])}
-    missing = [p for p in points if p not in found or 'nosuid' not in found[p]['options']]
-    if proc.returncode != 0 or missing:
-        raise DemoError('after the reboot these roots are not mounted nosuid from their images: %s (%s)'
-                        % (', '.join(missing), proc.stderr.strip()))
-    return 'roots mounted again: ' + ', '.join('%s (%s)' % (p, found[p]['source']) for p in points)
+def current_generation(lab, bakeform):
+    """``(generations.Bakeform of the name inside the bakery, its current generation)``: the index's
+    ``current`` (``bakeform.json``, read through the bakery's data dirs), a generation that is all there."""
+    found = generations.Bakeform(outside(lab, STORE), bakeform)
+    current = (found.load_index() or {}).get('current')
+    if not current or not found.is_complete(current):
+        raise DemoError('bakeform %s has no complete current generation (%s: current %s; generations there: %s)'
+                        % (bakeform, generations.Bakeform(STORE, bakeform).index_path, current, found.ids()))
+    return generations.Bakeform(STORE, bakeform), current
 
 
 def outsider_refused(lab, pi):
@@ -180,11 +203,31 @@ def outsider_refused(lab, pi):
     return url
 
 
-def real_images():
-    """The real images of the lab's bakeforms, built once per recipe (minutes, side by side), then cached."""
-    with concurrent.futures.ThreadPoolExecutor(len(REAL_IMAGES)) as pool:
-        built = {bakeform: pool.submit(realimage.build, flavour) for bakeform, flavour in REAL_IMAGES.items()}
-        return {bakeform: future.result() for bakeform, future in built.items()}
+def used_images(pis):
+    """{bakeform: realimage name} of the real images the Pis of the inventory boot from."""
+    return {pi['bakeform']: REAL_IMAGES[pi['bakeform']] for pi in pis if pi['bakeform'] in REAL_IMAGES}
+
+
+def timed(function, *args):
+    started = time.monotonic()
+    return function(*args), time.monotonic() - started
+
+
+def start_images(pool, pis):
+    """The real images the inventory uses, each built (or found in the cache) in the background:
+    {bakeform: future of (description, seconds)}."""
+    return {bakeform: pool.submit(timed, realimage.build, name) for bakeform, name in used_images(pis).items()}
+
+
+def real_images(futures):
+    """The real images once built: {bakeform: description}; the wait is the demo's step of its own."""
+    images = {}
+    for bakeform, future in futures.items():
+        info, seconds = future.result()
+        images[bakeform] = info
+        say('%s: %s, kernel %s, %.0f MiB (%s), ready after %.0f s' % (
+            bakeform, info['pretty'], info['kernel'], info['image_bytes'] / 2 ** 20, info['path'], seconds))
+    return images
 
 
 def put_image(lab, source, name):
@@ -259,88 +302,107 @@ def real_boot(lab, pi, state, vpi=None, show=say):
     return vpi
 
 
-def reboot_and_boot_again(lab, state, pis, fleet_map, keep):
-    """The bakery container reboots; its units mount every Pi's root again, and the Pis boot from them."""
-    nspawnlab.reboot(state)
-    say(roots_mounted(lab, pis))
-    for pi in pis:
-        if pi['boot'] == 'simulator':
-            say(boot_pi(lab, pi, fleet_map))
-    real = next(pi for pi in pis if pi['boot'] == 'qemu')
-    vpi = real_boot(lab, real, state)
-    if keep:  # left running for the user (and the tests); `down` stops it
-        nspawnlab.add_guest(state, real['name'], vpi.guest())
-        say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
-            real['name'], lab['namespaces']['router'], lab['ssh_key'], real['ip']))
-    else:
-        vpi.power_off()
+def simulated_only(state, pis):
+    """Extra ansible-playbook arguments that make the fleet role plan the simulated Pis alone, with their
+    bakeforms only: an inventory file with a group of them, and the group and bakeforms as extra vars."""
+    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
+    names = {pi['bakeform'] for pi in simulated}
+    declared = yaml.safe_load((INVENTORY / 'group_vars' / 'bakery.yml').read_text())['pifleet_bakeforms']
+    group = Path(state) / 'simulated.yml'
+    group.write_text(yaml.safe_dump({SIMULATED: {'hosts': {pi['name']: {} for pi in simulated}}}))
+    return ['-i', str(group), '-e', json.dumps({'pifleet_pis_group': SIMULATED,
+                                                'pifleet_bakeforms': [b for b in declared if b['name'] in names]})]
 
 
 def demo(state, keep, name=NAME):
     total = 10
     pis = lab_pis()
+    real = [pi for pi in pis if pi['boot'] == 'qemu']
+    wanted = used_images(pis)
+    # The real images build in the background up to step 6 (a failed demo still waits for them to finish:
+    # the next run then finds them cached).
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(wanted))) as pool:
+        step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached), and in the '
+             'background the real arm64 image%s %s (built once per recipe, then cached)' % (
+                 's' if len(wanted) > 1 else '', ', '.join(sorted(wanted.values()))))
+        building = start_images(pool, pis)
+        image_dir, seconds = timed(nspawnlab.image)
+        say('bakery image ready after %.0f s: %s' % (seconds, image_dir))
+
+        step(2, total, 'a sample Raspberry Pi OS-like image for models 3, 4 and 5 (the simulated Pis)')
+        sample = state / IMAGE_NAME
+        state.mkdir(parents=True, exist_ok=True)
+        build_image(sample, models=(3, 4, 5))
+        say('%s: %.1f MiB' % (sample, sample.stat().st_size / 2 ** 20))
+
+        step(3, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
+        try:
+            lab = nspawnlab.up(name, SUBNET, state, pis=len(pis), image_dir=image_dir,
+                               macs=[pi['mac'] for pi in pis])
+            say('bakery %s (%s) is %s; the router reserves %s' % (
+                lab['machine'], lab['addresses']['bakery'], lab['system_state'],
+                ', '.join('%s -> %s' % (facts['mac'], facts['pinned']) for facts in lab['pis'].values())))
+            for pi in real:  # qemu's NIC carries this MAC on the bridge: the namespace's twin must be silent
+                subprocess.run(['ip', '-n', lab['namespaces'][pi['host']], 'link', 'set', 'eth0', 'down'], check=True)
+            say('image on the bakery: %s' % put_image(lab, sample, IMAGE_NAME))
+            demo_lab(lab, state, pis, building, keep=keep, name=name, total=total)
+        finally:
+            if keep:
+                say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
+                    % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
+            else:
+                step(10, total, 'taking the lab down')
+                nspawnlab.down(state)
+    summary()
+    say('done in %.0f s' % (time.monotonic() - STARTED))
+
+
+def demo_lab(lab, state, pis, building, *, keep, name, total):
+    """Steps 4 to 9 on the lab that is up: site, the Pis boot, the status table."""
     simulated = [pi for pi in pis if pi['boot'] == 'simulator']
     real = [pi for pi in pis if pi['boot'] == 'qemu']
-    step(1, total, 'the bakery host image (Debian 12 for systemd-nspawn; built once, then cached)')
-    image_dir = nspawnlab.image()
+    step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP hook)')
+    say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
 
-    step(2, total, 'a sample Raspberry Pi OS-like image for models 3, 4 and 5')
-    sample = state / IMAGE_NAME
-    state.mkdir(parents=True, exist_ok=True)
-    build_image(sample, models=(3, 4, 5))
-    say('%s: %.1f MiB' % (sample, sample.stat().st_size / 2 ** 20))
+    step(5, total, 'the fleet of the simulated Pis (site --tags fleet for them alone, while the real image builds); '
+         'they boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
+    counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
+    say('fleet of the simulated Pis: changed=%d' % counters['changed'])
+    fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
+    for pi in simulated:
+        say(boot_pi(lab, pi, fleet_map))
+    say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, simulated[0])))
 
-    step(3, total, 'real arm64 Raspberry Pi OS-like images: %s (mmdebstrap once per recipe, then cached)'
-         % ', '.join(sorted(REAL_IMAGES.values())))
-    images = real_images()
-    for bakeform, info in images.items():
-        size = info['image_bytes'] / 2 ** 20
-        say('%s: %s, kernel %s, %.0f MiB (%s)' % (bakeform, info['pretty'], info['kernel'], size, info['path']))
+    step(6, total, 'the real image onto the bakery (waiting for %s to be built)' % (
+        ', '.join(sorted(used_images(pis).values())) or 'none'))
+    images = real_images(building)
+    say('images on the bakery: %s' % (', '.join(
+        put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()) or 'none'))
 
-    step(4, total, 'the lab LAN %s.0/24: router, bakery container, %d Pis, an outsider' % (SUBNET, len(pis)))
-    try:
-        lab = nspawnlab.up(name, SUBNET, state, pis=len(pis), image_dir=image_dir, macs=[pi['mac'] for pi in pis])
-        say('bakery %s (%s) is %s; the router reserves %s' % (
-            lab['machine'], lab['addresses']['bakery'], lab['system_state'],
-            ', '.join('%s -> %s' % (facts['mac'], facts['pinned']) for facts in lab['pis'].values())))
-        for pi in real:  # qemu's NIC carries this MAC on the bridge: the namespace's twin must be silent
-            subprocess.run(['ip', '-n', lab['namespaces'][pi['host']], 'link', 'set', 'eth0', 'down'], check=True)
-        say('images on the bakery: %s' % ', '.join(
-            [put_image(lab, sample, IMAGE_NAME)] + [put_image(lab, info['path'], '%s.img' % bakeform)
-                                                    for bakeform, info in images.items()]))
+    step(7, total, 'the whole fleet: pifleet.netboot.site --tags fleet (the real Pi and its bakeform join), then '
+         'the whole site again')
+    say('fleet: changed=%d' % playbook(state, 'site', '--tags', 'fleet', lab_name=name)['changed'])
+    say('site again, whole: it must change nothing')
+    again = playbook(state, 'site', lab_name=name)
+    if again['changed'] != 0:
+        raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
 
-        step(5, total, 'pifleet.netboot.site with inventories/lab (boot services + fleet)')
-        first = playbook(state, 'site', lab_name=name)
-        say('site: changed=%d' % first['changed'])
-        say('site again: it must change nothing')
-        again = playbook(state, 'site', lab_name=name)
-        if again['changed'] != 0:
-            raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
-
-        step(6, total, 'the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
-        fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
-        for pi in simulated:
-            say(boot_pi(lab, pi, fleet_map))
-        say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, pis[0])))
-
-        step(7, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
+    if real:
+        step(8, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
              % real[0]['name'])
+        store, current = current_generation(lab, real[0]['bakeform'])
+        say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
+            % (real[0]['name'], store.label(current), store.boot_export(current)))
         vpi = real_boot(lab, real[0], state)
-        vpi.power_off()
-
-        step(8, total, 'the bakery reboots: every Pi root is mounted again by its unit, and the Pis boot again')
-        reboot_and_boot_again(lab, state, pis, fleet_map, keep)
-
-        step(9, total, 'pifleet.netboot.status')
-        playbook(state, 'status', lab_name=name)
-    finally:
-        if keep:
-            say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
-                % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
+        if keep:  # left running for the user (and the tests); `down` stops it
+            nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
+            say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
+                real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))
         else:
-            step(10, total, 'taking the lab down')
-            nspawnlab.down(state)
-    say('done in %.0f s' % (time.monotonic() - STARTED))
+            vpi.power_off()
+
+    step(9, total, 'pifleet.netboot.status')
+    playbook(state, 'status', lab_name=name)
 
 
 def main(argv=None):

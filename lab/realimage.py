@@ -2,30 +2,44 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real Raspberry Pi OS-like arm64 images that boot: Debian built with mmdebstrap, cached by recipe.
 
-    python3 -m lab.realimage build --flavour bookworm|trixie [--cache DIR] [--mirror URL]
-    python3 -m lab.realimage show --flavour bookworm|trixie [--cache DIR]
+    python3 -m lab.realimage build --flavour NAME [--cache DIR] [--mirror URL]
+    python3 -m lab.realimage show --flavour NAME [--cache DIR]
+    python3 -m lab.realimage generations [--cache DIR] [--mirror URL]
 
 Two flavours, both packaged like a Raspberry Pi OS image (piimage.py's MBR + FAT ``bootfs`` +
 ext4 ``rootfs``):
 
-- ``bookworm``: Debian 12 with dhcpcd, like Raspberry Pi OS before NetworkManager;
 - ``trixie``: Debian 13 with cloud-init, netplan.io and NetworkManager, and NoCloud ``meta-data``,
-  ``user-data`` and ``network-config`` on the boot partition, like Raspberry Pi OS of October 2025.
+  ``user-data`` and ``network-config`` on the boot partition, like Raspberry Pi OS of October 2025
+  (what ``make demo`` and the tests boot);
+- ``bookworm``: Debian 12 with dhcpcd, like Raspberry Pi OS before NetworkManager (on demand only).
 
-Both carry the Raspberry Pi OS pieces that a root must lose or change to live on NFS, so that a
-boot proves each fix: PARTUUID lines in ``/etc/fstab`` and ``cmdline.txt`` (with
-``init=/usr/lib/raspberrypi-sys-mods/firstboot``), the ``resize2fs_once`` init script, a
-``dphys-swapfile`` service, the ``userconfig`` first-boot dialog, the
-``regenerate_ssh_host_keys`` unit, ssh disabled, golden SSH host keys and machine-id, ``eth0``
-naming (``99-default.link`` masked). The kernel is Debian's ``linux-image-arm64`` with a small
-initramfs (``MODULES=list``: virtio and the Pi NICs, NFS); ``config.txt`` names it with
-``kernel=`` and ``initramfs … followkernel``; the firmware comes from Debian's raspi-firmware.
+and two images made from the trixie one's cached tree in a minute or two, for the upgrade proof
+(``generations()`` returns the three as A, B, C with the facts a test checks):
 
-The image goes to ``<cache>/<flavour>-<recipe hash>.img`` (sparse) with a ``.json`` beside it
-(kernel, initramfs, disk id, build time); the cache defaults to ``/var/cache/pifleet/realimage``
+- ``trixie-kernel`` (B): the same root with Debian 12's kernel (6.1) and its modules in place of
+  trixie's own (``dpkg --purge`` of the one, ``dpkg -i`` of the other, as apt would leave them);
+  ``config.txt`` names the other ``vmlinuz-*``;
+- ``trixie-panic`` (C): the root of A, but its initramfs' ``/init`` exits: U-Boot fetches every
+  file, the kernel starts and panics ("Attempted to kill init!"), the Pi never comes up.
+
+All carry the Raspberry Pi OS pieces that a root must lose or change to live on NFS (lab/pios.py),
+so that a boot proves each fix. The kernel is Debian's ``linux-image-arm64`` with a small initramfs
+(``MODULES=list``: virtio and the Pi NICs, NFS); ``config.txt`` names it with ``kernel=`` and
+``initramfs … followkernel``; the firmware comes from Debian's raspi-firmware.
+
+Under qemu-user a few maintainer scripts cost most of a build (byte-compiling Python, the certificate
+store, depmod, update-initramfs run by several packages, every ``deb-systemd-helper`` call in
+emulated perl). They are diverted while the packages install and their work is done once at the
+end, natively where it can be (lab/debhost.py): see ``DIVERTED``. The .debs are kept in
+``<cache>/debs/<suite>`` so a rebuild after a recipe change downloads nothing again.
+
+An image goes to ``<cache>/<name>-<recipe hash>.img`` (sparse) with a ``.json`` beside it (kernel,
+initramfs, disk id, sha256, build time); a flavour that others derive from also keeps its finished
+tree as ``<name>-<hash>.tree.tar.zst``. The cache defaults to ``/var/cache/pifleet/realimage``
 (``PIFLEET_IMAGE_CACHE``), outside any checkout, so every run on the machine reuses it until the
-recipe below changes. Root only (mmdebstrap --mode=root); needs mmdebstrap, qemu-user-static,
-binfmt-support and arch-test (the arm64 maintainer scripts run under qemu-user).
+recipe changes; builds happen in a scratch dir and are renamed in. Root only (mmdebstrap
+--mode=root); needs mmdebstrap, qemu-user-static, binfmt-support, arch-test, kmod, zstd.
 """
 
 from __future__ import annotations
@@ -43,10 +57,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab import piimage
+from lab import debhost, piimage, pios
 from lab.nspawnlab import host_mirror
+from lab.pios import GOLDEN_MACHINE_ID, pi_os_pieces  # noqa: F401  (the tests and the demo read them here)
 
-RECIPE_VERSION = 2  # bump when the packaging below changes in a way the recipe text does not show
+RECIPE_VERSION = 4  # bump when the packaging below changes in a way the recipe text does not show
 CACHE = Path(os.environ.get('PIFLEET_IMAGE_CACHE', '/var/cache/pifleet/realimage'))
 MIB = piimage.MIB
 BOOT_MB = 256
@@ -55,15 +70,28 @@ COMMON_PACKAGES = (
     'initramfs-tools', 'linux-image-arm64', 'raspi-firmware', 'e2fsprogs', 'procps', 'sudo',
 )
 FLAVOURS = {
-    'bookworm': {'suite': 'bookworm', 'packages': ('dhcpcd5',), 'cloud_init': False,
+    'bookworm': {'suite': 'bookworm', 'packages': ('dhcpcd5',), 'cloud_init': False, 'python': None,
+                 'depmod': '/sbin/depmod',
                  'pretty': 'Debian GNU/Linux 12 (bookworm), Raspberry Pi OS-like (dhcpcd)'},
     'trixie': {'suite': 'trixie', 'packages': ('cloud-init', 'netplan.io', 'network-manager'), 'cloud_init': True,
+               'python': '3.13', 'depmod': '/usr/sbin/depmod',
                'pretty': 'Debian GNU/Linux 13 (trixie), Raspberry Pi OS-like (cloud-init, netplan, NetworkManager)'},
 }
+# Made from a flavour's cached tree (lab/realgen.py): the upgrade proof's other generations.
+DERIVED = {
+    'trixie-kernel': {'base': 'trixie', 'kernel_suite': 'bookworm', 'boots': True,
+                      'pretty': 'the trixie image with Debian 12\'s kernel and its modules in place of its own'},
+    'trixie-panic': {'base': 'trixie', 'boots': False,
+                     'pretty': 'the trixie image whose initramfs\' init exits: the kernel panics'},
+}
+GENERATIONS = {'A': 'trixie', 'B': 'trixie-kernel', 'C': 'trixie-panic'}
 # Kept out of the root: documentation and driver families a netbooted test Pi never loads (the
 # image shrinks by half, and so do the bakery's ingest and clone times).
 EXCLUDES = (
     '/usr/share/doc/*', '/usr/share/man/*', '/usr/share/info/*', '/usr/share/locale/*', '/usr/share/lintian/*',
+    # The locale sources: locales' postinst greps /etc/locale.gen once per supported locale (43 s under
+    # qemu-user); the image generates none (C.UTF-8 is built in).
+    '/usr/share/i18n/*',
     # udev's hardware database: compiling it under qemu-user takes a minute per image; a test Pi needs none.
     '/usr/lib/udev/hwdb.d/*', '/lib/udev/hwdb.d/*',
     *('%s/lib/modules/*/kernel/%s/*' % (usr, part) for usr in ('', '/usr') for part in (
@@ -73,178 +101,77 @@ EXCLUDES = (
 )
 # The initramfs mounts the NFS root itself (root=/dev/nfs); MODULES=list keeps it small. virtio for
 # qemu, the Pi NICs (Pi 4 genet, Pi 3 smsc95xx/lan78xx) for a real Pi.
-INITRAMFS_CONF = 'MODULES=list\n'
+INITRAMFS_CONF = 'MODULES=list\nRESUME=none\n'
 INITRAMFS_MODULES = ('virtio_pci', 'virtio_mmio', 'virtio_net', 'af_packet', 'nfs', 'nfsv3', 'broadcom',
                      'bcmgenet', 'smsc95xx', 'lan78xx')
-GOLDEN_MACHINE_ID = 'c0ffee00c0ffee00c0ffee00c0ffee00'
-
-CONFIG_TXT = """\
-# For more options and information see
-# http://rptl.io/configtxt
-dtparam=audio=on
-camera_auto_detect=1
-display_auto_detect=1
-arm_64bit=1
-disable_overscan=1
-enable_uart=1
-upstream_kernel=1
-kernel={kernel}
-initramfs {initramfs} followkernel
-
-[cm4]
-otg_mode=1
-
-[all]
-"""
-CMDLINE_TXT = ('console=serial0,115200 console=tty1 root=PARTUUID={disk_id}-02 rootfstype=ext4 fsck.repair=yes '
-               'rootwait init=/usr/lib/raspberrypi-sys-mods/firstboot\n')
-FSTAB = """\
-proc            /proc           proc    defaults          0       0
-PARTUUID={disk_id}-01  /boot/firmware  vfat    defaults          0       2
-PARTUUID={disk_id}-02  /               ext4    defaults,noatime  0       1
-"""
-# Raspberry Pi OS's first boot: grow the root partition on the SD card, then go on to systemd.
-FIRSTBOOT = """\
-#!/bin/sh
-# Raspberry Pi OS-like first boot (init= in cmdline.txt): resize the root partition of the SD card.
-mount -t proc proc /proc 2>/dev/null
-ROOT_DEV=$(sed -n 's|^\\([^ ]*\\) / .*|\\1|p' /proc/mounts | tail -n 1)
-case "$ROOT_DEV" in
-  /dev/mmcblk*p2|/dev/sd?2) echo "firstboot: would resize $ROOT_DEV" ;;
-  *) echo "firstboot: the root ($ROOT_DEV) is not partition 2 of an SD card: cannot resize it" >&2; exit 1 ;;
-esac
-exec /sbin/init
-"""
-DPHYS_SWAPFILE = """\
-#!/bin/sh
-# dphys-swapfile-like: a swap file of CONF_SWAPSIZE MiB at /var/swap.
-CONF_SWAPSIZE=100
-[ -r /etc/dphys-swapfile ] && . /etc/dphys-swapfile
-case "$1" in
-  setup) [ "$CONF_SWAPSIZE" -gt 0 ] || exit 0
-         truncate -s "${CONF_SWAPSIZE}M" /var/swap && chmod 600 /var/swap && mkswap /var/swap ;;
-  swapon) [ "$CONF_SWAPSIZE" -gt 0 ] || exit 0
-          swapon /var/swap ;;
-  swapoff) swapoff /var/swap 2>/dev/null; exit 0 ;;
-esac
-"""
-DPHYS_UNIT = """\
-[Unit]
-Description=dphys-swapfile - set up, mount/unmount, and delete a swap file
-After=local-fs.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/sbin/dphys-swapfile setup
-ExecStart=/usr/sbin/dphys-swapfile swapon
-ExecStop=/usr/sbin/dphys-swapfile swapoff
-
-[Install]
-WantedBy=multi-user.target
-"""
-REGENERATE_KEYS_UNIT = """\
-[Unit]
-Description=Regenerate SSH host keys
-Before=ssh.service
-ConditionFileIsExecutable=/usr/bin/ssh-keygen
-
-[Service]
-Type=oneshot
-ExecStartPre=-/bin/sh -c "/bin/rm -f -v /etc/ssh/ssh_host_*_key*"
-ExecStart=/usr/bin/ssh-keygen -A -v
-ExecStartPost=/bin/systemctl disable regenerate_ssh_host_keys
-
-[Install]
-WantedBy=multi-user.target
-"""
-# Raspberry Pi OS asks for a first user on a console when the image has none and userconf.txt
-# is not on the boot partition; it waits for an answer, so the boot never finishes unattended.
-USERCONFIG_UNIT = """\
-[Unit]
-Description=User configuration dialog
-After=systemd-user-sessions.service
-Before=getty@tty1.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/lib/userconf-pi/userconf-service
-StandardInput=tty
-StandardOutput=tty
-TTYPath=/dev/tty8
-
-[Install]
-WantedBy=multi-user.target
-"""
-USERCONFIG_SERVICE = """\
-#!/bin/sh
-# userconf-pi-like: make the first user from /boot/firmware/userconf.txt, else ask on the console.
-if [ -r /boot/firmware/userconf.txt ]; then
-  IFS=: read -r name hash < /boot/firmware/userconf.txt
-  useradd -m -u 1000 -p "$hash" "$name" && exec systemctl disable userconfig
-fi
-getent passwd 1000 >/dev/null && exec systemctl disable userconfig
-echo "Please enter a new user name:"
-read -r name
-"""
-# Raspberry Pi OS-like (rpi-cloud-init-mods): NoCloud only. How an SD card's boot partition is found
-# is not modelled (cloud-init 24.3 deprecates a custom fs_label); a netbooted Pi's seed is in its root.
-CLOUD_CFG = """\
-datasource_list: [NoCloud, None]
-"""
-SEED_META_DATA = 'instance-id: rpi-imager-1759400000000\n'
-SEED_USER_DATA = """\
-#cloud-config
-# Raspberry Pi Imager-like first-boot settings
-hostname: raspberrypi
-manage_etc_hosts: true
-users:
-  - name: pi
-    groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
-    shell: /bin/bash
-    lock_passwd: true
-"""
-SEED_NETWORK_CONFIG = """\
-network:
-  version: 2
-  ethernets:
-    eth0:
-      dhcp4: true
-      optional: true
-"""
+# Programs diverted (dpkg-divert, so the packages' own files go beside them) while the packages install,
+# and what stands in their place; the real ones are back before the image is packed, and their work is
+# done once: update-initramfs in the tree, depmod, byte-compiling, the certificate store and the
+# deb-systemd-helper/update-rc.d calls (replayed in order from the log) natively (lab/debhost.py).
+EXIT0 = '#!/bin/sh\n# lab/realimage.py: diverted while the image is built; its work is done at the end\nexit 0\n'
+RECORD = ('#!/bin/sh\n# lab/realimage.py: diverted while the image is built; replayed natively at the end\n'
+          '{ printf %%s %s; for a in "$DPKG_MAINTSCRIPT_PACKAGE" "$@"; do printf "\\037%%s" "$a"; done; echo; } '
+          '>> /var/lib/pifleet-build/replay\n'
+          'exit 0\n')
+REPLAY = '/var/lib/pifleet-build/replay'
+PY_COMPILE_STUB = ('"""lab/realimage.py: diverted while the image is built; .pyc files are written at the end."""\n'
+                   'if __name__ != "__main__":\n'
+                   '    raise ImportError("py_compile is diverted while the image is built")\n')
 
 
-def log(message, flavour=None):
-    print('realimage%s: %s' % (' ' + flavour if flavour else '', message), flush=True)
+def log(message, name=None):
+    print('realimage%s: %s' % (' ' + name if name else '', message), flush=True)
 
 
-def recipe(flavour):
+def diverted(spec):
+    """{path: stand-in text or None (absent: callers check ``command -v``)} for a flavour."""
+    stubs = {'/usr/sbin/update-initramfs': EXIT0, spec['depmod']: EXIT0, '/usr/sbin/update-ca-certificates': EXIT0,
+             '/usr/bin/deb-systemd-invoke': EXIT0, '/usr/sbin/invoke-rc.d': EXIT0,
+             '/usr/bin/deb-systemd-helper': RECORD % 'deb-systemd-helper',
+             '/usr/sbin/update-rc.d': RECORD % 'update-rc.d',
+             '/usr/bin/py3compile': None, '/usr/bin/py3clean': None}
+    if spec['python']:
+        stubs['/usr/lib/python%s/py_compile.py' % spec['python']] = PY_COMPILE_STUB
+    return stubs
+
+
+def recipe(name):
     """Everything that decides the image's content, as text: its hash names the cached image."""
-    spec = FLAVOURS[flavour]
-    parts = [str(RECIPE_VERSION), flavour, json.dumps(spec, sort_keys=True), ' '.join(COMMON_PACKAGES),
-             ' '.join(EXCLUDES), INITRAMFS_CONF, ' '.join(INITRAMFS_MODULES), GOLDEN_MACHINE_ID, CONFIG_TXT,
-             CMDLINE_TXT, FSTAB, FIRSTBOOT, DPHYS_SWAPFILE, DPHYS_UNIT, REGENERATE_KEYS_UNIT, USERCONFIG_UNIT,
-             USERCONFIG_SERVICE, str(BOOT_MB)]
-    if spec['cloud_init']:
-        parts += [CLOUD_CFG, SEED_META_DATA, SEED_USER_DATA, SEED_NETWORK_CONFIG]
+    if name in DERIVED:
+        from lab import realgen  # noqa: PLC0415  (realgen imports this module)
+        return '\n\0'.join([recipe(DERIVED[name]['base']), name, json.dumps(DERIVED[name], sort_keys=True),
+                            realgen.RECIPE])
+    spec = FLAVOURS[name]
+    parts = [str(RECIPE_VERSION), name, json.dumps(spec, sort_keys=True), ' '.join(COMMON_PACKAGES),
+             ' '.join(EXCLUDES), INITRAMFS_CONF, ' '.join(INITRAMFS_MODULES),
+             json.dumps(diverted(spec), sort_keys=True), pios.recipe(spec['cloud_init']), str(BOOT_MB)]
     return '\n\0'.join(parts)
 
 
-def recipe_hash(flavour):
-    return hashlib.sha256(recipe(flavour).encode()).hexdigest()[:12]
+def recipe_hash(name):
+    return hashlib.sha256(recipe(name).encode()).hexdigest()[:12]
 
 
-def image_path(flavour, cache=CACHE):
-    return Path(cache) / ('%s-%s.img' % (flavour, recipe_hash(flavour)))
+def image_path(name, cache=CACHE):
+    return Path(cache) / ('%s-%s.img' % (name, recipe_hash(name)))
 
 
-def cached(flavour, cache=CACHE):
+def tree_path(name, cache=CACHE):
+    """The finished tree of a flavour that others are made from."""
+    return Path(cache) / ('%s-%s.tree.tar.zst' % (name, recipe_hash(name)))
+
+
+def cached(name, cache=CACHE):
     """The image's description (with ``path``) when it is in the cache, else None."""
-    path = image_path(flavour, cache)
+    path = image_path(name, cache)
     info = path.with_suffix('.json')
     if path.is_file() and info.is_file():
         return dict(json.loads(info.read_text()), path=str(path))
     return None
+
+
+def deb_cache(suite, cache=CACHE):
+    return Path(cache) / 'debs' / suite
 
 
 # --------------------------------------------------------------------------- the machine
@@ -267,83 +194,112 @@ def ensure_binfmt():
                                'install qemu-user-static and binfmt-support' % (proc.stderr.strip() or 'no entry'))
 
 
-def mmdebstrap(flavour, root, stage, mirror):
-    spec = FLAVOURS[flavour]
-    argv = ['mmdebstrap', '--mode=root', '--variant=minbase', '--architectures=arm64',
-            '--components=main,non-free-firmware', '--include=%s' % ','.join(COMMON_PACKAGES + spec['packages']),
-            '--aptopt=APT::Install-Recommends "false"',
+def mmdebstrap_argv(suite, root, mirror, *hooks, include=(), variant='minbase'):
+    """mmdebstrap for arm64 with the image's apt and dpkg options (kept in the tree for later dpkg runs)."""
+    return ['mmdebstrap', '--mode=root', '--variant=%s' % variant, '--architectures=arm64',
+            '--components=main,non-free-firmware', *(['--include=%s' % ','.join(include)] if include else []),
+            '--aptopt=APT::Install-Recommends "false"', '--dpkgopt=force-unsafe-io',
             *('--dpkgopt=path-exclude=%s' % pattern for pattern in EXCLUDES),
-            '--dpkgopt=path-include=/usr/share/locale/locale.alias',
-            '--setup-hook=sync-in %s /' % stage, spec['suite'], str(root), mirror]
-    log('mmdebstrap %s (arm64) from %s: takes minutes (maintainer scripts run under qemu-user)'
-        % (spec['suite'], mirror), flavour)
+            '--dpkgopt=path-include=/usr/share/locale/locale.alias', *hooks, suite, str(root), mirror]
+
+
+def run_mmdebstrap(argv, name, what):
+    """Run mmdebstrap, its own progress lines ("I: ...") shown with the time since it started."""
+    log('%s: takes minutes (maintainer scripts run under qemu-user)' % what, name)
     started = time.monotonic()
     lines = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as proc:
         for line in proc.stdout:
             lines.append(line)
-            # mmdebstrap's own progress ("I: ...") only: one line per step, not per package.
             if line.startswith(('I: ', 'E: ', 'W: ')):
-                print('  %s %5.0fs %s' % (flavour, time.monotonic() - started, line.rstrip()), flush=True)
+                print('  %s %5.0fs %s' % (name, time.monotonic() - started, line.rstrip()), flush=True)
     if proc.returncode != 0:
-        raise RuntimeError('mmdebstrap %s failed (rc %d):\n%s' % (flavour, proc.returncode, ''.join(lines[-60:])))
+        raise RuntimeError('mmdebstrap for %s failed (rc %d):\n%s' % (name, proc.returncode, ''.join(lines[-60:])))
+    return time.monotonic() - started
 
 
-def stage_tree(stage):
-    """Files in place before any package installs (the initramfs is made once, with these)."""
-    conf = stage / 'etc/initramfs-tools/conf.d'
+def stage_tree(stage, spec):
+    """Files in place before any package installs, and the stand-ins of the diverted programs."""
+    conf = stage / 'files/etc/initramfs-tools/conf.d'
     conf.mkdir(parents=True)
     (conf / 'pifleet.conf').write_text(INITRAMFS_CONF)
-    (stage / 'etc/initramfs-tools/modules').write_text(''.join(m + '\n' for m in INITRAMFS_MODULES))
+    (stage / 'files/etc/initramfs-tools/modules').write_text(''.join(m + '\n' for m in INITRAMFS_MODULES))
+    # The golden host keys, made here: openssh-server's postinst makes none when they exist (RSA under
+    # qemu-user takes seconds); pi_root gives every Pi keys of its own anyway.
+    (stage / 'files/etc/ssh').mkdir(parents=True)
+    for kind in ('rsa', 'ecdsa', 'ed25519'):
+        debhost.run(['ssh-keygen', '-q', '-t', kind, '-N', '', '-C', 'root@raspberrypi', '-f',
+                     str(stage / 'files/etc/ssh' / ('ssh_host_%s_key' % kind))])
+    (stage / 'stubs/var/lib/pifleet-build').mkdir(parents=True)
+    for path, text in diverted(spec).items():
+        if text is not None:
+            stub = stage / 'stubs' / path.lstrip('/')
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text(text)
+            stub.chmod(0o755)
 
 
-# --------------------------------------------------------------------------- Raspberry Pi OS pieces
+def divert_script(paths, add):
+    """Shell for a hook: dpkg-divert (the host's, on the tree) each path to <path>.pifleet-build, or back."""
+    words = ' '.join("'%s'" % path for path in paths)
+    if add:
+        return ('for p in %s; do dpkg-divert --root "$1" --quiet --local --rename --divert "$p.pifleet-build" '
+                '--add "$p"; done' % words)
+    return ('for p in %s; do rm -f "$1$p"; dpkg-divert --root "$1" --quiet --local --rename --remove "$p"; done; '
+            'if [ -e "$1%s" ]; then mv "$1%s" "$1.replay"; fi; rm -rf "$1/var/lib/pifleet-build"'
+            % (words, REPLAY, REPLAY))
 
 
-def _write(root, rel, text, mode=0o644):
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
+def mmdebstrap(flavour, root, stage, mirror, debs):
+    spec = FLAVOURS[flavour]
+    paths = list(diverted(spec))
+    hooks = ['--setup-hook=sync-in %s /' % (stage / 'files'),
+             # The .debs of earlier builds: apt takes a file whose hash matches instead of downloading it.
+             '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/', '--setup-hook=sync-in %s /var/cache/apt/archives/'
+             % debs['old'], '--skip=essential/unlink',
+             '--essential-hook=' + divert_script(paths, add=True), '--essential-hook=sync-in %s /' % (stage / 'stubs'),
+             '--customize-hook=sync-out /var/cache/apt/archives %s' % debs['new'],
+             '--customize-hook=' + divert_script(paths, add=False),
+             '--customize-hook=for d in "$1"/lib/modules/*/; do depmod -a -b "$1" "$(basename "$d")"; done',
+             '--customize-hook=chroot "$1" update-initramfs -c -k all']
+    return run_mmdebstrap(mmdebstrap_argv(spec['suite'], root, mirror, *hooks,
+                                          include=COMMON_PACKAGES + spec['packages']),
+                          flavour, 'mmdebstrap %s (arm64) from %s' % (spec['suite'], mirror))
 
 
-def _link(root, rel, target):
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.symlink_to(target)
+def replay(root, log_lines):
+    """The deb-systemd-helper and update-rc.d calls the packages made, in order, by the host's perl on the tree."""
+    env = dict(os.environ, DPKG_ROOT=str(root), _DEB_SYSTEMD_HELPER_TRIGGERED='1')
+    where = {'deb-systemd-helper': 'usr/bin/deb-systemd-helper', 'update-rc.d': 'usr/sbin/update-rc.d'}
+    for line in log_lines:
+        program, package, *args = line.split('\x1f')
+        # was-enabled and friends answer by their exit code: not a failure
+        subprocess.run(['perl', str(Path(root) / where[program]), *args], capture_output=True, check=False,
+                       env=dict(env, DPKG_MAINTSCRIPT_PACKAGE=package))
+    return len(log_lines)
 
 
-def pi_os_pieces(root, flavour, disk_id):
-    """What a Raspberry Pi OS image carries and a root on NFS must lose or change (see the docstring)."""
-    wants = 'etc/systemd/system/multi-user.target.wants'
-    _write(root, 'etc/fstab', FSTAB.format(disk_id=disk_id))
-    _write(root, 'etc/hostname', 'raspberrypi\n')
-    hosts = (root / 'etc/hosts').read_text() if (root / 'etc/hosts').exists() else '127.0.0.1\tlocalhost\n'
-    _write(root, 'etc/hosts', re.sub(r'(?m)^127\.0\.1\.1\s.*\n?', '', hosts) + '127.0.1.1\traspberrypi\n')
-    _write(root, 'etc/machine-id', GOLDEN_MACHINE_ID + '\n', 0o444)
-    _write(root, 'etc/default/locale', 'LANG=C.UTF-8\n')
-    _link(root, 'etc/systemd/network/99-default.link', '/dev/null')  # eth0, not enp0s1
-    (root / wants / 'ssh.service').unlink(missing_ok=True)  # ssh is off until /boot/firmware/ssh asks
-    _write(root, 'usr/lib/raspberrypi-sys-mods/firstboot', FIRSTBOOT, 0o755)
-    _write(root, 'etc/init.d/resize2fs_once', piimage.RESIZE2FS_ONCE, 0o755)
-    _link(root, 'etc/rc3.d/S01resize2fs_once', '../init.d/resize2fs_once')
-    _write(root, 'etc/dphys-swapfile', '# /etc/dphys-swapfile\nCONF_SWAPSIZE=100\n')
-    _write(root, 'usr/sbin/dphys-swapfile', DPHYS_SWAPFILE, 0o755)
-    for name, unit in (('dphys-swapfile', DPHYS_UNIT), ('regenerate_ssh_host_keys', REGENERATE_KEYS_UNIT),
-                       ('userconfig', USERCONFIG_UNIT)):
-        _write(root, 'usr/lib/systemd/system/%s.service' % name, unit)
-        _link(root, '%s/%s.service' % (wants, name), '/usr/lib/systemd/system/%s.service' % name)
-    _write(root, 'usr/lib/userconf-pi/userconf-service', USERCONFIG_SERVICE, 0o755)
-    if FLAVOURS[flavour]['cloud_init']:
-        _write(root, 'etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg', CLOUD_CFG)
-    for stale in (root / 'boot/firmware').iterdir():  # raspi-firmware's hooks filled it: the FAT has these
-        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+def finish_tree(root, flavour, mirror, cache):
+    """The diverted programs' work, natively: the units the packages enable, the certificate store, the .pyc files."""
+    spec = FLAVOURS[flavour]
+    started = time.monotonic()
+    record = Path(str(root) + '.replay')
+    calls = replay(root, record.read_text().splitlines() if record.is_file() else [])
+    done = ['%d deb-systemd-helper/update-rc.d calls replayed' % calls]
+    if (root / 'usr/sbin/update-ca-certificates').exists():
+        done.append('%d CA certificates' % debhost.ca_certificates(root))
+    if spec['python']:
+        python = debhost.native_python(spec['python'], spec['suite'], mirror, Path(cache) / 'host')
+        written = debhost.byte_compile(root, python, debhost.compile_dirs(root, spec['python']))
+        done.append('Python %s byte-compiled natively (%d .pyc files)' % (spec['python'], written))
+    log('%s in %.0f s' % ('; '.join(done), time.monotonic() - started), flavour)
 
 
-def boot_files(root, flavour, disk_id):
+# --------------------------------------------------------------------------- packing
+
+
+def boot_files(root, cloud_init, disk_id):
     """{path on the FAT: bytes}: firmware, device trees, kernel, initramfs, config.txt, cmdline.txt."""
     kernels = sorted((root / 'boot').glob('vmlinuz-*'))
     if len(kernels) != 1:
@@ -357,12 +313,9 @@ def boot_files(root, flavour, disk_id):
         files[dtb.name] = dtb.read_bytes()
     files[kernel] = (root / 'boot' / kernel).read_bytes()
     files[initramfs] = (root / 'boot' / initramfs).read_bytes()
-    files['config.txt'] = CONFIG_TXT.format(kernel=kernel, initramfs=initramfs).encode()
-    files['cmdline.txt'] = CMDLINE_TXT.format(disk_id=disk_id).encode()
-    if FLAVOURS[flavour]['cloud_init']:
-        files.update({'meta-data': SEED_META_DATA.encode(), 'user-data': SEED_USER_DATA.encode(),
-                      'network-config': SEED_NETWORK_CONFIG.encode()})
-    return files, {'kernel': kernel, 'initramfs': initramfs, 'kernel_version': version}
+    files.update(pios.boot_text(kernel, initramfs, disk_id, cloud_init))
+    return files, {'kernel': kernel, 'initramfs': initramfs, 'kernel_version': version,
+                   'uname': version, 'modules_dir': '/lib/modules/%s' % version}
 
 
 def tree_bytes(root):
@@ -395,62 +348,133 @@ def pack(root, files, out, *, work, disk_id, seed):
     return {'boot_offset': boot_offset, 'boot_size': boot_size, 'root_offset': root_offset, 'root_size': root_size}
 
 
-def build(flavour, cache=CACHE, mirror=None):
-    """The cached image of ``flavour`` (its description with ``path``), built first when missing."""
-    if flavour not in FLAVOURS:
-        raise ValueError('unknown flavour %r; choose from %s' % (flavour, ', '.join(FLAVOURS)))
-    found = cached(flavour, cache)
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        while block := handle.read(4 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack_tree(root, out):
+    """The finished tree as a tarball (owners, modes, xattrs such as file capabilities kept), for derived images."""
+    subprocess.run('tar -C %s --xattrs --xattrs-include="*" --numeric-owner -cf - . | zstd -q -T0 -3 -o %s'
+                   % (root, out), shell=True, check=True)
+
+
+def unpack_tree(tarball, root):
+    root.mkdir(parents=True)
+    subprocess.run('zstd -q -dc %s | tar -C %s --xattrs --xattrs-include="*" --numeric-owner -xpf -'
+                   % (tarball, root), shell=True, check=True)
+
+
+def image_from_tree(root, name, work, *, cloud_init, boot_override=None):
+    """The Raspberry Pi OS pieces written into the tree, then the image packed: (path, description)."""
+    digest = recipe_hash(name)
+    seed = int(digest, 16)
+    disk_id = piimage._disk_id(seed)
+    pi_os_pieces(root, disk_id, cloud_init)
+    files, kernel = boot_files(root, cloud_init, disk_id)
+    files.update(boot_override or {})
+    log('packing: kernel %s, %d boot files, root %.0f MiB' % (kernel['kernel'], len(files), tree_bytes(root) / MIB),
+        name)
+    out = work / 'image.img'
+    layout = pack(root, files, out, work=work, disk_id=disk_id, seed=seed)
+    return out, {'name': name, 'recipe': digest, 'disk_id': disk_id, **kernel, **layout, 'boot_files': sorted(files),
+                 'image_bytes': out.stat().st_size}
+
+
+def make_flavour(flavour, work, cache, mirror):
+    spec = FLAVOURS[flavour]
+    stage, root = work / 'stage', work / 'root'
+    stage_tree(stage, spec)
+    debs = {'old': deb_cache(spec['suite'], cache), 'new': work / 'debs'}
+    for path in debs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    ensure_binfmt()
+    seconds = {'mmdebstrap': round(mmdebstrap(flavour, root, stage, mirror, debs), 1)}
+    started = time.monotonic()
+    finish_tree(root, flavour, mirror, cache)
+    seconds['native'] = round(time.monotonic() - started, 1)
+    for path in debs['new'].iterdir():  # the cache keeps this build's .debs, no more
+        if not path.name.endswith('.deb'):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    old = debs['old'].with_name('.%s.old' % spec['suite'])
+    os.replace(debs['old'], old)
+    os.replace(debs['new'], debs['old'])
+    shutil.rmtree(old, ignore_errors=True)
+    tree = None
+    if any(d['base'] == flavour for d in DERIVED.values()):
+        tree = work / 'tree.tar.zst'
+        pack_tree(root, tree)
+    out, info = image_from_tree(root, flavour, work, cloud_init=spec['cloud_init'])
+    info.update(flavour=flavour, suite=spec['suite'], pretty=spec['pretty'], boots=True, expect='running',
+                seconds=seconds)
+    return out, info, tree
+
+
+def publish(name, out, info, cache, tree=None):
+    """Renamed into the cache (the .json last: an image is only found with its description); older recipes go."""
+    dest = image_path(name, cache)
+    if tree is not None:
+        os.replace(tree, tree_path(name, cache))
+    os.replace(out, dest)
+    note = dest.with_suffix('.json.partial')
+    note.write_text(json.dumps(info, indent=1, sort_keys=True) + '\n')
+    os.replace(note, dest.with_suffix('.json'))
+    mine = re.compile(r'%s-[0-9a-f]{12}(\.img|\.json|\.tree\.tar\.zst)' % re.escape(name))
+    for old in Path(cache).iterdir():
+        if mine.fullmatch(old.name) and not old.name.startswith(dest.stem + '.'):
+            old.unlink(missing_ok=True)
+    return dict(info, path=str(dest))
+
+
+def build(name, cache=CACHE, mirror=None):
+    """The cached image ``name`` (a flavour or a derived image; its description with ``path``), built when missing."""
+    if name not in FLAVOURS and name not in DERIVED:
+        raise ValueError('unknown image %r; choose from %s' % (name, ', '.join([*FLAVOURS, *DERIVED])))
+    found = cached(name, cache)
     if found:
-        log('image %s (cached)' % found['path'], flavour)
+        log('image %s (cached)' % found['path'], name)
         return found
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ('.lock-%s' % flavour), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of the same flavour finishes first
-        found = cached(flavour, cache)
+    mirror = mirror or host_mirror()
+    with open(cache / ('.lock-%s' % name), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build of the same image finishes first
+        found = cached(name, cache)
         if found:
             return found
-        for stale in cache.glob('.build-%s-*' % flavour):  # scratch dirs of killed builds (we hold the lock)
+        for stale in cache.glob('.build-%s-*' % name):  # scratch dirs of killed builds (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        ensure_binfmt()
         started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix='.build-%s-' % flavour, dir=cache))
+        work = Path(tempfile.mkdtemp(prefix='.build-%s-' % name, dir=cache))
         try:
-            digest = recipe_hash(flavour)
-            seed = int(digest, 16)
-            disk_id = piimage._disk_id(seed)
-            stage, root = work / 'stage', work / 'root'
-            stage_tree(stage)
-            mirror = mirror or host_mirror()
-            mmdebstrap(flavour, root, stage, mirror)
-            built = time.monotonic() - started
-            pi_os_pieces(root, flavour, disk_id)
-            files, kernel = boot_files(root, flavour, disk_id)
-            log('packing: kernel %s, %d boot files, root %.0f MiB' % (
-                kernel['kernel'], len(files), tree_bytes(root) / MIB), flavour)
-            out = work / 'image.img'
-            layout = pack(root, files, out, work=work, disk_id=disk_id, seed=seed)
-            info = {'flavour': flavour, 'recipe': digest, 'suite': FLAVOURS[flavour]['suite'],
-                    'pretty': FLAVOURS[flavour]['pretty'], 'mirror': mirror, 'disk_id': disk_id, **kernel,
-                    **layout, 'boot_files': sorted(files), 'image_bytes': out.stat().st_size,
-                    'mmdebstrap_seconds': round(built, 1), 'build_seconds': round(time.monotonic() - started, 1)}
-            dest = image_path(flavour, cache)
-            os.replace(out, dest)
-            dest.with_suffix('.json').write_text(json.dumps(info, indent=1, sort_keys=True) + '\n')
-            for old in cache.glob('%s-*.img' % flavour):  # earlier recipes' images: the cache holds one per flavour
-                if old != dest:
-                    old.unlink(missing_ok=True)
-                    old.with_suffix('.json').unlink(missing_ok=True)
+            if name in DERIVED:
+                from lab import realgen  # noqa: PLC0415  (realgen imports this module)
+                out, info, tree = realgen.make(name, work, cache, mirror)
+            else:
+                out, info, tree = make_flavour(name, work, cache, mirror)
+            info.update(mirror=mirror, sha256=sha256(out), build_seconds=round(time.monotonic() - started, 1))
+            found = publish(name, out, info, cache, tree)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    log('image %s built in %.0f s' % (dest, info['build_seconds']), flavour)
-    return dict(info, path=str(dest))
+    log('image %s built in %.0f s' % (found['path'], found['build_seconds']), name)
+    return found
+
+
+def generations(cache=CACHE, mirror=None):
+    """The upgrade proof's images: {'A': trixie, 'B': another kernel, 'C': never comes up}, each described
+    (``path``, ``sha256``, ``kernel``, ``uname``: what ``uname -r`` says on it, ``modules_dir``, ``boots``,
+    ``expect``: ``running`` or ``panic``)."""
+    return {label: build(name, cache, mirror) for label, name in GENERATIONS.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
-    parser.add_argument('command', choices=('build', 'show'))
-    parser.add_argument('--flavour', choices=sorted(FLAVOURS), required=True)
+    parser.add_argument('command', choices=('build', 'show', 'generations'))
+    parser.add_argument('--flavour', choices=sorted([*FLAVOURS, *DERIVED]), default='trixie',
+                        help='image to build or show (default %(default)s)')
     parser.add_argument('--cache', default=str(CACHE), help='cache directory (default %(default)s)')
     parser.add_argument('--mirror', default=None, help="Debian mirror (default: the host's)")
     args = parser.parse_args(argv)
@@ -461,7 +485,10 @@ def main(argv=None):
         return 0 if found else 1
     if os.geteuid() != 0:
         parser.error('must run as root (mmdebstrap --mode=root)')
-    print(json.dumps(build(args.flavour, args.cache, args.mirror), indent=1, sort_keys=True))
+    if args.command == 'generations':
+        print(json.dumps(generations(args.cache, args.mirror), indent=1, sort_keys=True))
+    else:
+        print(json.dumps(build(args.flavour, args.cache, args.mirror), indent=1, sort_keys=True))
     return 0
 
 

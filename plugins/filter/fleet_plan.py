@@ -59,8 +59,9 @@ options:
     elements: str
   boot_mount:
     description:
-      - How the Pis mount their bakeform's boot files (the C(pifleet.netboot.pi_root) option). With V(nfs), each
-        bakeform's C(<store>/<name>/boot) is exported read-only to exactly the Pis that boot it.
+      - How the Pis mount their generation's boot files (the C(pifleet.netboot.pi_root) option). The exports of
+        the generations' C(boot-nfs) are not in the plan: they depend on which generation each root uses, known after
+        C(pi_root) (P(pifleet.netboot.fleet_boot_exports#filter)).
     type: str
     choices: [none, nfs]
     default: none
@@ -95,12 +96,13 @@ RETURN = r"""
 _value:
   description: >-
     A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
-    modules) and C(serials). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text, merged into the
-    seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has them checked; its
-    C(roots) item carries C(cloud_init) = C({instance}) and, when it has user data, C(cloud_init_from) (its inventory
-    name). The user data itself stays out of the plan (it may hold secrets, and the plan is a fact C(-v) prints):
-    P(pifleet.netboot.fleet_user_data#filter) reads it for the C(pi_root) call. Each C(exports) item names its Pi
-    (C(serial), C(hostname)) and each C(boot) item its C(serial), so a Pi that fails a step is named and kept.
+    modules), C(serials) and C(export_scope). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text,
+    merged into the seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has
+    them checked; its C(roots) item carries C(cloud_init) = C({instance}) and, when it has user data,
+    C(cloud_init_from) (its inventory name). The user data itself stays out of the plan (it may hold secrets, and
+    the plan is a fact C(-v) prints): P(pifleet.netboot.fleet_user_data#filter) reads it for the C(pi_root) call.
+    Each C(exports) item names its Pi (C(serial), C(hostname)) and each C(boot) item its C(serial), so a Pi that
+    fails a step is named and kept.
   type: dict
 """
 

@@ -28,12 +28,9 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit 
     instance_id,
     load_user_data,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import BOOT_EXPORT
 
 MODELS = (3, 4, 5)
 ROOT_OPTIONS = ['rw', 'sync', 'no_subtree_check', 'no_root_squash']
-# A bakeform's boot files, mounted at /boot/firmware by the Pis that boot it (boot_mount: nfs).
-BOOT_OPTIONS = ['ro', 'sync', 'no_subtree_check', 'root_squash']
 
 
 class PlanError(Exception):
@@ -244,14 +241,14 @@ def build(pis, settings):
         boot.append({'name': pi['name'], 'prefix': pi['prefix'], 'serial': pi['serial'], 'bakeform': pi['bakeform'],
                      'model': pi['model'], 'nfsroot': '%s:%s' % (server, root), 'cmdline_extra': pi['cmdline_extra'],
                      'config_txt': pi['config_txt']})
-    if settings.get('boot_mount') == 'nfs':
-        exports += boot_exports(pis, settings['store'], scope)
+    # With boot_mount nfs each generation's boot-nfs is exported to the Pis whose root uses it: known only once
+    # pi_root has run (generations.boot_exports, from its result), so not part of this plan.
     for pi in pis:  # the plan is a fact (-v prints it): the Pis' user data stays out of it
         if pi['cloud_init'] is not None:
             pi['cloud_init'] = {'instance': pi['cloud_init']['instance'],
                                 'user_data': pi['cloud_init']['user_data'] is not None}
     return {'pis': pis, 'roots': roots, 'disks': disks, 'exports': exports, 'boot': boot,
-            'serials': [pi['serial'] for pi in pis]}
+            'serials': [pi['serial'] for pi in pis], 'export_scope': scope or None}
 
 
 def user_data(roots, pis_vars):
@@ -267,26 +264,3 @@ def user_data(roots, pis_vars):
             item['cloud_init'] = dict(item.get('cloud_init') or {}, user_data=json.dumps(data, sort_keys=True))
         ready.append(item)
     return ready
-
-
-def boot_exports(pis, store, scope):
-    """Each bakeform's boot files, read-only to exactly the Pis that boot it (they mount them at /boot/firmware).
-
-    The export is ``<store>/<name>/boot-nfs``, where pi_root mounts the bakeform's ``boot.img``: a file
-    system of its own, so a Pi forging handles through it reaches boot files only. One export per
-    bakeform in use, its clients sorted, so the exports file (and each export's id)
-    stays the same from run to run whatever the order of the inventory.
-    """
-    clients = {}
-    for pi in pis:
-        clients.setdefault(pi['bakeform'], set()).add(pi['ip'] or scope)
-    return [{'path': os.path.join(store, bakeform, BOOT_EXPORT), 'options': list(BOOT_OPTIONS),
-             'clients': sorted(clients[bakeform], key=_client_order)} for bakeform in sorted(clients)]
-
-
-def _client_order(client):
-    try:
-        net = ipaddress.ip_network(client, strict=False)
-    except ValueError:
-        return (1, 0, 0, 0, client)
-    return (0, net.version, int(net.network_address), net.prefixlen, client)

@@ -7,23 +7,65 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import boot_config, detect_models
-from lab import qemupi, realimage
+from lab import debhost, qemupi, realgen, realimage
 
 KVER = '6.1.0-50-arm64'
 
 
-def test_recipe_hash_is_stable_and_per_flavour(monkeypatch):
-    first = {flavour: realimage.recipe_hash(flavour) for flavour in realimage.FLAVOURS}
-    assert first == {flavour: realimage.recipe_hash(flavour) for flavour in realimage.FLAVOURS}
+NAMES = sorted([*realimage.FLAVOURS, *realimage.DERIVED])
+
+
+def test_recipe_hash_is_stable_and_per_image(monkeypatch):
+    first = {name: realimage.recipe_hash(name) for name in NAMES}
+    assert first == {name: realimage.recipe_hash(name) for name in NAMES}
     assert len(set(first.values())) == len(first)
     monkeypatch.setattr(realimage, 'RECIPE_VERSION', realimage.RECIPE_VERSION + 1)
-    assert realimage.recipe_hash('bookworm') != first['bookworm']  # a new recipe: a new cached image
+    assert all(realimage.recipe_hash(name) != first[name] for name in NAMES)  # a new recipe: new cached images
+
+
+def test_derived_images_follow_their_base_and_their_own_recipe(monkeypatch):
+    first = {name: realimage.recipe_hash(name) for name in NAMES}
+    monkeypatch.setattr(realimage, 'INITRAMFS_MODULES', (*realimage.INITRAMFS_MODULES, 'e1000'))
+    changed = {name for name in NAMES if realimage.recipe_hash(name) != first[name]}
+    assert changed == set(NAMES)  # the modules list is in every flavour, so in what is derived from them
+    monkeypatch.undo()
+    monkeypatch.setattr(realgen, 'PANIC_INIT', realgen.PANIC_INIT + '# changed\n')
+    monkeypatch.setattr(realgen, 'RECIPE', '\n'.join([str(realgen.VERSION), realgen.PANIC_INIT]))
+    assert {name for name in NAMES if realimage.recipe_hash(name) != first[name]} == set(realimage.DERIVED)
+    monkeypatch.undo()
+    monkeypatch.setitem(realimage.FLAVOURS, 'bookworm', dict(realimage.FLAVOURS['bookworm'], packages=('x',)))
+    assert {name for name in NAMES if realimage.recipe_hash(name) != first[name]} == {'bookworm'}
+
+
+def test_generations_are_the_trixie_image_and_two_made_from_it():
+    assert realimage.GENERATIONS == {'A': 'trixie', 'B': 'trixie-kernel', 'C': 'trixie-panic'}
+    assert {realimage.DERIVED[name]['base'] for name in ('trixie-kernel', 'trixie-panic')} == {'trixie'}
+    assert realimage.DERIVED['trixie-kernel']['boots'] and not realimage.DERIVED['trixie-panic']['boots']
+
+
+def test_publish_replaces_only_the_same_images_older_recipes(tmp_path):
+    names = ['trixie-000000000000.img', 'trixie-000000000000.json', 'trixie-000000000000.tree.tar.zst',
+             'trixie-kernel-000000000000.img', 'trixie-kernel-000000000000.json', 'trixie-panic-111111111111.img',
+             'bookworm-000000000000.img', 'trixie-notes.txt']
+    for name in names:
+        (tmp_path / name).write_text('old')
+    out, tree = tmp_path / 'new.img', tmp_path / 'new.tar'
+    out.write_text('image')
+    tree.write_text('tree')
+    found = realimage.publish('trixie', out, {'kernel': 'vmlinuz-x'}, tmp_path, tree)
+    dest = realimage.image_path('trixie', tmp_path)
+    assert found == {'kernel': 'vmlinuz-x', 'path': str(dest)} and realimage.cached('trixie', tmp_path) == found
+    assert realimage.tree_path('trixie', tmp_path).read_text() == 'tree'
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([dest.name, dest.with_suffix('.json').name, realimage.tree_path('trixie', tmp_path).name,
+                           *names[3:]])  # the derived images and the other flavour stay
 
 
 def test_cache_is_outside_the_checkout_and_found_by_recipe(tmp_path):
@@ -53,8 +95,9 @@ def fake_root(root):
 @pytest.mark.parametrize('flavour', sorted(realimage.FLAVOURS))
 def test_boot_partition_names_the_debian_kernel_like_raspberry_pi_os(tmp_path, flavour):
     fake_root(tmp_path)
-    files, kernel = realimage.boot_files(tmp_path, flavour, '5a1e0c3d')
-    assert kernel == {'kernel': f'vmlinuz-{KVER}', 'initramfs': f'initrd.img-{KVER}', 'kernel_version': KVER}
+    files, kernel = realimage.boot_files(tmp_path, realimage.FLAVOURS[flavour]['cloud_init'], '5a1e0c3d')
+    assert kernel == {'kernel': f'vmlinuz-{KVER}', 'initramfs': f'initrd.img-{KVER}', 'kernel_version': KVER,
+                      'uname': KVER, 'modules_dir': f'/lib/modules/{KVER}'}
     config = boot_config(files['config.txt'].decode(), 4)
     assert (config['kernel'], config['initramfs']) == (kernel['kernel'], kernel['initramfs'])
     assert files[kernel['kernel']] == b'kernel' and 'README' not in files
@@ -68,7 +111,7 @@ def test_boot_partition_names_the_debian_kernel_like_raspberry_pi_os(tmp_path, f
 @pytest.mark.parametrize('flavour', sorted(realimage.FLAVOURS))
 def test_root_carries_the_raspberry_pi_os_pieces_a_netboot_must_fix(tmp_path, flavour):
     fake_root(tmp_path)
-    realimage.pi_os_pieces(tmp_path, flavour, '5a1e0c3d')
+    realimage.pi_os_pieces(tmp_path, '5a1e0c3d', realimage.FLAVOURS[flavour]['cloud_init'])
     assert 'PARTUUID=5a1e0c3d-02  /' in (tmp_path / 'etc/fstab').read_text()
     assert (tmp_path / 'etc/machine-id').read_text() == realimage.GOLDEN_MACHINE_ID + '\n'
     assert (tmp_path / 'etc/hosts').read_text().endswith('127.0.1.1\traspberrypi\n')
@@ -143,3 +186,102 @@ def test_a_stuck_pi_ends_the_wait_at_once(tmp_path):
         conn.close()
         vm.console.close()
         server.close()
+
+
+def read_newc(data):
+    """(name, mode, bytes) of each member of a newc cpio archive, up to its trailer."""
+    out, pos = [], 0
+    while True:
+        assert data[pos:pos + 6] == b'070701', data[pos:pos + 6]
+        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        pos += 110
+        name = data[pos:pos + namesize - 1].decode()
+        pos += namesize + (-(pos + namesize) % 4)
+        body = data[pos:pos + size]
+        pos += size + (-(pos + size) % 4)
+        if name == 'TRAILER!!!':
+            return out, pos
+        out.append((name, mode, body))
+
+
+def test_broken_generation_appends_an_init_that_exits():
+    first = realgen.cpio_newc([('init', 0o100755, b'#!/bin/sh\nexec /sbin/init\n'), ('bin/sh', 0o100755, b'sh')])
+    broken = realgen.panic_initramfs(first[:-3])  # an archive of odd length: the second one starts 4-aligned
+    members, end = read_newc(first)
+    assert members == [('init', 0o100755, b'#!/bin/sh\nexec /sbin/init\n'), ('bin/sh', 0o100755, b'sh')]
+    assert len(first) % 512 == 0 and end <= len(first)
+    start = len(first) - 3 + (-(len(first) - 3) % 4)
+    assert start % 4 == 0 and broken[:len(first) - 3] == first[:-3]
+    (name, mode, body), = read_newc(broken[start:])[0]
+    assert (name, mode, body.decode()) == ('init', 0o100755, realgen.PANIC_INIT)
+    assert body.startswith(b'#!/bin/sh\n') and b'exit 1' in body  # the kernel runs it and panics when it exits
+
+
+def test_derived_kernel_swap_reads_what_dpkg_has_installed(tmp_path):
+    (tmp_path / 'var/lib/dpkg').mkdir(parents=True)
+    (tmp_path / 'var/lib/dpkg/status').write_text(
+        'Package: linux-image-6.12.117+deb13-arm64\nStatus: install ok installed\nVersion: 6.12.117-1\n\n'
+        'Package: linux-image-arm64\nStatus: install ok installed\n\n'
+        'Package: linux-image-6.1.0-9-arm64\nStatus: deinstall ok config-files\n\n'
+        'Package: linux-base\nStatus: install ok installed\n')
+    assert realgen.installed_kernels(tmp_path) == ['linux-image-6.12.117+deb13-arm64', 'linux-image-arm64']
+
+
+def test_diverted_programs_are_back_before_packing_and_their_stand_ins_record_or_exit():
+    trixie, bookworm = (realimage.diverted(realimage.FLAVOURS[name]) for name in ('trixie', 'bookworm'))
+    assert trixie['/usr/lib/python3.13/py_compile.py'] == realimage.PY_COMPILE_STUB
+    assert not any('python' in path for path in bookworm) and '/sbin/depmod' in bookworm
+    assert trixie['/usr/bin/py3compile'] is None  # absent: postinsts run it only `if command -v py3compile`
+    assert trixie['/usr/sbin/update-initramfs'] == realimage.EXIT0
+    assert 'deb-systemd-helper' in trixie['/usr/bin/deb-systemd-helper'] and realimage.REPLAY in trixie[
+        '/usr/sbin/update-rc.d']
+    add = realimage.divert_script(['/usr/sbin/a', '/usr/bin/b'], add=True)
+    back = realimage.divert_script(['/usr/sbin/a', '/usr/bin/b'], add=False)
+    assert "'/usr/sbin/a' '/usr/bin/b'" in add and '--add' in add and '--rename' in add
+    assert '--remove' in back and 'rm -f "$1$p"' in back and '"$1.replay"' in back
+
+
+def test_stub_records_each_call_for_the_native_replay(tmp_path):
+    stub = realimage.RECORD % 'deb-systemd-helper'
+    script = tmp_path / 'stub'
+    script.write_text(stub.replace('/var/lib/pifleet-build/replay', str(tmp_path / 'replay')))
+    env = dict(os.environ, DPKG_MAINTSCRIPT_PACKAGE='openssh-server')
+    subprocess.run(['sh', str(script), '--quiet', 'was-enabled', 'ssh service'], env=env, check=True)
+    subprocess.run(['sh', str(script), 'enable', 'ssh.service'], env=env, check=True)
+    lines = (tmp_path / 'replay').read_text().splitlines()
+    assert [line.split('\x1f') for line in lines] == [
+        ['deb-systemd-helper', 'openssh-server', '--quiet', 'was-enabled', 'ssh service'],
+        ['deb-systemd-helper', 'openssh-server', 'enable', 'ssh.service']]
+
+
+def test_byte_compiled_directories_are_the_ones_debian_compiles(tmp_path):
+    info = tmp_path / 'var/lib/dpkg/info'
+    info.mkdir(parents=True)
+    (info / 'python3-minimal.postinst').write_text('if which py3compile >/dev/null 2>&1; then\n'
+                                                   '\tpy3compile -p python3-minimal /usr/share/python3/\nfi\n')
+    (info / 'cloud-init.postinst').write_text('if command -v py3compile >/dev/null 2>&1; then\n'
+                                              '\tpy3compile -p cloud-init \nfi\n')
+    (info / 'x.postinst').write_text('py3compile -p x /usr/share/x /usr/lib/gone; echo\n')
+    for rel in ('usr/lib/python3.13', 'usr/lib/python3/dist-packages', 'usr/share/python3', 'usr/share/x'):
+        (tmp_path / rel).mkdir(parents=True)
+    assert debhost.compile_dirs(tmp_path, '3.13') == [
+        '/usr/lib/python3.13', '/usr/lib/python3/dist-packages', '/usr/share/python3/', '/usr/share/x']
+
+
+def test_certificate_store_is_what_update_ca_certificates_writes(tmp_path):
+    (tmp_path / 'etc').mkdir()
+    (tmp_path / 'etc/ca-certificates.conf').write_text('# comment\nmozilla/A (B), C.crt\n!mozilla/Gone.crt\n')
+    cert = tmp_path / 'usr/share/ca-certificates/mozilla/A (B), C.crt'
+    cert.parent.mkdir(parents=True)
+    key = tmp_path / 'key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+                    '-keyout', str(key), '-out', str(cert), '-subj', '/CN=pifleet test root', '-days', '1'],
+                   check=True, capture_output=True)
+    assert debhost.ca_certificates(tmp_path) == 1
+    certs = tmp_path / 'etc/ssl/certs'
+    assert os.readlink(certs / 'A_=B=__C.pem') == '/usr/share/ca-certificates/mozilla/A (B), C.crt'
+    subject = subprocess.run(['openssl', 'x509', '-noout', '-subject_hash', '-in', str(cert)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert os.readlink(certs / ('%s.0' % subject)) == 'A_=B=__C.pem'
+    assert (certs / 'ca-certificates.crt').read_text() == cert.read_text()

@@ -132,28 +132,13 @@ def test_the_fleet_plan_never_reads_pi_power():
     assert 'Sw0rdf1sh' not in repr(result) and 'power' not in repr(result)
 
 
-def test_boot_mount_nfs_exports_each_bakeforms_boot_folder_to_its_pis_only():
-    """Bug: with boot_mount nfs every Pi's /boot/firmware line failed (access denied): nothing exported it."""
-    pis = {'pi-01': pi(), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.9'),
-           'pi-03': pi(pi_serial='1234abcf', pi_ip='10.0.0.51', pi_bakeform='old')}
-    settings = dict(SETTINGS, boot_mount='nfs', store='/srv/pifleet/bakeforms')
-    boot = [e for e in plan(pis, settings)['exports'] if e['path'].endswith('/boot-nfs')]
-    assert boot == [
-        {'path': '/srv/pifleet/bakeforms/bookworm/boot-nfs', 'clients': ['10.0.0.9', '10.0.0.50'],
-         'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']},
-        {'path': '/srv/pifleet/bakeforms/old/boot-nfs', 'clients': ['10.0.0.51'],
-         'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']}]
-    # The same exports whatever the inventory's order: the file (and each export's id) stays put.
-    reordered = dict(reversed(list(pis.items())))
-    assert plan(reordered, settings)['exports'] == plan(pis, settings)['exports']
-    assert not [e for e in plan(pis, SETTINGS)['exports'] if e['path'].endswith('/boot-nfs')]
-
-
-def test_boot_export_of_a_pi_without_address_goes_to_the_export_scope():
-    settings = dict(SETTINGS, boot_mount='nfs', store='/s', export_scope='10.0.0.0/24')
-    result = plan({'pi-01': pi(pi_ip=None), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.7')}, settings)
-    assert result['exports'][-1] == {'path': '/s/bookworm/boot-nfs', 'clients': ['10.0.0.0/24', '10.0.0.7'],
-                                     'options': ['ro', 'sync', 'no_subtree_check', 'root_squash']}
+def test_the_plan_exports_no_boot_files_of_a_bakeform():
+    """Before generations the plan exported <store>/<bakeform>/boot-nfs; each generation's boot-nfs is exported
+    after pi_root now (generations.boot_exports), to the Pis whose root uses it."""
+    pis = {'pi-01': pi(), 'pi-02': pi(pi_serial='1234abce', pi_ip=None)}
+    result = plan(pis, dict(SETTINGS, boot_mount='nfs', store='/srv/pifleet/bakeforms', export_scope='10.0.0.0/24'))
+    assert not [e for e in result['exports'] if 'boot-nfs' in e['path'] or 'bakeforms' in e['path']]
+    assert result['export_scope'] == '10.0.0.0/24' and plan(pis, dict(SETTINGS, export_scope='10.0.0.0/24'))
 
 
 def test_cloud_init_settings_reach_the_roots_item_checked():
