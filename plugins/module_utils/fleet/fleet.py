@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
     is_host_label,
