@@ -104,6 +104,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
 
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.
@@ -135,11 +136,11 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
     pis_vars = {}
     for name in names or []:
         host = hostvars[name]
-        owner = host['pi_bakery'] if 'pi_bakery' in host else None
-        if owner and bakeries and owner not in bakeries:
+        named = host['pi_bakery'] if 'pi_bakery' in host else None
+        if named and bakeries and named not in bakeries:
             raise AnsibleFilterError('%s: pi_bakery %r is not a bakery of the inventory (bakeries: %s)'
-                                     % (name, owner, ', '.join(bakeries)))
-        if bakery and (owner or bakeries[0]) != bakery:
+                                     % (name, named, ', '.join(bakeries)))
+        if bakery and owner(named, bakeries) != bakery:
             continue
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,

@@ -206,7 +206,7 @@ def plan(pis_vars, settings):
     for key, label in (('serial', 'serial'), ('mac', 'MAC'), ('ip', 'address'), ('hostname', 'host name'),
                        ('prefix', 'TFTP prefix')):
         _duplicates(pis, key, label, problems)
-    if not settings.get('nfs_server'):
+    if pis and not settings.get('nfs_server'):
         problems.append('the bakery address the Pis mount their roots from is unknown; set pifleet_nfs_server')
     if problems:
         raise PlanError(problems)
