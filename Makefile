@@ -34,7 +34,8 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 # status playbooks, and the fleet role with site (modules run on the bakery, the same on every core).
 OLD_CORES := 2.17 2.18
 CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/fleet/test_events.py \
-	tests/integration/test_discover_playbook.py tests/integration/test_playbooks.py tests/integration/test_fleet.py
+	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
+	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
 .PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
 

@@ -103,6 +103,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
 
@@ -110,26 +111,18 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import
 # fails the run) and print them with the plan at -v.
 PI_VARS = ('pi_serial', 'pi_mac', 'pi_tftp_prefix', 'pi_model', 'pi_ip', 'pi_bakeform', 'pi_hostname', 'pi_disks',
            'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys', 'pi_cloud_init', 'pi_cloud_init_instance')
-
-
-def _models(item):
-    models = item.get('models')
-    if models is None:
-        return None
-    return [int(m) for m in models]
+# Every pi_* variable the collection reads somewhere: a Pi's other pi_* names are typos (pi_disk for pi_disks).
+KNOWN_PI_VARS = frozenset((*PI_VARS, 'pi_power', 'pi_bakery'))
 
 
 def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scope=None, roots_dir='/srv/pifleet/roots',
                disks_dir='/srv/pifleet/disks', nfs_server=None, ssh_authorized_keys=None, bakery=None,
                bakeries=None, models=None, boot_mount='none', store='/srv/pifleet/bakeforms'):
-    declared = {}
-    for item in bakeforms or []:
-        if not isinstance(item, dict) or not item.get('name'):
-            raise AnsibleFilterError('every item of pifleet_bakeforms needs a name; got %r' % (item,))
-        declared[item['name']] = _models(item)
+    problems = []
+    declared = checks.bakeforms(bakeforms, problems)
     for name, found in (models or {}).items():
         if name in declared and found is not None:
-            declared[name] = _models({'models': found})
+            declared[name] = [int(model) for model in found]
     if not default_bakeform and len(declared) == 1:
         default_bakeform = next(iter(declared))
     bakeries = list(bakeries or ([bakery] if bakery else []))
@@ -142,12 +135,13 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
                                      % (name, named, ', '.join(bakeries)))
         if bakery and owner(named, bakeries) != bakery:
             continue
+        checks.unknown_keys(name, [key for key in host if key.startswith('pi_')], KNOWN_PI_VARS, problems)
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
                 'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
                 'ssh_authorized_keys': ssh_authorized_keys, 'boot_mount': boot_mount, 'store': store}
     try:
-        return plan(pis_vars, settings)
+        return plan(pis_vars, settings, problems)
     except PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
