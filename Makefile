@@ -25,7 +25,7 @@ export PATH := $(VENV)/bin:$(PATH)
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
-	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables logrotate \
+	dnsmasq-base systemd-container debootstrap socat atftp snmpd snmp nftables logrotate \
 	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu
 
 # The other ansible-core versions meta/runtime.yml's requires_ansible allows, each in a venv of its own under
