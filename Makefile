@@ -37,13 +37,14 @@ CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/
 	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
 	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-storm bench-scale clean
+.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
+	bench-bakeform bench-roots bench-storm bench-scale clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests (also on"
 	@echo "              ansible-core 2.17 and 2.18: make cores), molecule"
-	@echo "make unit | integration | cores | tarball | molecule | ee | sanity | lint | ruff | bench | clean"
+	@echo "make unit | integration | cores | tarball | molecule | ee | release-notes | sanity | lint | ruff | bench | clean"
 
 setup: apt venv collection
 
@@ -126,7 +127,19 @@ ee: setup
 	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot-$$(sed -n 's/^version: *//p' galaxy.yml).tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
 
-test: setup ruff lint sanity unit integration cores tarball molecule ee
+# What `antsibull-changelog release` writes for the version in galaxy.yml (CHANGELOG.rst and changelogs/changelog.yaml),
+# made on a copy of the tree in RELEASE_DIR: nothing in the checkout changes. To release, run the same command in the
+# checkout (antsibull-changelog release --version <galaxy.yml's version>), commit, tag, then build the tarball.
+RELEASE_DIR ?= $(BUILD)/release
+release-notes: venv
+	@rm -rf $(RELEASE_DIR); mkdir -p $(RELEASE_DIR)/ansible_collections/pifleet/netboot
+	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - \
+	  | tar -xf - -C $(RELEASE_DIR)/ansible_collections/pifleet/netboot
+	cd $(RELEASE_DIR)/ansible_collections/pifleet/netboot && ANSIBLE_COLLECTIONS_PATH=$(RELEASE_DIR) \
+	  PYTHONPATH=$(RELEASE_DIR) $(VENV)/bin/antsibull-changelog release --version $$(sed -n 's/^version: *//p' galaxy.yml)
+	@echo "release-notes: $(RELEASE_DIR)/ansible_collections/pifleet/netboot/CHANGELOG.rst"
+
+test: setup ruff lint sanity unit integration cores tarball molecule ee release-notes
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container and three virtual
 # Pis on a namespace LAN; site with inventories/lab, the Pis boot, the status table, the lab goes down.
