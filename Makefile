@@ -106,7 +106,8 @@ cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 
 # The user's path: the collection tarball built, installed into a temp collections dir and used with no checkout on
 # any path (ansible-doc of every plugin and role, ansible-builder introspect, site --check --diff with the example
-# inventory and its vault example on a fresh bakery container).
+# inventory as shipped on a fresh bakery container), and the AWX project of docs/awx.md run with ansible-runner
+# (site --check, status with the vault password, both inventory sources through ansible-inventory --export).
 tarball: setup
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/tarball
 
@@ -120,9 +121,9 @@ molecule: setup
 # same two commands a user runs, no renaming in between.
 ee: setup
 	@rm -rf $(BUILD)/ee; mkdir -p $(BUILD)/ee
-	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/ee . >/dev/null
+	$(VENV)/bin/ansible-galaxy collection build --output-path $(BUILD)/ee . >/dev/null
 	$(VENV)/bin/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context --output-filename Containerfile
-	@grep -q 'ln -s /build/collection/pifleet-netboot-\*.tar.gz /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
+	@grep -q 'ln -s "$$1" /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
 	@grep -q 'introspect.py introspect' $(BUILD)/ee/context/Containerfile
 	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot-$$(sed -n 's/^version: *//p' galaxy.yml).tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
