@@ -158,8 +158,8 @@ def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
                      'pis': {'hosts': pis(plugs, 4, owners)}})
     rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=on')
     assert rc == 0, output[-3000:]
-    assert all(plugs.plugs[pi].state == [True] and plugs.plugs[pi].sets == 1 for pi in ('pi-01', 'pi-02', 'pi-03',
-                                                                                      'pi-04'))
+    every = ('pi-01', 'pi-02', 'pi-03', 'pi-04')
+    assert all(plugs.plugs[pi].state == [True] and plugs.plugs[pi].sets == 1 for pi in every)
     assert ran(tmp_path) == {('bakery01', 'pi_power'): [['pi-01', 'pi-03']],
                              ('bakery02', 'pi_power'): [['pi-02', 'pi-04']]}
     assert all(counters[pi]['changed'] == 1 for pi in ('pi-01', 'pi-02', 'pi-03', 'pi-04')), counters

@@ -339,9 +339,9 @@ def test_snmpv3_on_off_status_beside_v2c(run_module, tmp_path):
     """An SNMPv3 switch (authPriv, SHA-256/AES-256) and an old v2c one in one call."""
     agent = SnmpAgent(tmp_path / 'v3', {(1, 1): 2, (1, 2): 2}, users=[V3_USER])
     try:
+        v2c = {'host': '127.0.0.1', 'port': agent.port, 'port_index': 2}
         pis = [{'name': 'pi-v3', 'driver': 'snmp', 'device': v3_device(agent, 1)},
-               {'name': 'pi-v2', 'driver': 'snmp', 'device': {'host': '127.0.0.1', 'port': agent.port,
-                                                               'port_index': 2}}]
+               {'name': 'pi-v2', 'driver': 'snmp', 'device': v2c}]
         result = call(run_module, state='on', pis=pis)
         assert not result['failed'], result.get('msg')
         assert power(result) == [('pi-v3', 'off', 'on', True), ('pi-v2', 'off', 'on', True)]
@@ -374,9 +374,8 @@ def test_snmpv3_keys_stay_out_of_the_output(tmp_path):
 
 def test_snmpv3_without_net_snmp_on_the_bakery_fails_its_pi_alone(run_module, plugs, monkeypatch, tmp_path):
     monkeypatch.setenv('PATH', str(tmp_path))  # no snmpget anywhere the module looks
-    pis = [http_item(plugs, 'pi-01', 'shelly1'),
-           {'name': 'pi-v3', 'driver': 'snmp', 'device': {'host': '127.0.0.1', 'port_index': 1, 'version': 3,
-                                                           **V3_USER}}]
+    v3 = dict(V3_USER, host='127.0.0.1', port_index=1, version=3)
+    pis = [http_item(plugs, 'pi-01', 'shelly1'), {'name': 'pi-v3', 'driver': 'snmp', 'device': v3}]
     result = call(run_module, state='status', pis=pis)
     assert result['failed'] and result['msg'].startswith(
         "program snmpget not found for pi-v3 (driver snmp): it is not an executable file on"), result['msg']
