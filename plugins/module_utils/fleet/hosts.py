@@ -67,8 +67,11 @@ def _bakeries(groups, value, bakery_group, problems):
 def _pis(groups, value, bakeries, pi_groups, problems):
     """(Pis in order, {Pi: its bakery})."""
     pis, bakery_of = [], {}
+    # Each group read once, as a set: Ansible's groups are lazy lists that cost a lookup per element on each scan.
+    members = {name: list(groups.get(name) or ()) for name in set(pi_groups.values())}
+    sets = {name: set(hosts) for name, hosts in members.items()}
     for bakery in bakeries:
-        for pi in groups.get(pi_groups[bakery]) or ():
+        for pi in members[pi_groups[bakery]]:
             if pi in bakery_of or pi in pi_groups:
                 continue
             named = value(pi, 'pi_bakery')
@@ -77,7 +80,7 @@ def _pis(groups, value, bakeries, pi_groups, problems):
                 problems.append('%s: pi_bakery %r is not a bakery of the inventory (bakeries: %s)'
                                 % (pi, named, ', '.join(bakeries)))
                 continue
-            if pi not in (groups.get(pi_groups[serves]) or ()):
+            if pi not in sets[pi_groups[serves]]:
                 problems.append('%s is in group %s (the Pis of bakery %s) but is served by bakery %s (%s), whose Pis '
                                 'are group %s: set pi_bakery: %s, or put it in group %s'
                                 % (pi, pi_groups[bakery], bakery, serves, 'its pi_bakery' if named
