@@ -15,6 +15,13 @@ description:
     serials, MACs, addresses, models, prefixes, host names; duplicates; bakeforms not declared or unable to boot
     the Pi's model; a Pi without C(pi_ip) unless O(export_scope) widens its exports) and fails with every problem
     listed, or returns the argument lists for C(pi_root), C(pi_disk), C(nfs_export) and C(pi_boot).
+  - Also refused, with the fix - a C(pi_*) variable the collection does not know (the closest known name is
+    suggested); a serial, MAC, prefix or host name that YAML read as a number (an unquoted serial C(00123456) is
+    octal 42798; quote it); C(pi_disks) sizes that Ansible's own size parsing (C(human_to_bytes)) refuses, unknown disk
+    keys, an ext4 disk under 8 MiB; O(bakeforms) items without a name or with two or no sources, unknown keys, and
+    a download without a well-formed, non-zero C(sha256:<64 hex>) checksum or a C(sha256:<URL>) of a checksum
+    file.
+  - The disks' sizes reach C(pi_disk) in bytes, as read here.
   - Used by the C(pifleet.netboot.fleet) role; one call plans the whole fleet.
   - It never reads C(pi_power) (the power, status and reimage playbooks do), so the plan holds no plug password or
     SNMP community and the fleet needs no vault for them.
@@ -31,7 +38,7 @@ options:
   bakeforms:
     description:
       - The declared bakeforms (C(pifleet_bakeforms)); an item's C(models), when known, lists the Pi models it
-        boots.
+        boots. With no Pis (an empty list of names) only the bakeforms are checked.
     type: list
     elements: dict
     required: true
