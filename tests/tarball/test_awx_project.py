@@ -37,18 +37,27 @@ VAULT_PASSWORD = 'pifleet-example'  # the example inventory's inline values (inv
 PROMPT = r'Vault password:\s*?$'
 
 
+def clean_env():
+    """A shell with no checkout on any path: no ANSIBLE_* settings, no PYTHONPATH."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith(('ANSIBLE_', 'PYTHONPATH', 'PIFLEET_'))}
+
+
+def galaxy(*args):
+    subprocess.run([str(BIN / 'ansible-galaxy'), 'collection', *args], check=True, capture_output=True,
+                   env=clean_env())
+
+
 @pytest.fixture(scope='module')
 def project(tmp_path_factory):
     """(private data dir, installed collections dir): the project as a user sets it up from the tarball."""
     top = tmp_path_factory.mktemp('awx')
     dist = top / 'dist'
-    subprocess.run([str(BIN / 'ansible-galaxy'), 'collection', 'build', '--output-path', str(dist), str(REPO)],
-                   check=True, capture_output=True)
+    galaxy('build', '--output-path', str(dist), str(REPO))
     (tarball,) = dist.glob('pifleet-netboot-*.tar.gz')
     # The docs and the example come from the installed collection, as a user who never cloned the repository has them.
     unpacked = top / 'unpacked'
-    subprocess.run([str(BIN / 'ansible-galaxy'), 'collection', 'install', '--offline', '-p', str(unpacked),
-                    str(tarball)], check=True, capture_output=True)
+    galaxy('install', '--offline', '-p', str(unpacked), str(tarball))
     shipped = unpacked / 'ansible_collections' / 'pifleet' / 'netboot'
     data = top / 'job'
     shutil.copytree(shipped / 'docs' / 'awx' / 'project', data / 'project')
@@ -59,8 +68,7 @@ def project(tmp_path_factory):
     # AWX's project update: the same file, its source the tarball (no network in the lab).
     requirements.write_text(yaml.safe_dump({'collections': [{'name': str(tarball), 'type': 'file'}]}))
     collections = top / 'requirements_collections'
-    subprocess.run([str(BIN / 'ansible-galaxy'), 'collection', 'install', '--offline', '-r', str(requirements),
-                    '-p', str(collections)], check=True, capture_output=True)
+    galaxy('install', '--offline', '-r', str(requirements), '-p', str(collections))
     assert (collections / 'ansible_collections' / 'pifleet' / 'netboot' / 'MANIFEST.json').is_file()
     return data, collections
 
@@ -166,7 +174,7 @@ def test_the_fleet_inventory_syncs_without_the_vault_password(project, job_env, 
     secrets.write_text('vault_poe_auth_key: change-me-please\n')
     (tmp_path / 'password').write_text(VAULT_PASSWORD + '\n')
     subprocess.run([str(BIN / 'ansible-vault'), 'encrypt', '--vault-password-file', str(tmp_path / 'password'),
-                    str(secrets)], check=True, capture_output=True)
+                    str(secrets)], check=True, capture_output=True, env=clean_env())
     rc, _response, error = export(project, job_env, whole)
     assert rc != 0 and 'vault' in error.lower(), error
 
