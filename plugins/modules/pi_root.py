@@ -189,9 +189,10 @@ options:
           - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
             owns (hostname, network, the host keys...) are refused.
           - It may hold secrets (passwords, tokens), so it is C(no_log). Give it as JSON text
-            (C({{ data | to_json }})), as the fleet role does: the module's arguments keep that text, which Ansible
-            hides whole, also in the C(invocation) that C(-vvv) prints, and the rest of the result stays readable.
-            A mapping is taken too; Ansible then hides each of its values wherever it appears in the result.
+            (C({{ data | to_json }})), as the fleet role does. The module's arguments then keep that text, which
+            Ansible hides whole, also in the C(invocation) that C(-vvv) prints, and the rest of the result stays
+            readable. A mapping is taken too, and Ansible then hides each of its values wherever it appears in the
+            result.
         type: raw
       instance:
         description:
