@@ -27,7 +27,7 @@ export PATH := $(VENV)/bin:$(PATH)
 APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-utils fakeroot util-linux \
 	attr libcap2-bin coreutils btrfs-progs xfsprogs openssh-client iproute2 \
 	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils nfs-kernel-server python3-netaddr \
-	dnsmasq-base systemd-container debootstrap socat atftp snmpd nftables logrotate \
+	dnsmasq-base systemd-container debootstrap socat atftp snmpd snmp nftables logrotate \
 	mmdebstrap qemu-user-static binfmt-support arch-test qemu-system-arm u-boot-qemu kmod zstd openssl \
 	prometheus prometheus-node-exporter dropbear-bin
 
@@ -37,16 +37,18 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 # status playbooks, and the fleet role with site (modules run on the bakery, the same on every core).
 OLD_CORES := 2.17 2.18
 CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/fleet/test_events.py \
-	tests/integration/test_discover_playbook.py tests/integration/test_playbooks.py tests/integration/test_fleet.py
+	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
+	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations clean
+.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
+	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container, three simulated Pis and one that"
 	@echo "              boots a real arm64 kernel (qemu); each step's time at the end"
 	@echo "make test   - set up, then ruff, ansible-lint, ansible-test sanity, unit and integration tests (also on"
 	@echo "              ansible-core 2.17 and 2.18: make cores), molecule"
-	@echo "make unit | integration | cores | tarball | molecule | ee | sanity | lint | ruff | bench | clean"
+	@echo "make unit | integration | cores | tarball | molecule | ee | release-notes | sanity | lint | ruff | bench | clean"
 
 setup: apt venv collection
 
@@ -108,7 +110,8 @@ cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 
 # The user's path: the collection tarball built, installed into a temp collections dir and used with no checkout on
 # any path (ansible-doc of every plugin and role, ansible-builder introspect, site --check --diff with the example
-# inventory and its vault example on a fresh bakery container).
+# inventory as shipped on a fresh bakery container), and the AWX project of docs/awx.md run with ansible-runner
+# (site --check, status with the vault password, both inventory sources through ansible-inventory --export).
 tarball: setup
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/tarball
 
@@ -122,14 +125,26 @@ molecule: setup
 # same two commands a user runs, no renaming in between.
 ee: setup
 	@rm -rf $(BUILD)/ee; mkdir -p $(BUILD)/ee
-	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/ee . >/dev/null
+	$(VENV)/bin/ansible-galaxy collection build --output-path $(BUILD)/ee . >/dev/null
 	$(VENV)/bin/ansible-builder create -f execution-environment.yml -c $(BUILD)/ee/context --output-filename Containerfile
-	@grep -q 'ln -s /build/collection/pifleet-netboot-\*.tar.gz /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
+	@grep -q 'ln -s "$$1" /build/pifleet-netboot.tar.gz' $(BUILD)/ee/context/Containerfile
 	@grep -q 'introspect.py introspect' $(BUILD)/ee/context/Containerfile
 	@test -f $(BUILD)/ee/context/_build/collection/pifleet-netboot-$$(sed -n 's/^version: *//p' galaxy.yml).tar.gz
 	@echo "ee: build context in $(BUILD)/ee/context"
 
-test: setup ruff lint sanity unit integration cores tarball molecule ee
+# What `antsibull-changelog release` writes for the version in galaxy.yml (CHANGELOG.rst and changelogs/changelog.yaml),
+# made on a copy of the tree in RELEASE_DIR: nothing in the checkout changes. To release, run the same command in the
+# checkout (antsibull-changelog release --version <galaxy.yml's version>), commit, tag, then build the tarball.
+RELEASE_DIR ?= $(BUILD)/release
+release-notes: venv
+	@rm -rf $(RELEASE_DIR); mkdir -p $(RELEASE_DIR)/ansible_collections/pifleet/netboot
+	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - \
+	  | tar -xf - -C $(RELEASE_DIR)/ansible_collections/pifleet/netboot
+	cd $(RELEASE_DIR)/ansible_collections/pifleet/netboot && ANSIBLE_COLLECTIONS_PATH=$(RELEASE_DIR) \
+	  PYTHONPATH=$(RELEASE_DIR) $(VENV)/bin/antsibull-changelog release --version $$(sed -n 's/^version: *//p' galaxy.yml)
+	@echo "release-notes: $(RELEASE_DIR)/ansible_collections/pifleet/netboot/CHANGELOG.rst"
+
+test: setup ruff lint sanity unit integration cores tarball molecule ee release-notes
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container, three simulated Pis
 # and a real one (qemu) on a namespace LAN; site with inventories/lab (while the real image builds, the first

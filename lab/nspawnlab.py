@@ -65,6 +65,7 @@ PACKAGES = (
     'ca-certificates', 'python3-netaddr',  # nfs_export imports netaddr on the bakery
     'libnss-myhostname',  # the container's own name resolves without DNS (Ganesha waits 10 s otherwise)
     'mtools', 'fuse2fs', 'xz-utils', 'e2fsprogs', 'openssh-client',  # the fleet role's tools (bakeform, pi_root)
+    'snmp',  # the fleet role's too: net-snmp's tools, which pi_power runs for SNMPv3 switches
 )
 # Units the packages enable; the roles are the ones that must enable them on the test host.
 BAKED_OFF = ('dnsmasq.service', 'nfs-ganesha.service', 'nfs-ganesha-lock.service', 'rpcbind.service',

@@ -15,6 +15,13 @@ description:
     serials, MACs, addresses, models, prefixes, host names; duplicates; bakeforms not declared or unable to boot
     the Pi's model; a Pi without C(pi_ip) unless O(export_scope) widens its exports) and fails with every problem
     listed, or returns the argument lists for C(pi_root), C(pi_disk), C(nfs_export) and C(pi_boot).
+  - Also refused, with the fix - a C(pi_*) variable the collection does not know (the closest known name is
+    suggested); a serial, MAC, prefix or host name that YAML read as a number (an unquoted serial C(00123456) is
+    octal 42798; quote it); C(pi_disks) sizes that Ansible's own size parsing (C(human_to_bytes)) refuses, unknown disk
+    keys, an ext4 disk under 8 MiB; O(bakeforms) items without a name or with two or no sources, unknown keys, and
+    a download without a well-formed, non-zero C(sha256:<64 hex>) checksum or a C(sha256:<URL>) of a checksum
+    file.
+  - The disks' sizes reach C(pi_disk) in bytes, as read here.
   - Used by the C(pifleet.netboot.fleet) role; one call plans the whole fleet.
   - It never reads C(pi_power) (the power, status and reimage playbooks do), so the plan holds no plug password or
     SNMP community and the fleet needs no vault for them.
@@ -31,7 +38,7 @@ options:
   bakeforms:
     description:
       - The declared bakeforms (C(pifleet_bakeforms)); an item's C(models), when known, lists the Pi models it
-        boots.
+        boots. With no Pis (an empty list of names) only the bakeforms are checked.
     type: list
     elements: dict
     required: true
@@ -108,51 +115,46 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
 
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.
 PI_VARS = ('pi_serial', 'pi_mac', 'pi_tftp_prefix', 'pi_model', 'pi_ip', 'pi_bakeform', 'pi_hostname', 'pi_disks',
            'pi_cmdline_extra', 'pi_config_txt', 'pi_ssh_authorized_keys', 'pi_cloud_init', 'pi_cloud_init_instance')
-
-
-def _models(item):
-    models = item.get('models')
-    if models is None:
-        return None
-    return [int(m) for m in models]
+# Every pi_* variable the collection reads somewhere: a Pi's other pi_* names are typos (pi_disk for pi_disks).
+KNOWN_PI_VARS = frozenset((*PI_VARS, 'pi_power', 'pi_bakery'))
 
 
 def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scope=None, roots_dir='/srv/pifleet/roots',
                disks_dir='/srv/pifleet/disks', nfs_server=None, ssh_authorized_keys=None, bakery=None,
                bakeries=None, models=None, boot_mount='none', store='/srv/pifleet/bakeforms'):
-    declared = {}
-    for item in bakeforms or []:
-        if not isinstance(item, dict) or not item.get('name'):
-            raise AnsibleFilterError('every item of pifleet_bakeforms needs a name; got %r' % (item,))
-        declared[item['name']] = _models(item)
+    problems = []
+    declared = checks.bakeforms(bakeforms, problems)
     for name, found in (models or {}).items():
         if name in declared and found is not None:
-            declared[name] = _models({'models': found})
+            declared[name] = [int(model) for model in found]
     if not default_bakeform and len(declared) == 1:
         default_bakeform = next(iter(declared))
     bakeries = list(bakeries or ([bakery] if bakery else []))
     pis_vars = {}
     for name in names or []:
         host = hostvars[name]
-        owner = host['pi_bakery'] if 'pi_bakery' in host else None
-        if owner and bakeries and owner not in bakeries:
+        named = host['pi_bakery'] if 'pi_bakery' in host else None
+        if named and bakeries and named not in bakeries:
             raise AnsibleFilterError('%s: pi_bakery %r is not a bakery of the inventory (bakeries: %s)'
-                                     % (name, owner, ', '.join(bakeries)))
-        if bakery and (owner or bakeries[0]) != bakery:
+                                     % (name, named, ', '.join(bakeries)))
+        if bakery and owner(named, bakeries) != bakery:
             continue
+        checks.unknown_keys(name, [key for key in host if key.startswith('pi_')], KNOWN_PI_VARS, problems)
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
                 'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
                 'ssh_authorized_keys': ssh_authorized_keys, 'boot_mount': boot_mount, 'store': store}
     try:
-        return plan(pis_vars, settings)
+        return plan(pis_vars, settings, problems)
     except PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
 

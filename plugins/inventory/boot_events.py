@@ -20,7 +20,10 @@ description:
     fleet host - V(discovered_serial_3a4b5c6d), V(discovered_mac_dc-a6-32-01-36-c2),
     V(discovered_prefix_<prefix>_<hash>), V(discovered_ip_10-0-0-60) (V(known_...) for known Pis). A host that
     is already in the inventory (from an earlier source) gets no variables and no groups from this plugin.
-  - Every string taken from the log is marked unsafe, so Ansible never templates it, on every ansible-core version.
+  - Every string taken from the log that could be a template (any string with a character other than letters,
+    digits, C(.), C(_), C(:), C(/), C(+) and C(-), such as C({)) is marked unsafe, so Ansible never templates it,
+    on every ansible-core version. The others, the validated C(pi_*) values, addresses and times among them, are
+    plain strings, so C(ansible-inventory --list --export) (what AWX stores) prints them as plain values.
   - "Host variables: C(pi_serial) (8-hex prefixes), C(pi_mac) (MAC prefixes, or a Pi 3 serial), C(pi_tftp_prefix)
     (V(serial), V(mac) or a custom prefix the fleet accepts), C(pi_model) (guessed from the requested files,
     omitted when unknown) - the C(pi_*) ones only from values that passed those checks; and what the log said:
@@ -157,6 +160,7 @@ cache_timeout: 300
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -170,6 +174,13 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs imp
     parse_neighbours,
     utc_offset_epoch,
 )
+try:
+    from ansible.template import trust_as_template
+except ImportError:  # before ansible-core 2.19 a string is trusted unless wrapped
+
+    def trust_as_template(value):
+        return value
+
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import (
     host_vars,
     parse_events,
@@ -181,6 +192,27 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events impor
 
 # ssh exits 255 on its own errors; the remote command below exits 66 when the file is absent.
 _SSH_MISSING = 66
+# The characters of every value the plugin validates (serials, MACs, addresses, times, outcomes, boot file names).
+# A string made of these alone cannot hold a Jinja delimiter ({{ {% {#), an override header (#jinja2:) or any
+# sensible custom delimiter; any other string from the log is marked unsafe.
+_PLAIN = re.compile(r'[A-Za-z0-9._:/+-]*')
+
+
+def make_unsafe(value):
+    """``value`` with each string that could be a template marked unsafe, the others plain (trusted on 2.19+).
+
+    ansible-inventory --export (what AWX stores) prints an unsafe string as {"__ansible_unsafe": ...}, and AWX keeps
+    that dict as the variable (community.general#8212): so only the strings that need it are marked, as
+    community.docker and community.dns do. From ansible-core 2.19 an inventory plugin's strings are untrusted, and
+    exported as such, unless marked trusted: the plain ones are, which is safe as they cannot be templates.
+    """
+    if isinstance(value, dict):
+        return {make_unsafe(key): make_unsafe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [make_unsafe(item) for item in value]
+    if isinstance(value, str):
+        return trust_as_template(value) if _PLAIN.fullmatch(value) else wrap_var(value)
+    return value
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -350,7 +382,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self.inventory.add_group(group)
             host = self.inventory.add_host(summary['host'], group=group)
             # Unsafe: ansible-core before 2.19 would template a file name like {{ lookup('pipe', ...) }}.
-            variables = wrap_var(host_vars(summary))
+            variables = make_unsafe(host_vars(summary))
             for key, value in variables.items():
                 self.inventory.set_variable(host, key, value)
             self._set_composite_vars(self.get_option('compose'), variables, host, strict=strict)

@@ -29,10 +29,19 @@ description:
     C(channel) (relay, from 0; default 0), C(username) (default C(admin)), C(password).
     Plugs are reached directly, never through a proxy from the environment."
   - "Driver V(snmp): a PoE switch port through POWER-ETHERNET-MIB C(pethPsePortAdminEnable)
-    (C(1.3.6.1.2.1.105.1.1.1.3.<group>.<port_index>), 1 on, 2 off) over SNMPv2c, with a built-in client (no
-    pysnmp or net-snmp tools needed). Keys: C(host) (required), C(port) (UDP port, default 161),
-    C(community) (default C(private); needs write access), C(group) (default 1), C(port_index) (the switch
-    port, required). A set is read back to confirm it."
+    (C(1.3.6.1.2.1.105.1.1.1.3.<group>.<port_index>), 1 on, 2 off). Keys: C(host) (required), C(port) (UDP
+    port, default 161), C(group) (default 1), C(port_index) (the switch port, required), C(version) (V(2c),
+    the default, or V(3)). A set is read back to confirm it."
+  - "SNMPv2c (C(version: 2c)) uses a built-in client (no pysnmp or net-snmp tools needed) and C(community)
+    (default C(private); needs write access). It sends the community in clear on the LAN: use it for old switches."
+  - "SNMPv3 (C(version: 3)) goes through net-snmp's C(snmpget) and C(snmpset) on the bakery (Debian package
+    C(snmp), which the fleet role installs). Keys: C(user) (a USM user with write access, required),
+    C(security_level) (V(authPriv), the default, or V(authNoPriv)), C(auth_protocol) (V(MD5), V(SHA) (SHA-1, the
+    default), V(SHA-224), V(SHA-256), V(SHA-384), V(SHA-512)), C(auth_key) (required), C(priv_protocol)
+    (V(DES), V(AES) (AES-128, the default), V(AES-192), V(AES-256)), C(priv_key) (required with V(authPriv)),
+    C(context) (a context name, when the switch wants one). Keys are pass phrases of at least 8 characters. They
+    never appear on a command line: each request writes them to a configuration file in a private temporary
+    directory (mode 0700, removed afterwards)."
   - "Driver V(uhubctl): a port of a USB hub with per-port power switching. Keys: C(location) (the hub,
     for example C(1-1), required), C(port) (required), C(program) (default C(uhubctl) on the PATH)."
 author:
@@ -46,11 +55,12 @@ attributes:
   diff_mode:
     details: The diff shows the power of each Pi that changes, before and after.
 requirements:
-  - coreutils C(timeout) on the bakery (bounds the run time of the PPI program and uhubctl).
+  - coreutils C(timeout) on the bakery (bounds the run time of the PPI program, uhubctl and net-snmp's tools).
   - uhubctl for the V(uhubctl) driver.
+  - net-snmp's C(snmpget) and C(snmpset) (Debian package C(snmp)) for the V(snmp) driver with SNMPv3.
 notes:
-  - O(device.password) and O(device.community) are marked C(no_log), so their values are masked in the output
-    and logs wherever they occur. Keep them in Ansible Vault.
+  - O(device.password), O(device.community), O(device.auth_key) and O(device.priv_key) are marked C(no_log), so
+    their values are masked in the output and logs wherever they occur. Keep them in Ansible Vault.
   - The timeout applies to each request (each SNMP transmission, each HTTP request, each run of a program);
     a request that times out or cannot connect is retried O(retries) times.
 options:
@@ -113,7 +123,34 @@ options:
         description: UDP port of the switch's agent (V(snmp), default 161) or port of the USB hub (V(uhubctl)).
         type: int
       community:
-        description: SNMPv2c community with write access (V(snmp)); default C(private).
+        description: SNMPv2c community with write access (V(snmp), version V(2c)); default C(private).
+        type: str
+      version:
+        description: SNMP version (V(snmp)) - V(2c) (the default) or V(3).
+        type: raw
+      user:
+        description: SNMPv3 user (V(snmp), version V(3)); it needs write access to the PoE port.
+        type: str
+      security_level:
+        description: SNMPv3 security level (V(snmp), version V(3)); default V(authPriv).
+        type: str
+        choices: [authPriv, authNoPriv]
+      auth_protocol:
+        description: SNMPv3 authentication protocol (V(snmp), version V(3)); default V(SHA).
+        type: str
+        choices: [MD5, SHA, SHA-224, SHA-256, SHA-384, SHA-512]
+      auth_key:
+        description: SNMPv3 authentication pass phrase (V(snmp), version V(3)); at least 8 characters.
+        type: str
+      priv_protocol:
+        description: SNMPv3 privacy protocol (V(snmp), version V(3)); default V(AES).
+        type: str
+        choices: [DES, AES, AES-192, AES-256]
+      priv_key:
+        description: SNMPv3 privacy pass phrase (V(snmp), version V(3) with V(authPriv)); at least 8 characters.
+        type: str
+      context:
+        description: SNMPv3 context name (V(snmp), version V(3)), when the switch wants one.
         type: str
       group:
         description: pethPsePortGroupIndex, the PoE group (usually the stack member) (V(snmp)); default 1.
@@ -197,6 +234,33 @@ options:
           community:
             description: See O(device.community).
             type: str
+          version:
+            description: See O(device.version).
+            type: raw
+          user:
+            description: See O(device.user).
+            type: str
+          security_level:
+            description: See O(device.security_level).
+            type: str
+            choices: [authPriv, authNoPriv]
+          auth_protocol:
+            description: See O(device.auth_protocol).
+            type: str
+            choices: [MD5, SHA, SHA-224, SHA-256, SHA-384, SHA-512]
+          auth_key:
+            description: See O(device.auth_key).
+            type: str
+          priv_protocol:
+            description: See O(device.priv_protocol).
+            type: str
+            choices: [DES, AES, AES-192, AES-256]
+          priv_key:
+            description: See O(device.priv_key).
+            type: str
+          context:
+            description: See O(device.context).
+            type: str
           group:
             description: See O(device.group).
             type: int
@@ -239,6 +303,21 @@ EXAMPLES = r"""
       - {name: pi-01, device: {port_index: 1}}
       - {name: pi-02, device: {port_index: 2}}
       - {name: pi-03, driver: uhubctl, device: {location: "1-1", port: 2}}
+
+- name: Power-cycle a Pi on a PoE switch that speaks SNMPv3 only (authPriv, SHA-256 and AES-256)
+  pifleet.netboot.pi_power:
+    name: pi-04
+    state: cycled
+    driver: snmp
+    device:
+      host: poe-switch.lab
+      version: 3
+      user: pifleet
+      auth_protocol: SHA-256
+      auth_key: "{{ vault_poe_auth_key }}"
+      priv_protocol: AES-256
+      priv_key: "{{ vault_poe_priv_key }}"
+      port_index: 4
 
 - name: Ask the bakery's PPI program to switch a Pi off
   pifleet.netboot.pi_power:
@@ -315,6 +394,10 @@ DEVICE_OPTIONS = dict(
     url=dict(type='str'), api=dict(type='str', choices=['shelly1', 'shelly2', 'tasmota']), channel=dict(type='int'),
     username=dict(type='str'), password=dict(type='str', no_log=True),
     host=dict(type='str'), port=dict(type='int'), community=dict(type='str', no_log=True),
+    version=dict(type='raw'), user=dict(type='str'), security_level=dict(type='str', choices=['authPriv', 'authNoPriv']),
+    auth_protocol=dict(type='str', choices=['MD5', 'SHA', 'SHA-224', 'SHA-256', 'SHA-384', 'SHA-512']),
+    auth_key=dict(type='str', no_log=True), priv_protocol=dict(type='str', choices=['DES', 'AES', 'AES-192', 'AES-256']),
+    priv_key=dict(type='str', no_log=True), context=dict(type='str'),
     group=dict(type='int'), port_index=dict(type='int'), location=dict(type='str'),
 )
 

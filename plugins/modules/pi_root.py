@@ -189,10 +189,12 @@ options:
         description:
           - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
             owns (hostname, network, the host keys...) are refused.
-          - It may hold secrets (passwords, tokens), so it is C(no_log). Ansible then hides each of its values wherever
-            it appears in the result; give it as JSON text (C({{ data | to_json }})), as the fleet role does, so that
-            only the whole text is hidden and the rest of the result stays readable.
-        type: dict
+          - It may hold secrets (passwords, tokens), so it is C(no_log). Give it as JSON text
+            (C({{ data | to_json }})), as the fleet role does. The module's arguments then keep that text, which
+            Ansible hides whole, also in the C(invocation) that C(-vvv) prints, and the rest of the result stays
+            readable. A mapping is taken too, and Ansible then hides each of its values wherever it appears in the
+            result.
+        type: raw
       instance:
         description:
           - Appended to the instance-id. Change it to make cloud-init run its first-boot modules again; a reimage
@@ -249,7 +251,7 @@ options:
         suboptions:
           user_data:
             description: As O(cloud_init.user_data).
-            type: dict
+            type: raw
           instance:
             description: As O(cloud_init.instance).
             type: str
@@ -430,6 +432,8 @@ lock_waited:
 """
 
 
+import json
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
@@ -454,6 +458,26 @@ ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'generation', 'identity', 'keep_p
 PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError, _identity.IdentityError, _hostcert.CertError)
 
 
+def user_data(base, item):
+    """The item's cloud-init user data as a mapping, in a cloud_init of its own: the module's arguments keep the JSON
+    text they were given, which no_log hides whole (the invocation shows them at -vvv). No message quotes it."""
+    cloud_init = item.get('cloud_init') or {}
+    data = cloud_init.get('user_data')
+    if isinstance(data, str):
+        try:
+            data = json.loads(data) if data.strip() else None
+        except ValueError:
+            base.problem('cloud_init.user_data for Pi %s is not JSON text of a mapping (give a mapping, or '
+                         '"{{ data | to_json }}")' % item['serial'])
+            return
+    if data is not None and not isinstance(data, dict):
+        base.problem('cloud_init.user_data for Pi %s must be a cloud-config mapping, not %s'
+                     % (item['serial'], type(data).__name__))
+        return
+    if cloud_init:
+        item['cloud_init'] = dict(cloud_init, user_data=data)
+
+
 def items(base):
     """The Pis of this call, validated all at once (every problem in one message)."""
     found = [item for _where, item in base.items(ITEM_KEYS, 'the Pi')]
@@ -464,6 +488,7 @@ def items(base):
             base.problem('invalid serial: %s' % exc)
             continue
         item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
+        user_data(base, item)
         try:
             check_host_name(item['hostname'])
         except ValueError as exc:
@@ -509,7 +534,9 @@ def converge(module, roots, todo, result):
 
 def main():
     # no_log: user data may carry passwords and tokens (passed as JSON text, only that text is hidden).
-    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict', no_log=True), instance=dict(type='str')))
+    # raw, not dict: Ansible would turn JSON text into a mapping in the module's arguments, and the invocation -vvv
+    # prints would show each value of it (no_log hid only the text it was given).
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='raw', no_log=True), instance=dict(type='str')))
     pi_options = dict(
         cloud_init=cloud_init,
         serial=dict(type='str', required=True),

@@ -29,6 +29,7 @@ import yaml
 from fstree import unmount_below
 from powerfakes import PlugServer
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
 from lab.piimage import build_image
 
@@ -145,7 +146,7 @@ def test_inventory_to_booting_pis(bakery):
         while not run(lan.exec_argv('srv', ['ss', '-Hlun', 'sport = :69']), check=False).stdout.strip():
             assert hook.poll() is None and time.monotonic() < deadline, hook.stderr.read() if hook.poll() else 'slow'
             time.sleep(0.1)
-        boot = tmp / 'srv/bakeforms/raspios/boot'
+        boot = Bakeform(str(tmp / 'srv/bakeforms'), 'raspios').boot_dir(1)  # the image is its first generation
         for name, host in (('pi-03', 'pi3'), ('pi-04', 'pi4'), ('pi-05', 'pi5')):
             pi = PIS[name]
             serial = pi['pi_serial'][-8:]
@@ -291,3 +292,53 @@ def test_cloud_init_user_data_never_reaches_the_output(bakery):
     assert 'Sw0rdf1sh' not in output, [row for row in output.splitlines() if 'Sw0rdf1sh' in row][:5]
     assert '"cloud_init_from": "pi-03"' in output  # the plan says which Pi has user data, not what it is
     assert re.search(r'"serial": "00b3b3b3"', output) and 'htop' not in output  # pi_root's result is shown
+
+
+def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
+    """site converges each bakery's own Pis with its own settings (pi-05 names bakery-b, pi-03 goes to the first
+    bakery), and reimage rebuilds, power-cycles and waits for a Pi on its own bakery, never groups['bakery'][0]."""
+    tmp, _lan, _server = bakery
+    top = tmp / 'two'
+    plugs = PlugServer()
+    sides = {}
+    for name in ('bakery-a', 'bakery-b'):
+        base = top / name
+        sides[name] = {
+            'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable, 'ansible_become': False,
+            'pifleet_bakeform_store': str(base / 'bakeforms'), 'pifleet_roots_dir': str(base / 'roots'),
+            'pifleet_disks_dir': str(base / 'disks'), 'pifleet_boot_dir': str(base / 'pis'),
+            'pifleet_map_path': str(base / 'map.json'), 'pifleet_events_path': str(base / 'events.jsonl'),
+            'fleet_nfs_server': BAKERY, 'fleet_hook_service': '',
+            'fleet_nfs_ganesha_config': str(base / 'ganesha.conf'),
+            'fleet_nfs_exports_file': str(base / 'pifleet.conf'), 'fleet_nfs_reload': False,
+            'fleet_clone_method': 'copy', 'fleet_units_dir': str(base / 'units'), 'fleet_packages': []}
+    try:
+        pis = {'pi-03': dict(PIS['pi-03']),
+               'pi-05': dict(PIS['pi-05'], pi_bakery='bakery-b',
+                             pi_power={'driver': 'http', 'api': 'shelly1', 'url': plugs.add('p5', 'shelly1', on=True)})}
+        for name in sides:
+            (top / name).mkdir(parents=True)
+            (top / name / 'ganesha.conf').write_text('# the NFS server of %s\n' % name)
+        (top / 'hosts.yml').write_text(yaml.safe_dump({
+            'bakery': {'hosts': sides, 'vars': {'pifleet_bakeforms': [{'name': 'raspios',
+                                                                      'src': str(tmp / 'raspios.img.xz')}]}},
+            'pis': {'hosts': pis}}))
+        (top / 'play.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.site'}]))
+        rc, _counters, output = ansible(top, '--tags', 'fleet', host='bakery-b')
+        assert rc == 0, output[-4000:]
+        roots = {name: sorted(p.name for p in (top / name / 'roots').glob('*.json')) for name in sides}
+        assert roots == {'bakery-a': ['00b3b3b3.json'], 'bakery-b': ['5c5c5c5c.json']}
+        assert sorted(json.loads((top / 'bakery-b/map.json').read_text())['prefixes']) == ['2c-cf-67-5c-5c-5c']
+        for name, serial in (('bakery-a', '00b3b3b3'), ('bakery-b', '5c5c5c5c')):
+            (top / name / 'roots' / serial / 'root/left-behind').write_text('made after site\n')
+
+        (top / 'play.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}]))
+        rc, counters, output = ansible(top, '--limit', 'pi-05', '-e', 'pifleet_reimage_wait=5', host='pi-05')
+    finally:
+        plugs.close()
+    assert rc != 0 and counters['failed'] == 1, output[-4000:]
+    assert 'pi-05 did not come up within 5 s' in output
+    assert '[pi-05 -> bakery-b]' in output and '[pi-05 -> bakery-a]' not in output, output[-4000:]
+    assert not (top / 'bakery-b/roots/5c5c5c5c/root/left-behind').exists()  # rebuilt on its own bakery
+    assert (top / 'bakery-a/roots/00b3b3b3/root/left-behind').exists()  # the other bakery's Pi untouched
+    assert plugs.plugs['p5'].sets == 2  # off, then on, by bakery-b

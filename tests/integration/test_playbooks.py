@@ -220,8 +220,11 @@ def test_status_shows_each_pis_power_error(tmp_path, plugs):
 
 
 def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):
-    """Plug passwords and the SNMP write community stay out of -vvv output; a failure still names the Pi and why."""
-    agent = SnmpAgent(tmp_path / 'agent', {(1, 3): 2}, community='Sw0rdf1sh-community')
+    """Plug passwords, the SNMP write community and the SNMPv3 keys stay out of -vvv output; a failure still names
+    the Pi and why."""
+    v3 = {'user': 'pifleet', 'auth_protocol': 'SHA', 'auth_key': 'Sw0rdf1sh-auth', 'priv_protocol': 'AES',
+          'priv_key': 'Sw0rdf1sh-priv'}
+    agent = SnmpAgent(tmp_path / 'agent', {(1, 3): 2, (1, 4): 2}, community='Sw0rdf1sh-community', users=[v3])
     try:
         pis = {
             'pi-01': {'pi_serial': '1234abcd', 'pi_power': {
@@ -233,6 +236,8 @@ def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):
             'pi-03': {'pi_serial': '1234abcf', 'pi_power': {
                 'driver': 'snmp', 'host': '127.0.0.1', 'port': agent.port, 'port_index': 3,
                 'community': 'Sw0rdf1sh-community'}},
+            'pi-04': {'pi_serial': '1234abd0', 'pi_power': dict(  # the inventory form of an SNMPv3 switch port
+                v3, driver='snmp', version=3, host='127.0.0.1', port=agent.port, port_index=4)},
         }
         (tmp_path / 'hosts.yml').write_text(yaml.safe_dump({
             'bakery': {'hosts': {'lab-bakery': {'ansible_connection': 'local',
@@ -241,6 +246,7 @@ def test_power_and_status_print_no_secret_even_at_vvv(tmp_path, plugs):
         rc, _counters, output = play(tmp_path, 'power.yml', '-vvv', '-e', 'power_state=on')
         assert rc != 0, output[-3000:]
         assert plugs.plugs['p1'].state == [True] and agent.state(1, 3) == 1  # the others were switched on
+        assert agent.state(1, 4) == 1  # through net-snmp, SNMPv3 authPriv
         assert 'failed for pi-02 (http tasmota %s, channel 0): the plug wants credentials' % plugs.url('p2') in output
         rc, _counters, status_output = play(tmp_path, 'status.yml', '-vvv')
         assert rc == 0, status_output[-3000:]

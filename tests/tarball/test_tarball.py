@@ -4,8 +4,9 @@
 collections dir of its own and used with no checkout on any path, as someone who never cloned the repository.
 
 ansible-doc documents every plugin and role, ansible-builder introspect finds what an execution environment needs,
-and `site --check --diff` runs with the installed example inventory and its vault example on a fresh Debian 12
-bakery (an nspawn container, lab/nspawnlab.py): no red output, no failed task, no hook program in the diff.
+and `site --check --diff` runs with the installed example inventory as shipped (its inline vaulted secrets need no
+vault password: site never reads them) on a fresh Debian 12 bakery (an nspawn container, lab/nspawnlab.py): no red
+output, no failed task, no hook program in the diff.
 Not shipped in the tarball (it needs the checkout to build one).
 """
 
@@ -31,7 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PLUGIN_TYPES = {'modules': 'module', 'filter': 'filter', 'inventory': 'inventory'}
 LAB_NAME, LAB_SUBNET = 'pfuser', '10.99.44'
-VAULT_PASSWORD = 'pfu-example-vault-password'
 
 
 def user_env(home):
@@ -74,13 +74,15 @@ def test_the_tarball_holds_what_a_user_needs_and_nothing_of_the_developers(insta
         names = set(archive.getnames())
     for needed in ('COPYING', 'README.md', 'SECURITY.md', 'meta/runtime.yml', 'meta/execution-environment.yml',
                    'meta/ee/requirements.txt', 'meta/ee/bindep.txt', 'inventories/example/hosts.yml',
-                   'inventories/example/group_vars/all/vault.yml.example', 'roles/fleet/README.md',
-                   'docs/awx.md', 'docs/awx/boot_events_credential_type.yml', 'pytest.ini'):
+                   'inventories/example/group_vars/all/secrets.yml', 'roles/fleet/README.md',
+                   'docs/awx.md', 'docs/awx/boot_events_credential_type.yml', 'docs/awx/project/site.yml',
+                   'docs/awx/project/collections/requirements.yml', 'docs/awx/project/discovered.boot_events.yml',
+                   'pytest.ini'):
         assert needed in names, needed
     dotted = sorted(name for name in names if any(part.startswith('.') for part in name.split('/')))
     assert dotted == []
     for gone in ('Makefile', 'molecule', 'bench', 'inventories/lab', 'tests/tarball', 'requirements-dev.txt',
-                 'execution-environment.yml', 'lab', 'tests/integration'):
+                 'execution-environment.yml', 'lab', 'tests/integration', 'tests/release'):
         assert not any(name == gone or name.startswith(gone + '/') for name in names), gone
 
 
@@ -162,16 +164,13 @@ def bakery(tmp_path_factory):
         nspawnlab.down(state)
 
 
-def test_site_check_with_the_example_inventory_and_its_vault(installed, bakery):
-    """README's first command, as a new user runs it: the installed example inventory, its vault encrypted."""
+def test_site_check_with_the_example_inventory_as_shipped(installed, bakery):
+    """README's first command, as a new user runs it: the installed example inventory, no vault password (its
+    secrets are inline vaulted values that only power, status and reimage decrypt)."""
     home, _tarball, collection = installed
     inventory = home / 'inventory'
     shutil.copytree(collection / 'inventories' / 'example', inventory)
-    vault = inventory / 'group_vars' / 'all' / 'vault.yml'
-    shutil.copy(vault.with_suffix('.yml.example'), vault)
-    (home / 'vault-password').write_text(VAULT_PASSWORD + '\n')
-    run(home, 'ansible-vault', 'encrypt', '--vault-password-file', str(home / 'vault-password'), str(vault))
-    assert vault.read_text().startswith('$ANSIBLE_VAULT;')
+    assert '$ANSIBLE_VAULT;' in (inventory / 'group_vars' / 'all' / 'secrets.yml').read_text()
     # Only how to reach this bakery differs from the example: the container, over ssh through its namespace.
     (home / 'reach.yml').write_text(yaml.safe_dump({
         'ansible_host': bakery['addresses']['bakery'], 'ansible_user': 'root', 'ansible_become_method': 'su',
@@ -179,8 +178,7 @@ def test_site_check_with_the_example_inventory_and_its_vault(installed, bakery):
         'ansible_python_interpreter': '/usr/bin/python3'}))
     started = time.monotonic()
     proc = run(home, 'ansible-playbook', '-i', str(inventory), 'pifleet.netboot.site', '--check', '--diff',
-               '--vault-password-file', str(home / 'vault-password'), '-e', '@' + str(home / 'reach.yml'),
-               timeout=900, check=False)
+               '-e', '@' + str(home / 'reach.yml'), timeout=900, check=False)
     print('site --check --diff: %.1f s' % (time.monotonic() - started))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -194,7 +192,7 @@ def test_site_check_with_the_example_inventory_and_its_vault(installed, bakery):
     assert shown and 'changed: [bakery01' in shown.group(0) and '+++ after' not in shown.group(0), shown
     assert 'pifleet-tftp-hook.service would be enabled and started' in output
     assert 'bookworm-lite, lab-custom would be ingested first' in output
-    assert 'change-me' not in output  # the vault's values: site never reads them
+    assert 'change-me-please' not in output  # the vault's values: site never reads them
     # Check mode changed nothing on the bakery.
     seen = subprocess.run(nspawnlab.ssh_argv(bakery, 'getent passwd pifleet-tftp; ls /etc/systemd/system /etc/pifleet;'
                                              'ls -A /srv/pifleet /var/lib/pifleet /var/log/pifleet'),

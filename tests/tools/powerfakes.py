@@ -353,6 +353,19 @@ while True:
 ''' % PETH
 
 
+def _snmpd_quoted(text):
+    return '"%s"' % text.replace('\\', '\\\\').replace('"', '\\"')
+
+
+def _user_lines(user):
+    """createUser and rwuser/rouser lines of snmpd.conf for one SNMPv3 user."""
+    create = 'createUser %s %s %s' % (user['user'], user.get('auth_protocol', 'SHA'), _snmpd_quoted(user['auth_key']))
+    if user.get('priv_key'):
+        create += ' %s %s' % (user.get('priv_protocol', 'AES'), _snmpd_quoted(user['priv_key']))
+    access = 'rwuser' if user.get('write', True) else 'rouser'
+    return '%s\n%s %s %s\n' % (create, access, user['user'], 'priv' if user.get('priv_key') else 'auth')
+
+
 def _free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(('127.0.0.1', 0))
@@ -360,15 +373,20 @@ def _free_udp_port():
 
 
 class SnmpAgent:
-    """snmpd on 127.0.0.1:<free port> serving pethPsePortAdminEnable for ``ports`` {(group, port): 1|2}."""
+    """snmpd on 127.0.0.1:<free port> serving pethPsePortAdminEnable for ``ports`` {(group, port): 1|2}.
 
-    def __init__(self, top, ports, community='private'):
+    ``users``: SNMPv3 users, each {user, auth_protocol, auth_key, priv_protocol, priv_key (none: authNoPriv),
+    write (default true)}, made with snmpd's own createUser (USM, as a switch has them) beside the v2c community.
+    """
+
+    def __init__(self, top, ports, community='private', users=()):
         self.snmpd = shutil.which('snmpd') or '/usr/sbin/snmpd'
         if not os.access(self.snmpd, os.X_OK):
             raise RuntimeError('snmpd not installed: apt-get install snmpd')
         top = Path(top)
         top.mkdir(parents=True, exist_ok=True)
         self.top, self.community, self.state_file = top, community, top / 'peth.json'
+        self.users = list(users)
         _store(self.state_file, {'%d.%d' % key: value for key, value in ports.items()})
         self.script = _write_script(top / 'peth.py', PETH_SCRIPT)
         (top / 'persist').mkdir(exist_ok=True)
@@ -381,8 +399,9 @@ class SnmpAgent:
 
     def _start(self):
         conf = self.top / 'snmpd.conf'
-        conf.write_text('agentaddress udp:127.0.0.1:%d\nrwcommunity %s 127.0.0.1\npass_persist %s %s %s %s\n'
-                        % (self.port, self.community, PETH, sys.executable, self.script, self.state_file))
+        conf.write_text('agentaddress udp:127.0.0.1:%d\nrwcommunity %s 127.0.0.1\npass_persist %s %s %s %s\n%s'
+                        % (self.port, self.community, PETH, sys.executable, self.script, self.state_file,
+                           ''.join(_user_lines(user) for user in self.users)))
         env = dict(os.environ, SNMP_PERSISTENT_DIR=str(self.top / 'persist'), MIBS='')
         with open(self.top / 'snmpd.log', 'ab') as log:
             self.process = subprocess.Popen([self.snmpd, '-f', '-Lo', '-C', '-c', str(conf)], env=env,

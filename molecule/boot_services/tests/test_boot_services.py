@@ -126,6 +126,14 @@ def test_dnsmasq_serves_no_dns(host):
     assert host.check_output("ss -Hlnt 'sport = :53'") == ''
 
 
+def test_mount_is_on_the_pinned_port_and_nothing_else_is_registered(host):
+    """The firewall of the README can name every NFS port: MOUNT on nfs_server_mount_port, no NLM, no RQUOTA."""
+    table = host.check_output('rpcinfo -p 127.0.0.1')
+    names = {(line.split()[4], line.split()[2], int(line.split()[3])) for line in table.splitlines()[1:]}
+    assert ('mountd', 'tcp', 20048) in names and ('nfs', 'tcp', 2049) in names, table
+    assert not {name for name, _proto, _port in names} & {'nlockmgr', 'rquotad', 'status'}, table
+
+
 def test_udp_69_bound_by_hook_user(host):
     sockets = host.check_output("ss -Hlnup 'sport = :69'")
     assert '%s:69' % BAKERY in sockets, sockets

@@ -19,6 +19,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
     normalise_mac,
     normalise_serial,
 )
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import (
@@ -102,14 +103,14 @@ def _duplicates(pis, key, label, problems):
             problems.append('%s %s is used by %s; each Pi needs its own' % (label, value, ', '.join(sorted(names))))
 
 
-def _identity(name, hv, problems):
+def _identity(name, hv, problems, numbers=()):
     serial = mac = None
-    if hv.get('pi_serial') not in (None, ''):
+    if hv.get('pi_serial') not in (None, '') and 'pi_serial' not in numbers:
         try:
             serial = normalise_serial(hv['pi_serial'])
         except ValueError as exc:
             problems.append('%s: %s' % (name, exc))
-    if hv.get('pi_mac') not in (None, ''):
+    if hv.get('pi_mac') not in (None, '') and 'pi_mac' not in numbers:
         try:
             mac = normalise_mac(hv['pi_mac'])
         except ValueError as exc:
@@ -144,13 +145,14 @@ def _bakeform(name, hv, model, settings, problems):
 def one_pi(name, hv, settings, problems):
     """Validate one Pi's variables (``hv``: its ``pi_*`` values) into a normalised dict."""
     pi = {'name': name}
-    pi['serial'], pi['mac'] = _identity(name, hv, problems)
+    numbers = checks.numbers(name, hv, problems)  # reported: no other message about the same value
+    pi['serial'], pi['mac'] = _identity(name, hv, problems, numbers)
     pi['serial_given'] = hv.get('pi_serial') not in (None, '')
     pi['mac_given'] = hv.get('pi_mac') not in (None, '')
     pi['model'] = _model(hv.get('pi_model'), name, problems)
-    pi['prefix'] = _prefix(hv.get('pi_tftp_prefix'), pi, problems)
+    pi['prefix'] = _prefix(hv.get('pi_tftp_prefix'), pi, problems) if 'pi_tftp_prefix' not in numbers else None
     hostname = str(hv.get('pi_hostname') or name)
-    if not is_host_label(hostname):
+    if not is_host_label(hostname) and 'pi_hostname' not in numbers:
         problems.append('%s: host name %r is not a valid RFC 1123 label (letters, digits, dashes; at most 63); '
                         'set pi_hostname' % (name, hostname))
     pi['hostname'] = hostname
@@ -161,11 +163,7 @@ def one_pi(name, hv, settings, problems):
                         'authoritative mode with a reservation (or, knowingly, widen every such export with '
                         'pifleet_export_scope: <network CIDR>)' % name)
     pi['bakeform'] = _bakeform(name, hv, pi['model'], settings, problems)
-    disks = hv.get('pi_disks') or []
-    if not isinstance(disks, list) or not all(isinstance(d, dict) and d.get('name') for d in disks):
-        problems.append('%s: pi_disks must be a list of {name, size, fstype}' % name)
-        disks = []
-    pi['disks'] = disks
+    pi['disks'] = checks.disks(name, hv.get('pi_disks'), problems)
     pi['cmdline_extra'] = str(hv.get('pi_cmdline_extra') or '')
     pi['config_txt'] = _lines(hv.get('pi_config_txt'))
     keys = hv.get('pi_ssh_authorized_keys')
@@ -193,19 +191,20 @@ def _cloud_init(name, serial, hv, problems):
     return None if found else {'user_data': user_data, 'instance': None if instance in (None, '') else str(instance)}
 
 
-def plan(pis_vars, settings):
-    """``pis_vars``: {inventory name: {pi_* variables}}; ``settings``: the fleet role's settings.
+def plan(pis_vars, settings, problems=None):
+    """``pis_vars``: {inventory name: {pi_* variables}}; ``settings``: the fleet role's settings; ``problems``:
+    those found before (the declared bakeforms, unknown variables), raised with the plan's own.
 
     settings keys: bakeforms ({name: [models] or None}), default_bakeform, export_scope, roots_dir,
     disks_dir, nfs_server (the bakery address the Pis mount from), ssh_authorized_keys, boot_mount
     (none or nfs: the Pis mount their bakeform's boot files) and store (the bakeform store).
     """
-    problems = []
+    problems = list(problems or [])
     pis = [one_pi(name, pis_vars[name], settings, problems) for name in sorted(pis_vars)]
     for key, label in (('serial', 'serial'), ('mac', 'MAC'), ('ip', 'address'), ('hostname', 'host name'),
                        ('prefix', 'TFTP prefix')):
         _duplicates(pis, key, label, problems)
-    if not settings.get('nfs_server'):
+    if pis and not settings.get('nfs_server'):
         problems.append('the bakery address the Pis mount their roots from is unknown; set pifleet_nfs_server')
     if problems:
         raise PlanError(problems)

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.power import netsnmp as _netsnmp
 from ansible_collections.pifleet.netboot.plugins.module_utils.power import snmp as _snmp
 
 PETH_ADMIN_ENABLE = '1.3.6.1.2.1.105.1.1.1.3'  # POWER-ETHERNET-MIB pethPsePortAdminEnable.<group>.<port>
@@ -155,7 +156,15 @@ class Sha256DigestAuthHandler(urllib.request.HTTPDigestAuthHandler):
 class Driver:
     KEYS = {}  # device key -> default; REQUIRED when it has none
     can_query = True
+    timed = False  # runs programs on the bakery, bounded by coreutils timeout
     hint = 'check the device is reachable from the bakery'
+
+    @classmethod
+    def programs(cls, settings):
+        """{settings key: (program, how to get it)} of the programs this device runs on the bakery."""
+        if 'program' in settings:
+            return {'program': (settings['program'], 'install it or set device.program to its path')}
+        return {}
 
     def __init__(self, device, timeout, retries, runner=None):
         self.device, self.timeout, self.retries, self.runner = device, timeout, retries, runner
@@ -187,6 +196,7 @@ class CommandDriver(Driver):
     """The bakery's PPI program: ``<program> -c <config>`` with a JSON request on stdin; no status query."""
     KEYS = {'program': REQUIRED, 'config': REQUIRED, 'pi_id': REQUIRED}
     can_query = False
+    timed = True
     hint = 'check the PPI program and its config'
 
     def describe(self):
@@ -286,18 +296,59 @@ class HttpDriver(Driver):
 
 
 class SnmpDriver(Driver):
-    """A PoE switch port: POWER-ETHERNET-MIB pethPsePortAdminEnable over SNMPv2c."""
-    KEYS = {'host': REQUIRED, 'port': 161, 'community': 'private', 'group': 1, 'port_index': REQUIRED}
+    """A PoE switch port: POWER-ETHERNET-MIB pethPsePortAdminEnable over SNMPv2c (built-in client) or SNMPv3
+    (net-snmp's snmpget/snmpset: USM with the authentication and privacy protocols net-snmp offers)."""
+    KEYS = {'host': REQUIRED, 'port': 161, 'version': '2c', 'community': 'private', 'group': 1, 'port_index': REQUIRED,
+            'user': None, 'auth_protocol': 'SHA', 'auth_key': None, 'priv_protocol': 'AES', 'priv_key': None,
+            'security_level': 'authPriv', 'context': None}
+    V3_KEYS = ('user', 'auth_protocol', 'auth_key', 'priv_protocol', 'priv_key', 'security_level', 'context')
     hint = 'check the switch is reachable from the bakery and the community is right (agents ignore a wrong one)'
+    hint_v3 = ('check the switch is reachable from the bakery; a wrong priv_key or priv_protocol also goes unanswered '
+               '(the agent cannot decrypt the request)')
 
     def __init__(self, device, timeout, retries, runner=None):
         super().__init__(device, timeout, retries, runner)
         self.oid = '%s.%d.%d' % (PETH_ADMIN_ENABLE, device['group'], device['port_index'])
-        self.client = _snmp.SnmpClient(device['host'], device['port'], device['community'], timeout, retries)
+        self.v3 = device['version'] == '3'
+        if self.v3:
+            self.timed, self.hint = True, self.hint_v3
+            tools = {name: device[name] for name in ('snmpget', 'snmpset', 'env')}
+            self.client = _netsnmp.NetSnmpClient(device, timeout, retries, tools,
+                                                 lambda argv, limit: runner(argv, None, limit))
+        else:
+            self.client = _snmp.SnmpClient(device['host'], device['port'], device['community'], timeout, retries)
+
+    @classmethod
+    def settings(cls, device):
+        given = {key for key, value in (device or {}).items() if value is not None}
+        settings = super().settings(device)
+        version = str(settings['version']).strip().lower().lstrip('v')
+        if version not in ('2c', '3'):
+            raise ValueError('device.version is %r: use 2c or 3' % (settings['version'],))
+        settings['version'] = version
+        if version == '2c':
+            v3 = sorted(given & set(cls.V3_KEYS))
+            if v3:
+                raise ValueError('device.%s is a setting of SNMPv3: set version: 3 (user, auth_key, priv_key ...)'
+                                 % v3[0])
+            return {key: value for key, value in settings.items() if key not in cls.V3_KEYS}
+        if 'community' in given:
+            raise ValueError('device.community is a setting of SNMPv2c: SNMPv3 uses user, auth_key and priv_key')
+        del settings['community']
+        return _netsnmp.check(settings)
+
+    @classmethod
+    def programs(cls, settings):
+        if settings['version'] != '3':
+            return {}
+        how = "install net-snmp's tools on the bakery (Debian package snmp; the fleet role's fleet_packages has it)"
+        return {'snmpget': ('snmpget', how), 'snmpset': ('snmpset', how), 'env': ('env', 'install coreutils')}
 
     def describe(self):
-        return 'snmp %s:%d, PoE group %d port %d' % (self.device['host'], self.device['port'],
-                                                     self.device['group'], self.device['port_index'])
+        version = 'v3 ' if self.v3 else ''
+        user = ', user %s' % self.device['user'] if self.v3 else ''
+        return 'snmp %s%s:%d%s, PoE group %d port %d' % (version, self.device['host'], self.device['port'], user,
+                                                         self.device['group'], self.device['port_index'])
 
     def call(self, method, *args):
         try:
@@ -305,9 +356,13 @@ class SnmpDriver(Driver):
         except _snmp.SnmpTimeout:
             raise PowerError('timed out after %gs' % self.timeout, retries=self.retries) from None
         except _snmp.SnmpError as exc:
-            raise PowerError('the switch answered: %s' % exc,
-                             'check device.group and device.port_index name a PoE port, and that the '
-                             'community may write (rwcommunity)') from None
+            if self.v3:
+                access = ('check device.group and device.port_index name a PoE port, device.user, auth_protocol and '
+                          'auth_key, and that the user may write (rwuser on net-snmp)')
+            else:
+                access = ('check device.group and device.port_index name a PoE port, and that the community may write '
+                          '(rwcommunity)')
+            raise PowerError('the switch answered: %s' % exc, access) from None
 
     def status(self):
         return snmp_state(self.call(self.client.get))
@@ -320,6 +375,7 @@ class SnmpDriver(Driver):
 class UhubctlDriver(Driver):
     """A USB hub port with per-port power switching, through uhubctl."""
     KEYS = {'location': REQUIRED, 'port': REQUIRED, 'program': 'uhubctl'}
+    timed = True
     hint = 'check the hub location and port (uhubctl without options lists them)'
 
     def describe(self):

@@ -18,7 +18,6 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.module impo
 from ansible_collections.pifleet.netboot.plugins.module_utils.power.power import DRIVERS, PowerError, converge
 
 BOUNDS = (('timeout', 0.001), ('retries', 0), ('cycle_delay', 0))
-TIMED = ('command', 'uhubctl')  # drivers that run a program on the bakery, bounded by coreutils timeout
 
 
 def check_item(item, where):
@@ -56,12 +55,12 @@ class PiPower:
         """Run a device program bounded by coreutils timeout (rc 124 when it ran too long)."""
         return self.host.feed([self.timeout_bin, '-k', '2', '%gs' % timeout, *argv], data, timeout=timeout + 10)
 
-    def resolve(self, program, name, driver):
+    def resolve(self, program, name, driver, how):
         """Absolute path of a device program, checked here so that workers never fail the module."""
         path = program if '/' in program else self.host.which(program)
         if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
-            raise ValueError('program %s not found for %s (driver %s): it is not an executable file on %s; install '
-                             'it or set device.program to its path' % (program, name, driver, os.uname()[1]))
+            raise ValueError('program %s not found for %s (driver %s): it is not an executable file on %s; %s'
+                             % (program, name, driver, os.uname()[1], how))
         return path
 
     def plan(self, items, shared, listed):
@@ -79,11 +78,11 @@ class PiPower:
                 item['error'] = ('invalid device for %s (driver %s): %s; see the documentation of '
                                  'pifleet.netboot.pi_power' % (name, kind, exc))
                 settings = None
-            if settings and 'program' in settings:
-                try:
-                    settings['program'] = self.resolve(settings['program'], name, kind)
-                except ValueError as exc:
-                    item['error'] = str(exc)
+            try:
+                for key, (program, how) in (DRIVERS[kind].programs(settings) if settings else {}).items():
+                    settings[key] = self.resolve(program, name, kind, how)
+            except ValueError as exc:
+                item['error'] = str(exc)
             item['device'] = settings
             item['runner'] = None
             if not item.get('error'):
@@ -110,7 +109,7 @@ class PiPower:
 
     def apply(self, plan, parallel):
         """One result per Pi, in the order of the plan; at most ``parallel`` devices are driven at once."""
-        if any(item['runner'] and item['driver'] in TIMED for item in plan):
+        if any(item['runner'] and item['runner'].timed for item in plan):
             self.timeout_bin = self.host.which('timeout', True)
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(plan)))) as pool:
             return list(pool.map(self.drive, plan))

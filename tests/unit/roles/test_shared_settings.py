@@ -17,6 +17,8 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 from rolevars import trusted
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import hosts as fleet_hosts
+
 REPO = Path(__file__).resolve().parents[3]
 ROLES = sorted(p.name for p in (REPO / 'roles').iterdir() if (p / 'tasks' / 'main.yml').is_file())
 YAML_FILES = sorted([*REPO.glob('roles/*/*/*.yml'), *REPO.glob('playbooks/**/*.yml')])
@@ -38,6 +40,10 @@ def shared_defaults():
         where = str(path.relative_to(REPO))
         for name, _quote, value in DEFAULT_RE.findall(path.read_text(encoding='utf-8')):
             found.setdefault(name, {}).setdefault(value, []).append(where)
+    # The first play of every playbook finds the bakeries and the Pis with these, read host by host (fleet_hosts).
+    for name, value in (('pifleet_bakery_group', fleet_hosts.BAKERY_GROUP),
+                        ('pifleet_pis_group', fleet_hosts.PIS_GROUP)):
+        found.setdefault(name, {}).setdefault(value, []).append('plugins/module_utils/fleet/hosts.py')
     for role in ROLES:
         defaults = REPO / 'roles' / role / 'defaults' / 'main.yml'
         for name, value in (load(defaults) if defaults.is_file() else {}).items():
@@ -122,3 +128,25 @@ def test_the_hook_reads_what_the_fleet_writes(inventory):
     assert config['roots'] == [fleet('fleet_store'), fleet('fleet_boot_dir')]
     assert config['events'] == inventory.get('pifleet_events_path', '/var/log/pifleet/boot-events.jsonl')
     assert hook('tftp_hook_log_dir') == config['events'].rsplit('/', 1)[0]  # the only place the service writes
+
+
+PLAYBOOKS = sorted(REPO.glob('playbooks/*.yml'))
+
+
+@pytest.mark.parametrize('path', PLAYBOOKS, ids=[p.name for p in PLAYBOOKS])
+def test_every_playbook_finds_its_hosts_from_the_settings_wherever_they_are_set(path):
+    """A play's hosts: sees extra vars only, never group_vars: `hosts: "{{ pifleet_pis_group | default('pis') }}"`
+    silently matched no host when the group was set in group_vars. The first play finds them (plays/hosts.yml)."""
+    plays = load(path)
+    first = plays[0]
+    assert first.get('ansible.builtin.import_playbook') == 'plays/hosts.yml', path.name
+    assert first['vars']['__pifleet_target'] in ('bakeries', 'pis')
+    assert first['vars']['__pifleet_pis'] in ('required', 'group', 'ignored')
+    for play in plays[1:]:
+        assert 'pifleet_' not in str(play['hosts']).replace('__pifleet_', ''), (path.name, play['hosts'])
+        assert play['hosts'] == ('__pifleet_bakeries' if first['vars']['__pifleet_target'] == 'bakeries'
+                                 else '{{ __pifleet_pis_pattern }}'), (path.name, play['hosts'])
+    text = path.read_text(encoding='utf-8') + ''.join(p.read_text(encoding='utf-8')
+                                                      for p in REPO.glob('playbooks/tasks/*.yml'))
+    assert "groups[pifleet_bakery_group | default('bakery')][0]" not in text  # one bakery for every Pi
+    assert not re.search(r'hosts:\s*bakery\b', text)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.release import __version__ as CORE_VERSION
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from awxjob import awx_inject
 
 from ansible_collections.pifleet.netboot.plugins.inventory.boot_events import DOCUMENTATION, EXAMPLES
 
@@ -90,8 +90,9 @@ def write_source(tmp_path, config, name='x.boot_events.yml'):
     return source
 
 
-def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_events.yml', sources=None):
-    """``ansible-inventory --list`` of the plugin's config (after the inventory ``sources``, if any)."""
+def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_events.yml', sources=None, raw=False):
+    """``ansible-inventory --list`` of the plugin's config (after the inventory ``sources``, if any); ``raw``: the
+    JSON as printed, unsafe strings still as {"__ansible_unsafe": ...}."""
     source = write_source(tmp_path, config, name)
     inventories = [arg for path in (sources or [source]) for arg in ('-i', str(path))]
     proc = subprocess.run([INVENTORY, *inventories, '--list', *extra], env=environment(tmp_path, env),
@@ -100,7 +101,8 @@ def run_inventory(tmp_path, config, *extra, env=None, ok=True, name='x.boot_even
         assert proc.returncode != 0, proc.stdout
         return None, squash(proc.stderr)
     assert proc.returncode == 0, proc.stderr
-    return plain(json.loads(proc.stdout)), squash(proc.stderr)
+    listed = json.loads(proc.stdout)
+    return (listed if raw else plain(listed)), squash(proc.stderr)
 
 
 def hosts_of(result, group):
@@ -131,6 +133,27 @@ def test_discovered_pis_with_their_variables(tmp_path):
     assert pi4['pifleet_last_file'] == 'config.txt' and 'pi_serial' not in pi4
     assert 'pifleet_prefix' not in hostvars['discovered_ip_10-99-40-53']
     assert 'known_serial_1234abcd' not in hostvars
+
+
+def unsafe_dicts(value, path=''):
+    """Where ``value`` holds {"__ansible_unsafe": ...} dicts, as paths."""
+    if isinstance(value, dict):
+        if set(value) == {'__ansible_unsafe'}:
+            return [path]
+        return [found for key, item in value.items() for found in unsafe_dicts(item, '%s/%s' % (path, key))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in unsafe_dicts(item, '%s/%d' % (path, index))]
+    return []
+
+
+def test_export_prints_plain_values_for_awx(tmp_path):
+    """What AWX runs for an inventory source: every variable of an ordinary log is a plain value (AWX stored the
+    {"__ansible_unsafe": ...} dicts as host variables), on every core."""
+    events = write_log(tmp_path, BOOT)
+    listed, _unused = run_inventory(tmp_path, {'events': events, 'include_known': True}, '--export', raw=True)
+    assert unsafe_dicts(listed) == []
+    assert listed['_meta']['hostvars']['discovered_serial_3a4b5c6d']['pifleet_last_file'] == 'start.elf'
+    assert listed['_meta']['hostvars']['known_serial_1234abcd']['pifleet_name'] == 'pi-01'
 
 
 def test_missing_log_is_an_empty_inventory_with_a_warning(tmp_path):
@@ -306,30 +329,6 @@ def test_ssh_missing_log_warns_and_unreachable_host_fails(tmp_path, fake_ssh):
     assert 'rc=255' in stderr and 'Connectionrefused' in stderr
 
 
-def awx_inject(credential_type, inputs, private_data_dir):
-    """The environment an AWX job gets from a custom credential, as AWX documents its injectors.
-
-    Each ``file`` template is rendered (sandboxed Jinja) into a file of its own, mode 0600, in the job's private
-    ``env`` directory, and ``template.<label>`` is then ``tower.filename.<label>`` in the ``env`` templates; a field
-    of format ``ssh_private_key`` gets the trailing newline OpenSSH needs; empty fields are undefined.
-    """
-    sandbox = ImmutableSandboxedEnvironment()
-    namespace = {key: value for key, value in inputs.items() if value != ''}
-    for field in credential_type['inputs']['fields']:
-        if field.get('format') == 'ssh_private_key' and not namespace.get(field['id'], '\n').endswith('\n'):
-            namespace[field['id']] += '\n'
-    filenames = {}
-    for label, template in credential_type['injectors'].get('file', {}).items():
-        path = private_data_dir / 'env' / label.split('.', 1)[1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(sandbox.from_string(template).render(**namespace))
-        path.chmod(0o600)
-        filenames[label.split('.', 1)[1]] = str(path)
-    namespace['tower'] = {'filename': filenames}
-    return {name: sandbox.from_string(template).render(**namespace)
-            for name, template in credential_type['injectors']['env'].items()}
-
-
 def test_the_awx_credential_type_gives_the_plugin_its_ssh_settings(tmp_path, fake_ssh):
     """docs/awx: an inventory source gets no machine credential; the custom type injects what the plugin reads."""
     credential_type = yaml.safe_load((REPO / 'docs' / 'awx' / 'boot_events_credential_type.yml').read_text())
@@ -371,16 +370,19 @@ def test_the_awx_credential_type_gives_the_plugin_its_ssh_settings(tmp_path, fak
 # -- what the LAN can send: file names are data, a device cannot become a fleet host --------------------------
 
 TEMPLATE = "{{ lookup('pipe', 'touch %s') }}"
+# A template with no brace: Jinja's override header, which changes the start and end strings (not wrapped).
+OVERRIDE = "#jinja2:variable_start_string:'[[', variable_end_string:']]'\n[[ lookup('pipe', 'touch %s') ]]"
 
 
 def hostile_log(tmp_path):
     """Lines as the hook writes them for devices asking for templates; ``marks`` exist only if one ran."""
-    marks = {what: tmp_path / ('ran-' + what) for what in ('file', 'outcome', 'name', 'prefix', 'client')}
+    marks = {what: tmp_path / ('ran-' + what) for what in ('file', 'outcome', 'name', 'prefix', 'client', 'override')}
     lines = [event(0, '10.99.40.66', 'bbbb2222/' + TEMPLATE % marks['file'], outcome='unknown_prefix'),
              event(1, '10.99.40.66', 'cccc3333/start4.elf', outcome=TEMPLATE % marks['outcome']),
              event(2, '10.99.40.66', '1234abcd/config.txt', known=True, name=TEMPLATE % marks['name']),
              event(3, '10.99.40.66', TEMPLATE % marks['prefix'] + '/x', outcome='unknown_prefix'),
-             event(4, TEMPLATE % marks['client'], 'dddd4444/x', outcome='unknown_prefix')]
+             event(4, TEMPLATE % marks['client'], 'dddd4444/x', outcome='unknown_prefix'),
+             event(5, '10.99.40.66', 'eeee5555/start4.elf', outcome=OVERRIDE % marks['override'])]
     return write_log(tmp_path, lines), marks
 
 
@@ -396,8 +398,10 @@ def test_file_names_from_the_lan_never_run_as_templates(tmp_path):
     assert [mark.name for mark in marks.values() if mark.exists()] == [], 'a file name ran as a template'
     assert squash('skipped 1 malformed line(s)') in stderr  # the client that is not an address
     hostvars = result['_meta']['hostvars']
-    assert sorted(hostvars) == ['discovered_serial_bbbb2222', 'discovered_serial_cccc3333', 'known_serial_1234abcd']
+    assert sorted(hostvars) == ['discovered_serial_bbbb2222', 'discovered_serial_cccc3333',
+                                'discovered_serial_eeee5555', 'known_serial_1234abcd']
     assert hostvars['discovered_serial_bbbb2222']['pifleet_last_file'] == TEMPLATE % marks['file']
+    assert hostvars['discovered_serial_eeee5555']['pifleet_last_outcome'] == OVERRIDE % marks['override']
     assert hostvars['discovered_serial_cccc3333']['pifleet_last_outcome'] == TEMPLATE % marks['outcome']
     assert hostvars['known_serial_1234abcd']['pifleet_name'] == TEMPLATE % marks['name']
     assert hostvars['discovered_serial_bbbb2222']['pifleet_note'].startswith(TEMPLATE % marks['file'])
@@ -416,6 +420,17 @@ def test_file_names_from_the_lan_never_run_as_templates(tmp_path):
     assert [mark.name for mark in marks.values() if mark.exists()] == [], 'a file name ran as a template'
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert TEMPLATE % marks['file'] in proc.stdout and TEMPLATE % marks['outcome'] in proc.stdout
+    assert "[[ lookup('pipe', 'touch %s') ]]" % marks['override'] in proc.stdout
+
+    # What AWX stores (--export): the strings that could be templates stay marked (the override header too, which
+    # has no brace), the validated ones are plain values.
+    listed, _unused = run_inventory(tmp_path, config, '--export', raw=True)
+    wrapped = unsafe_dicts(listed['_meta']['hostvars'])
+    assert {'/discovered_serial_bbbb2222/pifleet_last_file', '/known_serial_1234abcd/pifleet_name',
+            '/discovered_serial_eeee5555/pifleet_last_outcome'} <= set(wrapped)
+    assert not [path for path in wrapped if '/pi_' in path or path.endswith(('_seen', '_address', '_prefix'))]
+    assert listed['_meta']['hostvars']['discovered_serial_cccc3333']['pifleet_last_file'] == 'start4.elf'
+    assert [mark.name for mark in marks.values() if mark.exists()] == [], 'a file name ran as a template'
 
 
 FLEET = {'pis': {'hosts': {

@@ -7,6 +7,7 @@ the fake's own state (its file or memory), never the module's word for it."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import pytest
@@ -321,3 +322,62 @@ def test_a_pi_with_an_unusable_device_fails_alone(run_module, plugs):
     assert by_name['pi-02']['error'].startswith('program no-such-uhubctl not found for pi-02 (driver uhubctl)')
     assert by_name['pi-03']['error'].startswith('invalid device for pi-03 (driver snmp): device.port_index missing')
     assert by_name['pi-02']['power'] == by_name['pi-03']['power'] == 'unknown'
+
+
+V3_USER = {'user': 'pifleet', 'auth_protocol': 'SHA-256', 'auth_key': 'Sw0rdf1sh-auth', 'priv_protocol': 'AES-256',
+           'priv_key': 'Sw0rdf1sh-priv'}
+NET_SNMP = all(shutil.which(tool) for tool in ('snmpget', 'snmpset'))
+
+
+def v3_device(agent, port_index, **changes):
+    return dict({'host': '127.0.0.1', 'port': agent.port, 'port_index': port_index, 'version': 3,
+                 **V3_USER}, **changes)
+
+
+@pytest.mark.skipif(not NET_SNMP, reason='needs the snmp package (net-snmp tools)')
+def test_snmpv3_on_off_status_beside_v2c(run_module, tmp_path):
+    """An SNMPv3 switch (authPriv, SHA-256/AES-256) and an old v2c one in one call."""
+    agent = SnmpAgent(tmp_path / 'v3', {(1, 1): 2, (1, 2): 2}, users=[V3_USER])
+    try:
+        v2c = {'host': '127.0.0.1', 'port': agent.port, 'port_index': 2}
+        pis = [{'name': 'pi-v3', 'driver': 'snmp', 'device': v3_device(agent, 1)},
+               {'name': 'pi-v2', 'driver': 'snmp', 'device': v2c}]
+        result = call(run_module, state='on', pis=pis)
+        assert not result['failed'], result.get('msg')
+        assert power(result) == [('pi-v3', 'off', 'on', True), ('pi-v2', 'off', 'on', True)]
+        assert agent.state(1, 1) == agent.state(1, 2) == 1
+        assert result['pis'][0]['device'] == 'snmp v3 127.0.0.1:%d, user pifleet, PoE group 1 port 1' % agent.port
+        result = call(run_module, state='off', pis=pis[:1])
+        assert power(result) == [('pi-v3', 'on', 'off', True)] and agent.state(1, 1) == 2
+        result = call(run_module, state='status', pis=[dict(pis[0], device=v3_device(agent, 1, auth_key='Wr0ng-auth'))])
+        assert result['failed'] and 'Authentication failure' in result['msg'] and 'check device.group' in result['msg']
+    finally:
+        agent.close()
+
+
+@pytest.mark.skipif(not NET_SNMP, reason='needs the snmp package (net-snmp tools)')
+def test_snmpv3_keys_stay_out_of_the_output(tmp_path):
+    """In a real module process: auth_key and priv_key are no_log, even inside pis."""
+    agent = SnmpAgent(tmp_path / 'v3', {(1, 1): 2}, users=[V3_USER])
+    try:
+        args = {'state': 'cycled', 'cycle_delay': 0, 'pis': [{'name': 'pi-v3', 'driver': 'snmp',
+                                                              'device': v3_device(agent, 1)}]}
+        result = run_process('pi_power', args, diff=True)
+        assert not result.get('failed'), result.get('msg')
+        assert agent.state(1, 1) == 1
+        assert 'Sw0rdf1sh' not in repr(result)
+        device = result['invocation']['module_args']['pis'][0]['device']
+        assert device['auth_key'] == device['priv_key'] == 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
+    finally:
+        agent.close()
+
+
+def test_snmpv3_without_net_snmp_on_the_bakery_fails_its_pi_alone(run_module, plugs, monkeypatch, tmp_path):
+    monkeypatch.setenv('PATH', str(tmp_path))  # no snmpget anywhere the module looks
+    v3 = dict(V3_USER, host='127.0.0.1', port_index=1, version=3)
+    pis = [http_item(plugs, 'pi-01', 'shelly1'), {'name': 'pi-v3', 'driver': 'snmp', 'device': v3}]
+    result = call(run_module, state='status', pis=pis)
+    assert result['failed'] and result['msg'].startswith(
+        "program snmpget not found for pi-v3 (driver snmp): it is not an executable file on"), result['msg']
+    assert "install net-snmp's tools on the bakery (Debian package snmp" in result['msg']
+    assert result['pis'][0]['power'] == 'off' and 'error' not in result['pis'][0]

@@ -19,6 +19,8 @@ import stat
 import subprocess
 
 import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.common.parameters import remove_values
 from genstore import make_generation
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
@@ -89,6 +91,10 @@ INVALID = [
     ({'serial': '3a4b5c6d', 'generation': 0}, 'generation 0 for Pi 3a4b5c6d is not a generation number'),
     ({'serial': '3a4b5c6d', 'principals': ['ok', 'a,b']}, "principals 'a,b' are not host names or addresses"),
     ({'serial': '3a4b5c6d', 'state': 'rolledback', 'identity': 'new'}, 'value of identity must be one of'),
+    ({'pis': [{'serial': '3a4b5c6d', 'cloud_init': {'user_data': '{"packages": '}}]},
+     'cloud_init.user_data for Pi 3a4b5c6d is not JSON text of a mapping'),
+    ({'pis': [{'serial': '3a4b5c6d', 'cloud_init': {'user_data': '["htop"]'}}]},
+     'cloud_init.user_data for Pi 3a4b5c6d must be a cloud-config mapping, not list'),
 ]
 
 
@@ -98,6 +104,27 @@ def test_invalid_arguments_fail_clearly_before_touching_anything(run_module, lab
     assert result.failed, result.result
     assert message in result.result['msg'] and not result.result.get('changed')
     assert sorted(os.listdir(lab)) == ['store']  # no roots dir, units or lock file
+
+
+def test_cloud_init_user_data_given_as_text_stays_hidden_in_the_invocation(run_module, lab, monkeypatch):
+    """The fleet role gives each Pi's user data as JSON text: the module's arguments keep that text, which no_log
+    hides whole, so the invocation that -vvv prints holds none of it (a mapping made of it in the arguments would show
+    each of its values), while the rest of the arguments stay readable."""
+    secret = 'Sw0rdf1sh-cloud-token'
+    seen = {}
+    fail = basic.AnsibleModule.fail_json  # run_module's
+
+    def recording(self, msg, **kwargs):
+        seen['invocation'] = json.dumps(remove_values(self.params, self.no_log_values))  # as AnsibleModule does
+        return fail(self, msg, **kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', recording)
+    text = json.dumps({'write_files': [{'path': '/etc/token', 'content': secret}], 'packages': ['htop']})
+    result = run_module(pi_root.main, args(lab, bakeform='missing',
+                                           pis=[{'serial': '3a4b5c6d', 'cloud_init': {'user_data': text}}]))
+    assert result.failed and 'bakeform missing not found for Pi 3a4b5c6d' in result.result['msg'], result.result
+    assert secret not in seen['invocation'] and 'htop' not in seen['invocation'], seen['invocation']
+    assert '"serial": "3a4b5c6d"' in seen['invocation'] and 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER' in seen['invocation']
 
 
 PER_PI = [

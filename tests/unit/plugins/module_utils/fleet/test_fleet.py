@@ -32,8 +32,9 @@ def test_plan_builds_module_arguments():
                                pi_config_txt='dtoverlay=disable-bt\n', pi_cmdline_extra='quiet'),
                    'pi-02': pi(pi_serial='5678abcd', pi_ip='10.0.0.51')}, SETTINGS)
     assert result['roots'][0] == {'serial': '1234abcd', 'hostname': 'pi-01', 'bakeform': 'bookworm'}
-    assert result['disks'] == [{'name': 'data', 'size': '8G', 'fstype': 'ext4', 'serial': '1234abcd'},
-                               {'name': 'swap', 'size': 1, 'serial': '1234abcd'}]
+    # Sizes as Ansible reads them (human_to_bytes), so pi_disk makes exactly what the plan accepted.
+    assert result['disks'] == [{'name': 'data', 'size': 8 << 30, 'fstype': 'ext4', 'serial': '1234abcd'},
+                               {'name': 'swap', 'size': 1, 'fstype': 'none', 'serial': '1234abcd'}]
     # One export for all of a Pi's disks (its disks file system); none for a Pi without disks.
     # Each export names its Pi (serial, hostname): one that fails is named, and kept as it was.
     assert result['exports'] == [
@@ -127,7 +128,7 @@ class _HostVars(dict):
 def test_the_fleet_plan_never_reads_pi_power():
     """The fleet powers nothing: its plan holds no plug password or SNMP community, and needs no vault for them."""
     hostvars = {'pi-01': _HostVars(pi(pi_power={'driver': 'http', 'password': 'Sw0rdf1sh-pw'}))}
-    result = fleet_plan(['pi-01'], hostvars, [{'name': 'bookworm'}], nfs_server='10.0.0.2')
+    result = fleet_plan(['pi-01'], hostvars, [{'name': 'bookworm', 'src': '/srv/b.img'}], nfs_server='10.0.0.2')
     assert result['serials'] == ['1234abcd']
     assert 'Sw0rdf1sh' not in repr(result) and 'power' not in repr(result)
 

@@ -117,8 +117,8 @@ def test_snmp_truth_values(value, state):
 
 
 @pytest.mark.parametrize('driver, device, expected', [
-    ('snmp', {'host': 'sw1', 'port_index': 4}, {'host': 'sw1', 'port': 161, 'community': 'private', 'group': 1,
-                                                'port_index': 4}),
+    ('snmp', {'host': 'sw1', 'port_index': 4}, {'host': 'sw1', 'port': 161, 'version': '2c', 'community': 'private',
+                                                'group': 1, 'port_index': 4}),
     ('http', {'url': 'http://10.0.0.7', 'api': 'tasmota', 'password': None},
      {'url': 'http://10.0.0.7', 'api': 'tasmota', 'channel': 0, 'username': None, 'password': None}),
     ('uhubctl', {'location': '1-1', 'port': 2}, {'location': '1-1', 'port': 2, 'program': 'uhubctl'}),

@@ -1,0 +1,178 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The playbooks find their hosts wherever the group settings are, and act per bakery.
+
+ansible-playbook runs the collection's playbooks on inventories written here, this host standing in for every
+bakery (local connection): group names set in the bakery group's own group_vars (the README's advice, which no
+play's `hosts:` ever saw), groups that are missing or empty (a loud failure, never "no hosts matched" and green),
+and two bakeries, each with its own Pis (`pi_bakery`): each bakery's Python is a wrapper that notes which Pis a
+module run on it was given, so the test sees which bakery drove which Pi's power.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from powerfakes import PlugServer
+
+REPO = Path(__file__).resolve().parents[2]
+WRAPPER = '''#!/bin/sh
+# The Python of bakery %(name)s: note the Pis named in each module it runs, then run it.
+for arg in "$@"; do
+  case "$arg" in
+    *AnsiballZ_*.py) echo "%(name)s $(basename "$arg" .py) $(grep -o 'pi-0[0-9]' "$arg" | sort -u | tr '\\n' ' ')" \
+>> "%(log)s";;
+  esac
+done
+exec "%(python)s" "$@"
+'''
+
+
+@pytest.fixture
+def plugs():
+    server = PlugServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def bakery(tmp, name, **variables):
+    """A bakery host running modules here, through a Python wrapper that logs what it was given."""
+    wrapper = tmp / ('python-' + name)
+    wrapper.write_text(WRAPPER % {'name': name, 'log': tmp / 'ran.log', 'python': sys.executable})
+    wrapper.chmod(0o755)
+    return dict({'ansible_connection': 'local', 'ansible_python_interpreter': str(wrapper)}, **variables)
+
+
+def ran(tmp):
+    """{(bakery, module): [the Pis it was given]} of every module run on a bakery."""
+    log = tmp / 'ran.log'
+    seen = {}
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        name, module, *pis = line.split()
+        seen.setdefault((name, module.replace('AnsiballZ_', '')), []).append(sorted(pis))
+    return seen
+
+
+def write(tmp, hosts, group_vars=None):
+    """An inventory directory: hosts.yml and group_vars/<group>.yml."""
+    inventory = tmp / 'inventory'
+    (inventory / 'group_vars').mkdir(parents=True, exist_ok=True)
+    (inventory / 'hosts.yml').write_text(yaml.safe_dump(hosts))
+    for group, variables in (group_vars or {}).items():
+        (inventory / 'group_vars' / ('%s.yml' % group)).write_text(yaml.safe_dump(variables))
+    return inventory
+
+
+def play(tmp, name, *args):
+    """(rc, recap counters per host, output) of the collection's playbook ``name``."""
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1')
+    proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'inventory'),
+                           'pifleet.netboot.%s' % name, *args], capture_output=True, text=True, env=env,
+                          check=False, timeout=300, cwd=tmp)
+    recaps = dict(re.findall(r'^(\S+)\s+:\s+(ok=.*)$', proc.stdout, re.M))
+    counters = {host: {k: int(v) for k, v in re.findall(r'(\w+)=(\d+)', line)} for host, line in recaps.items()}
+    return proc.returncode, counters, proc.stdout + proc.stderr
+
+
+def pis(plugs, count, owners=None):
+    """Pis pi-01.. with a Shelly plug each (off); ``owners``: {Pi: its pi_bakery}."""
+    found = {}
+    for index in range(1, count + 1):
+        name = 'pi-%02d' % index
+        found[name] = {'pi_serial': '1234ab%02x' % index, 'pi_model': 4, 'pi_ip': '10.99.34.%d' % (50 + index),
+                       'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1')}}
+        if owners and name in owners:
+            found[name]['pi_bakery'] = owners[name]
+    return found
+
+
+def table(output, host):
+    """The status rows the bakery ``host`` printed: {Pi: columns}."""
+    block = re.search(r'^ok: \[%s\] => \{\n(.*?)^\}' % re.escape(host), output.split('TASK [Show the fleet]')[1],
+                      re.M | re.S)
+    assert block, output[-3000:]
+    return {line.split()[0].strip('"'): line.split() for line in block.group(1).splitlines()
+            if re.match(r'\s*"pi-0\d ', line)}
+
+
+def test_group_names_in_the_bakery_groups_own_group_vars(tmp_path, plugs):
+    """The README says: set pifleet_* once, in the bakery's group_vars. Before, power and status printed "no hosts
+    matched" there and ended green; the Pis, who never see those group_vars, are found through their bakery."""
+    write(tmp_path, {'servers': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01')}},
+                     'fleet': {'hosts': pis(plugs, 2)}},
+          {'servers': {'pifleet_bakery_group': 'servers', 'pifleet_pis_group': 'fleet'}})
+    rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=on')
+    assert rc == 0 and 'no hosts matched' not in output, output[-3000:]
+    assert plugs.plugs['pi-01'].state == [True] and plugs.plugs['pi-02'].state == [True]
+    assert counters['pi-01']['changed'] == counters['pi-02']['changed'] == 1, counters
+    rc, _counters, output = play(tmp_path, 'status')
+    assert rc == 0, output[-3000:]
+    assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {'pi-01': 'on', 'pi-02': 'on'}
+    rc, _counters, output = play(tmp_path, 'discover', '-e', 'pifleet_events_path=%s' % (tmp_path / 'none.jsonl'))
+    assert rc == 0 and 'no event log at %s on bakery01' % (tmp_path / 'none.jsonl') in output, output[-3000:]
+
+
+@pytest.mark.parametrize('case, expected', [
+    ('missing bakery group', 'no bakery: the group bakery (pifleet_bakery_group, default bakery) is not in the '
+                             'inventory'),
+    ('empty Pi group', 'no Pis: the group pis (pifleet_pis_group) has no hosts'),
+    ('typo in the Pi group', 'the group piz (pifleet_pis_group of bakery bakery01) is not in the inventory'),
+    ('limit to the bakery', 'the limit selects none of the pis (pi-01): this playbook runs on the Pis'),
+])
+def test_a_group_that_finds_nothing_fails_loudly(tmp_path, plugs, case, expected):
+    hosts = {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01')}}, 'pis': {'hosts': pis(plugs, 1)}}
+    group_vars, args = {}, []
+    if case == 'missing bakery group':
+        hosts['bakeries'] = hosts.pop('bakery')
+    elif case == 'empty Pi group':
+        hosts['pis'] = {'hosts': {}}
+    elif case == 'typo in the Pi group':
+        group_vars = {'bakery': {'pifleet_pis_group': 'piz'}}
+    else:
+        args = ['--limit', 'bakery01']
+    write(tmp_path, hosts, group_vars)
+    rc, _counters, output = play(tmp_path, 'power', '-e', 'power_state=on', *args)
+    assert rc != 0 and 'no hosts matched' not in output, output[-3000:]
+    assert expected in output, output[-3000:]
+    assert plugs.plugs['pi-01'].sets == 0 and not (tmp_path / 'ran.log').exists()  # nothing ran anywhere
+    if case == 'missing bakery group':  # every playbook, not just power
+        for name in ('site', 'status', 'discover', 'bakeforms', 'reimage'):
+            rc, _counters, output = play(tmp_path, name, '--check')
+            assert rc != 0 and expected in output, (name, output[-3000:])
+
+
+def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
+    """pi-01 and pi-03 belong to the first bakery (no pi_bakery), pi-02 and pi-04 to bakery02: never
+    groups['bakery'][0] for all of them."""
+    owners = {'pi-02': 'bakery02', 'pi-04': 'bakery02'}
+    write(tmp_path, {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01'),
+                                          'bakery02': bakery(tmp_path, 'bakery02')}},
+                     'pis': {'hosts': pis(plugs, 4, owners)}})
+    rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=on')
+    assert rc == 0, output[-3000:]
+    every = ('pi-01', 'pi-02', 'pi-03', 'pi-04')
+    assert all(plugs.plugs[pi].state == [True] and plugs.plugs[pi].sets == 1 for pi in every)
+    assert ran(tmp_path) == {('bakery01', 'pi_power'): [['pi-01', 'pi-03']],
+                             ('bakery02', 'pi_power'): [['pi-02', 'pi-04']]}
+    assert all(counters[pi]['changed'] == 1 for pi in ('pi-01', 'pi-02', 'pi-03', 'pi-04')), counters
+    # A limit to one bakery's Pi drives that bakery only.
+    (tmp_path / 'ran.log').unlink()
+    rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=off', '--limit', 'pi-04')
+    assert rc == 0 and ran(tmp_path) == {('bakery02', 'pi_power'): [['pi-04']]}, output[-3000:]
+    assert plugs.plugs['pi-04'].state == [False] and plugs.plugs['pi-02'].state == [True]
+    # status: one table of every Pi, each Pi's power read by its own bakery.
+    (tmp_path / 'ran.log').unlink()
+    rc, counters, output = play(tmp_path, 'status')
+    assert rc == 0, output[-3000:]
+    assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {
+        'pi-01': 'on', 'pi-03': 'on', 'pi-02': 'on', 'pi-04': 'off'}
+    assert ran(tmp_path)[('bakery01', 'pi_power')] == [['pi-01', 'pi-03']]
+    assert ran(tmp_path)[('bakery02', 'pi_power')] == [['pi-02', 'pi-04']]
