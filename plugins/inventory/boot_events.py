@@ -174,6 +174,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs imp
     parse_neighbours,
     utc_offset_epoch,
 )
+
 try:
     from ansible.template import trust_as_template
 except ImportError:  # before ansible-core 2.19 a string is trusted unless wrapped
