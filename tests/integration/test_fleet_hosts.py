@@ -94,13 +94,19 @@ def pis(plugs, count, owners=None):
     return found
 
 
-def table(output, host):
-    """The status rows the bakery ``host`` printed: {Pi: columns}."""
-    block = re.search(r'^ok: \[%s\] => \{\n(.*?)^\}' % re.escape(host), output.split('TASK [Show the fleet]')[1],
-                      re.M | re.S)
+def table(output, bakery):
+    """The status rows of the Pis ``bakery`` serves: {Pi: columns}. The table has a BAKERY line before each
+    bakery's Pis when there are several; with one, every row is its."""
+    block = re.search(r'^ok: \[[^]]+\] => \{\n(.*?)^\}', output.split('TASK [Show the fleet]')[1], re.M | re.S)
     assert block, output[-3000:]
-    return {line.split()[0].strip('"'): line.split() for line in block.group(1).splitlines()
-            if re.match(r'\s*"pi-0\d ', line)}
+    sections, current = {}, None
+    for line in block.group(1).splitlines():
+        named = re.match(r'\s*"BAKERY (\S+)"', line)
+        if named:
+            current = named.group(1)
+        elif re.match(r'\s*"pi-0\d ', line):
+            sections.setdefault(current, {})[line.split()[0].strip('"')] = line.split()
+    return sections.get(bakery, sections.get(None))
 
 
 def test_group_names_in_the_bakery_groups_own_group_vars(tmp_path, plugs):
@@ -168,11 +174,11 @@ def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
     rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=off', '--limit', 'pi-04')
     assert rc == 0 and ran(tmp_path) == {('bakery02', 'pi_power'): [['pi-04']]}, output[-3000:]
     assert plugs.plugs['pi-04'].state == [False] and plugs.plugs['pi-02'].state == [True]
-    # status: one table of every Pi, each Pi's power read by its own bakery.
+    # status: each bakery's part of the table holds its own Pis, their power read by it.
     (tmp_path / 'ran.log').unlink()
     rc, counters, output = play(tmp_path, 'status')
     assert rc == 0, output[-3000:]
-    assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {
-        'pi-01': 'on', 'pi-03': 'on', 'pi-02': 'on', 'pi-04': 'off'}
+    assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {'pi-01': 'on', 'pi-03': 'on'}
+    assert {pi: row[5] for pi, row in table(output, 'bakery02').items()} == {'pi-02': 'on', 'pi-04': 'off'}
     assert ran(tmp_path)[('bakery01', 'pi_power')] == [['pi-01', 'pi-03']]
     assert ran(tmp_path)[('bakery02', 'pi_power')] == [['pi-02', 'pi-04']]
