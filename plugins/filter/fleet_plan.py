@@ -148,6 +148,8 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
         if bakery and (owner or bakeries[0]) != bakery:
             continue
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
+        if host.get('ansible_host') not in (None, ''):  # a name its host certificate must be valid for
+            pis_vars[name]['ansible_host'] = str(host['ansible_host'])
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
                 'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
                 'ssh_authorized_keys': ssh_authorized_keys, 'boot_mount': boot_mount, 'store': store}
