@@ -12,7 +12,7 @@ author:
   - pifleet maintainers (@pifleet)
 description:
   - C(@cert-authority) lines with the bakery's SSH host CA for the names and addresses of its Pis (each Pi's
-    C(principals) in the fleet plan: inventory name, host name, C(pi_ip), C(ansible_host)), then plain lines with
+    C(principals) in the fleet plan, its inventory name, host name, C(pi_ip) and C(ansible_host)), then plain lines with
     the host keys of the Pis whose root cannot take a certificate (C(host_certificate=false) in
     C(pifleet.netboot.pi_root)'s result).
   - Sorted, so the file changes only when the fleet does.

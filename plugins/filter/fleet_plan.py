@@ -60,8 +60,8 @@ options:
   boot_mount:
     description:
       - How the Pis mount their generation's boot files (the C(pifleet.netboot.pi_root) option). The exports of
-        the generations' C(boot-nfs) are not in the plan: they depend on which generation each root uses, known after
-        C(pi_root) (P(pifleet.netboot.fleet_boot_exports#filter)).
+        the generations' C(boot-nfs) are not in the plan (they depend on which generation each root uses, known after
+        C(pi_root), see P(pifleet.netboot.fleet_boot_exports#filter)).
     type: str
     choices: [none, nfs]
     default: none

@@ -146,7 +146,7 @@ def test_inventory_to_booting_pis(bakery):
         while not run(lan.exec_argv('srv', ['ss', '-Hlun', 'sport = :69']), check=False).stdout.strip():
             assert hook.poll() is None and time.monotonic() < deadline, hook.stderr.read() if hook.poll() else 'slow'
             time.sleep(0.1)
-        boot = tmp / 'srv/bakeforms/raspios/boot'
+        boot = tmp / 'srv/bakeforms/raspios/generations/1/boot'  # the generation the roots were built from
         for name, host in (('pi-03', 'pi3'), ('pi-04', 'pi4'), ('pi-05', 'pi5')):
             pi = PIS[name]
             serial = pi['pi_serial'][-8:]
