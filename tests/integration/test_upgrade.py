@@ -172,13 +172,13 @@ def test_a_new_image_is_a_new_generation_and_site_moves_no_pi(fleet):
 
 def test_upgrade_in_waves_a_canary_first_then_site_changes_nothing(fleet):
     keys_before = known_hosts(fleet)
-    rc, counters, output = fleet.play('upgrade', '-e', json.dumps({'upgrade_waves': [1, '50%', '100%'],
-                                                                    'upgrade_timeout': 30}))
+    waves = json.dumps({'upgrade_waves': [1, '50%', '100%'], 'upgrade_timeout': 30})
+    rc, counters, output = fleet.play('upgrade', '-e', waves)
     assert rc == 0, output[-6000:]
     assert all(counters[name]['failed'] == 0 for name in PIS), counters
     # One pi_root call per wave, for the wave's Pis: the canary alone, then two, then two.
-    waves = re.findall(r'^included: \S+/bakery_step\.yml for (.*)$', output, re.M)
-    assert [sorted(w.split(', ')) for w in waves] == [['pi-a'], ['pi-b', 'pi-c'], ['pi-d', 'pi-e']], waves
+    batches = re.findall(r'^included: \S+/bakery_step\.yml for (.*)$', output, re.M)
+    assert [sorted(w.split(', ')) for w in batches] == [['pi-a'], ['pi-b', 'pi-c'], ['pi-d', 'pi-e']], batches
     assert output.count("TASK [pifleet.netboot.fleet : Clone, fix or rebuild the Pis' roots]") == 3
     assert fleet.generations() == dict.fromkeys(PIS, 2) and fleet.previous() == dict.fromkeys(PIS, 1)
     assert all(fleet.map_generation(name) == [2] for name in PIS)
@@ -206,8 +206,8 @@ def test_a_generation_that_never_answers_is_rolled_back_and_the_budget_stops_the
     feeder = threading.Thread(target=canary_fetches)
     feeder.start()
     try:
-        rc, counters, output = fleet.play('upgrade', '-e', json.dumps({'upgrade_waves': [1, '100%'],
-                                                                        'upgrade_timeout': 10}))
+        waves = json.dumps({'upgrade_waves': [1, '100%'], 'upgrade_timeout': 10})
+        rc, counters, output = fleet.play('upgrade', '-e', waves)
     finally:
         stop.set()
         feeder.join()
