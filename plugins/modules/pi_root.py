@@ -190,8 +190,9 @@ options:
             owns (hostname, network, the host keys...) are refused.
           - It may hold secrets (passwords, tokens), so it is C(no_log). Ansible then hides each of its values wherever
             it appears in the result; give it as JSON text (C({{ data | to_json }})), as the fleet role does, so that
-            only the whole text is hidden and the rest of the result stays readable.
-        type: dict
+            only the whole text is hidden and the rest of the result stays readable. The text is parsed by the module
+            (a mapping is taken too), never shown.
+        type: raw
       instance:
         description:
           - Appended to the instance-id. Change it to make cloud-init run its first-boot modules again; a reimage
@@ -248,7 +249,7 @@ options:
         suboptions:
           user_data:
             description: As O(cloud_init.user_data).
-            type: dict
+            type: raw
           instance:
             description: As O(cloud_init.instance).
             type: str
@@ -394,6 +395,8 @@ lock_waited:
 """
 
 
+import json
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
@@ -415,6 +418,23 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootwork i
 ITEM_KEYS = ('serial', 'hostname', 'bakeform', 'generation', 'identity', 'keep_previous', 'principals', 'state',
              'ssh_authorized_keys', 'boot_mount', 'nfs_server', 'cloud_init')
 PI_ERRORS = (_roots.RootError, _loopfs.LoopError, ConfinedError, _identity.IdentityError, _hostcert.CertError)
+
+
+def _user_data(base, item):
+    """The item's cloud-init user data as a mapping (given as JSON text, or a mapping)."""
+    extra = item.get('cloud_init') or {}
+    data = extra.get('user_data')
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = None  # never quote it: it may hold secrets
+        if not isinstance(data, dict):
+            base.problem('cloud_init.user_data of Pi %s is neither a mapping nor the JSON text of one' % item['serial'])
+            return
+        item['cloud_init'] = dict(extra, user_data=data)
+    elif data is not None and not isinstance(data, dict):
+        base.problem('cloud_init.user_data of Pi %s is neither a mapping nor the JSON text of one' % item['serial'])
 
 
 def items(base):
@@ -439,6 +459,7 @@ def items(base):
         if item['principals'] is not None:
             for problem in _hostcert.check_principals(item['principals'], 'Pi %s' % item['serial']):
                 base.problem(problem)
+        _user_data(base, item)
         if item['boot_mount'] == 'nfs' and not item['nfs_server']:
             base.problem('boot_mount is nfs but nfs_server is not set for Pi %s: set nfs_server (the bakery '
                          'address the Pis reach)' % item['serial'])
@@ -472,7 +493,9 @@ def converge(module, roots, todo, result):
 
 def main():
     # no_log: user data may carry passwords and tokens (passed as JSON text, only that text is hidden).
-    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict', no_log=True), instance=dict(type='str')))
+    # raw, not dict: a dict option turns the JSON text into a mapping before no_log, and the invocation then showed
+    # the mapping's values (the text is parsed in items(), after Ansible has hidden it).
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='raw', no_log=True), instance=dict(type='str')))
     pi_options = dict(
         cloud_init=cloud_init,
         serial=dict(type='str', required=True),

@@ -329,3 +329,25 @@ def test_roots_dir_behind_a_symlink_converges(run_module, lab):
         assert units == ['local-fs.target.wants', unit_name(str(lab / 'real/roots/3a4b5c6d'))], units
         assert run_module(pi_root.main, dict(base, state='absent')).result['changed'] is True
         assert mounts_below(lab / 'real') == []
+
+
+class _Problems:
+    def __init__(self):
+        self.found = []
+
+    def problem(self, text):
+        self.found.append(text)
+
+
+def test_user_data_is_taken_as_json_text_and_never_quoted():
+    """Bug: cloud_init.user_data was a dict option, so the JSON text the fleet role gives (no_log) was turned into a
+    mapping first and the invocation at -vvv showed its values (a token in write_files)."""
+    base = _Problems()
+    item = {'serial': '0a0a0a0a', 'cloud_init': {'instance': None, 'user_data': '{"packages": ["htop"]}'}}
+    pi_root._user_data(base, item)
+    assert item['cloud_init'] == {'instance': None, 'user_data': {'packages': ['htop']}} and not base.found
+    for bad in ('{"packages": ', '["Sw0rdf1sh"]', 42):
+        base, item = _Problems(), {'serial': '0a0a0a0a', 'cloud_init': {'user_data': bad}}
+        pi_root._user_data(base, item)
+        assert base.found == ['cloud_init.user_data of Pi 0a0a0a0a is neither a mapping nor the JSON text of one']
+    pi_root._user_data(base, {'serial': '0a0a0a0a', 'cloud_init': None})
