@@ -34,6 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / 'bench'), str(REPO / 'tests' / 'tools')]
 from bench_scale import WORK, fleet_pis, fresh, play, prepare  # noqa: E402
 from fstree import loop_fs, unmount_below  # noqa: E402
 
+from lab import ensure_importable  # noqa: E402
 from lab.piimage import build_image  # noqa: E402
 
 GOAL_RATIO = 1.5
@@ -88,6 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_upgrade needs root (loop mounts)')
+    ensure_importable()  # ansible-playbook finds the collection (make sets this up too)
     WORK.mkdir(parents=True, exist_ok=True)
     images = {n: WORK / ('upgrade-gen%d.img.xz' % n) for n in (1, 2)}
     for number, path in images.items():
