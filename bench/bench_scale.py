@@ -155,8 +155,9 @@ def end_state(tmp):
             boot['%s/%s' % (prefix, file)] = rel((srv / 'pis' / prefix / file).read_text())
     fleet_map = json.loads((tmp / 'map.json').read_text())
     return {
+        # The roots only: <serial>.identity/ beside them is the identity the bakery keeps for each Pi.
         'roots': {serial: (srv / 'roots' / serial / 'etc/hostname').read_text() for serial in listing(srv / 'roots')
-                  if (srv / 'roots' / serial).is_dir()},
+                  if (srv / 'roots' / serial).is_dir() and re.fullmatch(r'[0-9a-f]{8}', serial)},
         'disks': sorted('%s/%s' % (serial, name) for serial in listing(srv / 'disks')
                         for name in listing(srv / 'disks' / serial) if (srv / 'disks' / serial / name).is_dir()),
         'exports': sorted(zip((rel(p) for p in re.findall(r'^\s*Path = "([^"]*)";', exports, re.M)),
