@@ -36,7 +36,7 @@ OLD_CORES := 2.17 2.18
 CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/fleet/test_events.py \
 	tests/integration/test_discover_playbook.py tests/integration/test_playbooks.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations clean
+.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee sanity lint ruff demo bench bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations bench-upgrade clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container and three virtual Pis that boot"
@@ -153,6 +153,9 @@ bench-scale: setup
 
 bench-generations: setup
 	$(PY) bench/bench_generations.py $(BENCH_ARGS)
+
+bench-upgrade: setup
+	$(PY) bench/bench_upgrade.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output
