@@ -41,7 +41,7 @@ CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/
 	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
 .PHONY: help setup apt venv collection test unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
-	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations clean
+	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations bench-upgrade clean
 
 help:
 	@echo "make demo   - set up, then site on the built-in lab: a bakery container, three simulated Pis and one that"
@@ -173,6 +173,9 @@ bench-scale: setup
 
 bench-generations: setup
 	$(PY) bench/bench_generations.py $(BENCH_ARGS)
+
+bench-upgrade: setup
+	$(PY) bench/bench_upgrade.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) tests/output

@@ -79,6 +79,7 @@ def fleet_vars(tmp):
         'fleet_nfs_backend': 'ganesha', 'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'),
         'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
         'fleet_units_dir': str(tmp / 'units'), 'fleet_clone_method': 'auto',  # reflink: the tmp dirs are on XFS
+        'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
     }
 
 

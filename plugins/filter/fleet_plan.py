@@ -67,8 +67,8 @@ options:
   boot_mount:
     description:
       - How the Pis mount their generation's boot files (the C(pifleet.netboot.pi_root) option). The exports of
-        the generations' C(boot-nfs) are not in the plan: they depend on which generation each root uses, known after
-        C(pi_root) (P(pifleet.netboot.fleet_boot_exports#filter)).
+        the generations' C(boot-nfs) are not in the plan (they depend on which generation each root uses, known after
+        C(pi_root), see P(pifleet.netboot.fleet_boot_exports#filter)).
     type: str
     choices: [none, nfs]
     default: none
@@ -150,6 +150,8 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
             continue
         checks.unknown_keys(name, [key for key in host if key.startswith('pi_')], KNOWN_PI_VARS, problems)
         pis_vars[name] = {key: host[key] for key in PI_VARS if key in host}
+        if host.get('ansible_host') not in (None, ''):  # a name its host certificate must be valid for
+            pis_vars[name]['ansible_host'] = str(host['ansible_host'])
     settings = {'bakeforms': declared, 'default_bakeform': default_bakeform, 'export_scope': export_scope,
                 'roots_dir': roots_dir, 'disks_dir': disks_dir, 'nfs_server': nfs_server,
                 'ssh_authorized_keys': ssh_authorized_keys, 'boot_mount': boot_mount, 'store': store}

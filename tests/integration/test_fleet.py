@@ -65,6 +65,7 @@ def playbook(tmp, pis, bakery_vars=None, site=False, **extra):
         'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_nfs_reload': False,
         'fleet_clone_method': 'copy', 'fleet_units_dir': str(tmp / 'units'),
         'fleet_allow_root_filesystem': True,  # the test's temp dirs may lie on /
+        'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
     }
     fleet.update(extra)
     host = dict({'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}, **(bakery_vars or {}))
@@ -123,6 +124,7 @@ def test_inventory_to_booting_pis(bakery):
     assert applied['changed'] >= 5  # bakeform, roots, disks, exports, boot folders + map
     rc, again, output = ansible(tmp)
     assert rc == 0 and again['changed'] == 0, output[-4000:]
+    check_ssh_trust(tmp, output)
 
     fleet_map = json.loads((tmp / 'map.json').read_text())
     assert sorted(fleet_map['prefixes']) == ['00b3b3b3', '2c-cf-67-5c-5c-5c', '4a4a4a4a']
@@ -167,6 +169,28 @@ def test_inventory_to_booting_pis(bakery):
     events = [json.loads(line) for line in (tmp / 'events.jsonl').read_text().splitlines()]
     assert {e['name'] for e in events if e['outcome'] == 'ok' and e['prefix']} == set(PIS)
     assert {e['path'] for e in events if e['outcome'] == 'ok' and not e['prefix']} == {'bootcode.bin'}  # the Pi 3
+
+
+def check_ssh_trust(tmp, output):
+    """The fleet's host CA on the bakery (root's alone, never in the output) and the controller's known_hosts."""
+    ca = tmp / 'ssh/host_ca'
+    assert ca.stat().st_mode & 0o777 == 0o600 and ca.parent.stat().st_mode & 0o777 == 0o700
+    private = ca.read_text()
+    body = ''.join(private.splitlines()[1:-1])
+    assert 'PRIVATE KEY' in private and body[:40] not in output and body[-40:] not in output
+    public = ' '.join((tmp / 'ssh/host_ca.pub').read_text().split()[:2])
+    lines = (tmp / 'known_hosts').read_text().splitlines()
+    assert lines[0] == '# BEGIN pifleet.netboot: the Pis of bakery lab-bakery' and lines[-1].startswith('# END')
+    assert lines[1] == ('@cert-authority pi-03,10.99.32.50,pi-04,10.99.32.51,pi-05,10.99.32.52 %s pifleet host CA '
+                        'of lab-bakery' % public)
+    # The factory image's sshd has no sshd_config.d: no certificate, so plain lines with each root's own keys.
+    expected = []
+    for name, serial, ip in (('pi-03', '00b3b3b3', '10.99.32.50'), ('pi-04', '4a4a4a4a', '10.99.32.51'),
+                             ('pi-05', '5c5c5c5c', '10.99.32.52')):
+        marker = json.loads((tmp / 'srv/roots' / (serial + '.json')).read_text())
+        assert marker['host_certificate'] is False and len(marker['host_keys']) == 2
+        expected += ['%s,%s %s' % (name, ip, ' '.join(key.split()[:2])) for key in marker['host_keys']]
+    assert lines[2:-1] == expected
 
 
 def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_files(bakery):

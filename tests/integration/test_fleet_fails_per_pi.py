@@ -69,6 +69,7 @@ def reimage_inventory(tmp, image, plugs):
              'pifleet_events_path': str(tmp / 'events.jsonl'), 'fleet_hook_service': '', 'fleet_nfs_reload': False,
              'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'), 'fleet_units_dir': str(tmp / 'units'),
              'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_clone_method': 'auto',
+             'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
              'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable, 'ansible_become': False}
     pis = {name: {'pi_serial': serial, 'pi_model': 4, 'pi_ip': address(name),
                   'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}}

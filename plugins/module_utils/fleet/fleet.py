@@ -22,6 +22,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import sshtrust as _sshtrust
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import (
     CloudInitError,
     check_user_data,
@@ -169,6 +170,8 @@ def one_pi(name, hv, settings, problems):
     keys = hv.get('pi_ssh_authorized_keys')
     pi['ssh_authorized_keys'] = _lines(keys) if keys is not None else settings.get('ssh_authorized_keys')
     pi['cloud_init'] = _cloud_init(name, pi['serial'], hv, problems)
+    # What its SSH host certificate is valid for: every name the controller may reach it by.
+    pi['principals'] = _sshtrust.principals(name, hostname, pi['ip'], hv.get('ansible_host'))
     return pi
 
 
@@ -219,7 +222,8 @@ def build(pis, settings):
     for pi in pis:
         clients = [pi['ip']] if pi['ip'] else [scope]
         root = _roots.Layout(roots_dir, pi['serial']).point  # the export: its mount point
-        item = {'serial': pi['serial'], 'hostname': pi['hostname'], 'bakeform': pi['bakeform']}
+        item = {'serial': pi['serial'], 'hostname': pi['hostname'], 'bakeform': pi['bakeform'],
+                'principals': pi['principals']}
         if pi['ssh_authorized_keys'] is not None:
             item['ssh_authorized_keys'] = pi['ssh_authorized_keys']
         if pi['cloud_init'] is not None:

@@ -31,7 +31,8 @@ def test_plan_builds_module_arguments():
     result = plan({'pi-01': pi(pi_disks=[{'name': 'data', 'size': '8G', 'fstype': 'ext4'}, {'name': 'swap', 'size': 1}],
                                pi_config_txt='dtoverlay=disable-bt\n', pi_cmdline_extra='quiet'),
                    'pi-02': pi(pi_serial='5678abcd', pi_ip='10.0.0.51')}, SETTINGS)
-    assert result['roots'][0] == {'serial': '1234abcd', 'hostname': 'pi-01', 'bakeform': 'bookworm'}
+    assert result['roots'][0] == {'serial': '1234abcd', 'hostname': 'pi-01', 'bakeform': 'bookworm',
+                                  'principals': ['pi-01', '10.0.0.50']}
     # Sizes as Ansible reads them (human_to_bytes), so pi_disk makes exactly what the plan accepted.
     assert result['disks'] == [{'name': 'data', 'size': 8 << 30, 'fstype': 'ext4', 'serial': '1234abcd'},
                                {'name': 'swap', 'size': 1, 'fstype': 'none', 'serial': '1234abcd'}]

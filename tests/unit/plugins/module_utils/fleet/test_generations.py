@@ -36,13 +36,15 @@ def entry(serial, bakeform, generation, **extra):
                  'boot_export': '/s/%s/generations/%d/boot-nfs' % (bakeform, generation)}, **extra)
 
 
+def used(*refs):
+    return [{'serial': serial, 'hostname': 'pi-%s' % serial[-1], 'root': root} for serial, root in refs]
+
+
 BAKEFORMS = {'results': [
     {'item': {'name': 'bw'}, 'generations': [
-        {'id': 1, 'label': 'bw@1', 'used_by': [{'serial': '00000001', 'hostname': 'pi-1', 'root': 'previous'},
-                                                {'serial': '00000003', 'hostname': 'pi-3', 'root': 'current'}]},
-        {'id': 2, 'label': 'bw@2', 'used_by': [{'serial': '00000001', 'hostname': 'pi-1', 'root': 'current'},
-                                                {'serial': '00000002', 'hostname': 'pi-2', 'root': 'current'},
-                                                {'serial': '00000004', 'hostname': 'pi-4', 'root': 'current'}]}]},
+        {'id': 1, 'label': 'bw@1', 'used_by': used(('00000001', 'previous'), ('00000003', 'current'))},
+        {'id': 2, 'label': 'bw@2',
+         'used_by': used(('00000001', 'current'), ('00000002', 'current'), ('00000004', 'current'))}]},
     {'item': {'name': 'old'}, 'generations': [
         {'id': 7, 'label': 'old@7', 'used_by': [{'serial': '00000005', 'hostname': 'pi-5', 'root': 'current'}]}]},
     {'skipped': True},
