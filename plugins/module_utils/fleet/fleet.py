@@ -20,9 +20,9 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
     normalise_serial,
 )
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import sshtrust as _sshtrust
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as _disks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import sshtrust as _sshtrust
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import (
     CloudInitError,
     check_user_data,

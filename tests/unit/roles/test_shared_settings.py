@@ -144,8 +144,10 @@ def test_every_playbook_finds_its_hosts_from_the_settings_wherever_they_are_set(
     assert first['vars']['__pifleet_pis'] in ('required', 'group', 'ignored')
     for play in plays[1:]:
         assert 'pifleet_' not in str(play['hosts']).replace('__pifleet_', ''), (path.name, play['hosts'])
-        assert play['hosts'] == ('__pifleet_bakeries' if first['vars']['__pifleet_target'] == 'bakeries'
-                                 else '{{ __pifleet_pis_pattern }}'), (path.name, play['hosts'])
+        # upgrade and rollback take a survey's target, else every Pi found
+        assert play['hosts'] in (('__pifleet_bakeries',) if first['vars']['__pifleet_target'] == 'bakeries' else (
+            '{{ __pifleet_pis_pattern }}', '{{ %s_target | default(__pifleet_pis_pattern, true) }}' % path.stem)), (
+            path.name, play['hosts'])
     text = path.read_text(encoding='utf-8') + ''.join(p.read_text(encoding='utf-8')
                                                       for p in REPO.glob('playbooks/tasks/*.yml'))
     assert "groups[pifleet_bakery_group | default('bakery')][0]" not in text  # one bakery for every Pi

@@ -19,7 +19,7 @@ def plan():
     hostvars = {'pi-01': {'pi_serial': '00000001', 'pi_ip': '10.0.0.51', 'pi_hostname': 'kitchen'},
                 'pi-02': {'pi_serial': '00000002', 'pi_ip': '10.0.0.52', 'ansible_host': 'pi-02.lab.example'},
                 'pi-03': {'pi_serial': '00000003', 'pi_ip': '10.0.0.53', 'ansible_host': 'bad host,*'}}
-    return fleet_plan(sorted(hostvars), hostvars, [{'name': 'bw'}], nfs_server='10.0.0.2')
+    return fleet_plan(sorted(hostvars), hostvars, [{'name': 'bw', 'src': '/srv/images/bw.img'}], nfs_server='10.0.0.2')
 
 
 def test_principals_are_every_name_the_controller_may_use():
