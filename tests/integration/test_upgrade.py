@@ -143,7 +143,7 @@ def fleet(tmp_path_factory):
         rc, _counters, output = state.site()
         assert rc == 0, output[-4000:]
         state.alive = Alive(state.roots, {1, 2})
-        state.ssh = SshPis({address(name): str(state.roots / serial / 'etc/ssh/ssh_host_ed25519_key')
+        state.ssh = SshPis({address(name): str(state.roots / 'mnt' / serial / 'etc/ssh/ssh_host_ed25519_key')
                             for name, serial in PIS.items()})
         state.ssh.up = state.alive
         try:
