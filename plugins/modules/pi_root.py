@@ -189,10 +189,11 @@ options:
         description:
           - A cloud-config mapping merged into the seed's C(user-data) (packages, users, runcmd...). Keys the seed
             owns (hostname, network, the host keys...) are refused.
+          - A mapping, or the same as JSON text.
           - It may hold secrets (passwords, tokens), so it is C(no_log). Ansible then hides each of its values wherever
             it appears in the result; give it as JSON text (C({{ data | to_json }})), as the fleet role does, so that
             only the whole text is hidden and the rest of the result stays readable.
-        type: dict
+        type: raw
       instance:
         description:
           - Appended to the instance-id. Change it to make cloud-init run its first-boot modules again; a reimage
@@ -249,7 +250,7 @@ options:
         suboptions:
           user_data:
             description: As O(cloud_init.user_data).
-            type: dict
+            type: raw
           instance:
             description: As O(cloud_init.instance).
             type: str
@@ -431,6 +432,7 @@ lock_waited:
 
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.validation import check_type_dict
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import ConfinedError
@@ -464,6 +466,12 @@ def items(base):
             base.problem('invalid serial: %s' % exc)
             continue
         item['hostname'] = item['hostname'] or 'pi-%s' % item['serial']
+        cloud = item.get('cloud_init')
+        if cloud and cloud.get('user_data') is not None:
+            try:  # into a copy: module.params, echoed as the invocation, keeps the text that no_log hides whole
+                item['cloud_init'] = dict(cloud, user_data=check_type_dict(cloud['user_data']))
+            except TypeError:
+                base.problem('cloud_init.user_data of Pi %s is neither a mapping nor JSON text of one' % item['serial'])
         try:
             check_host_name(item['hostname'])
         except ValueError as exc:
@@ -509,7 +517,9 @@ def converge(module, roots, todo, result):
 
 def main():
     # no_log: user data may carry passwords and tokens (passed as JSON text, only that text is hidden).
-    cloud_init = dict(type='dict', options=dict(user_data=dict(type='dict', no_log=True), instance=dict(type='str')))
+    # raw, not dict: Ansible collects no_log values before it converts types, so a dict option given as JSON text
+    # would be echoed in the invocation as a mapping whose values nobody hides. items() parses a copy.
+    cloud_init = dict(type='dict', options=dict(user_data=dict(type='raw', no_log=True), instance=dict(type='str')))
     pi_options = dict(
         cloud_init=cloud_init,
         serial=dict(type='str', required=True),
