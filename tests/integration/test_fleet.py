@@ -29,6 +29,7 @@ import yaml
 from fstree import unmount_below
 from powerfakes import PlugServer
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
 from lab.piimage import build_image
 
@@ -145,7 +146,7 @@ def test_inventory_to_booting_pis(bakery):
         while not run(lan.exec_argv('srv', ['ss', '-Hlun', 'sport = :69']), check=False).stdout.strip():
             assert hook.poll() is None and time.monotonic() < deadline, hook.stderr.read() if hook.poll() else 'slow'
             time.sleep(0.1)
-        boot = tmp / 'srv/bakeforms/raspios/boot'
+        boot = Bakeform(str(tmp / 'srv/bakeforms'), 'raspios').boot_dir(1)  # the generation every Pi boots
         for name, host in (('pi-03', 'pi3'), ('pi-04', 'pi4'), ('pi-05', 'pi5')):
             pi = PIS[name]
             serial = pi['pi_serial'][-8:]
