@@ -41,6 +41,7 @@ from bench_scale import (  # the bench's own fleet, store and runner, not a copy
     fresh,
     loop_fs,
     play,
+    points_dir,
     prepare,
     unmount_below,
 )
@@ -67,11 +68,12 @@ def sabotage(tmp, pis, names):
     standin.mkdir()
     (standin / 'hostname').write_text('bakery\n')
     (standin / 'hosts').write_text('127.0.0.1 localhost bakery\n')
-    root = tmp / 'srv/roots' / serial(pis[link])
+    roots, disks = Path(points_dir(str(tmp / 'srv/roots'))), Path(points_dir(str(tmp / 'srv/disks')))  # mount points
+    root = roots / serial(pis[link])
     os.rename(root / 'etc', root / 'etc.was')
     os.symlink(str(standin), root / 'etc')
-    (tmp / 'srv/roots' / serial(pis[hosts]) / 'etc/hosts').write_bytes(b'#' * (1 << 20) + b'\n127.0.0.1 localhost\n')
-    os.truncate(tmp / 'srv/disks' / serial(pis[disk]) / 'data' / 'disk.img', 100 << 30)
+    (roots / serial(pis[hosts]) / 'etc/hosts').write_bytes(b'#' * (1 << 20) + b'\n127.0.0.1 localhost\n')
+    os.truncate(disks / serial(pis[disk]) / 'data' / 'disk.img', 100 << 30)
     return digest(standin)
 
 
@@ -131,7 +133,8 @@ def verify(outcome):
     healthy = {name: pi for name, pi in pis.items() if name not in names}
     wrong_roots = [name for name, pi in healthy.items() if state['roots'].get(serial(pi)) != name + '\n']
     wanted_disks = {'%s/data' % serial(pi) for pi in healthy.values() if pi.get('pi_disks')}
-    exported = dict((path.rsplit('/', 2)[1] + '/' + path.rsplit('/', 1)[1], clients) for path, clients in
+    # <roots_dir or disks_dir>/mnt/<serial>: keyed 'roots/<serial>' or 'disks/<serial>'
+    exported = dict((path.rsplit('/', 3)[1] + '/' + path.rsplit('/', 1)[1], clients) for path, clients in
                     state['exports'])
     wrong_exports = [name for name, pi in pis.items() if exported.get('roots/' + serial(pi)) != pi['pi_ip']
                      or (pi.get('pi_disks') and exported.get('disks/' + serial(pi)) != pi['pi_ip'])]

@@ -41,6 +41,9 @@ from modrun import COLLECTIONS, ensure_importable  # noqa: E402
 
 from lab.piimage import build_image  # noqa: E402
 
+ensure_importable()
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir  # noqa: E402
+
 WORK = REPO / '.build' / 'bench'
 NAIVE = REPO / 'bench' / 'naive_fleet.yml'
 BAKERY = 'lab-bakery'
@@ -154,12 +157,13 @@ def end_state(tmp):
         for file in listing(srv / 'pis' / prefix):
             boot['%s/%s' % (prefix, file)] = rel((srv / 'pis' / prefix / file).read_text())
     fleet_map = json.loads((tmp / 'map.json').read_text())
+    roots, disks = Path(points_dir(str(srv / 'roots'))), Path(points_dir(str(srv / 'disks')))  # the mount points
     return {
-        # Mounted roots only: <serial>.identity/ beside them is the identity the bakery keeps for that Pi.
-        'roots': {serial: (srv / 'roots' / serial / 'etc/hostname').read_text() for serial in listing(srv / 'roots')
-                  if re.fullmatch(r'[0-9a-f]{8}', serial) and (srv / 'roots' / serial).is_dir()},
-        'disks': sorted('%s/%s' % (serial, name) for serial in listing(srv / 'disks')
-                        for name in listing(srv / 'disks' / serial) if (srv / 'disks' / serial / name).is_dir()),
+        # Mounted roots only (on the points' tmpfs): <serial>.identity/ is the identity the bakery keeps for that Pi.
+        'roots': {serial: (roots / serial / 'etc/hostname').read_text() for serial in listing(roots)
+                  if re.fullmatch(r'[0-9a-f]{8}', serial) and (roots / serial).is_dir()},
+        'disks': sorted('%s/%s' % (serial, name) for serial in listing(disks)
+                        for name in listing(disks / serial) if (disks / serial / name).is_dir()),
         'exports': sorted(zip((rel(p) for p in re.findall(r'^\s*Path = "([^"]*)";', exports, re.M)),
                               re.findall(r'^\s*Clients = ([^;]*);', exports, re.M))),
         'boot': boot,

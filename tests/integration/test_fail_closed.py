@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from fstree import loop_fs
 from modrun import ensure_importable, module_argv, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.disks import Layout as DisksLayout
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.exports import WITHHELD
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
 from lab.piimage import build_image
@@ -62,11 +64,16 @@ def tmpfs_target(path):
     return [ino, gen]
 
 
+def withheld_paths(text):
+    """The paths of the EXPORT blocks an exports file holds withheld (commented out)."""
+    return re.findall(r'^%s\s*Path = "([^"]*)";' % re.escape(WITHHELD), text, re.M)
+
+
 class Bakery:
     def __init__(self, top, lan, server):
         self.top, self.lan, self.server = top, lan, server
         self.store, self.roots, self.disks = top / 'store', top / 'roots', top / 'disks'
-        self.units, self.lock = top / 'units', str(top / 'pifleet.lock')
+        self.units, self.lock = top / 'units', str(top / 'run' / 'pifleet.lock')  # the lock wants its dir 0700
 
     def root(self, serial):
         return Path(Layout(str(self.roots), serial).point)
@@ -268,11 +275,16 @@ def test_a_rebuild_killed_after_it_unmounted_the_old_root_serves_nothing_wide(re
 
     # The server still running: it serves at most what it had, A's own old root, never the data file system.
     assert_nothing_wide(bk, replay(bk, saved))
-    # The fleet's next step refuses A's export while nothing is mounted there, and writes nothing.
+    # The fleet's next step refuses A's export while nothing is mounted there. A failed entry keeps the export it
+    # had (fail per Pi), but with nothing mounted at its path that export is written withheld: the file changes
+    # only by A's block becoming a comment; B's and A's disks' exports are as they were.
     before = bk.exports_file.read_text()
     refused = bk.exports()
     assert refused.get('failed') and 'is a directory inside the file system of' in refused['msg'], refused
-    assert bk.exports_file.read_text() == before
+    assert [f['path'] for f in refused['failed_exports']] == [str(bk.root(A))], refused
+    after = bk.exports_file.read_text()
+    assert withheld_paths(before) == [] and withheld_paths(after) == [str(bk.root(A))], after
+    assert after.replace(WITHHELD, '') == before
     # Restarted (a reboot, a crash): the guard withholds A; B is served.
     bk.restart(guard=True)
     bk.wait_served('pib', bk.root(B))

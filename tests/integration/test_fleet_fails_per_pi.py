@@ -31,6 +31,9 @@ sys.path.insert(0, str(REPO / 'bench'))
 import bench_sabotage  # noqa: E402  (the proof itself; the bench runs it at 1000 Pis)
 from bench_scale import WORK, build_image, fresh  # noqa: E402
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as pipoints  # noqa: E402
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout  # noqa: E402
+
 PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '100'))
 
 
@@ -104,12 +107,17 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
                                                     'roles': ['pifleet.netboot.fleet']}])
             assert rc == 0, output[-4000:]
             roots = tmp / 'srv/roots'
-            pis = SshPis({address(name): str(roots / serial / 'etc/ssh/ssh_host_ed25519_key')
+            point = {serial: Layout(str(roots), serial).point for serial in REIMAGE_PIS.values()}
+            pis = SshPis({address(name): os.path.join(point[serial], 'etc/ssh/ssh_host_ed25519_key')
                           for name, serial in REIMAGE_PIS.items()})
-            # pi-d's rebuild fails on the bakery: its mount point is no longer one pi_root may mount on.
-            subprocess.run(['umount', str(roots / '0d0d0d0d')], check=True)
-            os.rmdir(roots / '0d0d0d0d')
-            os.symlink(str(tmp / 'elsewhere'), roots / '0d0d0d0d')
+            # pi-d's rebuild fails on the bakery: its mount point is no longer one pi_root may mount on. Both the
+            # mount point (bare) and the points' tmpfs top are immutable: cleared for the sabotage, then set again.
+            subprocess.run(['umount', point['0d0d0d0d']], check=True)
+            pipoints.set_immutable(point['0d0d0d0d'], False)
+            pipoints.set_immutable(os.path.dirname(point['0d0d0d0d']), False)
+            os.rmdir(point['0d0d0d0d'])
+            os.symlink(str(tmp / 'elsewhere'), point['0d0d0d0d'])
+            pipoints.set_immutable(os.path.dirname(point['0d0d0d0d']))
             exports_before = (tmp / 'ganesha/pifleet.conf').read_text()
             fs_before = dict(re.findall(r'Path = "([^"]*)";.*?# pifleet fs: (\S+)', exports_before, re.S))
             markers = {serial: json.loads((roots / (serial + '.json')).read_text())['fs_uuid']
@@ -136,11 +144,11 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
         assert plugs.plugs['pi-d'].sets == 0  # not power-cycled onto a root it does not have
         assert re.search(r'fatal: \[pi-d\]: FAILED! => \{[^}]*"msg": "1 Pi\(s\) failed, every other Pi was converged'
                          r'[^"]*pi-d \(serial 0d0d0d0d\) failed at roots: root of Pi 0d0d0d0d: %s is a symlink'
-                         % re.escape(str(roots / '0d0d0d0d')), output), output[-4000:]
+                         % re.escape(point['0d0d0d0d']), output), output[-4000:]
         # The others were rebuilt (new file systems) and their exports bounced; pi-d's export is as it was.
         fs_after = dict(re.findall(r'Path = "([^"]*)";.*?# pifleet fs: (\S+)', exports_after, re.S))
         for name, serial in REIMAGE_PIS.items():
-            path = str(roots / serial)
+            path = point[serial]
             assert (fs_after[path] == fs_before[path]) is (name == 'pi-d'), (name, fs_before, fs_after)
         assert all(json.loads((roots / (s + '.json')).read_text())['fs_uuid'] != markers[s]
                    for s in ('0a0a0a0a', '0b0b0b0b', '0c0c0c0c'))

@@ -20,10 +20,11 @@ import pytest
 from fstree import loop_fs, loops_backed_by, mounted_ro, mounts_below, release_below, snapshot
 from httpfiles import serve, serving
 from modrun import ensure_importable, module_argv, run_module
-from pilife import find_secrets, live_in
+from pilife import find_secrets, live_in, mount_like_pi_root
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 
 BOOT_OPTIONS = 'loop,ro,nosuid,nodev,noexec'
 
@@ -43,7 +44,7 @@ class Lab:
         self.top = top
         self.store, self.roots, self.units = top / 'store', top / 'roots', top / 'units'
         self.roots.mkdir(mode=0o700)
-        self.lock = str(top / 'pifleet.lock')
+        self.lock = str(top / 'run' / 'pifleet.lock')  # a directory of its own: the lock wants it 0700
 
     def args(self, **extra):
         return dict({'name': 'bw', 'store': str(self.store), 'roots_dir': str(self.roots),
@@ -303,11 +304,10 @@ def test_a_migration_killed_at_its_swap_leaves_one_layout_and_the_next_run_finis
 def make_pi_root(lab, serial, hostname, mounted=True):
     """A Pi's root as pi_root leaves it (a reflink clone of generation 1 with its own UUID, mounted, marker
     beside it), then lived in by the Pi. Returns what ``live_in`` says identifies it."""
-    image, point = lab.roots / (serial + '.img'), lab.roots / serial
+    image = Path(Layout(str(lab.roots), serial).image)
     subprocess.run(['cp', '--reflink=always', str(lab.gen(1) / 'root.img'), str(image)], check=True)
     subprocess.run(['tune2fs', '-U', 'random', str(image)], check=True, capture_output=True)
-    point.mkdir()
-    subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', str(image), str(point)], check=True)
+    point = mount_like_pi_root(lab.roots, serial, image)
     lived = live_in(str(point), serial, hostname)
     if not mounted:
         subprocess.run(['umount', str(point)], check=True)
@@ -330,7 +330,7 @@ def used_bytes(path):
 def test_a_capture_is_the_next_generation_without_the_pis_identity(images, lab, tmp_path, mounted):
     assert lab.bakeform(src=images['good-xz']['path'])['changed'] is True
     lived = make_pi_root(lab, '3a4b5c6d', 'capture-src-pi', mounted=mounted)
-    pi_image = lab.roots / '3a4b5c6d.img'
+    pi_image, point = lab.roots / '3a4b5c6d.img', Path(Layout(str(lab.roots), '3a4b5c6d').point)
     pi_uuid = read_superblock(str(pi_image))['uuid']
 
     before = snapshot(lab.store)
@@ -376,9 +376,7 @@ def test_a_capture_is_the_next_generation_without_the_pis_identity(images, lab, 
         assert not list((view / 'etc/ssh').glob('ssh_host_*'))
     # The Pi's own root is untouched, and writable again (thawed).
     if not mounted:
-        subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', str(pi_image), str(lab.roots / '3a4b5c6d')],
-                       check=True)
-    point = lab.roots / '3a4b5c6d'
+        subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', str(pi_image), str(point)], check=True)
     assert (point / 'etc/machine-id').read_text() == lived['machine_id'] + '\n'
     assert (point / 'etc/hostname').read_text() == 'capture-src-pi\n'
     (point / 'after-capture').write_text('still writable')
@@ -394,7 +392,7 @@ def test_a_root_cloned_from_a_capture_by_pi_root_works(images, lab):
     result = run_module('pi_root', {'store': str(store), 'roots_dir': str(lab.roots), 'units_dir': str(lab.units),
                                     'lock_file': lab.lock, 'pis': [item], 'ssh_authorized_keys': []})
     assert result['changed'] is True and not result.get('failed'), result
-    root = lab.roots / '0badcafe'
+    root = Path(Layout(str(lab.roots), '0badcafe').point)
     assert (root / 'etc/hostname').read_text() == 'pupil-01\n'
     assert (root / 'opt/lab/tool.sh').read_text() == lived['kept']['opt/lab/tool.sh']
     machine_id = (root / 'etc/machine-id').read_text().strip()

@@ -115,7 +115,7 @@ def lan_lab(tmp_path_factory):
         server.start()
         result = run_module('nfs_export', {
             'backend': 'ganesha', 'exports_file': str(tmp / 'pifleet.conf'), 'ganesha_config': str(server.config),
-            'ganesha_pidfile': str(server.pidfile), 'lock_file': str(tmp / 'lock'),
+            'ganesha_pidfile': str(server.pidfile), 'lock_file': str(tmp / 'run' / 'lock'),  # a 0700 dir of its own
             'path': str(export), 'clients': [HOSTS['pia']]})
         assert result.get('failed') is not True, result
         hook = subprocess.Popen(lan.exec_argv('srv', [sys.executable, '-I', str(HOOK), '--config',

@@ -238,14 +238,14 @@ def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink
     assert 'ssh.real' not in listing  # Ganesha serves the new root, not the old one it had open
     # A root made before the bakery kept identities, with the same trap: new keys, never the stand-in's.
     subprocess.run(['rm', '-rf', '--', str(bk.roots / (A + '.identity'))], check=True)
-    os.rename(ssh, bk.roots / A / 'etc/ssh.real')
+    os.rename(ssh, bk.point(A) / 'etc/ssh.real')
     os.symlink(str(bk.standin / 'ssh'), ssh)
     result = bk.roots_call([{'serial': A, 'state': 'rebuilt'}])
     assert result.get('failed') is not True and 'made new ones for' in json.dumps(result.get('warnings')), result
-    new_key = (bk.roots / A / 'etc/ssh/ssh_host_ed25519_key').read_bytes()
+    new_key = (bk.point(A) / 'etc/ssh/ssh_host_ed25519_key').read_bytes()
     assert b'bakery private' not in new_key and new_key != kept['ssh_host_ed25519_key']
     assert digest_tree(bk.standin) == before
-    assert bk.exports(server)['bounced'] == [str(bk.roots / A)]
+    assert bk.exports(server)['bounced'] == [str(bk.point(A))]
 
 
 def test_fixes_never_follow_a_flipping_etc(bakery):

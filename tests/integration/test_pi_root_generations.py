@@ -25,6 +25,8 @@ from genstore import ingest
 from modrun import module_argv, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 from lab.piimage import build_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +43,7 @@ class Bakery:
 
     def __init__(self, mnt):
         self.mnt, self.store, self.roots = mnt, mnt / 'store', mnt / 'roots'
-        self.lock = str(mnt / 'pifleet.lock')
+        self.lock = str(mnt / 'run' / 'pifleet.lock')  # a directory of its own: the lock wants it 0700
 
     def add(self, image, extra=None):
         number, _manifest = ingest(self.store, 'bw', image['path'], self.lock)
@@ -67,6 +69,18 @@ class Bakery:
     def pi_root(self, check=False, diff=False, **extra):
         return run_module('pi_root', self.args(**extra), check=check, diff=diff)
 
+    def point(self, serial):
+        """Where the Pi's root is mounted (on the mount points' tmpfs)."""
+        return Path(Layout(str(self.roots), serial).point)
+
+    def mounts_inside(self):
+        """Everything mounted below the loop file system (itself left out)."""
+        return [p for p in mounts_below(self.mnt) if p != str(self.mnt)]
+
+    def mounted(self):
+        """The Pis' roots mounted below the roots dir, sorted (the mount points' tmpfs itself left out)."""
+        return sorted(p for p in mounts_below(self.roots) if p != points_dir(str(self.roots)))
+
     def pi_boot(self, results):
         """pi_boot for the Pis of a pi_root result, each with the generation pi_root says its root is built from."""
         pis = [{'name': pi['hostname'], 'prefix': pi['serial'], 'bakeform': 'bw', 'generation': pi['generation'],
@@ -79,15 +93,15 @@ class Bakery:
 
 def assert_pairs(roots, serial):
     """The Pi's roots are whole: each image has its own marker, no journal, never one image under two names."""
-    point = roots / serial
-    assert not os.path.exists(str(point) + '.swap.json')
-    marker = json.loads(Path(str(point) + '.json').read_text())
-    assert marker['fs_uuid'] == read_superblock(str(point) + '.img')['uuid']
-    if os.path.exists(str(point) + '.prev.img'):
-        previous = json.loads(Path(str(point) + '.prev.json').read_text())
-        assert previous['fs_uuid'] == read_superblock(str(point) + '.prev.img')['uuid'] != marker['fs_uuid']
+    layout = Layout(str(roots), serial)
+    assert not os.path.exists(layout.journal)
+    marker = json.loads(Path(layout.marker).read_text())
+    assert marker['fs_uuid'] == read_superblock(layout.image)['uuid']
+    if os.path.exists(layout.prev_image):
+        previous = json.loads(Path(layout.prev_marker).read_text())
+        assert previous['fs_uuid'] == read_superblock(layout.prev_image)['uuid'] != marker['fs_uuid']
         return marker, previous
-    assert not os.path.exists(str(point) + '.prev.json')
+    assert not os.path.exists(layout.prev_marker)
     return marker, None
 
 
@@ -122,7 +136,7 @@ def test_generations_previous_roots_and_rollback(xfs, images):
     assert [(p['action'], p['label'], p['clone_method']) for p in first['pis']] == [('cloned', 'bw@1', 'reflink')] * 3
     kernels = ['linux-image-6.1.0-50-arm64=6.1.158-1', 'linux-image-arm64=6.1.158-1']
     assert first['kernels'] == {'bw@1': kernels}
-    roots = [xfs.roots / serial for serial in PIS]
+    roots = [xfs.point(serial) for serial in PIS]
     identities = [identity(root) for root in roots]
     (roots[0] / 'home/pi/work.txt').write_text('made on generation 1\n')
     assert xfs.add(images['two'], {'etc/generation': '2\n'}) == 2
@@ -145,7 +159,7 @@ def test_generations_previous_roots_and_rollback(xfs, images):
         assert (roots[index] / 'etc/generation').read_text() == '2\n' and identity(roots[index]) == identities[index]
         assert '%s/boot-nfs /boot' % xfs.gen(2) in (roots[index] / 'etc/fstab').read_text()
         assert_pairs(xfs.roots, serial)
-    assert sorted(mounts_below(xfs.roots)) == [str(root) for root in roots]  # previous roots are not mounted
+    assert xfs.mounted() == [str(root) for root in roots]  # previous roots are not mounted
     assert str(xfs.gen(2) / 'boot-nfs') in mounts_below(xfs.store)
     served = xfs.pi_boot(done['pis'])
     assert [served[s]['dirs'][1] for s in PIS] == [str(xfs.gen(2) / 'boot')] * 2 + [str(xfs.gen(1) / 'boot')]
@@ -182,7 +196,7 @@ def test_a_real_sshd_takes_the_root_host_keys_and_certificates(xfs, tmp_path):
     subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519', '-f', str(ca)], check=True)
     result = xfs.pi_root(serial=PIS[0], hostname='certified', host_ca=str(ca), principals=['certified', '10.99.0.51'])
     assert result['pis'][0]['host_certificate'] is True, result
-    root, tree = xfs.roots / PIS[0], sshd_tree()
+    root, tree = xfs.point(PIS[0]), sshd_tree()
     script = ('mount --bind %s %s/etc/ssh && mount -t tmpfs tmpfs %s/run && mkdir -m 0755 %s/run/sshd && '
               'chroot %s /usr/sbin/sshd -t && chroot %s /usr/sbin/sshd -T' % (root / 'etc/ssh', tree, tree, tree,
                                                                               tree, tree))
@@ -196,7 +210,9 @@ def test_a_real_sshd_takes_the_root_host_keys_and_certificates(xfs, tmp_path):
 
 @pytest.fixture
 def ext4(tmp_path, images):
-    with loop_fs(tmp_path, 'ext4', '3G') as mnt:
+    # Six roots and their six previous ones are full copies of a 293 MiB root on ext4, beside two generations:
+    # the space check (overcommit 1.0) books each new root's whole size, so the file system must hold them all.
+    with loop_fs(tmp_path, 'ext4', '8G') as mnt:
         bakery = Bakery(mnt)
         bakery.add(images['big'])
         bakery.add(images['big'], {'etc/generation': '2\n'})
@@ -215,7 +231,8 @@ def kill_when(proc, ready, what, timeout=300):
         proc.kill()
     finally:
         proc.wait()
-    assert proc.returncode == -9, '%s finished before it could be killed' % what
+    said = proc.stdout.read() if proc.stdout else ''
+    assert proc.returncode == -9, '%s finished before it could be killed: %s' % (what, said[-3000:])
 
 
 def journals(roots):
@@ -239,7 +256,7 @@ def test_sigkill_mid_rebuild_leaves_whole_pairs(ext4, moment):
     assert not first.get('failed'), first
     upgrade = [dict(pi, state='rebuilt', generation=2) for pi in pis]
     argv = module_argv('pi_root', ext4.args(pis=upgrade, clone_method='copy'))
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if moment == 'cloning':  # the third Pi's new root is being copied: two are rebuilt, the rest are not
         kill_when(proc, lambda: os.path.exists(ext4.roots / '6f000001.prev.img') and any(
             n.startswith('.pifleet-tmp-6f000002') for n in os.listdir(ext4.roots)), 'the rebuild')
@@ -254,14 +271,14 @@ def test_sigkill_mid_rebuild_leaves_whole_pairs(ext4, moment):
         assert list(states.values())[:3] == [(2, 1), (2, 1), (1, None)], states
     else:
         assert 'put in order' in json.dumps(again['warnings'])
-    assert sorted(mounts_below(ext4.roots)) == sorted(str(ext4.roots / pi['serial']) for pi in pis)
+    assert ext4.mounted() == sorted(str(ext4.point(pi['serial'])) for pi in pis)
     for pi in pis:  # each mounted root is the one its marker names
         marker, _previous = assert_pairs(ext4.roots, pi['serial'])
-        gen2 = (ext4.roots / pi['serial'] / 'etc/generation').exists()
+        gen2 = (ext4.point(pi['serial']) / 'etc/generation').exists()
         assert gen2 is (marker['generation'] == 2), pi
     removed = ext4.pi_root(pis=[dict(pi, state='absent') for pi in pis])
     assert not removed.get('failed') and os.listdir(ext4.roots) == []
-    assert loops_backed_by(ext4.mnt) == [] and mounts_below(ext4.mnt) == []  # nothing of the killed run either
+    assert loops_backed_by(ext4.mnt) == [] and ext4.mounts_inside() == []  # nothing of the killed run either
 
 
 def test_sigkill_mid_rollback_leaves_whole_pairs(ext4):
@@ -270,7 +287,7 @@ def test_sigkill_mid_rollback_leaves_whole_pairs(ext4):
     done = ext4.pi_root(pis=[dict(pi, state='rebuilt', generation=2) for pi in pis], clone_method='copy')
     assert not done.get('failed'), done
     argv = module_argv('pi_root', ext4.args(pis=[dict(pi, state='rolledback') for pi in pis]))
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kill_when(proc, lambda: journals(ext4.roots) and any(
         json.loads((ext4.roots / (pi['serial'] + '.json')).read_text()).get('rolled_back') for pi in pis[:1]),
         'the rollback')
@@ -279,7 +296,7 @@ def test_sigkill_mid_rollback_leaves_whole_pairs(ext4):
     states = moved(ext4.roots, [pi['serial'] for pi in pis], 2)
     assert set(states.values()) == {(1, 2)}, states  # every Pi rolled back exactly once
     assert ext4.pi_root(pis=[dict(pi, state='rolledback') for pi in pis])['changed'] is False
-    assert not any((ext4.roots / pi['serial'] / 'etc/generation').exists() for pi in pis)
+    assert not any((ext4.point(pi['serial']) / 'etc/generation').exists() for pi in pis)
     ext4.pi_root(pis=[dict(pi, state='absent') for pi in pis])
     assert os.listdir(ext4.roots) == []
-    assert loops_backed_by(ext4.mnt) == [] and mounts_below(ext4.mnt) == []  # nothing of the killed run either
+    assert loops_backed_by(ext4.mnt) == [] and ext4.mounts_inside() == []  # nothing of the killed run either

@@ -15,6 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 
 ROOT_KEYS = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHJvb3RrZXlvZnRoZWZsZWV0 ops@bakery\n'
 
@@ -102,3 +107,17 @@ def find_secrets(root, secrets):
                 data = handle.read()
             found += [(rel, what) for what, text in secrets.items() if text.encode() in data]
     return found
+
+
+def mount_like_pi_root(roots_dir, serial, image):
+    """Mount the root ``image`` of Pi ``serial`` where pi_root mounts it: at its ``Layout.point``, on the mount
+    points' tmpfs in ``roots_dir`` (mounted as pi_root mounts it, when it is not there yet). Returns the point."""
+    top = points.points_dir(str(roots_dir))
+    if not points.is_ours(loopfs.mount_at(top)):
+        os.makedirs(top, 0o700, exist_ok=True)
+        subprocess.run(['mount', '-t', points.FSTYPE, '-o', ','.join(points.OPTIONS), '--', points.SOURCE, top],
+                       check=True)
+    point = Layout(str(roots_dir), serial).point
+    os.makedirs(point, exist_ok=True)
+    subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', str(image), point], check=True)
+    return point

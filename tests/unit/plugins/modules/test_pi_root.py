@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 
+import modrun
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.parameters import remove_values
@@ -435,3 +436,26 @@ def test_the_roots_dir_or_store_on_the_bakerys_own_root_file_system_is_refused(r
     assert 'allow_root_filesystem: true' in refused.result['msg'] and not (lab / 'roots').exists()
     gone = run_module(pi_root.main, args(lab, serial='3a4b5c6d', state='absent', allow_root_filesystem=False))
     assert not gone.failed  # removing what is there is never refused
+
+
+@pytest.mark.parametrize('given', ['text', 'mapping'])
+def test_user_data_is_hidden_in_the_invocation_the_module_prints(tmp_path, given):
+    """The real process's output (its invocation echoes the arguments): user data given as JSON text stays that
+    text, hidden whole by no_log, never the parsed mapping whose values nobody hides; given as a mapping, each
+    value is hidden. The Pi lacks a bakeform, so the call fails before it touches anything."""
+    data = {'write_files': [{'path': '/etc/token', 'content': 'Sw0rdf1sh-token'}]}
+    user_data = json.dumps(data) if given == 'text' else data
+    result = modrun.run_module('pi_root', {
+        'store': str(tmp_path / 'store'), 'roots_dir': str(tmp_path / 'roots'), 'lock_file': str(tmp_path / 'l'),
+        'pis': [{'serial': '3a4b5c6d', 'cloud_init': {'user_data': user_data}}]})
+    assert result.get('failed') and 'no bakeform for Pi 3a4b5c6d' in result['msg'], result
+    shown = result['invocation']['module_args']['pis'][0]['cloud_init']['user_data']
+    assert 'Sw0rdf1sh' not in json.dumps(result)
+    hidden = 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
+    assert shown == (hidden if given == 'text' else {'write_files': [{'path': hidden, 'content': hidden}]})
+
+
+def test_user_data_that_is_no_mapping_is_refused(run_module, lab):
+    refused = run_module(pi_root.main, args(lab, serial='3a4b5c6d', cloud_init={'user_data': 'not json'}))
+    assert refused.failed and 'cloud_init.user_data of Pi 3a4b5c6d is neither a mapping nor JSON text of one' in \
+        refused.result['msg'], refused.result
