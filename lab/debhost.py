@@ -135,10 +135,10 @@ def byte_compile(root, python, dirs):
     proc = subprocess.run([*python, '-E', '-S', '-m', 'compileall', '-q', '-j', '1', '--invalidation-mode',
                            'timestamp', '-s', str(root), '-p', '/', *(str(root / d.lstrip('/')) for d in dirs)],
                           capture_output=True, text=True, check=False)
-    written = sum(1 for d in dirs for _ in (root / d.lstrip('/')).rglob('*.pyc'))
+    written = sum(len(list((root / d.lstrip('/')).rglob('*.pyc'))) for d in dirs)
     if not written:  # rc 1 alone means some file for another Python version did not compile
-        raise RuntimeError('byte-compiling %s wrote nothing (rc %d): %s' % (root, proc.returncode,
-                                                                           (proc.stderr or proc.stdout)[-2000:]))
+        raise RuntimeError('byte-compiling %s wrote nothing (rc %d): %s'
+                           % (root, proc.returncode, (proc.stderr or proc.stdout)[-2000:]))
     return written
 
 

@@ -100,8 +100,8 @@ def make(name, work, cache, mirror):
     base = realimage.build(spec['base'], cache, mirror)
     tarball = realimage.tree_path(spec['base'], cache)
     if not tarball.is_file():
-        raise RuntimeError('%s has no cached tree (%s): remove %s and build again' % (spec['base'], tarball,
-                                                                                        base['path']))
+        raise RuntimeError('%s has no cached tree (%s): remove %s and build again'
+                           % (spec['base'], tarball, base['path']))
     started = time.monotonic()
     root = work / 'root'
     realimage.unpack_tree(tarball, root)

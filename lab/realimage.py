@@ -59,7 +59,8 @@ from pathlib import Path
 
 from lab import debhost, piimage, pios
 from lab.nspawnlab import host_mirror
-from lab.pios import GOLDEN_MACHINE_ID, pi_os_pieces  # noqa: F401  (the tests and the demo read them here)
+# The tests and the demo read these two here.
+from lab.pios import GOLDEN_MACHINE_ID, pi_os_pieces  # noqa: F401  # pylint: disable=unused-import
 
 RECIPE_VERSION = 4  # bump when the packaging below changes in a way the recipe text does not show
 CACHE = Path(os.environ.get('PIFLEET_IMAGE_CACHE', '/var/cache/pifleet/realimage'))
