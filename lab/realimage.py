@@ -59,6 +59,7 @@ from pathlib import Path
 
 from lab import debhost, piimage, pios
 from lab.nspawnlab import host_mirror
+
 # The tests and the demo read these two here.
 from lab.pios import GOLDEN_MACHINE_ID, pi_os_pieces  # noqa: F401  # pylint: disable=unused-import
 
