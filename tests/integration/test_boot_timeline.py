@@ -181,11 +181,11 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
         started.start(lan.exec_argv('bakery', hook), ready=lambda: listening(lan, 'bakery', 'sport = :69'))
         # pi-good's root: an ext4 file system of its own, mounted on the bakery, with the marker beside it.
         roots.mkdir()
-        (roots / '7e570004').mkdir()
+        (roots / 'mnt' / '7e570004').mkdir(parents=True)  # its mount point where pi_root makes it
         run(['truncate', '-s', '64M', str(roots / '7e570004.img')])
         run(['mkfs.ext4', '-q', '-F', str(roots / '7e570004.img')])
-        run(['mount', '-o', 'loop,nosuid,nodev', str(roots / '7e570004.img'), str(roots / '7e570004')])
-        (roots / '7e570004' / 'etc').mkdir()
+        run(['mount', '-o', 'loop,nosuid,nodev', str(roots / '7e570004.img'), str(roots / 'mnt' / '7e570004')])
+        (roots / 'mnt' / '7e570004' / 'etc').mkdir()
         run(['dropbearkey', '-t', 'ed25519', '-f', str(work / 'good-key')])
         public = run(['dropbearkey', '-y', '-f', str(work / 'good-key')]).stdout
         key = 'ssh-ed25519 ' + public.split('ssh-ed25519 ', 1)[1].split('\n', 1)[0]  # the public key line
@@ -193,7 +193,7 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
                                                          'host_keys': [key]}))
         (roots / '7e570005.json').write_text(json.dumps({'hostname': 'pi-noexport', 'bakeform': 'lab',
                                                          'generation': 1, 'host_keys': [key]}))
-        (roots / '7e570005').mkdir()  # its root is there, but not exported
+        (roots / 'mnt' / '7e570005').mkdir()  # its root is there, but not exported
         # NFS-Ganesha on a system bus of its own (pi_status and the watcher ask it over D-Bus), exporting only pi-good.
         (work / 'bus.conf').write_text(BUS.format(socket=work / 'bus.sock'))
         started.start(['dbus-daemon', '--config-file=%s' % (work / 'bus.conf'), '--nofork'],
@@ -205,7 +205,7 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
         with open(ganesha.config, 'a', encoding='utf-8') as config:
             config.write('EXPORT { Export_Id = 4; Path = %s; Pseudo = %s; FSAL { Name = VFS; } Protocols = 3, 4; '
                          'SecType = sys; Squash = No_Root_Squash; CLIENT { Clients = %s; Access_Type = RW; } }\n'
-                         % (roots / '7e570004', roots / '7e570004', HOSTS['good']))
+                         % (roots / 'mnt' / '7e570004', roots / 'mnt' / '7e570004', HOSTS['good']))
         ganesha.start()
         deadline = time.monotonic() + 20
         while run(['busctl', 'status', 'org.ganesha.nfsd'], check=False).returncode != 0:
@@ -256,14 +256,16 @@ def booted(bakery):
     lan, roots = bakery['lan'], bakery['roots']
     ns, model, serial, mac, mode = PIS['pi-good']
     rc, good = pisim_run(lan, ns, 'boot', '--model', str(model), '--serial', serial, '--mac', mac, '--prefix', mode,
-                         '--dhcp', 'eth0', '--dhcp-timeout', '3', '--nfs', '%s:%s' % (BAKERY, roots / serial))
+                         '--dhcp', 'eth0', '--dhcp-timeout', '3', '--nfs',
+                         '%s:%s' % (BAKERY, roots / 'mnt' / serial))
     assert rc == 0 and good['ok'], json.dumps(good, indent=1)[-3000:]
     bakery['started'].start(lan.exec_argv(ns, ['dropbear', '-F', '-E', '-s', '-r', str(bakery['key']),
                                                '-p', '%s:22' % HOSTS[ns], '-P', str(bakery['work'] / 'dropbear.pid')]),
                             ready=lambda: listening(lan, ns, 'sport = :22'))
     ns, model, serial, mac, mode = PIS['pi-noexport']
     rc, refused = pisim_run(lan, ns, 'boot', '--model', str(model), '--serial', serial, '--mac', mac, '--prefix',
-                            mode, '--dhcp', 'eth0', '--dhcp-timeout', '3', '--nfs', '%s:%s' % (BAKERY, roots / serial))
+                            mode, '--dhcp', 'eth0', '--dhcp-timeout', '3', '--nfs',
+                            '%s:%s' % (BAKERY, roots / 'mnt' / serial))
     assert rc == 1 and refused['dhcp']['ok'] and all(f['ok'] for f in refused['files']), refused
     assert not refused['nfs']['ok'] and 'MNT3ERR_ACCES' in refused['nfs']['error'], refused['nfs']
     ns, model, serial, mac, _mode = PIS['pi-dhcponly']
