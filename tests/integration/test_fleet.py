@@ -335,7 +335,9 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
             'fleet_nfs_server': BAKERY, 'fleet_hook_service': '',
             'fleet_nfs_ganesha_config': str(base / 'ganesha.conf'),
             'fleet_nfs_exports_file': str(base / 'pifleet.conf'), 'fleet_nfs_reload': False,
-            'fleet_clone_method': 'copy', 'fleet_units_dir': str(base / 'units'), 'fleet_packages': []}
+            'fleet_clone_method': 'copy', 'fleet_units_dir': str(base / 'units'), 'fleet_packages': [],
+            'pifleet_allow_root_filesystem': True,  # the test's temp dirs may lie on /
+            'fleet_host_ca': str(base / 'ssh/host_ca'), 'fleet_known_hosts': str(top / 'known_hosts')}
     try:
         pis = {'pi-03': dict(PIS['pi-03']),
                'pi-05': dict(PIS['pi-05'], pi_bakery='bakery-b',
@@ -354,7 +356,7 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
         assert roots == {'bakery-a': ['00b3b3b3.json'], 'bakery-b': ['5c5c5c5c.json']}
         assert sorted(json.loads((top / 'bakery-b/map.json').read_text())['prefixes']) == ['2c-cf-67-5c-5c-5c']
         for name, serial in (('bakery-a', '00b3b3b3'), ('bakery-b', '5c5c5c5c')):
-            (top / name / 'roots' / serial / 'root/left-behind').write_text('made after site\n')
+            (top / name / 'roots/mnt' / serial / 'root/left-behind').write_text('made after site\n')
 
         (top / 'play.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}]))
         rc, counters, output = ansible(top, '--limit', 'pi-05', '-e', 'pifleet_reimage_wait=5', host='pi-05')
@@ -363,6 +365,6 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
     assert rc != 0 and counters['failed'] == 1, output[-4000:]
     assert 'pi-05 did not come up within 5 s' in output
     assert '[pi-05 -> bakery-b]' in output and '[pi-05 -> bakery-a]' not in output, output[-4000:]
-    assert not (top / 'bakery-b/roots/5c5c5c5c/root/left-behind').exists()  # rebuilt on its own bakery
-    assert (top / 'bakery-a/roots/00b3b3b3/root/left-behind').exists()  # the other bakery's Pi untouched
+    assert not (top / 'bakery-b/roots/mnt/5c5c5c5c/root/left-behind').exists()  # rebuilt on its own bakery
+    assert (top / 'bakery-a/roots/mnt/00b3b3b3/root/left-behind').exists()  # the other bakery's Pi untouched
     assert plugs.plugs['p5'].sets == 2  # off, then on, by bakery-b
