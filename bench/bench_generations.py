@@ -30,10 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
 
 from fstree import loop_fs, release_below  # noqa: E402
-from modrun import run_module  # noqa: E402
-from pilife import live_in  # noqa: E402
+from modrun import ensure_importable, run_module  # noqa: E402
 
 from lab.piimage import build_image  # noqa: E402
+
+ensure_importable()  # pilife reads the collection's paths
+from pilife import live_in, mount_like_pi_root  # noqa: E402
 
 REAL = '/var/cache/pifleet/realimage/bookworm-*.img'
 
@@ -45,7 +47,8 @@ def used_bytes(path):
 
 def bakeform(top, **args):
     result = run_module('bakeform', dict({'store': str(top / 'store'), 'roots_dir': str(top / 'roots'),
-                                          'units_dir': str(top / 'units'), 'lock_file': str(top / 'lock')}, **args))
+                                          'units_dir': str(top / 'units'),
+                                          'lock_file': str(top / 'run' / 'lock')}, **args))
     if result.get('failed'):
         raise SystemExit('bakeform failed: %s' % result.get('msg'))
     return result
@@ -76,12 +79,11 @@ def capture(top, image):
     golden = top / 'store/cap/generations' / str(one['generation']) / 'root.img'
     roots = top / 'roots'
     roots.mkdir(mode=0o700, exist_ok=True)
-    pi_image, point = roots / '3a4b5c6d.img', roots / '3a4b5c6d'
+    pi_image = roots / '3a4b5c6d.img'
     subprocess.run(['cp', '--reflink=always', str(golden), str(pi_image)], check=True)
     subprocess.run(['tune2fs', '-U', 'random', str(pi_image)], check=True, capture_output=True)
-    point.mkdir()
-    subprocess.run(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', str(pi_image), str(point)], check=True)
-    lived = live_in(str(point), '3a4b5c6d', 'bench-pi')
+    point = mount_like_pi_root(roots, '3a4b5c6d', pi_image)
+    lived = live_in(point, '3a4b5c6d', 'bench-pi')
     subprocess.run(['sync'], check=True)
     (roots / '3a4b5c6d.json').write_text(json.dumps({
         'serial': '3a4b5c6d', 'hostname': 'bench-pi', 'bakeform': 'cap', 'generation': one['generation'],

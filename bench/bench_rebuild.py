@@ -29,9 +29,16 @@ sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, th
 
 from fstree import loop_fs, unmount_below  # noqa: E402
 from genstore import ingest  # noqa: E402
-from modrun import run_module  # noqa: E402
+from modrun import ensure_importable, run_module  # noqa: E402
 
 from lab.piimage import build_image  # noqa: E402
+
+ensure_importable()
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout  # noqa: E402
+
+# Every root is a reflink clone that shares nearly all its blocks: the bench measures clones, not the space
+# policy, so the worst case of N full roots (and N previous ones) may exceed the small loop file system.
+OVERCOMMIT = 1000.0
 
 
 def used_bytes(path):
@@ -53,17 +60,18 @@ def bench(image, count, pi_mb, work):
     work.mkdir(parents=True, exist_ok=True)
     with loop_fs(work, 'xfs', size='%dG' % max(8, 4 + count * (pi_mb + 8) // 1024)) as mnt:
         store, roots = mnt / 'store', mnt / 'roots'
+        lock = str(mnt / 'run' / 'lock')  # a directory of its own: the bakery lock wants it 0700
         for _generation in (1, 2):
-            ingest(store, 'bench', image, str(mnt / 'lock'))
+            ingest(store, 'bench', image, lock)
         common = {'bakeform': 'bench', 'store': str(store), 'roots_dir': str(roots), 'units_dir': str(mnt / 'units'),
-                  'lock_file': str(mnt / 'lock')}
+                  'lock_file': lock, 'overcommit': OVERCOMMIT}
         pis = [{'serial': 'b0%06x' % index, 'hostname': 'bench-%03d' % index} for index in range(count)]
         before = used_bytes(mnt)
         first, result = call(common, [dict(pi, generation=1) for pi in pis])
         methods = sorted({pi['clone_method'] for pi in result['pis']})
         cloned = used_bytes(mnt) - before
         for pi in pis:  # what each Pi wrote on its first generation: kept whole in its previous root
-            with open(roots / pi['serial'] / 'var' / 'pi-work.bin', 'wb') as handle:
+            with open(os.path.join(Layout(str(roots), pi['serial']).point, 'var', 'pi-work.bin'), 'wb') as handle:
                 handle.write(os.urandom(pi_mb << 20))
         rebuild, result = call(common, [dict(pi, state='rebuilt', generation=2) for pi in pis])
         assert all(pi['previous']['generation'] == 1 for pi in result['pis'])
@@ -73,8 +81,9 @@ def bench(image, count, pi_mb, work):
         assert not result['changed']
         before = used_bytes(mnt)
         for pi in pis:  # the previous roots (generation 2, which no Pi wrote to) go: what they cost comes back
-            for ext in ('.prev.img', '.prev.json'):
-                os.unlink(roots / (pi['serial'] + ext))
+            layout = Layout(str(roots), pi['serial'])
+            for path in (layout.prev_image, layout.prev_marker):
+                os.unlink(path)
         freed = before - used_bytes(mnt)
         unmount_below(mnt)
         return {'pis': count, 'clone_method': methods, 'first_clone_seconds': first, 'rebuild_keep_seconds': rebuild,

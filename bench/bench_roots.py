@@ -29,9 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
 
 from fstree import loop_fs, unmount_below  # noqa: E402
-from modrun import run_module  # noqa: E402
+from modrun import ensure_importable, run_module  # noqa: E402
 
 from lab.piimage import build_image  # noqa: E402
+
+ensure_importable()
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform  # noqa: E402
+
+# Reflink clones share nearly every block: the bench measures clones, not the space policy, so the worst case of
+# every root filled may exceed the loop file system sized for what the clones really take.
+OVERCOMMIT = 1000.0
 
 
 def used_bytes(path):
@@ -66,12 +73,15 @@ def bench_fs(fstype, image, roots, root_bytes, work):
     work.mkdir(parents=True, exist_ok=True)
     with loop_fs(work, fstype, size=str(need + 2 * 1024 ** 3)) as mnt:
         store, roots_dir = mnt / 'bakeforms', mnt / 'roots'
-        ingest = run_module('bakeform', {'name': 'golden', 'src': str(image), 'store': str(store)})
+        lock = str(mnt / 'run' / 'lock')  # a directory of its own: the bakery lock wants it 0700
+        ingest = run_module('bakeform', {'name': 'golden', 'src': str(image), 'store': str(store), 'lock_file': lock,
+                                         'roots_dir': str(roots_dir), 'units_dir': str(mnt / 'units')})
         if ingest.get('failed'):
             raise SystemExit('bakeform failed: %s' % ingest.get('msg'))
         golden = mnt / 'golden-tree'
         golden.mkdir()
-        subprocess.run(['mount', '-o', 'loop,ro', str(store / 'golden' / 'root.img'), str(golden)], check=True)
+        golden_img = Bakeform(str(store), 'golden').root_image(ingest['generation'])
+        subprocess.run(['mount', '-o', 'loop,ro', golden_img, str(golden)], check=True)
         sync()
         before = used_bytes(mnt)
         t_cp, _result = timed(lambda: subprocess.run(['cp', '-a', '--reflink=never', str(golden), str(mnt / 'cp')],
@@ -82,7 +92,8 @@ def bench_fs(fstype, image, roots, root_bytes, work):
         shutil.rmtree(mnt / 'cp')
         sync()
         common = {'bakeform': 'golden', 'store': str(store), 'roots_dir': str(roots_dir),
-                  'units_dir': str(mnt / 'units'), 'lock_file': str(mnt / 'lock')}
+                  'units_dir': str(mnt / 'units'), 'lock_file': lock,
+                  'overcommit': OVERCOMMIT}
         before = used_bytes(mnt)
         t_list, result = timed(lambda: call(pis(roots, 'a0'), common))
         sync()
