@@ -32,7 +32,8 @@ def fleet(tmp_path):
     pis = [{'name': host, 'serial': serial, 'ip': HOSTS[host], 'hostname': host, 'bakeform': 'bw',
             'ssh_authorized_keys': None, 'disks': [{'name': 'data', 'size': '16M', 'fstype': 'ext4'},
                                                    {'name': 'swap', 'size': '8M'}],
-            'prefix': serial, 'model': 4, 'cmdline_extra': '', 'config_txt': [], 'cloud_init': None}
+            'prefix': serial, 'model': 4, 'cmdline_extra': '', 'config_txt': [], 'cloud_init': None,
+            'principals': [host, HOSTS[host]]}
            for host, serial in PIS.items()]
     return build(pis, {'roots_dir': str(tmp_path / 'roots'), 'disks_dir': str(tmp_path / 'disks'),
                        'nfs_server': SERVER})
