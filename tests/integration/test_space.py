@@ -87,8 +87,8 @@ def fill(directory, name, limit=None):
 class Bakery:
     def __init__(self, top, image):
         self.top, self.image = top, image
-        self.store, self.roots, self.units, self.lock = (top / 'store', top / 'roots', top / 'units',
-                                                        str(top / 'run' / 'lock'))  # the lock wants its dir 0700
+        self.store, self.roots, self.units = top / 'store', top / 'roots', top / 'units'
+        self.lock = str(top / 'run' / 'lock')  # a directory of its own: the lock wants it 0700
         result = run_module('bakeform', {'name': 'bw', 'src': str(image), 'store': str(self.store),
                                          'lock_file': self.lock})
         assert result.get('failed') is not True, result

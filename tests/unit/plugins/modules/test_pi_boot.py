@@ -203,9 +203,9 @@ def fails_some(run_module, lab, pis, failing, **extra):
 
 def test_model_mismatch_fails_that_pi_alone(run_module, lab):
     result = fails_some(run_module, lab, [pi(1, model=4), pi(7, bakeform='old', model=5)], ['pi-07'])
+    msg = 'pi-07 is a Pi 5 but bakeform old@1 has boot files for Pi 3, 4 only; pick a bakeform with kernel_2712.img'
     assert result['failed_pis'][0] == {'serial': '00001007', 'hostname': 'pi-07', 'name': 'pi-07',
-                                       'prefix': '00001007', 'msg': (
-        'pi-07 is a Pi 5 but bakeform old@1 has boot files for Pi 3, 4 only; pick a bakeform with kernel_2712.img')}
+                                       'prefix': '00001007', 'msg': msg}
     assert not (lab / 'pis' / '00001007').exists() and (lab / 'pis' / '00001001' / 'cmdline.txt').exists()
 
 
@@ -220,8 +220,8 @@ def test_a_missing_generation_fails_that_pi_alone_and_keeps_what_it_boots(run_mo
     run_module(pi_boot.main, args(lab, [pi(1), pi(2)]))
     before = {path: text for path, text in snapshot(lab).items() if path.startswith('pis/00001002')}
     entry = read_map(lab)['prefixes']['00001002']
-    result = fails_some(run_module, lab, [pi(1, cmdline_extra='quiet'), pi(2, generation=9, cmdline_extra='quiet'),
-                                           pi(3)], ['pi-02'])
+    pis = [pi(1, cmdline_extra='quiet'), pi(2, generation=9, cmdline_extra='quiet'), pi(3)]
+    result = fails_some(run_module, lab, pis, ['pi-02'])
     assert result['failed_pis'][0]['msg'] == (
         'boot files not found for pi-02: generation bw@9 is not in %s (there: 1); register the image with '
         'pifleet.netboot.bakeform, or name a generation that is there' % (lab / 'bakeforms/bw/generations'))
