@@ -99,7 +99,9 @@ def reach(bakery):
     """How the job reaches this bakery (in AWX: the Machine credential and the host's address)."""
     return {'ansible_host': bakery['addresses']['bakery'], 'ansible_user': 'root', 'ansible_become_method': 'su',
             'ansible_ssh_private_key_file': bakery['ssh_key'], 'ansible_ssh_common_args': bakery['ssh_common_args'],
-            'ansible_python_interpreter': '/usr/bin/python3'}
+            'ansible_python_interpreter': '/usr/bin/python3',
+            # The test bakery (a container) keeps /srv/pifleet on its root file system, which a real bakery would not.
+            'pifleet_allow_root_filesystem': True}
 
 
 def job(project, env, playbook, bakery, *, cmdline='', passwords=None):
