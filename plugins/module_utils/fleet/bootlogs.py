@@ -75,8 +75,8 @@ def address(value):
     return None if '%' in text else text
 
 
-def epoch_of(text):
-    """Unix seconds of an ISO 8601 time (naive = UTC); ValueError if it is not one."""
+def parse_time(text):
+    """An ISO 8601 time as an aware datetime; naive times are UTC. ValueError if it is not one."""
     if not isinstance(text, str):
         raise ValueError('time %r is not a string' % (text,))
     value = text.strip()
@@ -85,7 +85,12 @@ def epoch_of(text):
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    return parsed
+
+
+def epoch_of(text):
+    """Unix seconds of an ISO 8601 time (naive = UTC); ValueError if it is not one."""
+    return parse_time(text).timestamp()
 
 
 def iso(seconds):

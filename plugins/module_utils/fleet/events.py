@@ -21,7 +21,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
     normalise_mac,
     prefix_kind,
 )
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import identify, iso_utc
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import identify, iso_utc, parse_time
 
 _RELATIVE = re.compile(r'\s*(\d+)\s*([smhdw])\s*')
 _UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
@@ -36,19 +36,6 @@ PI3_OUI = 'b8:27:eb'
 # Outcomes that say nothing about a Pi: hostile or broken requests, and the hook's count of refusals
 # it did not log one by one (``suppressed``, docs/tftp-hook-lan-limits.md; its client may be ``*``).
 _IGNORED_OUTCOMES = frozenset(['denied', 'suppressed'])
-
-
-def parse_time(text):
-    """An event time (ISO 8601) as an aware datetime; naive times are UTC. ValueError if not a time."""
-    if not isinstance(text, str):
-        raise ValueError('time %r is not a string' % (text,))
-    value = text.strip()
-    if value.endswith(('Z', 'z')):  # fromisoformat() takes 'Z' only from Python 3.11
-        value = value[:-1] + '+00:00'
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed
 
 
 def parse_since(text, now=None):
