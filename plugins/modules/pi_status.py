@@ -286,7 +286,14 @@ def main():
     )
     base = PifleetModule(module, {'changed': False})
     params = dict(module.params, pis=check_pis(base))
-    module.exit_json(**FleetStatus(ModuleHost(module), params).gather())
+    try:
+        result = FleetStatus(ModuleHost(module), params).gather()
+    except OSError as exc:
+        # Missing files are read as "not there" already; this is a path that exists and cannot be read (an I/O
+        # error, a stale NFS handle, a symlink loop): the status playbook shows this bakery's line with it.
+        base.fail('pi_status could not read %s on this bakery: %s; check that the file systems of roots_dir, '
+                  'disks_dir and store are mounted and readable' % (exc.filename or 'its files', exc.strerror or exc))
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

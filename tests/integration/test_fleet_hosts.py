@@ -11,6 +11,7 @@ module run on it was given, so the test sees which bakery drove which Pi's power
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -182,3 +183,36 @@ def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
     assert {pi: row[5] for pi, row in table(output, 'bakery02').items()} == {'pi-02': 'on', 'pi-04': 'off'}
     assert ran(tmp_path)[('bakery01', 'pi_power')] == [['pi-01', 'pi-03']]
     assert ran(tmp_path)[('bakery02', 'pi_power')] == [['pi-02', 'pi-04']]
+
+
+@pytest.mark.parametrize('cause', ['roots dir unreadable', 'no Python on the bakery'])
+def test_a_bakery_that_cannot_be_read_is_a_line_and_the_others_are_shown(tmp_path, plugs, cause):
+    """One bakery's pi_status fails for a real cause (its roots directory cannot be read: a symlink loop stands in
+    for an I/O error or a stale NFS handle; or its Python is not there): its BAKERY line says why, the other
+    bakery's Pis are in the table and in the JSON file, and the play ends failed with one summary."""
+    owners = {'pi-02': 'bakery02', 'pi-04': 'bakery02'}
+    (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
+    broken = {'pifleet_roots_dir': str(tmp_path / 'loop')} if cause == 'roots dir unreadable' else {
+        'ansible_python_interpreter': str(tmp_path / 'none' / 'python3')}
+    write(tmp_path, {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01'),
+                                          'bakery02': dict(bakery(tmp_path, 'bakery02'), **broken)}},
+                     'pis': {'hosts': pis(plugs, 4, owners)}})
+    rc, counters, output = play(tmp_path, 'status', '-e', 'status_file=%s' % (tmp_path / 'status.json'))
+    assert rc == 2, output[-3000:]
+    assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {'pi-01': 'off', 'pi-03': 'off'}
+    why = ('pi_status could not read %s/1234ab0' % (tmp_path / 'loop') if cause == 'roots dir unreadable'
+           else '%s/none/python3' % tmp_path)
+    shown = output.split('TASK [Show the fleet]')[1].split('TASK [')[0]
+    line = re.search(r'^\s*"BAKERY bakery02: (.*)",?$', shown, re.M)
+    assert line and why in line.group(1), shown
+    if cause == 'roots dir unreadable':
+        assert line.group(1).endswith('.json on this bakery: Too many levels of symbolic links; check that the file '
+                                      'systems of roots_dir, disks_dir and store are mounted and readable'), shown
+    document = json.loads((tmp_path / 'status.json').read_text())
+    assert sorted(pi['name'] for pi in document['pis']) == ['pi-01', 'pi-03']
+    assert [(b['name'], b['failed']) for b in document['bakeries']] == [('bakery01', False), ('bakery02', True)]
+    assert why in document['bakeries'][1]['msg']
+    summary = output.split('TASK [Fail for the bakeries that could not be read]')[1]
+    assert 'status could not read 1 of 2 bakeries: bakery02; their Pis are not in the status above' in summary, \
+        output[-3000:]
+    assert counters['pi-01']['failed'] == 1, counters  # every task runs once, on the first Pi of the limit

@@ -137,15 +137,30 @@ def report(status, models=None, power=None, power_errors=None):
     return lines
 
 
+def unread(status):
+    """Whether a bakery's pi_status call gave no reading (it failed, its bakery was unreachable or it was skipped)."""
+    return bool(status.get('failed') or status.get('unreachable') or status.get('skipped'))
+
+
+def reason(status):
+    """Why a bakery's pi_status call gave no reading: its message, and the last line the bakery's Python printed
+    to stderr when the module never got to say (a MODULE FAILURE)."""
+    said = ' '.join(str(status.get('msg') or ('skipped' if status.get('skipped') else 'failed')).split())
+    stderr = [line.strip() for line in str(status.get('module_stderr') or '').splitlines() if line.strip()]
+    if stderr:
+        said = said.rstrip('.') + ': ' + stderr[-1][:300]
+    return said
+
+
 def report_all(results, models=None, power=None, power_errors=None):
     """``report`` of each bakery's result (``[(bakery, result)]``), under a heading when there are several; a
-    bakery whose pi_status call failed is a line saying why."""
+    bakery whose pi_status call gave no reading is a line saying why, and the others are shown as ever."""
     lines = []
     for bakery, status in results:
         if len(results) > 1:
             lines.append(printable('BAKERY %s' % bakery))
-        if status.get('failed') or status.get('skipped'):
-            lines.append(printable('BAKERY %s: %s' % (bakery, status.get('msg') or 'skipped')))
+        if unread(status):
+            lines.append(printable('BAKERY %s: %s' % (bakery, reason(status))))
             continue
         lines.extend(report(status, models, power, power_errors))
     return lines
@@ -158,7 +173,7 @@ def document(results, models=None, power=None, power_errors=None):
     pis, bakeries, now = [], [], None
     for bakery, status in results:
         now = now or status.get('now')
-        bakeries.append({'name': bakery, 'failed': bool(status.get('failed')), 'msg': status.get('msg'),
+        bakeries.append({'name': bakery, 'failed': unread(status), 'msg': reason(status) if unread(status) else None,
                          'bakeforms': status.get('bakeforms') or [],
                          'data_filesystems': status.get('data_filesystems') or [],
                          'sources': status.get('sources') or {}})

@@ -84,6 +84,26 @@ def test_several_bakeries_and_a_failed_one():
         status_report({'results': [{'item': 'x', 'pis': 'no'}]})
 
 
+def test_a_bakery_that_gave_no_reading_says_why_and_the_others_are_shown():
+    """An unreachable bakery and one whose Python never ran the module (no msg of the module's own) each get their
+    line; the document marks them failed with the same reason."""
+    loop = {'results': [
+        {'item': 'bakery-0', 'unreachable': True, 'msg': 'Failed to connect to the host via ssh: timed out'},
+        dict(result(pi('pi-01')), item='bakery-1'),
+        {'item': 'bakery-2', 'failed': True, 'msg': 'MODULE FAILURE\nSee stdout/stderr for the exact error',
+         'module_stderr': '/bin/sh: 1: /opt/none/python3: not found\n'}]}
+    lines = status_report(loop)
+    assert lines[1] == 'BAKERY bakery-0: Failed to connect to the host via ssh: timed out'
+    assert lines[-1] == ('BAKERY bakery-2: MODULE FAILURE See stdout/stderr for the exact error: /bin/sh: 1: '
+                         '/opt/none/python3: not found')
+    assert any(line.startswith('pi-01 ') for line in lines)
+    document = status_document(loop)
+    assert [(b['name'], b['failed']) for b in document['bakeries']] == [
+        ('bakery-0', True), ('bakery-1', False), ('bakery-2', True)]
+    assert document['bakeries'][2]['msg'] == lines[-1].split(': ', 1)[1] and document['bakeries'][1]['msg'] is None
+    assert [p['name'] for p in document['pis']] == ['pi-01']
+
+
 def test_each_bakeform_shows_its_generations_and_current():
     lite = {'name': 'lite', 'layout': 'generations', 'current': 3, 'current_label': 'lite@3', 'generations': [
         {'id': 1, 'label': 'lite@1', 'current': False, 'pinned': True, 'used_by': []},
