@@ -21,7 +21,11 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import bootl
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as pidisks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as piroots
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import retention
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform, label
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import (
+    Bakeform,
+    label,
+    marker_generation,
+)
 
 HISTORY = 5  # earlier boots listed per Pi
 NEIGHBOURS = '/proc/net/arp'
@@ -141,13 +145,8 @@ class FleetStatus:
         if not known:
             return None, None, None
         _bakeform, index, current, _ids = known
-        generation = marker.get('generation')
-        if not isinstance(generation, int) or isinstance(generation, bool):
-            # A marker made before generations counts as the generation of the same content (contract 1).
-            found = retention.usage(name, index, [{'bakeform': name, 'generation': None,
-                                                   'sha256': marker.get('bakeform_sha256')}])
-            generation = min(found) if found else None
-        return name, generation, current
+        # A marker made before generations counts as the generation of the same content (contract 1).
+        return name, marker_generation(index, marker), current
 
     def bakeforms(self):
         """Each bakeform of the store (and each a root names): its generations (label, current, pinned, the Pis

@@ -70,6 +70,29 @@ def check_id(value, what='generation'):
     return number
 
 
+def same_content(index, sha256):
+    """The generations of a bakeform's index whose image has the content ``sha256``, oldest first. A root
+    marker made before generations names its image by that content only (``bakeform_sha256``)."""
+    if not sha256:
+        return []
+    found = []
+    for key, summary in ((index or {}).get('generations') or {}).items():
+        if isinstance(summary, dict) and summary.get('sha256') == sha256 and _ID.fullmatch(str(key)):
+            found.append(int(key))
+    return sorted(found)
+
+
+def marker_generation(index, marker):
+    """The generation a Pi's root marker stands for: its own ``generation``, or, for a marker made before
+    generations, the oldest generation of the same content; None when neither is known. pi_status and the boot
+    watcher's metrics both read a root's generation through this."""
+    generation = marker.get('generation')
+    if isinstance(generation, int) and not isinstance(generation, bool):
+        return generation
+    found = same_content(index, marker.get('bakeform_sha256'))
+    return found[0] if found else None
+
+
 class Bakeform:
     """The paths of one bakeform name in a store, and what its index and directories say."""
 

@@ -13,17 +13,14 @@ What stays: every used generation, the current one, the pinned ones, and the new
 
 from __future__ import annotations
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import label
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import label, same_content
 
 SHOWN = 20  # Pis named in one message; the result's ``used_by`` has them all
 
 
 def usage(name, index, references):
     """``{generation: [reference, ...]}`` of the roots that use a generation of bakeform ``name``."""
-    generations = {int(key): value for key, value in ((index or {}).get('generations') or {}).items()}
-    by_content = {}
-    for number, summary in sorted(generations.items()):
-        by_content.setdefault(summary.get('sha256'), []).append(number)
+    generations = {int(key) for key in ((index or {}).get('generations') or {})}
     used = {}
     for ref in references:
         if ref.get('bakeform') != name:
@@ -31,7 +28,7 @@ def usage(name, index, references):
         if ref.get('generation') is not None:
             numbers = [ref['generation']] if ref['generation'] in generations else []
         else:
-            numbers = by_content.get(ref.get('sha256'), []) if ref.get('sha256') else []
+            numbers = same_content(index, ref.get('sha256'))
         for number in numbers:
             used.setdefault(number, []).append(ref)
     return used

@@ -137,7 +137,7 @@ def render(state, pis, summaries, *, config, now, sources):
     bakeforms = {}
     for name, pi in sorted(pis.items()):
         _pi_samples(add, name, pi, config, bakeforms)
-    for name, (current, ids) in sorted(bakeforms.items()):
+    for name, (current, ids, _index) in sorted(bakeforms.items()):
         if current is not None:
             add('pifleet_bakeform_current_generation', current, bakeform=name)
         add('pifleet_bakeform_generations', len(ids), bakeform=name)
@@ -175,10 +175,11 @@ def _boot_samples(add, name, summary):
 
 
 def _bakeform(config, name, known):
-    """(current generation, generation ids) of a bakeform, read once per run through generations.Bakeform."""
+    """(current generation, generation ids, index) of a bakeform, read once per run through generations.Bakeform."""
     if name not in known:
         bakeform = generations.Bakeform(config['store'], name)
-        known[name] = (bakeform.current(), bakeform.ids())
+        index = bakeform.load_index(strict=False)
+        known[name] = (bakeform.current(index), bakeform.ids(), index)
     return known[name]
 
 
@@ -191,10 +192,14 @@ def _pi_samples(add, name, pi, config, bakeforms):
                 add('pifleet_pi_filesystem_size_bytes', usage['size'], pi=name, fs=kind)
                 add('pifleet_pi_filesystem_avail_bytes', usage['avail'], pi=name, fs=kind)
     marker = pi['marker'] or {}
-    generation, bakeform = marker.get('generation'), marker.get('bakeform')
-    if isinstance(generation, int) and not isinstance(generation, bool) and is_name(bakeform):
+    bakeform = marker.get('bakeform')
+    if not is_name(bakeform):
+        return
+    current, _ids, index = _bakeform(config, bakeform, bakeforms)
+    # A marker made before generations counts as the generation of the same content, as pi_status reads it.
+    generation = generations.marker_generation(index, marker)
+    if generation is not None:
         add('pifleet_pi_generation', generation, pi=name, bakeform=bakeform)
-        current, _ids = _bakeform(config, bakeform, bakeforms)
         if current is not None:  # behind as pi_root and status say it: any generation but the current one
             add('pifleet_pi_generation_behind', int(generation != current), pi=name)
 

@@ -187,6 +187,32 @@ def test_generations_are_read_as_the_modules_read_the_store(watch, tmp_path):
     assert metrics(watch)[1]['pifleet_pi_generation_behind{pi="pi-01"}'] == 0
 
 
+def test_a_marker_made_before_generations_gets_the_generation_of_its_content(watch, tmp_path):
+    """A root marker from before generations names its image by content only (bakeform_sha256): the gauge is the
+    oldest generation of that content, as pi_status says it; a content the store no longer has gives no gauge."""
+    bakeform = ours.Bakeform(str(tmp_path), 'lite')
+    for number in (1, 2, 3):
+        os.makedirs(bakeform.boot_dir(number))
+        for path in (bakeform.manifest_path(number), bakeform.root_image(number), bakeform.boot_image(number)):
+            open(path, 'w', encoding='utf-8').close()
+    ours.write_index(bakeform, dict(ours.new_index('lite'), current=3, next=4, generations={
+        '1': {'sha256': 'a' * 64}, '2': {'sha256': 'b' * 64}, '3': {'sha256': 'b' * 64}}))
+    roots = tmp_path / 'roots'
+    (roots / '1234abcd.json').write_text(json.dumps({'hostname': 'pi-01', 'bakeform': 'lite',
+                                                     'bakeform_sha256': 'b' * 64}))
+    (roots / '00c0ffe3.json').write_text(json.dumps({'hostname': 'pi-03', 'bakeform': 'lite',
+                                                     'bakeform_sha256': 'c' * 64}))
+    watch.run(watch.test_config, NOW)
+    found = metrics(watch)[1]
+    assert found['pifleet_pi_generation{bakeform="lite",pi="pi-01"}'] == 2
+    assert found['pifleet_pi_generation_behind{pi="pi-01"}'] == 1
+    assert not any('pi="pi-03"' in name and 'generation' in name for name in found)
+    assert found['pifleet_bakeform_current_generation{bakeform="lite"}'] == 3
+    # The same answer as pi_status's reading, through the same function.
+    index = bakeform.load_index()
+    assert ours.marker_generation(index, json.loads((roots / '1234abcd.json').read_text())) == 2
+
+
 def test_the_watcher_looks_for_roots_and_disks_where_pi_root_and_pi_disk_mount_them(watch):
     assert watch.boot_metrics.mount_point('/r', '3a4b5c6d') == _roots.Layout('/r', '3a4b5c6d').point
     assert watch.boot_metrics.mount_point('/d', '3a4b5c6d') == _disks.Layout('/d', '3a4b5c6d').point

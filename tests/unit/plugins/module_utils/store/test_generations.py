@@ -190,3 +190,18 @@ def test_entry():
     assert gen.entry(manifest) == {'sha256': 'a', 'created': 'c', 'source': 's', 'origin': {'kind': 'image'}}
     capture = {'kind': 'capture', 'serial': '3a4b5c6d', 'hostname': None, 'from': 'lite@1'}
     assert gen.entry(dict(manifest, origin=capture))['origin'] == capture
+
+
+@pytest.mark.parametrize('marker, expected', [
+    ({'bakeform': 'lite', 'generation': 3}, 3),  # its own, even when the index does not list it
+    ({'bakeform': 'lite', 'bakeform_sha256': 'b' * 64}, 2),  # before generations: the oldest of its content
+    ({'bakeform': 'lite', 'bakeform_sha256': 'a' * 64}, 1),
+    ({'bakeform': 'lite', 'bakeform_sha256': 'c' * 64}, None),  # content the store no longer has
+    ({'bakeform': 'lite'}, None),
+    ({'bakeform': 'lite', 'generation': True, 'bakeform_sha256': 'a' * 64}, 1),  # a bool is no generation
+])
+def test_marker_generation(marker, expected):
+    index = {'generations': {'1': {'sha256': 'a' * 64}, '4': {'sha256': 'b' * 64}, '2': {'sha256': 'b' * 64},
+                             'x': {'sha256': 'b' * 64}, '5': 'not a summary'}}
+    assert gen.marker_generation(index, marker) == expected
+    assert gen.same_content(index, 'b' * 64) == [2, 4] and gen.same_content(None, 'b' * 64) == []
