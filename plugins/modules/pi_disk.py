@@ -299,6 +299,16 @@ failed_pis:
     - serial: 3a4b5c6d
       hostname: null
       msg: "shrinking disk data of Pi 3a4b5c6d refused: its disk.img is 100 GiB ..."
+planned_space:
+  description:
+    - What this call's new and grown disks file systems book at worst on each data file system, as planned before
+      any is made (the same in check mode); the keys are those of M(pifleet.netboot.pi_root)'s RV(planned_space).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {mount: /srv/pifleet, fstype: xfs, reflink: true, size: 1099511627776, free: 879609302221,
+       committed: 1030792151040, claimed: 17179869184, limit: 1088516511498}
 filesystems:
   description:
     - Each data file system holding Pi images (of O(disks_dir) and O(space_dirs)), after the run; the keys are
@@ -406,8 +416,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': [], 'failed_pis': [], 'filesystems': []},
-                         'disks')
+    base = PifleetModule(module, {'changed': False, 'disks': [], 'pis': [], 'failed_pis': [], 'filesystems': [],
+                                  'planned_space': []}, 'disks')
     todo, params = items(base), module.params
     if any(item['state'] != 'absent' for item in todo):
         problem = _space.on_root_filesystem({'disks_dir': params['disks_dir']}, params['allow_root_filesystem'])
@@ -426,6 +436,7 @@ def main():
     after = _space.Ledger(space_dirs, params['overcommit']).scan()  # the space as the run left it
     after.annotate(base.result['pis'], lambda serial: Layout(params['disks_dir'], serial))
     base.result['filesystems'] = after.report()
+    base.result['planned_space'] = work.space.planned()
     if module._diff:
         base.result['diff'] = work.diffs
     if problem:

@@ -400,6 +400,26 @@ kernels:
   returned: always
   type: dict
   sample: {bookworm-lite@3: [linux-image-6.1.0-50-arm64=6.1.158-1, linux-image-arm64=6.1.158-1]}
+planned_space:
+  description:
+    - What this call's new and rebuilt roots book at worst on each data file system, as planned before any is made
+      (the same in check mode); only the file systems they book on. Sizes in bytes. The fleet role's pre-flight line
+      is made from it (P(pifleet.netboot.fleet_preflight#filter)).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    mount: {description: Its mount point., type: str}
+    fstype: {description: Its file system type., type: str}
+    reflink: {description: Whether the file system shares extents (reflink clones take almost no space)., type: bool}
+    size: {description: Bytes in use plus bytes available., type: int}
+    free: {description: Bytes available now., type: int}
+    committed: {description: The worst case before this call (in use plus what every Pi image can still take)., type: int}
+    claimed: {description: What this call's new images may take at worst (their full sizes)., type: int}
+    limit: {description: What the worst case may reach (see RV(filesystems))., type: int}
+  sample:
+    - {mount: /srv/pifleet, fstype: xfs, reflink: true, size: 1099511627776, free: 879609302221,
+       committed: 1030792151040, claimed: 8589934592, limit: 1088516511498}
 filesystems:
   description:
     - Each data file system holding Pi images (of O(roots_dir) and O(space_dirs)), after the run. Sizes in bytes.
@@ -583,7 +603,7 @@ def main():
         supports_check_mode=True,
     )
     base = PifleetModule(module, {'changed': False, 'pis': [], 'failed_pis': [], 'kernels': {}, 'swept': [],
-                                  'filesystems': []}, 'pis')
+                                  'filesystems': [], 'planned_space': []}, 'pis')
     result, params, todo = base.result, module.params, items(base)
     if any(item['state'] != 'absent' for item in todo):
         problem = _space.on_root_filesystem({'roots_dir': params['roots_dir'], 'store': params['store']},
@@ -616,6 +636,7 @@ def main():
     after = _space.Ledger(space_dirs, params['overcommit']).scan()  # the space as the run left it
     after.annotate(result['pis'], lambda serial: _roots.Layout(roots.roots_dir, serial))
     result['filesystems'] = after.report()
+    result['planned_space'] = roots.space.planned()
     if module._diff:
         result['diff'] = roots.diffs
     if failed and 'serial' not in failed[0]:  # not about one Pi: the roots directory itself

@@ -29,6 +29,8 @@ import yaml
 from fstree import unmount_below
 from powerfakes import PlugServer
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.space import mount_of, short
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import Bakeform
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, run
 from lab.piimage import build_image
@@ -66,6 +68,7 @@ def playbook(tmp, pis, bakery_vars=None, site=False, **extra):
         'fleet_clone_method': 'copy', 'fleet_units_dir': str(tmp / 'units'),
         'fleet_allow_root_filesystem': True,  # the test's temp dirs may lie on /
         'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
+        'fleet_bakeform_poll': 1,  # a bakeform that ingests runs async; the test's small image takes seconds
     }
     fleet.update(extra)
     host = dict({'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}, **(bakery_vars or {}))
@@ -122,8 +125,11 @@ def test_inventory_to_booting_pis(bakery):
     rc, applied, output = ansible(tmp)
     assert rc == 0, output[-4000:]
     assert applied['changed'] >= 5  # bakeform, roots, disks, exports, boot folders + map
+    check_progress(tmp, output)
     rc, again, output = ansible(tmp)
     assert rc == 0 and again['changed'] == 0, output[-4000:]
+    assert 'Pre-flight' not in output, output[-4000:]  # nothing to make: neither planned nor said
+    assert 'ASYNC' not in output and 'new generation' not in output, output[-4000:]  # nothing ingested: no poll
     check_ssh_trust(tmp, output)
 
     fleet_map = json.loads((tmp / 'map.json').read_text())
@@ -169,6 +175,32 @@ def test_inventory_to_booting_pis(bakery):
     events = [json.loads(line) for line in (tmp / 'events.jsonl').read_text().splitlines()]
     assert {e['name'] for e in events if e['outcome'] == 'ok' and e['prefix']} == set(PIS)
     assert {e['path'] for e in events if e['outcome'] == 'ok' and not e['prefix']} == {'bootcode.bin'}  # the Pi 3
+
+
+def check_progress(tmp, output):
+    """The first real run says what it does while it does long work. The ingest ran asynchronously (Ansible's line
+    per poll while it runs). The pre-flight line before the roots are made: three new roots by copy
+    (fleet_clone_method), pi-04's disks file system, and what they need at most (the golden root's size each, the
+    disks file system's) on the test's file system, against its free space then; printed before pi_root makes them."""
+    assert re.search(r'^ASYNC OK on lab-bakery: jid=', output, re.M), output[-4000:]
+    assert 'raspios (new generation: a line every 1 s until it is made)' in output, output[-4000:]
+    found = re.findall(r'"msg": "(Pre-flight: [^"]*)"', output)
+    assert len(found) == 1, output[-4000:]
+    line = found[0]
+    golden = os.stat(Bakeform(str(tmp / 'srv/bakeforms'), 'raspios').root_image(1)).st_size
+    disks = os.stat(tmp / 'srv/disks/4a4a4a4a.img').st_size
+    mount, fstype = mount_of(str(tmp), read_mounts())
+    assert line.startswith('Pre-flight: 3 roots to make (3 new) by copy; 1 disks file system (1 new). %s (%s): '
+                           'they need %s at most (their full sizes); ' % (mount, fstype, short(3 * golden + disks))), \
+        line
+    free = re.search(r'allowed; ([0-9.]+) (MiB|GiB|TiB) free now$', line)
+    assert free, line
+    vfs = os.statvfs(str(tmp))
+    now = vfs.f_bavail * vfs.f_frsize  # the roots are copies: what they hold came out of the free space since
+    said = float(free.group(1)) * 1024 ** {'MiB': 2, 'GiB': 3, 'TiB': 4}[free.group(2)]
+    assert now - 64 * 2 ** 20 < said < now + 3 * golden + disks + 512 * 2 ** 20, (line, now)
+    assert output.index('TASK [pifleet.netboot.fleet : Say what this run makes]') < output.index(
+        "TASK [pifleet.netboot.fleet : Clone, fix or rebuild the Pis' roots]")
 
 
 def check_ssh_trust(tmp, output):
@@ -246,6 +278,8 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
             'root); its last boot file and outcome since the reimage started: kernel8.img, outcome ok'
             % HOSTS['pi4']) in output
     assert waited < 120, waited  # a real deadline, not the default 600 s
+    assert re.search(r'"msg": "Pre-flight: 1 root to make \(1 rebuilt\) by copy\. /\S* \(\w+\): they need ', output), \
+        output[-4000:]
     assert not (root / 'root/left-behind').exists()  # a fresh clone of the bakeform
     assert sorted(p.read_bytes() for p in (root / 'etc/ssh').glob('ssh_host_*_key')) == keys  # its identity kept
     # Everything site gave the root, a reimage gives it too: the same plan, the same pi_root arguments.

@@ -229,3 +229,11 @@ class Ledger:
         return [{'mount': r['mount'], 'size': r['size'], 'used': r['used'], 'free': r['free'], 'images': r['images'],
                  'committed': r['used'] + r['growth'], 'overcommit': self.overcommit, 'limit': self.limit(r)}
                 for r in sorted(self.filesystems.values(), key=lambda r: r['mount']) if r['images']]
+
+    def planned(self):
+        """What this run's new and grown images book, per data file system, as planned (before any is made; the
+        same in check mode): the pre-flight of the fleet role reads it (fleet/preflight.py)."""
+        return [{'mount': r['mount'], 'fstype': r['fstype'], 'reflink': r['fstype'] in REFLINK_FS, 'size': r['size'],
+                 'free': r['free'], 'committed': r['used'] + r['growth'], 'claimed': r['claimed'],
+                 'limit': self.limit(r)}
+                for r in sorted((self.filesystems or {}).values(), key=lambda r: r['mount']) if r['claimed']]

@@ -68,6 +68,24 @@ def test_claims_add_up_to_the_limit_and_the_refusal_says_how_to_fix_it(tmp_path)
     assert fs['limit'] == int(fs['size'] - max(_space.SLACK_MIN, int(fs['size'] * _space.SLACK_SHARE)))
 
 
+def test_planned_is_what_this_run_booked_per_file_system(tmp_path):
+    """The pre-flight's numbers: only file systems this run books on, with the worst case before it, its claims,
+    the limit and the free space now."""
+    ledger = _space.Ledger([str(tmp_path)], overcommit=1.0)
+    assert ledger.planned() == []  # nothing read, nothing booked
+    sparse(tmp_path / '0000000a.img', 100 * MIB)
+    ledger.scan()
+    assert ledger.planned() == []  # images, but no claim
+    ledger.claim(str(tmp_path), 30 * MIB, 'the root of Pi 0000000b')
+    ledger.claim(str(tmp_path / 'new'), 5 * MIB, 'the root of Pi 0000000c')
+    [fs] = ledger.planned()
+    record = ledger.filesystem_of(str(tmp_path))
+    assert fs == {'mount': record['mount'], 'fstype': record['fstype'],
+                  'reflink': record['fstype'] in _space.REFLINK_FS, 'size': record['size'], 'free': record['free'],
+                  'committed': record['used'] + record['growth'], 'claimed': 35 * MIB, 'limit': ledger.limit(record)}
+    assert fs['committed'] >= 100 * MIB - 2 * MIB
+
+
 def test_overcommit_scales_the_limit(tmp_path):
     one = _space.Ledger([str(tmp_path)], 1.0)
     three = _space.Ledger([str(tmp_path)], 3.0)
