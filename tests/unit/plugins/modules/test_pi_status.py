@@ -143,8 +143,8 @@ def test_a_roots_dir_that_cannot_be_read_fails_with_its_path(run_module, bakery,
     """A path that is there and cannot be read (here a symlink loop; on a bakery an I/O error or a stale NFS
     handle) is a clear failure naming it, not a traceback, so status shows that bakery's line."""
     (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
-    outcome = run_module(pi_status.main, dict(bakery['args'], roots_dir=str(tmp_path / 'loop'), ssh=False,
-                                               nfs_server='none'))
+    args = dict(bakery['args'], roots_dir=str(tmp_path / 'loop'), ssh=False, nfs_server='none')
+    outcome = run_module(pi_status.main, args)
     assert outcome.failed and outcome.result['msg'] == (
         'pi_status could not read %s/1234abcd.json on this bakery: Too many levels of symbolic links; check that the '
         'file systems of roots_dir, disks_dir and store are mounted and readable' % (tmp_path / 'loop'))
