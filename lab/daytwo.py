@@ -38,8 +38,10 @@ def ping(state, lab_name, name, known_hosts=None):
     pifleet_known_hosts alone (inventories/lab/group_vars/pis.yml); ``known_hosts`` replaces that file."""
     argv = [str(Path(sys.executable).parent / 'ansible'), '-i', str(demo.INVENTORY), name, '-m', 'ansible.builtin.ping']
     argv += ['-e', 'pifleet_known_hosts=%s' % known_hosts] if known_hosts else []
+    # A new ssh connection each time (no ControlPersist master to reuse): the host key is checked on every ping.
+    env = dict(demo.ansible_env(state, lab_name), ANSIBLE_SSH_ARGS='-C -o ControlMaster=no')
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, stdin=subprocess.DEVNULL,
-                          env=demo.ansible_env(state, lab_name), cwd=demo.REPO)
+                          env=env, cwd=demo.REPO)
 
 
 def pong(state, lab_name, name):
@@ -122,7 +124,10 @@ def day_two(lab, state, pi, vpi, images, *, lab_name, show):
     if run.rc != 0 or run.boots != [None]:
         raise demo.DemoError('the rollback of %s failed (rc %d, boots %s): %s' % (
             pi['name'], run.rc, run.boots, run.output[-3000:]))
-    show('%s: rolled back to %s@%d (its own root as it was, /root/stray in it) in %.0f s' % (
+    if qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode:
+        raise demo.DemoError('%s was rolled back, but /root/stray is not in its root: not its own root as it was'
+                             % pi['name'])
+    show('%s: rolled back to %s@%d (its own root as it was: /root/stray is there) in %.0f s' % (
         pi['name'], bakeform, first, run.seconds))
     show_kernel(lab, state, pi, images['A'], show)
     show(pong(state, lab_name, pi['name']))
