@@ -66,6 +66,8 @@ SIMULATED = 'lab_simulated'  # the group of the simulated Pis that lab/demo.py's
 # Bakeforms a lab inventory may name that are made from real images, and the realimage.py image of each:
 # the demo builds those its inventory uses, no more.
 REAL_IMAGES = {'realpi-trixie': 'trixie', 'realpi-bookworm': 'bookworm'}
+# Day two's next generation (lab/daytwo.py): the real image's root with Debian 12's kernel and its modules.
+NEXT, NEXT_IMAGE = 'day two', 'trixie-kernel'
 STARTED = time.monotonic()
 
 
@@ -315,7 +317,7 @@ def simulated_only(state, pis):
 
 
 def demo(state, keep, name=NAME):
-    total = 10
+    total = 11
     pis = lab_pis()
     real = [pi for pi in pis if pi['boot'] == 'qemu']
     wanted = used_images(pis)
@@ -326,6 +328,8 @@ def demo(state, keep, name=NAME):
              'background the real arm64 image%s %s (built once per recipe, then cached)' % (
                  's' if len(wanted) > 1 else '', ', '.join(sorted(wanted.values()))))
         building = start_images(pool, pis)
+        if real:  # day two's next generation, made from the real image's tree once that is built
+            building[NEXT] = pool.submit(timed, realimage.build, NEXT_IMAGE)
         image_dir, seconds = timed(nspawnlab.image)
         say('bakery image ready after %.0f s: %s' % (seconds, image_dir))
 
@@ -351,7 +355,7 @@ def demo(state, keep, name=NAME):
                 say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
                     % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
             else:
-                step(10, total, 'taking the lab down')
+                step(11, total, 'taking the lab down')
                 nspawnlab.down(state)
     summary()
     say('done in %.0f s' % (time.monotonic() - STARTED))
@@ -375,6 +379,7 @@ def demo_lab(lab, state, pis, building, *, keep, name, total):
 
     step(6, total, 'the real image onto the bakery (waiting for %s to be built)' % (
         ', '.join(sorted(used_images(pis).values())) or 'none'))
+    following = building.pop(NEXT, None)
     images = real_images(building)
     say('images on the bakery: %s' % (', '.join(
         put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()) or 'none'))
@@ -394,6 +399,18 @@ def demo_lab(lab, state, pis, building, *, keep, name, total):
         say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
             % (real[0]['name'], store.label(current), store.boot_export(current)))
         vpi = real_boot(lab, real[0], state)
+        try:
+            step(9, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform '
+                 '(another kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch'
+                 % real[0]['name'])
+            nxt, seconds = following.result()
+            say('next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
+            from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
+            daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': nxt}, lab_name=name,
+                           show=say)
+        except BaseException:
+            vpi.power_off()
+            raise
         if keep:  # left running for the user (and the tests); `down` stops it
             nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
             say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
@@ -401,7 +418,7 @@ def demo_lab(lab, state, pis, building, *, keep, name, total):
         else:
             vpi.power_off()
 
-    step(9, total, 'pifleet.netboot.status')
+    step(10, total, 'pifleet.netboot.status')
     playbook(state, 'status', lab_name=name)
 
 

@@ -17,8 +17,15 @@ so the checks hold however the roots are stored:
   first-boot, swap and network pieces neutralised;
 - cloud-init ``done`` from its own seed (instance-id from its serial, its host name, root's key),
   its NFS root's NIC left alone by cloud-init, netplan and NetworkManager;
-- reimage (bug 3): a stray file in the root is gone, identity and keys are kept, and the playbook
-  waits until the Pi's SSH server shows its root's host key;
+- day two (the demo's step 9, lab/daytwo.py, with the demo as the Pi's power switch): the upgrade
+  playbook moves the Pi from generation A to B (the same root with another kernel and its modules):
+  B's kernel runs with B's modules, a stray file is gone, identity and keys are kept, and the playbook
+  returns once the Pi's SSH server shows its root's host key (reimage shares those steps); the
+  rollback playbook moves it back, A's kernel with A's modules. Then here: apt on the Pi cannot change
+  the kernel of its root (the kernel hold); an upgrade to C, whose kernel panics, is rolled back
+  automatically and the Pi comes back on its own root with matching modules; a capture of the Pi
+  (generation D) holds none of its identity and boots it. After each step ``ansible -m ping`` with
+  strict host-key checking and the fleet known_hosts alone succeeds (and fails without the CA line);
 - the bakery reboots (the demo's step before it was taken out of the demo to halve its time): every
   root is mounted again by its unit, every simulated Pi boots again, the real one too with its
   generation's boot files;
@@ -36,15 +43,14 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lab import daytwo, nspawnlab, qemupi, realimage
 from lab import demo as labdemo
-from lab import nspawnlab, qemupi, realimage
 from lab.nfslab import missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,8 +153,9 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
     simulated = {name: facts for name, facts in pis.items() if facts.get('lab_boot') != 'qemu'}
     assert {facts['pi_model'] for facts in simulated.values()} == {3, 4, 5}
     recaps = re.findall(r'^\s*lab-bakery\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=0', output, re.M)
-    # site --tags services, --tags fleet for the simulated Pis, --tags fleet for all, the whole site, status
-    assert len(recaps) == 5 and all(int(n) > 0 for n in recaps[:3]) and recaps[3:] == ['0', '0'], recaps
+    # site --tags services, --tags fleet for the simulated Pis, --tags fleet for all, the whole site, then day two's
+    # bakeforms, upgrade and rollback, and status last
+    assert all(int(n) > 0 for n in recaps[:3]) and recaps[3] == '0' and recaps[-1] == '0', recaps
     for name, facts in simulated.items():
         booted = re.search(r'^demo: %s \(Pi %d, [0-9a-f:]+\): DHCP %s, PXE answer from 10\.99\.0\.2; TFTP (\d+) files'
                            r'.*NFS root readable$' % (name, facts['pi_model'], re.escape(facts['pi_ip'])), output, re.M)
@@ -170,6 +177,18 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
     assert not [t for t in cmdline if t.startswith(('init=', 'root=PARTUUID', 'rootfstype='))], cmdline
     assert re.search(r'^demo: pi-06: console: pi-06 login:$', output, re.M), output[-4000:]
     assert re.search(r'^demo: \$ ssh pi-06 hostname.*\ndemo: pi-06$', output, re.M), output[-4000:]
+    # Day two (lab/daytwo.py): upgraded to the next generation, another kernel with its own modules, the stray file
+    # gone; rolled back to the first, its kernel and modules again; ansible's strict ping before, between and after.
+    a, b = (realimage.cached(flavour)['uname'] for flavour in ('trixie', 'trixie-kernel'))
+    assert re.search(r'^demo: pi-06: upgraded to realpi-trixie@(\d+) in \d+ s', output, re.M), output[-4000:]
+    for uname in (b, a):
+        assert re.search(r'^demo: pi-06: uname -r %s; /lib/modules holds %s; dummy loaded from the NFS root \(vermagic '
+                         r'%s\); loaded modules from /lib/modules/%s$' % ((re.escape(uname),) * 4), output, re.M), uname
+    assert re.search(r'^demo: pi-06: /root/stray is gone .*; machine-id and host key kept; ', output, re.M)
+    assert re.search(r'^demo: pi-06: rolled back to realpi-trixie@1 \(its own root as it was: /root/stray is there\)',
+                     output, re.M), output[-4000:]
+    assert output.count('ansible pi-06 -m ping (StrictHostKeyChecking=yes, known_hosts: the bakery\'s CA line): '
+                        'pong') == 3
 
 
 def status_rows(output, last=True):
@@ -205,13 +224,15 @@ def test_real_pi_runs_clean_on_its_own_root(lab):
     assert 'vers=3' in options and 'noacl' in options, options
     # Mounted from its own address: its NFS connection comes from the address reserved for it.
     assert ('%s:' % ip) in lab.ssh('pi-06', 'ss -Htn state established dst 10.99.0.2:2049')
-    # Its root records the generation it was built from: the bakeform's current one (the index says which).
+    # Its root records the generation it was built from: the first (the demo's day two upgraded it to the second,
+    # now the bakeform's current one, and rolled it back).
     store, current = labdemo.current_generation(lab.lab, 'realpi-trixie')
-    assert json.loads(lab.bakery('cat %s/%s.json' % (labdemo.ROOTS, serial)))['generation'] == current
+    generation = json.loads(lab.bakery('cat %s/%s.json' % (labdemo.ROOTS, serial)))['generation']
+    assert (generation, current) == (1, 2)
     # Bug 1: the boot files, read-only over NFS (the fstab line pi_root wrote; before: access denied), those
     # of its own generation.
     source, fstype, options = mount_of(lab, 'pi-06', '/boot/firmware')
-    assert (source, fstype) == ('10.99.0.2:%s' % store.boot_export(current), 'nfs') and 'ro' in options, source
+    assert (source, fstype) == ('10.99.0.2:%s' % store.boot_export(generation), 'nfs') and 'ro' in options, source
     assert 'kernel=vmlinuz-' in lab.ssh('pi-06', 'cat /boot/firmware/config.txt')
     assert 'Read-only file system' in lab.ssh('pi-06', 'touch /boot/firmware/x', check=False).stderr
     # NFSACL: systemd-tmpfiles' "Setting access ACL ... Input/output error" is gone with noacl.
@@ -221,7 +242,7 @@ def test_real_pi_runs_clean_on_its_own_root(lab):
     # Identity of its own: neither the golden image's host key nor its machine-id.
     # The golden root is the image's own root partition, never mounted: read its key with debugfs.
     golden = lab.bakery('debugfs -R "cat /etc/ssh/ssh_host_ed25519_key.pub" %s'
-                        % store.root_image(current)).split()[1]
+                        % store.root_image(generation)).split()[1]
     own = lab.ssh('pi-06', 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]
     assert own != golden and own in (lab.state / 'known_hosts-pi-06').read_text()
     machine_id = lab.ssh('pi-06', 'cat /etc/machine-id')
@@ -256,46 +277,105 @@ def test_real_pi_provisions_with_cloud_init_from_its_own_seed(lab):
     assert (source, fstype) == ('10.99.0.2:/srv/pifleet/roots/mnt/%s' % serial, 'nfs')
 
 
-def test_reimage_round_trip(lab):
+# Day two goes on from the demo's (lab/daytwo.py: A -> B with the upgrade playbook, back to A with rollback) on the
+# same lab and the same real Pi: C is A whose initramfs panics (lab/realgen.py), D a capture of the Pi itself.
+BAKEFORM = 'realpi-trixie'
+UPGRADE = ['-e', 'upgrade_target=pi-06', '-e', 'upgrade_bakeform=%s' % BAKEFORM, '-e', 'upgrade_waves=1']
+
+
+def marker(lab, name):
+    return json.loads(lab.bakery('cat %s/%s.json' % (labdemo.ROOTS, lab.pis[name]['root_key'])))
+
+
+def check_trusted(lab, name, tmp_path):
+    """ansible reaches the Pi with strict host-key checking and the fleet known_hosts alone; the control: with a
+    known_hosts that lacks the bakery's CA line the same ping is refused."""
+    daytwo.pong(lab.state, NAME, name)
+    assert '@cert-authority' in (lab.state / 'known_hosts').read_text()
+    (tmp_path / 'empty').write_text('')
+    proc = daytwo.ping(lab.state, NAME, name, tmp_path / 'empty')
+    assert proc.returncode != 0 and 'Host key verification failed' in proc.stdout + proc.stderr, proc.stdout
+
+
+def upgrade(lab, name, *extra):
+    run = daytwo.switched(lab.lab, lab.state, lab.pis[name], lab.vms[name], 'upgrade', *UPGRADE, *extra,
+                          lab_name=NAME, show=print)
+    TIMINGS['%s, boots %s' % (' '.join(extra), run.boots)] = round(run.seconds, 1)
+    return run
+
+
+def test_apt_cannot_change_the_kernel_of_a_root(lab):
+    """The kernel hold (docs/kernels.md) on the real Pi, back on A after the demo's rollback: apt refuses another
+    kernel package (Debian 12's) before dpkg runs, so the root keeps only the modules of the kernel its bakery
+    serves; the next boot of this very root (the rollback below) runs with matching modules."""
     name = 'pi-06'
-    serial = lab.pis[name]['root_key']
-    before = {'machine_id': lab.ssh(name, 'cat /etc/machine-id'),
-              'host_key': lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]}
-    lab.ssh(name, 'echo stray > /root/stray && sync')
-    lab.power_off(name)  # the lab Pis have no power device: the test pulls the plug and powers it on
-    lines, done = [], threading.Event()
-    argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(labdemo.INVENTORY),
-            'pifleet.netboot.reimage', '--limit', name, '-e', 'pifleet_reimage_wait=300']
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=labdemo.ansible_env(lab.state, NAME), cwd=REPO) as proc:
-        def read():
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("TASK [Wait until each Pi's SSH server"):
-                    done.set()
-            done.set()
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        assert done.wait(600) and proc.poll() is None, ''.join(lines)[-4000:]
-        started = time.monotonic()
-        try:
-            lab.boot(name)
-            stuck = None
-        except qemupi.BootError as exc:  # the playbook's own verdict on it is wanted too
-            stuck = exc
-        finally:
-            rc = proc.wait(900)
-            reader.join(10)
-    output = ''.join(lines)
-    TIMINGS['reimage wait'] = round(time.monotonic() - started, 1)
-    assert stuck is None, '%s\n--- the reimage playbook ended with:\n%s' % (stuck, output[-2500:])
-    assert rc == 0, output[-4000:]
-    assert '%s is up (SSH answers with the host key of its root)' % name in output
-    assert lab.ssh(name, 'test -e /root/stray', check=False).returncode == 1  # a fresh clone of the bakeform
-    assert lab.ssh(name, 'cat /etc/machine-id') == before['machine_id']
-    assert lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1] == before['host_key']
-    assert lab.bakery('cat /srv/pifleet/roots/mnt/%s/etc/hostname' % serial) == name
+    deb = sorted((realimage.CACHE / 'debs' / 'bookworm').glob('linux-image-6.*-arm64_*_arm64.deb'))[-1]
+    inside = labdemo.put_image(lab.lab, deb, deb.name)
+    lab.bakery('cp %s %s/mnt/%s/var/tmp/' % (inside, labdemo.ROOTS, lab.pis[name]['root_key']))
+    proc = lab.ssh(name, 'apt-get install -y --no-install-recommends /var/tmp/%s' % deb.name,
+                   check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0, said[-3000:]
+    assert 'served by its bakery' in said or 'no installation candidate' in said, said[-3000:]
+    assert lab.ssh(name, 'ls /lib/modules').split() == [realimage.cached('trixie')['uname']]
+    assert lab.ssh(name, 'dpkg-query -W -f "${Status}" %s' % deb.name.split('_')[0], check=False).stdout.strip() in (
+        '', 'unknown ok not-installed')
+    lab.ssh(name, 'rm -f /var/tmp/%s' % deb.name)
+
+
+def test_a_generation_that_panics_is_rolled_back_automatically(lab, tmp_path):
+    """A -> C: C's kernel panics; the Pi is not back within upgrade_timeout, so the playbook rolls it back (root, boot
+    folder, boot export), power-cycles it, it comes back on its own root with A's kernel and modules, and the wave
+    stops with a report naming it."""
+    name, serial = 'pi-06', lab.pis['pi-06']['root_key']
+    check_trusted(lab, name, tmp_path)
+    a, image = marker(lab, name)['generation'], realimage.cached('trixie')
+    machine_id = lab.ssh(name, 'cat /etc/machine-id')
+    lab.ssh(name, 'echo mine > /root/mine && sync')
+    c = daytwo.register(lab.lab, lab.state, BAKEFORM, realimage.build('trixie-panic'), 'c', lab_name=NAME)
+    run = upgrade(lab, name, '-e', 'upgrade_timeout=150', '-e', 'upgrade_rollback_timeout=%d' % daytwo.WAIT)
+    assert len(run.boots) == 2 and run.boots[1] is None, run.output[-4000:]
+    assert 'Kernel panic' in str(run.boots[0]), run.boots[0]
+    # The report names the Pi, its last boot event (from the hook: it fetched C's kernel and initramfs, then its
+    # kernel panicked) and what was rolled back; the playbook fails (the budget is 0).
+    report = (r'%s \(serial %s\): it did not come back on %s@%d within the timeout .*; last boot event: '
+              r'initrd\.img-\S+, outcome ok; rolled back from %s@%d to %s@%d \(root, boot folder, boot export\), '
+              r'power-cycled: it is back up')
+    assert run.rc != 0 and re.search(report % (name, serial, BAKEFORM, c, BAKEFORM, c, BAKEFORM, a), run.output), \
+        run.output[-4000:]
     check_running(lab, name)
+    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], image, print)  # the held root, matching modules
+    assert marker(lab, name)['generation'] == a != c
+    assert lab.ssh(name, 'cat /root/mine') == 'mine' and lab.ssh(name, 'cat /etc/machine-id') == machine_id
+    store, _current = labdemo.current_generation(lab.lab, BAKEFORM)
+    assert mount_of(lab, name, '/boot/firmware')[0] == '10.99.0.2:%s' % store.boot_export(a)
+    check_trusted(lab, name, tmp_path)
+
+
+def test_a_capture_of_the_pi_boots_it_without_its_identity(lab, tmp_path):
+    """The capture playbook makes generation D of the Pi's root with its identity taken out; upgraded to D, the Pi
+    boots it, with its own identity (the bakery keeps it) and A's kernel (a capture has its source's boot files)."""
+    name = 'pi-06'
+    own_key = lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1]
+    machine_id = lab.ssh(name, 'cat /etc/machine-id')
+    labdemo.playbook(lab.state, 'capture', '-e', 'capture_target=%s' % name, lab_name=NAME)
+    store, d = labdemo.current_generation(lab.lab, BAKEFORM)
+    image = store.root_image(d)  # made by the bakery from its own frozen clone: debugfs reads it
+    listing = lab.bakery('debugfs -R "ls -l /etc/ssh" %s' % image)
+    assert 'sshd_config' in listing and 'ssh_host_' not in listing, listing
+    captured_id = lab.bakery('debugfs -R "cat /etc/machine-id" %s' % image)
+    assert machine_id not in captured_id and captured_id.strip() in ('', 'uninitialized'), captured_id
+    assert 'instance' not in lab.bakery('debugfs -R "ls /var/lib/cloud" %s' % image)
+    assert name not in lab.bakery('debugfs -R "cat /etc/hostname" %s' % image)
+    run = upgrade(lab, name, '-e', 'upgrade_timeout=%d' % daytwo.WAIT)
+    assert run.rc == 0 and run.boots == [None], run.output[-4000:]
+    check_running(lab, name)
+    assert marker(lab, name)['generation'] == d
+    assert lab.ssh(name, 'hostname') == name and lab.ssh(name, 'cat /etc/machine-id') == machine_id
+    assert lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1] == own_key
+    assert lab.ssh(name, 'cat /root/mine') == 'mine'  # what the admin set up on the Pi is in the capture
+    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], realimage.cached('trixie'), print)
+    check_trusted(lab, name, tmp_path)
 
 
 def roots_mounted(lab, pis):

@@ -896,6 +896,11 @@ class Service:
             raise Refused(2, 'Access violation', 'denied', 'write request')
         try:
             t.request = validate_name(filename)
+            if config.map_poll:
+                # The map as it is now (one stat; read again only when it changed): a Pi power-cycled right after an
+                # upgrade or a rollback rewrote the map must not get its config.txt from one generation and its
+                # kernel from another, which a map up to map_poll seconds old would give it.
+                self.reload_map()
             t.res = resolve(t.request, self.map, config.root_files)
             t.negotiate(negotiate(options, config.max_blksize, config.max_timeout))
             if len(self.transfers) >= self.max_transfers:

@@ -84,6 +84,20 @@ def test_map_file_change_is_polled(tmp_path, tftp, start_server):
     assert time.monotonic() - started < 2.0
 
 
+def test_a_request_right_after_a_map_change_is_served_from_the_new_map(tmp_path, tftp, start_server):
+    """No poll in between (an hour apart): each request sees the map as it is on disk, so a Pi power-cycled right
+    after the map moved it to another generation fetches every file of its boot set from that generation."""
+    made = tftp.make_tree(tmp_path)
+    server = start_server(tmp_path, _config(tftp, tmp_path, made, map_poll=3600))
+    with pytest.raises(tftp.TftpError):
+        server.client().get('cafef00d/cmdline.txt')
+    _write_map(made, {'cafef00d': {'name': 'pi-09', 'dirs': [str(made['pi2'])]}})
+    assert server.client().get('cafef00d/cmdline.txt')['data'] == b'pi-02\n'
+    _write_map(made, {'cafef00d': {'name': 'pi-09', 'dirs': [str(made['pi1'])]}})
+    assert server.client().get('cafef00d/cmdline.txt')['data'] == b'console=serial0 root=/dev/nfs pi-01\n'
+    assert server.stop() == 0
+
+
 def test_sigterm_exits_0_and_logs_the_transfer(tmp_path, tftp, start_server):
     made = tftp.make_tree(tmp_path)
     server = start_server(tmp_path, _config(tftp, tmp_path, made))

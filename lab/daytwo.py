@@ -1,0 +1,134 @@
+# Copyright: (c) 2026, pifleet maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Day two on the lab's real Pi: new generations, the upgrade and rollback playbooks, checked from the inside.
+
+``make demo`` (lab/demo.py) ends with :func:`day_two`: generation B of the real Pi's bakeform (the same
+root with Debian 12's kernel and its modules in place of its own, lab/realgen.py) is registered with
+the bakeforms playbook, the upgrade playbook moves the Pi to it and the rollback playbook moves it back,
+each with a real boot (lab/powerswitch.py plays the Pi's power switch). After each boot the demo shows
+what runs, seen from the inside (``uname -r``, the root's module directories, a module loaded from the
+NFS root), and that ``ansible <pi> -m ping`` succeeds with strict host-key checking against the fleet's
+known_hosts alone (the bakery's ``@cert-authority`` line that site wrote); tests/integration/
+test_labdemo.py goes on from there (a generation whose kernel panics, a capture).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lab import demo, powerswitch, qemupi
+
+WAIT = 400  # seconds a Pi has to come back (a first boot under TCG with cloud-init takes 80-190 s here)
+
+
+def register(lab, state, bakeform, image, label, *, lab_name):
+    """``image`` (a realimage description) put on the bakery and registered under ``bakeform`` with the bakeforms
+    playbook, only it declared: the bakeform's next generation, and its current one. Its number."""
+    inside = demo.put_image(lab, image['path'], '%s-%s.img' % (bakeform, label))
+    declared = {'pifleet_bakeforms': [{'name': bakeform, 'src': inside, 'keep': 5}]}
+    demo.playbook(state, 'bakeforms', '-e', json.dumps(declared), lab_name=lab_name)
+    return demo.current_generation(lab, bakeform)[1]
+
+
+def ping(state, lab_name, name, known_hosts=None):
+    """``ansible <name> -m ping`` with the lab inventory: root over ssh with StrictHostKeyChecking=yes against
+    pifleet_known_hosts alone (inventories/lab/group_vars/pis.yml); ``known_hosts`` replaces that file."""
+    argv = [str(Path(sys.executable).parent / 'ansible'), '-i', str(demo.INVENTORY), name, '-m', 'ansible.builtin.ping']
+    argv += ['-e', 'pifleet_known_hosts=%s' % known_hosts] if known_hosts else []
+    # A new ssh connection each time (no ControlPersist master to reuse): the host key is checked on every ping.
+    env = dict(demo.ansible_env(state, lab_name), ANSIBLE_SSH_ARGS='-C -o ControlMaster=no')
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, stdin=subprocess.DEVNULL,
+                          env=env, cwd=demo.REPO)
+
+
+def pong(state, lab_name, name):
+    proc = ping(state, lab_name, name)
+    if proc.returncode != 0 or '"ping": "pong"' not in proc.stdout:
+        raise demo.DemoError('ansible %s -m ping with strict host-key checking failed (rc %d): %s'
+                             % (name, proc.returncode, (proc.stdout + proc.stderr)[-2000:]))
+    return 'ansible %s -m ping (StrictHostKeyChecking=yes, known_hosts: the bakery\'s CA line): pong' % name
+
+
+def kernel(lab, state, pi):
+    """What runs, from the inside: ``uname``, the module directories of the root, and ``dummy`` (a driver no
+    initramfs holds) loaded from the NFS root with its vermagic, and where each loaded module came from."""
+    def ssh(command):
+        known = Path(state) / ('known_hosts-%s' % pi['name'])
+        return qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, command).stdout.strip()
+    ssh('modprobe dummy')
+    return {'uname': ssh('uname -r'), 'modules_dirs': ssh('ls /lib/modules').split(),
+            'dummy': ssh('grep -c "^dummy " /proc/modules'), 'vermagic': ssh('modinfo -F vermagic dummy').split()[0],
+            'loaded_from': sorted({path.rsplit('/kernel/', 1)[0] for path in ssh(
+                'for m in $(cut -d" " -f1 /proc/modules); do modinfo -n $m; done').split()})}
+
+
+def show_kernel(lab, state, pi, image, show):
+    """The kernel facts of a Pi that should run ``image``: shown, or DemoError."""
+    facts = kernel(lab, state, pi)
+    show('%s: uname -r %s; /lib/modules holds %s; dummy loaded from the NFS root (vermagic %s); loaded modules '
+         'from %s' % (pi['name'], facts['uname'], ', '.join(facts['modules_dirs']), facts['vermagic'],
+                      ', '.join(facts['loaded_from'])))
+    wanted = image['uname']
+    if (facts['uname'], facts['modules_dirs'], facts['vermagic'], facts['loaded_from']) != (
+            wanted, [wanted], wanted, ['/lib/modules/%s' % wanted]) or facts['dummy'] != '1':
+        raise demo.DemoError('%s should run %s with its modules: %s' % (pi['name'], wanted, facts))
+    return facts
+
+
+def switched(lab, state, pi, vpi, name, *extra, lab_name, show):
+    """pifleet.netboot.<name> on the lab inventory with the Pi's power switch played (lab/powerswitch.py)."""
+    argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(demo.INVENTORY),
+            'pifleet.netboot.%s' % name, *extra]
+
+    def cycle():
+        vpi.power_off()
+        show('%s: powered off and on' % pi['name'])
+        demo.real_boot(lab, pi, state, vpi, show=show)
+    return powerswitch.run(argv, demo.ansible_env(state, lab_name), cycle, show=show)
+
+
+def day_two(lab, state, pi, vpi, images, *, lab_name, show):
+    """The demo's last real-Pi step: upgrade to generation B and back with the playbooks; DemoError on a fault."""
+    bakeform = pi['bakeform']
+    first = demo.current_generation(lab, bakeform)[1]
+    show('%s: a file written on the Pi before the upgrade: /root/stray' % pi['name'])
+    known = Path(state) / ('known_hosts-%s' % pi['name'])
+    identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
+    before = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, identity).stdout
+    qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'echo stray > /root/stray && sync')
+    show(pong(state, lab_name, pi['name']))
+    nxt = register(lab, state, bakeform, images['B'], 'b', lab_name=lab_name)
+    show('%s@%d registered: %s, kernel %s; current (site moves no Pi to it: upgrade does)' % (
+        bakeform, nxt, images['B']['pretty'], images['B']['uname']))
+    run = switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e',
+                   'upgrade_waves=1', '-e', 'upgrade_timeout=%d' % WAIT, lab_name=lab_name, show=show)
+    if run.rc != 0 or run.boots != [None]:
+        raise demo.DemoError('the upgrade of %s failed (rc %d, boots %s): %s' % (
+            pi['name'], run.rc, run.boots, run.output[-3000:]))
+    show('%s: upgraded to %s@%d in %.0f s (the wait for its SSH host key included)' % (
+        pi['name'], bakeform, nxt, run.seconds))
+    show_kernel(lab, state, pi, images['B'], show)
+    stray = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode
+    kept = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, identity).stdout == before
+    show('%s: /root/stray is %s; machine-id and host key %s; %s' % (
+        pi['name'], 'gone (a fresh root from the new generation)' if stray else 'STILL THERE',
+        'kept' if kept else 'CHANGED', pong(state, lab_name, pi['name'])))
+    if not stray or not kept:
+        raise demo.DemoError('the upgraded root of %s %s' % (
+            pi['name'], 'still holds /root/stray' if not stray else 'has another machine-id or host key'))
+    run = switched(lab, state, pi, vpi, 'rollback', '-e', 'rollback_target=%s' % pi['name'], '-e',
+                   'rollback_timeout=%d' % WAIT, lab_name=lab_name, show=show)
+    if run.rc != 0 or run.boots != [None]:
+        raise demo.DemoError('the rollback of %s failed (rc %d, boots %s): %s' % (
+            pi['name'], run.rc, run.boots, run.output[-3000:]))
+    if qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode:
+        raise demo.DemoError('%s was rolled back, but /root/stray is not in its root: not its own root as it was'
+                             % pi['name'])
+    show('%s: rolled back to %s@%d (its own root as it was: /root/stray is there) in %.0f s' % (
+        pi['name'], bakeform, first, run.seconds))
+    show_kernel(lab, state, pi, images['A'], show)
+    show(pong(state, lab_name, pi['name']))
+
