@@ -206,6 +206,8 @@ def test_each_bakery_rebuilds_its_pis_with_its_own_settings_only(tmp_path, plugs
 
     def settings(name):
         top = tmp_path / name
+        top.mkdir()
+        (top / 'g.conf').write_text('NFS_CORE_PARAM {\n    Protocols = 3, 4;\n}\n')  # nfs_export includes ours
         return {'pifleet_bakeform_store': str(top / 'store'), 'pifleet_roots_dir': str(top / 'roots'),
                 'pifleet_disks_dir': str(top / 'disks'), 'pifleet_boot_dir': str(top / 'pis'),
                 'pifleet_map_path': str(top / 'map.json'), 'pifleet_events_path': str(top / 'events.jsonl'),
