@@ -352,7 +352,10 @@ def main(argv=None):
     day_two = args.playbook in DAY_TWO
     label = 'sabotage' + ('-%s%s' % (args.playbook, '-silent' if args.silent else '') if day_two else '')
     (WORK / 'scale').mkdir(parents=True, exist_ok=True)
-    with loop_fs(WORK / 'scale', 'xfs', '60G') as scratch:
+    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case,
+    # and a day-two run keeps each Pi's previous root beside its new one (about 60 MiB each of this image).
+    size = '%dG' % (max(60, 20 + args.pis * 140 // 1000) if day_two else 60)
+    with loop_fs(WORK / 'scale', 'xfs', size) as scratch:
         tmp = fresh(scratch, '%s-%d' % (label, args.pis))
         try:
             if day_two:
