@@ -370,17 +370,17 @@ def main(argv=None):
                 problems = verify(outcome)
                 keys = ('names', 'first', 'again')
             print_tasks(outcome)
-            Path(args.out or WORK / (label + '.json')).write_text(json.dumps({key: outcome[key] for key in keys},
-                                                                              indent=1) + '\n')
+            summary = json.dumps({key: outcome[key] for key in keys}, indent=1)
+            Path(args.out or WORK / (label + '.json')).write_text(summary + '\n')
         finally:
             if not args.keep:
                 unmount_below(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
     if problems:
         raise SystemExit('fail per Pi does not hold:\n  ' + '\n  '.join(problems))
-    what = ('%s (%s) of %d Pis, 3 sabotaged%s' % (args.playbook, '%.1f s' % outcome['first'][0], args.pis,
-                                                   ' and silent' if args.silent else '')
-            if day_two else '%d Pis, 3 sabotaged' % args.pis)
+    what = '%d Pis, 3 sabotaged' % args.pis
+    if day_two:
+        what = '%s (%.1f s) of %s%s' % (args.playbook, outcome['first'][0], what, ' and silent' if args.silent else '')
     print('\n%s (%s): the other %d converged, the three named, a second run changed nothing'
           % (what, ', '.join(outcome['names']), args.pis - 3))
     return 0
