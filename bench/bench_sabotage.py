@@ -16,7 +16,18 @@ the 16 MiB the inventory asks for is a shrink, refused). Then the role runs for 
 ``verify()`` says what is wrong (an empty list: all of the above holds); tests/integration/
 test_fleet_fails_per_pi.py runs it for a smaller N. Per-task times come from the junit callback.
 
-    python bench/bench_sabotage.py [--pis 1000] [--keep]
+``--playbook upgrade`` (or ``reimage``) does the same for a day-two run: every Pi is made on generation
+1 (and a second image registered as generation 2), each at an address on loopback where an SSH server
+answers with its root's host key (tests/tools/sshpi.py); then the three are sabotaged and the playbook
+runs for all N in one wave. A rebuild reads nothing of the root it replaces, so the sabotaged roots
+neither stop it nor are written: every Pi gets its new root, each victim's root kept whole as its
+previous one, the disk untouched. With ``--silent`` the three also never answer: they are named in the
+wave's one report (the rollback to a sabotaged previous root fails for that Pi alone and leaves the
+root untouched; the third is rolled back and named as not back) and every other Pi is upgraded. Then
+``site`` twice: it names the disk (no part of a rebuild) alone and changes nothing for the others.
+``verify_day_two()`` checks all of it.
+
+    python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep]
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import re
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,6 +58,7 @@ from bench_scale import (  # the bench's own fleet, store and runner, not a copy
     prepare,
     unmount_below,
 )
+from sshpi import SshPis  # tests/tools (on the path through bench_scale): Pis that answer SSH on loopback
 
 STEPS = ('roots', 'roots', 'disks')  # where each victim fails
 SUMMARY = 'Fail naming every Pi that failed a step (every other Pi was converged)'
@@ -153,45 +167,222 @@ def verify(outcome):
     return problems
 
 
+# ------------------------------------------------------------------------------------------ upgrade, reimage
+
+DAY_TWO = ('upgrade', 'reimage')
+
+
+def loopback_pis(count):
+    """The bench's fleet, each Pi's address on loopback (127.97.x.y), where tests/tools/sshpi.py answers for it."""
+    pis = fleet_pis(count)
+    for index, name in enumerate(sorted(pis)):
+        pis[name]['pi_ip'] = '127.97.%d.%d' % (index // 250, index % 250 + 2)
+    return pis
+
+
+def markers(tmp, pis):
+    """{name: ((generation, fs_uuid) of the current root, of the previous root)} from pi_root's markers."""
+    found = {}
+    for name, pi in pis.items():
+        pair = []
+        for suffix in ('.json', '.prev.json'):
+            path = tmp / 'srv/roots' / (serial(pi) + suffix)
+            marker = json.loads(path.read_text()) if path.exists() else {}
+            pair.append((marker.get('generation'), marker.get('fs_uuid')))
+        found[name] = tuple(pair)
+    return found
+
+
+def recap(text):
+    """{host: {ok, changed, failed, ...}} from a log's PLAY RECAP."""
+    return {host: {k: int(v) for k, v in re.findall(r'(\w+)=(\d+)', line)}
+            for host, line in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', text, re.M)}
+
+
+def run_day_two(tmp, images, count, playbook, silent=False):
+    """The proof for ``upgrade`` or ``reimage``: every Pi made on generation 1 (and, for an upgrade, generation 2
+    registered: site moves no Pi), three sabotaged, then the playbook for all of them in one wave, with an SSH
+    server on loopback for each Pi (no power devices: the Pis are "up" again at once; ``silent``: the three never
+    answer); then site twice."""
+    pis = loopback_pis(count)
+    names = victims(pis)
+    prepare(tmp, images[1], pis)
+    site = tmp / 'play.yml'
+    made = play(tmp, site, 'site-gen1')
+    if playbook == 'upgrade':
+        inventory = yaml.safe_load((tmp / 'hosts.yml').read_text())
+        inventory['bakery']['vars']['pifleet_bakeforms'] = [{'name': 'raspios', 'src': str(images[2])}]
+        (tmp / 'hosts.yml').write_text(yaml.safe_dump(inventory))
+        play(tmp, site, 'site-gen2')
+    standin = sabotage(tmp, pis, names)
+    before = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis),
+              'disk': disk_state(tmp, pis, names[2])}
+    (tmp / 'day2.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.' + playbook}]))
+    # Only a silent Pi waits the whole time (twice in an upgrade: on its new root, then rolled back).
+    extra = {'pifleet_events_path': str(tmp / 'events.jsonl'), 'pifleet_reimage_wait': 15,
+             'upgrade_waves': ['100%'], 'upgrade_timeout': 15, 'upgrade_failure_budget': 3}
+    keys = {pi['pi_ip']: os.path.join(points_dir(str(tmp / 'srv/roots')), serial(pi), 'etc/ssh/ssh_host_ed25519_key')
+            for pi in pis.values()}
+    ssh = SshPis(keys)
+    if silent:
+        ssh.up -= {pis[name]['pi_ip'] for name in names}
+    try:
+        first = play(tmp, tmp / 'day2.yml', playbook, check=False, args=('-e', json.dumps(extra)))
+    finally:
+        ssh.close()
+    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp)}
+    again = play(tmp, site, 'site-after', check=False)
+    rerun = play(tmp, site, 'site-rerun', check=False)
+    return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'after': after, 'first': first,
+            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent}
+
+
+def disk_state(tmp, pis, name):
+    """The victim's disk: its size and its export block (the disk is no part of a rebuild)."""
+    path = Path(points_dir(str(tmp / 'srv/disks'))) / serial(pis[name]) / 'data' / 'disk.img'
+    exports = (tmp / 'ganesha/pifleet.conf').read_text()
+    blocks = [block for block in re.findall(r'^EXPORT \{\n.*?^\}$', exports, re.M | re.S)
+              if 'disks/mnt/%s"' % serial(pis[name]) in block]
+    return os.stat(path).st_size, blocks
+
+
+def report_problems(log, pis, names):
+    """What the upgrade's one wave report fails to say of the three silent victims."""
+    link, hosts, disk = names
+    problems = []
+    head = '3 of %d Pi(s) of this wave were not upgraded (failure budget 3)' % len(pis)
+    if head not in log:
+        problems.append('no wave report naming the three: "%s"' % head)
+    for name, tail in ((link, 'the rollback failed (etc in the previous root of Pi %s is a symlink or not a '
+                              'directory; nothing there is read or written through a symlink or outside the tree): '
+                              'it is left on its new root' % serial(pis[link])),
+                       (hosts, 'the rollback failed (etc/hosts in the previous root of Pi %s is larger than 1048576 '
+                               'bytes; nothing there is read or written through a symlink or outside the tree): it '
+                               'is left on its new root' % serial(pis[hosts])),
+                       (disk, 'rolled back from raspios@2 to raspios@1 (root, boot folder, boot export), '
+                              'power-cycled: it did NOT come back either')):
+        if not re.search(r'\\n%s \(serial %s\): it did not come back on raspios@2 within the timeout[^\\]*%s'
+                         % (name, serial(pis[name]), re.escape(tail)), log):
+            problems.append('the report does not say of %s: ...%s' % (name, tail))
+    return problems
+
+
+def verify_day_two(outcome):
+    """Every way a day-two run differs from what fail-per-Pi promises (empty: it holds). An upgrade moves every Pi
+    that answers to generation 2 (reimage: a new root on generation 1), the previous root kept: a rebuild reads
+    nothing of the root it replaces, so the sabotaged roots neither stop it nor are written (each is kept whole as
+    the previous root). Silent victims are named in the wave's one report: the rollback to a sabotaged previous
+    root fails for that Pi alone (it stays on its new root, the previous one untouched), the third is rolled back
+    and named as not back. Then site names the 100 GiB disk alone (the disk is no part of a rebuild) and changes
+    nothing, twice."""
+    tmp, pis, names, playbook = outcome['tmp'], outcome['pis'], outcome['names'], outcome['playbook']
+    link, hosts, disk = names
+    before, after = outcome['before']['markers'], outcome['after']['markers']
+    new = 2 if playbook == 'upgrade' else 1
+    log = (tmp / (playbook + '.log')).read_text(errors='replace')
+    counters = recap(log)
+    problems = []
+    silent = set(names) if outcome['silent'] else set()
+    failed = sorted(name for name in pis if counters.get(name, {}).get('failed'))
+    if failed != sorted(silent):
+        problems.append('%s failed %s, not %s' % (playbook, failed[:6], sorted(silent)))
+    for name in pis:
+        (generation, _uuid), (previous, previous_uuid) = after[name]
+        # A silent Pi whose previous root was fine (the disk's) is rolled back to it: generation 1, 2 the previous.
+        wanted = (1, 2) if name == disk and silent and playbook == 'upgrade' else (new, 1)
+        if (generation, previous) != wanted:
+            problems.append('%s: current/previous generation %s/%s after the %s, not %s/%s'
+                            % (name, generation, previous, playbook, *wanted))
+        elif name in (link, hosts) and previous_uuid != before[name][0][1]:
+            problems.append('%s: its sabotaged root is not the previous root it kept' % name)
+    if silent and playbook == 'upgrade':
+        problems += report_problems(log, pis, names)
+    state = outcome['after']['state']
+    exported = {path.rsplit('/', 1)[1]: clients for path, clients in state['exports'] if '/roots/' in path}
+    wrong = [name for name, pi in pis.items() if exported.get(serial(pi)) != pi['pi_ip']]
+    if wrong:
+        problems.append('%d Pi(s) without their root export: %s' % (len(wrong), wrong[:5]))
+    in_map = {entry['name'] for entry in state['map']['prefixes'].values()}
+    if in_map != set(pis):
+        problems.append('Pis without a map entry: %s' % sorted(set(pis) - in_map)[:5])
+    if disk_state(tmp, pis, disk) != outcome['before']['disk']:
+        problems.append('the 100 GiB disk or its export changed')
+    if digest(tmp / 'bakery-etc') != outcome['standin']:
+        problems.append('the stand-in for the bakery\'s /etc was written through the link')
+    for label in ('again', 'rerun'):
+        _seconds, counters, _tasks = outcome[label]
+        text = (tmp / ('site-after.log' if label == 'again' else 'site-rerun.log')).read_text(errors='replace')
+        named = '1 Pi(s) failed, every other Pi was converged' in text and \
+            '%s (serial %s) failed at disks: ' % (disk, serial(pis[disk])) in text
+        if counters.get('failed') != 1 or not named or counters.get('changed'):
+            problems.append('site %s: failed %s, changed %s, the disk named alone: %s'
+                            % (label, counters.get('failed'), counters.get('changed'), named))
+    return problems
+
+
 def print_tasks(outcome):
     first, again = outcome['first'], outcome['again']
-    print('\nper task, %d Pis, 3 sabotaged (s):  first run %.1f / re-run %.1f' % (
-        len(outcome['pis']), first[0], again[0]))
+    runs = ('%s (the first site: %.1f s)' % (outcome['playbook'], outcome['made'][0]), 'site after it') \
+        if 'playbook' in outcome else ('first run', 're-run')
+    # junit has a case per host: a task of the play on the Pis counts once per Pi (a sum, not its wall time).
+    print('\nper task, %d Pis, 3 sabotaged (s%s):  %s %.1f / %s %.1f' % (
+        len(outcome['pis']), ', summed over the hosts' if 'playbook' in outcome else '', runs[0], first[0], runs[1],
+        again[0]))
     for name in sorted(set(first[2]) | set(again[2]), key=lambda n: -first[2].get(n, 0)):
         print('  %7.1f %7.1f  %s' % (first[2].get(name, 0), again[2].get(name, 0), name))
-    print('  %7.1f %7.1f  (outside tasks: start-up, inventory, play)' % (
-        first[0] - sum(first[2].values()), again[0] - sum(again[2].values())))
+    if 'playbook' not in outcome:
+        print('  %7.1f %7.1f  (outside tasks: start-up, inventory, play)' % (
+            first[0] - sum(first[2].values()), again[0] - sum(again[2].values())))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--pis', type=int, default=1000)
+    parser.add_argument('--playbook', choices=('site', *DAY_TWO), default='site',
+                        help='site: the fleet role on every Pi (default); upgrade or reimage: that playbook on a '
+                             'fleet made before the three were sabotaged')
+    parser.add_argument('--silent', action='store_true', help='upgrade, reimage: the three never answer SSH')
     parser.add_argument('--keep', action='store_true', help='keep the temp dir under .build/bench/scale/')
-    parser.add_argument('--out', default=str(WORK / 'sabotage.json'))
+    parser.add_argument('--out', default=None, help='default: .build/bench/sabotage[-<playbook>].json')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_sabotage needs root (the Pi roots keep owners and device nodes)')
     ensure_importable()
-    image = WORK / 'scale-tiny.img.xz'
-    if not image.exists():
-        build_image(image, profile='tiny', models=(3, 4, 5))
+    images = {1: WORK / 'scale-tiny.img.xz', 2: WORK / 'scale-tiny-gen2.img.xz'}
+    for number, image in images.items():
+        if not image.exists():
+            build_image(image, profile='tiny', models=(3, 4, 5), seed=number)
+    day_two = args.playbook in DAY_TWO
+    label = 'sabotage' + ('-%s%s' % (args.playbook, '-silent' if args.silent else '') if day_two else '')
     (WORK / 'scale').mkdir(parents=True, exist_ok=True)
-    with loop_fs(WORK / 'scale', 'xfs', '60G') as scratch:
-        tmp = fresh(scratch, 'sabotage-%d' % args.pis)
+    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case,
+    # and a day-two run keeps each Pi's previous root beside its new one (about 60 MiB each of this image).
+    size = '%dG' % (max(60, 20 + args.pis * 140 // 1000) if day_two else 60)
+    with loop_fs(WORK / 'scale', 'xfs', size) as scratch:
+        tmp = fresh(scratch, '%s-%d' % (label, args.pis))
         try:
-            outcome = run(tmp, image, args.pis)
-            problems = verify(outcome)
+            if day_two:
+                outcome = run_day_two(tmp, images, args.pis, args.playbook, silent=args.silent)
+                problems = verify_day_two(outcome)
+                keys = ('names', 'made', 'first', 'again', 'rerun')
+            else:
+                outcome = run(tmp, images[1], args.pis)
+                problems = verify(outcome)
+                keys = ('names', 'first', 'again')
             print_tasks(outcome)
-            Path(args.out).write_text(json.dumps({key: outcome[key] for key in ('names', 'first', 'again')},
-                                                 indent=1) + '\n')
+            summary = json.dumps({key: outcome[key] for key in keys}, indent=1)
+            Path(args.out or WORK / (label + '.json')).write_text(summary + '\n')
         finally:
             if not args.keep:
                 unmount_below(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
     if problems:
         raise SystemExit('fail per Pi does not hold:\n  ' + '\n  '.join(problems))
-    print('\n%d Pis, 3 sabotaged (%s): the other %d converged, the three named, a second run changed nothing'
-          % (args.pis, ', '.join(outcome['names']), args.pis - 3))
+    what = '%d Pis, 3 sabotaged' % args.pis
+    if day_two:
+        what = '%s (%.1f s) of %s%s' % (args.playbook, outcome['first'][0], what, ' and silent' if args.silent else '')
+    print('\n%s (%s): the other %d converged, the three named, a second run changed nothing'
+          % (what, ', '.join(outcome['names']), args.pis - 3))
     return 0
 
 

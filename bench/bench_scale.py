@@ -110,14 +110,14 @@ def task_times(junit_dir):
     return times
 
 
-def play(tmp, playbook, label, check=True):
+def play(tmp, playbook, label, check=True, args=()):
     """Run ``playbook`` on the bakery; (seconds, recap counters, {task: seconds}). ``check``: a failed run is an
-    error (the output is in ``<tmp>/<label>.log`` either way)."""
+    error (the output is in ``<tmp>/<label>.log`` either way). ``args``: more ansible-playbook arguments."""
     junit = tmp / ('junit-' + label)
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1', ANSIBLE_CALLBACKS_ENABLED='junit',
                JUNIT_OUTPUT_DIR=str(junit), JUNIT_HIDE_TASK_ARGUMENTS='true')
     argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'), str(playbook),
-            '-e', '@' + str(tmp / 'fleet.yml')]
+            '-e', '@' + str(tmp / 'fleet.yml'), *args]
     log = tmp / (label + '.log')
     start = time.perf_counter()
     with log.open('w') as out:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fstree import unmount_below
 from powerfakes import PlugServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,9 @@ WRAPPER = '''#!/bin/sh
 for arg in "$@"; do
   case "$arg" in
     *AnsiballZ_*.py) echo "%(name)s $(basename "$arg" .py) $(grep -o 'pi-0[0-9]' "$arg" | sort -u | tr '\\n' ' ')" \
->> "%(log)s";;
+>> "%(log)s"
+      grep -oE '"(boot_mount|roots_dir|host_key_types)": *("[^"]*"|\\[[^]]*\\])' "$arg" | sort -u \
+| sed "s|^|%(name)s $(basename "$arg" .py) |" >> "%(log)s.args";;
   esac
 done
 exec "%(python)s" "$@"
@@ -216,3 +219,54 @@ def test_a_bakery_that_cannot_be_read_is_a_line_and_the_others_are_shown(tmp_pat
     assert 'status could not read 1 of 2 bakeries: bakery02; their Pis are not in the status above' in summary, \
         output[-3000:]
     assert counters['pi-01']['failed'] == 1, counters  # every task runs once, on the first Pi of the limit
+
+
+def ran_with(tmp):
+    """{(bakery, module): {'boot_mount: "nfs"', ...}}: some arguments of every module run on a bakery."""
+    log = tmp / 'ran.log.args'
+    seen = {}
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        name, module, argument = line.split(' ', 2)
+        seen.setdefault((name, module.replace('AnsiballZ_', '')), set()).add(re.sub(r'"(\w+)": *', r'\1: ', argument))
+    return seen
+
+
+def test_each_bakery_rebuilds_its_pis_with_its_own_settings_only(tmp_path, plugs):
+    """reimage runs the fleet role for each bakery in turn, from a play on the Pis. It copied each bakery's settings
+    into facts, one after the other, so bakery01's boot_mount and host key types stayed for bakery02, which set
+    neither. Each bakery's modules show what they were given; the roots fail (no bakeform registered: nothing is
+    built), which reimage reports per Pi."""
+    owners = {'pi-02': 'bakery02', 'pi-04': 'bakery02'}
+
+    def settings(name):
+        top = tmp_path / name
+        top.mkdir()
+        (top / 'g.conf').write_text('NFS_CORE_PARAM {\n    Protocols = 3, 4;\n}\n')  # nfs_export includes ours
+        return {'pifleet_bakeform_store': str(top / 'store'), 'pifleet_roots_dir': str(top / 'roots'),
+                'pifleet_disks_dir': str(top / 'disks'), 'pifleet_boot_dir': str(top / 'pis'),
+                'pifleet_map_path': str(top / 'map.json'), 'pifleet_events_path': str(top / 'events.jsonl'),
+                'pifleet_host_ca': '', 'pifleet_known_hosts': str(top / 'known_hosts'),
+                'pifleet_allow_root_filesystem': True, 'pifleet_bakeforms': [{'name': 'raspios', 'src': '/none'}],
+                'fleet_nfs_exports_file': str(top / 'pifleet.conf'), 'fleet_nfs_ganesha_config': str(top / 'g.conf'),
+                'fleet_nfs_reload': False, 'fleet_units_dir': str(top / 'units'), 'fleet_hook_service': ''}
+    first = dict(settings('b1'), pifleet_boot_mount='nfs', pifleet_nfs_server='10.99.34.1',
+                 fleet_host_key_types=['ed25519'])
+    write(tmp_path, {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01', **first),
+                                          'bakery02': bakery(tmp_path, 'bakery02', **settings('b2'))}},
+                     'pis': {'hosts': pis(plugs, 4, owners)}})
+    try:
+        rc, counters, output = play(tmp_path, 'reimage', '-e', 'pifleet_reimage_wait=5')
+    finally:
+        unmount_below(tmp_path)
+    assert rc != 0 and all(counters[pi]['failed'] == 1 for pi in ('pi-01', 'pi-02', 'pi-03', 'pi-04')), output[-3000:]
+    assert ran(tmp_path)[('bakery01', 'pi_root')] == [['pi-01', 'pi-03']]
+    assert ran(tmp_path)[('bakery02', 'pi_root')] == [['pi-02', 'pi-04']]
+    given = ran_with(tmp_path)
+    assert given[('bakery01', 'pi_root')] == {'boot_mount: "nfs"', 'host_key_types: ["ed25519"]',
+                                              'roots_dir: "%s"' % (tmp_path / 'b1/roots')}, given
+    assert given[('bakery02', 'pi_root')] == {'boot_mount: "none"', 'host_key_types: ["ed25519", "ecdsa"]',
+                                              'roots_dir: "%s"' % (tmp_path / 'b2/roots')}, given
+    for pi, name in (('pi-01', 'b1'), ('pi-02', 'b2')):  # each Pi named by its own bakery, with its own store
+        assert re.search(r'%s \(serial [0-9a-f]+\) failed at roots: [^"]*%s' % (pi, re.escape(str(
+            tmp_path / name / 'store'))), output), output[-3000:]
+    assert not (tmp_path / 'ran.log').read_text().count('pi_power')  # no Pi was power-cycled
