@@ -131,4 +131,3 @@ def day_two(lab, state, pi, vpi, images, *, lab_name, show):
         pi['name'], bakeform, first, run.seconds))
     show_kernel(lab, state, pi, images['A'], show)
     show(pong(state, lab_name, pi['name']))
-
