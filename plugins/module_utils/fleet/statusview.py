@@ -85,6 +85,9 @@ def bakeform_line(form):
             notes.append(_count(len(users) - previous, 'Pi', 'Pis'))
         if previous:
             notes.append(_count(previous, 'root kept for rollback', 'roots kept for rollback'))
+        if gen.get('netboot') and gen['netboot'] != 'nothing missing':
+            # What its Pis' settings are refused for; "not recorded": registered before bakeform recorded it.
+            notes.append('its root: %s' % gen['netboot'])
         listed.append('%s (%s)' % (gen['label'], ', '.join(notes) or 'unused'))
     current = form.get('current_label') or 'none'
     return 'BAKEFORM %s: current %s; generations %s' % (form['name'], current, ', '.join(listed))
