@@ -53,8 +53,11 @@ class Needs:
         """Refuse (RootError) a root of ``bake``@``generation`` for ``item`` when the image lacks what its settings
         need; ``live``, the mount point of the Pi's current root when it is mounted, may have it all the same."""
         record, label = self.record(bake, generation), bake.label(generation)
+        needs = _capabilities.needs_of(item)
         if not _capabilities.known(record):
-            if label not in self.warned:
+            # Said when the Pi's own settings could have been refused (every root needs an initramfs that mounts NFS:
+            # status says "not recorded" for each such generation, warning for every Pi would drown the rest).
+            if label not in self.warned and set(needs) - {'initramfs_nfs'}:
                 self.warned.add(label)
                 self.host.warn(
                     'bakeform %s has no record of what its root can do (it was registered before bakeform recorded '
@@ -62,7 +65,7 @@ class Needs:
                     'cloud-init for cloud_init, an initramfs that mounts NFS); a generation registered or captured '
                     'from now on has one' % label)
             return
-        found = _capabilities.lacking(record, _capabilities.needs_of(item), label)
+        found = _capabilities.lacking(record, needs, label)
         if found and live:
             try:
                 with Tree(live, 'the root of Pi %s' % item['serial']) as tree:

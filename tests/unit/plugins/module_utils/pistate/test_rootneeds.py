@@ -85,7 +85,9 @@ def test_everything_lacking_is_said_at_once(store):
 
 
 def test_a_generation_without_the_record_is_not_checked_and_said_once(store):
-    needs = check(store, 'old', 1, boot_mount='nfs', cloud_init={'user_data': None, 'instance': '1'})
+    needs = check(store, 'old', 1, boot_mount='none')  # nothing its settings need could have been refused
+    assert needs.host.warnings == []
+    check(store, 'old', 1, needs=needs, boot_mount='nfs', cloud_init={'user_data': None, 'instance': '1'})
     check(store, 'old', 1, needs=needs, boot_mount='nfs')
     assert len(needs.host.warnings) == 1, needs.host.warnings
     assert needs.host.warnings[0].startswith('bakeform old@1 has no record of what its root can do')
