@@ -94,8 +94,8 @@ def test_each_pi_needing_what_its_image_lacks_is_refused_alone(lab):
         assert built == {'0000000b': 'cloned', '0000000c': 'cloned'}, result
         assert not any('has no record' in warning for warning in result.get('warnings', []))
     for serial in ('0000000a', '0000000d', '0000000e'):
-        assert not any(os_path_exists(path) for path in (Layout(str(lab['roots']), serial).image,
-                                                          Layout(str(lab['roots']), serial).marker))
+        layout = Layout(str(lab['roots']), serial)
+        assert not os_path_exists(layout.image) and not os_path_exists(layout.marker)
     lite_root = lab['roots'] / 'mnt' / '0000000b'
     assert (lite_root / 'var/lib/cloud/seed/nocloud/user-data').is_file()  # its cloud-init settings went in
     fstab = (lab['roots'] / 'mnt' / '0000000c' / 'etc/fstab').read_text()

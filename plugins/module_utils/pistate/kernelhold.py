@@ -20,11 +20,10 @@ from __future__ import annotations
 import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootfix import differs
-from ansible_collections.pifleet.netboot.plugins.module_utils.store.capabilities import (  # noqa: F401 (read through kernelhold too)
-    STATUS,
-    STATUS_LIMIT,
-    parse_status,
-)
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities as _capabilities
+
+# The golden root's package list, read by rootparts through this module; its parser is the store's.
+STATUS, STATUS_LIMIT, parse_status = _capabilities.STATUS, _capabilities.STATUS_LIMIT, _capabilities.parse_status
 
 PREFERENCES = 'etc/apt/preferences.d/pifleet-kernel-hold'
 APT_CONF = 'etc/apt/apt.conf.d/50pifleet-kernel-hold'
