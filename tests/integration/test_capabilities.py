@@ -92,7 +92,7 @@ def test_each_pi_needing_what_its_image_lacks_is_refused_alone(lab):
         assert failed['0000000e'] == 'root of Pi 0000000e: the image of bakeform dracut@1 %s' % NEEDS['initramfs_nfs']
         built = {pi['serial']: pi['action'] for pi in result['pis'] if pi['action'] != 'failed'}
         assert built == {'0000000b': 'cloned', '0000000c': 'cloned'}, result
-        assert not any('has no record' in warning for warning in result.get('warnings', []))
+        assert 'has no record' not in json.dumps(result.get('warnings', []))  # 2.19: warnings are objects
     for serial in ('0000000a', '0000000d', '0000000e'):
         layout = Layout(str(lab['roots']), serial)
         assert not os_path_exists(layout.image) and not os_path_exists(layout.marker)
@@ -116,7 +116,7 @@ def test_a_live_root_that_got_the_package_since_is_taken(lab):
     assert ' /boot/firmware nfs ro,vers=3,nolock 0 0' in (root / 'etc/fstab').read_text()
 
     # A capture of that root records what it has now, not what its source generation lacked.
-    captured = bakeform(lab, 'lite', capture={'serial': '0000000b'}, current=False)
+    captured = bakeform(lab, 'lite', capture={'serial': '0000000b'})
     assert captured['manifest']['capabilities']['mount_nfs'] is True, captured['manifest']['capabilities']
     assert captured['manifest']['capabilities']['cloud_init'] is True
     new = pi_root(lab, [{'serial': '0000000f', 'bakeform': 'lite', 'generation': captured['generation'],
@@ -131,7 +131,7 @@ def test_a_generation_from_before_the_record_is_not_checked_and_said_so(lab):
     manifest_path.write_text(json.dumps(manifest))
     result = pi_root(lab, [{'serial': '0000000a', 'bakeform': 'lite', 'generation': 1, 'boot_mount': 'nfs'}])
     assert not result.get('failed') and result['pis'][0]['action'] == 'cloned', result
-    assert [w for w in result['warnings'] if w.startswith('bakeform lite@1 has no record of what its root can do')]
+    assert 'bakeform lite@1 has no record of what its root can do' in json.dumps(result['warnings']), result
     status = run_module('pi_status', {'pis': [], 'store': str(lab['store']), 'roots_dir': str(lab['roots']),
                                       'ssh': False, 'nfs_server': 'none'})
     lite = next(form for form in status['bakeforms'] if form['name'] == 'lite')
