@@ -75,6 +75,23 @@ COMMON_BINARIES = [
     ("overlays/disable-bt.dtbo", 1024),
 ]
 REALISTIC_ONLY = [("initramfs8", 12_000_000), ("initramfs_2712", 12_000_000)]
+# Stand-ins of the packages a netbooted root may need: the paths bakeform reads to tell what a root can do
+# (plugins/module_utils/store/capabilities.py), each package also listed in var/lib/dpkg/status. The default is a
+# Bookworm Lite-like root with nfs-common; a test asks for a root without it (Trixie Lite shipped so) or with more.
+PACKAGE_FILES: dict[str, tuple[str, ...]] = {
+    "nfs-common": ("usr/sbin/mount.nfs",),
+    "cloud-init": ("usr/bin/cloud-init", "etc/cloud/cloud.cfg"),
+    "network-manager": (
+        "usr/sbin/NetworkManager",
+        "usr/lib/systemd/system/NetworkManager.service",
+        "etc/NetworkManager/NetworkManager.conf",
+    ),
+    "dhcpcd": ("usr/sbin/dhcpcd", "usr/lib/systemd/system/dhcpcd.service", "etc/dhcpcd.conf"),
+    "initramfs-tools": ("usr/share/initramfs-tools/scripts/nfs", "usr/lib/klibc/bin/nfsmount"),
+    "dracut": ("usr/lib/dracut/modules.d/90kernel-modules/module-setup.sh",),
+    "dracut-network": ("usr/lib/dracut/modules.d/95nfs/module-setup.sh",),
+}
+DEFAULT_PACKAGES = ("nfs-common",)
 
 CONFIG_TXT = """\
 # For more options and information see
@@ -357,8 +374,28 @@ def _make_root_tree(root: Path, spec: dict) -> None:
 
     _add_special_files(root, seed, write)
     _add_etc(root, seed, disk_id, write)
+    _add_packages(root, seed, spec.get("packages", DEFAULT_PACKAGES), write)
     if spec["profile"] == "realistic":
         _write_bulk(root, seed, spec["root_files"], spec["bulk_bytes"])
+
+
+def _check_packages(packages) -> None:
+    unknown = set(packages) - set(PACKAGE_FILES)
+    if unknown:
+        raise ValueError(f"unknown packages {sorted(unknown)}; choose from {', '.join(PACKAGE_FILES)}")
+
+
+def _add_packages(root: Path, seed: int, packages, write: Callable[..., Path]) -> None:
+    """The stand-in files of ``packages`` (PACKAGE_FILES) and a dpkg status file that lists them as installed."""
+    stanzas = []
+    for name in sorted(packages):
+        for rel in PACKAGE_FILES[name]:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            executable = "/bin/" in f"/{rel}" or "/sbin/" in f"/{rel}"
+            write(rel, _pseudo_bytes(seed, "package:" + rel, 512), 0o755 if executable else 0o644)
+        stanzas.append(f"Package: {name}\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1.0-pifleet\n")
+    (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    write("var/lib/dpkg/status", "\n".join(stanzas))
 
 
 def _add_special_files(root: Path, seed: int, write: Callable[..., Path]) -> None:
@@ -542,6 +579,7 @@ def _build_disk(
     root_mb: int,
     image_mb: int | None,
     tree_out: Path | None,
+    packages: tuple[str, ...] = DEFAULT_PACKAGES,
 ) -> dict:
     disk_id = _disk_id(seed)
     boot_offset = BOOT_START_SECTOR * SECTOR
@@ -596,6 +634,7 @@ def _build_disk(
         "offset": root_offset,
         "size": root_size,
         "fs_uuid": _uuid(seed, "rootfs"),
+        "packages": sorted(packages),
     }
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -633,13 +672,18 @@ def build_image(
     root_mb: int | None = None,
     image_mb: int | None = None,
     tree_out: str | Path | None = None,
+    packages=DEFAULT_PACKAGES,
 ) -> dict:
-    """Build one test image at `out` (+ `out`.sha256 sidecar) and describe it."""
+    """Build one test image at `out` (+ `out`.sha256 sidecar) and describe it.
+
+    `packages` (names of PACKAGE_FILES) are the stand-in packages its root has: nfs-common by default.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     models = tuple(sorted({int(m) for m in models}))
+    _check_packages(packages)
     if not set(models) <= {3, 4, 5}:
         raise ValueError(f"models must be a subset of 3,4,5, got {models}")
     out = Path(out)
@@ -678,6 +722,7 @@ def build_image(
                 root_mb=root_mb,
                 image_mb=image_mb,
                 tree_out=Path(tree_out) if tree_out else None,
+                packages=tuple(packages),
             )
         final = raw
         if xz:
@@ -717,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root-mb", type=int, default=None, help="bulk content in MB (realistic; default 600)")
     ap.add_argument("--image-mb", type=int, default=None, help="grow the image (sparse tail) to this size")
     ap.add_argument("--tree-out", default=None, help="also keep the root source tree here (+ .expect/.boot.json)")
+    ap.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
+                    help=f"comma-separated stand-in packages of the root, among {','.join(PACKAGE_FILES)}")
     args = ap.parse_args(argv)
     result = build_image(
         args.out,
@@ -729,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         root_mb=args.root_mb,
         image_mb=args.image_mb,
         tree_out=args.tree_out,
+        packages=[p for p in args.packages.split(",") if p.strip()],
     )
     result.pop("expect", None)
     print(json.dumps(result, indent=2, ensure_ascii=False))

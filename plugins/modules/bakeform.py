@@ -291,6 +291,12 @@ manifest:
       C(source_stat), C(sha256), C(source_size), C(image_size), C(partition_table), C(partitions), C(boot_files),
       C(models), C(kernels), C(pretty_name), C(root_image) and C(boot_image) (file names in the generation's
       directory), C(root_uuid), C(root_bytes), C(created), C(collection_version).
+    - C(capabilities) says what its root can do for a netboot, read from the root image without mounting it;
+      C(mount_nfs) (package nfs-common), C(initramfs) (C(generator) initramfs-tools or dracut, C(nfs) whether it
+      can mount an NFS root, C(tool), the initramfs C(files) among the boot files), C(cloud_init),
+      C(network_manager), C(dhcpcd) (its service), C(netplan), and the installed versions of the C(packages) these
+      come with. M(pifleet.netboot.pi_root) refuses a Pi whose settings need what its generation lacks. A generation
+      made before this record has none (null), and its Pis are not checked.
   returned: always
   type: dict
   sample:
@@ -299,6 +305,16 @@ manifest:
     sha256: 62d025b9bc7ca0e1facfec74ae56ac13978b6745c58177f081d39fbb8041ed45
     models: ["3", "4", "5"]
     kernels: [kernel8.img, kernel_2712.img]
+    capabilities:
+      version: 1
+      mount_nfs: false
+      cloud_init: true
+      network_manager: true
+      dhcpcd: false
+      netplan: true
+      initramfs: {generator: initramfs-tools, nfs: true, tool: "klibc nfsmount (NFS v2/v3, no proto=)",
+                  files: [initramfs8]}
+      packages: {cloud-init: "25.1.1-1+rpt1", network-manager: "1.52.0-1+rpt1"}
 migrated:
   description: Whether this run made a bakeform of store format 2 its generation 1 (or would, in check mode).
   returned: always

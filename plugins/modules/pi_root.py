@@ -44,6 +44,11 @@ description:
   - The marker C(<roots_dir>/<serial>.json), out of the Pi's reach, records the bakeform and generation, clone
     method, file system UUID, fixes, host keys, certificate and kernel packages. An existing root gets only the
     option-driven fixes re-applied in place.
+  - "A Pi whose settings need what its generation's image lacks is refused alone, before anything is made, with the
+    package to add and how: O(boot_mount=nfs) needs C(mount.nfs) (nfs-common), O(pis[].cloud_init) needs cloud-init,
+    and an image whose boot files carry an initramfs needs one that can mount NFS. What an image has is the record
+    M(pifleet.netboot.bakeform) keeps in each generation's manifest; an existing root that got the package since
+    (installed on the Pi) is taken. A generation made before that record is not checked (a warning says so)."
   - A Pi whose root cannot be converged (for example one that made its C(/etc) a symlink) fails alone; the other
     Pis of the call still converge, and the module fails at the end naming each failed Pi (RV(failed_pis)).
     Every tool it runs (C(cp), C(mount), C(tune2fs), C(ssh-keygen)) is killed after O(command_timeout) seconds,

@@ -205,8 +205,11 @@ bakeforms:
     - Each bakeform of the store (and each one a root names), from its index, its generation directories and the
       root markers. C(name); C(layout) (V(generations), V(format2) before its first run of M(pifleet.netboot.bakeform)
       with generations, V(none) when roots name it but the store has none); C(current) and C(current_label) (the
-      generation new roots get); C(generations), each C(id), C(label) (C(name@N)), C(current), C(pinned) and
-      C(used_by) (C(serial), C(hostname), C(root) V(current) or V(previous); the Pis whose roots use it).
+      generation new roots get); C(generations), each C(id), C(label) (C(name@N)), C(current), C(pinned),
+      C(used_by) (C(serial), C(hostname), C(root) V(current) or V(previous); the Pis whose roots use it) and
+      C(netboot), what its root lacks that a Pi's settings may need (for example V(no mount.nfs)), V(nothing missing),
+      or V(not recorded) for a generation registered before M(pifleet.netboot.bakeform) recorded it (its Pis'
+      settings are not checked against it).
   type: list
   elements: dict
   returned: always

@@ -226,6 +226,12 @@ def bakery():  # noqa: PLR0915 - one LAN with every service, set up in the order
         shutil.rmtree(work, ignore_errors=True)
 
 
+# What bakeform records of a root that has all a netboot may need (status shows nothing more for it).
+NOTHING_MISSING = {'version': 1, 'mount_nfs': True, 'cloud_init': True, 'network_manager': False, 'dhcpcd': True,
+                   'netplan': False, 'packages': {}, 'initramfs': {'generator': None, 'nfs': None, 'tool': None,
+                                                                   'files': []}}
+
+
 def store_generations(store, name, numbers, current):
     """A bakeform of store format 3 laid out by generations.Bakeform: each generation's boot set, manifest and
     images (the images empty: nothing here reads them), and its index. The Bakeform."""
@@ -236,7 +242,7 @@ def store_generations(store, name, numbers, current):
         for file, size in BOOT_SET.items():
             Path(bakeform.boot_dir(number), file).write_bytes(os.urandom(size))
         manifest = {'format': 3, 'name': name, 'bakeform': name, 'generation': number, 'sha256': '%064x' % number,
-                    'origin': {'kind': 'image'}}
+                    'origin': {'kind': 'image'}, 'capabilities': NOTHING_MISSING}
         Path(bakeform.manifest_path(number)).write_text(json.dumps(manifest))
         Path(bakeform.root_image(number)).write_bytes(b'')
         Path(bakeform.boot_image(number)).write_bytes(b'')

@@ -101,7 +101,8 @@ def ansible(tmp, *args, host='lab-bakery'):
 def bakery(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('fleet')
     tmp.chmod(0o755)  # the hook may run as another user elsewhere; here: keep paths traversable
-    build_image(tmp / 'raspios.img.xz', seed=7, models=(3, 4, 5))
+    # Trixie-like: cloud-init beside nfs-common (pi_root refuses cloud-init settings on an image without it).
+    build_image(tmp / 'raspios.img.xz', seed=7, models=(3, 4, 5), packages=('nfs-common', 'cloud-init'))
     lan = Lan('pffleet', HOSTS)
     server = Ganesha(lan, 'srv', tmp / 'ganesha')
     try:

@@ -18,6 +18,7 @@ import subprocess
 
 from modrun import run_module
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities as caps
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as gens
 
 FILES = (gens.MANIFEST, gens.BOOT_DIR, gens.ROOT_IMAGE, gens.BOOT_IMAGE)
@@ -28,9 +29,17 @@ def mke2fs(image, tree, size='32M', *options):
                     str(image), size], check=True, capture_output=True)
 
 
-def make_generation(store, name, files, sha, *, boot=None, current=True):
+def _run(argv):
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def make_generation(store, name, files, sha, *, boot=None, current=True, capabilities=False):
     """The next generation of ``name`` made by hand: a root.img and boot.img (ext4 built from ``files`` and
-    ``boot``, {path: text}), boot/ and a manifest; no bakeform run. Returns its number."""
+    ``boot``, {path: text}), boot/ and a manifest; no bakeform run. Returns its number.
+
+    With ``capabilities`` its manifest records what its root can do, read from root.img as bakeform reads it;
+    without, it is a manifest of before that record (its Pis' settings are not checked)."""
     src = store.parent / ('src-%s-%s' % (name, os.urandom(3).hex()))
     for rel, text in files.items():
         (src / 'root' / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +53,10 @@ def make_generation(store, name, files, sha, *, boot=None, current=True):
     shutil.copytree(src / 'boot', dest / 'boot')
     mke2fs(dest / 'root.img', src / 'root')
     mke2fs(dest / 'boot.img', src / 'boot', '8M')
-    (dest / 'manifest.json').write_text(json.dumps({'name': name, 'format': 2, 'sha256': sha}))
+    manifest = {'name': name, 'format': 2, 'sha256': sha}
+    if capabilities:
+        manifest[caps.KEY] = caps.detect_image(_run, str(dest / 'root.img'), sorted(boot or {'config.txt': ''}))
+    (dest / 'manifest.json').write_text(json.dumps(manifest))
     number = add_generation(store, name, dest, current=current)
     shutil.rmtree(src)
     return number

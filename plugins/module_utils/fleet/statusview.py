@@ -85,6 +85,10 @@ def bakeform_line(form):
             notes.append(_count(len(users) - previous, 'Pi', 'Pis'))
         if previous:
             notes.append(_count(previous, 'root kept for rollback', 'roots kept for rollback'))
+        # What its Pis' settings are refused for ("not recorded": registered before bakeform recorded it). A root
+        # without cloud-init alone is every image before Trixie: the JSON form says so, the line does not.
+        if gen.get('netboot') not in (None, 'nothing missing', 'no cloud-init'):
+            notes.append('its root: %s' % gen['netboot'])
         listed.append('%s (%s)' % (gen['label'], ', '.join(notes) or 'unused'))
     current = form.get('current_label') or 'none'
     return 'BAKEFORM %s: current %s; generations %s' % (form['name'], current, ', '.join(listed))

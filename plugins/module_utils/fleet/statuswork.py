@@ -20,7 +20,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity im
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import bootlogs, timeline
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import disks as pidisks
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as piroots
-from ansible_collections.pifleet.netboot.plugins.module_utils.store import retention
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities, retention
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.generations import (
     Bakeform,
     label,
@@ -150,8 +150,8 @@ class FleetStatus:
 
     def bakeforms(self):
         """Each bakeform of the store (and each a root names): its generations (label, current, pinned, the Pis
-        whose current or previous root uses it) and its current one. Read from the indexes, the generation
-        directories' names and the root markers only."""
+        whose current or previous root uses it, what its root lacks for a netboot) and its current one. Read from the
+        indexes, the generation directories' names and manifests, and the root markers only."""
         names = {name for name, known in self._bakeforms.items() if known}
         try:
             names.update(name for name in os.listdir(self.params['store']) if is_name(name))
@@ -170,7 +170,9 @@ class FleetStatus:
                 'name': name, 'layout': layout, 'current': current,
                 'current_label': bakeform.label(current) if current else None,
                 'generations': [{'id': number, 'label': bakeform.label(number), 'current': number == current,
-                                 'pinned': number in pinned, 'used_by': retention.used_by(used.get(number, []))}
+                                 'pinned': number in pinned, 'used_by': retention.used_by(used.get(number, [])),
+                                 'netboot': capabilities.summary(
+                                     (bakeform.manifest(number, strict=False) or {}).get(capabilities.KEY))}
                                 for number in ids]})
         return found
 

@@ -12,7 +12,7 @@ Each Debian-family root gets, through ``confined.Tree``:
   one-line message that says where new kernels come from.
 
 The kernel packages of a generation are read from its golden root's ``var/lib/dpkg/status`` (the
-admin's image, never a Pi's root), size-capped, with the small parser here. No AnsibleModule here.
+admin's image, never a Pi's root), size-capped, with the parser of ``store.capabilities``. No AnsibleModule here.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from __future__ import annotations
 import re
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootfix import differs
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities as _capabilities
 
-STATUS = 'var/lib/dpkg/status'
-STATUS_LIMIT = 64 << 20  # a desktop image's status file is a few MiB
+# The golden root's package list, read by rootparts through this module; its parser is the store's.
+STATUS, STATUS_LIMIT, parse_status = _capabilities.STATUS, _capabilities.STATUS_LIMIT, _capabilities.parse_status
+
 PREFERENCES = 'etc/apt/preferences.d/pifleet-kernel-hold'
 APT_CONF = 'etc/apt/apt.conf.d/50pifleet-kernel-hold'
 GUARD = 'usr/local/lib/pifleet/kernel-guard'
@@ -32,21 +34,6 @@ KERNEL_PACKAGE = re.compile(r'linux-image-[a-z0-9][a-z0-9.+~-]*|raspberrypi-kern
 KERNEL_GLOBS = ('linux-image-*', 'raspberrypi-kernel*')
 _VERSION = re.compile(r'[0-9A-Za-z.+~:-]{1,128}')
 HEADER = '# Managed by pifleet.netboot pi_root; rewritten on every run.\n'
-
-
-def parse_status(text):
-    """``[(package, version, status)]`` of a dpkg status file's text (RFC 822-like stanzas)."""
-    found = []
-    for stanza in re.split(r'\n\s*\n', text or ''):
-        fields = {}
-        for line in stanza.splitlines():
-            if line[:1] in (' ', '\t') or ':' not in line:
-                continue  # a continuation line (Description, Conffiles)
-            key, _sep, value = line.partition(':')
-            fields[key.strip().lower()] = value.strip()
-        if fields.get('package'):
-            found.append((fields['package'], fields.get('version', ''), fields.get('status', '')))
-    return found
 
 
 def kernel_packages(text):

@@ -27,6 +27,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import ide
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as _points
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rollback as _rollback
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootfix as _rootfix
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import rootneeds as _rootneeds
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import roots as _roots
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import space as _space
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootbuild import Builder
@@ -53,6 +54,7 @@ class PiRoots(Builder):
         self.parts = Parts(host, store=self.store, roots_dir=self.roots_dir, key_types=key_types, host_ca=host_ca,
                            golden=self.golden)
         self.goldens, self.diffs, self.kernels = {}, [], {}
+        self.needs = _rootneeds.Needs(host)  # the Pis' settings against what their generation's image can do
         self.views = None  # the scratch directory holding the golden views of a real run
         self.mounts = None
         self.stack = contextlib.ExitStack()
@@ -179,11 +181,14 @@ class PiRoots(Builder):
         _bake, _generation, current = self.parts.generation(item['bakeform'], None, who)
         if action in ('clone', 'rebuild'):
             bake, generation, _current = self.parts.generation(item['bakeform'], item.get('generation'), who)
+            self.needs.check(item, bake, generation)  # before its space is booked
             self.claim_space(serial, bake.root_image(generation))
         else:  # the root's own generation: present and a rollback never choose another one
             source = previous if action == 'rollback' else marker
             bake, index = self.parts.bakeform(source.get('bakeform') or item['bakeform'], who)
             generation = _roots.marker_generation(source, index)
+            if action == 'fix' and generation is not None:  # a rollback puts back what the Pi had
+                self.needs.check(item, bake, generation, lay.point if plan['mounted'] == lay.image else None)
         return dict(plan, action=action, bake=bake, generation=generation, current=current)
 
     def claim_space(self, serial, golden):

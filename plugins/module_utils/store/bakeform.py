@@ -23,6 +23,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic impo
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities as _capabilities
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as _gen
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.partitions import (
     PartitionError,
@@ -483,6 +484,13 @@ class Ingest:
                 return name
         return None
 
+    def capabilities(self, image, boot_files):
+        """What the root in ``image`` can do for a netboot (``store.capabilities``), read by debugfs (no mount)."""
+        try:
+            return _capabilities.detect_image(self.run, image, boot_files)
+        except OSError as exc:
+            raise IngestError('reading what the root of bakeform %s can do failed: %s' % (self.name, exc)) from exc
+
     def boot_image(self, boot_dir, dest):
         """The boot files as a small read-only ext4 file system: what a Pi mounts at /boot/firmware over NFS.
 
@@ -495,7 +503,7 @@ class Ingest:
         os.chmod(dest, 0o600)
 
     def manifest(self, *, source, digest, source_bytes, image_bytes, table, boot, root, boot_files, stat_info,
-                 root_sb, pretty, config_txt=None, generation=None, origin=None):
+                 root_sb, pretty, config_txt=None, generation=None, origin=None, capabilities=None):
         return {
             'name': self.name,
             'bakeform': self.name,
@@ -517,6 +525,7 @@ class Ingest:
             'root_uuid': root_sb['uuid'],
             'root_bytes': root['size'],
             'boot_image': BOOT_IMAGE,
+            _capabilities.KEY: capabilities,
             'created': utc_now(),
             'collection_version': COLLECTION_VERSION,
         }

@@ -22,6 +22,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common import atom
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.sizes import human
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
+from ansible_collections.pifleet.netboot.plugins.module_utils.store import capabilities as _capabilities
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as _gen
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import (
     BOOT_DIR,
@@ -109,7 +110,8 @@ class Build:
                 source=self.source, digest=digest, source_bytes=source_bytes, image_bytes=image_bytes,
                 table=splitter.table, boot=dict(splitter.boot, role='boot'), root=dict(splitter.root, role='root'),
                 boot_files=boot_files, stat_info=stat_info, root_sb=root_sb, pretty=ingest.os_release(root_img),
-                config_txt=read_config_txt(boot_dir), generation=generation, origin={'kind': 'image'})
+                config_txt=read_config_txt(boot_dir), generation=generation, origin={'kind': 'image'},
+                capabilities=ingest.capabilities(root_img, boot_files))
         except PartitionError as exc:
             raise IngestError('%s cannot be used: %s' % (self.what, exc)) from exc
         write_json(os.path.join(built, MANIFEST), manifest)
@@ -133,6 +135,8 @@ class Build:
             source=self.source, source_stat=None, sha256=hash_file(root_img), source_size=size, image_size=size,
             root_uuid=read_superblock(root_img)['uuid'], root_bytes=size, pretty_name=ingest.os_release(root_img),
             created=utc_now(), collection_version=COLLECTION_VERSION)
+        # What the captured root can do: its own (a package installed on the Pi counts), not its source's.
+        manifest[_capabilities.KEY] = ingest.capabilities(root_img, manifest.get('boot_files') or [])
         write_json(os.path.join(built, MANIFEST), manifest)
         return manifest
 

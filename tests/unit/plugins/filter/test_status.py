@@ -122,3 +122,17 @@ def test_each_bakeform_shows_its_generations_and_current():
     assert [line for line in lines if line.startswith('BAKEFORM old: store format 2 (before generations)')], lines
     document = status_document(loop)
     assert document['bakeries'][0]['bakeforms'] == [lite, old]
+
+
+def test_a_generation_whose_root_lacks_what_a_netboot_needs_says_so():
+    """What pi_status read of each generation's root: shown when it could refuse a Pi, or was never recorded; a root
+    without cloud-init alone (every image before Trixie) is left to the JSON form."""
+    read = ('not recorded', 'no mount.nfs', 'no cloud-init', 'nothing missing',
+            'no mount.nfs, no cloud-init, no NFS in its initramfs')
+    gens = [{'id': number, 'label': 'trixie@%d' % number, 'current': number == 4, 'pinned': False, 'used_by': [],
+             'netboot': netboot} for number, netboot in enumerate(read, 1)]
+    form = {'name': 'trixie', 'layout': 'generations', 'current': 4, 'current_label': 'trixie@4', 'generations': gens}
+    lines = status_report({'results': [dict(result(pi('pi-01'), bakeforms=[form]), item='bakery-1')]})
+    assert ('BAKEFORM trixie: current trixie@4; generations trixie@1 (its root: not recorded), '
+            'trixie@2 (its root: no mount.nfs), trixie@3 (unused), trixie@4 (current), '
+            'trixie@5 (its root: no mount.nfs, no cloud-init, no NFS in its initramfs)') in lines, lines

@@ -90,11 +90,13 @@ def test_module_reports_each_pi(run_module, bakery):
     assert result['sources']['nfs'].startswith('not observed') and result['sources']['ssh'] == 'not asked'
     assert result['data_filesystems'][0]['path'] == bakery['args']['store']
     # Each bakeform of the store: its generations, the current one, the Pis whose roots use each.
+    # Generations made before bakeform recorded what their root can do say so (their Pis are not checked).
+    unknown = 'not recorded'
     listed = [
         {'id': 1, 'label': 'lite@1', 'current': False, 'pinned': False,
-         'used_by': [{'serial': '1234abcd', 'hostname': None, 'root': 'current'}]},
+         'used_by': [{'serial': '1234abcd', 'hostname': None, 'root': 'current'}], 'netboot': unknown},
         {'id': 2, 'label': 'lite@2', 'current': True, 'pinned': False,
-         'used_by': [{'serial': '1234abce', 'hostname': None, 'root': 'current'}]}]
+         'used_by': [{'serial': '1234abce', 'hostname': None, 'root': 'current'}], 'netboot': unknown}]
     assert result['bakeforms'] == [{'name': 'lite', 'layout': 'generations', 'current': 2, 'current_label': 'lite@2',
                                     'generations': listed}]
 
