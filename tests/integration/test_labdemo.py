@@ -300,7 +300,7 @@ def check_trusted(lab, name, tmp_path):
 def upgrade(lab, name, *extra):
     run = daytwo.switched(lab.lab, lab.state, lab.pis[name], lab.vms[name], 'upgrade', *UPGRADE, *extra,
                           lab_name=NAME, show=print)
-    TIMINGS['%s, boots %s' % (' '.join(extra), run.boots)] = round(run.seconds, 1)
+    TIMINGS['upgrade %s (%d boots)' % (' '.join(extra[1::2]), len(run.boots))] = round(run.seconds, 1)
     return run
 
 
