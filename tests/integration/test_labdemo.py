@@ -367,11 +367,12 @@ def test_a_capture_of_the_pi_boots_it_without_its_identity(lab, tmp_path):
     captured_id = lab.bakery('debugfs -R "cat /etc/machine-id" %s' % image)
     assert machine_id not in captured_id and captured_id.strip() in ('', 'uninitialized'), captured_id
     # cloud-init's instance data: no ``instance`` link, nothing under ``instances`` (debugfs lists "inode (len) name")
-    cloud = re.findall(r'\(\d+\)\s+(\S+)', lab.bakery('debugfs -R "ls /var/lib/cloud" %s' % image))
+    def names(directory):
+        return re.findall(r'\(\d+\)\s+(\S+)', lab.bakery('debugfs -R "ls %s" %s' % (directory, image)))
+    cloud = names('/var/lib/cloud')
     assert 'instance' not in cloud, cloud
     if 'instances' in cloud:
-        assert set(re.findall(r'\(\d+\)\s+(\S+)', lab.bakery('debugfs -R "ls /var/lib/cloud/instances" %s'
-                                                               % image))) <= {'.', '..'}
+        assert set(names('/var/lib/cloud/instances')) <= {'.', '..'}
     assert name not in lab.bakery('debugfs -R "cat /etc/hostname" %s' % image)
     run = upgrade(lab, name, '-e', 'upgrade_timeout=%d' % daytwo.WAIT)
     assert run.rc == 0 and run.boots == [None], run.output[-4000:]
