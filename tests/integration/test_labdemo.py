@@ -366,9 +366,11 @@ def test_a_capture_of_the_pi_boots_it_without_its_identity(lab, tmp_path):
     assert 'sshd_config' in listing and 'ssh_host_' not in listing, listing
     captured_id = lab.bakery('debugfs -R "cat /etc/machine-id" %s' % image)
     assert machine_id not in captured_id and captured_id.strip() in ('', 'uninitialized'), captured_id
-    # cloud-init's instance data: no ``instance`` link, nothing under ``instances`` (debugfs lists "inode (len) name")
-    def names(directory):
+
+    def names(directory):  # debugfs lists "inode (record length) name"
         return re.findall(r'\(\d+\)\s+(\S+)', lab.bakery('debugfs -R "ls %s" %s' % (directory, image)))
+
+    # cloud-init's instance data: no ``instance`` link, nothing under ``instances``
     cloud = names('/var/lib/cloud')
     assert 'instance' not in cloud, cloud
     if 'instances' in cloud:
