@@ -80,14 +80,12 @@ def show_kernel(lab, state, pi, image, show):
 
 def switched(lab, state, pi, vpi, name, *extra, lab_name, show):
     """pifleet.netboot.<name> on the lab inventory with the Pi's power switch played (lab/powerswitch.py)."""
-    argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(demo.INVENTORY),
-            'pifleet.netboot.%s' % name, *extra]
 
     def cycle():
         vpi.power_off()
         show('%s: powered off and on' % pi['name'])
         demo.real_boot(lab, pi, state, vpi, show=show)
-    return powerswitch.run(argv, demo.ansible_env(state, lab_name), cycle, show=show)
+    return powerswitch.run(demo.playbook_argv(name, *extra), demo.ansible_env(state, lab_name), cycle, show=show)
 
 
 def day_two(lab, state, pi, vpi, images, *, lab_name, show):

@@ -123,11 +123,16 @@ def ansible_env(state, name=NAME):
                 PIFLEET_LAB_NAME=name)
 
 
+def playbook_argv(name, *extra):
+    """ansible-playbook pifleet.netboot.<name> on the lab inventory."""
+    return [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(INVENTORY), 'pifleet.netboot.%s' % name,
+            *extra]
+
+
 def playbook(state, name, *extra, lab_name=NAME, check=True):
     """Run pifleet.netboot.<name> on the lab inventory, output streamed; the bakery's recap counters
     (with ``check=False``: the return code and the whole output instead)."""
-    argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(INVENTORY),
-            'pifleet.netboot.%s' % name, *extra]
+    argv = playbook_argv(name, *extra)
     say('$ ' + ' '.join(argv[1:]))
     lines = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
