@@ -42,7 +42,7 @@ CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/
 	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
 	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
+.PHONY: help setup apt venv collection test test-lab test-rest unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
 	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations bench-upgrade clean
 
 help:
@@ -93,8 +93,12 @@ sanity: setup
 unit: venv collection
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
+# The integration files, one after another (`make test` runs the lab's file beside the rest: LAB_TESTS).
+# --durations names the slowest tests, so a test that grows shows in every run's log.
+PYTEST_INTEGRATION := $(PY) -m pytest -q -p no:cacheprovider --durations=12
+LAB_TESTS := tests/integration/test_labdemo.py
 integration: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+	$(PYTEST_INTEGRATION) tests/integration
 
 $(BUILD)/core-%/.stamp: requirements-core-%.txt
 	rm -rf $(@D)
@@ -146,7 +150,26 @@ release-notes: venv
 	  PYTHONPATH=$(RELEASE_DIR) $(VENV)/bin/antsibull-changelog release --version $$(sed -n 's/^version: *//p' galaxy.yml)
 	@echo "release-notes: $(RELEASE_DIR)/ansible_collections/pifleet/netboot/CHANGELOG.rst"
 
-test: setup ruff lint sanity unit integration cores tarball molecule ee release-notes
+# `make test` runs two lanes at once, one per core, and fails when either fails (each stops at its first failure):
+# - the lab lane: LAB_TESTS (the real boots: mostly one emulated CPU and waits; on a cold run the real images
+#   build first), then molecule (its test hosts run NFS-Ganesha in containers, as the lab's bakery does: the two
+#   never overlap) and the tarball; its output goes to $(BUILD)/test-lab.log and is shown when the lane ends;
+# - the rest lane, on the terminal: ruff, ansible-lint, sanity, unit, the other integration files, the older cores,
+#   the execution environment and the release notes.
+# Every part can still be run alone (make unit, make integration, ...).
+LAB_LOG := $(BUILD)/test-lab.log
+test: setup
+	@$(MAKE) --no-print-directory -j2 test-lab test-rest
+
+test-lab: setup
+	@echo "test-lab: $(LAB_TESTS), molecule, tarball (output in $(LAB_LOG), shown when the lane ends)"
+	@mkdir -p $(BUILD); start=$$(date +%s); rc=0; \
+	{ $(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball; } >$(LAB_LOG) 2>&1 || rc=$$?; \
+	echo "===== test-lab: rc $$rc after $$(( $$(date +%s) - start )) s; its output:"; cat $(LAB_LOG); exit $$rc
+
+test-rest: ruff lint sanity unit
+	$(PYTEST_INTEGRATION) $(LAB_TESTS:%=--ignore=%) tests/integration
+	@$(MAKE) --no-print-directory -j1 cores ee release-notes
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container, three simulated Pis
 # and a real one (qemu) on a namespace LAN; site with inventories/lab (while the real image builds, the first

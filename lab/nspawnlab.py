@@ -19,7 +19,7 @@ as the home router (authoritative DHCP, range .100-.150, DNS off, pi1, pi2, ... 
 ... so exports can name them), ``bakery`` .2 hosts the container (systemd as PID 1, its root a
 fresh copy of the cached image on the lab's data disk DIR/data, an XFS loop file system, so that
 ``reboot`` keeps what the roles installed, ``--register=no --keep-unit`` as this host has no
-systemd, CAP_NET_ADMIN for dnsmasq, /dev/loop-control and /dev/loop0..63 for the Pis' file
+systemd, CAP_NET_ADMIN for dnsmasq, /dev/loop-control and /dev/loop0..255 for the Pis' file
 systems, open_by_handle_at allowed and /srv/pifleet and /var/lib/pifleet bind-mounted from fresh
 dirs on the data disk for NFS-Ganesha, no resolv.conf), ``pi1..piN`` have
 eth0 up with a Pi MAC (``--macs``, else a Pi 4 one) and no address (they DHCP), ``outsider`` .60
@@ -332,7 +332,9 @@ def make_key(lab, state):
 
 
 DATA_SIZE = '40G'  # sparse: what the bakery's data disk may grow to
-LOOP_DEVICES = 64  # loop device nodes handed to the container (each Pi root or disk set is one)
+# Loop device nodes handed to the container (each Pi root or disk set is one). The kernel hands out the lowest free
+# device, so the pool has room for what other jobs on the host (the tests beside a lab) hold at the same time.
+LOOP_DEVICES = 256
 LOOP_CTL_ADD = 0x4C80
 
 
