@@ -3,7 +3,7 @@
 """A broken or hostile Pi costs only itself: the fleet role and reimage fail per Pi.
 
 ``site``'s fleet part on N simulated Pis (bench/bench_sabotage.py, the fleet of bench_scale.py on an
-XFS loop store; N is PIFLEET_SABOTAGE_PIS, 100 by default, the bench runs 1000) with three Pis
+XFS loop store; N is PIFLEET_SABOTAGE_PIS, 24 by default, the bench runs 1000) with three Pis
 sabotaged as a Pi can: the other N-3 converge, the three are named in one summary and keep what
 they had, a second run changes nothing. Then ``reimage`` of four Pis that answer SSH on loopback
 (tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails: that one is
@@ -34,9 +34,11 @@ from bench_scale import WORK, build_image, fresh  # noqa: E402
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as pipoints  # noqa: E402
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout  # noqa: E402
 
-PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '100'))
-# The day-two runs make the fleet twice over before the playbook: a smaller one (the bench runs 1000).
-PIS_DAY_TWO = int(os.environ.get('PIFLEET_SABOTAGE_DAY_TWO_PIS', '40'))
+# Enough Pis for every kind bench_scale.fleet_pis makes (models 3/4/5, disks with and without a file system,
+# config.txt and cmdline extras, a MAC prefix) beside the three victims; scale is the bench's job (1000 Pis).
+PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '24'))
+# The day-two runs make the fleet twice over before the playbook: a smaller one (one disked Pi, 4, is a victim).
+PIS_DAY_TWO = int(os.environ.get('PIFLEET_SABOTAGE_DAY_TWO_PIS', '12'))
 
 
 @pytest.fixture(scope='module')
