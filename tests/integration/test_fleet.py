@@ -403,3 +403,49 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
     assert not (top / 'bakery-b/roots/mnt/5c5c5c5c/root/left-behind').exists()  # rebuilt on its own bakery
     assert (top / 'bakery-a/roots/mnt/00b3b3b3/root/left-behind').exists()  # the other bakery's Pi untouched
     assert plugs.plugs['p5'].sets == 2  # off, then on, by bakery-b
+
+
+def test_a_pi_whose_image_lacks_what_its_settings_need_is_refused_alone(bakery):
+    """site with boot_mount nfs for the bakery: pi-05's bakeform is Trixie Lite as first shipped (no nfs-common) and
+    pi-04 asks for cloud-init on a Bookworm-like image without it. Each is refused alone, by name, with the package
+    to add and the setting that avoids it, in the one summary at the end; pi-03 (an image with both) gets its root,
+    export, boot folder and map entry; a second run says the same and changes nothing."""
+    tmp, _lan, _server = bakery
+    top = tmp / 'needs'
+    top.mkdir()
+    build_image(top / 'lite.img.xz', seed=71, models=(5,),
+                packages=('cloud-init', 'network-manager', 'initramfs-tools'))
+    build_image(top / 'bookworm.img.xz', seed=72, models=(4,), packages=('nfs-common', 'dhcpcd', 'initramfs-tools'))
+    pis = {'pi-03': dict(PIS['pi-03']), 'pi-04': dict(PIS['pi-04'], pi_bakeform='bookworm', pi_cloud_init={
+        'packages': ['htop']}), 'pi-05': dict(PIS['pi-05'], pi_bakeform='lite')}
+    playbook(top, pis, fleet_boot_mount='nfs', fleet_store=str(top / 'srv/bakeforms'),
+             fleet_roots_dir=str(top / 'srv/roots'), fleet_disks_dir=str(top / 'srv/disks'),
+             fleet_boot_dir=str(top / 'srv/pis'), fleet_map_path=str(top / 'map.json'),
+             fleet_nfs_ganesha_config=str(top / 'ganesha/ganesha.conf'),
+             fleet_nfs_exports_file=str(top / 'ganesha/pifleet.conf'), fleet_units_dir=str(top / 'units'),
+             fleet_host_ca=str(top / 'ssh/host_ca'), fleet_known_hosts=str(top / 'known_hosts'))
+    (top / 'ganesha').mkdir()
+    (top / 'ganesha/ganesha.conf').write_text('# the NFS server\n')
+    inventory = yaml.safe_load((top / 'hosts.yml').read_text())
+    inventory['bakery']['vars']['pifleet_bakeforms'] = [
+        {'name': 'raspios', 'src': str(tmp / 'raspios.img.xz')}, {'name': 'lite', 'src': str(top / 'lite.img.xz')},
+        {'name': 'bookworm', 'src': str(top / 'bookworm.img.xz')}]
+    (top / 'hosts.yml').write_text(yaml.safe_dump(inventory))
+    try:
+        runs = [ansible(top), ansible(top)]
+        fstab = (top / 'srv/roots/mnt/00b3b3b3/etc/fstab').read_text()
+    finally:
+        unmount_below(top)
+    for rc, counters, output in runs:
+        assert rc != 0 and counters['failed'] == 1, output[-4000:]
+        assert '2 Pi(s) failed, every other Pi was converged' in output, output[-4000:]
+        assert re.search(r'pi-05 \(serial 5c5c5c5c\) failed at roots: root of Pi 5c5c5c5c: the image of bakeform '
+                         r'lite@1 [^\n]*nfs-common[^\n]*pifleet_boot_mount', output), output[-4000:]
+        assert re.search(r'pi-04 \(serial 4a4a4a4a\) failed at roots: root of Pi 4a4a4a4a: the image of bakeform '
+                         r'bookworm@1 [^\n]*cloud-init', output), output[-4000:]
+    assert runs[1][1]['changed'] == 0, runs[1][2][-4000:]
+    assert sorted(p.name for p in (top / 'srv/roots').glob('*.json')) == ['00b3b3b3.json']
+    assert sorted(json.loads((top / 'map.json').read_text())['prefixes']) == ['00b3b3b3']
+    exports = (top / 'ganesha/pifleet.conf').read_text()
+    assert '00b3b3b3' in exports and '5c5c5c5c' not in exports and '4a4a4a4a' not in exports
+    assert ' /boot/firmware nfs ro' in fstab  # boot_mount nfs where the image can
