@@ -270,7 +270,7 @@ def test_batch_wait_spaces_rounds_only_during_a_storm(tmp_path, tftp, start_serv
     assert time.monotonic() - started < (len(kernel) // 512) * wait / 2  # 586 rounds; had they waited: 5.9 s
 
     # BATCH_FROM lock-step transfers at once: a block per transfer per round, each round after a wait.
-    clients = [server.client(timeout=10) for _ in range(hook.BATCH_FROM)]
+    clients = [server.client(timeout=10) for _index in range(hook.BATCH_FROM)]
     starts = [client.start('1234abcd/start4.elf', blksize=1468) for client in clients]  # every slot held first
     got = {}
 
