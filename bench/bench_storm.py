@@ -24,7 +24,7 @@ Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 
 asks for), as a lab after a power cut; the hook must fail none.
 
     python bench/bench_storm.py [--pis 30] [--blksizes 1024,1468] [--layouts own,one] [--rounds 3]
-        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--client-cpus 0] [--server-cpus 1]
+        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--batch-wait S] [--client-cpus 0] [--server-cpus 1]
 """
 
 from __future__ import annotations
