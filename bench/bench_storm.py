@@ -24,7 +24,7 @@ Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 
 asks for), as a lab after a power cut; the hook must fail none.
 
     python bench/bench_storm.py [--pis 30] [--blksizes 1024,1468] [--layouts own,one] [--rounds 3]
-        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--client-cpus 0] [--server-cpus 1]
+        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--batch-wait S] [--client-cpus 0] [--server-cpus 1]
 """
 
 from __future__ import annotations
@@ -189,6 +189,8 @@ def start_hook(lan, work, files, serials, args):
         events.unlink()
     config = {'listen': [BAKERY], 'port': 69, 'map': str(work / 'map.json'), 'roots': [str(work)],
               'events': str(events), 'max_blksize': 1468, 'workers': args.workers}
+    if args.batch_wait is not None:
+        config['batch_wait'] = args.batch_wait
     (work / 'hook.json').write_text(json.dumps(config))
     python = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
     return Server(lan, [python, '-I', str(SERVICE), '--config', str(work / 'hook.json')], args.server_cpus)
@@ -364,6 +366,8 @@ def main():
     parser.add_argument('--storm', type=int, default=200,
                         help='then this many Pis at once, an address each, blksize 1024, once (0: no storm)')
     parser.add_argument('--workers', type=int, default=1, help="the hook's workers")
+    parser.add_argument('--batch-wait', type=float, default=None,
+                        help="the hook's batch_wait in seconds (default: the hook's own; 0: off)")
     cpus = os.cpu_count() or 1
     parser.add_argument('--client-cpus', default='0', help='cores of the bench and the simulated Pis ("" = any)')
     parser.add_argument('--server-cpus', default='1' if cpus > 1 else '', help='cores of the server ("" = any)')
@@ -387,8 +391,9 @@ def main():
         save(args, results)
     if args.storm:
         results += run(args, args.storm, ['own'], [1024], rounds=1, phase='storm')
-    print('\nhook workers %d, clients on cores %s, server on cores %s, nice %d; median (min-max) over rounds\n' % (
-        args.workers, args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
+    print('\nhook workers %d, batch_wait %s, clients on cores %s, server on cores %s, nice %d; median (min-max) over '
+          'rounds\n' % (args.workers, 'default' if args.batch_wait is None else args.batch_wait,
+                        args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
     print(summary(results))
     save(args, results)
     return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
@@ -397,7 +402,8 @@ def main():
 def save(args, results):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        'workers': args.workers, 'nice': args.nice, 'client_cpus': args.client_cpus, 'server_cpus': args.server_cpus,
+        'workers': args.workers, 'batch_wait': args.batch_wait, 'nice': args.nice, 'client_cpus': args.client_cpus,
+        'server_cpus': args.server_cpus,
         'results': results}, indent=1))
 
 

@@ -48,6 +48,7 @@ MODES = ('octet', 'netascii')
 MAX_WINDOW = 64
 SCAN_INTERVAL = 0.05  # how often transfer deadlines are checked while transfers run
 IDLE_INTERVAL = 1.0  # housekeeping cadence (event log rotation) otherwise
+BATCH_FROM = 8  # transfers at once from which the loop lets ACKs gather for batch_wait before it looks again
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY  # a FIFO must not block the loop
 IP_PKTINFO = getattr(socket, 'IP_PKTINFO', 8)
 IPV6_RECVPKTINFO = getattr(socket, 'IPV6_RECVPKTINFO', 49)
@@ -59,7 +60,7 @@ DEFAULTS = {
     'hook_max_bytes': 64 * 1024 * 1024, 'max_blksize': 1468, 'timeout': 1.0, 'retries': 5,
     'max_transfers': 1000, 'map_poll': 2.0, 'workers': 1, 'cache_bytes': 256 * 1024 * 1024,
     'max_timeout': 10, 'first_ack_timeout': 5.0, 'max_per_client': 64, 'log_refusals_burst': 20,
-    'log_refusals_per_second': 1.0,
+    'log_refusals_per_second': 1.0, 'batch_wait': 0.0001,
 }
 # Descriptors besides the two a transfer may hold (its socket, its file): listeners, epoll, the wake
 # pipe, the event log, stdio and the HTTP hook's connections. The role's LimitNOFILE uses it too.
@@ -201,6 +202,7 @@ class Config:
         self.max_per_client = _number(merged, 'max_per_client', 1, 100000, integer=True)
         self.log_refusals_burst = _number(merged, 'log_refusals_burst', 1, 1000000, integer=True)
         self.log_refusals_per_second = _number(merged, 'log_refusals_per_second', 0.001, 1000000)
+        self.batch_wait = _number(merged, 'batch_wait', 0, 0.01)
 
     @classmethod
     def load(cls, path):
@@ -752,11 +754,17 @@ class Service:
 
     def run(self):
         listeners, by_fd, wake_r, lines = self.listeners, self.by_fd, self.wake_r, self.lines
-        poll, clock = self.epoll.poll, time.monotonic
+        poll, clock, sleep, transfers = self.epoll.poll, time.monotonic, time.sleep, self.transfers
+        batch_wait, events = self.config.batch_wait, ()
         self.next_scan = self.next_idle = self.now
         self.next_map = self.now + self.config.map_poll if self.config.map_poll else float('inf')
         while not self.stopping:
-            timeout = SCAN_INTERVAL if self.transfers else max(0.0, min(self.next_idle, self.next_map) - self.now)
+            if events and batch_wait and len(transfers) >= BATCH_FROM:
+                # A storm: the last round had work and many transfers run. Sleeping a moment (not in epoll_wait)
+                # lets the ACKs of that moment gather in their sockets without waking the loop for each one;
+                # the next epoll_wait takes them as one batch (what a NIC's interrupt moderation does).
+                sleep(batch_wait)
+            timeout = SCAN_INTERVAL if transfers else max(0.0, min(self.next_idle, self.next_map) - self.now)
             events = poll(timeout, 512)
             self.now = now = clock()
             pending = None

@@ -37,6 +37,8 @@ CONFIG_ERRORS = [
     ({'max_transfers': 0}, 'max_transfers'),
     ({'map_poll': -1}, 'map_poll'),
     ({'workers': 0}, 'workers'),
+    ({'batch_wait': -0.001}, 'batch_wait'),
+    ({'batch_wait': 0.02}, 'batch_wait'),
 ]
 
 

@@ -258,3 +258,35 @@ def test_wildcard_listen_answers_from_the_address_asked(tmp_path, tftp, start_se
     events = server.wait_events(2)
     assert [(e['server'], e['client'], e['outcome']) for e in events] == [
         ('127.0.0.2', '127.0.0.1', 'ok'), ('::1', '::1', 'aborted')]
+
+
+def test_batch_wait_spaces_rounds_only_during_a_storm(tmp_path, tftp, start_server, hook):
+    """batch_wait spaces the loop's rounds once BATCH_FROM transfers run, never for fewer: a lone Pi does not wait."""
+    made = tftp.make_tree(tmp_path)
+    wait, kernel = 0.01, made['files']['start4.elf']  # the largest batch_wait, so each waited round shows
+    server = start_server(tmp_path, _config(tftp, tmp_path, made, batch_wait=wait, first_ack_timeout=30.0, timeout=5))
+    started = time.monotonic()
+    assert server.client().get('1234abcd/start4.elf')['data'] == kernel
+    assert time.monotonic() - started < (len(kernel) // 512) * wait / 2  # 586 rounds; had they waited: 5.9 s
+
+    # BATCH_FROM lock-step transfers at once: a block per transfer per round, each round after a wait.
+    clients = [server.client(timeout=10) for _index in range(hook.BATCH_FROM)]
+    starts = [client.start('1234abcd/start4.elf', blksize=1468) for client in clients]  # every slot held first
+    got = {}
+
+    def fetch(index, client, tid, oack):
+        client.ack(0, tid)
+        got[index] = client.receive(None, tid, oack)['data']
+
+    threads = [threading.Thread(target=fetch, args=(index, client, tid, oack))
+               for index, (client, (_none, tid, oack)) in enumerate(zip(clients, starts))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    took = time.monotonic() - started
+    assert [got.get(index) for index in range(len(clients))] == [kernel] * len(clients)
+    assert took >= (len(kernel) // 1468) * wait * 0.75  # 205 blocks: the first to finish waited ~2 s
+    assert [e['outcome'] for e in server.wait_events(1 + len(clients))] == ['ok'] * (1 + len(clients))
+    assert server.stop() == 0
