@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -377,7 +378,7 @@ def loop_devices(count=LOOP_DEVICES):
 CGROUP_TREES = ('/sys/fs/cgroup/systemd', '/sys/fs/cgroup/unified', '/sys/fs/cgroup')
 
 
-def cgroup_dirs(machine):
+def cgroup_dirs(machine, trees=CGROUP_TREES):
     """The cgroup of the container ``machine`` in each hierarchy this host has (``pifleet-lab/<machine>``).
 
     With ``--keep-unit`` nspawn makes the container's cgroup ``payload`` below its own, and every process here
@@ -386,27 +387,26 @@ def cgroup_dirs(machine):
     Ganesha sat in the other's unit. A cgroup per machine keeps each container's units its own.
     """
     found = []
-    for tree in CGROUP_TREES:
-        if os.path.isfile(os.path.join(tree, 'cgroup.procs')) and os.path.ismount(tree):
+    for tree in trees:
+        # A cgroup file system: /sys/fs/cgroup itself only on a pure cgroup v2 host (else a tmpfs of hierarchies).
+        if os.path.isfile(os.path.join(tree, 'cgroup.procs')):
             found.append(os.path.join(tree, 'pifleet-lab', machine))
-            if tree == '/sys/fs/cgroup':  # pure cgroup v2: the one tree
-                break
     return found
 
 
-def in_own_cgroup(machine, argv):
+def in_own_cgroup(machine, argv, trees=CGROUP_TREES):
     """``argv`` started from a cgroup of its own (see cgroup_dirs): a shell moves itself there, then execs."""
-    dirs = cgroup_dirs(machine)
+    dirs = cgroup_dirs(machine, trees)
     for path in dirs:
         os.makedirs(path, exist_ok=True)
-    moves = ''.join('echo $$ > %s/cgroup.procs && ' % path for path in dirs)
+    moves = ''.join('echo $$ > %s && ' % shlex.quote(os.path.join(path, 'cgroup.procs')) for path in dirs)
     return ['sh', '-c', moves + 'exec "$@"', 'sh', *argv]
 
 
-def release_cgroups(machine):
+def release_cgroups(machine, trees=CGROUP_TREES):
     """Remove the container's cgroups once it is gone (bottom up; a cgroup still in use stays)."""
-    for top in cgroup_dirs(machine):
-        for where, _dirs, _files in sorted(os.walk(top, topdown=False), key=lambda entry: -len(entry[0])):
+    for top in cgroup_dirs(machine, trees):
+        for where, _dirs, _files in os.walk(top, topdown=False):  # children first
             try:
                 os.rmdir(where)
             except OSError:
