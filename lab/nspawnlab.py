@@ -403,14 +403,22 @@ def in_own_cgroup(machine, argv, trees=CGROUP_TREES):
     return ['sh', '-c', moves + 'exec "$@"', 'sh', *argv]
 
 
-def release_cgroups(machine, trees=CGROUP_TREES):
-    """Remove the container's cgroups once it is gone (bottom up; a cgroup still in use stays)."""
+def release_cgroups(machine, trees=CGROUP_TREES, wait=5.0):
+    """Remove the container's cgroups once it is gone (bottom up; a cgroup still in use stays).
+
+    Waits up to ``wait`` seconds for the kernel to let go of the processes that just exited.
+    """
+    deadline = time.monotonic() + wait
     for top in cgroup_dirs(machine, trees):
-        for where, _dirs, _files in os.walk(top, topdown=False):  # children first
-            try:
-                os.rmdir(where)
-            except OSError:
-                pass
+        while True:
+            for where, _dirs, _files in os.walk(top, topdown=False):  # children first
+                try:
+                    os.rmdir(where)
+                except OSError:
+                    pass
+            if not os.path.exists(top) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
 
 
 def start_container(lab, state, image_dir, keys, fresh=True):

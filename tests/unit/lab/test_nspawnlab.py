@@ -42,7 +42,7 @@ def test_release_removes_what_is_empty_and_leaves_what_is_in_use(tmp_path):
     (tmp_path / mine / 'payload/system.slice').mkdir(parents=True)
     (tmp_path / mine / 'payload/init.scope').mkdir()
     (tmp_path / mine / 'payload/init.scope/in-use').write_text('')  # a real cgroup with processes cannot go
-    nspawnlab.release_cgroups('m', pure)
+    nspawnlab.release_cgroups('m', pure, wait=0.0)
     assert not (tmp_path / mine / 'payload/system.slice').exists()
     assert (tmp_path / mine / 'payload/init.scope').exists()
     (tmp_path / mine / 'payload/init.scope/in-use').unlink()
