@@ -383,8 +383,11 @@ def cgroup_dirs(machine, trees=CGROUP_TREES):
 
     With ``--keep-unit`` nspawn makes the container's cgroup ``payload`` below its own, and every process here
     starts in the same (root) cgroup: two containers at once then shared ``/payload``, so their two systemd
-    instances managed one ``/payload/system.slice/nfs-ganesha.service`` between them, and one container's
-    Ganesha sat in the other's unit. A cgroup per machine keeps each container's units its own.
+    instances managed one ``/payload/system.slice/nfs-ganesha.service`` between them. Seen: both Ganeshas in that
+    one cgroup, the second container's systemd with ``MainPID=0`` for its Ganesha (Type=forking without a PID
+    file: it guesses the main process from the cgroup, which holds two), so ``ExecReload=kill -HUP $MAINPID``
+    reloads nothing, and "Failed to kill control group ... Input/output error" when it stops. A cgroup per
+    machine keeps each container's units its own.
     """
     found = []
     for tree in trees:
@@ -419,6 +422,10 @@ def release_cgroups(machine, trees=CGROUP_TREES, wait=5.0):
             if not os.path.exists(top) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        try:
+            os.rmdir(os.path.dirname(top))  # pifleet-lab itself, once no other lab's machine is in it
+        except OSError:
+            pass
 
 
 def start_container(lab, state, image_dir, keys, fresh=True):

@@ -47,4 +47,10 @@ def test_release_removes_what_is_empty_and_leaves_what_is_in_use(tmp_path):
     assert (tmp_path / mine / 'payload/init.scope').exists()
     (tmp_path / mine / 'payload/init.scope/in-use').unlink()
     nspawnlab.release_cgroups('m', pure)
-    assert not (tmp_path / 'top/pifleet-lab/m').exists()
+    assert not (tmp_path / 'top/pifleet-lab').exists()
+    other = nspawnlab.cgroup_dirs('other', pure)[0]
+    for machine in ('m', 'other'):
+        (tmp_path / 'top/pifleet-lab' / machine).mkdir(parents=True, exist_ok=True)
+    (tmp_path / other / 'in-use').write_text('')
+    nspawnlab.release_cgroups('m', pure, wait=0.0)
+    assert sorted(path.name for path in (tmp_path / 'top/pifleet-lab').iterdir()) == ['other']  # another lab's
