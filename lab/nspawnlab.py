@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -375,6 +376,60 @@ def loop_devices(count=LOOP_DEVICES):
     return ['/dev/loop%d' % index for index in range(count) if os.path.exists('/dev/loop%d' % index)]
 
 
+# cgroup hierarchies systemd tracks a container's services in: name=systemd (v1 or hybrid) and the v2 tree.
+CGROUP_TREES = ('/sys/fs/cgroup/systemd', '/sys/fs/cgroup/unified', '/sys/fs/cgroup')
+
+
+def cgroup_dirs(machine, trees=CGROUP_TREES):
+    """The cgroup of the container ``machine`` in each hierarchy this host has (``pifleet-lab/<machine>``).
+
+    With ``--keep-unit`` nspawn makes the container's cgroup ``payload`` below its own, and every process here
+    starts in the same (root) cgroup: two containers at once then shared ``/payload``, so their two systemd
+    instances managed one ``/payload/system.slice/nfs-ganesha.service`` between them. Seen: both Ganeshas in that
+    one cgroup, the second container's systemd with ``MainPID=0`` for its Ganesha (Type=forking without a PID
+    file: it guesses the main process from the cgroup, which holds two), so ``ExecReload=kill -HUP $MAINPID``
+    reloads nothing, and "Failed to kill control group ... Input/output error" when it stops. A cgroup per
+    machine keeps each container's units its own.
+    """
+    found = []
+    for tree in trees:
+        # A cgroup file system: /sys/fs/cgroup itself only on a pure cgroup v2 host (else a tmpfs of hierarchies).
+        if os.path.isfile(os.path.join(tree, 'cgroup.procs')):
+            found.append(os.path.join(tree, 'pifleet-lab', machine))
+    return found
+
+
+def in_own_cgroup(machine, argv, trees=CGROUP_TREES):
+    """``argv`` started from a cgroup of its own (see cgroup_dirs): a shell moves itself there, then execs."""
+    dirs = cgroup_dirs(machine, trees)
+    for path in dirs:
+        os.makedirs(path, exist_ok=True)
+    moves = ''.join('echo $$ > %s && ' % shlex.quote(os.path.join(path, 'cgroup.procs')) for path in dirs)
+    return ['sh', '-c', moves + 'exec "$@"', 'sh', *argv]
+
+
+def release_cgroups(machine, trees=CGROUP_TREES, wait=5.0):
+    """Remove the container's cgroups once it is gone (bottom up; a cgroup still in use stays).
+
+    Waits up to ``wait`` seconds for the kernel to let go of the processes that just exited.
+    """
+    deadline = time.monotonic() + wait
+    for top in cgroup_dirs(machine, trees):
+        while True:
+            for where, _dirs, _files in os.walk(top, topdown=False):  # children first
+                try:
+                    os.rmdir(where)
+                except OSError:
+                    pass
+            if not os.path.exists(top) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        try:
+            os.rmdir(os.path.dirname(top))  # pifleet-lab itself, once no other lab's machine is in it
+        except OSError:
+            pass
+
+
 def start_container(lab, state, image_dir, keys, fresh=True):
     data = data_disk(state)
     rootfs = data / 'rootfs'
@@ -387,7 +442,8 @@ def start_container(lab, state, image_dir, keys, fresh=True):
             Path(outside).mkdir(mode=0o755, parents=True)
     Path(lab['console_log']).unlink(missing_ok=True)
     lab['leader_pid'] = None
-    lab['pids']['nspawn'] = spawn('nspawn', [
+    release_cgroups(lab['machine'])  # what an earlier boot of this machine left
+    lab['pids']['nspawn'] = spawn('nspawn', in_own_cgroup(lab['machine'], [
         'systemd-nspawn', '--quiet', '--directory=%s' % rootfs, '--register=no',
         '--keep-unit', '--boot', '--console=pipe',
         '--network-namespace-path=/run/netns/%s' % lab['namespaces']['bakery'],
@@ -401,7 +457,7 @@ def start_container(lab, state, image_dir, keys, fresh=True):
         # Each Pi's root and disks are file systems of their own, loop-mounted by pi_root and pi_disk.
         '--bind=/dev/loop-control', *('--bind=%s' % device for device in loop_devices()),
         *('--bind=%s:%s' % (outside, inside) for inside, outside in lab['data_dirs'].items()),
-    ], lab['console_log'])
+    ]), lab['console_log'])
     save(state, lab)
     deadline = time.monotonic() + 30
     while not lab['leader_pid'] and time.monotonic() < deadline and running('nspawn'):
@@ -452,6 +508,7 @@ def down(state):
     if lab.get('leader_pid'):  # only left when nspawn had to be killed
         stop(lab['leader_pid'], 'systemd', grace=0.0, sig=signal.SIGKILL)
     stop(pids.get('dnsmasq'), 'dnsmasq', grace=10.0)
+    release_cgroups(lab.get('machine', ''))
     for ns in reversed(list(lab.get('namespaces', {}).values())):
         run(['ip', 'netns', 'delete', ns], check=False)
     lab['pids'] = {}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from fstree import unmount_below
 from powerfakes import PlugServer
+from statustable import table
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = '''#!/bin/sh
@@ -96,21 +97,6 @@ def pis(plugs, count, owners=None):
         if owners and name in owners:
             found[name]['pi_bakery'] = owners[name]
     return found
-
-
-def table(output, bakery):
-    """The status rows of the Pis ``bakery`` serves: {Pi: columns}. The table has a BAKERY line before each
-    bakery's Pis when there are several; with one, every row is its."""
-    block = re.search(r'^ok: \[[^]]+\] => \{\n(.*?)^\}', output.split('TASK [Show the fleet]')[1], re.M | re.S)
-    assert block, output[-3000:]
-    sections, current = {}, None
-    for line in block.group(1).splitlines():
-        named = re.match(r'\s*"BAKERY (\S+)"', line)
-        if named:
-            current = named.group(1)
-        elif re.match(r'\s*"pi-0\d ', line):
-            sections.setdefault(current, {})[line.split()[0].strip('"')] = line.split()
-    return sections.get(bakery, sections.get(None))
 
 
 def test_group_names_in_the_bakery_groups_own_group_vars(tmp_path, plugs):

@@ -46,9 +46,10 @@ class Plug:
 class PlugServer:
     """One server, many plugs: plug ``name`` lives under ``/d/<name>``, its base URL is ``url(name)``."""
 
-    def __init__(self):
+    def __init__(self, address='127.0.0.1'):
+        """Listens on ``address`` in the network namespace of the calling thread (a lab LAN's router, say)."""
         self.plugs, self.lock, self.stopping = {}, threading.Lock(), threading.Event()
-        self.server = ThreadingHTTPServer(('127.0.0.1', 0), _PlugHandler)
+        self.server = ThreadingHTTPServer((address, 0), _PlugHandler)
         self.server.daemon_threads = True
         self.server.fake = self
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -62,7 +63,7 @@ class PlugServer:
         return self.url(name)
 
     def url(self, name):
-        return 'http://127.0.0.1:%d/d/%s' % (self.server.server_address[1], name)
+        return 'http://%s:%d/d/%s' % (*self.server.server_address[:2], name)
 
     def close(self):
         self.stopping.set()
