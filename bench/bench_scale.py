@@ -299,7 +299,7 @@ def main(argv=None):
     parser.add_argument('--keep', action='store_true', help='keep the temp dirs under .build/bench/scale/')
     parser.add_argument('--out', default=str(WORK / 'scale.json'))
     parser.add_argument('--disk', default='120G', help='size of the sparse XFS loop file system the runs use (the '
-                        'space check books each root'"'"'s worst case: 60G is too small for 1000 Pis)')
+                        'space check books each root\'s worst case: 60G is too small for 1000 Pis)')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_scale needs root (the Pi roots keep owners and device nodes)')
