@@ -113,3 +113,35 @@ def test_directories_elsewhere_or_allowed_pass(tmp_path):
     rc, output = run(tmp_path, space_tasks(), space_vars(tmp_path, tmp_path, tmp_path, allow=True))
     assert rc == 0, output[-3000:]
     assert task_line(output, 'Look up the file systems').startswith('skipping:'), output
+
+
+def ca_tasks():
+    return [{'ansible.builtin.include_tasks': str(TASKS / 'hostca.yml')},
+            {'ansible.builtin.debug': {'msg': 'CA ready={{ fleet_host_ca_ready }} public={{ fleet_host_ca_public }}'}}]
+
+
+def ca_run(tmp_path, ca, check=False):
+    return run(tmp_path, ca_tasks(), {'fleet_host_ca': str(ca), 'fleet_bakery_host': 'lab'}, check=check)
+
+
+def test_the_host_ca_is_made_once_and_kept_root_only(tmp_path):
+    ca = tmp_path / 'ssh dir' / 'host_ca'
+    rc, output = ca_run(tmp_path, ca, check=True)  # check mode makes nothing, and says the CA is not there yet
+    assert rc == 0, output[-3000:]
+    assert not ca.parent.exists() and 'CA ready=False public=' in output, output[-3000:]
+    rc, output = ca_run(tmp_path, ca)
+    assert rc == 0, output[-3000:]
+    public = (tmp_path / 'ssh dir' / 'host_ca.pub').read_text().strip()
+    assert 'CA ready=True public=%s' % public in output and public.endswith(' pifleet host CA of lab'), output[-3000:]
+    assert (ca.parent.stat().st_mode & 0o7777, ca.stat().st_mode & 0o7777) == (0o700, 0o600)
+    key = ca.read_bytes()
+    rc, output = ca_run(tmp_path, ca)  # in order: one stat and the public key read, nothing else
+    assert rc == 0 and 'changed=0' in output, output[-3000:]
+    for name in ('Make the directory', 'Make the fleet', 'Keep the CA'):
+        assert task_line(output, name).startswith('skipping:'), output
+    ca.chmod(0o644)
+    ca.parent.chmod(0o755)
+    rc, output = ca_run(tmp_path, ca)  # modes put right, the key itself kept
+    assert rc == 0, output[-3000:]
+    assert (ca.parent.stat().st_mode & 0o7777, ca.stat().st_mode & 0o7777) == (0o700, 0o600)
+    assert ca.read_bytes() == key and 'CA ready=True public=%s' % public in output
