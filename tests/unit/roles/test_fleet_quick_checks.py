@@ -96,8 +96,8 @@ def test_directories_on_the_root_file_system_are_refused(tmp_path, check):
     (tmp_path / 'roots dir').mkdir()  # exists: judged itself; its name has a space
     # The store is not made yet (judged by its parent, the temp dir); the disks' directory and its parent are not
     # there at all (the modules judge it).
-    rc, output = run(tmp_path, space_tasks(), space_vars(tmp_path / 'store', tmp_path / 'roots dir',
-                                                          elsewhere / 'pifleet-no-such' / 'disks'), check=check)
+    paths = space_vars(tmp_path / 'store', tmp_path / 'roots dir', elsewhere / 'pifleet-no-such' / 'disks')
+    rc, output = run(tmp_path, space_tasks(), paths, check=check)
     assert rc != 0, output[-3000:]
     assert "%s, %s would lie on the bakery's root file system (/)" % (tmp_path / 'store', tmp_path / 'roots dir') \
         in output, output[-3000:]

@@ -208,13 +208,13 @@ def test_clone_failure_says_what_and_leaves_nothing(tmp_path):
     dest = tmp_path / 'clone.img'
     with pytest.raises(_roots.RootError, match=r'cloning .*root.img for Pi 3a4b5c6d failed \(reflink: Operation not '
                                                r'supported\); clone_method: copy works'):
-        _roots.Cloner(FakeRun(), which, reflink=failing_reflink).clone(str(tmp_path / 'root.img'), str(dest),
-                                                                        ['reflink'], 'Pi 3a4b5c6d')
+        cloner = _roots.Cloner(FakeRun(), which, reflink=failing_reflink)
+        cloner.clone(str(tmp_path / 'root.img'), str(dest), ['reflink'], 'Pi 3a4b5c6d')
     assert not dest.exists()
     run = FakeRun(failing=('--reflink=never',))
     with pytest.raises(_roots.RootError, match=r'failed \(reflink: Operation not supported; copy: cp: failed'):
-        _roots.Cloner(run, which, reflink=failing_reflink).clone(str(tmp_path / 'root.img'), str(dest),
-                                                                  ['reflink', 'copy'], 'Pi 3a4b5c6d')
+        cloner = _roots.Cloner(run, which, reflink=failing_reflink)
+        cloner.clone(str(tmp_path / 'root.img'), str(dest), ['reflink', 'copy'], 'Pi 3a4b5c6d')
     assert not dest.exists()
 
 
