@@ -28,9 +28,12 @@ class ConfinedError(Exception):
 class Tree:
     """A directory tree addressed only by paths relative to it; see the module docstring."""
 
-    def __init__(self, top, label=None):
+    def __init__(self, top, label=None, durable=True):
         self.top = top
         self.label = label or top
+        # False: a tree being built that nothing uses yet, flushed whole before it is (sync_file_system): its
+        # files are not flushed to disk one by one (a new root gets a dozen; a first run makes a thousand roots).
+        self.durable = durable
         try:
             self.fd = os.open(top, _DIR_FLAGS)
         except OSError as exc:
@@ -206,7 +209,8 @@ class Tree:
                 os.fchmod(out, owner[2])  # after chown, which clears setuid/setgid bits
                 if keep:
                     _copy_xattrs(fd, name, out)
-                os.fsync(out)
+                if self.durable:
+                    os.fsync(out)
             finally:
                 os.close(out)
             os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)

@@ -270,7 +270,7 @@ class PiBoots:
                     else:
                         _atomic.write_text(os.path.join(folder, file), after, fsync=False)
             if plan.writes:
-                os.sync()  # one flush for thousands of small files
+                _atomic.sync_file_system(self.boot_dir)  # one flush for thousands of small files
             for path, folder in built:
                 os.rename(path, folder)
         finally:

@@ -69,8 +69,9 @@ def record(ca_fingerprint, principals, public_keys):
     return {'ca': ca_fingerprint, 'principals': list(principals), 'keys_sha256': keys}
 
 
-def sign_argv(keygen, ca, key_id, principals, public):
-    return [keygen, '-q', '-s', ca, '-I', key_id, '-h', '-n', ','.join(principals), '-V', VALIDITY, public]
+def sign_argv(keygen, ca, key_id, principals, *publics):
+    """One ssh-keygen signs every public key given (each gets its ``-cert.pub`` beside it): one process per Pi."""
+    return [keygen, '-q', '-s', ca, '-I', key_id, '-h', '-n', ','.join(principals), '-V', VALIDITY, '--', *publics]
 
 
 def root_takes_dropins(tree):
@@ -137,7 +138,7 @@ class HostCA:
         serial, hostname = item['serial'], item['hostname']
         folder = os.path.join(scratch, 'cert-' + serial)
         os.makedirs(folder, 0o700, exist_ok=True)
-        keygen, certs = self.which('ssh-keygen', True), {}
+        keygen, publics = self.which('ssh-keygen', True), {}
         for kind in kinds:
             public = os.path.join(folder, 'ssh_host_%s_key.pub' % kind)
             for stale in (public, public[:-len('.pub')] + '-cert.pub'):
@@ -145,10 +146,17 @@ class HostCA:
                     os.unlink(stale)
             with open(public, 'w', encoding='ascii') as handle:
                 handle.write(identity.keys[kind][1])
-            rc, out, err = self.run(sign_argv(keygen, self.path, '%s-%s' % (hostname, serial), principals, public))
-            if rc != 0:
-                raise CertError('signing the %s host key of Pi %s with host_ca %s failed: %s'
-                                % (kind, serial, self.path, (err or out).strip()))
+            publics[kind] = public
+        if not publics:
+            return {}
+        # All of the Pi's keys in one ssh-keygen: one process per Pi, not one per key (a first run makes thousands).
+        rc, out, err = self.run(sign_argv(keygen, self.path, '%s-%s' % (hostname, serial), principals,
+                                          *publics.values()))
+        if rc != 0:
+            raise CertError('signing the %s host key(s) of Pi %s with host_ca %s failed: %s'
+                            % (', '.join(publics), serial, self.path, (err or out).strip()))
+        certs = {}
+        for kind, public in publics.items():
             with open(public[:-len('.pub')] + '-cert.pub', encoding='ascii') as handle:
                 certs[kind] = handle.read()
         return certs

@@ -92,13 +92,16 @@ class Builder:
             os.mkdir(mnt, 0o700)
             self.mounter.mount(image, mnt, _loopfs.ROOT_OPTIONS, 'the new root of Pi %s' % serial)
             try:
-                with Tree(mnt, 'the new root of Pi %s (%s)' % (serial, bake.label(generation))) as tree:
+                with Tree(mnt, 'the new root of Pi %s (%s)' % (serial, bake.label(generation)), durable=False) as tree:
                     boot = self.boot_line(item, bake, generation, tree)
                     changes = _rootfix.clone_changes(tree, item['hostname'], boot, keys, identity.machine_id + '\n',
                                                      seed=self.seed(item, tree))
                     more, facts = self.contents(plan, tree, identity, source=tree)
                     _rootfix.apply(tree, changes + more)
                     self.clone_diff(plan, changes, tree)
+                # One flush of the new root (through its loop device into its image) for all it was given, before
+                # anything names it: not a flush per file.
+                _atomic.sync_file_system(mnt)
             finally:
                 self.mounter.umount(mnt, 'the new root of Pi %s' % serial)
             marker = self.marker(plan, method, changes + more, _loopfs.read_superblock(image)['uuid'], facts)

@@ -150,19 +150,23 @@ class SparseWriter:
         self.handle = handle
         self.size = 0
 
-    def write(self, data):
+    def write(self, data, start=0, end=None):
+        """Write ``data[start:end]``. The zero test compares each 64 KiB block in place (``bytes.startswith`` with
+        offsets: no slice, no copy); a slice per block copied every byte of a 2 GiB image once more, beside xz."""
         # bytes, not memoryview: comparing memoryviews goes item by item (4 s of CPU per 2 GiB, beside xz).
         data = data if isinstance(data, bytes) else bytes(data)
-        run_start, run_zero = 0, None
-        for offset in range(0, len(data), 65536):
-            zero = data[offset:offset + 65536] == _ZEROS[:min(65536, len(data) - offset)]
+        end = len(data) if end is None else end
+        run_start, run_zero = start, None
+        for offset in range(start, end, 65536):
+            stop = min(offset + 65536, end)
+            zero = data.startswith(_ZEROS if stop - offset == 65536 else _ZEROS[:stop - offset], offset, stop)
             if zero != run_zero and run_zero is not None:
                 self._emit(data, run_start, offset, run_zero)
                 run_start = offset
             run_zero = zero
         if run_zero is not None:
-            self._emit(data, run_start, len(data), run_zero)
-        self.size += len(data)
+            self._emit(data, run_start, end, run_zero)
+        self.size += end - start
 
     def _emit(self, data, start, end, zero):
         if zero:
@@ -228,7 +232,7 @@ class ImageSplitter:
             if lo < hi:
                 sink.handle.seek(lo - start)
                 sink.size = lo - start
-                sink.write(memoryview(data)[lo - offset:hi - offset])
+                sink.write(data, lo - offset, hi - offset)  # no copy: the sink reads its part in place
 
     def close(self):
         if self.table is None and self.size:

@@ -166,3 +166,14 @@ def test_write_new_and_make_dir_ignore_the_umask(tmp_path):
     assert (folder / 'cmdline.txt').read_text() == 'console=tty1\n'
     with pytest.raises(FileExistsError):
         _atomic.write_new(str(folder / 'cmdline.txt'), 'again\n')
+
+
+def test_sync_file_system_flushes_that_one_not_every_mounted_one(tmp_path, monkeypatch):
+    """syncfs(2) for the file system holding the path; os.sync() (every file system: a bakery mounts one per Pi
+    root) only when that cannot be done."""
+    synced = []
+    monkeypatch.setattr(_atomic.os, 'sync', lambda: synced.append('all'))
+    _atomic.sync_file_system(str(tmp_path))
+    assert synced == []  # Linux and glibc: syncfs
+    _atomic.sync_file_system(str(tmp_path / 'not-there'))
+    assert synced == ['all']

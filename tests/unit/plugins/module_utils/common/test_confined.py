@@ -400,3 +400,20 @@ def test_entries_list_without_following(lab):
         assert tree.entries('missing') == []
         with pytest.raises(ConfinedError):
             tree.entries('etc/link')
+
+
+def test_a_tree_being_built_is_not_flushed_file_by_file(tmp_path, monkeypatch):
+    """durable=False (a new root, flushed whole before anything names it): the same files, owners and modes, without
+    an fsync per file; a live tree (the default) flushes each file before it is renamed in."""
+    flushed = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: (flushed.append(fd), real_fsync(fd))[1])
+    for durable, count in ((False, 0), (True, 2)):
+        top = tmp_path / ('durable' if durable else 'built')
+        top.mkdir()
+        flushed.clear()
+        with Tree(str(top), durable=durable) as tree:
+            tree.write_text('etc/hostname', 'pi-1\n', 0o644)
+            tree.write_bytes('etc/ssh/key', b'secret', 0o600)
+        assert len(flushed) == count
+        assert (top / 'etc/hostname').read_text() == 'pi-1\n' and (top / 'etc/ssh/key').stat().st_mode & 0o777 == 0o600

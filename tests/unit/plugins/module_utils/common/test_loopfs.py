@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import subprocess
@@ -228,6 +230,31 @@ def test_umount_falls_back_to_lazy_and_says_what_failed():
     run = FakeRun((32, '', 'busy'), (32, '', 'not mounted'))
     with pytest.raises(_loopfs.LoopError, match=r'unmounting /r/x \(the root of Pi x\) failed: not mounted'):
         _loopfs.Mounter(run, which).umount('/r/x', 'the root of Pi x')
+
+
+def test_umount_in_process_first_and_umount8_for_what_it_refuses(tmp_path, monkeypatch):
+    """As root, umount2(2) without a process (lazily when busy), never through a symlink; what it refuses (not a
+    mount point, a symlink) goes to umount(8) as before. The real unmount is tested where roots are mounted."""
+    (tmp_path / 'dir').mkdir()
+    (tmp_path / 'link').symlink_to('/')
+    assert _loopfs._umount_here(str(tmp_path / 'dir')) is False  # not mounted: EINVAL
+    assert _loopfs._umount_here(str(tmp_path / 'link')) is False  # / itself is never reached through the link
+    calls = []
+
+    class Libc:
+        def umount2(self, point, flags):
+            calls.append((point, flags))
+            if len(calls) == 1:
+                ctypes.set_errno(errno.EBUSY)
+                return -1
+            return 0
+
+    monkeypatch.setattr(_loopfs, '_libc', Libc)
+    monkeypatch.setattr(_loopfs.os, 'geteuid', lambda: 0)
+    run = FakeRun()
+    _loopfs.Mounter(run, which).umount('/r/x', 'the root of Pi x')
+    assert calls == [(b'/r/x', _loopfs.UMOUNT_NOFOLLOW), (b'/r/x', _loopfs.UMOUNT_NOFOLLOW | _loopfs.MNT_DETACH)]
+    assert run.calls == []
 
 
 def test_the_two_step_attach_detaches_what_it_attached_when_autoclear_fails(monkeypatch):

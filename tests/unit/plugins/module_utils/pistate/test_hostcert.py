@@ -43,9 +43,9 @@ def test_dropin_record_and_argv():
     assert one != hostcert.record('SHA256:ca', ['kitchen', '10.0.0.5'], ['ssh-ed25519 AAAA'])
     assert one != hostcert.record('SHA256:other', ['kitchen'], ['ssh-ed25519 AAAA'])
     assert one != hostcert.record('SHA256:ca', ['kitchen'], ['ssh-ed25519 BBBB'])
-    assert hostcert.sign_argv('/k', '/ca', 'kitchen-3a4b5c6d', ['kitchen', '10.0.0.5'], '/p.pub') == [
+    assert hostcert.sign_argv('/k', '/ca', 'kitchen-3a4b5c6d', ['kitchen', '10.0.0.5'], '/p.pub', '/q.pub') == [
         '/k', '-q', '-s', '/ca', '-I', 'kitchen-3a4b5c6d', '-h', '-n', 'kitchen,10.0.0.5', '-V', 'always:forever',
-        '/p.pub']
+        '--', '/p.pub', '/q.pub']
 
 
 def test_changes_write_ours_and_take_only_ours_away(tmp_path):
@@ -92,3 +92,39 @@ def test_a_real_ca_signs_the_bakerys_copy_of_each_key(tmp_path):
     junk = hostcert.HostCA(str(tmp_path / 'junk'), Run(), lambda name, required: shutil.which(name))
     with pytest.raises(hostcert.CertError, match='is not an SSH private key ssh-keygen can read'):
         junk.fingerprint()
+
+
+class Counted(Run):
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        return super().__call__(argv)
+
+
+@pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen')
+def test_all_of_a_pis_keys_are_signed_by_one_ssh_keygen(tmp_path):
+    ca = tmp_path / 'host_ca'
+    subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519', '-f', str(ca)], check=True)
+    keys = {}
+    for kind in ('ed25519', 'ecdsa'):
+        subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', kind, '-f', str(tmp_path / kind)], check=True)
+        keys[kind] = ((tmp_path / kind).read_bytes(), (tmp_path / (kind + '.pub')).read_text())
+    run = Counted()
+    signer = hostcert.HostCA(str(ca), run, lambda name, required: shutil.which(name))
+    certs = signer.sign(str(tmp_path / 'scratch'), {'serial': '3a4b5c6d', 'hostname': 'kitchen'},
+                        ['kitchen', '10.0.0.5'], _identity.Identity(keys=keys), ['ed25519', 'ecdsa'])
+    assert [argv[1:4] for argv in run.calls] == [['-q', '-s', str(ca)]]  # one process for both keys
+    for kind, header in (('ed25519', 'ssh-ed25519-cert-v01@openssh.com'),
+                         ('ecdsa', 'ecdsa-sha2-nistp256-cert-v01@openssh.com')):
+        (tmp_path / 'cert.pub').write_text(certs[kind])
+        shown = subprocess.run(['ssh-keygen', '-L', '-f', str(tmp_path / 'cert.pub')], capture_output=True, text=True,
+                               check=True).stdout
+        assert '%s host certificate' % header in shown and 'kitchen-3a4b5c6d' in shown and '10.0.0.5' in shown
+        assert keys[kind][1].split()[1] not in certs[kind]  # a certificate, not the key itself
+    (tmp_path / 'scratch' / 'cert-3a4b5c6d' / 'ssh_host_ecdsa_key.pub').unlink()
+    broken = hostcert.HostCA(str(tmp_path / 'ecdsa.pub'), Run(), lambda name, required: shutil.which(name))
+    with pytest.raises(hostcert.CertError, match=r'signing the ed25519, ecdsa host key\(s\) of Pi 3a4b5c6d'):
+        broken.sign(str(tmp_path / 'scratch'), {'serial': '3a4b5c6d', 'hostname': 'kitchen'}, ['kitchen'],
+                    _identity.Identity(keys=keys), ['ed25519', 'ecdsa'])

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -183,26 +184,55 @@ def which(name, required):
     return '/usr/bin/' + name
 
 
+def failing_reflink(golden, dest):
+    """A file system that cannot share extents, after leaving a partial file."""
+    with open(dest, 'wb') as partial:
+        partial.write(b'half')
+    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+
 def test_reflink_falls_back_to_copy_after_cleaning_up(tmp_path):
     golden = tmp_path / 'root.img'
     golden.write_bytes(b'golden image')
     dest = tmp_path / 'clone.img'
-    run = FakeRun(failing=('--reflink=always',))
-    method = _roots.Cloner(run, which).clone(str(golden), str(dest), ['reflink', 'copy'], 'Pi x')
+    run = FakeRun()
+    method = _roots.Cloner(run, which, reflink=failing_reflink).clone(str(golden), str(dest), ['reflink', 'copy'],
+                                                                      'Pi x')
     assert method == 'copy'
     cp = ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--', '/usr/bin/cp']
-    assert run.calls == [[*cp, '--reflink=always', '--', str(golden), str(dest)],
-                         [*cp, '--reflink=never', '--sparse=always', '--', str(golden), str(dest)]]
+    assert run.calls == [[*cp, '--reflink=never', '--sparse=always', '--', str(golden), str(dest)]]
     assert dest.read_bytes() == b'golden image'  # not the partial file of the failed attempt
 
 
 def test_clone_failure_says_what_and_leaves_nothing(tmp_path):
-    run = FakeRun(failing=('--reflink=always',))
     dest = tmp_path / 'clone.img'
-    with pytest.raises(_roots.RootError, match=r'cloning .*root.img for Pi 3a4b5c6d failed \(reflink: cp: failed to '
-                                               r'clone: Operation not supported\); clone_method: copy works'):
-        _roots.Cloner(run, which).clone(str(tmp_path / 'root.img'), str(dest), ['reflink'], 'Pi 3a4b5c6d')
+    with pytest.raises(_roots.RootError, match=r'cloning .*root.img for Pi 3a4b5c6d failed \(reflink: Operation not '
+                                               r'supported\); clone_method: copy works'):
+        cloner = _roots.Cloner(FakeRun(), which, reflink=failing_reflink)
+        cloner.clone(str(tmp_path / 'root.img'), str(dest), ['reflink'], 'Pi 3a4b5c6d')
     assert not dest.exists()
+    run = FakeRun(failing=('--reflink=never',))
+    with pytest.raises(_roots.RootError, match=r'failed \(reflink: Operation not supported; copy: cp: failed'):
+        cloner = _roots.Cloner(run, which, reflink=failing_reflink)
+        cloner.clone(str(tmp_path / 'root.img'), str(dest), ['reflink', 'copy'], 'Pi 3a4b5c6d')
+    assert not dest.exists()
+
+
+def test_a_real_reflink_shares_the_bytes_or_says_why_not(tmp_path):
+    """In this process (FICLONE), no cp: the same bytes and mode where the file system shares extents (XFS, btrfs);
+    where it does not, an OSError the clone step turns into its fall-back to copy."""
+    golden = tmp_path / 'root.img'
+    golden.write_bytes(b'golden image' * 1000)
+    golden.chmod(0o600)
+    dest = tmp_path / 'clone.img'
+    try:
+        _roots.reflink(str(golden), str(dest))
+    except OSError as exc:
+        assert exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY), exc
+        return
+    assert dest.read_bytes() == golden.read_bytes() and dest.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):  # never over a file that is there
+        _roots.reflink(str(golden), str(dest))
 
 
 def real_run(argv):

@@ -67,6 +67,20 @@ def test_stream_image_trailing_zeros_keep_length(tmp_path):
     assert out.stat().st_size == 200003
 
 
+def test_sparse_writer_writes_a_part_of_its_data_in_place(tmp_path):
+    """write(data, start, end): the splitter hands each partition its part of a chunk without copying it; holes for
+    the zero blocks of that part only, a short last block and a part that starts mid-block included."""
+    data = bytes(70000) + b'x' * 100 + bytes(200000) + b'y' * 10 + bytes(5)
+    out = tmp_path / 'part'
+    with out.open('wb') as handle:
+        sink = _bakeform.SparseWriter(handle)
+        sink.write(data, 3, len(data) - 2)
+        sink.write(memoryview(b'z' * 7 + bytes(3)), 0, 8)  # a memoryview is taken too (copied once)
+        sink.close()
+    assert out.read_bytes() == data[3:-2] + b'z' * 7 + bytes(1)
+    assert out.stat().st_blocks * 512 < 200000  # the long zero runs are holes
+
+
 @UNXZ
 def test_stream_image_truncated_xz(tmp_path, xz_bin):
     source = lzma.compress(payload())
