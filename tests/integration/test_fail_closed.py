@@ -251,8 +251,29 @@ def test_without_the_guard_a_bare_mount_point_reaches_nothing_of_the_data_file_s
     assert [item for item in seen if item['op'] == 'create' and item['ok']] == []
 
 
-def kill_after_umount(tmp, point):
-    """A directory with a umount that, once it has unmounted ``point``, kills its caller (the module)."""
+# The module as its own process with one fault: a kill (as a crash or an OOM kill would) right after it unmounted
+# ``point``. As root the module unmounts with umount2(2) in its own process (loopfs._umount_here), so the kill
+# follows that call; the umount(8) beside it (the module's fallback) does the same for the other path.
+KILLED_AFTER_UMOUNT = """\
+import os, runpy, signal, sys
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs
+POINT, real = sys.argv.pop(1), loopfs._umount_here
+
+
+def umount_then_die(point):
+    done = real(point)
+    if done and point == POINT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+
+loopfs._umount_here = umount_then_die
+runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)
+"""
+
+
+def kill_after_umount(tmp, point, argv):
+    """``(argv, PATH)``: the module of ``argv`` run so that, once it has unmounted ``point``, it is killed."""
     bin_dir = tmp / 'faulty-bin'
     bin_dir.mkdir(exist_ok=True)
     script = bin_dir / 'umount'
@@ -260,16 +281,19 @@ def kill_after_umount(tmp, point):
                       'for arg in "$@"; do if [ "$arg" = "%s" ] && [ $rc -eq 0 ]; then kill -KILL $PPID; fi; done\n'
                       'exit $rc\n' % point)
     script.chmod(0o755)
-    return bin_dir
+    python, dash_m, module, *args = argv
+    assert dash_m == '-m', argv
+    return [python, '-c', KILLED_AFTER_UMOUNT, str(point), module, *args], '%s:%s' % (bin_dir, os.environ['PATH'])
 
 
 def test_a_rebuild_killed_after_it_unmounted_the_old_root_serves_nothing_wide(repaired, tmp_path):
     bk = repaired
     saved = learn(bk)
     ensure_importable()
-    env = dict(os.environ, PATH='%s:%s' % (kill_after_umount(tmp_path, bk.root(A)), os.environ['PATH']))
-    argv = module_argv('pi_root', bk.roots_args([{'serial': A, 'state': 'rebuilt'}]))
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=600)
+    argv, path = kill_after_umount(tmp_path, bk.root(A),
+                                   module_argv('pi_root', bk.roots_args([{'serial': A, 'state': 'rebuilt'}])))
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, PATH=path),
+                          timeout=600)
     assert proc.returncode == -9 and not os.path.ismount(bk.root(A)), (proc.returncode, proc.stdout, proc.stderr)
     assert [n for n in os.listdir(bk.roots) if n.startswith('.pifleet-tmp-')], 'the swap was not under way'
 

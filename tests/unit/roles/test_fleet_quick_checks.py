@@ -121,7 +121,7 @@ def ca_tasks():
 
 
 def ca_run(tmp_path, ca, check=False):
-    return run(tmp_path, ca_tasks(), {'fleet_host_ca': str(ca), 'fleet_bakery_host': 'lab'}, check=check)
+    return run(tmp_path, ca_tasks(), {'fleet_host_ca': str(ca), 'fleet_bakery_host': 'bak1'}, check=check)
 
 
 def test_the_host_ca_is_made_once_and_kept_root_only(tmp_path):
@@ -132,7 +132,7 @@ def test_the_host_ca_is_made_once_and_kept_root_only(tmp_path):
     rc, output = ca_run(tmp_path, ca)
     assert rc == 0, output[-3000:]
     public = (tmp_path / 'ssh dir' / 'host_ca.pub').read_text().strip()
-    assert 'CA ready=True public=%s' % public in output and public.endswith(' pifleet host CA of lab'), output[-3000:]
+    assert 'CA ready=True public=%s' % public in output and public.endswith(' pifleet host CA of bak1'), output[-3000:]
     assert (ca.parent.stat().st_mode & 0o7777, ca.stat().st_mode & 0o7777) == (0o700, 0o600)
     key = ca.read_bytes()
     rc, output = ca_run(tmp_path, ca)  # in order: one stat and the public key read, nothing else
