@@ -413,6 +413,8 @@ def release_cgroups(machine, trees=CGROUP_TREES, wait=5.0):
 
     Waits up to ``wait`` seconds for the kernel to let go of the processes that just exited.
     """
+    if not machine:  # a state without a machine (a lab that never started): never the shared pifleet-lab itself
+        return
     deadline = time.monotonic() + wait
     for top in cgroup_dirs(machine, trees):
         while True:

@@ -54,3 +54,10 @@ def test_release_removes_what_is_empty_and_leaves_what_is_in_use(tmp_path):
     (tmp_path / other / 'in-use').write_text('')
     nspawnlab.release_cgroups('m', pure, wait=0.0)
     assert sorted(path.name for path in (tmp_path / 'top/pifleet-lab').iterdir()) == ['other']  # another lab's
+
+
+def test_release_without_a_machine_name_touches_no_other_lab(tmp_path):
+    pure = trees(tmp_path, 'top')
+    (tmp_path / 'top/pifleet-lab/other/payload').mkdir(parents=True)  # another lab's, empty for a moment
+    nspawnlab.release_cgroups('', pure, wait=0.0)
+    assert (tmp_path / 'top/pifleet-lab/other/payload').is_dir()
