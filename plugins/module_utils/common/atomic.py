@@ -92,6 +92,16 @@ def read_text(path, errors='replace', universal_newlines=False):
     return text.replace('\r\n', '\n').replace('\r', '\n') if universal_newlines else text
 
 
+_LIBC = []  # the C library, loaded on first use
+
+
+def libc():
+    """The C library through ctypes, errno kept (syncfs, renameat2, mount, umount2); loaded once per process."""
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
 def sync_file_system(path):
     """Flush to disk the file system that holds ``path`` (syncfs(2)), else every file system (os.sync).
 
@@ -104,7 +114,7 @@ def sync_file_system(path):
         os.sync()
         return
     try:
-        syncfs = getattr(ctypes.CDLL(None, use_errno=True), 'syncfs', None)
+        syncfs = getattr(libc(), 'syncfs', None)
         if syncfs is None or syncfs(fd) != 0:
             os.sync()
     finally:
@@ -187,8 +197,7 @@ def release_mounts(path, unmount):
 def exchange(a, b):
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False when the kernel/fs cannot."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = libc().renameat2
     except (OSError, AttributeError):
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -22,6 +21,7 @@ import re
 import struct
 import uuid
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import libc as _libc
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
 
 # Mounted on the bakery without device nodes or setuid: a Pi's files are for the Pi, never for a
@@ -106,15 +106,6 @@ def mounted_image(point, mountinfo='/proc/self/mountinfo'):
 LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_STATUS64, LOOP_CONFIGURE = 0x4C82, 0x4C00, 0x4C01, 0x4C04, 0x4C0A
 LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
 MOUNT_FLAGS = {'ro': 1, 'nosuid': 2, 'nodev': 4, 'noexec': 8, 'noatime': 1024, 'nodiratime': 2048}
-
-
-_LIBC = []  # loaded on first use
-
-
-def _libc():
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True))
-    return _LIBC[0]
 
 
 def _loop_info64(image, flags):
