@@ -431,6 +431,27 @@ def publish(name, out, info, cache, tree=None):
     return dict(info, path=str(dest))
 
 
+def mounted_below(path):
+    """Mount points at or under ``path`` (this mount namespace), deepest first."""
+    top = os.path.realpath(path)
+    with open('/proc/self/mountinfo', encoding='utf-8') as mountinfo:
+        points = [re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in mountinfo]
+    return sorted({p for p in points if p == top or p.startswith(top + '/')}, key=len, reverse=True)
+
+
+def sweep(stale):
+    """Remove a killed build's scratch dir. A build killed inside mmdebstrap leaves its chroot's proc, sys,
+    dev/pts and dev/shm mounted there: unmount them first, and never remove through a mount that stays."""
+    for point in mounted_below(stale):
+        if subprocess.run(['umount', point], capture_output=True, check=False).returncode != 0:
+            subprocess.run(['umount', '--lazy', point], capture_output=True, check=False)
+    left = mounted_below(stale)
+    if left:
+        raise RuntimeError('the scratch dir %s of a killed build still has mounts (%s); unmount them and run again'
+                           % (stale, ', '.join(left)))
+    shutil.rmtree(stale, ignore_errors=True)
+
+
 def build(name, cache=CACHE, mirror=None):
     """The cached image ``name`` (a flavour or a derived image; its description with ``path``), built when missing."""
     if name not in FLAVOURS and name not in DERIVED:
@@ -448,7 +469,7 @@ def build(name, cache=CACHE, mirror=None):
         if found:
             return found
         for stale in cache.glob('.build-%s-*' % name):  # scratch dirs of killed builds (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            sweep(stale)
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix='.build-%s-' % name, dir=cache))
         try:

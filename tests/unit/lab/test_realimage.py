@@ -285,3 +285,23 @@ def test_certificate_store_is_what_update_ca_certificates_writes(tmp_path):
                              text=True, check=True).stdout.strip()
     assert os.readlink(certs / ('%s.0' % subject)) == 'A_=B=__C.pem'
     assert (certs / 'ca-certificates.crt').read_text() == cert.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mounts a tmpfs: root only')
+def test_a_killed_builds_scratch_dir_is_unmounted_before_it_is_removed(tmp_path):
+    """A build killed inside mmdebstrap leaves its chroot's mounts: removing through them would delete what they
+    show (a bind-mounted /dev/shm is the host's), so the sweep unmounts first, deepest first."""
+    stale = tmp_path / '.build-trixie-1'
+    shm = stale / 'root' / 'dev' / 'shm'
+    shm.mkdir(parents=True)
+    subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', str(stale / 'root' / 'dev')], check=True)
+    try:
+        shm.mkdir()
+        subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', str(shm)], check=True)
+        (shm / 'kept').write_text('a file the mount shows\n')
+        assert realimage.mounted_below(stale) == [str(shm), str(stale / 'root' / 'dev')]
+        realimage.sweep(stale)
+        assert not stale.exists() and realimage.mounted_below(tmp_path) == []
+    finally:
+        for point in realimage.mounted_below(tmp_path):
+            subprocess.run(['umount', '--lazy', point], check=False)
