@@ -38,3 +38,21 @@ def store(tmp_path):
     yield path
     assert mounts_below(tmp_path) == [], 'a test left mounts behind'
     assert loops_backed_by(tmp_path) == [], 'a test left loop devices behind'
+
+
+# Seconds per test file (setup, call and teardown of its tests), for the terminal summary: `make test` runs the
+# integration files in two lanes against a time budget, and a file that grows shows here in every run's log.
+FILE_SECONDS = {}
+
+
+def pytest_runtest_logreport(report):
+    name = report.nodeid.split('::', 1)[0]
+    FILE_SECONDS[name] = FILE_SECONDS.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(FILE_SECONDS) < 2:
+        return
+    terminalreporter.write_sep('=', 'seconds per file')
+    for name, seconds in sorted(FILE_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line('%8.1f  %s' % (seconds, name))
