@@ -16,7 +16,7 @@ so the checks hold however the roots are stored:
   machine-id of its own, not the golden image's, and kept across boots, the Raspberry Pi OS
   first-boot, swap and network pieces neutralised;
 - cloud-init ``done`` from its own seed (instance-id from its serial, its host name, root's key),
-  its NFS root's NIC left alone by cloud-init, netplan and NetworkManager;
+  its NFS root's NIC left alone by cloud-init, netplan, NetworkManager and systemd-networkd;
 - day two (the demo's step 9, lab/daytwo.py, with the demo as the Pi's power switch): the upgrade
   playbook moves the Pi from generation A to B (the same root with another kernel and its modules):
   B's kernel runs with B's modules, a stray file is gone, identity and keys are kept, and the playbook
@@ -274,6 +274,23 @@ def test_real_pi_provisions_with_cloud_init_from_its_own_seed(lab):
     assert lab.ssh('pi-06', 'ls /etc/netplan/', check=False).stdout.count('cloud-init') == 0
     source, fstype, _options = mount_of(lab, 'pi-06', '/')
     assert (source, fstype) == ('10.99.0.2:/srv/pifleet/roots/mnt/%s' % serial, 'nfs')
+    # netplan's default renderer is systemd-networkd: a netplan config for the NIC (in /run, outside the root)
+    # and networkd started, as on images that use them. pi_root's .network file comes first: networkd leaves
+    # the NIC alone, and the root stays reachable. Then networkd stops and the config goes, as before.
+    assert lab.ssh('pi-06', NETPLAN_NETWORKD, check=False).stdout.split()[-2:] == ['eth0', 'unmanaged']
+    assert 'valid_lft forever' in lab.ssh('pi-06', 'ip -4 addr show dev eth0')
+    assert lab.ssh('pi-06', 'cat /etc/hostname') == 'pi-06'  # read from the NFS root after networkd ran
+
+
+# What netplan generates for a DHCP NIC (10-netplan-eth0.network) matches eth0 too; networkctl says who has it.
+NETPLAN_NETWORKD = '''set -e
+mkdir -p /run/netplan && printf 'network:\\n  version: 2\\n  ethernets:\\n    eth0:\\n      dhcp4: true\\n' \\
+  > /run/netplan/90-lab.yaml && chmod 600 /run/netplan/90-lab.yaml && netplan generate
+ls /run/systemd/network/ >&2
+systemctl start systemd-networkd && sleep 3
+state=$(networkctl list --no-legend --no-pager eth0 | awk '{print $2, $5}')
+systemctl stop systemd-networkd.socket systemd-networkd && rm /run/netplan/90-lab.yaml && netplan generate
+echo "$state"'''
 
 
 # Day two goes on from the demo's (lab/daytwo.py: A -> B with the upgrade playbook, back to A with rollback) on the

@@ -25,6 +25,12 @@ AUTHORIZED_KEYS = 'root/.ssh/authorized_keys'
 DHCPCD = 'etc/dhcpcd.conf'
 NM_DIR = 'etc/NetworkManager'
 NM_CONF = 'etc/NetworkManager/conf.d/90-pifleet-nfsroot.conf'
+# systemd-networkd reads every .network file in lexical order and the first match wins: 05- comes before the
+# 10-netplan-<nic>.network files netplan generates (its default renderer is networkd).
+NETWORKD_CONF = 'etc/systemd/network/05-pifleet-nfsroot.network'
+NETWORKD_EVIDENCE = ('usr/sbin/netplan', 'sbin/netplan',
+                     'etc/systemd/system/multi-user.target.wants/systemd-networkd.service',
+                     'etc/systemd/system/dbus-org.freedesktop.network1.service')
 SWAPFILE_CONF = 'etc/dphys-swapfile'
 SWAP_MASK = 'etc/systemd/system/dphys-swapfile.service'
 WANTS = 'etc/systemd/system/multi-user.target.wants'
@@ -44,6 +50,14 @@ NM_CONF_TEXT = (
     '# NetworkManager must never take it down (systemd#21967).\n'
     '[keyfile]\n'
     'unmanaged-devices=%s\n' % ';'.join('interface-name:%s' % nic for nic in NFS_ROOT_NICS))
+NETWORKD_CONF_TEXT = (
+    '# Managed by pifleet.netboot pi_root: the root file system is mounted over this NIC (NFS);\n'
+    '# systemd-networkd (netplan renders to it by default) must leave it as the kernel set it up.\n'
+    '[Match]\n'
+    'Name=%s\n'
+    '\n'
+    '[Link]\n'
+    'Unmanaged=yes\n' % ' '.join(NFS_ROOT_NICS))
 _SWAPSIZE = re.compile(r'\s*CONF_SWAPSIZE\s*=')
 
 
@@ -215,6 +229,8 @@ def clone_changes(tree, hostname, boot, keys_text, machine_id, *, seed=None):
             changes += _text_fix(tree, 'swap_disabled', SWAPFILE_CONF, fix_swapfile)
     if tree.is_dir(NM_DIR):
         changes.append(file_change('network', NM_CONF, tree.read_text(NM_CONF), NM_CONF_TEXT))
+    if any(probe(tree, rel) for rel in NETWORKD_EVIDENCE):  # enabled, or netplan could enable it at boot
+        changes.append(file_change('network', NETWORKD_CONF, tree.read_text(NETWORKD_CONF), NETWORKD_CONF_TEXT))
     if tree.read_text(DHCPCD) is not None:
         changes += _text_fix(tree, 'network', DHCPCD, fix_dhcpcd)
     unit = next((rel for rel in SSH_UNITS if probe(tree, rel)), None)

@@ -186,6 +186,22 @@ def test_without_network_stacks_no_network_fix(tmp_path):
     assert not (root / 'root/.ssh').exists()
 
 
+@pytest.mark.parametrize('evidence', ['usr/sbin/netplan', rf.WANTS + '/systemd-networkd.service'])
+def test_networkd_or_netplan_leaves_the_nfs_nic_unmanaged_before_netplans_own_files(tmp_path, evidence):
+    root = make_root(tmp_path / 'root', nm=False, dhcpcd=False)
+    (root / evidence).parent.mkdir(parents=True, exist_ok=True)
+    (root / evidence).write_text('')
+    changes = fixed(root, rf.clone_changes, 'kitchen', None, None, 'c' * 32 + '\n')
+    assert [c['path'] for c in changes if c['fix'] == 'network'] == [rf.NETWORKD_CONF]
+    fixed(root, rf.apply, changes)
+    text = (root / rf.NETWORKD_CONF).read_text()
+    assert 'Name=eth0 end0\n' in text and '[Link]\nUnmanaged=yes\n' in text
+    # networkd takes the first file in lexical order that matches; netplan writes 10-netplan-<nic>.network.
+    assert sorted([os.path.basename(rf.NETWORKD_CONF), '10-netplan-eth0.network'])[0] == '05-pifleet-nfsroot.network'
+    assert not [c for c in fixed(root, rf.clone_changes, 'kitchen', None, None, 'c' * 32 + '\n')
+                if c['fix'] == 'network']  # once is enough
+
+
 def test_inplace_changes_report_only_what_differs(tmp_path):
     root = make_root(tmp_path / 'root')
     fixed(root, rf.apply, fixed(root, rf.inplace_changes, 'kitchen', None, None))
