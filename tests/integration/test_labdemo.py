@@ -277,7 +277,8 @@ def test_real_pi_provisions_with_cloud_init_from_its_own_seed(lab):
     # netplan's default renderer is systemd-networkd: a netplan config for the NIC (in /run, outside the root)
     # and networkd started, as on images that use them. pi_root's .network file comes first: networkd leaves
     # the NIC alone, and the root stays reachable. Then networkd stops and the config goes, as before.
-    assert lab.ssh('pi-06', NETPLAN_NETWORKD, check=False).stdout.split()[-2:] == ['eth0', 'unmanaged']
+    networkd = lab.ssh('pi-06', NETPLAN_NETWORKD, check=False)  # without the file: 'eth0 configured'
+    assert networkd.stdout.split()[-2:] == ['eth0', 'unmanaged'], (networkd.stdout, networkd.stderr)
     assert 'valid_lft forever' in lab.ssh('pi-06', 'ip -4 addr show dev eth0')
     assert lab.ssh('pi-06', 'cat /etc/hostname') == 'pi-06'  # read from the NFS root after networkd ran
 
