@@ -157,8 +157,9 @@ release-notes: venv
 # `make test` runs two lanes at once, one per core, and fails when either fails (each stops at its first failure):
 # - the lab lane: LAB_TESTS (the real boots: mostly one emulated CPU and waits; on a cold run the real images
 #   build first), then molecule (its test hosts run NFS-Ganesha in containers, as the lab's bakery does: the two
-#   never overlap) and the tarball; its output goes to $(BUILD)/test-lab.log and is shown when the lane ends;
-# - the rest lane, on the terminal: ruff, ansible-lint, sanity, unit, the other integration files, the older cores,
+#   never overlap), the tarball and sanity (the rest lane is the longer one); its output goes to
+#   $(BUILD)/test-lab.log and is shown when the lane ends;
+# - the rest lane, on the terminal: ruff, ansible-lint, unit, the other integration files, the older cores,
 #   the execution environment and the release notes (at a lower CPU priority: nice 10).
 # Each lane runs in a mount namespace of its own (OWN_MOUNTS), so neither holds the other's mounts.
 # Every part can still be run alone (make unit, make integration, ...).
@@ -173,11 +174,11 @@ test-rest-niced:
 test-lab: setup
 	@echo "test-lab: $(LAB_TESTS), molecule, tarball (output in $(LAB_LOG), shown when the lane ends)"
 	@mkdir -p $(BUILD); start=$$(date +%s); rc=0; \
-	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball' \
+	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity' \
 	  >$(LAB_LOG) 2>&1 || rc=$$?; \
 	echo "===== test-lab: rc $$rc after $$(( $$(date +%s) - start )) s; its output:"; cat $(LAB_LOG); exit $$rc
 
-test-rest: ruff lint sanity unit
+test-rest: ruff lint unit
 	$(PYTEST_INTEGRATION) $(LAB_TESTS:%=--ignore=%) tests/integration
 	@$(MAKE) --no-print-directory -j1 cores ee release-notes
 
