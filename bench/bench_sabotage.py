@@ -58,6 +58,7 @@ from bench_scale import (  # the bench's own fleet, store and runner, not a copy
     prepare,
     unmount_below,
 )
+from sabotage_checks import playbook_problems, serial, served_problems
 from sshpi import SshPis  # tests/tools (on the path through bench_scale): Pis that answer SSH on loopback
 
 STEPS = ('roots', 'roots', 'disks')  # where each victim fails
@@ -69,10 +70,6 @@ def victims(pis):
     plain = [name for name in sorted(pis) if not pis[name].get('pi_disks')]
     disked = [name for name in sorted(pis) if pis[name].get('pi_disks')]
     return plain[0], plain[1], disked[0]
-
-
-def serial(pi):
-    return pi['pi_serial'][-8:]
 
 
 def sabotage(tmp, pis, names):
@@ -120,7 +117,7 @@ def run(tmp, image, count):
     before = kept_state(tmp, pis, names)
     prepare(tmp, image, pis)
     first = play(tmp, tmp / 'play.yml', 'sabotaged-first', check=False)
-    after_first = end_state(tmp)
+    after_first = dict(end_state(tmp), served=served_problems(tmp, pis))
     again = play(tmp, tmp / 'play.yml', 'sabotaged-rerun', check=False)
     return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'first': first, 'again': again,
             'after_first': after_first, 'tmp': tmp}
@@ -160,6 +157,7 @@ def verify(outcome):
             problems.append('%d Pi(s) without their %s after the first run: %s' % (len(wrong), what, wrong[:5]))
     if len(folders) != len(pis):
         problems.append('%d boot folders for %d Pis' % (len(folders), len(pis)))
+    problems += ['after the first run: %s' % problem for problem in state['served'][:5]]
     if kept_state(tmp, pis, names) != outcome['before']:
         problems.append('a victim lost (or had changed) its export, boot folder or map entry')
     if digest(tmp / 'bakery-etc') != outcome['standin']:
@@ -199,12 +197,15 @@ def recap(text):
             for host, line in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', text, re.M)}
 
 
-def run_day_two(tmp, images, count, playbook, silent=False):
+def run_day_two(tmp, images, count, playbook, *, silent=False, plugs=None):
     """The proof for ``upgrade`` or ``reimage``: every Pi made on generation 1 (and, for an upgrade, generation 2
     registered: site moves no Pi), three sabotaged, then the playbook for all of them in one wave, with an SSH
     server on loopback for each Pi (no power devices: the Pis are "up" again at once; ``silent``: the three never
-    answer); then site twice."""
+    answer; ``plugs``: a tests/tools/powerfakes PlugServer, a plug for each Pi, so the power cycle is seen); then
+    site twice."""
     pis = loopback_pis(count)
+    for name in sorted(pis) if plugs else ():
+        pis[name]['pi_power'] = {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}
     names = victims(pis)
     prepare(tmp, images[1], pis)
     site = tmp / 'play.yml'
@@ -230,11 +231,14 @@ def run_day_two(tmp, images, count, playbook, silent=False):
         first = play(tmp, tmp / 'day2.yml', playbook, check=False, args=('-e', json.dumps(extra)))
     finally:
         ssh.close()
-    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp)}
+    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp),
+             'served': served_problems(tmp, pis)}
     again = play(tmp, site, 'site-after', check=False)
     rerun = play(tmp, site, 'site-rerun', check=False)
+    after['served_end'] = served_problems(tmp, pis)
     return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'after': after, 'first': first,
-            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent}
+            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent,
+            'plugs': plugs}
 
 
 def disk_state(tmp, pis, name):
@@ -244,27 +248,6 @@ def disk_state(tmp, pis, name):
     blocks = [block for block in re.findall(r'^EXPORT \{\n.*?^\}$', exports, re.M | re.S)
               if 'disks/mnt/%s"' % serial(pis[name]) in block]
     return os.stat(path).st_size, blocks
-
-
-def report_problems(log, pis, names):
-    """What the upgrade's one wave report fails to say of the three silent victims."""
-    link, hosts, disk = names
-    problems = []
-    head = '3 of %d Pi(s) of this wave were not upgraded (failure budget 3)' % len(pis)
-    if head not in log:
-        problems.append('no wave report naming the three: "%s"' % head)
-    for name, tail in ((link, 'the rollback failed (etc in the previous root of Pi %s is a symlink or not a '
-                              'directory; nothing there is read or written through a symlink or outside the tree): '
-                              'it is left on its new root' % serial(pis[link])),
-                       (hosts, 'the rollback failed (etc/hosts in the previous root of Pi %s is larger than 1048576 '
-                               'bytes; nothing there is read or written through a symlink or outside the tree): it '
-                               'is left on its new root' % serial(pis[hosts])),
-                       (disk, 'rolled back from raspios@2 to raspios@1 (root, boot folder, boot export), '
-                              'power-cycled: it did NOT come back either')):
-        if not re.search(r'\\n%s \(serial %s\): it did not come back on raspios@2 within the timeout[^\\]*%s'
-                         % (name, serial(pis[name]), re.escape(tail)), log):
-            problems.append('the report does not say of %s: ...%s' % (name, tail))
-    return problems
 
 
 def verify_day_two(outcome):
@@ -295,8 +278,7 @@ def verify_day_two(outcome):
                             % (name, generation, previous, playbook, *wanted))
         elif name in (link, hosts) and previous_uuid != before[name][0][1]:
             problems.append('%s: its sabotaged root is not the previous root it kept' % name)
-    if silent and playbook == 'upgrade':
-        problems += report_problems(log, pis, names)
+    problems += playbook_problems(outcome, log, silent)
     state = outcome['after']['state']
     exported = {path.rsplit('/', 1)[1]: clients for path, clients in state['exports'] if '/roots/' in path}
     wrong = [name for name, pi in pis.items() if exported.get(serial(pi)) != pi['pi_ip']]
