@@ -326,6 +326,8 @@ def main(argv=None):
     parser.add_argument('--silent', action='store_true', help='upgrade, reimage: the three never answer SSH')
     parser.add_argument('--keep', action='store_true', help='keep the temp dir under .build/bench/scale/')
     parser.add_argument('--out', default=None, help='default: .build/bench/sabotage[-<playbook>].json')
+    parser.add_argument('--disk', default=None, help='size of the sparse XFS loop file system (default: 60G, '
+                        'and 140M a Pi over 20G when that is more: 160G for 1000 Pis)')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_sabotage needs root (the Pi roots keep owners and device nodes)')
@@ -337,9 +339,11 @@ def main(argv=None):
     day_two = args.playbook in DAY_TWO
     label = 'sabotage' + ('-%s%s' % (args.playbook, '-silent' if args.silent else '') if day_two else '')
     (WORK / 'scale').mkdir(parents=True, exist_ok=True)
-    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case,
-    # and a day-two run keeps each Pi's previous root beside its new one (about 60 MiB each of this image).
-    size = '%dG' % (max(60, 20 + args.pis * 140 // 1000) if day_two else 60)
+    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case
+    # before they make one (the space check; bench_scale needs 120G for 1000), and a day-two run keeps each Pi's
+    # previous root beside its new one (about 60 MiB each of this image). The size that held for an upgrade of 1000
+    # serves both.
+    size = args.disk or '%dG' % max(60, 20 + args.pis * 140 // 1000)
     with loop_fs(WORK / 'scale', 'xfs', size) as scratch:
         tmp = fresh(scratch, '%s-%d' % (label, args.pis))
         try:
