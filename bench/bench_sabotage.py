@@ -11,7 +11,8 @@ the 16 MiB the inventory asks for is a shrink, refused). Then the role runs for 
 - the first run converges the other N-3 (roots, disks, exports, boot folders, the fleet map) and ends
   with one failure naming the three (inventory name, serial, step, why);
 - each victim keeps the export, boot folder and map entry it had, and the stand-in is never written;
-- the second run changes nothing and names the same three.
+- the second run changes nothing and names the same three;
+- each Pi's boot folder serves its root's generation (bench/served.py, through the TFTP hook's map).
 
 ``verify()`` says what is wrong (an empty list: all of the above holds); tests/integration/
 test_fleet_fails_per_pi.py runs it for a smaller N. Per-task times come from the junit callback.
@@ -23,11 +24,15 @@ runs for all N in one wave. A rebuild reads nothing of the root it replaces, so 
 neither stop it nor are written: every Pi gets its new root, each victim's root kept whole as its
 previous one, the disk untouched. With ``--silent`` the three also never answer: they are named in the
 wave's one report (the rollback to a sabotaged previous root fails for that Pi alone and leaves the
-root untouched; the third is rolled back and named as not back) and every other Pi is upgraded. Then
-``site`` twice: it names the disk (no part of a rebuild) alone and changes nothing for the others.
-``verify_day_two()`` checks all of it.
+root untouched; the third is rolled back and named as not back) and every other Pi is upgraded; in a
+reimage they are named in its one summary (rebuilt, not back) and every other Pi is waited for (with a
+fake plug each, in the test, also power-cycled once). Then ``site`` twice: it names the disk (no part
+of a rebuild) alone and changes nothing for the others. After the playbook and after site, each Pi's
+boot folder serves the boot files of its root's generation, read through the TFTP hook's own map code
+(bench/served.py): the Pi rolled back serves its previous generation again. ``verify_day_two()`` checks
+all of it (with sabotage_checks.py).
 
-    python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep]
+    python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep] [--disk 160G]
 """
 
 from __future__ import annotations
