@@ -8,8 +8,9 @@ hook's own code (``FleetMap.load``, ``resolve``, ``open_file`` of roles/tftp_hoo
 loaded by path: the service is one file, not a package), asks it for every boot file of the generation
 each Pi's root marker names (``<roots_dir>/<serial>.json``: pi_root's word, written when the root was
 made or rolled back), and compares the bytes served with that generation's ``boot`` directory in the
-store. ``cmdline.txt`` and ``config.txt`` are the Pi's own (its folder comes first in its map entry); its
-folder's marker must name the same generation. Used by bench_sabotage.py (1000 Pis) and its test.
+store. ``cmdline.txt`` (and ``config.txt`` when the Pi has lines of its own) come from its folder, first
+in its map entry, else from the same generation; its folder's marker must name that generation. Used by
+bench_sabotage.py (1000 Pis) and its test.
 """
 
 from __future__ import annotations
@@ -93,10 +94,14 @@ def problems(srv, map_path, pis, serial_of):
         if not wanted or wrong:
             found.append('%s: its root is %s, but the hook serves other bytes (or none) for %s'
                          % (name, label, ', '.join(wrong[:4]) or 'no boot files at all'))
+        # cmdline.txt always, config.txt when the Pi has lines of its own: from its folder, else the generation's.
         for own in OWN:
+            mine = os.path.join(srv, 'pis', prefix, own)
+            there = mine if os.path.exists(mine) else os.path.join(
+                srv, 'bakeforms', bakeform, 'generations', str(generation), 'boot', own)
             path = served_path(hook, fleet_map, roots_real, prefix, own)
-            if path != os.path.join(srv, 'pis', prefix, own):
-                found.append('%s: %s is served from %s, not its own folder' % (name, own, path))
+            if path != there:
+                found.append('%s: %s is served from %s, not %s' % (name, own, path, there))
     return found
 
 
