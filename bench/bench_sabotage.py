@@ -11,7 +11,8 @@ the 16 MiB the inventory asks for is a shrink, refused). Then the role runs for 
 - the first run converges the other N-3 (roots, disks, exports, boot folders, the fleet map) and ends
   with one failure naming the three (inventory name, serial, step, why);
 - each victim keeps the export, boot folder and map entry it had, and the stand-in is never written;
-- the second run changes nothing and names the same three.
+- the second run changes nothing and names the same three;
+- each Pi's boot folder serves its root's generation (bench/served.py, through the TFTP hook's map).
 
 ``verify()`` says what is wrong (an empty list: all of the above holds); tests/integration/
 test_fleet_fails_per_pi.py runs it for a smaller N. Per-task times come from the junit callback.
@@ -23,11 +24,15 @@ runs for all N in one wave. A rebuild reads nothing of the root it replaces, so 
 neither stop it nor are written: every Pi gets its new root, each victim's root kept whole as its
 previous one, the disk untouched. With ``--silent`` the three also never answer: they are named in the
 wave's one report (the rollback to a sabotaged previous root fails for that Pi alone and leaves the
-root untouched; the third is rolled back and named as not back) and every other Pi is upgraded. Then
-``site`` twice: it names the disk (no part of a rebuild) alone and changes nothing for the others.
-``verify_day_two()`` checks all of it.
+root untouched; the third is rolled back and named as not back) and every other Pi is upgraded; in a
+reimage they are named in its one summary (rebuilt, not back) and every other Pi is waited for (with a
+fake plug each, in the test, also power-cycled once). Then ``site`` twice: it names the disk (no part
+of a rebuild) alone and changes nothing for the others. After the playbook and after site, each Pi's
+boot folder serves the boot files of its root's generation, read through the TFTP hook's own map code
+(bench/served.py): the Pi rolled back serves its previous generation again. ``verify_day_two()`` checks
+all of it (with sabotage_checks.py).
 
-    python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep]
+    python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep] [--disk 160G]
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from bench_scale import (  # the bench's own fleet, store and runner, not a copy
     prepare,
     unmount_below,
 )
+from sabotage_checks import playbook_problems, serial, served_problems
 from sshpi import SshPis  # tests/tools (on the path through bench_scale): Pis that answer SSH on loopback
 
 STEPS = ('roots', 'roots', 'disks')  # where each victim fails
@@ -69,10 +75,6 @@ def victims(pis):
     plain = [name for name in sorted(pis) if not pis[name].get('pi_disks')]
     disked = [name for name in sorted(pis) if pis[name].get('pi_disks')]
     return plain[0], plain[1], disked[0]
-
-
-def serial(pi):
-    return pi['pi_serial'][-8:]
 
 
 def sabotage(tmp, pis, names):
@@ -120,7 +122,7 @@ def run(tmp, image, count):
     before = kept_state(tmp, pis, names)
     prepare(tmp, image, pis)
     first = play(tmp, tmp / 'play.yml', 'sabotaged-first', check=False)
-    after_first = end_state(tmp)
+    after_first = dict(end_state(tmp), served=served_problems(tmp, pis))
     again = play(tmp, tmp / 'play.yml', 'sabotaged-rerun', check=False)
     return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'first': first, 'again': again,
             'after_first': after_first, 'tmp': tmp}
@@ -160,6 +162,7 @@ def verify(outcome):
             problems.append('%d Pi(s) without their %s after the first run: %s' % (len(wrong), what, wrong[:5]))
     if len(folders) != len(pis):
         problems.append('%d boot folders for %d Pis' % (len(folders), len(pis)))
+    problems += ['after the first run: %s' % problem for problem in state['served'][:5]]
     if kept_state(tmp, pis, names) != outcome['before']:
         problems.append('a victim lost (or had changed) its export, boot folder or map entry')
     if digest(tmp / 'bakery-etc') != outcome['standin']:
@@ -199,12 +202,15 @@ def recap(text):
             for host, line in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', text, re.M)}
 
 
-def run_day_two(tmp, images, count, playbook, silent=False):
+def run_day_two(tmp, images, count, playbook, *, silent=False, plugs=None):
     """The proof for ``upgrade`` or ``reimage``: every Pi made on generation 1 (and, for an upgrade, generation 2
     registered: site moves no Pi), three sabotaged, then the playbook for all of them in one wave, with an SSH
     server on loopback for each Pi (no power devices: the Pis are "up" again at once; ``silent``: the three never
-    answer); then site twice."""
+    answer; ``plugs``: a tests/tools/powerfakes PlugServer, a plug for each Pi, so the power cycle is seen); then
+    site twice."""
     pis = loopback_pis(count)
+    for name in sorted(pis) if plugs else ():
+        pis[name]['pi_power'] = {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}
     names = victims(pis)
     prepare(tmp, images[1], pis)
     site = tmp / 'play.yml'
@@ -230,11 +236,14 @@ def run_day_two(tmp, images, count, playbook, silent=False):
         first = play(tmp, tmp / 'day2.yml', playbook, check=False, args=('-e', json.dumps(extra)))
     finally:
         ssh.close()
-    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp)}
+    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp),
+             'served': served_problems(tmp, pis)}
     again = play(tmp, site, 'site-after', check=False)
     rerun = play(tmp, site, 'site-rerun', check=False)
+    after['served_end'] = served_problems(tmp, pis)
     return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'after': after, 'first': first,
-            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent}
+            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent,
+            'plugs': plugs}
 
 
 def disk_state(tmp, pis, name):
@@ -244,27 +253,6 @@ def disk_state(tmp, pis, name):
     blocks = [block for block in re.findall(r'^EXPORT \{\n.*?^\}$', exports, re.M | re.S)
               if 'disks/mnt/%s"' % serial(pis[name]) in block]
     return os.stat(path).st_size, blocks
-
-
-def report_problems(log, pis, names):
-    """What the upgrade's one wave report fails to say of the three silent victims."""
-    link, hosts, disk = names
-    problems = []
-    head = '3 of %d Pi(s) of this wave were not upgraded (failure budget 3)' % len(pis)
-    if head not in log:
-        problems.append('no wave report naming the three: "%s"' % head)
-    for name, tail in ((link, 'the rollback failed (etc in the previous root of Pi %s is a symlink or not a '
-                              'directory; nothing there is read or written through a symlink or outside the tree): '
-                              'it is left on its new root' % serial(pis[link])),
-                       (hosts, 'the rollback failed (etc/hosts in the previous root of Pi %s is larger than 1048576 '
-                               'bytes; nothing there is read or written through a symlink or outside the tree): it '
-                               'is left on its new root' % serial(pis[hosts])),
-                       (disk, 'rolled back from raspios@2 to raspios@1 (root, boot folder, boot export), '
-                              'power-cycled: it did NOT come back either')):
-        if not re.search(r'\\n%s \(serial %s\): it did not come back on raspios@2 within the timeout[^\\]*%s'
-                         % (name, serial(pis[name]), re.escape(tail)), log):
-            problems.append('the report does not say of %s: ...%s' % (name, tail))
-    return problems
 
 
 def verify_day_two(outcome):
@@ -295,8 +283,7 @@ def verify_day_two(outcome):
                             % (name, generation, previous, playbook, *wanted))
         elif name in (link, hosts) and previous_uuid != before[name][0][1]:
             problems.append('%s: its sabotaged root is not the previous root it kept' % name)
-    if silent and playbook == 'upgrade':
-        problems += report_problems(log, pis, names)
+    problems += playbook_problems(outcome, log, silent)
     state = outcome['after']['state']
     exported = {path.rsplit('/', 1)[1]: clients for path, clients in state['exports'] if '/roots/' in path}
     wrong = [name for name, pi in pis.items() if exported.get(serial(pi)) != pi['pi_ip']]
@@ -344,6 +331,8 @@ def main(argv=None):
     parser.add_argument('--silent', action='store_true', help='upgrade, reimage: the three never answer SSH')
     parser.add_argument('--keep', action='store_true', help='keep the temp dir under .build/bench/scale/')
     parser.add_argument('--out', default=None, help='default: .build/bench/sabotage[-<playbook>].json')
+    parser.add_argument('--disk', default=None, help='size of the sparse XFS loop file system (default: 60G, '
+                        'and 140M a Pi over 20G when that is more: 160G for 1000 Pis)')
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit('bench_sabotage needs root (the Pi roots keep owners and device nodes)')
@@ -355,9 +344,11 @@ def main(argv=None):
     day_two = args.playbook in DAY_TWO
     label = 'sabotage' + ('-%s%s' % (args.playbook, '-silent' if args.silent else '') if day_two else '')
     (WORK / 'scale').mkdir(parents=True, exist_ok=True)
-    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case,
-    # and a day-two run keeps each Pi's previous root beside its new one (about 60 MiB each of this image).
-    size = '%dG' % (max(60, 20 + args.pis * 140 // 1000) if day_two else 60)
+    # Sparse: what is written stays small (reflinked roots), but pi_root and pi_disk book every image's worst case
+    # before they make one (the space check; bench_scale needs 120G for 1000), and a day-two run keeps each Pi's
+    # previous root beside its new one (about 60 MiB each of this image). The size that held for an upgrade of 1000
+    # serves both.
+    size = args.disk or '%dG' % max(60, 20 + args.pis * 140 // 1000)
     with loop_fs(WORK / 'scale', 'xfs', size) as scratch:
         tmp = fresh(scratch, '%s-%d' % (label, args.pis))
         try:

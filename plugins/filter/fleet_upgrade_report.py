@@ -43,7 +43,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.upgrade import report
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.upgrade import reimage_report, report
 
 
 def fleet_upgrade_report(facts, budget):
@@ -56,6 +56,13 @@ def fleet_upgrade_report(facts, budget):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def fleet_reimage_report(facts):
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError('fleet_reimage_report expects a dict of what the reimage did')
+    # Boot events and module messages may quote what a Pi sent: data, never a template.
+    return wrap_var(reimage_report(facts))
+
+
 class FilterModule:
     def filters(self):
-        return {'fleet_upgrade_report': fleet_upgrade_report}
+        return {'fleet_upgrade_report': fleet_upgrade_report, 'fleet_reimage_report': fleet_reimage_report}

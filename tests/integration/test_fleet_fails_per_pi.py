@@ -6,8 +6,9 @@
 XFS loop store; N is PIFLEET_SABOTAGE_PIS, 24 by default, the bench runs 1000) with three Pis
 sabotaged as a Pi can: the other N-3 converge, the three are named in one summary and keep what
 they had, a second run changes nothing. Then ``reimage`` of four Pis that answer SSH on loopback
-(tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails: that one is
-named, the other three still get the export bounce, the power cycle and the wait.
+(tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails and one of which
+never answers: one summary names both, each with its reason, and the other three still get the
+export bounce, the power cycle and the wait.
 """
 
 from __future__ import annotations
@@ -68,19 +69,26 @@ def test_three_sabotaged_pis_fail_alone_and_every_other_pi_converges(tmp_path, i
             unmount_below(tmp)
 
 
-@pytest.mark.parametrize('playbook, silent', [('upgrade', False), ('upgrade', True), ('reimage', False)],
-                         ids=['upgrade', 'upgrade-silent', 'reimage'])
+@pytest.mark.parametrize('playbook, silent', [('upgrade', False), ('upgrade', True), ('reimage', False),
+                                              ('reimage', True)],
+                         ids=['upgrade', 'upgrade-silent', 'reimage', 'reimage-silent'])
 def test_a_day_two_run_with_three_sabotaged_pis(tmp_path, images, playbook, silent):
     """The same three sabotages before an upgrade wave (or a reimage) of the whole fleet: a rebuild reads nothing
     of the root it replaces, so every Pi gets its new root and each sabotaged root is kept whole as the previous
     one. Silent, the three are named in the wave's one report (a rollback to a sabotaged root fails for that Pi
-    alone) and every other Pi is upgraded. Site then names the disk alone and changes nothing (bench_sabotage)."""
+    alone) and every other Pi is upgraded; or in reimage's one summary (rebuilt, not back), every other Pi rebuilt,
+    power-cycled (a fake plug each) and waited for. Each boot folder serves its root's generation, read through the
+    hook's map: the one rolled back serves its previous generation again. Site then names the disk alone and
+    changes nothing (bench_sabotage)."""
+    plugs = PlugServer() if playbook == 'reimage' else None
     with loop_fs(tmp_path, 'xfs', '16G') as scratch:
         tmp = fresh(scratch, playbook)
         try:
-            outcome = bench_sabotage.run_day_two(tmp, images, PIS_DAY_TWO, playbook, silent=silent)
+            outcome = bench_sabotage.run_day_two(tmp, images, PIS_DAY_TWO, playbook, silent=silent, plugs=plugs)
             assert bench_sabotage.verify_day_two(outcome) == [], (tmp / (playbook + '.log')).read_text()[-6000:]
         finally:
+            if plugs:
+                plugs.close()
             unmount_below(tmp)
 
 
@@ -124,6 +132,21 @@ def playbook(tmp, play, *args):
     return proc.returncode, counters, proc.stdout + proc.stderr
 
 
+def assert_one_summary_names(output, symlink):
+    """Reimage's one summary names pi-c (rebuilt, never answered) and pi-d (rebuild failed), each with its reason;
+    the Pis that came up are not in it."""
+    summary = re.search(r'"msg": "(2 of 4 Pi\(s\) were not reimaged(?:[^"\\]|\\.)*)"', output)
+    assert summary, output[-4000:]
+    lines = summary.group(1).split('\\n')[1:]
+    assert [line.split(' ')[0] for line in lines] == ['pi-c', 'pi-d'], lines
+    assert lines[0].startswith('pi-c (serial 0c0c0c0c): it did not come back on raspios@1 within 20 s (no SSH '
+                               'server answered with the host key of its new root); last boot event: '), lines
+    assert lines[0].endswith('its previous root is kept (pifleet.netboot.rollback puts it back)'), lines
+    assert lines[1].startswith('pi-d (serial 0d0d0d0d): its new root could not be made (roots: root of Pi '
+                               '0d0d0d0d: %s is a symlink' % symlink), lines
+    assert lines[1].endswith('it keeps the root and export it had, not power-cycled'), lines
+
+
 def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_others(tmp_path, image):
     plugs = PlugServer()
     with loop_fs(tmp_path, 'xfs', '4G') as tmp:
@@ -138,6 +161,7 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
             point = {serial: Layout(str(roots), serial).point for serial in REIMAGE_PIS.values()}
             pis = SshPis({address(name): os.path.join(point[serial], 'etc/ssh/ssh_host_ed25519_key')
                           for name, serial in REIMAGE_PIS.items()})
+            pis.up -= {address('pi-c')}  # pi-c is rebuilt and power-cycled, but never answers
             # pi-d's rebuild fails on the bakery: its mount point is no longer one pi_root may mount on. Both the
             # mount point (bare) and the points' tmpfs top are immutable: cleared for the sabotage, then set again.
             subprocess.run(['umount', point['0d0d0d0d']], check=True)
@@ -152,7 +176,7 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
                        for serial in REIMAGE_PIS.values()}
 
             rc, counters, output = playbook(tmp, [{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}],
-                                            '-e', 'pifleet_reimage_wait=60')
+                                            '-e', 'pifleet_reimage_wait=20')
             exports_after = (tmp / 'ganesha/pifleet.conf').read_text()
             # A bad power argument fails each Pi with pi_power's own words (it showed "'dict object' has no
             # attribute 'changed'"); reimage shares the power tasks with the power playbook.
@@ -164,11 +188,12 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
             plugs.close()
             unmount_below(tmp)
         assert rc != 0, output[-4000:]
-        assert counters['pi-d'] == dict(counters['pi-d'], failed=1), counters
+        assert counters['pi-d'] == dict(counters['pi-d'], failed=1), (counters, output[-6000:])
         for name in ('pi-a', 'pi-b', 'pi-c'):
-            assert counters[name] == dict(counters[name], failed=0), (counters, output[-4000:])
+            assert counters[name] == dict(counters[name], failed=int(name == 'pi-c')), (counters, output[-4000:])
             assert plugs.plugs[name].sets == 2 and plugs.plugs[name].state == [True]  # off, then on
-            assert '%s is up (SSH answers with the host key of its root)' % name in output
+            assert ('%s is up (SSH answers with the host key of its root)' % name in output) is (name != 'pi-c')
+        assert_one_summary_names(output, point['0d0d0d0d'])
         assert plugs.plugs['pi-d'].sets == 0  # not power-cycled onto a root it does not have
         assert re.search(r'fatal: \[pi-d\]: FAILED! => \{[^}]*"msg": "1 Pi\(s\) failed, every other Pi was converged'
                          r'[^"]*pi-d \(serial 0d0d0d0d\) failed at roots: root of Pi 0d0d0d0d: %s is a symlink'

@@ -1,13 +1,14 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The upgrade playbook's wave report: which Pis of a wave were not upgraded, why, what was rolled back.
+"""The day-two reports: the upgrade playbook's per wave (which Pis were not upgraded, why, what was rolled
+back), and the reimage playbook's one summary (``reimage_report()``).
 
 A Pi of a wave fails the upgrade when its new root could not be built (it keeps the root it had: nothing
 to roll back), or when it did not come back on its new root within the timeout (it is rolled back to
 its previous root, power-cycled, and must come back). ``report()`` names each one with its serial, its
 last boot event (what it fetched last, from the boot event log, since the wave or rollback started)
 and what was rolled back, and says whether the wave's failures exceed the budget (a count, or a
-percentage of the wave). Pure; the filter ``fleet_upgrade_report`` wraps it.
+percentage of the wave). Pure; the filters ``fleet_upgrade_report`` and ``fleet_reimage_report`` wrap them.
 """
 
 from __future__ import annotations
@@ -86,3 +87,50 @@ def report(facts, allowed):
         ': the budget is exceeded, the upgrade stops here and later waves are left as they are' if exceeded else '')
     text = head + ''.join('\n' + item['line'] for item in failures) if failures else ''
     return {'failures': failures, 'budget': allowed, 'exceeded': exceeded, 'text': text}
+
+
+def _up(value):
+    """A Pi's ``pifleet_up`` as the play left it: True, False, or None when it was never waited for."""
+    if value is None or isinstance(value, bool):
+        return value
+    return str(value).strip().lower() == 'true'
+
+
+def reimage_report(facts):
+    """``{failures: [{name, serial, reason, line}], text}``: each Pi of a reimage that did not come up, in one summary.
+
+    ``facts``: ``pis`` (inventory names), ``serials`` ({name: pi_serial}), ``bakery_of`` ({name: bakery}),
+    ``build_failed`` (fleet_failures entries with ``bakery``: an entry without a serial, such as a bakeform's boot
+    export, stops every Pi of its bakery), ``roots`` (pi_root's entries of the new roots), ``up`` ({name:
+    pifleet_up}, None for a Pi never waited for), ``boot`` ({name: last boot event}), ``timeout`` (seconds).
+    A Pi whose rebuild failed keeps the root it had and is not power-cycled; one that was not waited for (its power
+    cycle failed) or not back within the timeout has its previous root kept, for the rollback playbook.
+    """
+    serials = {name: str(serial or '').lower()[-8:] or None for name, serial in (facts.get('serials') or {}).items()}
+    bakery_of = facts.get('bakery_of') or {}
+    built = _by(facts.get('roots'))
+    failures = []
+    for name in facts.get('pis') or []:
+        serial = serials.get(name)
+        mine = [entry for entry in facts.get('build_failed') or [] if entry.get('name') == name
+                or (not entry.get('serial') and entry.get('bakery') is not None
+                    and entry.get('bakery') == bakery_of.get(name))]
+        up = _up((facts.get('up') or {}).get(name))
+        if mine:
+            reason = 'its new root could not be made (%s); it keeps the root and export it had, not power-cycled' % (
+                '; '.join('%s: %s' % (entry.get('step'), entry.get('msg')) for entry in mine))
+        elif up is None:
+            reason = 'it was not waited for: its power cycle failed (its own power task says why); its new root ' \
+                     'is made, its previous root kept (pifleet.netboot.rollback puts it back)'
+        elif not up:
+            boot = (facts.get('boot') or {}).get(name)
+            reason = 'it did not come back on %s within %s s (no SSH server answered with the host key of its new ' \
+                     'root); last boot event: %s; its previous root is kept (pifleet.netboot.rollback puts it ' \
+                     'back)' % ((built.get(serial) or {}).get('label') or 'its new root', facts.get('timeout'),
+                                boot or 'none since the reimage started')
+        else:
+            continue
+        failures.append({'name': name, 'serial': serial, 'reason': reason,
+                         'line': '%s (serial %s): %s' % (name, serial or '-', reason)})
+    head = '%d of %d Pi(s) were not reimaged' % (len(failures), len(facts.get('pis') or []))
+    return {'failures': failures, 'text': head + ''.join('\n' + item['line'] for item in failures) if failures else ''}
