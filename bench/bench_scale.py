@@ -10,8 +10,10 @@ path in a temp dir under .build/bench/scale/ (like tests/integration/test_fleet.
 then a re-run that must change nothing. The baseline, bench/naive_fleet.yml (one module call per Pi
 in task loops), does the same on a fresh temp dir in the same run, and the two end states are
 compared (roots, disks, exported paths and clients, boot folders and their files, the fleet map).
-Per-task times come from ansible-core's junit callback. A baseline size whose estimate (from the
-smaller ones) is over --baseline-budget seconds is skipped, unless named in --baseline-sizes.
+Per-task times come from bench/callback_plugins/bench_times.py (clocks only: ansible-core's junit callback, used
+before, also wrote every result out at the end, seconds of a 1000-Pi re-run that a user's run does not spend).
+A baseline size whose estimate (from the smaller ones) is over --baseline-budget seconds is skipped, unless
+named in --baseline-sizes.
 Needs root (the roots keep owners and device nodes). Results go to .build/bench/scale.json.
 
     python bench/bench_scale.py [--sizes 10,100,1000] [--baseline-sizes 10,100] [--keep]
@@ -28,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
@@ -46,6 +47,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points imp
 
 WORK = REPO / '.build' / 'bench'
 NAIVE = REPO / 'bench' / 'naive_fleet.yml'
+CALLBACKS = REPO / 'bench' / 'callback_plugins'
 BAKERY = 'lab-bakery'
 NFS_SERVER = '10.99.0.1'  # only written into cmdline.txt: no traffic is sent
 GOAL_FIRST_SECONDS = 60  # 1000 Pis (issue 20: fast enough to run after every inventory edit)
@@ -100,23 +102,19 @@ def prepare(tmp, image, pis):
     (tmp / 'ganesha/ganesha.conf').write_text('NFS_CORE_PARAM {\n    Protocols = 3, 4;\n}\n')
 
 
-def task_times(junit_dir):
-    """Seconds per task name from the junit callback's report (loops count once: the whole task)."""
-    times = {}
-    for report in sorted(junit_dir.glob('*.xml')):
-        for case in ET.parse(report).getroot().iter('testcase'):
-            name = re.sub(r'^\[[^\]]*\]\s*', '', case.get('name', ''))
-            times[name] = times.get(name, 0.0) + float(case.get('time') or 0)
-    return times
+def task_times(path):
+    """Seconds per task name as bench_times wrote them (loops count once: the whole task)."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def play(tmp, playbook, label, check=True, args=(), *, profile=None):
     """Run ``playbook`` on the bakery; (seconds, recap counters, {task: seconds}). ``check``: a failed run is an
     error (the output is in ``<tmp>/<label>.log`` either way). ``args``: more ansible-playbook arguments.
     ``profile``: a path for cProfile's statistics of the controller's main process (the workers are not in it)."""
-    junit = tmp / ('junit-' + label)
-    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1', ANSIBLE_CALLBACKS_ENABLED='junit',
-               JUNIT_OUTPUT_DIR=str(junit), JUNIT_HIDE_TASK_ARGUMENTS='true')
+    times = tmp / ('times-%s.json' % label)
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1',
+               ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED='bench_times',
+               BENCH_TIMES_FILE=str(times))
     argv = [str(Path(sys.executable).parent / 'ansible-playbook'), '-i', str(tmp / 'hosts.yml'), str(playbook),
             '-e', '@' + str(tmp / 'fleet.yml'), *args]
     if profile:
@@ -131,7 +129,7 @@ def play(tmp, playbook, label, check=True, args=(), *, profile=None):
     if (check and proc.returncode != 0) or not recap:
         raise SystemExit('%s failed (rc %d), see %s:\n%s' % (label, proc.returncode, log, text[-3000:]))
     counters = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', recap.group(1))}
-    return seconds, counters, task_times(junit)
+    return seconds, counters, task_times(times)
 
 
 def first_and_rerun(tmp, playbook, label, profile=None):

@@ -135,10 +135,10 @@ class HostCA:
         """Sign the public keys of ``identity`` (its own copies, in ``scratch``) for ``item`` (serial, hostname).
 
         Returns {kind: certificate}."""
-        serial, hostname = item['serial'], item['hostname']
+        serial = item['serial']
         folder = os.path.join(scratch, 'cert-' + serial)
         os.makedirs(folder, 0o700, exist_ok=True)
-        keygen, publics = self.which('ssh-keygen', True), {}
+        publics = {}
         for kind in kinds:
             public = os.path.join(folder, 'ssh_host_%s_key.pub' % kind)
             for stale in (public, public[:-len('.pub')] + '-cert.pub'):
@@ -149,9 +149,16 @@ class HostCA:
             publics[kind] = public
         if not publics:
             return {}
+        return self.sign_files(item, principals, publics)
+
+    def sign_files(self, item, principals, publics, keygen=None):
+        """Sign the public key files ``publics`` ({kind: path}) for ``item``; {kind: certificate}, each written
+        beside its key as ``-cert.pub``. From other threads (``run`` must allow it), give ``keygen``: a tool the
+        host cannot find fails the module, which only its main thread may do."""
+        serial, hostname = item['serial'], item['hostname']
         # All of the Pi's keys in one ssh-keygen: one process per Pi, not one per key (a first run makes thousands).
-        rc, out, err = self.run(sign_argv(keygen, self.path, '%s-%s' % (hostname, serial), principals,
-                                          *publics.values()))
+        rc, out, err = self.run(sign_argv(keygen or self.which('ssh-keygen', True), self.path,
+                                          '%s-%s' % (hostname, serial), principals, *publics.values()))
         if rc != 0:
             raise CertError('signing the %s host key(s) of Pi %s with host_ca %s failed: %s'
                             % (', '.join(publics), serial, self.path, (err or out).strip()))

@@ -327,18 +327,43 @@ class KeyForge:
         self.scratch = _atomic.ScratchDir(parent, 'keys')
         self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
         self.orders = {}  # label -> {kind: future}
+        self.signing = {}  # label -> future of what sign() answered
 
-    def order(self, label, hostname, kinds):
-        """Start making the ``kinds`` of keys for ``label`` (a serial), commented root@``hostname``."""
+    def order(self, label, hostname, kinds, sign=None):
+        """Start making the ``kinds`` of keys for ``label`` (a serial), commented root@``hostname``.
+
+        ``sign({kind: public key file})``, when given, runs on the same threads once all of them are made (a
+        first run signs every Pi's keys: a process each, which then overlaps the clones too); ``signed(label)``
+        answers what it returned. Its job is queued after the keys' own jobs, so when a thread starts it they are
+        running on another thread or done: it never waits for a job that waits for a thread."""
         folder = self.scratch.join(label)
         os.makedirs(folder, 0o700, exist_ok=True)
-        orders = self.orders.setdefault(label, {})
+        orders, made = self.orders.setdefault(label, {}), {}
         for kind in kinds:
-            orders[kind] = self.pool.submit(self._make, os.path.join(folder, 'ssh_host_%s_key' % kind), kind, hostname)
+            made[kind] = orders[kind] = self.pool.submit(
+                self._make, os.path.join(folder, 'ssh_host_%s_key' % kind), kind, hostname)
+        if sign is not None and made:
+            self.signing[label] = self.pool.submit(self._sign, made, sign)
 
     def _make(self, key, kind, hostname):
         rc, _out, _err = self.run([*self.prefix, *keygen_argv(self.keygen, kind, hostname, key)])
         return key if rc == 0 else None
+
+    @staticmethod
+    def _sign(made, sign):
+        keys = {kind: future.result() for kind, future in made.items()}
+        if not all(keys.values()):
+            return None  # a key made again when taken is signed then
+        return sign({kind: key + '.pub' for kind, key in keys.items()})
+
+    def signed(self, label):
+        """What ``sign`` answered for ``label``'s keys made ahead; None when none was asked or it failed (the caller
+        signs then, and reports the failure in its own words)."""
+        future = self.signing.pop(label, None)
+        try:
+            return future.result() if future else None
+        except Exception:
+            return None
 
     def key(self, label, hostname, kind):
         """The private key path of ``kind`` for ``label``: the one ordered ahead, else made now."""

@@ -158,16 +158,41 @@ class Parts:
         """
         if self.ca is None or not _hostcert.root_takes_dropins(tree):
             return _hostcert.changes(tree, identity, kinds, False), None, False
-        principals = item.get('principals') or [item['hostname']]
+        principals = self.principals(item)
         wanted = _hostcert.record(self.ca.fingerprint(), principals, identity.public_keys(kinds))
         signed = identity.cert_record != wanted or any(kind not in identity.certs for kind in kinds)
         if signed:
             if self.host.check_mode:  # nothing is signed in check mode: say which files would change
                 return [{'fix': 'host_certificate', 'path': _hostcert.cert_path(kind), 'kind': 'file',
                          'after': None} for kind in kinds], wanted, True
-            identity.certs = self.ca.sign(self.key_forge().scratch.path, item, principals, identity, kinds)
+            identity.certs = self.presigned(item, principals, identity, kinds) or self.ca.sign(
+                self.key_forge().scratch.path, item, principals, identity, kinds)
             identity.cert_record = wanted
         return _hostcert.changes(tree, identity, kinds, True), wanted, signed
+
+    def presign(self, item):
+        """For ``KeyForge.order``: sign a new identity's keys as soon as they are made (None without a CA)."""
+        if self.ca is None:
+            return None
+        principals, keygen = self.principals(item), self.key_forge().keygen
+
+        def sign(publics):
+            return {'principals': principals, 'certs': self.ca.sign_files(item, principals, publics, keygen),
+                    'publics': {kind: _read_text(path) for kind, path in publics.items()}}
+        return sign
+
+    def presigned(self, item, principals, identity, kinds):
+        """The certificates signed ahead for exactly these names and keys of ``identity``; None: sign them now."""
+        done = self.forge.signed(item['serial']) if self.forge is not None else None
+        if not done or done['principals'] != principals:
+            return None
+        if any(kind not in done['certs'] or done['publics'].get(kind) != identity.keys[kind][1] for kind in kinds):
+            return None
+        return {kind: done['certs'][kind] for kind in kinds}
+
+    @staticmethod
+    def principals(item):
+        return item.get('principals') or [item['hostname']]
 
     # ------------------------------------------------------------------ kernel hold
 
@@ -199,3 +224,8 @@ class Parts:
         if self.forge is not None:
             self.forge.close()
             self.forge = None
+
+
+def _read_text(path):
+    with open(path, encoding='ascii') as handle:
+        return handle.read()

@@ -29,7 +29,9 @@ import hashlib
 import json
 import os
 import re
+import uuid
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import extuuid as _extuuid
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.version import COLLECTION_VERSION
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.points import points_dir
@@ -228,10 +230,11 @@ def reflink(golden, dest):
 class Cloner:
     """Clone a golden image and give the clone an identity of its own (argv lists through ``run``)."""
 
-    def __init__(self, run, which, reflink=reflink):
+    def __init__(self, run, which, reflink=reflink, set_uuid=_extuuid.set_uuid):
         self.run = run
         self.which = which  # which(name, required) -> path of a tool on the host (get_bin_path in the module)
         self.reflink = reflink  # tests hand in one that fails
+        self.set_uuid = set_uuid  # tests hand in one that declines, so tune2fs runs
 
     def _check(self, argv, what):
         rc, out, err = self.run(argv)
@@ -261,5 +264,13 @@ class Cloner:
                         'space' % (golden, who, '; '.join(errors)))
 
     def new_uuid(self, image, who):
-        """A fresh UUID, so the NFS server and the kernel tell this file system from its siblings."""
+        """A fresh UUID, so the NFS server and the kernel tell this file system from its siblings.
+
+        Written here when the superblocks alone carry it (common/extuuid: the clone of a golden root the bakery
+        made, with its checksum seed stored); tune2fs for any other layout."""
+        try:
+            if self.set_uuid(image, uuid.uuid4().bytes):
+                return
+        except OSError as exc:
+            raise RootError('giving the root of %s its own UUID failed: %s' % (who, exc)) from exc
         self._check([self.which('tune2fs', True), '-U', 'random', image], 'giving the root of %s its own UUID' % who)

@@ -131,7 +131,8 @@ class PiRoots(Builder):
         """Start making the host keys of every new identity of this run (several ssh-keygen at once)."""
         for plan in plans:
             if self.parts.needs_keys(plan['item'], plan['action']):
-                self.parts.key_forge().order(plan['serial'], plan['item']['hostname'], self.key_types)
+                self.parts.key_forge().order(plan['serial'], plan['item']['hostname'], self.key_types,
+                                             sign=self.parts.presign(plan['item']))
 
     # ------------------------------------------------------------------ plan
 

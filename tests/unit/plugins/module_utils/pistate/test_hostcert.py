@@ -13,6 +13,7 @@ import pytest
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.confined import Tree
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import hostcert, rootfix
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import identity as _identity
+from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.rootparts import Parts
 
 
 @pytest.mark.parametrize('text, expected', [
@@ -128,3 +129,75 @@ def test_all_of_a_pis_keys_are_signed_by_one_ssh_keygen(tmp_path):
     with pytest.raises(hostcert.CertError, match=r'signing the ed25519, ecdsa host key\(s\) of Pi 3a4b5c6d'):
         broken.sign(str(tmp_path / 'scratch'), {'serial': '3a4b5c6d', 'hostname': 'kitchen'}, ['kitchen'],
                     _identity.Identity(keys=keys), ['ed25519', 'ecdsa'])
+
+
+class CountingHost:
+    """rootparts' host adapter with real commands, counting the signing ssh-keygen runs."""
+    check_mode, diff, timeout = False, False, 60
+
+    def __init__(self):
+        self.signs = 0
+
+    def run(self, argv):
+        self.signs += '-s' in argv
+        return Run()(argv)
+
+    def which(self, name, required):
+        return shutil.which(name)
+
+    def warn(self, msg):
+        raise AssertionError(msg)
+
+
+@pytest.mark.skipif(not shutil.which('ssh-keygen'), reason='needs ssh-keygen')
+def test_new_keys_are_signed_ahead_on_the_forges_threads(tmp_path):
+    ca = tmp_path / 'host_ca'
+    subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519', '-f', str(ca)], check=True)
+    host, kinds = CountingHost(), ['ed25519', 'ecdsa']
+    parts = Parts(host, store=str(tmp_path), roots_dir=str(tmp_path), key_types=kinds, host_ca=str(ca), golden=None)
+    kitchen = {'serial': '3a4b5c6d', 'hostname': 'kitchen', 'principals': None}
+    garage = {'serial': '0badcafe', 'hostname': 'garage', 'principals': ['garage', '10.0.0.7']}
+    try:
+        for item in (kitchen, garage):
+            parts.key_forge().order(item['serial'], item['hostname'], kinds, sign=parts.presign(item))
+        identity, _changed = parts.identity(kitchen)
+        certs = parts.presigned(kitchen, ['kitchen'], identity, kinds)
+        assert sorted(certs) == sorted(kinds) and certs['ecdsa'].startswith('ecdsa-sha2-nistp256-cert-v01@openssh.com ')
+        cert = tmp_path / 'kitchen-cert.pub'
+        cert.write_text(certs['ed25519'])
+        shown = subprocess.run(['ssh-keygen', '-L', '-f', str(cert)], capture_output=True, text=True, check=True).stdout
+        assert 'host certificate' in shown and 'kitchen-3a4b5c6d' in shown and parts.ca.fingerprint() in shown
+        assert parts.presigned(kitchen, ['kitchen'], identity, kinds) is None  # taken once
+        # Other names than those signed ahead (the plan changed them): signed again, in the main thread.
+        other, _changed = parts.identity(garage)
+        assert parts.presigned(garage, ['garage'], other, kinds) is None
+        assert host.signs == 2  # ahead, once per Pi
+        # Keys that are not those signed ahead: never the wrong certificate.
+        parts.key_forge().order(kitchen['serial'], 'kitchen', kinds, sign=parts.presign(kitchen))
+        assert parts.presigned(kitchen, ['kitchen'], identity, kinds) is None
+    finally:
+        parts.close()
+
+
+def test_a_signing_ahead_that_fails_is_left_to_the_main_thread(tmp_path):
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return 0, '', ''
+
+    with _identity.KeyForge(str(tmp_path), '/usr/bin/ssh-keygen', run=run, workers=2) as forge:
+        def failing(publics):
+            raise hostcert.CertError('no CA')
+        forge.order('3a4b5c6d', 'kitchen', ['ed25519'], sign=failing)
+        assert forge.signed('3a4b5c6d') is None
+        forge.order('0badcafe', 'garage', ['ed25519'], sign=sorted)
+        assert forge.signed('0badcafe') == ['ed25519'] and forge.signed('0badcafe') is None
+
+    def no_keys(argv):
+        return 1, '', 'no entropy'
+
+    signed = []
+    with _identity.KeyForge(str(tmp_path), '/usr/bin/ssh-keygen', run=no_keys, workers=1) as forge:
+        forge.order('3a4b5c6d', 'kitchen', ['ed25519', 'ecdsa'], sign=signed.append)
+        assert forge.signed('3a4b5c6d') is None and signed == []  # keys made again when taken are signed then

@@ -269,3 +269,23 @@ def test_new_uuid_gives_the_clone_an_identity_of_its_own(tmp_path):
         _roots.Cloner(real_run, real_which).new_uuid(str(tmp_path / 'not-ext4.img'), 'Pi x')
     assert info.value.details['rc'] != 0 and info.value.details['cmd'][1:] == ['-U', 'random',
                                                                                str(tmp_path / 'not-ext4.img')]
+
+
+@pytest.mark.skipif(not shutil.which('mke2fs', path='/usr/sbin:/sbin'), reason='needs e2fsprogs')
+def test_new_uuid_of_a_layout_extuuid_declines_is_tune2fs_work(tmp_path):
+    image = tmp_path / 'clone.img'
+    subprocess.run(['mke2fs', '-q', '-F', '-t', 'ext4', '-O', '^metadata_csum,uninit_bg', str(image), '8M'], check=True)
+    before, ran = read_superblock(str(image))['uuid'], []
+
+    def run(argv):
+        ran.append(argv[1:])
+        return real_run(argv)
+
+    _roots.Cloner(run, real_which).new_uuid(str(image), 'Pi x')
+    assert ran == [['-U', 'random', str(image)]] and read_superblock(str(image))['uuid'] != before
+    ran.clear()
+    seeded = tmp_path / 'seeded.img'
+    subprocess.run(['mke2fs', '-q', '-F', '-t', 'ext4', '-O', 'metadata_csum_seed', str(seeded), '8M'], check=True)
+    before = read_superblock(str(seeded))['uuid']
+    _roots.Cloner(run, real_which).new_uuid(str(seeded), 'Pi x')  # the golden roots' layout: no tune2fs
+    assert ran == [] and read_superblock(str(seeded))['uuid'] != before
