@@ -20,6 +20,20 @@ process and its workers, from /proc/<pid>/stat, over the storm). Also reported: 
 was (/proc/stat), p50/p95 boot time per Pi, failed Pis; per layout and blksize, the hook's ratio to
 dnsmasq (throughput: higher is better; CPU per GB: lower is better), median and spread over rounds.
 
+Metrics and timelines on: beside the hook runs the real boot watcher (bench/storm_watch.py), as the
+tftp_hook role deploys it: its program and the collection files it imports, the same interpreter, a
+timer that starts with the storm (first run 1 s in, then every ``tftp_hook_watch_interval``, 15 s by
+default, ``--watch-interval``), the role's config defaults (NFS-Ganesha asked over D-Bus, each booting
+Pi asked for its SSH host key), its metrics file and state in the scratch directory, in the bakery's
+namespace on the server's cores. Its CPU (each run's and its children's, from wait4) is added to the
+hook's server CPU; the row says how many passes it made, read back from its metrics file, and what one
+more pass after the storm counts (boots, bytes, each Pi's stage). dnsmasq's run has no watcher: a
+bakery whose TFTP is dnsmasq's has no hook event log, and the watcher reads no TFTP lines of dnsmasq's,
+so it would have no timeline to follow; the proxy DHCP log it reads on a real bakery (in either case)
+is not part of this bench. So the whole cost of the timelines and metrics is charged to the hook.
+Before each storm the bench notes the load average and how busy each core was in a quiet second (the
+Pis loaded and waiting, the server idle): another job of a shared machine shows there.
+
 Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 1024 (what the Pi 4
 asks for), as a lab after a power cut; the hook must fail none.
 
