@@ -130,6 +130,13 @@ def tree_ticks(pid):
     return sum(s[1] for s in mine), sum(s[2] for s in mine)
 
 
+def ours_ticks():
+    """Clock ticks of the bench and everything below it, the ended and waited-for (Pis, watcher runs) included."""
+    with open('/proc/self/stat') as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return sum(tree_ticks(os.getpid())) + int(fields[13]) + int(fields[14])  # + cutime, cstime
+
+
 def core_ticks():
     """{cpu: [user, nice, system, idle, iowait, irq, softirq, steal]} clock ticks since boot (/proc/stat)."""
     cores = {}
@@ -248,7 +255,7 @@ def storm(lan, pis_by_host, blksize, files, server, *, watch=None):
             raise SystemExit('a storm client failed to start')
     quiet_before = core_ticks()  # every Pi waits, the server idles: what is busy now is another job
     time.sleep(1)
-    cores_before, ticks_before = core_ticks(), server.ticks()
+    cores_before, ticks_before, ours_before = core_ticks(), server.ticks(), ours_ticks()
     quiet = {str(c): round(busy_share(quiet_before, cores_before, [c]), 3) for c in sorted(cores_before)}
     start = time.perf_counter()
     if watch:
@@ -267,6 +274,7 @@ def storm(lan, pis_by_host, blksize, files, server, *, watch=None):
     wall = time.perf_counter() - start
     ticks_after = server.ticks()
     cores_after = core_ticks()
+    ours_after = ours_ticks()
     user, system = ((after - before) / TICK for before, after in zip(ticks_before, ticks_after))
     cpu = user + system
     watched = {}
@@ -278,8 +286,12 @@ def storm(lan, pis_by_host, blksize, files, server, *, watch=None):
     total = sum(f.get('bytes', 0) for r in reports for f in r.get('files', []))
     times = sorted(r['seconds'] for r in good)
     cores = sorted(cores_after)
-    return {**watched, 'quiet': quiet, 'wall': wall, 'bytes': total, 'mbps': total / wall / 1e6,
-            'failed': len(reports) - len(good),
+    # Process time on the cores (user, nice, system) that is not the bench's, its Pis' or the server's: another
+    # job of the shared machine, during the storm (interrupt time is left out: it is mostly the storm's packets).
+    spent = sum(cores_after[c][f] - cores_before[c][f] for c in cores_after for f in (0, 1, 2))
+    foreign = max(0.0, (spent - (ours_after - ours_before)) / TICK)
+    return {**watched, 'quiet': quiet, 'foreign_cpu': round(foreign, 2), 'wall': wall, 'bytes': total,
+            'mbps': total / wall / 1e6, 'failed': len(reports) - len(good),
             'server_cpu': cpu, 'server_user': user, 'server_system': system,
             'cpu_per_gb': cpu / (total / 1e9) if total else None,
             'cores': {str(c): round(busy_share(cores_before, cores_after, [c]), 3) for c in cores},
@@ -382,7 +394,8 @@ def line(row):
                 row['server'], row['pis'], row['layout'], row['blksize'], row['mbps'], row['cpu_per_gb'] or -1,
                 row['server_user'], row['server_system'], row['cores'], row['niced'], row['p95'] or -1,
                 row['failed'], row['wall']))
-    text += ', load at start %s, cores busy in the quiet second before %s' % (row['load'], row['quiet'])
+    text += ', load at start %s, cores busy in the quiet second before %s, CPU s of other jobs in the storm %.1f' % (
+        row['load'], row['quiet'], row['foreign_cpu'])
     if 'events' in row:
         text += ', events %s' % row['events']
     if 'watch_runs' in row:
