@@ -38,7 +38,8 @@ Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 
 asks for), as a lab after a power cut; the hook must fail none.
 
     python bench/bench_storm.py [--pis 30] [--blksizes 1024,1468] [--layouts own,one] [--rounds 3]
-        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--batch-wait S] [--client-cpus 0] [--server-cpus 1]
+        [--storm 200] [--servers dnsmasq,hook[,hook@S]] [--workers 1] [--batch-wait S] [--watch-interval 15]
+        [--client-cpus 0] [--server-cpus 1]
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ class Server:
             self.proc.wait()
 
 
-def start_hook(lan, work, files, serials, args):
+def start_hook(lan, work, files, serials, args, *, name='hook'):
     boot, pis = files
     fleet_map = {'version': 1, 'default': [str(boot)],
                  'prefixes': {s: {'name': 'pi-' + s, 'dirs': [str(pis / s), str(boot)]} for s in serials}}
@@ -213,8 +214,10 @@ def start_hook(lan, work, files, serials, args):
         events.unlink()
     config = {'listen': [BAKERY], 'port': 69, 'map': str(work / 'map.json'), 'roots': [str(work)],
               'events': str(events), 'max_blksize': 1468, 'workers': args.workers}
-    if args.batch_wait is not None:
-        config['batch_wait'] = args.batch_wait
+    _hook, _at, batch_wait = name.partition('@')  # hook@S: this batch_wait for this server of the run
+    batch_wait = float(batch_wait) if batch_wait else args.batch_wait
+    if batch_wait is not None:
+        config['batch_wait'] = batch_wait
     (work / 'hook.json').write_text(json.dumps(config))
     return Server(lan, [PYTHON, '-I', str(SERVICE), '--config', str(work / 'hook.json')], args.server_cpus)
 
@@ -361,15 +364,15 @@ def run(args, count, layouts, blksizes, *, rounds, phase):
                     for name in servers if round_no % 2 == 0 else servers[::-1]:  # drift of the machine evens out
                         load = os.getloadavg()  # the 1-minute figure still holds the last storm's 30 Pis
                         server = (start_dnsmasq(lan, work, dnsmasq_root, args) if name == 'dnsmasq'
-                                  else start_hook(lan, work, (boot, pis), serials, args))
+                                  else start_hook(lan, work, (boot, pis), serials, args, name=name))
                         watch = (Watch(lan, work, args.watch_interval, args.server_cpus, PYTHON)
-                                 if name == 'hook' and args.watch_interval else None)
+                                 if name.startswith('hook') and args.watch_interval else None)
                         try:
                             row = storm(lan, pis_by_host, blksize, (boot, pis), server, watch=watch)
                         finally:
                             server.close()
                         row['load'] = [round(v, 2) for v in load]
-                        if name == 'hook':
+                        if name.startswith('hook'):
                             row['events'] = hook_events(work)
                         row.update(server=name, blksize=blksize, layout=layout, round=round_no, phase=phase,
                                    pis=count, server_core=busy_of(row, args.server_cpus),
@@ -417,7 +420,8 @@ def main():
     parser.add_argument('--pis', type=int, default=30)
     parser.add_argument('--blksizes', default='1024,1468')
     parser.add_argument('--layouts', default='own,one', help='own: an address per Pi; one: every Pi behind one')
-    parser.add_argument('--servers', default='dnsmasq,hook')
+    parser.add_argument('--servers', default='dnsmasq,hook',
+                        help='dnsmasq, hook, hook@S (the hook with batch_wait S seconds), in each round')
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--storm', type=int, default=200,
                         help='then this many Pis at once, an address each, blksize 1024, once (0: no storm)')
@@ -457,7 +461,7 @@ def main():
               args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
     print(summary(results))
     save(args, results)
-    return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
+    return 1 if any(r['failed'] for r in results if r['server'].startswith('hook')) else 0
 
 
 def save(args, results):
