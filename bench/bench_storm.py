@@ -20,11 +20,26 @@ process and its workers, from /proc/<pid>/stat, over the storm). Also reported: 
 was (/proc/stat), p50/p95 boot time per Pi, failed Pis; per layout and blksize, the hook's ratio to
 dnsmasq (throughput: higher is better; CPU per GB: lower is better), median and spread over rounds.
 
+Metrics and timelines on: beside the hook runs the real boot watcher (bench/storm_watch.py), as the
+tftp_hook role deploys it: its program and the collection files it imports, the same interpreter, a
+timer that starts with the storm (first run 1 s in, then every ``tftp_hook_watch_interval``, 15 s by
+default, ``--watch-interval``), the role's config defaults (NFS-Ganesha asked over D-Bus, each booting
+Pi asked for its SSH host key), its metrics file and state in the scratch directory, in the bakery's
+namespace on the server's cores. Its CPU (each run's and its children's, from wait4) is added to the
+hook's server CPU; the row says how many passes it made, read back from its metrics file, and what one
+more pass after the storm counts (boots, bytes, each Pi's stage). dnsmasq's run has no watcher: a
+bakery whose TFTP is dnsmasq's has no hook event log, and the watcher reads no TFTP lines of dnsmasq's,
+so it would have no timeline to follow; the proxy DHCP log it reads on a real bakery (in either case)
+is not part of this bench. So the whole cost of the timelines and metrics is charged to the hook.
+Before each storm the bench notes the load average and how busy each core was in a quiet second (the
+Pis loaded and waiting, the server idle): another job of a shared machine shows there.
+
 Then the storm: ``--storm`` Pis (200), one address each, all at once at blksize 1024 (what the Pi 4
 asks for), as a lab after a power cut; the hook must fail none.
 
     python bench/bench_storm.py [--pis 30] [--blksizes 1024,1468] [--layouts own,one] [--rounds 3]
-        [--storm 200] [--servers dnsmasq,hook] [--workers 1] [--batch-wait S] [--client-cpus 0] [--server-cpus 1]
+        [--storm 200] [--servers dnsmasq,hook[,hook@S]] [--workers 1] [--batch-wait S] [--watch-interval 15]
+        [--client-cpus 0] [--server-cpus 1]
 """
 
 from __future__ import annotations
@@ -42,7 +57,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools')]  # the lab package, the tests' helpers
+sys.path[:0] = [str(REPO), str(REPO / 'tests' / 'tools'), str(REPO / 'bench')]  # the lab, the tests' helpers
+
+from storm_watch import Watch, role_interval  # noqa: E402
 
 from lab.nfslab import Lan, missing_tools  # noqa: E402
 
@@ -56,6 +73,7 @@ BOOT_SET = {'start4.elf': 2_300_000, 'fixup4.dat': 5_400, 'kernel8.img': 9_200_0
             'initramfs8': 12_100_000, 'bcm2711-rpi-4-b.dtb': 54_000}
 TRANSFERS_PER_PI = 11  # 8 files and 3 tsize probes: one event line each
 TICK = os.sysconf('SC_CLK_TCK')
+PYTHON = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable  # the role's, on Debian
 
 
 def make_files(top, serials):
@@ -111,6 +129,13 @@ def tree_ticks(pid):
                 found = True
     mine = [stats[p] for p in wanted if p in stats]
     return sum(s[1] for s in mine), sum(s[2] for s in mine)
+
+
+def ours_ticks():
+    """Clock ticks of the bench and everything below it, the ended and waited-for (Pis, watcher runs) included."""
+    with open('/proc/self/stat') as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return sum(tree_ticks(os.getpid())) + int(fields[13]) + int(fields[14])  # + cutime, cstime
 
 
 def core_ticks():
@@ -179,7 +204,7 @@ class Server:
             self.proc.wait()
 
 
-def start_hook(lan, work, files, serials, args):
+def start_hook(lan, work, files, serials, args, *, name='hook'):
     boot, pis = files
     fleet_map = {'version': 1, 'default': [str(boot)],
                  'prefixes': {s: {'name': 'pi-' + s, 'dirs': [str(pis / s), str(boot)]} for s in serials}}
@@ -189,11 +214,12 @@ def start_hook(lan, work, files, serials, args):
         events.unlink()
     config = {'listen': [BAKERY], 'port': 69, 'map': str(work / 'map.json'), 'roots': [str(work)],
               'events': str(events), 'max_blksize': 1468, 'workers': args.workers}
-    if args.batch_wait is not None:
-        config['batch_wait'] = args.batch_wait
+    _hook, _at, batch_wait = name.partition('@')  # hook@S: this batch_wait for this server of the run
+    batch_wait = float(batch_wait) if batch_wait else args.batch_wait
+    if batch_wait is not None:
+        config['batch_wait'] = batch_wait
     (work / 'hook.json').write_text(json.dumps(config))
-    python = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
-    return Server(lan, [python, '-I', str(SERVICE), '--config', str(work / 'hook.json')], args.server_cpus)
+    return Server(lan, [PYTHON, '-I', str(SERVICE), '--config', str(work / 'hook.json')], args.server_cpus)
 
 
 def start_dnsmasq(lan, work, dnsmasq_root, args):
@@ -217,8 +243,9 @@ def hook_events(work):
 # ---------- one storm
 
 
-def storm(lan, pis_by_host, blksize, files, server):
-    """Every Pi boots at once; the row: throughput, the server's CPU, the cores, boot times, failures."""
+def storm(lan, pis_by_host, blksize, files, server, *, watch=None):
+    """Every Pi boots at once; the row: throughput, the server's CPU (and the boot watcher's, when it runs beside
+    the hook), the cores, boot times, failures, and how busy the cores were in a quiet second just before."""
     boot, pis = files
     procs = []
     for host, serial in pis_by_host:
@@ -229,8 +256,13 @@ def storm(lan, pis_by_host, blksize, files, server):
     for proc in procs:  # all loaded and waiting
         if proc.stdout.readline().strip() != 'ready':
             raise SystemExit('a storm client failed to start')
-    cores_before, ticks_before = core_ticks(), server.ticks()
+    quiet_before = core_ticks()  # every Pi waits, the server idles: what is busy now is another job
+    time.sleep(1)
+    cores_before, ticks_before, ours_before = core_ticks(), server.ticks(), ours_ticks()
+    quiet = {str(c): round(busy_share(quiet_before, cores_before, [c]), 3) for c in sorted(cores_before)}
     start = time.perf_counter()
+    if watch:
+        watch.start()  # the watcher's timer starts with the storm: its first run 1 s in, as after a restart
     for proc in procs:
         proc.stdin.write('x')
         proc.stdin.close()
@@ -244,14 +276,25 @@ def storm(lan, pis_by_host, blksize, files, server):
             reports.append({'ok': False, 'seconds': None, 'files': []})
     wall = time.perf_counter() - start
     ticks_after = server.ticks()
+    cores_after = core_ticks()
+    ours_after = ours_ticks()
     user, system = ((after - before) / TICK for before, after in zip(ticks_before, ticks_after))
     cpu = user + system
-    cores_after = core_ticks()
+    watched = {}
+    if watch:
+        watch.stop()  # a run under way finishes and counts
+        watched = watch.report(watch.run_once())  # one more run after the storm: what it saw of every boot
+        cpu += watched['watch_cpu']
     good = [r for r in reports if r.get('ok')]
     total = sum(f.get('bytes', 0) for r in reports for f in r.get('files', []))
     times = sorted(r['seconds'] for r in good)
     cores = sorted(cores_after)
-    return {'wall': wall, 'bytes': total, 'mbps': total / wall / 1e6, 'failed': len(reports) - len(good),
+    # Process time on the cores (user, nice, system) that is not the bench's, its Pis' or the server's: another
+    # job of the shared machine, during the storm (interrupt time is left out: it is mostly the storm's packets).
+    spent = sum(cores_after[c][f] - cores_before[c][f] for c in cores_after for f in (0, 1, 2))
+    foreign = max(0.0, (spent - (ours_after - ours_before)) / TICK)
+    return {**watched, 'quiet': quiet, 'foreign_cpu': round(foreign, 2), 'wall': wall, 'bytes': total,
+            'mbps': total / wall / 1e6, 'failed': len(reports) - len(good),
             'server_cpu': cpu, 'server_user': user, 'server_system': system,
             'cpu_per_gb': cpu / (total / 1e9) if total else None,
             'cores': {str(c): round(busy_share(cores_before, cores_after, [c]), 3) for c in cores},
@@ -275,7 +318,7 @@ def spread(values):
 
 def summary(results):
     lines = ['| Pis | layout | blksize | server | MB/s | server CPU s/GB | server core busy | client core busy | p95 s '
-             '| failed Pis | MB/s ratio | CPU/GB ratio |', '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| failed Pis | MB/s ratio | CPU/GB ratio | watcher passes |', '|---' * 13 + '|']
     keys = sorted({(r['pis'], r['layout'], r['blksize'], r['server']) for r in results})
     for pis, layout, blksize, server in keys:
         rows = [r for r in results
@@ -288,11 +331,12 @@ def summary(results):
                 ratios.append(row['mbps'] / base['mbps'])
                 if row['cpu_per_gb'] and base['cpu_per_gb']:
                     cost.append(row['cpu_per_gb'] / base['cpu_per_gb'])
-        lines.append('| %d | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s | %s |' % (
+        lines.append('| %d | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s |' % (
             pis, layout, blksize, server, spread([r['mbps'] for r in rows]), spread([r['cpu_per_gb'] for r in rows]),
             spread([r['server_core'] for r in rows]), spread([r['client_core'] for r in rows]),
             spread([r['p95'] for r in rows]), sum(r['failed'] for r in rows),
-            spread(ratios) + 'x' if ratios else '-', spread(cost) + 'x' if cost else '-'))
+            spread(ratios) + 'x' if ratios else '-', spread(cost) + 'x' if cost else '-',
+            ', '.join(str(r['watch_passes']) for r in rows) if 'watch_passes' in rows[0] else '-'))
     return '\n'.join(lines)
 
 
@@ -318,13 +362,17 @@ def run(args, count, layouts, blksizes, *, rounds, phase):
                 pis_by_host = list(zip(['pis'] * count if layout == 'one' else names, serials))
                 for blksize in blksizes:
                     for name in servers if round_no % 2 == 0 else servers[::-1]:  # drift of the machine evens out
+                        load = os.getloadavg()  # the 1-minute figure still holds the last storm's 30 Pis
                         server = (start_dnsmasq(lan, work, dnsmasq_root, args) if name == 'dnsmasq'
-                                  else start_hook(lan, work, (boot, pis), serials, args))
+                                  else start_hook(lan, work, (boot, pis), serials, args, name=name))
+                        watch = (Watch(lan, work, args.watch_interval, args.server_cpus, PYTHON)
+                                 if name.startswith('hook') and args.watch_interval else None)
                         try:
-                            row = storm(lan, pis_by_host, blksize, (boot, pis), server)
+                            row = storm(lan, pis_by_host, blksize, (boot, pis), server, watch=watch)
                         finally:
                             server.close()
-                        if name == 'hook':
+                        row['load'] = [round(v, 2) for v in load]
+                        if name.startswith('hook'):
                             row['events'] = hook_events(work)
                         row.update(server=name, blksize=blksize, layout=layout, round=round_no, phase=phase,
                                    pis=count, server_core=busy_of(row, args.server_cpus),
@@ -349,8 +397,19 @@ def line(row):
                 row['server'], row['pis'], row['layout'], row['blksize'], row['mbps'], row['cpu_per_gb'] or -1,
                 row['server_user'], row['server_system'], row['cores'], row['niced'], row['p95'] or -1,
                 row['failed'], row['wall']))
+    text += ', load at start %s, cores busy in the quiet second before %s, CPU s of other jobs in the storm %.1f' % (
+        row['load'], row['quiet'], row['foreign_cpu'])
     if 'events' in row:
         text += ', events %s' % row['events']
+    if 'watch_runs' in row:
+        text += ('\n   boot watcher every %d s: %d runs in the storm (%d passes read back from its metrics file, %d '
+                 'failed), %.2f CPU s (in the server CPU above), run times %s s; after the storm it counts %d boots, '
+                 '%d bytes, stages %s, sources %s' % (
+                     row['watch_interval'], row['watch_runs'], row['watch_passes'], row['watch_failed_runs'],
+                     row['watch_cpu'], row['watch_seconds'], row['watch_boots'], row['watch_bytes'],
+                     row['watch_stages'], row['watch_sources']))
+        if row['watch_errors']:
+            text += '\n   watcher errors: %s' % row['watch_errors']
     if row['errors']:
         text += '\n   errors: %s' % row['errors']
     return text
@@ -361,13 +420,17 @@ def main():
     parser.add_argument('--pis', type=int, default=30)
     parser.add_argument('--blksizes', default='1024,1468')
     parser.add_argument('--layouts', default='own,one', help='own: an address per Pi; one: every Pi behind one')
-    parser.add_argument('--servers', default='dnsmasq,hook')
+    parser.add_argument('--servers', default='dnsmasq,hook',
+                        help='dnsmasq, hook, hook@S (the hook with batch_wait S seconds), in each round')
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--storm', type=int, default=200,
                         help='then this many Pis at once, an address each, blksize 1024, once (0: no storm)')
     parser.add_argument('--workers', type=int, default=1, help="the hook's workers")
     parser.add_argument('--batch-wait', type=float, default=None,
                         help="the hook's batch_wait in seconds (default: the hook's own; 0: off)")
+    parser.add_argument('--watch-interval', type=float, default=role_interval(),
+                        help="run the boot watcher beside the hook every this many seconds (default: the role's "
+                             "tftp_hook_watch_interval; 0: no watcher)")
     cpus = os.cpu_count() or 1
     parser.add_argument('--client-cpus', default='0', help='cores of the bench and the simulated Pis ("" = any)')
     parser.add_argument('--server-cpus', default='1' if cpus > 1 else '', help='cores of the server ("" = any)')
@@ -391,18 +454,21 @@ def main():
         save(args, results)
     if args.storm:
         results += run(args, args.storm, ['own'], [1024], rounds=1, phase='storm')
-    print('\nhook workers %d, batch_wait %s, clients on cores %s, server on cores %s, nice %d; median (min-max) over '
-          'rounds\n' % (args.workers, 'default' if args.batch_wait is None else args.batch_wait,
-                        args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
+    print('\nhook workers %d, batch_wait %s, boot watcher %s, clients on cores %s, server on cores %s, nice %d; '
+          'median (min-max) over rounds\n' % (
+              args.workers, 'default' if args.batch_wait is None else args.batch_wait,
+              'every %g s' % args.watch_interval if args.watch_interval else 'off',
+              args.client_cpus or 'any', args.server_cpus or 'any', args.nice))
     print(summary(results))
     save(args, results)
-    return 1 if any(r['failed'] for r in results if r['server'] == 'hook') else 0
+    return 1 if any(r['failed'] for r in results if r['server'].startswith('hook')) else 0
 
 
 def save(args, results):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        'workers': args.workers, 'batch_wait': args.batch_wait, 'nice': args.nice, 'client_cpus': args.client_cpus,
+        'workers': args.workers, 'batch_wait': args.batch_wait, 'watch_interval': args.watch_interval,
+        'nice': args.nice, 'client_cpus': args.client_cpus,
         'server_cpus': args.server_cpus,
         'results': results}, indent=1))
 
