@@ -57,11 +57,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab import debhost, piimage, pios
+from lab import debhost, ensure_importable, piimage, pios
 from lab.nspawnlab import host_mirror
 
 # The tests and the demo read these two here.
 from lab.pios import GOLDEN_MACHINE_ID, pi_os_pieces  # noqa: F401  # pylint: disable=unused-import
+
+ensure_importable()
+# Mount points at or under a path, deepest first (the collection's own reading of mountinfo).
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import (  # noqa: E402
+    mounts_under as mounted_below,
+)
 
 RECIPE_VERSION = 4  # bump when the packaging below changes in a way the recipe text does not show
 CACHE = Path(os.environ.get('PIFLEET_IMAGE_CACHE', '/var/cache/pifleet/realimage'))
@@ -429,14 +435,6 @@ def publish(name, out, info, cache, tree=None):
         if mine.fullmatch(old.name) and not old.name.startswith(dest.stem + '.'):
             old.unlink(missing_ok=True)
     return dict(info, path=str(dest))
-
-
-def mounted_below(path):
-    """Mount points at or under ``path`` (this mount namespace), deepest first."""
-    top = os.path.realpath(path)
-    with open('/proc/self/mountinfo', encoding='utf-8') as mountinfo:
-        points = [re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in mountinfo]
-    return sorted({p for p in points if p == top or p.startswith(top + '/')}, key=len, reverse=True)
 
 
 def sweep(stale):

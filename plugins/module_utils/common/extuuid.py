@@ -30,11 +30,11 @@ _COMPAT_SPARSE_SUPER2 = 0x200
 _COMPAT_STABLE_INODES = 0x800
 _INCOMPAT_JOURNAL_DEV = 0x8
 _INCOMPAT_MMP = 0x100
-_INCOMPAT_CSUM_SEED = 0x2000
+INCOMPAT_CSUM_SEED = 0x2000
 _INCOMPAT_64BIT = 0x80
 _RO_COMPAT_SPARSE_SUPER = 0x1
 _RO_COMPAT_GDT_CSUM = 0x10
-_RO_COMPAT_METADATA_CSUM = 0x400
+RO_COMPAT_METADATA_CSUM = 0x400
 
 
 def _crc32c_table():
@@ -95,8 +95,8 @@ def simple_layout(block):
     incompat, ro_compat = struct.unpack_from('<II', block, 0x60)
     if compat & _COMPAT_STABLE_INODES or incompat & (_INCOMPAT_JOURNAL_DEV | _INCOMPAT_MMP):
         return False
-    if ro_compat & _RO_COMPAT_METADATA_CSUM:
-        return bool(incompat & _INCOMPAT_CSUM_SEED) and superblock_checksum(block) == struct.unpack_from(
+    if ro_compat & RO_COMPAT_METADATA_CSUM:
+        return bool(incompat & INCOMPAT_CSUM_SEED) and superblock_checksum(block) == struct.unpack_from(
             '<I', block, _CHECKSUM)[0]
     return not ro_compat & _RO_COMPAT_GDT_CSUM
 
@@ -117,7 +117,7 @@ def set_uuid(path, new):
         primary = os.pread(fd, SIZE, SUPERBLOCK)
         if not simple_layout(primary):
             return False
-        checksummed = bool(struct.unpack_from('<I', primary, 0x64)[0] & _RO_COMPAT_METADATA_CSUM)
+        checksummed = bool(struct.unpack_from('<I', primary, 0x64)[0] & RO_COMPAT_METADATA_CSUM)
         first, per_group = struct.unpack_from('<I', primary, 0x14)[0], struct.unpack_from('<I', primary, 0x20)[0]
         block_size = 1024 << struct.unpack_from('<I', primary, 0x18)[0]
         copies = []

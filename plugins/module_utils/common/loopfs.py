@@ -23,14 +23,16 @@ import uuid
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import libc as _libc
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import read_mounts
+from ansible_collections.pifleet.netboot.plugins.module_utils.common.extuuid import (
+    INCOMPAT_CSUM_SEED,
+    MAGIC,
+    RO_COMPAT_METADATA_CSUM,
+    SUPERBLOCK,
+)
 
 # Mounted on the bakery without device nodes or setuid: a Pi's files are for the Pi, never for a
 # local user of the bakery. The Pi itself sees its modes unchanged over NFS.
 ROOT_OPTIONS = ('nosuid', 'nodev')
-EXT_MAGIC = 0xEF53
-_SB = 1024
-_FEATURE_INCOMPAT_CSUM_SEED = 0x2000
-_FEATURE_RO_COMPAT_METADATA_CSUM = 0x400
 UNITS_DIR = '/etc/systemd/system'
 WANTED_BY = 'local-fs.target'
 UNIT_HEADER = '# Managed by pifleet.netboot: mounts a Pi file system at boot; removed with it'
@@ -52,11 +54,11 @@ def read_superblock(path, offset=0):
     """{'uuid', 'label', 'blocks', 'block_size', 'csum_seed', 'metadata_csum'} of an ext2/3/4 image; None otherwise."""
     try:
         with open(path, 'rb') as handle:
-            handle.seek(offset + _SB)
+            handle.seek(offset + SUPERBLOCK)
             block = handle.read(1024)
     except OSError:
         return None
-    if len(block) < 1024 or struct.unpack_from('<H', block, 56)[0] != EXT_MAGIC:
+    if len(block) < 1024 or struct.unpack_from('<H', block, 56)[0] != MAGIC:
         return None
     blocks_lo, = struct.unpack_from('<I', block, 4)
     log_size, = struct.unpack_from('<I', block, 24)
@@ -67,8 +69,8 @@ def read_superblock(path, offset=0):
         'label': block[120:136].split(b'\0', 1)[0].decode('utf-8', errors='replace'),
         'blocks': blocks_lo | (blocks_hi << 32),
         'block_size': 1024 << log_size,
-        'csum_seed': bool(incompat & _FEATURE_INCOMPAT_CSUM_SEED),
-        'metadata_csum': bool(ro_compat & _FEATURE_RO_COMPAT_METADATA_CSUM),
+        'csum_seed': bool(incompat & INCOMPAT_CSUM_SEED),
+        'metadata_csum': bool(ro_compat & RO_COMPAT_METADATA_CSUM),
     }
 
 
