@@ -199,7 +199,10 @@ def check_progress(tmp, output):
     vfs = os.statvfs(str(tmp))
     now = vfs.f_bavail * vfs.f_frsize  # the roots are copies: what they hold came out of the free space since
     said = float(free.group(1)) * 1024 ** {'MiB': 2, 'GiB': 3, 'TiB': 4}[free.group(2)]
-    assert now - 64 * 2 ** 20 < said < now + 3 * golden + disks + 512 * 2 ** 20, (line, now)
+    # The test's file system is shared (make test's other lane makes and frees GiBs on it at any moment): the
+    # number must be this file system's free space, not its size nor another's, give or take what others did.
+    others = 3 * 2 ** 30
+    assert now - others < said < now + 3 * golden + disks + others, (line, now)
     assert output.index('TASK [pifleet.netboot.fleet : Say what this run makes]') < output.index(
         "TASK [pifleet.netboot.fleet : Clone, fix or rebuild the Pis' roots]")
 

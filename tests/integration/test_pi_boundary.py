@@ -19,6 +19,7 @@ NFS-Ganesha serves the exports on a namespace LAN (10.99.41.0/24). Then Pi A att
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -248,6 +249,18 @@ def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink
     assert bk.exports(server)['bounced'] == [str(bk.point(A))]
 
 
+RENAME_EXCHANGE = 2
+
+
+def exchange(one, other):
+    """Swap two names atomically (renameat2 with RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(str(one)), at_fdcwd, os.fsencode(str(other)), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(one))
+
+
 def test_fixes_never_follow_a_flipping_etc(bakery):
     bk, _lan, _server = bakery
     before = digest_tree(bk.standin)
@@ -256,22 +269,24 @@ def test_fixes_never_follow_a_flipping_etc(bakery):
     flips = [0]
 
     def flip():
+        # etc/ and a symlink to the stand-in trade places atomically (RENAME_EXCHANGE), so etc always exists: a
+        # plain rename pair leaves a moment without etc, in which the fixes may make a new etc/ and end the flips.
         real, link = root / 'etc', root / 'etc.flip'
         os.symlink(str(bk.standin), link)
+        swapped = False
         try:
             while not stop.is_set() and flips[0] < 2000:
-                os.rename(real, root / 'etc.real')
-                os.rename(link, real)  # etc is now a symlink to the stand-in
+                exchange(real, link)  # etc is now a symlink to the stand-in
+                swapped = True
                 time.sleep(0.001)
-                os.rename(real, link)
-                os.rename(root / 'etc.real', real)
+                exchange(real, link)
+                swapped = False
                 time.sleep(0.001)
                 flips[0] += 1
         finally:
-            if os.path.lexists(link):
-                os.unlink(link)
-            if os.path.lexists(root / 'etc.real'):
-                os.rename(root / 'etc.real', real)
+            if swapped:
+                exchange(real, link)
+            os.unlink(link)
 
     thread = threading.Thread(target=flip)
     thread.start()

@@ -409,28 +409,55 @@ def test_thirty_pis_in_one_call(lab):
     assert lab.mounted() == [] and loops_backed_by(lab.roots) == [] and os.listdir(lab.roots) == []
 
 
+def has_open(pid, path):
+    """Whether process ``pid`` holds ``path`` open (a module run opens the bakery lock just before it tries it)."""
+    fds = '/proc/%d/fd' % pid
+    for name in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, name)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_two_runs_at_once_take_turns_and_end_consistent(lab):
-    """pi_root and bakeform started while another pi_root holds the bakery lock: they wait, then see its work."""
+    """pi_root and bakeform started while another pi_root holds the bakery lock: they wait, then see its work.
+
+    The first run is paused (SIGSTOP) while it holds the lock, until the other two have opened the lock file and so
+    found it held: they must wait however fast the first run is on a loaded machine."""
     if lab.fs != 'xfs':
         pytest.skip('the lock does not depend on the file system: once, on XFS')
     pis = [{'serial': '7a%06x' % index, 'hostname': 'first-%d' % index} for index in range(4)]
-    # RSA host keys take a while to make: the first run holds the lock long enough for the others to queue.
     first = subprocess.Popen(module_argv('pi_root', lab.args(pis=pis, host_key_types=['rsa', 'ed25519'])),
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    waiting = []
     try:
         holder = 'pid %d, pi_root' % first.pid
         deadline = time.monotonic() + 60
         while Path(lab.lock).exists() is False or Path(lab.lock).read_text().strip() != holder:
             assert first.poll() is None and time.monotonic() < deadline, 'the first run never took the lock'
-            time.sleep(0.01)
+            time.sleep(0.002)
+        os.kill(first.pid, signal.SIGSTOP)
         renamed = [dict(pi, hostname='second-%d' % index) for index, pi in enumerate(pis)]
-        second = subprocess.Popen(module_argv('pi_root', lab.args(pis=renamed, host_key_types=['rsa', 'ed25519'])),
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        other = run_module('bakeform', {'name': 'never', 'state': 'absent', 'store': str(lab.store),
-                                        'lock_file': lab.lock})
-        second_out = second.communicate(timeout=600)[0]
+        waiting.append(subprocess.Popen(
+            module_argv('pi_root', lab.args(pis=renamed, host_key_types=['rsa', 'ed25519'])),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        waiting.append(subprocess.Popen(
+            module_argv('bakeform', {'name': 'never', 'state': 'absent', 'store': str(lab.store),
+                                     'lock_file': lab.lock}),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        deadline = time.monotonic() + 120
+        while not all(has_open(proc.pid, str(lab.lock)) for proc in waiting):
+            assert all(proc.poll() is None for proc in waiting), 'a waiting run ended while the lock was held'
+            assert time.monotonic() < deadline, 'the waiting runs never opened the lock'
+            time.sleep(0.01)
+        time.sleep(0.5)  # past their first try of the lock
     finally:
+        os.kill(first.pid, signal.SIGCONT)
+        outs = [proc.communicate(timeout=600)[0] for proc in waiting]
         first_out = first.communicate(timeout=600)[0]
+    second_out, other = outs[0], json.loads(outs[1])
     first_result, second_result = json.loads(first_out), json.loads(second_out)
     assert [p['action'] for p in first_result['pis']] == ['cloned'] * 4, first_result
     assert 'lock_waited' not in first_result
