@@ -268,7 +268,8 @@ def test_devices_are_driven_in_parallel(run_module, plugs):
     started = time.monotonic()
     assert not call(run_module, state='status', pis=pis, parallel=1)['failed']
     serial = time.monotonic() - started
-    assert serial >= 2.4 and concurrent < 1.6, (concurrent, serial)
+    # Six 0.4 s answers: 2.4 s one after another, 0.4 s at once; a loaded machine adds to both alike.
+    assert serial >= 2.4 and concurrent < serial - 1.0, (concurrent, serial)
     stuck = [http_item(plugs, 'pi-t%02d' % index, 'shelly2', mode='timeout') for index in range(10)]
     started = time.monotonic()
     result = call(run_module, state='on', timeout=0.5, retries=0, pis=stuck)
