@@ -42,12 +42,12 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots impo
 PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '15'))
 # The day-two runs sabotage two threes, one that answers and one silent: two Pis with disks (4 and 14) at least.
 PIS_DAY_TWO = int(os.environ.get('PIFLEET_SABOTAGE_DAY_TWO_PIS', '15'))
-# Seconds the day-two playbooks give a Pi to come back: only the silent ones wait it out (in an upgrade twice, on the
-# new root and rolled back); a Pi that answers does so at once. The bench keeps the playbooks' 15.
-WAIT = 5
+# Seconds the day-two playbooks give a Pi to come back, looking every second: only the silent ones wait it out (in an
+# upgrade twice, on the new root and rolled back); a Pi that answers does so at once. The bench keeps the playbooks' 15.
+WAIT = 3
 # A bakeform that ingests runs async, polled every fleet_bakeform_poll seconds (5 by default): the tiny image takes
-# less than one.
-FLEET = {'fleet_bakeform_poll': 1}
+# less than one. A look for a Pi's host key every second (5), a fake plug off for 0.5 s in a power cycle (3).
+FLEET = {'fleet_bakeform_poll': 1, 'pifleet_wait_interval': 1, 'pifleet_power_cycle_delay': 0.5}
 
 
 @pytest.fixture(scope='module')
@@ -118,7 +118,8 @@ def reimage_inventory(tmp, image, plugs):
              'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_clone_method': 'auto',
              'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
              'pifleet_bakeform_poll': FLEET['fleet_bakeform_poll'], 'ansible_connection': 'local',
-             'ansible_python_interpreter': sys.executable, 'ansible_become': False}
+             'ansible_python_interpreter': sys.executable, 'ansible_become': False,
+             **{key: value for key, value in FLEET.items() if key.startswith('pifleet_')}}
     pis = {name: {'pi_serial': serial, 'pi_model': 4, 'pi_ip': address(name),
                   'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}}
            for name, serial in REIMAGE_PIS.items()}
