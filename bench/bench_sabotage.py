@@ -26,11 +26,12 @@ previous one, the disk untouched. With ``--silent`` the three also never answer:
 wave's one report (the rollback to a sabotaged previous root fails for that Pi alone and leaves the
 root untouched; the third is rolled back and named as not back) and every other Pi is upgraded; in a
 reimage they are named in its one summary (rebuilt, not back) and every other Pi is waited for (with a
-fake plug each, in the test, also power-cycled once). Then ``site`` twice: it names the disk (no part
-of a rebuild) alone and changes nothing for the others. After the playbook and after site, each Pi's
-boot folder serves the boot files of its root's generation, read through the TFTP hook's own map code
-(bench/served.py): the Pi rolled back serves its previous generation again. ``verify_day_two()`` checks
-all of it (with sabotage_checks.py).
+fake plug each, in the test, also power-cycled once). The test adds three more sabotaged the same ways
+that do answer, in the same wave (``answering``): they get their new roots like every other Pi. Then
+``site`` twice: it names the disks (no part of a rebuild) alone and changes nothing for the others.
+After the playbook and after site, each Pi's boot folder serves the boot files of its root's
+generation, read through the TFTP hook's own map code (bench/served.py): the Pi rolled back serves its
+previous generation again. ``verify_day_two()`` checks all of it (with sabotage_checks.py).
 
     python bench/bench_sabotage.py [--pis 1000] [--playbook site|upgrade|reimage] [--silent] [--keep] [--disk 160G]
 """
@@ -70,18 +71,19 @@ STEPS = ('roots', 'roots', 'disks')  # where each victim fails
 SUMMARY = 'Fail naming every Pi that failed a step (every other Pi was converged)'
 
 
-def victims(pis):
-    """(etc made a link, hosts over 1 MiB, disk made 100 GiB): two Pis without disks, one with."""
+def victims(pis, which=0):
+    """(etc made a link, hosts over 1 MiB, disk made 100 GiB): two Pis without disks, one with; ``which``: the first
+    three, or the next (a day-two run's three that answer, beside three silent ones)."""
     plain = [name for name in sorted(pis) if not pis[name].get('pi_disks')]
     disked = [name for name in sorted(pis) if pis[name].get('pi_disks')]
-    return plain[0], plain[1], disked[0]
+    return plain[2 * which], plain[2 * which + 1], disked[which]
 
 
 def sabotage(tmp, pis, names):
     """What each victim does from inside its own exports (as root on its own system)."""
     link, hosts, disk = names
     standin = tmp / 'bakery-etc'  # what the link points to: were pi_root to follow it, the bakery's /etc
-    standin.mkdir()
+    standin.mkdir(exist_ok=True)  # a second three (run_day_two's answering) link theirs to the same one
     (standin / 'hostname').write_text('bakery\n')
     (standin / 'hosts').write_text('127.0.0.1 localhost bakery\n')
     roots, disks = Path(points_dir(str(tmp / 'srv/roots'))), Path(points_dir(str(tmp / 'srv/disks')))  # mount points
@@ -112,15 +114,25 @@ def kept_state(tmp, pis, names):
     return state
 
 
-def run(tmp, image, count):
-    """The whole proof on a fresh ``tmp``: the victims made and sabotaged, then two runs of the role for all."""
+def prepare_fleet(tmp, image, pis, fleet=None):
+    """bench_scale's inventory and role variables, with ``fleet``'s (more role variables) over them."""
+    prepare(tmp, image, pis)
+    if fleet:
+        variables = yaml.safe_load((tmp / 'fleet.yml').read_text())
+        variables.update(fleet)
+        (tmp / 'fleet.yml').write_text(yaml.safe_dump(variables))
+
+
+def run(tmp, image, count, fleet=None):
+    """The whole proof on a fresh ``tmp``: the victims made and sabotaged, then two runs of the role for all.
+    ``fleet``: more role variables (the test's: a shorter poll of the image's ingest)."""
     pis = fleet_pis(count)
     names = victims(pis)
-    prepare(tmp, image, {name: pis[name] for name in names})
+    prepare_fleet(tmp, image, {name: pis[name] for name in names}, fleet)
     play(tmp, tmp / 'play.yml', 'victims')
     standin = sabotage(tmp, pis, names)
     before = kept_state(tmp, pis, names)
-    prepare(tmp, image, pis)
+    prepare_fleet(tmp, image, pis, fleet)
     first = play(tmp, tmp / 'play.yml', 'sabotaged-first', check=False)
     after_first = dict(end_state(tmp), served=served_problems(tmp, pis))
     again = play(tmp, tmp / 'play.yml', 'sabotaged-rerun', check=False)
@@ -202,17 +214,20 @@ def recap(text):
             for host, line in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', text, re.M)}
 
 
-def run_day_two(tmp, images, count, playbook, *, silent=False, plugs=None):
+def run_day_two(tmp, images, count, playbook, *, silent=False, answering=False, plugs=None, wait=15, fleet=None):
     """The proof for ``upgrade`` or ``reimage``: every Pi made on generation 1 (and, for an upgrade, generation 2
     registered: site moves no Pi), three sabotaged, then the playbook for all of them in one wave, with an SSH
     server on loopback for each Pi (no power devices: the Pis are "up" again at once; ``silent``: the three never
-    answer; ``plugs``: a tests/tools/powerfakes PlugServer, a plug for each Pi, so the power cycle is seen); then
-    site twice."""
+    answer; ``answering``: three more sabotaged the same ways that do answer, so one wave has both; ``plugs``: a
+    tests/tools/powerfakes PlugServer, a plug for each Pi, so the power cycle is seen; ``wait``: the playbook's
+    seconds for a Pi to come back, which only a silent Pi waits out; ``fleet``: more role variables); then site
+    twice."""
     pis = loopback_pis(count)
     for name in sorted(pis) if plugs else ():
         pis[name]['pi_power'] = {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}
     names = victims(pis)
-    prepare(tmp, images[1], pis)
+    more = victims(pis, 1) if answering else ()
+    prepare_fleet(tmp, images[1], pis, fleet)
     site = tmp / 'play.yml'
     made = play(tmp, site, 'site-gen1')
     if playbook == 'upgrade':
@@ -220,13 +235,16 @@ def run_day_two(tmp, images, count, playbook, *, silent=False, plugs=None):
         inventory['bakery']['vars']['pifleet_bakeforms'] = [{'name': 'raspios', 'src': str(images[2])}]
         (tmp / 'hosts.yml').write_text(yaml.safe_dump(inventory))
         play(tmp, site, 'site-gen2')
+    sabotaged = names + more
     standin = sabotage(tmp, pis, names)
-    before = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis),
-              'disk': disk_state(tmp, pis, names[2])}
+    if more:
+        sabotage(tmp, pis, more)
+    before = {'kept': kept_state(tmp, pis, sabotaged), 'markers': markers(tmp, pis),
+              'disks': {name: disk_state(tmp, pis, name) for name in sabotaged[2::3]}}
     (tmp / 'day2.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.' + playbook}]))
     # Only a silent Pi waits the whole time (twice in an upgrade: on its new root, then rolled back).
-    extra = {'pifleet_events_path': str(tmp / 'events.jsonl'), 'pifleet_reimage_wait': 15,
-             'upgrade_waves': ['100%'], 'upgrade_timeout': 15, 'upgrade_failure_budget': 3}
+    extra = {'pifleet_events_path': str(tmp / 'events.jsonl'), 'pifleet_reimage_wait': wait,
+             'upgrade_waves': ['100%'], 'upgrade_timeout': wait, 'upgrade_failure_budget': 3}
     keys = {pi['pi_ip']: os.path.join(points_dir(str(tmp / 'srv/roots')), serial(pi), 'etc/ssh/ssh_host_ed25519_key')
             for pi in pis.values()}
     ssh = SshPis(keys)
@@ -236,14 +254,14 @@ def run_day_two(tmp, images, count, playbook, *, silent=False, plugs=None):
         first = play(tmp, tmp / 'day2.yml', playbook, check=False, args=('-e', json.dumps(extra)))
     finally:
         ssh.close()
-    after = {'kept': kept_state(tmp, pis, names), 'markers': markers(tmp, pis), 'state': end_state(tmp),
+    after = {'kept': kept_state(tmp, pis, sabotaged), 'markers': markers(tmp, pis), 'state': end_state(tmp),
              'served': served_problems(tmp, pis)}
     again = play(tmp, site, 'site-after', check=False)
     rerun = play(tmp, site, 'site-rerun', check=False)
     after['served_end'] = served_problems(tmp, pis)
-    return {'pis': pis, 'names': names, 'standin': standin, 'before': before, 'after': after, 'first': first,
-            'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook, 'silent': silent,
-            'plugs': plugs}
+    return {'pis': pis, 'names': names, 'answering': more, 'standin': standin, 'before': before, 'after': after,
+            'first': first, 'made': made, 'again': again, 'rerun': rerun, 'tmp': tmp, 'playbook': playbook,
+            'silent': silent, 'wait': wait, 'plugs': plugs}
 
 
 def disk_state(tmp, pis, name):
@@ -261,29 +279,32 @@ def verify_day_two(outcome):
     nothing of the root it replaces, so the sabotaged roots neither stop it nor are written (each is kept whole as
     the previous root). Silent victims are named in the wave's one report: the rollback to a sabotaged previous
     root fails for that Pi alone (it stays on its new root, the previous one untouched), the third is rolled back
-    and named as not back. Then site names the 100 GiB disk alone (the disk is no part of a rebuild) and changes
+    and named as not back. Then site names the 100 GiB disks alone (a disk is no part of a rebuild) and changes
     nothing, twice."""
     tmp, pis, names, playbook = outcome['tmp'], outcome['pis'], outcome['names'], outcome['playbook']
-    link, hosts, disk = names
+    quiet = names if outcome['silent'] else ()
+    sabotaged = names + outcome['answering']
+    roots_sabotaged = sabotaged[0:2] + sabotaged[3:5]  # each three's etc link and big hosts
+    disks = sabotaged[2::3]
     before, after = outcome['before']['markers'], outcome['after']['markers']
     new = 2 if playbook == 'upgrade' else 1
     log = (tmp / (playbook + '.log')).read_text(errors='replace')
     counters = recap(log)
     problems = []
-    silent = set(names) if outcome['silent'] else set()
+    silent = set(quiet)
     failed = sorted(name for name in pis if counters.get(name, {}).get('failed'))
     if failed != sorted(silent):
         problems.append('%s failed %s, not %s' % (playbook, failed[:6], sorted(silent)))
     for name in pis:
         (generation, _uuid), (previous, previous_uuid) = after[name]
         # A silent Pi whose previous root was fine (the disk's) is rolled back to it: generation 1, 2 the previous.
-        wanted = (1, 2) if name == disk and silent and playbook == 'upgrade' else (new, 1)
+        wanted = (1, 2) if name in disks and name in silent and playbook == 'upgrade' else (new, 1)
         if (generation, previous) != wanted:
             problems.append('%s: current/previous generation %s/%s after the %s, not %s/%s'
                             % (name, generation, previous, playbook, *wanted))
-        elif name in (link, hosts) and previous_uuid != before[name][0][1]:
+        elif name in roots_sabotaged and previous_uuid != before[name][0][1]:
             problems.append('%s: its sabotaged root is not the previous root it kept' % name)
-    problems += playbook_problems(outcome, log, silent)
+    problems += playbook_problems(outcome, log, quiet)
     state = outcome['after']['state']
     exported = {path.rsplit('/', 1)[1]: clients for path, clients in state['exports'] if '/roots/' in path}
     wrong = [name for name, pi in pis.items() if exported.get(serial(pi)) != pi['pi_ip']]
@@ -292,17 +313,18 @@ def verify_day_two(outcome):
     in_map = {entry['name'] for entry in state['map']['prefixes'].values()}
     if in_map != set(pis):
         problems.append('Pis without a map entry: %s' % sorted(set(pis) - in_map)[:5])
-    if disk_state(tmp, pis, disk) != outcome['before']['disk']:
-        problems.append('the 100 GiB disk or its export changed')
+    for disk in disks:
+        if disk_state(tmp, pis, disk) != outcome['before']['disks'][disk]:
+            problems.append('the 100 GiB disk of %s or its export changed' % disk)
     if digest(tmp / 'bakery-etc') != outcome['standin']:
         problems.append('the stand-in for the bakery\'s /etc was written through the link')
     for label in ('again', 'rerun'):
         _seconds, counters, _tasks = outcome[label]
         text = (tmp / ('site-after.log' if label == 'again' else 'site-rerun.log')).read_text(errors='replace')
-        named = '1 Pi(s) failed, every other Pi was converged' in text and \
-            '%s (serial %s) failed at disks: ' % (disk, serial(pis[disk])) in text
+        named = '%d Pi(s) failed, every other Pi was converged' % len(disks) in text and all(
+            '%s (serial %s) failed at disks: ' % (disk, serial(pis[disk])) in text for disk in disks)
         if counters.get('failed') != 1 or not named or counters.get('changed'):
-            problems.append('site %s: failed %s, changed %s, the disk named alone: %s'
+            problems.append('site %s: failed %s, changed %s, the disks named alone: %s'
                             % (label, counters.get('failed'), counters.get('changed'), named))
     return problems
 
@@ -312,9 +334,9 @@ def print_tasks(outcome):
     runs = ('%s (the first site: %.1f s)' % (outcome['playbook'], outcome['made'][0]), 'site after it') \
         if 'playbook' in outcome else ('first run', 're-run')
     # junit has a case per host: a task of the play on the Pis counts once per Pi (a sum, not its wall time).
-    print('\nper task, %d Pis, 3 sabotaged (s%s):  %s %.1f / %s %.1f' % (
-        len(outcome['pis']), ', summed over the hosts' if 'playbook' in outcome else '', runs[0], first[0], runs[1],
-        again[0]))
+    print('\nper task, %d Pis, %d sabotaged (s%s):  %s %.1f / %s %.1f' % (
+        len(outcome['pis']), len(outcome['names'] + outcome.get('answering', ())),
+        ', summed over the hosts' if 'playbook' in outcome else '', runs[0], first[0], runs[1], again[0]))
     for name in sorted(set(first[2]) | set(again[2]), key=lambda n: -first[2].get(n, 0)):
         print('  %7.1f %7.1f  %s' % (first[2].get(name, 0), again[2].get(name, 0), name))
     if 'playbook' not in outcome:

@@ -43,15 +43,16 @@ def report_problems(log, pis, names):
     return problems
 
 
-def reimage_report_problems(log, pis, names):
-    """What reimage's one summary fails to say of the three silent victims: each rebuilt, not back."""
+def reimage_report_problems(log, pis, names, wait):
+    """What reimage's one summary fails to say of the three silent victims: each rebuilt, not back within ``wait``
+    seconds."""
     problems = []
     head = '3 of %d Pi(s) were not reimaged' % len(pis)
     if head not in log:
         problems.append('no summary naming the three: "%s"' % head)
     for name in names:
-        line = ('%s (serial %s): it did not come back on raspios@1 within 15 s (no SSH server answered with the host '
-                'key of its new root)' % (name, serial(pis[name])))
+        line = ('%s (serial %s): it did not come back on raspios@1 within %d s (no SSH server answered with the host '
+                'key of its new root)' % (name, serial(pis[name]), wait))
         if not re.search(r'\\n' + re.escape(line), log):
             problems.append('the summary does not say: %s' % line)
     return problems
@@ -85,14 +86,15 @@ def power_problems(outcome, log, up):
     return problems
 
 
-def playbook_problems(outcome, log, silent):
-    """The wave report or summary (silent victims), the power cycles and waits (reimage), the boot folders."""
-    pis, names, playbook = outcome['pis'], outcome['names'], outcome['playbook']
+def playbook_problems(outcome, log, quiet):
+    """The wave report or summary (``quiet``: the three silent victims, or none), the power cycles and waits
+    (reimage), the boot folders."""
+    pis, playbook = outcome['pis'], outcome['playbook']
     problems = []
-    if silent and playbook == 'upgrade':
-        problems += report_problems(log, pis, names)
-    if silent and playbook == 'reimage':
-        problems += reimage_report_problems(log, pis, names)
+    if quiet and playbook == 'upgrade':
+        problems += report_problems(log, pis, quiet)
+    if quiet and playbook == 'reimage':
+        problems += reimage_report_problems(log, pis, quiet, outcome['wait'])
     if playbook == 'reimage':
-        problems += power_problems(outcome, log, set(pis) - silent)
+        problems += power_problems(outcome, log, set(pis) - set(quiet))
     return problems + day_two_boot_problems(outcome)

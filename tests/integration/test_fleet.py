@@ -49,6 +49,9 @@ PIS = {
               'pi_ip': HOSTS['pi5']},
 }
 MISSING = missing_tools(('ip', 'unshare', 'ganesha.nfsd', 'nfs-ls', 'ssh-keygen'))
+# The reimages here wait for a Pi that never answers (its address is on the test's LAN, which this host cannot
+# reach: each look waits out its own timeout) and power-cycle fake plugs: a look every second, a plug off for 0.5 s.
+QUICK = {'pifleet_wait_interval': 1, 'pifleet_power_cycle_delay': 0.5}
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason='missing %s' % ', '.join(MISSING))
 
@@ -258,7 +261,8 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
         # The settings live with the bakery, as in the example inventory (a fleet_* name set there too).
         playbook(tmp, pis, site=True, fleet_ssh_authorized_keys=[key],
                  bakery_vars={'pifleet_bakeform_store': str(tmp / 'srv/bakeforms'),
-                              'pifleet_roots_dir': str(tmp / 'srv/roots'), 'pifleet_events_path': str(events)})
+                              'pifleet_roots_dir': str(tmp / 'srv/roots'), 'pifleet_events_path': str(events),
+                              **QUICK})
         (tmp / 'play.yml').write_text(yaml.safe_dump([{'name': 'Fleet', 'hosts': 'bakery', 'gather_facts': False,
                                                        'roles': ['pifleet.netboot.fleet']}]))
         rc, _counters, output = ansible(tmp)
@@ -271,14 +275,14 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
         feeder = threading.Thread(target=pi_fetches)
         feeder.start()
         started = time.monotonic()
-        rc, counters, output = ansible(tmp, '--limit', 'pi-04', '-e', 'pifleet_reimage_wait=10', host='pi-04')
+        rc, counters, output = ansible(tmp, '--limit', 'pi-04', '-e', 'pifleet_reimage_wait=2', host='pi-04')
         waited = time.monotonic() - started
     finally:
         stop.set()
         plugs.close()
     feeder.join()
     assert rc != 0 and counters['failed'] == 1, output[-4000:]
-    assert ('pi-04 did not come up within 10 s (no SSH server at %s answered with the host key of its rebuilt '
+    assert ('pi-04 did not come up within 2 s (no SSH server at %s answered with the host key of its rebuilt '
             'root); its last boot file and outcome since the reimage started: kernel8.img, outcome ok'
             % HOSTS['pi4']) in output
     assert waited < 120, waited  # a real deadline, not the default 600 s
@@ -375,7 +379,8 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
             'fleet_nfs_exports_file': str(base / 'pifleet.conf'), 'fleet_nfs_reload': False,
             'fleet_clone_method': 'copy', 'fleet_units_dir': str(base / 'units'), 'fleet_packages': [],
             'pifleet_allow_root_filesystem': True,  # the test's temp dirs may lie on /
-            'fleet_host_ca': str(base / 'ssh/host_ca'), 'fleet_known_hosts': str(top / 'known_hosts')}
+            'fleet_host_ca': str(base / 'ssh/host_ca'), 'fleet_known_hosts': str(top / 'known_hosts'),
+            'pifleet_bakeform_poll': 1, **QUICK}  # each bakery ingests the small image in a second (async, polled)
     try:
         pis = {'pi-03': dict(PIS['pi-03']),
                'pi-05': dict(PIS['pi-05'], pi_bakery='bakery-b',
@@ -397,11 +402,11 @@ def test_two_bakeries_each_make_and_reimage_their_own_pis(bakery):
             (top / name / 'roots/mnt' / serial / 'root/left-behind').write_text('made after site\n')
 
         (top / 'play.yml').write_text(yaml.safe_dump([{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}]))
-        rc, counters, output = ansible(top, '--limit', 'pi-05', '-e', 'pifleet_reimage_wait=5', host='pi-05')
+        rc, counters, output = ansible(top, '--limit', 'pi-05', '-e', 'pifleet_reimage_wait=2', host='pi-05')
     finally:
         plugs.close()
     assert rc != 0 and counters['failed'] == 1, output[-4000:]
-    assert 'pi-05 did not come up within 5 s' in output
+    assert 'pi-05 did not come up within 2 s' in output
     assert '[pi-05 -> bakery-b]' in output and '[pi-05 -> bakery-a]' not in output, output[-4000:]
     assert not (top / 'bakery-b/roots/mnt/5c5c5c5c/root/left-behind').exists()  # rebuilt on its own bakery
     assert (top / 'bakery-a/roots/mnt/00b3b3b3/root/left-behind').exists()  # the other bakery's Pi untouched

@@ -3,10 +3,11 @@
 """A broken or hostile Pi costs only itself: the fleet role and reimage fail per Pi.
 
 ``site``'s fleet part on N simulated Pis (bench/bench_sabotage.py, the fleet of bench_scale.py on an
-XFS loop store; N is PIFLEET_SABOTAGE_PIS, 24 by default, the bench runs 1000) with three Pis
+XFS loop store; N is PIFLEET_SABOTAGE_PIS, 15 by default, the bench runs 1000) with three Pis
 sabotaged as a Pi can: the other N-3 converge, the three are named in one summary and keep what
-they had, a second run changes nothing. Then ``reimage`` of four Pis that answer SSH on loopback
-(tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails and one of which
+they had, a second run changes nothing. Then an upgrade wave and a reimage, each on a fleet with three
+sabotaged Pis that answer and three more that never do. Then ``reimage`` of four Pis that answer SSH on
+loopback (tests/tools/sshpi.py) and power through fake plugs, one of whose rebuild fails and one of which
 never answers: one summary names both, each with its reason, and the other three still get the
 export bounce, the power cycle and the wait.
 """
@@ -35,11 +36,18 @@ from bench_scale import WORK, build_image, fresh  # noqa: E402
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import points as pipoints  # noqa: E402
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout  # noqa: E402
 
-# Enough Pis for every kind bench_scale.fleet_pis makes (models 3/4/5, disks with and without a file system,
-# config.txt and cmdline extras, a MAC prefix) beside the three victims; scale is the bench's job (1000 Pis).
-PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '24'))
-# The day-two runs make the fleet twice over before the playbook: a smaller one (one disked Pi, 4, is a victim).
-PIS_DAY_TWO = int(os.environ.get('PIFLEET_SABOTAGE_DAY_TWO_PIS', '12'))
+# Every kind of Pi bench_scale.fleet_pis makes (models 3/4/5, disks with a file system (pi-0004) and without
+# (pi-0014), config.txt and cmdline extras, a MAC prefix) beside the three victims (pi-0000, pi-0001, pi-0004);
+# scale is the bench's job (1000 Pis).
+PIS = int(os.environ.get('PIFLEET_SABOTAGE_PIS', '15'))
+# The day-two runs sabotage two threes, one that answers and one silent: two Pis with disks (4 and 14) at least.
+PIS_DAY_TWO = int(os.environ.get('PIFLEET_SABOTAGE_DAY_TWO_PIS', '15'))
+# Seconds the day-two playbooks give a Pi to come back, looking every second: only the silent ones wait it out (in an
+# upgrade twice, on the new root and rolled back); a Pi that answers does so at once. The bench keeps the playbooks' 15.
+WAIT = 3
+# A bakeform that ingests runs async, polled every fleet_bakeform_poll seconds (5 by default): the tiny image takes
+# less than one. A look for a Pi's host key every second (5), a fake plug off for 0.5 s in a power cycle (3).
+FLEET = {'fleet_bakeform_poll': 1, 'pifleet_wait_interval': 1, 'pifleet_power_cycle_delay': 0.5}
 
 
 @pytest.fixture(scope='module')
@@ -63,28 +71,28 @@ def test_three_sabotaged_pis_fail_alone_and_every_other_pi_converges(tmp_path, i
     with loop_fs(tmp_path, 'xfs', '16G') as scratch:
         tmp = fresh(scratch, 'sabotage')
         try:
-            outcome = bench_sabotage.run(tmp, image, PIS)
+            outcome = bench_sabotage.run(tmp, image, PIS, fleet=FLEET)
             assert bench_sabotage.verify(outcome) == [], (tmp / 'sabotaged-first.log').read_text()[-4000:]
         finally:
             unmount_below(tmp)
 
 
-@pytest.mark.parametrize('playbook, silent', [('upgrade', False), ('upgrade', True), ('reimage', False),
-                                              ('reimage', True)],
-                         ids=['upgrade', 'upgrade-silent', 'reimage', 'reimage-silent'])
-def test_a_day_two_run_with_three_sabotaged_pis(tmp_path, images, playbook, silent):
-    """The same three sabotages before an upgrade wave (or a reimage) of the whole fleet: a rebuild reads nothing
-    of the root it replaces, so every Pi gets its new root and each sabotaged root is kept whole as the previous
-    one. Silent, the three are named in the wave's one report (a rollback to a sabotaged root fails for that Pi
-    alone) and every other Pi is upgraded; or in reimage's one summary (rebuilt, not back), every other Pi rebuilt,
-    power-cycled (a fake plug each) and waited for. Each boot folder serves its root's generation, read through the
-    hook's map: the one rolled back serves its previous generation again. Site then names the disk alone and
-    changes nothing (bench_sabotage)."""
+@pytest.mark.parametrize('playbook', ['upgrade', 'reimage'])
+def test_a_day_two_run_with_three_sabotaged_pis_and_three_silent_ones(tmp_path, images, playbook):
+    """The same three sabotages, done by three Pis that answer and by three more that never do, before an upgrade
+    wave (or a reimage) of the whole fleet: a rebuild reads nothing of the root it replaces, so every Pi gets its
+    new root and each sabotaged root is kept whole as the previous one. The three that answer are upgraded (or
+    reimaged) like every other Pi; the silent three are named in the wave's one report (a rollback to a sabotaged
+    root fails for that Pi alone) and every other Pi is upgraded; or in reimage's one summary (rebuilt, not back),
+    every other Pi rebuilt, power-cycled (a fake plug each) and waited for. Each boot folder serves its root's
+    generation, read through the hook's map: the one rolled back serves its previous generation again. Site then
+    names the two disks alone and changes nothing (bench_sabotage)."""
     plugs = PlugServer() if playbook == 'reimage' else None
     with loop_fs(tmp_path, 'xfs', '16G') as scratch:
         tmp = fresh(scratch, playbook)
         try:
-            outcome = bench_sabotage.run_day_two(tmp, images, PIS_DAY_TWO, playbook, silent=silent, plugs=plugs)
+            outcome = bench_sabotage.run_day_two(tmp, images, PIS_DAY_TWO, playbook, silent=True, answering=True,
+                                                 plugs=plugs, wait=WAIT, fleet=FLEET)
             assert bench_sabotage.verify_day_two(outcome) == [], (tmp / (playbook + '.log')).read_text()[-6000:]
         finally:
             if plugs:
@@ -109,7 +117,9 @@ def reimage_inventory(tmp, image, plugs):
              'fleet_nfs_ganesha_config': str(tmp / 'ganesha/ganesha.conf'), 'fleet_units_dir': str(tmp / 'units'),
              'fleet_nfs_exports_file': str(tmp / 'ganesha/pifleet.conf'), 'fleet_clone_method': 'auto',
              'fleet_host_ca': str(tmp / 'ssh/host_ca'), 'fleet_known_hosts': str(tmp / 'known_hosts'),
-             'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable, 'ansible_become': False}
+             'pifleet_bakeform_poll': FLEET['fleet_bakeform_poll'], 'ansible_connection': 'local',
+             'ansible_python_interpreter': sys.executable, 'ansible_become': False,
+             **{key: value for key, value in FLEET.items() if key.startswith('pifleet_')}}
     pis = {name: {'pi_serial': serial, 'pi_model': 4, 'pi_ip': address(name),
                   'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': plugs.add(name, 'shelly1', on=True)}}
            for name, serial in REIMAGE_PIS.items()}
@@ -139,8 +149,8 @@ def assert_one_summary_names(output, symlink):
     assert summary, output[-4000:]
     lines = summary.group(1).split('\\n')[1:]
     assert [line.split(' ')[0] for line in lines] == ['pi-c', 'pi-d'], lines
-    assert lines[0].startswith('pi-c (serial 0c0c0c0c): it did not come back on raspios@1 within 20 s (no SSH '
-                               'server answered with the host key of its new root); last boot event: '), lines
+    assert lines[0].startswith('pi-c (serial 0c0c0c0c): it did not come back on raspios@1 within %d s (no SSH '
+                               'server answered with the host key of its new root); last boot event: ' % WAIT), lines
     assert lines[0].endswith('its previous root is kept (pifleet.netboot.rollback puts it back)'), lines
     assert lines[1].startswith('pi-d (serial 0d0d0d0d): its new root could not be made (roots: root of Pi '
                                '0d0d0d0d: %s is a symlink' % symlink), lines
@@ -176,7 +186,7 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
                        for serial in REIMAGE_PIS.values()}
 
             rc, counters, output = playbook(tmp, [{'ansible.builtin.import_playbook': 'pifleet.netboot.reimage'}],
-                                            '-e', 'pifleet_reimage_wait=20')
+                                            '-e', 'pifleet_reimage_wait=%d' % WAIT)
             exports_after = (tmp / 'ganesha/pifleet.conf').read_text()
             # A bad power argument fails each Pi with pi_power's own words (it showed "'dict object' has no
             # attribute 'changed'"); reimage shares the power tasks with the power playbook.

@@ -74,6 +74,9 @@ class Fleet:
                  'fleet_units_dir': str(self.tmp / 'units'), 'pifleet_boot_mount': 'nfs',
                  'fleet_nfs_exports_file': str(self.tmp / 'ganesha/pifleet.conf'), 'fleet_clone_method': 'auto',
                  'pifleet_host_ca': str(self.tmp / 'ssh/host_ca'), 'pifleet_known_hosts': str(self.tmp / 'known_hosts'),
+                 'pifleet_bakeform_poll': 1,  # a new generation ingests async, polled: the tiny image takes a second
+                 # a look for a Pi's host key every second; a fake plug is off for 0.5 s in a power cycle
+                 'pifleet_wait_interval': 1, 'pifleet_power_cycle_delay': 0.5,
                  'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable, 'ansible_become': False}
         pis = {name: {'pi_serial': serial, 'pi_model': 4, 'pi_ip': address(name),
                       'pi_power': {'driver': 'http', 'api': 'shelly1', 'url': self.power[name]}}
@@ -206,7 +209,7 @@ def test_a_generation_that_never_answers_is_rolled_back_and_the_budget_stops_the
     feeder = threading.Thread(target=canary_fetches)
     feeder.start()
     try:
-        waves = json.dumps({'upgrade_waves': [1, '100%'], 'upgrade_timeout': 10})
+        waves = json.dumps({'upgrade_waves': [1, '100%'], 'upgrade_timeout': 2})  # the canary waits it out
         rc, counters, output = fleet.play('upgrade', '-e', waves)
     finally:
         stop.set()
