@@ -138,7 +138,7 @@ class VirtualPi:
     """One virtual Pi on the LAN of a lab (nspawnlab's lab.json): ``power_on``, ``firmware``, ``power_off``."""
 
     def __init__(self, lab, *, name, mac, ip, prefix, workdir, model=4, tap=None, memory=1024, cpus=2,
-                 progress=None):
+                 progress=None, kaslr=None):
         self.lab = lab
         self.name, self.mac, self.ip, self.prefix, self.model = name, mac.lower().replace('-', ':'), ip, prefix, model
         self.workdir = Path(workdir)
@@ -146,6 +146,8 @@ class VirtualPi:
         self.netns = lab['namespaces']['lan']
         self.tap = tap or 'tap-%s' % self.mac.replace(':', '')[-6:]
         self.memory, self.cpus = memory, cpus
+        # PIFLEET_QEMU_KASLR=1 keeps qemu's kaslr-seed (and so KPTI): the slower boot, for comparison.
+        self.kaslr = os.environ.get('PIFLEET_QEMU_KASLR') == '1' if kaslr is None else kaslr
         self.proc = None
         self.pid = None
         self.console = None
@@ -310,7 +312,15 @@ class VirtualPi:
         return fetched
 
     def boot_kernel(self):
-        """``booti`` with qemu's device tree, until the NFS root's systemd speaks."""
+        """``booti`` with qemu's device tree, until the NFS root's systemd speaks.
+
+        The device tree loses its ``kaslr-seed`` first (unless ``kaslr``): with KASLR on, the arm64 kernel forces
+        page table isolation (KPTI) even on a Cortex-A72, which needs none, and under TCG each kernel entry and
+        exit with KPTI switches the ASID in TTBR1, which empties qemu's whole TLB: systemd, sshd and cloud-init
+        run about half as fast (docs/real-boot.md has the numbers). The Pi's own cmdline.txt stays as it is.
+        """
+        if not self.kaslr:  # the kernel then says "KASLR disabled due to lack of seed" (KPTI off)
+            self.uboot('fdt addr ${fdtcontroladdr}; fdt rm /chosen kaslr-seed')
         start = self.console.mark()
         self.console.send('booti ${kernel_addr_r} %s ${fdtcontroladdr}\r' % self.initrd)
         self._lap('kernel', self.console.wait_for(r'Booting Linux on physical CPU', 120, start, 'the kernel'))
