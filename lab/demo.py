@@ -129,17 +129,18 @@ def playbook_argv(name, *extra):
             *extra]
 
 
-def playbook(state, name, *extra, lab_name=NAME, check=True):
-    """Run pifleet.netboot.<name> on the lab inventory, output streamed; the bakery's recap counters
-    (with ``check=False``: the return code and the whole output instead)."""
+def playbook(state, name, *extra, lab_name=NAME, check=True, echo=None):
+    """Run pifleet.netboot.<name> on the lab inventory, output streamed (to ``echo``, a function of one line,
+    when given); the bakery's recap counters (with ``check=False``: the return code and the whole output instead)."""
+    echo = echo or (lambda line: print(line, flush=True))
     argv = playbook_argv(name, *extra)
-    say('$ ' + ' '.join(argv[1:]))
+    echo('demo: $ ' + ' '.join(argv[1:]))
     lines = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=ansible_env(state, lab_name), cwd=REPO) as proc:
         for line in proc.stdout:
             lines.append(line)
-            print('  ' + line.rstrip(), flush=True)
+            echo('  ' + line.rstrip())
     if not check:
         return proc.returncode, ''.join(lines)
     recap = re.search(r'^lab-bakery\s+:\s+(.*)$', ''.join(lines), re.M)
@@ -322,7 +323,7 @@ def simulated_only(state, pis):
 
 
 def demo(state, keep, name=NAME):
-    total = 11
+    total = 10
     pis = lab_pis()
     real = [pi for pi in pis if pi['boot'] == 'qemu']
     wanted = used_images(pis)
@@ -360,71 +361,122 @@ def demo(state, keep, name=NAME):
                 say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
                     % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
             else:
-                step(11, total, 'taking the lab down')
+                step(10, total, 'taking the lab down')
                 nspawnlab.down(state)
     summary()
     say('done in %.0f s' % (time.monotonic() - STARTED))
 
 
 def demo_lab(lab, state, pis, building, *, keep, name, total):
-    """Steps 4 to 9 on the lab that is up: site, the Pis boot, the status table."""
-    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
-    real = [pi for pi in pis if pi['boot'] == 'qemu']
+    """Steps 4 to 9 on the lab that is up: site, the Pis boot, day two, the status table."""
+    following = building.pop(NEXT, None)
     step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP hook)')
     say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
+    images = fleet_steps(lab, state, pis, building, name=name, total=total)
+    boot_steps(lab, state, [pi for pi in pis if pi['boot'] == 'qemu'], images, following, keep=keep, name=name,
+               total=total)
+    step(9, total, 'pifleet.netboot.status')
+    playbook(state, 'status', lab_name=name)
 
-    step(5, total, 'the fleet of the simulated Pis (site --tags fleet for them alone, while the real image builds); '
-         'they boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
-    counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
-    say('fleet of the simulated Pis: changed=%d' % counters['changed'])
+
+def fleet_steps(lab, state, pis, building, *, name, total):
+    """Steps 5 and 6: the fleet, the simulated Pis' boots, the real images on the bakery; {bakeform: image}.
+
+    With the real images cached (a warm run) the whole fleet is made at once; else the simulated Pis' fleet goes
+    first, while the real images build, and the whole fleet once they are there."""
+    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
+    ready = all(future.done() for future in building.values())
+    step(5, total, 'the fleet (%s); the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)' % (
+        'site --tags fleet: every Pi, the real images are ready' if ready else
+        'site --tags fleet for the simulated Pis alone, while the real image builds'))
+    images = None
+    if ready:
+        images = whole_fleet(lab, state, building, name)
+    else:
+        counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
+        say('fleet of the simulated Pis: changed=%d' % counters['changed'])
     fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
     for pi in simulated:
         say(boot_pi(lab, pi, fleet_map))
     say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, simulated[0])))
+    if images is None:
+        step(6, total, 'the real image onto the bakery (waiting for %s to be built), then the whole fleet: '
+             'pifleet.netboot.site --tags fleet (the real Pi and its bakeform join)' % (
+                 ', '.join(sorted(used_images(pis).values())) or 'none'))
+        images = whole_fleet(lab, state, building, name)
+    return images
 
-    step(6, total, 'the real image onto the bakery (waiting for %s to be built)' % (
-        ', '.join(sorted(used_images(pis).values())) or 'none'))
-    following = building.pop(NEXT, None)
+
+def whole_fleet(lab, state, building, name):
+    """The real images onto the bakery once built, then site --tags fleet for every Pi; {bakeform: image}."""
     images = real_images(building)
     say('images on the bakery: %s' % (', '.join(
         put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()) or 'none'))
-
-    step(7, total, 'the whole fleet: pifleet.netboot.site --tags fleet (the real Pi and its bakeform join), then '
-         'the whole site again')
     say('fleet: changed=%d' % playbook(state, 'site', '--tags', 'fleet', lab_name=name)['changed'])
-    say('site again, whole: it must change nothing')
-    again = playbook(state, 'site', lab_name=name)
+    return images
+
+
+def boot_steps(lab, state, real, images, following, *, keep, name, total):
+    """Steps 7 and 8: the real Pi's first boot, while the whole site runs again (it must change nothing) and day
+    two's next generation is registered on the bakery (the boot is mostly qemu's emulated CPUs; their output is
+    shown once the boot is done); then day two."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = []
+        behind = pool.submit(meanwhile, lab, state, real, following, name=name, echo=held.append)
+        vpi = None
+        try:
+            if real:
+                step(7, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG); '
+                     'meanwhile the whole site again, and day two\'s next generation registered' % real[0]['name'])
+                store, current = current_generation(lab, real[0]['bakeform'])
+                say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
+                    % (real[0]['name'], store.label(current), store.boot_export(current)))
+                vpi = real_boot(lab, real[0], state)
+            else:
+                step(7, total, 'the whole site again')
+        finally:
+            try:
+                generations = behind.result()
+            except BaseException:
+                if vpi is not None:
+                    vpi.power_off()
+                raise
+            finally:
+                for line in held:
+                    print(line, flush=True)
+    if not real:
+        return
+    try:
+        step(8, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform (another '
+             'kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch' % real[0]['name'])
+        from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
+        daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': following.result()[0]},
+                       generations=generations, lab_name=name, show=say)
+    except BaseException:
+        vpi.power_off()
+        raise
+    if keep:  # left running for the user (and the tests); `down` stops it
+        nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
+        say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
+            real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))
+    else:
+        vpi.power_off()
+
+
+def meanwhile(lab, state, real, following, *, name, echo):
+    """While the real Pi boots: the whole site again, which must change nothing, then day two's next generation
+    (B) registered; ``(the Pi's generation, B's)``, or None without a real Pi."""
+    echo('demo: site again, whole: it must change nothing')
+    again = playbook(state, 'site', lab_name=name, echo=echo)
     if again['changed'] != 0:
         raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
-
-    if real:
-        step(8, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
-             % real[0]['name'])
-        store, current = current_generation(lab, real[0]['bakeform'])
-        say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
-            % (real[0]['name'], store.label(current), store.boot_export(current)))
-        vpi = real_boot(lab, real[0], state)
-        try:
-            step(9, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform '
-                 '(another kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch'
-                 % real[0]['name'])
-            nxt, seconds = following.result()
-            say('next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
-            from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
-            daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': nxt}, lab_name=name,
-                           show=say)
-        except BaseException:
-            vpi.power_off()
-            raise
-        if keep:  # left running for the user (and the tests); `down` stops it
-            nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
-            say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
-                real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))
-        else:
-            vpi.power_off()
-
-    step(10, total, 'pifleet.netboot.status')
-    playbook(state, 'status', lab_name=name)
+    echo('demo: site again, whole: changed=0')
+    if not real:
+        return None
+    nxt, seconds = following.result()
+    echo('demo: next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
+    from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
+    return daytwo.next_generation(lab, state, real[0], nxt, lab_name=name, echo=echo)
 
 
 def main(argv=None):
