@@ -417,23 +417,29 @@ def whole_fleet(lab, state, building, name):
 
 
 def boot_steps(lab, state, real, images, following, *, keep, name, total):
-    """Steps 7 and 8: the real Pi's first boot, while the whole site runs again (it must change nothing) and day
-    two's next generation is registered on the bakery (the boot is mostly qemu's emulated CPUs; their output is
+    """Steps 7 and 8: the whole site again (it must change nothing); the real Pi's first boot, while day two's next
+    generation is registered on the bakery (the boot is mostly qemu's emulated CPUs; the registration's output is
     shown once the boot is done); then day two."""
+    step(7, total, 'the whole site again, which must change nothing%s' % (
+        '; then a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG), while day '
+        'two\'s next generation is registered on the bakery' % real[0]['name'] if real else ''))
+    say('site again, whole: it must change nothing')
+    again = playbook(state, 'site', lab_name=name)
+    if again['changed'] != 0:
+        raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
+    say('site again, whole: changed=0')
+    if not real:
+        return
+    # Not beside site: the Pi's first boot rewrites files of its root (cloud-init) that site reads.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = []
-        behind = pool.submit(meanwhile, lab, state, real, following, name=name, echo=held.append)
+        behind = pool.submit(meanwhile, lab, state, real[0], following, name=name, echo=held.append)
         vpi = None
         try:
-            if real:
-                step(7, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG); '
-                     'meanwhile the whole site again, and day two\'s next generation registered' % real[0]['name'])
-                store, current = current_generation(lab, real[0]['bakeform'])
-                say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
-                    % (real[0]['name'], store.label(current), store.boot_export(current)))
-                vpi = real_boot(lab, real[0], state)
-            else:
-                step(7, total, 'the whole site again')
+            store, current = current_generation(lab, real[0]['bakeform'])
+            say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
+                % (real[0]['name'], store.label(current), store.boot_export(current)))
+            vpi = real_boot(lab, real[0], state)
         finally:
             try:
                 generations = behind.result()
@@ -444,8 +450,6 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
             finally:
                 for line in held:
                     print(line, flush=True)
-    if not real:
-        return
     try:
         step(8, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform (another '
              'kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch' % real[0]['name'])
@@ -463,20 +467,12 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
         vpi.power_off()
 
 
-def meanwhile(lab, state, real, following, *, name, echo):
-    """While the real Pi boots: the whole site again, which must change nothing, then day two's next generation
-    (B) registered; ``(the Pi's generation, B's)``, or None without a real Pi."""
-    echo('demo: site again, whole: it must change nothing')
-    again = playbook(state, 'site', lab_name=name, echo=echo)
-    if again['changed'] != 0:
-        raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
-    echo('demo: site again, whole: changed=0')
-    if not real:
-        return None
+def meanwhile(lab, state, pi, following, *, name, echo):
+    """While the real Pi boots: day two's next generation (B) registered; ``(the Pi's generation, B's)``."""
     nxt, seconds = following.result()
     echo('demo: next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
     from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
-    return daytwo.next_generation(lab, state, real[0], nxt, lab_name=name, echo=echo)
+    return daytwo.next_generation(lab, state, pi, nxt, lab_name=name, echo=echo)
 
 
 def main(argv=None):
