@@ -14,19 +14,22 @@
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
    per simulated Pi and an outsider; the sample image goes onto the bakery's data disk;
 4. the boot services: ``pifleet.netboot.site --tags services`` over ssh into the container;
-5. the fleet of the simulated Pis alone (``site --tags fleet`` with a group of them and their
-   bakeform), while the real image may still be building; each simulated Pi boots through the
-   simulator in its namespace: PXE DHCP (the router's lease, the bakery's "Raspberry Pi Boot"
-   answer), its TFTP boot set checked byte for byte against the files the role wrote (its own
-   cmdline.txt), its NFS root listed from its own address; the outsider is refused;
-6. the real images onto the bakery's data disk, once built;
-7. the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join), then the whole
-   ``site`` once more, which must report changed=0;
-8. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
-   router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
-   its prefix, boots the kernel with its cmdline.txt, mounts its root and its generation's boot files
-   from the bakery; its login prompt and ``ssh <pi> hostname`` are printed, with the time of each
-   phase (lab/qemupi.py); with --keep it stays on;
+5. the fleet: with the real images cached (a warm run), ``site --tags fleet`` for every Pi at once;
+   else for the simulated Pis alone (a group of them and their bakeform), while the real image
+   builds; each simulated Pi boots through the simulator in its namespace: PXE DHCP (the router's
+   lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte against
+   the files the role wrote (its own cmdline.txt), its NFS root listed from its own address; the
+   outsider is refused;
+6. (only when step 5 had the simulated Pis alone) the real images onto the bakery's data disk once
+   built, then the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join);
+7. the whole ``site`` once more, which must report changed=0; then one real boot (the first Pi with
+   ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the router's lease, fetches
+   config.txt, cmdline.txt, the kernel and the initramfs from the hook under its prefix, boots the
+   kernel with its cmdline.txt, mounts its root and its generation's boot files from the bakery;
+   its login prompt and ``ssh <pi> hostname`` are printed, with the time of each phase
+   (lab/qemupi.py). Meanwhile the bakery registers day two's next generation (lab/daytwo.py);
+8. day two on the real Pi: the upgrade playbook to that generation, then the rollback playbook, the
+   demo playing its power switch (lab/daytwo.py); with --keep the Pi stays on;
 9. ``pifleet.netboot.status``: the table per Pi, boot events included;
 10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later); the time
     of each step is printed at the end.
@@ -301,7 +304,7 @@ def real_boot(lab, pi, state, vpi=None, show=say):
         vpi.boot_kernel()
         show('%s: console: %s' % (pi['name'], vpi.wait_login()))
         qemupi.wait_ssh(vpi, lab['ssh_key'], known)
-        hostname = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'hostname').stdout.strip()
+        hostname = vpi.ssh(lab['ssh_key'], known, 'hostname').stdout.strip()
         show('$ ssh %s hostname  (root with the lab key; host key checked against its root)' % pi['name'])
         show(hostname)
     except BaseException:
@@ -460,6 +463,7 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
         vpi.power_off()
         raise
     if keep:  # left running for the user (and the tests); `down` stops it
+        vpi.close_ssh()
         nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
         say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
             real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))

@@ -17,7 +17,7 @@ so the checks hold however the roots are stored:
   first-boot, swap and network pieces neutralised;
 - cloud-init ``done`` from its own seed (instance-id from its serial, its host name, root's key),
   its NFS root's NIC left alone by cloud-init, netplan, NetworkManager and systemd-networkd;
-- day two (the demo's step 9, lab/daytwo.py, with the demo as the Pi's power switch): the upgrade
+- day two (the demo's step 8, lab/daytwo.py, with the demo as the Pi's power switch): the upgrade
   playbook moves the Pi from generation A to B (the same root with another kernel and its modules):
   B's kernel runs with B's modules, a stray file is gone, identity and keys are kept, and the playbook
   returns once the Pi's SSH server shows its root's host key (reimage shares those steps); the
@@ -93,9 +93,9 @@ class Lab:
         return vm
 
     def ssh(self, name, command, check=True):
-        pi = self.pis[name]
+        """A command on the real Pi, over its VirtualPi's one connection per boot."""
         known = self.state / ('known_hosts-%s' % name)
-        proc = qemupi.ssh(self.lab, pi['ip'], self.lab['ssh_key'], known, command, check=check)
+        proc = self.vms[name].ssh(self.lab['ssh_key'], known, command, check=check)
         return proc.stdout.strip() if check else proc
 
     def bakery(self, command):
@@ -367,7 +367,8 @@ def test_a_generation_that_panics_is_rolled_back_automatically(lab, tmp_path):
     assert run.rc != 0 and re.search(report % (name, serial, BAKEFORM, c, BAKEFORM, c, BAKEFORM, a), run.output), \
         run.output[-4000:]
     check_running(lab, name)
-    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], image, print)  # the held root, matching modules
+    # the held root, matching modules
+    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], image, print, vpi=lab.vms[name])
     assert marker(lab, name)['generation'] == a != c
     assert lab.ssh(name, 'cat /root/mine') == 'mine' and lab.ssh(name, 'cat /etc/machine-id') == machine_id
     store, _current = labdemo.current_generation(lab.lab, BAKEFORM)
@@ -439,7 +440,7 @@ def test_a_capture_of_the_pi_boots_it_without_its_identity_after_a_bakery_reboot
     assert lab.ssh(name, 'hostname') == name and lab.ssh(name, 'cat /etc/machine-id') == machine_id
     assert lab.ssh(name, 'cat /etc/ssh/ssh_host_ed25519_key.pub').split()[1] == own_key
     assert lab.ssh(name, 'cat /root/mine') == 'mine'  # what the admin set up on the Pi is in the capture
-    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], realimage.cached('trixie'), print)
+    daytwo.show_kernel(lab.lab, lab.state, lab.pis[name], realimage.cached('trixie'), print, vpi=lab.vms[name])
     check_trusted(lab, name, tmp_path)
 
 
