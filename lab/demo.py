@@ -168,7 +168,8 @@ def boot_pi(lab, pi, fleet_map):
     bakery = lab['addresses']['bakery']
     argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, '-m', 'lab.pisim', 'boot',
             '--model', str(pi['model']), '--serial', pi['serial'], '--mac', pi['mac'], '--prefix', pi['prefix'],
-            '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/mnt/%s' % (bakery, pi['root_key']), '--json']
+            '--dhcp', 'eth0', '--dhcp-until-answered', '--nfs', '%s:/srv/pifleet/roots/mnt/%s' % (
+                bakery, pi['root_key']), '--json']
     for folder in [*entry['dirs'], *fleet_map['default']]:
         argv += ['--expect-dir', outside(lab, folder)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
