@@ -334,7 +334,8 @@ class VirtualPi:
         The device tree loses its ``kaslr-seed`` first (unless ``kaslr``): with KASLR on, the arm64 kernel forces
         page table isolation (KPTI) even on a Cortex-A72, which needs none, and under TCG each kernel entry and
         exit with KPTI switches the ASID in TTBR1, which empties qemu's whole TLB: systemd, sshd and cloud-init
-        run about half as fast (docs/real-boot.md has the numbers). The Pi's own cmdline.txt stays as it is.
+        run slower (a repeat boot here: 56 s to the login prompt without, 67-100 s with; docs/real-boot.md). The
+        Pi's own cmdline.txt stays as it is.
         """
         if not self.kaslr:  # the kernel then says "KASLR disabled due to lack of seed" (KPTI off)
             self.uboot('fdt addr ${fdtcontroladdr}; fdt rm /chosen kaslr-seed')
