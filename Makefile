@@ -122,8 +122,10 @@ cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 # any path (ansible-doc of every plugin and role, ansible-builder introspect, site --check --diff with the example
 # inventory as shipped on a fresh bakery container), and the AWX project of docs/awx.md run with ansible-runner
 # (site --check, status with the vault password, both inventory sources through ansible-inventory --export).
+# The files run side by side (pytest-xdist, one file per worker): each of the two bakery files has its own
+# container and lab LAN, and each spends most of its time in one site --check run.
 tarball: setup
-	$(PY) -m pytest -q -p no:cacheprovider -s tests/tarball
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=8 tests/tarball
 
 # Molecule scenarios converge the roles on real systemd-nspawn test hosts (lab/nspawnlab.py).
 molecule: setup

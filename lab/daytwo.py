@@ -4,7 +4,8 @@
 
 ``make demo`` (lab/demo.py) ends with :func:`day_two`: generation B of the real Pi's bakeform (the same
 root with Debian 12's kernel and its modules in place of its own, lab/realgen.py) is registered with
-the bakeforms playbook, the upgrade playbook moves the Pi to it and the rollback playbook moves it back,
+the bakeforms playbook while the Pi's first boot goes on (:func:`next_generation`), the upgrade playbook
+moves the Pi to it and the rollback playbook moves it back,
 each with a real boot (lab/powerswitch.py plays the Pi's power switch). After each boot the demo shows
 what runs, seen from the inside (``uname -r``, the root's module directories, a module loaded from the
 NFS root), and that ``ansible <pi> -m ping`` succeeds with strict host-key checking against the fleet's
@@ -19,18 +20,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab import demo, powerswitch, qemupi
+from lab import demo, powerswitch
 
 WAIT = 400  # seconds a Pi has to come back (a first boot under TCG with cloud-init takes 80-190 s here)
 
 
-def register(lab, state, bakeform, image, label, *, lab_name):
+def register(lab, state, bakeform, image, label, *, lab_name, echo=None):
     """``image`` (a realimage description) put on the bakery and registered under ``bakeform`` with the bakeforms
     playbook, only it declared: the bakeform's next generation, and its current one. Its number."""
     inside = demo.put_image(lab, image['path'], '%s-%s.img' % (bakeform, label))
     declared = {'pifleet_bakeforms': [{'name': bakeform, 'src': inside, 'keep': 5}]}
-    demo.playbook(state, 'bakeforms', '-e', json.dumps(declared), lab_name=lab_name)
+    demo.playbook(state, 'bakeforms', '-e', json.dumps(declared), lab_name=lab_name, echo=echo)
     return demo.current_generation(lab, bakeform)[1]
+
+
+def next_generation(lab, state, pi, image, *, lab_name, echo):
+    """Generation B (``image``) registered for the Pi's bakeform: ``(the generation the Pi runs, B)``. The demo
+    does it while the Pi's first boot goes on: site moves no Pi to a new generation, upgrade does."""
+    bakeform = pi['bakeform']
+    first = demo.current_generation(lab, bakeform)[1]
+    nxt = register(lab, state, bakeform, image, 'b', lab_name=lab_name, echo=echo)
+    echo('demo: %s@%d registered: %s, kernel %s; current (site moves no Pi to it: upgrade does)' % (
+        bakeform, nxt, image['pretty'], image['uname']))
+    return first, nxt
 
 
 def ping(state, lab_name, name, known_hosts=None):
@@ -52,12 +64,11 @@ def pong(state, lab_name, name):
     return 'ansible %s -m ping (StrictHostKeyChecking=yes, known_hosts: the bakery\'s CA line): pong' % name
 
 
-def kernel(lab, state, pi):
+def kernel(lab, state, pi, vpi):
     """What runs, from the inside: ``uname``, the module directories of the root, and ``dummy`` (a driver no
     initramfs holds) loaded from the NFS root with its vermagic, and where each loaded module came from."""
     def ssh(command):
-        known = Path(state) / ('known_hosts-%s' % pi['name'])
-        return qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, command).stdout.strip()
+        return vpi.ssh(lab['ssh_key'], Path(state) / ('known_hosts-%s' % pi['name']), command).stdout.strip()
     ssh('modprobe dummy')
     return {'uname': ssh('uname -r'), 'modules_dirs': ssh('ls /lib/modules').split(),
             'dummy': ssh('grep -c "^dummy " /proc/modules'), 'vermagic': ssh('modinfo -F vermagic dummy').split()[0],
@@ -65,9 +76,9 @@ def kernel(lab, state, pi):
                 'for m in $(cut -d" " -f1 /proc/modules); do modinfo -n $m; done').split()})}
 
 
-def show_kernel(lab, state, pi, image, show):
-    """The kernel facts of a Pi that should run ``image``: shown, or DemoError."""
-    facts = kernel(lab, state, pi)
+def show_kernel(lab, state, pi, image, show, *, vpi):
+    """The kernel facts of a Pi (its VirtualPi ``vpi``) that should run ``image``: shown, or DemoError."""
+    facts = kernel(lab, state, pi, vpi)
     show('%s: uname -r %s; /lib/modules holds %s; dummy loaded from the NFS root (vermagic %s); loaded modules '
          'from %s' % (pi['name'], facts['uname'], ', '.join(facts['modules_dirs']), facts['vermagic'],
                       ', '.join(facts['loaded_from'])))
@@ -88,19 +99,17 @@ def switched(lab, state, pi, vpi, name, *extra, lab_name, show):
     return powerswitch.run(demo.playbook_argv(name, *extra), demo.ansible_env(state, lab_name), cycle, show=show)
 
 
-def day_two(lab, state, pi, vpi, images, *, lab_name, show):
-    """The demo's last real-Pi step: upgrade to generation B and back with the playbooks; DemoError on a fault."""
+def day_two(lab, state, pi, vpi, images, *, generations, lab_name, show):
+    """The demo's last real-Pi step: upgrade to generation B (``generations``: the Pi's and B's numbers, from
+    next_generation) and back with the playbooks; DemoError on a fault."""
     bakeform = pi['bakeform']
-    first = demo.current_generation(lab, bakeform)[1]
+    first, nxt = generations
     show('%s: a file written on the Pi before the upgrade: /root/stray' % pi['name'])
     known = Path(state) / ('known_hosts-%s' % pi['name'])
     identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
-    before = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, identity).stdout
-    qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'echo stray > /root/stray && sync')
+    before = vpi.ssh(lab['ssh_key'], known, identity).stdout
+    vpi.ssh(lab['ssh_key'], known, 'echo stray > /root/stray && sync')
     show(pong(state, lab_name, pi['name']))
-    nxt = register(lab, state, bakeform, images['B'], 'b', lab_name=lab_name)
-    show('%s@%d registered: %s, kernel %s; current (site moves no Pi to it: upgrade does)' % (
-        bakeform, nxt, images['B']['pretty'], images['B']['uname']))
     run = switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e',
                    'upgrade_waves=1', '-e', 'upgrade_timeout=%d' % WAIT, lab_name=lab_name, show=show)
     if run.rc != 0 or run.boots != [None]:
@@ -108,9 +117,9 @@ def day_two(lab, state, pi, vpi, images, *, lab_name, show):
             pi['name'], run.rc, run.boots, run.output[-3000:]))
     show('%s: upgraded to %s@%d in %.0f s (the wait for its SSH host key included)' % (
         pi['name'], bakeform, nxt, run.seconds))
-    show_kernel(lab, state, pi, images['B'], show)
-    stray = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode
-    kept = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, identity).stdout == before
+    show_kernel(lab, state, pi, images['B'], show, vpi=vpi)
+    stray = vpi.ssh(lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode
+    kept = vpi.ssh(lab['ssh_key'], known, identity).stdout == before
     show('%s: /root/stray is %s; machine-id and host key %s; %s' % (
         pi['name'], 'gone (a fresh root from the new generation)' if stray else 'STILL THERE',
         'kept' if kept else 'CHANGED', pong(state, lab_name, pi['name'])))
@@ -122,10 +131,10 @@ def day_two(lab, state, pi, vpi, images, *, lab_name, show):
     if run.rc != 0 or run.boots != [None]:
         raise demo.DemoError('the rollback of %s failed (rc %d, boots %s): %s' % (
             pi['name'], run.rc, run.boots, run.output[-3000:]))
-    if qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode:
+    if vpi.ssh(lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode:
         raise demo.DemoError('%s was rolled back, but /root/stray is not in its root: not its own root as it was'
                              % pi['name'])
     show('%s: rolled back to %s@%d (its own root as it was: /root/stray is there) in %.0f s' % (
         pi['name'], bakeform, first, run.seconds))
-    show_kernel(lab, state, pi, images['A'], show)
+    show_kernel(lab, state, pi, images['A'], show, vpi=vpi)
     show(pong(state, lab_name, pi['name']))

@@ -14,19 +14,22 @@
    ``pi_ip`` for its ``pi_mac`` (both read from inventories/lab), the bakery container, one namespace
    per simulated Pi and an outsider; the sample image goes onto the bakery's data disk;
 4. the boot services: ``pifleet.netboot.site --tags services`` over ssh into the container;
-5. the fleet of the simulated Pis alone (``site --tags fleet`` with a group of them and their
-   bakeform), while the real image may still be building; each simulated Pi boots through the
-   simulator in its namespace: PXE DHCP (the router's lease, the bakery's "Raspberry Pi Boot"
-   answer), its TFTP boot set checked byte for byte against the files the role wrote (its own
-   cmdline.txt), its NFS root listed from its own address; the outsider is refused;
-6. the real images onto the bakery's data disk, once built;
-7. the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join), then the whole
-   ``site`` once more, which must report changed=0;
-8. one real boot (the first Pi with ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the
-   router's lease, fetches config.txt, cmdline.txt, the kernel and the initramfs from the hook under
-   its prefix, boots the kernel with its cmdline.txt, mounts its root and its generation's boot files
-   from the bakery; its login prompt and ``ssh <pi> hostname`` are printed, with the time of each
-   phase (lab/qemupi.py); with --keep it stays on;
+5. the fleet: with the real images cached (a warm run), ``site --tags fleet`` for every Pi at once;
+   else for the simulated Pis alone (a group of them and their bakeform), while the real image
+   builds; each simulated Pi boots through the simulator in its namespace: PXE DHCP (the router's
+   lease, the bakery's "Raspberry Pi Boot" answer), its TFTP boot set checked byte for byte against
+   the files the role wrote (its own cmdline.txt), its NFS root listed from its own address; the
+   outsider is refused;
+6. (only when step 5 had the simulated Pis alone) the real images onto the bakery's data disk once
+   built, then the whole fleet: ``site --tags fleet`` (the real Pi and its bakeform join);
+7. the whole ``site`` once more, which must report changed=0; then one real boot (the first Pi with
+   ``lab_boot: qemu``): qemu with U-Boot as its firmware takes the router's lease, fetches
+   config.txt, cmdline.txt, the kernel and the initramfs from the hook under its prefix, boots the
+   kernel with its cmdline.txt, mounts its root and its generation's boot files from the bakery;
+   its login prompt and ``ssh <pi> hostname`` are printed, with the time of each phase
+   (lab/qemupi.py). Meanwhile the bakery registers day two's next generation (lab/daytwo.py);
+8. day two on the real Pi: the upgrade playbook to that generation, then the rollback playbook, the
+   demo playing its power switch (lab/daytwo.py); with --keep the Pi stays on;
 9. ``pifleet.netboot.status``: the table per Pi, boot events included;
 10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later); the time
     of each step is printed at the end.
@@ -129,17 +132,18 @@ def playbook_argv(name, *extra):
             *extra]
 
 
-def playbook(state, name, *extra, lab_name=NAME, check=True):
-    """Run pifleet.netboot.<name> on the lab inventory, output streamed; the bakery's recap counters
-    (with ``check=False``: the return code and the whole output instead)."""
+def playbook(state, name, *extra, lab_name=NAME, check=True, echo=None):
+    """Run pifleet.netboot.<name> on the lab inventory, output streamed (to ``echo``, a function of one line,
+    when given); the bakery's recap counters (with ``check=False``: the return code and the whole output instead)."""
+    echo = echo or (lambda line: print(line, flush=True))
     argv = playbook_argv(name, *extra)
-    say('$ ' + ' '.join(argv[1:]))
+    echo('demo: $ ' + ' '.join(argv[1:]))
     lines = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=ansible_env(state, lab_name), cwd=REPO) as proc:
         for line in proc.stdout:
             lines.append(line)
-            print('  ' + line.rstrip(), flush=True)
+            echo('  ' + line.rstrip())
     if not check:
         return proc.returncode, ''.join(lines)
     recap = re.search(r'^lab-bakery\s+:\s+(.*)$', ''.join(lines), re.M)
@@ -164,7 +168,8 @@ def boot_pi(lab, pi, fleet_map):
     bakery = lab['addresses']['bakery']
     argv = ['ip', 'netns', 'exec', lab['namespaces'][pi['host']], sys.executable, '-m', 'lab.pisim', 'boot',
             '--model', str(pi['model']), '--serial', pi['serial'], '--mac', pi['mac'], '--prefix', pi['prefix'],
-            '--dhcp', 'eth0', '--nfs', '%s:/srv/pifleet/roots/mnt/%s' % (bakery, pi['root_key']), '--json']
+            '--dhcp', 'eth0', '--dhcp-until-answered', '--nfs', '%s:/srv/pifleet/roots/mnt/%s' % (
+                bakery, pi['root_key']), '--json']
     for folder in [*entry['dirs'], *fleet_map['default']]:
         argv += ['--expect-dir', outside(lab, folder)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
@@ -300,7 +305,7 @@ def real_boot(lab, pi, state, vpi=None, show=say):
         vpi.boot_kernel()
         show('%s: console: %s' % (pi['name'], vpi.wait_login()))
         qemupi.wait_ssh(vpi, lab['ssh_key'], known)
-        hostname = qemupi.ssh(lab, pi['ip'], lab['ssh_key'], known, 'hostname').stdout.strip()
+        hostname = vpi.ssh(lab['ssh_key'], known, 'hostname').stdout.strip()
         show('$ ssh %s hostname  (root with the lab key; host key checked against its root)' % pi['name'])
         show(hostname)
     except BaseException:
@@ -322,7 +327,7 @@ def simulated_only(state, pis):
 
 
 def demo(state, keep, name=NAME):
-    total = 11
+    total = 10
     pis = lab_pis()
     real = [pi for pi in pis if pi['boot'] == 'qemu']
     wanted = used_images(pis)
@@ -360,71 +365,119 @@ def demo(state, keep, name=NAME):
                 say('lab kept (--keep): ssh -F %s %s; take it down with: %s %s down --state %s'
                     % (Path(state) / 'ssh_config', '%s-bakery' % name, sys.executable, '-m lab.nspawnlab', state))
             else:
-                step(11, total, 'taking the lab down')
+                step(10, total, 'taking the lab down')
                 nspawnlab.down(state)
     summary()
     say('done in %.0f s' % (time.monotonic() - STARTED))
 
 
 def demo_lab(lab, state, pis, building, *, keep, name, total):
-    """Steps 4 to 9 on the lab that is up: site, the Pis boot, the status table."""
-    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
-    real = [pi for pi in pis if pi['boot'] == 'qemu']
+    """Steps 4 to 9 on the lab that is up: site, the Pis boot, day two, the status table."""
+    following = building.pop(NEXT, None)
     step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP hook)')
     say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
+    images = fleet_steps(lab, state, pis, building, name=name, total=total)
+    boot_steps(lab, state, [pi for pi in pis if pi['boot'] == 'qemu'], images, following, keep=keep, name=name,
+               total=total)
+    step(9, total, 'pifleet.netboot.status')
+    playbook(state, 'status', lab_name=name)
 
-    step(5, total, 'the fleet of the simulated Pis (site --tags fleet for them alone, while the real image builds); '
-         'they boot from the bakery (DHCP -> TFTP boot set -> NFS root)')
-    counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
-    say('fleet of the simulated Pis: changed=%d' % counters['changed'])
+
+def fleet_steps(lab, state, pis, building, *, name, total):
+    """Steps 5 and 6: the fleet, the simulated Pis' boots, the real images on the bakery; {bakeform: image}.
+
+    With the real images cached (a warm run) the whole fleet is made at once; else the simulated Pis' fleet goes
+    first, while the real images build, and the whole fleet once they are there."""
+    simulated = [pi for pi in pis if pi['boot'] == 'simulator']
+    ready = all(future.done() for future in building.values())
+    step(5, total, 'the fleet (%s); the simulated Pis boot from the bakery (DHCP -> TFTP boot set -> NFS root)' % (
+        'site --tags fleet: every Pi, the real images are ready' if ready else
+        'site --tags fleet for the simulated Pis alone, while the real image builds'))
+    images = None
+    if ready:
+        images = whole_fleet(lab, state, building, name)
+    else:
+        counters = playbook(state, 'site', '--tags', 'fleet', *simulated_only(state, pis), lab_name=name)
+        say('fleet of the simulated Pis: changed=%d' % counters['changed'])
     fleet_map = json.loads(Path(outside(lab, '/var/lib/pifleet/tftp/map.json')).read_text())
     for pi in simulated:
         say(boot_pi(lab, pi, fleet_map))
     say('the outsider %s is refused %s' % (lab['addresses']['outsider'], outsider_refused(lab, simulated[0])))
+    if images is None:
+        step(6, total, 'the real image onto the bakery (waiting for %s to be built), then the whole fleet: '
+             'pifleet.netboot.site --tags fleet (the real Pi and its bakeform join)' % (
+                 ', '.join(sorted(used_images(pis).values())) or 'none'))
+        images = whole_fleet(lab, state, building, name)
+    return images
 
-    step(6, total, 'the real image onto the bakery (waiting for %s to be built)' % (
-        ', '.join(sorted(used_images(pis).values())) or 'none'))
-    following = building.pop(NEXT, None)
+
+def whole_fleet(lab, state, building, name):
+    """The real images onto the bakery once built, then site --tags fleet for every Pi; {bakeform: image}."""
     images = real_images(building)
     say('images on the bakery: %s' % (', '.join(
         put_image(lab, info['path'], '%s.img' % bakeform) for bakeform, info in images.items()) or 'none'))
-
-    step(7, total, 'the whole fleet: pifleet.netboot.site --tags fleet (the real Pi and its bakeform join), then '
-         'the whole site again')
     say('fleet: changed=%d' % playbook(state, 'site', '--tags', 'fleet', lab_name=name)['changed'])
+    return images
+
+
+def boot_steps(lab, state, real, images, following, *, keep, name, total):
+    """Steps 7 and 8: the whole site again (it must change nothing); the real Pi's first boot, while day two's next
+    generation is registered on the bakery (the boot is mostly qemu's emulated CPUs; the registration's output is
+    shown once the boot is done); then day two."""
+    step(7, total, 'the whole site again, which must change nothing%s' % (
+        '; then a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG), while day '
+        'two\'s next generation is registered on the bakery' % real[0]['name'] if real else ''))
     say('site again, whole: it must change nothing')
     again = playbook(state, 'site', lab_name=name)
     if again['changed'] != 0:
         raise DemoError('the second site run changed %d things; it must change nothing' % again['changed'])
-
-    if real:
-        step(8, total, 'a real boot: %s runs a Debian arm64 kernel from what site made (qemu + U-Boot, TCG)'
-             % real[0]['name'])
-        store, current = current_generation(lab, real[0]['bakeform'])
-        say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
-            % (real[0]['name'], store.label(current), store.boot_export(current)))
-        vpi = real_boot(lab, real[0], state)
+    say('site again, whole: changed=0')
+    if not real:
+        return
+    # Not beside site: the Pi's first boot rewrites files of its root (cloud-init) that site reads.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = []
+        behind = pool.submit(meanwhile, lab, state, real[0], following, name=name, echo=held.append)
+        vpi = None
         try:
-            step(9, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform '
-                 '(another kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch'
-                 % real[0]['name'])
-            nxt, seconds = following.result()
-            say('next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
-            from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
-            daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': nxt}, lab_name=name,
-                           show=say)
-        except BaseException:
-            vpi.power_off()
-            raise
-        if keep:  # left running for the user (and the tests); `down` stops it
-            nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
-            say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
-                real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))
-        else:
-            vpi.power_off()
+            store, current = current_generation(lab, real[0]['bakeform'])
+            say('%s: its root and boot files are generation %s, the current one (boot files exported from %s)'
+                % (real[0]['name'], store.label(current), store.boot_export(current)))
+            vpi = real_boot(lab, real[0], state)
+        finally:
+            try:
+                generations = behind.result()
+            except BaseException:
+                if vpi is not None:
+                    vpi.power_off()
+                raise
+            finally:
+                for line in held:
+                    print(line, flush=True)
+    try:
+        step(8, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform (another '
+             'kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch' % real[0]['name'])
+        from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
+        daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': following.result()[0]},
+                       generations=generations, lab_name=name, show=say)
+    except BaseException:
+        vpi.power_off()
+        raise
+    if keep:  # left running for the user (and the tests); `down` stops it
+        vpi.close_ssh()
+        nspawnlab.add_guest(state, real[0]['name'], vpi.guest())
+        say('%s stays on (--keep): ip netns exec %s ssh -i %s root@%s' % (
+            real[0]['name'], lab['namespaces']['router'], lab['ssh_key'], real[0]['ip']))
+    else:
+        vpi.power_off()
 
-    step(10, total, 'pifleet.netboot.status')
-    playbook(state, 'status', lab_name=name)
+
+def meanwhile(lab, state, pi, following, *, name, echo):
+    """While the real Pi boots: day two's next generation (B) registered; ``(the Pi's generation, B's)``."""
+    nxt, seconds = following.result()
+    echo('demo: next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
+    from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
+    return daytwo.next_generation(lab, state, pi, nxt, lab_name=name, echo=echo)
 
 
 def main(argv=None):

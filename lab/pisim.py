@@ -374,15 +374,30 @@ def build_discover(mac, model=4, serial='1234abcd', pxe=True, xid=None):
             / UDP(sport=68, dport=67) / bootp)
 
 
-def dhcp_discover(iface, mac, *, model=4, serial='1234abcd', timeout=6, pxe=True):
-    """Broadcast a Pi's DISCOVER on ``iface`` and return every offer heard within ``timeout`` seconds."""
+def dhcp_discover(iface, mac, *, model=4, serial='1234abcd', timeout=6, pxe=True, until_answered=False):
+    """Broadcast a Pi's DISCOVER on ``iface`` and return every offer heard within ``timeout`` seconds; with
+    ``until_answered``, only until an address offer and a PXE answer are both in (as a Pi's bootloader goes on
+    then), instead of always waiting the whole ``timeout``."""
     from scapy.config import conf  # noqa: PLC0415
     from scapy.layers.dhcp import BOOTP  # noqa: PLC0415
     from scapy.sendrecv import srp  # noqa: PLC0415
 
     conf.checkIPaddr = False  # offers come from the servers' addresses, not the broadcast we sent to
-    answered, _unanswered = srp(build_discover(mac, model, serial, pxe), iface=iface, multi=True,
-                                timeout=timeout, verbose=0)
+    discover = build_discover(mac, model, serial, pxe)
+    got = {'lease': False, 'pxe': False}
+
+    def enough(packet):  # called after scapy has taken the packet as an answer
+        if BOOTP not in packet or packet[BOOTP].op != 2 or packet[BOOTP].xid != discover[BOOTP].xid:
+            return False
+        try:
+            offer = parse_offer(bytes(packet[BOOTP]))
+        except ValueError:
+            return False
+        got['lease'] = got['lease'] or offer['yiaddr'] != '0.0.0.0'
+        got['pxe'] = got['pxe'] or offer['pxe_menu'] is not None
+        return got['lease'] and got['pxe']
+    answered, _unanswered = srp(discover, iface=iface, multi=True, timeout=timeout, verbose=0,
+                                stop_filter=enough if until_answered else None)
     offers = []
     for _sent, reply in answered:
         if BOOTP in reply:
@@ -421,11 +436,11 @@ def configure(iface, mac, address, mask):
             raise RuntimeError('ip %s failed: %s' % (' '.join(args), proc.stderr.strip()))
 
 
-def dhcp_step(iface, mac, model, serial, timeout):
+def dhcp_step(iface, mac, model, serial, timeout, *, until_answered=False):
     """DISCOVER, pick the lease and the PXE answer, give the interface the address if it has none."""
     report = {'ok': False, 'address': None, 'server': None, 'pxe_menu': None, 'error': None}
     bare = not has_ipv4(iface)
-    offers = dhcp_discover(iface, mac, model=model, serial=serial, timeout=timeout)
+    offers = dhcp_discover(iface, mac, model=model, serial=serial, timeout=timeout, until_answered=until_answered)
     report['offers'] = offers
     lease, pxe, server = choose(offers)
     report.update(address=lease and lease['yiaddr'], server=server, pxe_menu=pxe and pxe['pxe_menu'])
@@ -558,7 +573,8 @@ def run_boot(args):
     server, dhcp = args.server, None
     if args.dhcp:
         try:
-            dhcp = dhcp_step(args.dhcp, mac, args.model, args.serial, args.dhcp_timeout)
+            dhcp = dhcp_step(args.dhcp, mac, args.model, args.serial, args.dhcp_timeout,
+                             until_answered=args.dhcp_until_answered)
         except (OSError, RuntimeError, ImportError) as exc:
             dhcp = {'ok': False, 'error': '%s: %s' % (type(exc).__name__, exc)}
         server = server or dhcp.get('server')
@@ -598,6 +614,9 @@ def parser():
     boot_cmd, dhcp_cmd = sub.choices['boot'], sub.choices['dhcp']
     boot_cmd.add_argument('--dhcp', metavar='IFACE', help='DISCOVER on IFACE first; its PXE answer names the server')
     boot_cmd.add_argument('--dhcp-timeout', type=float, default=6.0)
+    boot_cmd.add_argument('--dhcp-until-answered', action='store_true',
+                          help='stop listening once an address offer and a PXE answer are in (default: the whole '
+                          '--dhcp-timeout, every offer)')
     boot_cmd.add_argument('--server', help='TFTP server (overrides the DHCP answer)')
     boot_cmd.add_argument('--port', type=int, default=69)
     boot_cmd.add_argument('--prefix', default='serial', help='serial, mac or a custom string')

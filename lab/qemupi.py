@@ -138,7 +138,7 @@ class VirtualPi:
     """One virtual Pi on the LAN of a lab (nspawnlab's lab.json): ``power_on``, ``firmware``, ``power_off``."""
 
     def __init__(self, lab, *, name, mac, ip, prefix, workdir, model=4, tap=None, memory=1024, cpus=2,
-                 progress=None):
+                 progress=None, kaslr=None):
         self.lab = lab
         self.name, self.mac, self.ip, self.prefix, self.model = name, mac.lower().replace('-', ':'), ip, prefix, model
         self.workdir = Path(workdir)
@@ -146,9 +146,12 @@ class VirtualPi:
         self.netns = lab['namespaces']['lan']
         self.tap = tap or 'tap-%s' % self.mac.replace(':', '')[-6:]
         self.memory, self.cpus = memory, cpus
+        # PIFLEET_QEMU_KASLR=1 keeps qemu's kaslr-seed (and so KPTI): the slower boot, for comparison.
+        self.kaslr = os.environ.get('PIFLEET_QEMU_KASLR') == '1' if kaslr is None else kaslr
         self.proc = None
         self.pid = None
         self.console = None
+        self.control = None  # the socket of this boot's ssh control master (VirtualPi.ssh)
         self.bootargs = None
         self.initrd = '-'
         self.powered = None
@@ -227,7 +230,8 @@ class VirtualPi:
         self.console = Console(self.workdir / ('%s-console.sock' % self.name), self.log)
 
     def power_off(self):
-        """Pull the plug: qemu killed by its own PID, the tap deleted."""
+        """Pull the plug: the ssh connection closed, qemu killed by its own PID, the tap deleted."""
+        self.close_ssh()
         if self.proc is not None:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: ip netns exec + qemu
@@ -243,6 +247,21 @@ class VirtualPi:
             self.console.close()
             self.console = None
         self._ip('link', 'delete', self.tap, check=False)
+
+    def ssh(self, key, known_hosts, *command, timeout=120, check=True):
+        """A command on the Pi, over one ssh connection per boot of this process: the first command of a boot opens
+        it (the Pi's host key checked against ``known_hosts`` then), the next ones use it (no key exchange and login
+        each, which cost seconds under TCG). ``power_off`` closes it, so a new boot is a new connection."""
+        if self.control is None:
+            self.control = self.workdir / ('%s-ssh-%d-%d' % (self.name, os.getpid(), self.boots))
+        return ssh(self.lab, self.ip, key, known_hosts, *command, timeout=timeout, check=check, control=self.control)
+
+    def close_ssh(self):
+        """The control master of VirtualPi.ssh told to exit (it is not this process's child)."""
+        control, self.control = self.control, None
+        if control is not None and control.exists():
+            subprocess.run(['ssh', '-o', 'ControlPath=%s' % control, '-O', 'exit', 'root@%s' % self.ip],
+                           capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
 
     # ------------------------------------------------------------------ U-Boot as the Pi firmware
 
@@ -310,7 +329,16 @@ class VirtualPi:
         return fetched
 
     def boot_kernel(self):
-        """``booti`` with qemu's device tree, until the NFS root's systemd speaks."""
+        """``booti`` with qemu's device tree, until the NFS root's systemd speaks.
+
+        The device tree loses its ``kaslr-seed`` first (unless ``kaslr``): with KASLR on, the arm64 kernel forces
+        page table isolation (KPTI) even on a Cortex-A72, which needs none, and under TCG each kernel entry and
+        exit with KPTI switches the ASID in TTBR1, which empties qemu's whole TLB: systemd, sshd and cloud-init
+        run slower (a repeat boot here: 56 s to the login prompt without, 67-100 s with; docs/real-boot.md). The
+        Pi's own cmdline.txt stays as it is.
+        """
+        if not self.kaslr:  # the kernel then says "KASLR disabled due to lack of seed" (KPTI off)
+            self.uboot('fdt addr ${fdtcontroladdr}; fdt rm /chosen kaslr-seed')
         start = self.console.mark()
         self.console.send('booti ${kernel_addr_r} %s ${fdtcontroladdr}\r' % self.initrd)
         self._lap('kernel', self.console.wait_for(r'Booting Linux on physical CPU', 120, start, 'the kernel'))
@@ -335,17 +363,21 @@ class VirtualPi:
         return lines[-1].strip() if lines else ''
 
 
-def ssh_argv(lab, ip, key, known_hosts, *command, connect_timeout=5):
-    """ssh to a Pi from the lab router's namespace, checking its host key against ``known_hosts``."""
+def ssh_argv(lab, ip, key, known_hosts, *command, connect_timeout=5, control=None):
+    """ssh to a Pi from the lab router's namespace, checking its host key against ``known_hosts``; with ``control``
+    (a socket path) through the connection of a control master there, which the first such command opens (its host
+    key checked then) and which stays until ``-O exit`` (VirtualPi.close_ssh)."""
+    shared = ['-o', 'ControlMaster=auto', '-o', 'ControlPath=%s' % control, '-o', 'ControlPersist=yes',
+              '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3'] if control else []
     return ['ip', 'netns', 'exec', lab['namespaces']['router'], 'ssh', '-i', str(key), '-o', 'IdentitiesOnly=yes',
             '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes', '-o', 'UserKnownHostsFile=%s' % known_hosts,
             '-o', 'GlobalKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', 'ConnectTimeout=%d' % connect_timeout,
-            'root@%s' % ip, *command]
+            *shared, 'root@%s' % ip, *command]
 
 
-def ssh(lab, ip, key, known_hosts, *command, timeout=120, check=True):
-    proc = subprocess.run(ssh_argv(lab, ip, key, known_hosts, *command), capture_output=True, text=True,
-                          timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+def ssh(lab, ip, key, known_hosts, *command, timeout=120, check=True, control=None):
+    proc = subprocess.run(ssh_argv(lab, ip, key, known_hosts, *command, control=control), capture_output=True,
+                          text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise BootError('ssh root@%s %s: rc %d: %s' % (ip, ' '.join(command), proc.returncode,
                                                        (proc.stderr or proc.stdout).strip()[-2000:]))

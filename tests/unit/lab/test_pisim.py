@@ -230,6 +230,36 @@ def test_parse_offers_and_choose():
         pisim.parse_offer(b'\0' * 100)
 
 
+@pytest.mark.parametrize('until_answered', [False, True])
+def test_discover_until_answered_stops_at_a_lease_and_a_pxe_answer(monkeypatch, until_answered):
+    """The scapy call is faked (no LAN here): the replies go through its stop_filter as scapy's sniffer does."""
+    pytest.importorskip('scapy')
+    from scapy import sendrecv  # noqa: PLC0415
+    from scapy.layers.dhcp import BOOTP  # noqa: PLC0415
+    from scapy.layers.inet import IP, UDP  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    router = offer_bytes('10.99.30.120', '0.0.0.0', [(53, b'\x02'), (54, socket.inet_aton('10.99.30.1'))])
+    proxy = offer_bytes('0.0.0.0', '10.99.30.2', [(53, b'\x02'), (60, b'PXEClient'), (43, OPTION43)])
+    heard = []
+
+    def fake_srp(discover, *, stop_filter, **_kwargs):
+        xid = struct.pack('!I', discover[BOOTP].xid)
+        answered = []
+        for raw, own in ((router, False), (router, True), (proxy, True), (router, True)):  # a stranger's, ours...
+            reply = Ether() / IP() / UDP(sport=67, dport=68) / BOOTP(raw[:4] + (xid if own else b'zzzz') + raw[8:])
+            heard.append(reply)
+            if own:
+                answered.append((discover, reply))
+            if stop_filter is not None and stop_filter(reply):
+                break
+        return answered, []
+    monkeypatch.setattr(sendrecv, 'srp', fake_srp)
+    offers = pisim.dhcp_discover('eth0', pisim.default_mac(4, SERIAL), serial=SERIAL, until_answered=until_answered)
+    assert [o['yiaddr'] for o in offers] == ['10.99.30.120', '0.0.0.0'] + ([] if until_answered else ['10.99.30.120'])
+    assert len(heard) == (3 if until_answered else 4)  # the stranger's lease alone never stops it
+
+
 @pytest.mark.parametrize(('model', 'pxe'), [(3, True), (4, True), (5, True), (4, False)])
 def test_discover_packet(model, pxe):
     pytest.importorskip('scapy')
