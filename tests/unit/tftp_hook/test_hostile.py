@@ -159,8 +159,11 @@ def test_ack_storm(running, client):
 
 def test_error_packets_end_only_their_transfer(running, client):
     talker, stranger = client(), client()
-    packet, tid, _oack = talker.start('1234abcd/start4.elf')
-    assert packet[:4] == b'\0\3\0\1'
+    # A 10 s retransmit timeout: a block sent again while the test waits (a loaded machine) would read as the next.
+    packet, tid, oack = talker.start('1234abcd/start4.elf', options=[('timeout', 10)])
+    assert packet is None and oack == {'timeout': 10}
+    talker.ack(0, tid)
+    assert talker.recv()[0][:4] == b'\0\3\0\1'
     stranger.send(b'\0\5\0\0stop\0', tid)
     stranger.sock.settimeout(0.3)
     with pytest.raises(socket.timeout):
