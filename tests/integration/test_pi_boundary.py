@@ -19,7 +19,6 @@ NFS-Ganesha serves the exports on a namespace LAN (10.99.41.0/24). Then Pi A att
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from fstree import loop_fs
 from genstore import ingest
 from modrun import run_module
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
 from lab.nfslab import Ganesha, Lan, missing_tools, nfs, nfs_url, shared_mount
@@ -249,16 +249,9 @@ def test_rebuild_takes_the_identity_from_the_bakery_never_through_an_ssh_symlink
     assert bk.exports(server)['bounced'] == [str(bk.point(A))]
 
 
-RENAME_EXCHANGE = 2
-
-
 def exchange(one, other):
-    """Swap two names atomically (renameat2 with RENAME_EXCHANGE)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd = -100
-    if libc.renameat2(at_fdcwd, os.fsencode(str(one)), at_fdcwd, os.fsencode(str(other)), RENAME_EXCHANGE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(one))
+    """Swap two names atomically (the collection's renameat2 with RENAME_EXCHANGE); the test needs it to work."""
+    assert atomic.exchange(str(one), str(other)), 'this file system cannot swap names atomically'
 
 
 def test_fixes_never_follow_a_flipping_etc(bakery):
