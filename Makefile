@@ -42,7 +42,7 @@ CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/
 	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
 	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
 
-.PHONY: help setup apt venv collection test test-lab test-rest test-rest-niced unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
+.PHONY: help setup apt venv collection test test-lab test-rest test-rest-niced test-tail unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
 	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations bench-upgrade clean
 
 help:
@@ -159,30 +159,46 @@ release-notes: venv
 # `make test` runs two lanes at once, one per core, and fails when either fails (each stops at its first failure):
 # - the lab lane: LAB_TESTS (the real boots: mostly one emulated CPU and waits; on a cold run the real images
 #   build first), then molecule (its test hosts run NFS-Ganesha in containers, as the lab's bakery does: the two
-#   never overlap), the tarball and sanity (the rest lane is the longer one); its output goes to
-#   $(BUILD)/test-lab.log and is shown when the lane ends;
-# - the rest lane, on the terminal: ruff, ansible-lint, unit, the other integration files, the older cores,
-#   the execution environment and the release notes (at a lower CPU priority: nice 10).
+#   never overlap), the tarball and sanity; its output goes to $(BUILD)/test-lab.log and is shown when the lane ends;
+# - the rest lane, on the terminal: ruff, ansible-lint, unit, the other integration files (at a lower CPU priority:
+#   nice 10);
+# - then TEST_TAIL (the older cores, the execution environment, the release notes), each part taken by whichever lane
+#   is done first (a claim: mkdir under $(BUILD)/test-claims): on a warm run the lab lane ends minutes before the
+#   rest and takes the cores, on a cold one (the real images build first) the rest lane takes them; either way no
+#   core sits idle while the other lane still works.
 # Each lane runs in a mount namespace of its own (OWN_MOUNTS), so neither holds the other's mounts.
 # Every part can still be run alone (make unit, make integration, ...).
 LAB_LOG := $(BUILD)/test-lab.log
+TEST_TAIL := cores ee release-notes
+CLAIMS := $(BUILD)/test-claims
 test: setup
-	@$(MAKE) --no-print-directory -j2 test-lab test-rest-niced
+	@rm -rf $(CLAIMS); mkdir -p $(CLAIMS)
+	@$(MAKE) --no-print-directory -j2 test-lab test-rest-niced SHARED_TAIL=1
 
-# The lab's boots have timeouts and are the longer lane: the rest yields the CPU to them when both want it.
+# Each part of TEST_TAIL that the other lane has not claimed yet, in order (mkdir is the atomic claim); a lane run on
+# its own (make test-rest) runs them all.
+test-tail:
+	@for part in $(TEST_TAIL); do \
+	  if [ -z "$(SHARED_TAIL)" ] || mkdir $(CLAIMS)/$$part 2>/dev/null; then \
+	    echo "test-tail: $$part (claimed by $(LANE))"; $(MAKE) --no-print-directory -j1 $$part || exit 1; \
+	  fi; \
+	done
+
+# The lab's boots have timeouts: the rest yields the CPU to them when both want it.
 test-rest-niced:
 	@nice -n 10 $(OWN_MOUNTS) $(MAKE) --no-print-directory -j1 test-rest
 
 test-lab: setup
-	@echo "test-lab: $(LAB_TESTS), molecule, tarball (output in $(LAB_LOG), shown when the lane ends)"
+	@echo "test-lab: $(LAB_TESTS), molecule, tarball, sanity, then its share of $(TEST_TAIL) (output in $(LAB_LOG), shown when the lane ends)"
 	@mkdir -p $(BUILD); start=$$(date +%s); rc=0; \
-	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity' \
+	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity \
+	  && $(MAKE) --no-print-directory test-tail LANE=lab' \
 	  >$(LAB_LOG) 2>&1 || rc=$$?; \
 	echo "===== test-lab: rc $$rc after $$(( $$(date +%s) - start )) s; its output:"; cat $(LAB_LOG); exit $$rc
 
 test-rest: ruff lint unit
 	$(PYTEST_INTEGRATION) $(LAB_TESTS:%=--ignore=%) tests/integration
-	@$(MAKE) --no-print-directory -j1 cores ee release-notes
+	@$(MAKE) --no-print-directory test-tail LANE=rest
 
 # The main job on the built-in lab (as root): a bakery in a systemd-nspawn container, three simulated Pis
 # and a real one (qemu) on a namespace LAN; site with inventories/lab (while the real image builds, the first
