@@ -363,11 +363,12 @@ class VirtualPi:
                             % (self.name, what, match.group('stuck').strip(), tail))
         return match
 
-    def wait_running(self, ready, timeout=600):
+    def wait_running(self, ready, timeout=600, grace=15):
         """Until ``ready()`` (sshd answers with the Pi's host key: see ``wait_ssh``) says the Pi is up, timing the
-        console's login prompt (phase ``login``) when it comes first, but never waiting for it: a serial getty whose
-        device systemd gave up on shows none on a system that is up. A kernel panic, the initramfs' rescue shell or
-        an emergency shell ends the wait at once (BootError). The last login prompt line seen, or ''."""
+        console's login prompt (phase ``login``), but never failing for want of one: a serial getty whose device
+        systemd gave up on shows none on a system that is up (a prompt that comes after ssh answered is waited for
+        ``grace`` seconds more). A kernel panic, the initramfs' rescue shell or an emergency shell ends the wait at
+        once (BootError). The last login prompt line seen, or ''."""
         start = self.console.mark() if 'login' in self.timings else 0
         regex = re.compile(r'(?m)(?P<login>^\S+ login: )|(?P<stuck>%s)' % STUCK)
         seen = None
@@ -388,6 +389,12 @@ class VirtualPi:
                             'with:\n%s' % (self.name, timeout, 'seen' if seen else 'not seen',
                                             self.console.text[-1500:]))
         watch()
+        if seen is None:
+            try:
+                self.console.wait_for(r'(?m)^\S+ login: ', grace, start)
+            except BootError:
+                pass
+            watch()
         lines = [line for line in self.console.text[start:].splitlines() if re.match(r'^\S+ login: ', line)]
         return lines[-1].strip() if lines else ''
 
