@@ -289,7 +289,8 @@ def virtual_pi(lab, pi, state, show=say):
 def real_boot(lab, pi, state, vpi=None, show=say):
     """Boot a Pi for real (qemu, U-Boot, the hook, its NFS root) up to ssh; the running VirtualPi.
 
-    Shows the boot set, the command line, the login prompt and ``ssh <pi> hostname``; powers the Pi
+    Shows the boot set, the command line, the login prompt (when the console shows one before ssh answers: ssh is
+    what says the Pi is up) and ``ssh <pi> hostname``; powers the Pi
     off again when anything fails.
     """
     vpi = vpi or virtual_pi(lab, pi, state, show)
@@ -303,8 +304,8 @@ def real_boot(lab, pi, state, vpi=None, show=say):
             pi['name'], pi['ip'], pi['folder'], ', '.join(sizes)))
         show('%s: kernel command line: %s' % (pi['name'], vpi.bootargs))
         vpi.boot_kernel()
-        show('%s: console: %s' % (pi['name'], vpi.wait_login()))
-        qemupi.wait_ssh(vpi, lab['ssh_key'], known)
+        login = vpi.wait_running(qemupi.ssh_ready(vpi, lab['ssh_key'], known))
+        show('%s: console: %s' % (pi['name'], login or 'no login prompt (its serial getty is not up), ssh answers'))
         hostname = vpi.ssh(lab['ssh_key'], known, 'hostname').stdout.strip()
         show('$ ssh %s hostname  (root with the lab key; host key checked against its root)' % pi['name'])
         show(hostname)

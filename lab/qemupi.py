@@ -78,6 +78,7 @@ class Console:
         self.sock.connect(str(path))
         self.log = open(log, 'ab')
         self.chunks = []
+        self.arrived = []  # (the text's length after a chunk, when it arrived): Console.time_of
         self.lock = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -97,6 +98,8 @@ class Console:
                 self.log.write(data)
                 self.log.flush()
                 self.chunks.append(data.decode('utf-8', errors='replace'))
+                self.arrived.append(((self.arrived[-1][0] if self.arrived else 0) + len(self.chunks[-1]),
+                                     time.monotonic()))
                 self.lock.notify_all()
 
     @property
@@ -106,6 +109,11 @@ class Console:
 
     def mark(self):
         return len(self.text)
+
+    def time_of(self, offset):
+        """When the text at ``offset`` arrived (time.monotonic())."""
+        with self.lock:
+            return next(at for end, at in self.arrived if end > offset)
 
     def wait_for(self, pattern, timeout, start=0, what=None):
         """The first match of ``pattern`` (regex) in the console after ``start``; BootError on timeout."""
@@ -207,8 +215,8 @@ class VirtualPi:
         self.console.send(' ')
         self.console.wait_for(re.escape(PROMPT), 10, what='the U-Boot prompt')
 
-    def _lap(self, phase, result=None):
-        self.timings[phase] = round(time.monotonic() - self.powered, 1)
+    def _lap(self, phase, result=None, at=None):
+        self.timings[phase] = round((time.monotonic() if at is None else at) - self.powered, 1)
         if self.progress:
             self.progress(phase, self.timings[phase])
         return result
@@ -355,6 +363,41 @@ class VirtualPi:
                             % (self.name, what, match.group('stuck').strip(), tail))
         return match
 
+    def wait_running(self, ready, timeout=600, grace=15):
+        """Until ``ready()`` (sshd answers with the Pi's host key: see ``wait_ssh``) says the Pi is up, timing the
+        console's login prompt (phase ``login``), but never failing for want of one: a serial getty whose device
+        systemd gave up on shows none on a system that is up (a prompt that comes after ssh answered is waited for
+        ``grace`` seconds more). A kernel panic, the initramfs' rescue shell or an emergency shell ends the wait at
+        once (BootError). The last login prompt line seen, or ''."""
+        start = self.console.mark() if 'login' in self.timings else 0
+        regex = re.compile(r'(?m)(?P<login>^\S+ login: )|(?P<stuck>%s)' % STUCK)
+        seen = None
+
+        def watch():
+            nonlocal seen
+            text = self.console.text
+            for match in regex.finditer(text, start):
+                if match.group('stuck'):
+                    raise BootError('%s is stuck (%s) before it answered ssh; the console:\n%s' % (
+                        self.name, match.group('stuck').strip(), text[max(start, match.start() - 1500):]))
+                if seen is None:
+                    seen = match.group('login')
+                    self._lap('login', at=self.console.time_of(match.start()))
+        if not wait_until(ready, watch, timeout):
+            watch()
+            raise BootError('%s: ssh did not answer with its host key in %d s (login prompt %s); the console ended '
+                            'with:\n%s' % (self.name, timeout, 'seen' if seen else 'not seen',
+                                            self.console.text[-1500:]))
+        watch()
+        if seen is None:
+            try:
+                self.console.wait_for(r'(?m)^\S+ login: ', grace, start)
+            except BootError:
+                pass
+            watch()
+        lines = [line for line in self.console.text[start:].splitlines() if re.match(r'^\S+ login: ', line)]
+        return lines[-1].strip() if lines else ''
+
     def wait_login(self, timeout=600):
         start = self.console.mark() if 'login' in self.timings else 0
         self.expect(r'^\S+ login: ', timeout, start, 'the login prompt')
@@ -384,23 +427,42 @@ def ssh(lab, ip, key, known_hosts, *command, timeout=120, check=True, control=No
     return proc
 
 
-def wait_ssh(pi, key, known_hosts, timeout=300):
-    """Until sshd on the Pi answers with its known host key and takes the key; the phase ``ssh``."""
+def wait_until(ready, watch, timeout, pause=1.0):
+    """True once ``ready()`` is true, False after ``timeout`` seconds; ``watch()`` runs before each try (it may
+    raise)."""
     deadline = time.monotonic() + timeout
-    last = ''
     while time.monotonic() < deadline:
+        watch()
+        if ready():
+            return True
+        time.sleep(pause)
+    return False
+
+
+def ssh_ready(pi, key, known_hosts):
+    """A function that is true once sshd on the Pi answers with its known host key and takes the key (then the phase
+    ``ssh``); BootError at once when qemu exited or the Pi shows another host key."""
+    def ready():
         if pi.proc is not None and pi.proc.poll() is not None:
             raise BootError('%s: qemu exited while waiting for ssh' % pi.name)
         proc = ssh(pi.lab, pi.ip, key, known_hosts, 'true', timeout=60, check=False)
         if proc.returncode == 0:
             pi._lap('ssh')
-            return
-        last = proc.stderr.strip()
-        if 'REMOTE HOST IDENTIFICATION HAS CHANGED' in last or 'Host key verification failed' in last:
+            return True
+        ready.last = proc.stderr.strip()
+        if 'REMOTE HOST IDENTIFICATION HAS CHANGED' in ready.last or 'Host key verification failed' in ready.last:
             raise BootError('%s answers ssh with another host key than the one its root was given:\n%s'
-                            % (pi.name, last))
-        time.sleep(1)
-    raise BootError('%s: ssh did not answer in %d s: %s' % (pi.name, timeout, last))
+                            % (pi.name, ready.last))
+        return False
+    ready.last = ''
+    return ready
+
+
+def wait_ssh(pi, key, known_hosts, timeout=300):
+    """Until sshd on the Pi answers with its known host key and takes the key; the phase ``ssh``."""
+    ready = ssh_ready(pi, key, known_hosts)
+    if not wait_until(ready, lambda: None, timeout):
+        raise BootError('%s: ssh did not answer in %d s: %s' % (pi.name, timeout, ready.last))
 
 
 def main(argv=None):

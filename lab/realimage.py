@@ -143,6 +143,31 @@ def diverted(spec):
     return stubs
 
 
+# What a Pi emulated under TCG needs and a real Pi does not (TCG is several times slower than a Pi 4, and slower
+# still on a loaded 2-core machine, where a first boot took 4 min): systemd waits longer than its default 90 s for a
+# device to show up. Without it, when udev's coldplug ran late, /dev/ttyAMA0's unit timed out, the serial getty
+# failed with it and the console never showed a login prompt, on a Pi whose system was otherwise up.
+TCG_CONF = '[Manager]\nDefaultDeviceTimeoutSec=10min\n'
+# /etc/.updated and /var/.updated hold /usr's time, as systemd-update-done leaves them after a boot: a new root's first
+# boot then skips ldconfig, the hwdb and journal catalog rebuilds (their work is in the image already), about 25 s of
+# emulated CPU each on a first boot here.
+UPDATED = ('# This file was created by systemd-update-done. Its only\n'
+           '# purpose is to hold a timestamp of the time this directory\n'
+           '# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC=%d\n')
+
+
+def tcg_pieces(root):
+    """TCG_CONF, and the .updated stamps (last: they hold /usr's time)."""
+    conf = Path(root) / 'etc/systemd/system.conf.d/pifleet-lab-tcg.conf'
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(TCG_CONF)
+    usr = (Path(root) / 'usr').stat().st_mtime_ns
+    for top in ('etc', 'var'):
+        stamp = Path(root) / top / '.updated'
+        stamp.write_text(UPDATED % usr)
+        os.utime(stamp, ns=(usr, usr))
+
+
 def recipe(name):
     """Everything that decides the image's content, as text: its hash names the cached image."""
     if name in DERIVED:
@@ -152,7 +177,8 @@ def recipe(name):
     spec = FLAVOURS[name]
     parts = [str(RECIPE_VERSION), name, json.dumps(spec, sort_keys=True), ' '.join(COMMON_PACKAGES),
              ' '.join(EXCLUDES), INITRAMFS_CONF, ' '.join(INITRAMFS_MODULES),
-             json.dumps(diverted(spec), sort_keys=True), pios.recipe(spec['cloud_init']), str(BOOT_MB)]
+             json.dumps(diverted(spec), sort_keys=True), pios.recipe(spec['cloud_init']), str(BOOT_MB), TCG_CONF,
+             UPDATED]
     return '\n\0'.join(parts)
 
 
@@ -377,11 +403,13 @@ def unpack_tree(tarball, root):
 
 
 def image_from_tree(root, name, work, *, cloud_init, boot_override=None):
-    """The Raspberry Pi OS pieces written into the tree, then the image packed: (path, description)."""
+    """The Raspberry Pi OS pieces and the TCG ones written into the tree, then the image packed: (path,
+    description)."""
     digest = recipe_hash(name)
     seed = int(digest, 16)
     disk_id = piimage._disk_id(seed)
     pi_os_pieces(root, disk_id, cloud_init)
+    tcg_pieces(root)
     files, kernel = boot_files(root, cloud_init, disk_id)
     files.update(boot_override or {})
     log('packing: kernel %s, %d boot files, root %.0f MiB' % (kernel['kernel'], len(files), tree_bytes(root) / MIB),

@@ -272,6 +272,11 @@ def test_real_pi_provisions_with_cloud_init_from_its_own_seed(lab):
     assert lab.ssh('pi-06', 'hostname') == 'pi-06'
     assert lab.ssh('pi-06', 'cat /root/.ssh/authorized_keys').split()[1] in Path(
         lab.lab['ssh_key'] + '.pub').read_text()
+    # Its host keys are the ones pi_root made (ed25519 and ecdsa), each with its certificate: none made by cloud-init
+    # (whose default adds an RSA key the bakery never saw nor signed).
+    assert sorted(lab.ssh('pi-06', 'cd /etc/ssh && ls ssh_host_*').split()) == [
+        'ssh_host_ecdsa_key', 'ssh_host_ecdsa_key-cert.pub', 'ssh_host_ecdsa_key.pub',
+        'ssh_host_ed25519_key', 'ssh_host_ed25519_key-cert.pub', 'ssh_host_ed25519_key.pub']
     # The root's NIC: the kernel's address, unmanaged by NetworkManager, and no cloud-init network config.
     assert 'valid_lft forever' in lab.ssh('pi-06', 'ip -4 addr show dev eth0')
     assert 'eth0:unmanaged' in lab.ssh('pi-06', 'nmcli -t -f DEVICE,STATE device').splitlines()

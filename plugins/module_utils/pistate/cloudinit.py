@@ -40,6 +40,8 @@ OWNED = {
                     'pi_ssh_authorized_keys',
     'ssh_deletekeys': 'each Pi keeps the SSH host keys pi_root made for it (its known host key)',
     'ssh_keys': 'each Pi keeps the SSH host keys pi_root made for it (its known host key)',
+    'ssh_genkeytypes': 'each Pi keeps the SSH host keys pi_root made for it (its known host key); a key cloud-init '
+                       'made on the Pi would be one the bakery never saw nor signed',
     'network': 'the root is mounted over the Pi\'s NIC: cloud-init networking stays off (network-config)',
     'growpart': 'the root is an NFS export: there is no partition to grow',
     'resize_rootfs': 'the root is an NFS export: there is no file system to resize',
@@ -132,8 +134,10 @@ def render_seed(serial, hostname, authorized_keys=None, user_data=None, instance
     problems = check_user_data(user_data, hostname)
     if problems:
         raise CloudInitError('; '.join(problems))
+    # ssh_genkeytypes empty: cloud-init's default makes every missing type (an RSA key, where pi_root made ed25519
+    # and ecdsa): a host key the bakery never saw nor signed, and seconds of a first boot.
     config = {'hostname': hostname, 'preserve_hostname': False, 'disable_root': False, 'ssh_deletekeys': False,
-              'growpart': {'mode': 'off'}, 'resize_rootfs': False}
+              'ssh_genkeytypes': [], 'growpart': {'mode': 'off'}, 'resize_rootfs': False}
     users = []
     if authorized_keys is not None:
         users.append({'name': 'root', 'ssh_authorized_keys': [k.strip() for k in authorized_keys if k and k.strip()]})

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,95 @@ def read_newc(data):
         if name == 'TRAILER!!!':
             return out, pos
         out.append((name, mode, body))
+
+
+@pytest.fixture
+def console_vm(tmp_path):
+    """A VirtualPi whose console is a socket this test writes to: (vm, the test's end of the socket)."""
+    path = tmp_path / 'console.sock'
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    vm = qemupi.VirtualPi({'namespaces': {'lan': 'unused'}}, name='pi-06', mac='dc-a6-32-ff-ee-06', ip='10.99.0.53',
+                          prefix='c0ffee06', workdir=tmp_path)
+    vm.console = qemupi.Console(path, tmp_path / 'console.log')
+    conn, _addr = server.accept()
+    vm.powered = time.monotonic()
+    try:
+        yield vm, conn
+    finally:
+        conn.close()
+        vm.console.close()
+        server.close()
+
+
+def answers_after(tries, then=None):
+    """A ready() that is false ``tries`` times (calling ``then`` on the last of them), then true."""
+    calls = []
+
+    def ready():
+        calls.append(time.monotonic())
+        if len(calls) == tries and then:
+            then()
+        return len(calls) > tries
+    ready.calls = calls
+    return ready
+
+
+def test_running_is_ssh_and_the_login_prompt_is_timed_when_it_came(console_vm):
+    vm, conn = console_vm
+    sent = []
+
+    def prompt():
+        sent.append(time.monotonic())
+        conn.sendall(b'\r\nDebian GNU/Linux 13 pi-06 ttyAMA0\r\n\r\npi-06 login: ')
+        time.sleep(0.3)  # the reader takes it in
+    ready = answers_after(2, then=prompt)
+    assert vm.wait_running(ready, timeout=30) == 'pi-06 login:'
+    assert len(ready.calls) == 3
+    # the time the prompt arrived, not the time the next look found it (a look waits up to a second)
+    assert sent[0] - vm.powered - 0.05 <= vm.timings['login'] <= sent[0] - vm.powered + 0.25
+
+
+def test_a_pi_without_a_login_prompt_is_running_once_ssh_answers(console_vm):
+    vm, conn = console_vm
+    conn.sendall(b'[  OK  ] Started ssh.service - OpenBSD Secure Shell server.\r\n'
+                 b'[  OK  ] Reached target multi-user.target\r\n')
+    started = time.monotonic()
+    assert vm.wait_running(answers_after(1), timeout=30, grace=0.5) == ''
+    assert 'login' not in vm.timings and time.monotonic() - started < 5
+    # a prompt that comes just after ssh answered is still shown and timed
+    threading.Timer(0.5, conn.sendall, [b'\r\npi-06 login: ']).start()
+    vm.timings.pop('ssh', None)
+    assert vm.wait_running(answers_after(0), timeout=30, grace=10) == 'pi-06 login:'
+    assert 'login' in vm.timings
+    with pytest.raises(qemupi.BootError, match=r'(?s)ssh did not answer with its host key in 1 s \(login prompt not '
+                                               r'seen\).*Reached target multi-user'):
+        vm.wait_running(lambda: False, timeout=1)
+
+
+def test_a_stuck_pi_ends_the_wait_for_ssh_at_once(console_vm):
+    vm, conn = console_vm
+    conn.sendall(b'[  OK  ] Reached target basic.target\r\nYou are in emergency mode. After logging in, type ...\r\n')
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(qemupi.BootError, match=r'(?s)pi-06 is stuck \(You are in emergency mode\) before it answered '
+                                               r'ssh.*basic.target'):
+        vm.wait_running(lambda: False, timeout=60)
+    assert time.monotonic() - started < 5
+
+
+def test_tcg_pieces_wait_longer_for_devices_and_hold_usrs_time(tmp_path):
+    for top in ('usr/bin', 'etc', 'var'):
+        (tmp_path / top).mkdir(parents=True)
+    os.utime(tmp_path / 'usr', ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    realimage.tcg_pieces(tmp_path)
+    conf = (tmp_path / 'etc/systemd/system.conf.d/pifleet-lab-tcg.conf').read_text()
+    assert conf.splitlines() == ['[Manager]', 'DefaultDeviceTimeoutSec=10min']
+    for top in ('etc', 'var'):
+        stamp = tmp_path / top / '.updated'
+        assert stamp.stat().st_mtime_ns == 1_700_000_000_123_456_789
+        assert stamp.read_text().splitlines()[-1] == 'TIMESTAMP_NSEC=1700000000123456789'
 
 
 def test_broken_generation_appends_an_init_that_exits():

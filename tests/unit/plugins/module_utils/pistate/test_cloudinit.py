@@ -34,6 +34,8 @@ def test_seed_carries_identity_keys_and_leaves_the_network_alone():
     assert user['users'] == [{'name': 'root', 'ssh_authorized_keys': [KEY]}]
     # Root is how the collection reaches the Pi; the host keys are the ones pi_root made.
     assert user['disable_root'] is False and user['ssh_deletekeys'] is False
+    # ... and the only ones: cloud-init makes no key of a type pi_root did not (its default makes an RSA key).
+    assert user['ssh_genkeytypes'] == []
     # An NFS root has no partition or file system of its own to grow (cloud-init warned on every first boot).
     assert user['growpart'] == {'mode': 'off'} and user['resize_rootfs'] is False
     assert parsed['network-config'] == {'network': {'config': 'disabled'}}
@@ -111,6 +113,7 @@ CHECK_CASES = [
     ('fqdn', {'fqdn': 'pi.example.org'}, 'sets fqdn'),
     ('host-keys', {'ssh_keys': {'rsa_private': 'x'}}, 'SSH host keys pi_root made'),
     ('delete-host-keys', {'ssh_deletekeys': True}, 'SSH host keys pi_root made'),
+    ('make-host-keys', {'ssh_genkeytypes': ['rsa']}, 'the bakery never saw nor signed'),
     ('disable-root', {'disable_root': True}, 'pi_ssh_authorized_keys'),
     ('network', {'network': {'version': 2}}, 'cloud-init networking stays off'),
     ('growpart', {'growpart': {'mode': 'auto'}}, 'no partition to grow'),
