@@ -81,6 +81,8 @@ def libraries(program):
 
 def build(dest, programs):
     """The kit for ``programs`` laid out as in the tree under ``dest`` (sync it in at /)."""
+    if os.uname().machine != 'x86_64':
+        raise RuntimeError('lab/nativekit.py runs x86-64 programs in the tree; this host is %s' % os.uname().machine)
     kit = Path(dest) / KIT.lstrip('/')
     (kit / 'bin').mkdir(parents=True)
     libs = set()
