@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 
-from lab import debhost, realimage
+from lab import debhost, nativekit, realimage
 
 VERSION = 1  # bump when what make() does changes in a way the text below does not show
 PANIC_INIT = """\
@@ -70,8 +70,8 @@ def kernel_deb(suite, work, cache, mirror):
 
 
 def swap_kernel(root, suite, work, *, cache, mirror, name, base_suite='trixie'):
-    """Purge the tree's kernel packages and install ``suite``'s with dpkg in a chroot (depmod natively,
-    update-initramfs once)."""
+    """Purge the tree's kernel packages and install ``suite``'s with dpkg in a chroot (the .deb unpacked by the
+    host's dpkg-deb, depmod natively, update-initramfs once with the host's tools: lab/nativekit.py)."""
     deb = kernel_deb(suite, work, cache, mirror)
     old = installed_kernels(root)
     programs = ['/usr/sbin/update-initramfs', realimage.FLAVOURS['trixie']['depmod']]
@@ -81,14 +81,18 @@ def swap_kernel(root, suite, work, *, cache, mirror, name, base_suite='trixie'):
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text(realimage.EXIT0)
         stub.chmod(0o755)
+    kit = work / 'kit'
+    nativekit.build(kit, nativekit.DPKG_PROGRAMS + nativekit.INITRAMFS_TOOLS)
     hooks = ['--skip=update,check/empty,cleanup/reproducible', '--setup-hook=true',
+             '--customize-hook=' + nativekit.install_script(kit), '--customize-hook=' + nativekit.divert_dpkg_script(),
              '--customize-hook=' + realimage.divert_script(programs, add=True),
              '--customize-hook=sync-in %s /' % stubs, '--customize-hook=upload %s /tmp/kernel.deb' % deb,
              '--customize-hook=chroot "$1" dpkg --purge %s' % ' '.join(old),
              '--customize-hook=chroot "$1" dpkg -i /tmp/kernel.deb', '--customize-hook=rm -f "$1/tmp/kernel.deb"',
+             '--customize-hook=' + nativekit.undivert_dpkg_script(),
              '--customize-hook=' + realimage.divert_script(programs, add=False),
              '--customize-hook=for d in "$1"/lib/modules/*/; do depmod -a -b "$1" "$(basename "$d")"; done',
-             '--customize-hook=chroot "$1" update-initramfs -c -k all']
+             '--customize-hook=' + nativekit.initramfs_script(), '--customize-hook=' + nativekit.remove_script()]
     seconds = realimage.run_mmdebstrap(realimage.mmdebstrap_argv(base_suite, root, mirror, *hooks, variant='custom'),
                                        name, 'kernel %s in place of %s' % (deb.name, ', '.join(old)))
     return {'kernel_deb': deb.name, 'replaced': old, 'seconds': {'kernel': round(seconds, 1)}}
@@ -113,6 +117,7 @@ def make(name, work, cache, mirror):
         facts = swap_kernel(root, spec['kernel_suite'], work, cache=cache, mirror=mirror, name=name,
                             base_suite=realimage.FLAVOURS[spec['base']]['suite'])
         seconds.update(facts.pop('seconds'))
+        realimage.check_native(root, name)
     else:
         initramfs = root / 'boot' / base['initramfs']
         override = {base['initramfs']: panic_initramfs(initramfs.read_bytes())}

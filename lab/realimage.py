@@ -31,8 +31,12 @@ so that a boot proves each fix. The kernel is Debian's ``linux-image-arm64`` wit
 Under qemu-user a few maintainer scripts cost most of a build (byte-compiling Python, the certificate
 store, depmod, update-initramfs run by several packages, every ``deb-systemd-helper`` call in
 emulated perl). They are diverted while the packages install and their work is done once at the
-end, natively where it can be (lab/debhost.py): see ``DIVERTED``. The .debs are kept in
-``<cache>/debs/<suite>`` so a rebuild after a recipe change downloads nothing again.
+end, natively where it can be (lab/debhost.py): see ``DIVERTED``. Two more costs are the emulated
+programs themselves: dpkg decompressing every .deb with the tree's ``dpkg-deb``, and ``update-initramfs``
+starting about a thousand small programs. The host's own ``dpkg-deb``/``dpkg-split`` and the tools
+``update-initramfs`` runs most go into the tree for the build and run there natively
+(lab/nativekit.py); they are out again, and checked to be, before the tree is packed. The .debs are
+kept in ``<cache>/debs/<suite>`` so a rebuild after a recipe change downloads nothing again.
 
 An image goes to ``<cache>/<name>-<recipe hash>.img`` (sparse) with a ``.json`` beside it (kernel,
 initramfs, disk id, sha256, build time); a flavour that others derive from also keeps its finished
@@ -57,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab import debhost, ensure_importable, piimage, pios
+from lab import debhost, ensure_importable, nativekit, piimage, pios
 from lab.nspawnlab import host_mirror
 
 # The tests and the demo read these two here.
@@ -69,7 +73,7 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic impo
     mounts_under as mounted_below,
 )
 
-RECIPE_VERSION = 4  # bump when the packaging below changes in a way the recipe text does not show
+RECIPE_VERSION = 5  # bump when the packaging below changes in a way the recipe text does not show
 CACHE = Path(os.environ.get('PIFLEET_IMAGE_CACHE', '/var/cache/pifleet/realimage'))
 MIB = piimage.MIB
 BOOT_MB = 256
@@ -254,7 +258,9 @@ def run_mmdebstrap(argv, name, what):
 
 
 def stage_tree(stage, spec):
-    """Files in place before any package installs, and the stand-ins of the diverted programs."""
+    """Files in place before any package installs, the stand-ins of the diverted programs, and the host's
+    programs that run natively in the tree while it is built (lab/nativekit.py)."""
+    nativekit.build(stage / 'kit', nativekit.DPKG_PROGRAMS + nativekit.INITRAMFS_TOOLS)
     conf = stage / 'files/etc/initramfs-tools/conf.d'
     conf.mkdir(parents=True)
     (conf / 'pifleet.conf').write_text(INITRAMFS_CONF)
@@ -292,11 +298,16 @@ def mmdebstrap(flavour, root, stage, mirror, debs):
              # The .debs of earlier builds: apt takes a file whose hash matches instead of downloading it.
              '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/', '--setup-hook=sync-in %s /var/cache/apt/archives/'
              % debs['old'], '--skip=essential/unlink',
+             # dpkg unpacks the essential packages too with the host's dpkg-deb
+             '--extract-hook=' + nativekit.install_script(stage / 'kit'),
+             '--extract-hook=' + nativekit.divert_dpkg_script(),
              '--essential-hook=' + divert_script(paths, add=True), '--essential-hook=sync-in %s /' % (stage / 'stubs'),
              '--customize-hook=sync-out /var/cache/apt/archives %s' % debs['new'],
+             # dpkg's helpers first: the last diversion removed, and so dpkg's diversions-old, is as before
+             '--customize-hook=' + nativekit.undivert_dpkg_script(),
              '--customize-hook=' + divert_script(paths, add=False),
              '--customize-hook=for d in "$1"/lib/modules/*/; do depmod -a -b "$1" "$(basename "$d")"; done',
-             '--customize-hook=chroot "$1" update-initramfs -c -k all']
+             '--customize-hook=' + nativekit.initramfs_script(), '--customize-hook=' + nativekit.remove_script()]
     return run_mmdebstrap(mmdebstrap_argv(spec['suite'], root, mirror, *hooks,
                                           include=COMMON_PACKAGES + spec['packages']),
                           flavour, 'mmdebstrap %s (arm64) from %s' % (spec['suite'], mirror))
@@ -328,6 +339,13 @@ def finish_tree(root, flavour, mirror, cache):
         written = debhost.byte_compile(root, python, debhost.compile_dirs(root, spec['python']))
         done.append('Python %s byte-compiled natively (%d .pyc files)' % (spec['python'], written))
     log('%s in %.0f s' % ('; '.join(done), time.monotonic() - started), flavour)
+
+
+def check_native(root, name):
+    """The host's programs are out of the tree before it is packed."""
+    left = nativekit.foreign_files(root)
+    if left:
+        raise RuntimeError('%s: host (x86-64) files left in the tree: %s' % (name, ', '.join(left[:5])))
 
 
 # --------------------------------------------------------------------------- packing
@@ -432,6 +450,7 @@ def make_flavour(flavour, work, cache, mirror):
     started = time.monotonic()
     finish_tree(root, flavour, mirror, cache)
     seconds['native'] = round(time.monotonic() - started, 1)
+    check_native(root, flavour)
     for path in debs['new'].iterdir():  # the cache keeps this build's .debs, no more
         if not path.name.endswith('.deb'):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
