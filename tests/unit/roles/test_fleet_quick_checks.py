@@ -145,3 +145,28 @@ def test_the_host_ca_is_made_once_and_kept_root_only(tmp_path):
     assert rc == 0, output[-3000:]
     assert (ca.parent.stat().st_mode & 0o7777, ca.stat().st_mode & 0o7777) == (0o700, 0o600)
     assert ca.read_bytes() == key and 'CA ready=True' in output
+
+
+def test_site_looks_at_the_ca_in_the_space_checks_stat(tmp_path):
+    """site (main.yml) hands hostca.yml the lines of space.yml's stat, which looked at the CA too: no stat of its own."""
+    elsewhere = other_file_system()
+    if elsewhere is None:
+        pytest.skip('no other file system to compare with')
+    ca = tmp_path / 'ssh: dir' / 'host_ca'  # a colon and a space in the path, as stat prints it
+    tasks = [*space_tasks(),
+             {'ansible.builtin.include_tasks': str(TASKS / 'hostca.yml'),
+              'vars': {'fleet_host_ca_looked_up': '{{ fleet_homes_stat.stdout_lines | default([]) }}'}},
+             *ca_tasks()[1:]]
+    variables = dict(space_vars(elsewhere / 'a', elsewhere / 'b', elsewhere / 'c'), fleet_host_ca=str(ca),
+                     fleet_bakery_host='bak1')
+    rc, output = run(tmp_path, tasks, variables)
+    assert rc == 0 and 'CA ready=True' in output, output[-3000:]
+    assert task_line(output, "Look at the CA's directory").startswith('skipping:'), output
+    assert (ca.parent.stat().st_mode & 0o7777, ca.stat().st_mode & 0o7777) == (0o700, 0o600)
+    rc, output = run(tmp_path, tasks, variables)
+    assert rc == 0 and 'changed=0' in output and 'CA ready=True' in output, output[-3000:]
+    for name in ("Look at the CA's directory", 'Make the directory', 'Make the fleet', 'Keep the CA'):
+        assert task_line(output, name).startswith('skipping:'), output
+    ca.chmod(0o640)
+    rc, output = run(tmp_path, tasks, variables)
+    assert rc == 0 and ca.stat().st_mode & 0o7777 == 0o600, output[-3000:]
