@@ -148,7 +148,7 @@ def test_the_host_ca_is_made_once_and_kept_root_only(tmp_path):
 
 
 def test_site_looks_at_the_ca_in_the_space_checks_stat(tmp_path):
-    """site (main.yml) hands hostca.yml the lines of space.yml's stat, which looked at the CA too: no stat of its own."""
+    """site (main.yml) hands hostca.yml the lines of space.yml's stat, which looked at the CA too: no stat here."""
     elsewhere = other_file_system()
     if elsewhere is None:
         pytest.skip('no other file system to compare with')
