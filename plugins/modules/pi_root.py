@@ -399,6 +399,13 @@ failed_pis:
     - serial: 3a4b5c6d
       hostname: kitchen
       msg: "the root of Pi 3a4b5c6d: etc is a symbolic link ..."
+host_ca_public_key:
+  description:
+    - The public key of O(host_ca) (the content of C(<host_ca>.pub)), for the controller's known_hosts (the fleet role
+      reads it from here rather than in a call of its own); null without O(host_ca) or when that file is not there.
+  returned: always
+  type: str
+  sample: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7... pifleet host CA of bakery1
 kernels:
   description: The kernel packages (C(name=version)) each generation used by the roots of this call holds, by label;
     what the kernel hold keeps in those roots.
@@ -608,7 +615,7 @@ def main():
         supports_check_mode=True,
     )
     base = PifleetModule(module, {'changed': False, 'pis': [], 'failed_pis': [], 'kernels': {}, 'swept': [],
-                                  'filesystems': [], 'planned_space': []}, 'pis')
+                                  'filesystems': [], 'planned_space': [], 'host_ca_public_key': None}, 'pis')
     result, params, todo = base.result, module.params, items(base)
     if any(item['state'] != 'absent' for item in todo):
         problem = _space.on_root_filesystem({'roots_dir': params['roots_dir'], 'store': params['store']},
@@ -623,6 +630,7 @@ def main():
     if roots.parts.ca is not None:
         try:
             roots.parts.ca.fingerprint()  # a CA that cannot sign is the bakery's problem, not one Pi's
+            result['host_ca_public_key'] = roots.parts.ca.public_key()
         except _hostcert.CertError as exc:
             base.fail(str(exc), changed=False)
     lock = base.lock('pi_root')

@@ -131,6 +131,16 @@ class HostCA:
             self._fingerprint = match.group(1)
         return self._fingerprint
 
+    def public_key(self):
+        """The CA's public key line (``<host_ca>.pub``, for the controller's known_hosts); None when it is not there."""
+        try:
+            with open(self.path + '.pub', encoding='utf-8', errors='replace') as handle:
+                return handle.read().strip() or None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CertError('host_ca %s.pub cannot be read: %s' % (self.path, exc)) from None
+
     def sign(self, scratch, item, principals, identity, kinds):
         """Sign the public keys of ``identity`` (its own copies, in ``scratch``) for ``item`` (serial, hostname).
 

@@ -265,6 +265,8 @@ def test_host_certificates_are_signed_once_and_again_when_names_or_ca_change(run
     base = dict(serial=A, host_ca=str(ca), principals=['kitchen', '10.99.0.51'])
     first = run(run_module, lab, **base).result
     assert first['pis'][0]['host_certificate'] is True
+    assert first['host_ca_public_key'] == (tmp_path / 'host_ca.pub').read_text().strip()  # for known_hosts
+    assert first['host_ca_public_key'].endswith(' fleet-ca')
     dropin = (root / 'etc/ssh/sshd_config.d/pifleet-host-certificate.conf').read_text()
     assert dropin.splitlines()[-2:] == ['HostCertificate /etc/ssh/ssh_host_%s_key-cert.pub' % kind for kind in KINDS]
     for kind in KINDS:
@@ -302,7 +304,7 @@ def test_host_certificates_are_signed_once_and_again_when_names_or_ca_change(run
     assert run(run_module, lab, **new_ca).result['changed'] is False
 
     plain = run(run_module, lab, serial=A).result  # host_ca unset: pi_root's certificates go
-    assert plain['pis'][0]['host_certificate'] is False
+    assert plain['pis'][0]['host_certificate'] is False and plain['host_ca_public_key'] is None
     assert not any(name.endswith('-cert.pub') for name in os.listdir(root / 'etc/ssh'))
     assert os.listdir(root / 'etc/ssh/sshd_config.d') == []
     run(run_module, lab, serial=A, state='absent')

@@ -86,9 +86,14 @@ def test_a_real_ca_signs_the_bakerys_copy_of_each_key(tmp_path):
     shown = subprocess.run(['ssh-keygen', '-L', '-f', str(tmp_path / 'cert.pub')], capture_output=True, text=True,
                            check=True).stdout
     assert 'ecdsa-sha2-nistp256-cert-v01@openssh.com host certificate' in shown and signer.fingerprint() in shown
+    assert signer.public_key() == (tmp_path / 'host_ca.pub').read_text().strip()
     missing = hostcert.HostCA(str(tmp_path / 'none'), Run(), lambda name, required: shutil.which(name))
     with pytest.raises(hostcert.CertError, match='does not exist: create the fleet host CA there'):
         missing.fingerprint()
+    assert missing.public_key() is None  # no .pub: no known_hosts line with it
+    (tmp_path / 'dir.pub').mkdir()
+    with pytest.raises(hostcert.CertError, match=r'dir\.pub cannot be read'):
+        hostcert.HostCA(str(tmp_path / 'dir'), Run(), lambda name, required: shutil.which(name)).public_key()
     (tmp_path / 'junk').write_text('not a key\n')
     junk = hostcert.HostCA(str(tmp_path / 'junk'), Run(), lambda name, required: shutil.which(name))
     with pytest.raises(hostcert.CertError, match='is not an SSH private key ssh-keygen can read'):
