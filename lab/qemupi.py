@@ -385,9 +385,9 @@ class VirtualPi:
                     self._lap('login', at=self.console.time_of(match.start()))
         if not wait_until(ready, watch, timeout):
             watch()
+            tail = self.console.text[-1500:]
             raise BootError('%s: ssh did not answer with its host key in %d s (login prompt %s); the console ended '
-                            'with:\n%s' % (self.name, timeout, 'seen' if seen else 'not seen',
-                                            self.console.text[-1500:]))
+                            'with:\n%s' % (self.name, timeout, 'seen' if seen else 'not seen', tail))
         watch()
         if seen is None:
             try:
