@@ -163,30 +163,18 @@ def test_console_waits_for_text_and_says_where_it_stopped(tmp_path):
     assert (tmp_path / 'console.log').read_bytes().startswith(b'U-Boot 2023.01')
 
 
-def test_a_stuck_pi_ends_the_wait_at_once(tmp_path):
-    path = tmp_path / 'console.sock'
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-    vm = qemupi.VirtualPi({'namespaces': {'lan': 'unused'}}, name='pi-06', mac='dc-a6-32-ff-ee-06', ip='10.99.0.53',
-                          prefix='c0ffee06', workdir=tmp_path)
+def test_a_stuck_pi_ends_the_wait_at_once(console_vm):
+    vm, conn = console_vm
     assert vm.mac == 'dc:a6:32:ff:ee:06' and vm.marker == 'ifname=tap-ffee06,'
-    vm.console = qemupi.Console(path, tmp_path / 'console.log')
-    conn, _addr = server.accept()
-    try:
-        vm.powered = 0
-        conn.sendall(b'\r\nDebian GNU/Linux 12 pi-06 ttyAMA0\r\n\r\npi-06 login: ')
-        assert vm.wait_login(5) == 'pi-06 login:' and 'login' in vm.timings
-        mark = vm.console.mark()  # before the stuck text is sent: the reader may take it in at once
-        conn.sendall(b'Begin: Running /scripts/init-bottom ... done.\r\nNo init found. Try passing init= bootarg.\r\n'
-                     b'\r\nBusyBox v1.35.0 (Debian 1:1.35.0-4+b3) built-in shell (ash)\r\n(initramfs) ')
-        with pytest.raises(qemupi.BootError, match=r'(?s)the login prompt never came: the Pi is stuck \(\(initramfs\)\)'
-                                                   r'.*No init found'):
-            vm.expect(r'^\S+ login: ', 60, mark, 'the login prompt')
-    finally:
-        conn.close()
-        vm.console.close()
-        server.close()
+    vm.powered = 0
+    conn.sendall(b'\r\nDebian GNU/Linux 12 pi-06 ttyAMA0\r\n\r\npi-06 login: ')
+    assert vm.wait_login(5) == 'pi-06 login:' and 'login' in vm.timings
+    mark = vm.console.mark()  # before the stuck text is sent: the reader may take it in at once
+    conn.sendall(b'Begin: Running /scripts/init-bottom ... done.\r\nNo init found. Try passing init= bootarg.\r\n'
+                 b'\r\nBusyBox v1.35.0 (Debian 1:1.35.0-4+b3) built-in shell (ash)\r\n(initramfs) ')
+    with pytest.raises(qemupi.BootError, match=r'(?s)the login prompt never came: the Pi is stuck \(\(initramfs\)\)'
+                                               r'.*No init found'):
+        vm.expect(r'^\S+ login: ', 60, mark, 'the login prompt')
 
 
 def read_newc(data):
