@@ -188,10 +188,12 @@ test-tail:
 test-rest-niced:
 	@nice -n 10 $(OWN_MOUNTS) $(MAKE) --no-print-directory -j1 test-rest
 
+# -rP: the lab test's output (the demo's phases, each real boot's stages, the timings per step) is in the log even
+# when every test passes, so a lab lane that grows says where.
 test-lab: setup
 	@echo "test-lab: $(LAB_TESTS), molecule, tarball, sanity, then its share of $(TEST_TAIL) (output in $(LAB_LOG), shown when the lane ends)"
 	@mkdir -p $(BUILD); start=$$(date +%s); rc=0; \
-	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity \
+	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) -rP $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity \
 	  && $(MAKE) --no-print-directory test-tail LANE=lab' \
 	  >$(LAB_LOG) 2>&1 || rc=$$?; \
 	echo "===== test-lab: rc $$rc after $$(( $$(date +%s) - start )) s; its output:"; cat $(LAB_LOG); exit $$rc
