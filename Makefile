@@ -38,11 +38,15 @@ APT_PACKAGES := python3-venv git mtools dosfstools fdisk e2fsprogs fuse2fs xz-ut
 # `make test` runs the oldest (2.17: the templating engine before 2.19's, which 2.18 shares) beside the newest in
 # .venv; `make cores OLD_CORES="2.17 2.18"` runs both older ones (about 4 minutes each).
 OLD_CORES ?= 2.17
-CORE_TESTS := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/fleet/test_events.py \
+# Two halves of about the same time (`make test` gives each to whichever lane is free first): the fleet role's file,
+# and the rest.
+CORE_TESTS_FLEET := tests/integration/test_fleet.py
+CORE_TESTS_REST := tests/unit/plugins/inventory tests/unit/plugins/filter tests/unit/plugins/module_utils/fleet/test_events.py \
 	tests/unit/plugins/module_utils/fleet/test_checks.py tests/integration/test_discover_playbook.py \
-	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py tests/integration/test_fleet.py
+	tests/integration/test_playbooks.py tests/integration/test_fleet_hosts.py
+CORE_TESTS := $(CORE_TESTS_REST) $(CORE_TESTS_FLEET)
 
-.PHONY: help setup apt venv collection test test-lab test-rest test-rest-niced test-tail unit integration cores tarball molecule ee release-notes sanity lint ruff demo bench \
+.PHONY: help setup apt venv collection test test-lab test-rest test-rest-niced test-tail unit integration cores cores-rest cores-fleet tarball molecule ee release-notes sanity lint ruff demo bench \
 	bench-bakeform bench-roots bench-rebuild bench-storm bench-scale bench-generations bench-upgrade clean
 
 help:
@@ -111,11 +115,13 @@ $(BUILD)/core-%/.stamp: requirements-core-%.txt
 	touch $@
 
 # The tests find ansible-playbook/ansible-inventory beside their own Python: each run uses that core.
-cores: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
+cores: cores-rest cores-fleet
+
+cores-rest cores-fleet: cores-%: setup $(OLD_CORES:%=$(BUILD)/core-%/.stamp)
 	@for core in $(OLD_CORES); do \
-	  echo "cores: ansible-core $$($(BUILD)/core-$$core/bin/python -c 'import ansible.release as r; print(r.__version__)')"; \
-	  PATH=$(BUILD)/core-$$core/bin:$$PATH $(BUILD)/core-$$core/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS) \
-	    || exit 1; \
+	  echo "$@: ansible-core $$($(BUILD)/core-$$core/bin/python -c 'import ansible.release as r; print(r.__version__)')"; \
+	  PATH=$(BUILD)/core-$$core/bin:$$PATH $(BUILD)/core-$$core/bin/python -m pytest -q -p no:cacheprovider \
+	    $(if $(filter fleet,$*),$(CORE_TESTS_FLEET),$(CORE_TESTS_REST)) || exit 1; \
 	done
 
 # The user's path: the collection tarball built, installed into a temp collections dir and used with no checkout on
@@ -163,13 +169,13 @@ release-notes: venv
 # - the rest lane, on the terminal: ruff, ansible-lint, unit, the other integration files (at a lower CPU priority:
 #   nice 10);
 # - then TEST_TAIL (the older cores, the execution environment, the release notes), each part taken by whichever lane
-#   is done first (a claim: mkdir under $(BUILD)/test-claims): on a warm run the lab lane ends minutes before the
-#   rest and takes the cores, on a cold one (the real images build first) the rest lane takes them; either way no
-#   core sits idle while the other lane still works.
+#   is done first (a claim: mkdir under $(BUILD)/test-claims); the older cores come in two halves of about 2.5
+#   minutes each (cores-fleet, cores-rest), so the lane that ends first takes one and the other lane, arriving
+#   minutes later, the other: neither core sits idle while the other lane still works.
 # Each lane runs in a mount namespace of its own (OWN_MOUNTS), so neither holds the other's mounts.
 # Every part can still be run alone (make unit, make integration, ...).
 LAB_LOG := $(BUILD)/test-lab.log
-TEST_TAIL := cores ee release-notes
+TEST_TAIL := cores-fleet cores-rest ee release-notes
 CLAIMS := $(BUILD)/test-claims
 test: setup
 	@rm -rf $(CLAIMS); mkdir -p $(CLAIMS)
@@ -188,10 +194,12 @@ test-tail:
 test-rest-niced:
 	@nice -n 10 $(OWN_MOUNTS) $(MAKE) --no-print-directory -j1 test-rest
 
+# -rP: the lab test's output (the demo's phases, each real boot's stages, the timings per step) is in the log even
+# when every test passes, so a lab lane that grows says where.
 test-lab: setup
 	@echo "test-lab: $(LAB_TESTS), molecule, tarball, sanity, then its share of $(TEST_TAIL) (output in $(LAB_LOG), shown when the lane ends)"
 	@mkdir -p $(BUILD); start=$$(date +%s); rc=0; \
-	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity \
+	$(OWN_MOUNTS) sh -c '$(PYTEST_INTEGRATION) -rP $(LAB_TESTS) && $(MAKE) --no-print-directory -j1 molecule tarball sanity \
 	  && $(MAKE) --no-print-directory test-tail LANE=lab' \
 	  >$(LAB_LOG) 2>&1 || rc=$$?; \
 	echo "===== test-lab: rc $$rc after $$(( $$(date +%s) - start )) s; its output:"; cat $(LAB_LOG); exit $$rc
