@@ -297,7 +297,7 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
     times = json.loads((tmp / 'times.json').read_text())
     waited = times['Reimage Pis: Note the time on each bakery the wait counts from'] \
         + times["Reimage Pis: Wait until each Pi's SSH server answers with the host key of its root"]
-    assert WAIT <= waited <= WAIT + EVERY + 4, times
+    assert WAIT <= waited <= WAIT + EVERY + 6, times  # 6: ansible-playbook on a busy 2-core machine; twice is 24
     assert re.search(r'"msg": "Pre-flight: 1 root to make \(1 rebuilt\) by copy\. /\S* \(\w+\): they need ', output), \
         output[-4000:]
     assert not (root / 'root/left-behind').exists()  # a fresh clone of the bakeform
