@@ -12,8 +12,8 @@ version_added: 0.1.0
 description:
   - Waits for many Pis at once, in one call per bakery (the C(reimage), C(upgrade) and C(rollback) playbooks call it
     after a power cycle). A Pi is up when its SSH server, at its O(pis[].address), shows one of the host keys its root
-    was given (O(pis[].host_keys), M(pifleet.netboot.pi_root)'s C(host_keys)): type and base64 must match. A key that
-    is not its own does not count (an old root, or another device at that address).
+    was given (O(pis[].host_keys), M(pifleet.netboot.pi_root)'s C(host_keys)), type and base64 alike. A key that is
+    not its own does not count (an old root, or another device at that address).
   - Looks in rounds, one C(ssh-keyscan) over every address not seen up yet (it asks them concurrently), with a pause
     of O(interval) seconds between rounds. Each look waits at most O(interval) seconds for an answer, never past the
     deadline; the deadline is O(timeout) seconds on the bakery's monotonic clock from the module's start. A Pi that
@@ -40,8 +40,8 @@ notes:
     read, bounded in length; nothing of it is returned but the type of a Pi's own key seen.
   - Key types looked for are C(ssh-ed25519), C(ecdsa-sha2-nistp256/384/521) and C(ssh-rsa); a Pi whose root has none
     of them is not looked for and is reported not up at once.
-  - C(ssh-keyscan) reads greetings and key exchanges blocking, so a device that trickles bytes could hold a round:
-    each round is killed 3 seconds after its look time.
+  - C(ssh-keyscan) reads greetings and key exchanges blocking, so a device that trickles bytes could hold a round;
+    each round is killed 3 seconds after its look time, and what it saw of the other Pis before is kept.
 options:
   pis:
     description: The Pis to wait for.
@@ -180,7 +180,7 @@ def main():
         module.exit_json(**base.result)
     keyscan = module.get_bin_path('ssh-keyscan')
     if not keyscan:
-        base.fail('pi_wait found no ssh-keyscan on this bakery; install openssh-client', pis=[])
+        base.fail('pi_wait found no ssh-keyscan on this bakery; install openssh-client')
     stdbuf = module.get_bin_path('stdbuf')
     prefix = [stdbuf, '-oL'] if stdbuf else []  # a killed round keeps the lines it wrote
 
