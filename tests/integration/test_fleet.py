@@ -291,13 +291,13 @@ def test_reimage_rebuilds_power_cycles_and_fails_a_pi_that_only_fetched_its_file
     assert ('pi-04 did not come up within %d s (no SSH server at %s answered with the host key of its rebuilt '
             'root); its last boot file and outcome since the reimage started: kernel8.img, outcome ok'
             % (WAIT, HOSTS['pi4'])) in output
-    # A deadline: given up after WAIT seconds and at most about one interval more, not about twice WAIT (each look
-    # waiting out its own EVERY seconds on top of the EVERY seconds between looks). The wait counts from the bakery's
-    # clock read in its first task, so that task and the looks together last at least WAIT seconds.
+    # A deadline: given up after WAIT seconds and at most about one look more (a look is cut to the time left), not
+    # about 2.5 times WAIT (each look waiting out its own EVERY seconds on top of the EVERY seconds between looks). The
+    # bakery's one pi_wait call runs async: its start and the collection of its answer together are the wait.
     times = json.loads((tmp / 'times.json').read_text())
-    waited = times['Reimage Pis: Note the time on each bakery the wait counts from'] \
-        + times["Reimage Pis: Wait until each Pi's SSH server answers with the host key of its root"]
-    assert WAIT <= waited <= WAIT + EVERY + 6, times  # 6: ansible-playbook on a busy 2-core machine; twice is 24
+    waited = times["Reimage Pis: Wait until each Pi's SSH server answers with the host key of its root"] \
+        + times["Reimage Pis: Collect each bakery's answer"]
+    assert WAIT <= waited <= WAIT + 1 + 6, times  # 6: ansible-playbook on a busy 2-core machine; 2.5 times is 30
     assert re.search(r'"msg": "Pre-flight: 1 root to make \(1 rebuilt\) by copy\. /\S* \(\w+\): they need ', output), \
         output[-4000:]
     assert not (root / 'root/left-behind').exists()  # a fresh clone of the bakeform
