@@ -19,7 +19,10 @@ from sshpi import SshPis
 from ansible_collections.pifleet.netboot.plugins.modules import pi_wait
 
 pytestmark = pytest.mark.skipif(not shutil.which('ssh-keyscan'), reason='no ssh-keyscan')
-UP, WRONG, CLOSED, TRICKLE = '127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4'
+UP = '127.0.0.1'  # ansible-lint reads a module-level tuple assignment here as a module's docs and warns
+WRONG = '127.0.0.2'
+CLOSED = '127.0.0.3'
+TRICKLE = '127.0.0.4'
 
 
 def free_port():
