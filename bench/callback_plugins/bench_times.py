@@ -24,6 +24,10 @@ requirements:
 """
 
 
+def _task_of(result):
+    return getattr(result, 'task', None) or result._task  # ansible-core 2.19's result.task; before it, only _task
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = 'aggregate'
@@ -52,16 +56,16 @@ class CallbackModule(CallbackBase):
             self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - started
 
     def v2_runner_on_ok(self, result):
-        self._finish(result.task)
+        self._finish(_task_of(result))
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._finish(result.task)
+        self._finish(_task_of(result))
 
     def v2_runner_on_skipped(self, result):
-        self._finish(result.task)
+        self._finish(_task_of(result))
 
     def v2_runner_on_unreachable(self, result):
-        self._finish(result.task)
+        self._finish(_task_of(result))
 
     def v2_playbook_on_include(self, included_file):
         self._finish(included_file._task)
