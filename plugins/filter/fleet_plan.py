@@ -116,7 +116,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, unbooted, user_data
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
 
@@ -170,6 +170,11 @@ def fleet_user_data(roots, hostvars):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def fleet_unbooted(pis, models):
+    """Names of the plan's Pis whose bakeform does not boot their model (documented in fleet_unbooted.yml)."""
+    return unbooted(pis, models)
+
+
 class FilterModule:
     def filters(self):
-        return {'fleet_plan': fleet_plan, 'fleet_user_data': fleet_user_data}
+        return {'fleet_plan': fleet_plan, 'fleet_user_data': fleet_user_data, 'fleet_unbooted': fleet_unbooted}

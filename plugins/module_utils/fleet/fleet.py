@@ -253,6 +253,18 @@ def build(pis, settings):
             'serials': [pi['serial'] for pi in pis], 'export_scope': scope or None}
 
 
+def unbooted(pis, models):
+    """Inventory names of the planned ``pis`` whose model their bakeform does not boot, by ``models`` (bakeform name:
+    the models its manifest names; a bakeform not in it, or with none, is not judged)."""
+    models = models or {}
+    found = []
+    for pi in pis or []:
+        booted = models.get(pi.get('bakeform'))
+        if pi.get('model') and booted is not None and int(pi['model']) not in {int(model) for model in booted}:
+            found.append(pi['name'])
+    return found
+
+
 def user_data(roots, pis_vars):
     """``roots`` items (of a plan) ready for pi_root: the user data of each that has some read from its Pi's
     variables (``pis_vars``: {inventory name: {pi_* variables}}) as JSON text, which pi_root's ``no_log`` option
