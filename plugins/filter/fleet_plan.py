@@ -102,7 +102,8 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
+    A dict with C(pis) (each validated Pi's C(name), C(serial), C(model), C(bakeform), C(ip) and C(principals): what
+    the fleet role's later steps read of it), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
     modules), C(serials) and C(export_scope). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text,
     merged into the seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has
     them checked; its C(roots) item carries C(cloud_init) = C({instance}) and, when it has user data,
