@@ -102,7 +102,8 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    A dict with C(pis) (the validated Pis), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
+    A dict with C(pis) (each validated Pi's C(name), C(serial), C(model), C(bakeform), C(ip) and C(principals): what
+    the fleet role's later steps read of it), C(roots), C(disks), C(exports) and C(boot) (argument lists for the
     modules), C(serials) and C(export_scope). A Pi that sets C(pi_cloud_init) (a cloud-config mapping or YAML text,
     merged into the seed's user-data) or C(pi_cloud_init_instance) (raise it for a new cloud-init instance-id) has
     them checked; its C(roots) item carries C(cloud_init) = C({instance}) and, when it has user data,
@@ -116,7 +117,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, unbooted, user_data
 from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
 
@@ -170,6 +171,11 @@ def fleet_user_data(roots, hostvars):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def fleet_unbooted(pis, models):
+    """Names of the plan's Pis whose bakeform does not boot their model (documented in fleet_unbooted.yml)."""
+    return unbooted(pis, models)
+
+
 class FilterModule:
     def filters(self):
-        return {'fleet_plan': fleet_plan, 'fleet_user_data': fleet_user_data}
+        return {'fleet_plan': fleet_plan, 'fleet_user_data': fleet_user_data, 'fleet_unbooted': fleet_unbooted}

@@ -44,7 +44,7 @@ _value:
 
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight, to_make
 
 
 def fleet_preflight(roots, disks=None):
@@ -52,6 +52,11 @@ def fleet_preflight(roots, disks=None):
     return wrap_var(preflight(roots, disks))
 
 
+def fleet_preflight_items(items, before=None):
+    """The plan's items of the Pis whose roots this run makes (documented in fleet_preflight_items.yml)."""
+    return to_make(items, before)
+
+
 class FilterModule:
     def filters(self):
-        return {'fleet_preflight': fleet_preflight}
+        return {'fleet_preflight': fleet_preflight, 'fleet_preflight_items': fleet_preflight_items}

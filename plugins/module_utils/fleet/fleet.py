@@ -32,6 +32,11 @@ from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit 
 
 MODELS = (3, 4, 5)
 ROOT_OPTIONS = ['rw', 'sync', 'no_subtree_check', 'no_root_squash']
+# What the plan's ``pis`` keep of each validated Pi: what the fleet role's later steps read (failures and kept Pis,
+# the model check, known_hosts, the boot exports, reimage's names); the rest is in the modules' lists already. The
+# plan is a fact: ansible-core templates each of its values on every task that reads it and when it is set (about a
+# second of every 1000-Pi run for the whole Pis), and -v prints it (the Pis' user data stays out of it).
+PLANNED_PI_KEYS = ('name', 'serial', 'model', 'bakeform', 'ip', 'principals')
 
 
 class PlanError(Exception):
@@ -245,12 +250,20 @@ def build(pis, settings):
                      'config_txt': pi['config_txt']})
     # With boot_mount nfs each generation's boot-nfs is exported to the Pis whose root uses it: known only once
     # pi_root has run (generations.boot_exports, from its result), so not part of this plan.
-    for pi in pis:  # the plan is a fact (-v prints it): the Pis' user data stays out of it
-        if pi['cloud_init'] is not None:
-            pi['cloud_init'] = {'instance': pi['cloud_init']['instance'],
-                                'user_data': pi['cloud_init']['user_data'] is not None}
-    return {'pis': pis, 'roots': roots, 'disks': disks, 'exports': exports, 'boot': boot,
-            'serials': [pi['serial'] for pi in pis], 'export_scope': scope or None}
+    return {'pis': [{key: pi[key] for key in PLANNED_PI_KEYS} for pi in pis], 'roots': roots, 'disks': disks,
+            'exports': exports, 'boot': boot, 'serials': [pi['serial'] for pi in pis], 'export_scope': scope or None}
+
+
+def unbooted(pis, models):
+    """Inventory names of the planned ``pis`` whose model their bakeform does not boot, by ``models`` (bakeform name:
+    the models its manifest names; a bakeform not in it, or with none, is not judged)."""
+    models = models or {}
+    found = []
+    for pi in pis or []:
+        booted = models.get(pi.get('bakeform'))
+        if pi.get('model') and booted is not None and int(pi['model']) not in {int(model) for model in booted}:
+            found.append(pi['name'])
+    return found
 
 
 def user_data(roots, pis_vars):

@@ -16,6 +16,17 @@ MADE_ROOTS = ('cloned', 'rebuilt')
 MADE_DISKS = ('created', 'migrated')
 
 
+def to_make(items, before):
+    """The items (of the plan's ``roots`` or ``disks``) of the Pis whose roots this run makes: those to rebuild
+    (``state`` rebuilt), then those with no state whose serial has no current root (``before``: by serial, what each
+    Pi's root used before the run), in the order given. A Python loop: at 1000 Pis the same selection in Jinja cost
+    about a second of every run."""
+    before = before or {}
+    items = list(items or [])
+    rebuilt = [item for item in items if item.get('state') == 'rebuilt']
+    return rebuilt + [item for item in items if 'state' not in item and item.get('serial') not in before]
+
+
 def _count(number, one, many):
     return '%d %s' % (number, one if number == 1 else many)
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.filter.fleet_plan import fleet_plan
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, user_data
+from ansible_collections.pifleet.netboot.plugins.filter.fleet_plan import fleet_plan, fleet_unbooted
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, unbooted, user_data
 
 SETTINGS = {'bakeforms': {'bookworm': [3, 4, 5], 'old': [3, 4]}, 'default_bakeform': None, 'export_scope': None,
             'roots_dir': '/srv/pifleet/roots', 'disks_dir': '/srv/pifleet/disks', 'nfs_server': '10.0.0.2',
@@ -105,6 +105,28 @@ def test_default_bakeform_and_unknown_models():
     assert plan({'pi-01': pi(pi_bakeform=None, pi_model=5)}, settings)['roots'][0]['bakeform'] == 'new'
 
 
+@pytest.mark.parametrize('models, expected', [
+    ({'bookworm': [3, 4, 5], 'old': [3, 4]}, []),
+    ({'bookworm': [3, 4], 'old': [3, 4]}, ['pi-03']),  # a manifest that boots fewer models than declared
+    ({'bookworm': ['4'], 'old': [4]}, ['pi-01', 'pi-03']),  # numbers as text, as a manifest may give them
+    ({'bookworm': None}, []),  # a manifest that names no models: not judged
+    ({'bookworm': []}, ['pi-01', 'pi-03']),  # one that boots none
+    ({}, []),
+])
+def test_the_pis_whose_bakeform_does_not_boot_their_model(models, expected):
+    pis = plan({'pi-01': pi(pi_model=3), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.51', pi_bakeform='old'),
+                'pi-03': pi(pi_serial='1234abcf', pi_ip='10.0.0.52', pi_model=5)}, SETTINGS)['pis']
+    assert unbooted(pis, models) == expected
+    assert fleet_unbooted(pis, models) == expected
+    # the plan itself, given the same models, fails naming exactly those Pis
+    if expected:
+        found = problems_of({pi['name']: {'pi_serial': pi['serial'], 'pi_model': pi['model'], 'pi_ip': pi['ip'],
+                                          'pi_bakeform': pi['bakeform']} for pi in pis},
+                            bakeforms=dict(SETTINGS['bakeforms'], **{k: [int(m) for m in v] for k, v in models.items()
+                                                                     if v is not None}))
+        assert sorted(problem.split(' ')[0] for problem in found) == expected
+
+
 def test_fleet_default_keys_and_own_keys():
     settings = dict(SETTINGS, ssh_authorized_keys=['ssh-ed25519 AAAA fleet'])
     result = plan({'pi-01': pi(), 'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.51',
@@ -148,7 +170,7 @@ def test_cloud_init_settings_reach_the_roots_item_checked():
                    'pi-02': pi(pi_serial='1234abce', pi_ip='10.0.0.51')}, SETTINGS)
     # The user data (it may hold secrets) stays out of the plan, a fact that -v prints: only where it comes from.
     assert result['roots'][0]['cloud_init'] == {'instance': '2'} and result['roots'][0]['cloud_init_from'] == 'pi-01'
-    assert result['pis'][0]['cloud_init'] == {'instance': '2', 'user_data': True}
+    assert sorted(result['pis'][0]) == ['bakeform', 'ip', 'model', 'name', 'principals', 'serial']
     assert 'htop' not in json.dumps(result)
     assert 'cloud_init' not in result['roots'][1]  # pi_root seeds it from its identity alone
     # The roots step reads it then, as JSON text for pi_root's no_log option (hidden whole, nothing else).

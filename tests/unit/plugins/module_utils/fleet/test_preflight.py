@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.pifleet.netboot.plugins.filter.fleet_preflight import fleet_preflight
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight
+from ansible_collections.pifleet.netboot.plugins.filter.fleet_preflight import fleet_preflight, fleet_preflight_items
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight, to_make
 
 GIB = 1 << 30
 
@@ -64,3 +64,31 @@ def test_preflight_line(roots, disks, expected):
 
 def test_the_filter_gives_the_line():
     assert fleet_preflight(ROOTS, DISKS) == preflight(ROOTS, DISKS)
+
+
+ITEMS = [{'serial': '0000000a', 'hostname': 'pi-a'},  # has a root: not made
+         {'serial': '0000000b', 'hostname': 'pi-b'},  # new
+         {'serial': '0000000c', 'hostname': 'pi-c', 'state': 'rebuilt'},  # has a root, rebuilt
+         {'serial': '0000000d', 'hostname': 'pi-d', 'state': 'rolledback'},  # back to its previous root: not made
+         {'serial': '0000000e', 'hostname': 'pi-e'}]  # new
+BEFORE = {'0000000a': {'generation': 1}, '0000000c': {'generation': 1}, '0000000d': {'generation': 2}}
+
+
+@pytest.mark.parametrize('items, before, expected', [
+    # rebuilt first, then the new ones, each in the plan's order
+    (ITEMS, BEFORE, ['0000000c', '0000000b', '0000000e']),
+    # a fresh bakery: every Pi without a state is new; a rolled-back one still makes nothing
+    (ITEMS, None, ['0000000c', '0000000a', '0000000b', '0000000e']),
+    # a re-run: every root is there
+    (ITEMS[:2], {'0000000a': {}, '0000000b': {}}, []),
+    # disks items (no state): the disks of the Pis whose roots are new
+    ([{'serial': '0000000a', 'name': 'data'}, {'serial': '0000000b', 'name': 'data'}], BEFORE, ['0000000b']),
+    (None, BEFORE, []),
+])
+def test_the_items_of_the_pis_whose_roots_this_run_makes(items, before, expected):
+    assert [item['serial'] for item in to_make(items, before)] == expected
+    assert fleet_preflight_items(items, before) == to_make(items, before)
+
+
+def test_the_items_are_handed_on_unchanged():
+    assert to_make(ITEMS, BEFORE)[0] is ITEMS[2]
