@@ -145,6 +145,29 @@ def test_a_group_that_finds_nothing_fails_loudly(tmp_path, plugs, case, expected
             assert rc != 0 and expected in output, (name, output[-3000:])
 
 
+# The bakery that does not answer: ssh to a loopback port where nothing listens (refused at once, no traffic off the
+# host); its Pis have power devices, so the power query is asked of it too.
+UNREACHABLE = {'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1', 'ansible_port': 1}
+
+
+def test_a_bakery_that_does_not_answer_costs_only_its_own_pis_their_power(tmp_path, plugs):
+    """power with bakery02 unreachable: the first bakery's Pis are switched, bakery02's Pis each fail with the reason,
+    and the play goes on to report every Pi (a run_once loop once ended at the unreachable bakery, for all)."""
+    owners = {'pi-02': 'bakery02', 'pi-04': 'bakery02'}
+    write(tmp_path, {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01'),
+                                          'bakery02': dict(bakery(tmp_path, 'bakery02'), **UNREACHABLE)}},
+                     'pis': {'hosts': pis(plugs, 4, owners)}})
+    rc, counters, output = play(tmp_path, 'power', '-e', 'power_state=on')
+    assert rc == 2, output[-3000:]
+    assert plugs.plugs['pi-01'].state == [True] and plugs.plugs['pi-03'].state == [True], output[-3000:]
+    assert plugs.plugs['pi-02'].sets == 0 and plugs.plugs['pi-04'].sets == 0
+    assert counters['pi-01']['changed'] == 1 and counters['pi-03']['changed'] == 1, counters
+    assert counters['pi-02']['failed'] == 1 and counters['pi-04']['failed'] == 1, counters
+    for pi in ('pi-02', 'pi-04'):
+        assert re.search(r'fatal: \[%s\]: FAILED! => \{\n\s*"msg": "[^"\n]*port 1: Connection refused' % pi,
+                         output), output[-3000:]
+
+
 def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
     """pi-01 and pi-03 belong to the first bakery (no pi_bakery), pi-02 and pi-04 to bakery02: never
     groups['bakery'][0] for all of them."""
@@ -174,23 +197,26 @@ def test_two_bakeries_each_drive_and_show_their_own_pis(tmp_path, plugs):
     assert ran(tmp_path)[('bakery02', 'pi_power')] == [['pi-02', 'pi-04']]
 
 
-@pytest.mark.parametrize('cause', ['roots dir unreadable', 'no Python on the bakery'])
+@pytest.mark.parametrize('cause', ['roots dir unreadable', 'no Python on the bakery', 'the bakery does not answer'])
 def test_a_bakery_that_cannot_be_read_is_a_line_and_the_others_are_shown(tmp_path, plugs, cause):
     """One bakery's pi_status fails for a real cause (its roots directory cannot be read: a symlink loop stands in
-    for an I/O error or a stale NFS handle; or its Python is not there): its BAKERY line says why, the other
-    bakery's Pis are in the table and in the JSON file, and the play ends failed with one summary."""
+    for an I/O error or a stale NFS handle; or its Python is not there; or it does not answer at all, which once
+    ended the play at the power query, before any table): its BAKERY line says why, the other bakery's Pis are in
+    the table and in the JSON file, and the play ends failed with one summary."""
     owners = {'pi-02': 'bakery02', 'pi-04': 'bakery02'}
     (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
-    broken = {'pifleet_roots_dir': str(tmp_path / 'loop')} if cause == 'roots dir unreadable' else {
-        'ansible_python_interpreter': str(tmp_path / 'none' / 'python3')}
+    broken = {'roots dir unreadable': {'pifleet_roots_dir': str(tmp_path / 'loop')},
+              'no Python on the bakery': {'ansible_python_interpreter': str(tmp_path / 'none' / 'python3')},
+              'the bakery does not answer': UNREACHABLE}[cause]
     write(tmp_path, {'bakery': {'hosts': {'bakery01': bakery(tmp_path, 'bakery01'),
                                           'bakery02': dict(bakery(tmp_path, 'bakery02'), **broken)}},
                      'pis': {'hosts': pis(plugs, 4, owners)}})
     rc, counters, output = play(tmp_path, 'status', '-e', 'status_file=%s' % (tmp_path / 'status.json'))
     assert rc == 2, output[-3000:]
     assert {pi: row[5] for pi, row in table(output, 'bakery01').items()} == {'pi-01': 'off', 'pi-03': 'off'}
-    why = ('pi_status could not read %s/1234ab0' % (tmp_path / 'loop') if cause == 'roots dir unreadable'
-           else '%s/none/python3' % tmp_path)
+    why = {'roots dir unreadable': 'pi_status could not read %s/1234ab0' % (tmp_path / 'loop'),
+           'no Python on the bakery': '%s/none/python3' % tmp_path,
+           'the bakery does not answer': 'port 1: Connection refused'}[cause]
     shown = output.split('TASK [Show the fleet]')[1].split('TASK [')[0]
     line = re.search(r'^\s*"BAKERY bakery02: (.*)",?$', shown, re.M)
     assert line and why in line.group(1), shown
