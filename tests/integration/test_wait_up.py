@@ -60,7 +60,7 @@ def silent(address, port=22):
     server.listen(0)
     fillers = []
     try:
-        for _ in range(2):
+        for _attempt in range(2):
             filler = socket.socket()
             filler.setblocking(False)
             with contextlib.suppress(BlockingIOError):
