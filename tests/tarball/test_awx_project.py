@@ -110,7 +110,10 @@ def job(project, env, playbook, bakery, *, cmdline='', passwords=None):
     started = time.monotonic()
     runner = ansible_runner.run(private_data_dir=str(data), playbook=playbook, inventory=str(data / 'project' /
                                 'inventory'), envvars=env, extravars=reach(bakery), cmdline=cmdline,
-                                passwords=passwords or {}, quiet=True, timeout=1200)
+                                passwords=passwords or {}, quiet=True, timeout=1200,
+                                # AWX gives each job a fresh env/: ansible-runner otherwise keeps the first job's
+                                # cmdline and passwords there and reuses them when a later job gives none.
+                                suppress_env_files=True)
     events = list(runner.events)
     output = ''.join(event.get('stdout', '') + '\n' for event in events)
     print('%s %s: %s in %.1f s' % (playbook, cmdline, runner.status, time.monotonic() - started))
@@ -147,8 +150,16 @@ def test_status_with_the_vault_credential(project, job_env, bakery):
     assert rows['pi-03'][5] == 'error' and any(shown in row for row in table), table
     assert 'change-me-please' not in output and 'change-me-please' not in json.dumps(events)
     # Without the Vault credential the same job cannot read them.
-    runner, _events, output = job(project, job_env, 'status.yml', bakery)
+    # Every Pi is still shown (its POWER ERROR says why), then the job ends failed with one summary.
+    runner, events, output = job(project, job_env, 'status.yml', bakery)
     assert runner.status == 'failed' and 'vault' in output.lower(), output[-3000:]
+    table = next(event['event_data']['res']['msg'] for event in events if event['event'] == 'runner_on_ok'
+                 and event['event_data'].get('task') == 'Show the fleet')
+    assert sum(row.startswith('POWER ERROR pi-') and 'undecryptable' in row for row in table) == 5, table
+    (summary,) = [event['event_data']['res']['msg'] for event in failed_events(events)]
+    assert summary == ('status could not ask the power devices of the Pis of bakery01.lab.example.org (their '
+                       'POWER ERROR lines say why; a vaulted value needs the Vault credential in AWX, or '
+                       '--ask-vault-pass)'), summary
 
 
 def export(project, env, source):
