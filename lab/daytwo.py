@@ -4,18 +4,23 @@
 
 ``make demo`` (lab/demo.py) ends with :func:`day_two`: generation B of the real Pi's bakeform (the same
 root with Debian 12's kernel and its modules in place of its own, lab/realgen.py) is registered with
-the bakeforms playbook while the Pi's first boot goes on (:func:`next_generation`), the upgrade playbook
-moves the Pi to it and the rollback playbook moves it back,
-each with a real boot (lab/powerswitch.py plays the Pi's power switch). After each boot the demo shows
-what runs, seen from the inside (``uname -r``, the root's module directories, a module loaded from the
-NFS root), and that ``ansible <pi> -m ping`` succeeds with strict host-key checking against the fleet's
-known_hosts alone (the bakery's ``@cert-authority`` line that site wrote); tests/integration/
-test_labdemo.py goes on from there (a generation whose kernel panics, a capture).
+the bakeforms playbook while the Pi's first boot goes on (:func:`next_generation`) and the upgrade playbook
+moves the Pi to it; then generation C (A's root whose initramfs makes the kernel panic) is registered and
+the upgrade playbook moves the Pi to it: C never comes up, so the playbook rolls the Pi back to B on its
+own (root, boot folder, boot export), power-cycles it and waits for it, and fails naming it. Each boot is
+real (lab/powerswitch.py plays the Pi's power switch). After each boot the demo shows what runs, seen
+from the inside (``uname -r``, the root's module directories, a module loaded from the NFS root), and
+that ``ansible <pi> -m ping`` succeeds with strict host-key checking against the fleet's known_hosts
+alone (the bakery's ``@cert-authority`` line that site wrote); tests/integration/test_labdemo.py goes
+on from there (the kernel hold, a capture). The rollback playbook on its own, which shares the
+rollback's steps with the upgrade, is proven with simulated Pis (tests/integration/test_upgrade.py):
+here it would cost one more real boot.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +28,9 @@ from pathlib import Path
 from lab import demo, powerswitch
 
 WAIT = 400  # seconds a Pi has to come back (a first boot under TCG with cloud-init takes 80-190 s here)
+# Seconds the upgrade waits for C, which never comes up (its kernel panics some 10 s after power-on, once U-Boot
+# fetched C's files): the rolled-back root has WAIT.
+PANIC_WAIT = 25
 
 
 def register(lab, state, bakeform, image, label, *, lab_name, echo=None):
@@ -101,9 +109,10 @@ def switched(lab, state, pi, vpi, name, *extra, lab_name, show):
 
 def day_two(lab, state, pi, vpi, images, *, generations, lab_name, show):
     """The demo's last real-Pi step: upgrade to generation B (``generations``: the Pi's and B's numbers, from
-    next_generation) and back with the playbooks; DemoError on a fault."""
+    next_generation), then to C (``images['C']``, whose kernel panics), which the playbook rolls back to B on its
+    own; DemoError on a fault."""
     bakeform = pi['bakeform']
-    first, nxt = generations
+    _first, nxt = generations
     show('%s: a file written on the Pi before the upgrade: /root/stray' % pi['name'])
     known = Path(state) / ('known_hosts-%s' % pi['name'])
     identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
@@ -126,15 +135,37 @@ def day_two(lab, state, pi, vpi, images, *, generations, lab_name, show):
     if not stray or not kept:
         raise demo.DemoError('the upgraded root of %s %s' % (
             pi['name'], 'still holds /root/stray' if not stray else 'has another machine-id or host key'))
-    run = switched(lab, state, pi, vpi, 'rollback', '-e', 'rollback_target=%s' % pi['name'], '-e',
-                   'rollback_timeout=%d' % WAIT, lab_name=lab_name, show=show)
-    if run.rc != 0 or run.boots != [None]:
-        raise demo.DemoError('the rollback of %s failed (rc %d, boots %s): %s' % (
-            pi['name'], run.rc, run.boots, run.output[-3000:]))
-    if vpi.ssh(lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode:
-        raise demo.DemoError('%s was rolled back, but /root/stray is not in its root: not its own root as it was'
-                             % pi['name'])
-    show('%s: rolled back to %s@%d (its own root as it was: /root/stray is there) in %.0f s' % (
-        pi['name'], bakeform, first, run.seconds))
-    show_kernel(lab, state, pi, images['A'], show, vpi=vpi)
+    broken_upgrade(lab, state, pi, vpi, images, current=nxt, lab_name=lab_name, show=show)
+
+
+def broken_upgrade(lab, state, pi, vpi, images, *, current, lab_name, show):
+    """Generation C registered, the upgrade to it: C's kernel panics, the Pi is not back within PANIC_WAIT, so the
+    playbook rolls it back to ``current`` (its own root as it was), power-cycles it, and fails naming it."""
+    bakeform = pi['bakeform']
+    known = Path(state) / ('known_hosts-%s' % pi['name'])
+    identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
+    before = vpi.ssh(lab['ssh_key'], known, identity).stdout
+    vpi.ssh(lab['ssh_key'], known, 'echo mine > /root/mine && sync')
+    show('%s: a file written on the Pi before the next upgrade: /root/mine' % pi['name'])
+    broken = register(lab, state, bakeform, images['C'], 'c', lab_name=lab_name)
+    show('%s@%d registered: %s; current' % (bakeform, broken, images['C']['pretty']))
+    run = switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e', 'upgrade_waves=1',
+                   '-e', 'upgrade_timeout=%d' % PANIC_WAIT, '-e', 'upgrade_rollback_timeout=%d' % WAIT,
+                   lab_name=lab_name, show=show)
+    report = re.search(r'%s \(serial \S+\): it did not come back on %s@%d within the timeout .*?power-cycled: it '
+                       r'is back up' % (re.escape(pi['name']), re.escape(bakeform), broken), run.output)
+    if (run.rc == 0 or len(run.boots) != 2 or run.boots[1] is not None or 'Kernel panic' not in str(run.boots[0])
+            or not report):
+        raise demo.DemoError('the upgrade of %s to %s@%d, whose kernel panics, should fail and roll the Pi back on its '
+                             'own (rc %d, boots %s): %s' % (pi['name'], bakeform, broken, run.rc, run.boots,
+                                                            run.output[-3000:]))
+    show('%s: the upgrade to %s@%d failed as it must (its kernel panicked) and rolled the Pi back in %.0f s; its '
+         'report: %s' % (pi['name'], bakeform, broken, run.seconds, report.group(0)))
+    mine = vpi.ssh(lab['ssh_key'], known, 'cat /root/mine', check=False).stdout.strip()
+    if mine != 'mine' or vpi.ssh(lab['ssh_key'], known, identity).stdout != before:
+        raise demo.DemoError('%s was rolled back, but not onto its own root as it was (/root/mine: %r, or another '
+                             'machine-id or host key)' % (pi['name'], mine))
+    show('%s: rolled back to %s@%d on its own (its own root as it was: /root/mine is there, machine-id and host key '
+         'kept)' % (pi['name'], bakeform, current))
+    show_kernel(lab, state, pi, images['B'], show, vpi=vpi)
     show(pong(state, lab_name, pi['name']))

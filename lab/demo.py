@@ -28,8 +28,9 @@
    kernel with its cmdline.txt, mounts its root and its generation's boot files from the bakery;
    its login prompt and ``ssh <pi> hostname`` are printed, with the time of each phase
    (lab/qemupi.py). Meanwhile the bakery registers day two's next generation (lab/daytwo.py);
-8. day two on the real Pi: the upgrade playbook to that generation, then the rollback playbook, the
-   demo playing its power switch (lab/daytwo.py); with --keep the Pi stays on;
+8. day two on the real Pi: the upgrade playbook to that generation, then to a generation whose kernel
+   panics, which the upgrade rolls back to the one before on its own, the demo playing its power switch
+   (lab/daytwo.py); with --keep the Pi stays on;
 9. ``pifleet.netboot.status``: the table per Pi, boot events included;
 10. the lab is taken down (unless --keep; ``nspawnlab.py down --state DIR`` does it later); the time
     of each step is printed at the end.
@@ -69,8 +70,10 @@ SIMULATED = 'lab_simulated'  # the group of the simulated Pis that lab/demo.py's
 # Bakeforms a lab inventory may name that are made from real images, and the realimage.py image of each:
 # the demo builds those its inventory uses, no more.
 REAL_IMAGES = {'realpi-trixie': 'trixie', 'realpi-bookworm': 'bookworm'}
-# Day two's next generation (lab/daytwo.py): the real image's root with Debian 12's kernel and its modules.
+# Day two's next generation (lab/daytwo.py): the real image's root with Debian 12's kernel and its modules; and the
+# broken one after it: the real image's root whose initramfs makes the kernel panic.
 NEXT, NEXT_IMAGE = 'day two', 'trixie-kernel'
+BROKEN, BROKEN_IMAGE = 'day two, broken', 'trixie-panic'
 STARTED = time.monotonic()
 
 
@@ -339,8 +342,9 @@ def demo(state, keep, name=NAME):
              'background the real arm64 image%s %s (built once per recipe, then cached)' % (
                  's' if len(wanted) > 1 else '', ', '.join(sorted(wanted.values()))))
         building = start_images(pool, pis)
-        if real:  # day two's next generation, made from the real image's tree once that is built
+        if real:  # day two's generations, made from the real image's tree once that is built
             building[NEXT] = pool.submit(timed, realimage.build, NEXT_IMAGE)
+            building[BROKEN] = pool.submit(timed, realimage.build, BROKEN_IMAGE)
         image_dir, seconds = timed(nspawnlab.image)
         say('bakery image ready after %.0f s: %s' % (seconds, image_dir))
 
@@ -374,7 +378,7 @@ def demo(state, keep, name=NAME):
 
 def demo_lab(lab, state, pis, building, *, keep, name, total):
     """Steps 4 to 9 on the lab that is up: site, the Pis boot, day two, the status table."""
-    following = building.pop(NEXT, None)
+    following = building.pop(NEXT, None), building.pop(BROKEN, None)
     step(4, total, 'the boot services: pifleet.netboot.site --tags services (dnsmasq, NFS-Ganesha, the TFTP hook)')
     say('boot services: changed=%d' % playbook(state, 'site', '--tags', 'services', lab_name=name)['changed'])
     images = fleet_steps(lab, state, pis, building, name=name, total=total)
@@ -457,9 +461,11 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
                     print(line, flush=True)
     try:
         step(8, total, 'day two on %s: pifleet.netboot.upgrade to the next generation of its bakeform (another '
-             'kernel and its modules), then pifleet.netboot.rollback; the demo is its power switch' % real[0]['name'])
+             'kernel and its modules), then to one whose kernel panics, which the upgrade rolls back on its own; the '
+             'demo is its power switch' % real[0]['name'])
         from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
-        daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': following.result()[0]},
+        daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': following[0].result()[0],
+                                                  'C': following[1].result()[0]},
                        generations=generations, lab_name=name, show=say)
     except BaseException:
         vpi.power_off()
@@ -475,7 +481,7 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
 
 def meanwhile(lab, state, pi, following, *, name, echo):
     """While the real Pi boots: day two's next generation (B) registered; ``(the Pi's generation, B's)``."""
-    nxt, seconds = following.result()
+    nxt, seconds = following[0].result()
     echo('demo: next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
     from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
     return daytwo.next_generation(lab, state, pi, nxt, lab_name=name, echo=echo)
