@@ -143,18 +143,35 @@ def playbook(tmp, play, *args):
 
 
 def assert_one_summary_names(output, symlink):
-    """Reimage's one summary names pi-c (rebuilt, never answered) and pi-d (rebuild failed), each with its reason;
-    the Pis that came up are not in it."""
-    summary = re.search(r'"msg": "(2 of 4 Pi\(s\) were not reimaged(?:[^"\\]|\\.)*)"', output)
+    """Reimage's one summary names pi-c (rebuilt, never answered), pi-d (rebuild failed) and pi-e (its bakery does not
+    answer), each with its reason; the Pis that came up are not in it."""
+    summary = re.search(r'"msg": "(3 of 5 Pi\(s\) were not reimaged(?:[^"\\]|\\.)*)"', output)
     assert summary, output[-4000:]
     lines = summary.group(1).split('\\n')[1:]
-    assert [line.split(' ')[0] for line in lines] == ['pi-c', 'pi-d'], lines
+    assert [line.split(' ')[0] for line in lines] == ['pi-c', 'pi-d', 'pi-e'], lines
     assert lines[0].startswith('pi-c (serial 0c0c0c0c): it did not come back on raspios@1 within %d s (no SSH '
                                'server answered with the host key of its new root); last boot event: ' % WAIT), lines
     assert lines[0].endswith('its previous root is kept (pifleet.netboot.rollback puts it back)'), lines
     assert lines[1].startswith('pi-d (serial 0d0d0d0d): its new root could not be made (roots: root of Pi '
                                '0d0d0d0d: %s is a symlink' % symlink), lines
     assert lines[1].endswith('it keeps the root and export it had, not power-cycled'), lines
+    assert lines[2].startswith('pi-e (serial 0e0e0e0e): its new root could not be made (bakery: its bakery '
+                               'bakery-gone did not answer: '), lines
+    assert lines[2].endswith('it keeps the root and export it had, not power-cycled'), lines
+
+
+def add_a_silent_bakery(tmp, plugs):
+    """pi-e, served by bakery-gone, which does not answer. The reimage's steps run once for all, and such a bakery
+    ended the play there for every Pi; it must cost only pi-e (named), the other bakery's Pis go on."""
+    inventory = yaml.safe_load((tmp / 'hosts.yml').read_text())
+    inventory['bakery']['hosts']['bakery-gone'] = {'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1',
+                                                   'ansible_port': 1}
+    inventory['pis']['hosts']['pi-e'] = {'pi_serial': '0e0e0e0e', 'pi_model': 4, 'pi_ip': '127.0.99.30',
+                                         'pi_bakery': 'bakery-gone', 'pi_power': {
+                                             'driver': 'http', 'api': 'shelly1',
+                                             'url': plugs.add('pi-e', 'shelly1', on=True)}}
+    # In this order: a Pi without pi_bakery is the first bakery's (lab-bakery's).
+    (tmp / 'hosts.yml').write_text(yaml.safe_dump(inventory, sort_keys=False))
 
 
 def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_others(tmp_path, image):
@@ -180,6 +197,7 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
             os.rmdir(point['0d0d0d0d'])
             os.symlink(str(tmp / 'elsewhere'), point['0d0d0d0d'])
             pipoints.set_immutable(os.path.dirname(point['0d0d0d0d']))
+            add_a_silent_bakery(tmp, plugs)
             exports_before = (tmp / 'ganesha/pifleet.conf').read_text()
             fs_before = dict(re.findall(r'Path = "([^"]*)";.*?# pifleet fs: (\S+)', exports_before, re.S))
             markers = {serial: json.loads((roots / (serial + '.json')).read_text())['fs_uuid']
@@ -205,6 +223,10 @@ def test_reimage_names_the_pi_whose_rebuild_failed_and_cycles_and_waits_for_the_
             assert ('%s is up (SSH answers with the host key of its root)' % name in output) is (name != 'pi-c')
         assert_one_summary_names(output, point['0d0d0d0d'])
         assert plugs.plugs['pi-d'].sets == 0  # not power-cycled onto a root it does not have
+        assert counters['pi-e'] == dict(counters['pi-e'], failed=1) and plugs.plugs['pi-e'].sets == 0, counters
+        assert re.search(r'fatal: \[pi-e\]: FAILED! => \{[^}]*"msg": "1 Pi\(s\) failed, every other Pi was converged'
+                         r'[^"]*pi-e \(serial 0e0e0e0e\) failed at bakery: its bakery bakery-gone did not answer: ',
+                         output), output[-4000:]
         assert re.search(r'fatal: \[pi-d\]: FAILED! => \{[^}]*"msg": "1 Pi\(s\) failed, every other Pi was converged'
                          r'[^"]*pi-d \(serial 0d0d0d0d\) failed at roots: root of Pi 0d0d0d0d: %s is a symlink'
                          % re.escape(point['0d0d0d0d']), output), output[-4000:]
