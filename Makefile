@@ -105,8 +105,8 @@ unit: venv collection
 OWN_MOUNTS := unshare --mount --propagation slave
 PYTEST_INTEGRATION := $(OWN_MOUNTS) $(PY) -m pytest -q -p no:cacheprovider --durations=12
 LAB_TESTS := tests/integration/test_labdemo.py
-# The two longest integration files after the lab's (about 5 and 4 minutes): parts of TEST_TAIL in `make test`, so the
-# lane that ends first takes them (they share no address, namespace or name with any other test file).
+# The two longest integration files after the lab's (about 3.5 and 5.5 minutes): parts of TEST_TAIL in `make test`,
+# so the lane that ends first takes them (they share no address, namespace or name with any other test file).
 TAIL_INTEGRATION := two-bakeries fleet-fails-per-pi
 integration: setup
 	$(PYTEST_INTEGRATION) tests/integration
