@@ -141,6 +141,7 @@ def test_inventory_to_booting_pis(bakery):
     assert rc == 0 and again['changed'] == 0, output[-4000:]
     assert 'Pre-flight' not in output, output[-4000:]  # nothing to make: neither planned nor said
     assert 'ASYNC' not in output and 'new generation' not in output, output[-4000:]  # nothing ingested: no poll
+    check_source_cleared(output)
     check_ssh_trust(tmp, output)
 
     fleet_map = json.loads((tmp / 'map.json').read_text())
@@ -186,6 +187,14 @@ def test_inventory_to_booting_pis(bakery):
     events = [json.loads(line) for line in (tmp / 'events.jsonl').read_text().splitlines()]
     assert {e['name'] for e in events if e['outcome'] == 'ok' and e['prefix']} == set(PIS)
     assert {e['path'] for e in events if e['outcome'] == 'ok' and not e['prefix']} == {'bootcode.bin'}  # the Pi 3
+
+
+def check_source_cleared(output):
+    """A re-run with the stored source: the role's raw look-up clears it, and no module run checks it again."""
+    check = re.search(r'^TASK \[pifleet\.netboot\.fleet : Check which bakeforms[^\n]*\n(.*?)^TASK ', output,
+                      re.M | re.S)
+    assert check and 'skipping: [lab-bakery] => (item=raspios)' in check.group(1), output[-6000:]
+    assert 'ok: [lab-bakery]' not in check.group(1), check.group(1)
 
 
 def check_progress(tmp, output):

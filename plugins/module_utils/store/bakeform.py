@@ -115,6 +115,11 @@ def boot_models(dest):
         return detect_models(os.listdir(os.path.join(dest, BOOT_DIR)))  # no usable manifest: the boot files tell
 
 
+def recorded(manifest, path, stat_now):
+    """Whether ``manifest`` was ingested from the file at absolute ``path`` as it is now (``source_stat()``)."""
+    return bool(stat_now) and manifest.get('source') == path and manifest.get('source_stat') == stat_now
+
+
 def same_source(manifests, src, digest):
     """Find the generation that holds this source, as cheaply as possible.
 
@@ -130,7 +135,7 @@ def same_source(manifests, src, digest):
         except OSError:
             stat_now = None
         for number, manifest in sorted(manifests.items()):
-            if stat_now and manifest.get('source') == path and manifest.get('source_stat') == stat_now:
+            if recorded(manifest, path, stat_now):
                 return number, manifest.get('sha256')
         digest = hash_file(src)
     if not digest:
