@@ -31,6 +31,8 @@ WAIT = 400  # seconds a Pi has to come back (a first boot under TCG with cloud-i
 # Seconds the upgrade waits for C, which never comes up (its kernel panics some 10 s after power-on, once U-Boot
 # fetched C's files): the rolled-back root has WAIT.
 PANIC_WAIT = 25
+# What makes a Pi itself, read from the inside before and after each upgrade: it must not change.
+IDENTITY = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
 
 
 def register(lab, state, bakeform, image, label, *, lab_name, echo=None):
@@ -43,14 +45,13 @@ def register(lab, state, bakeform, image, label, *, lab_name, echo=None):
 
 
 def next_generation(lab, state, pi, image, *, lab_name, echo):
-    """Generation B (``image``) registered for the Pi's bakeform: ``(the generation the Pi runs, B)``. The demo
-    does it while the Pi's first boot goes on: site moves no Pi to a new generation, upgrade does."""
+    """Generation B (``image``) registered for the Pi's bakeform; its number. The demo does it while the Pi's
+    first boot goes on: site moves no Pi to a new generation, upgrade does."""
     bakeform = pi['bakeform']
-    first = demo.current_generation(lab, bakeform)[1]
     nxt = register(lab, state, bakeform, image, 'b', lab_name=lab_name, echo=echo)
     echo('demo: %s@%d registered: %s, kernel %s; current (site moves no Pi to it: upgrade does)' % (
         bakeform, nxt, image['pretty'], image['uname']))
-    return first, nxt
+    return nxt
 
 
 def ping(state, lab_name, name, known_hosts=None):
@@ -107,20 +108,23 @@ def switched(lab, state, pi, vpi, name, *extra, lab_name, show):
     return powerswitch.run(demo.playbook_argv(name, *extra), demo.ansible_env(state, lab_name), cycle, show=show)
 
 
-def day_two(lab, state, pi, vpi, images, *, generations, lab_name, show):
-    """The demo's last real-Pi step: upgrade to generation B (``generations``: the Pi's and B's numbers, from
-    next_generation), then to C (``images['C']``, whose kernel panics), which the playbook rolls back to B on its
-    own; DemoError on a fault."""
-    bakeform = pi['bakeform']
-    _first, nxt = generations
+def upgrade(lab, state, pi, vpi, timeout, *extra, lab_name, show):
+    """pifleet.netboot.upgrade of the Pi alone (one wave) with ``timeout`` for its new generation to come up."""
+    return switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e', 'upgrade_waves=1',
+                    '-e', 'upgrade_timeout=%d' % timeout, *extra, lab_name=lab_name, show=show)
+
+
+def day_two(lab, state, pi, vpi, images, *, generation, lab_name, show):
+    """The demo's last real-Pi step: upgrade to generation B (``generation``, its number from next_generation),
+    then to C (``images['C']``, whose kernel panics), which the playbook rolls back to B on its own; DemoError on
+    a fault."""
+    bakeform, nxt = pi['bakeform'], generation
     show('%s: a file written on the Pi before the upgrade: /root/stray' % pi['name'])
     known = Path(state) / ('known_hosts-%s' % pi['name'])
-    identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
-    before = vpi.ssh(lab['ssh_key'], known, identity).stdout
+    before = vpi.ssh(lab['ssh_key'], known, IDENTITY).stdout
     vpi.ssh(lab['ssh_key'], known, 'echo stray > /root/stray && sync')
     show(pong(state, lab_name, pi['name']))
-    run = switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e',
-                   'upgrade_waves=1', '-e', 'upgrade_timeout=%d' % WAIT, lab_name=lab_name, show=show)
+    run = upgrade(lab, state, pi, vpi, WAIT, lab_name=lab_name, show=show)
     if run.rc != 0 or run.boots != [None]:
         raise demo.DemoError('the upgrade of %s failed (rc %d, boots %s): %s' % (
             pi['name'], run.rc, run.boots, run.output[-3000:]))
@@ -128,30 +132,28 @@ def day_two(lab, state, pi, vpi, images, *, generations, lab_name, show):
         pi['name'], bakeform, nxt, run.seconds))
     show_kernel(lab, state, pi, images['B'], show, vpi=vpi)
     stray = vpi.ssh(lab['ssh_key'], known, 'test -e /root/stray', check=False).returncode
-    kept = vpi.ssh(lab['ssh_key'], known, identity).stdout == before
+    kept = vpi.ssh(lab['ssh_key'], known, IDENTITY).stdout == before
     show('%s: /root/stray is %s; machine-id and host key %s; %s' % (
         pi['name'], 'gone (a fresh root from the new generation)' if stray else 'STILL THERE',
         'kept' if kept else 'CHANGED', pong(state, lab_name, pi['name'])))
     if not stray or not kept:
         raise demo.DemoError('the upgraded root of %s %s' % (
             pi['name'], 'still holds /root/stray' if not stray else 'has another machine-id or host key'))
-    broken_upgrade(lab, state, pi, vpi, images, current=nxt, lab_name=lab_name, show=show)
+    broken_upgrade(lab, state, pi, vpi, images, current=nxt, identity=before, lab_name=lab_name, show=show)
 
 
-def broken_upgrade(lab, state, pi, vpi, images, *, current, lab_name, show):
+def broken_upgrade(lab, state, pi, vpi, images, *, current, identity, lab_name, show):
     """Generation C registered, the upgrade to it: C's kernel panics, the Pi is not back within PANIC_WAIT, so the
-    playbook rolls it back to ``current`` (its own root as it was), power-cycles it, and fails naming it."""
+    playbook rolls it back to ``current`` (its own root as it was, its ``identity`` kept), power-cycles it, and
+    fails naming it."""
     bakeform = pi['bakeform']
     known = Path(state) / ('known_hosts-%s' % pi['name'])
-    identity = 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub'
-    before = vpi.ssh(lab['ssh_key'], known, identity).stdout
     vpi.ssh(lab['ssh_key'], known, 'echo mine > /root/mine && sync')
     show('%s: a file written on the Pi before the next upgrade: /root/mine' % pi['name'])
     broken = register(lab, state, bakeform, images['C'], 'c', lab_name=lab_name)
     show('%s@%d registered: %s; current' % (bakeform, broken, images['C']['pretty']))
-    run = switched(lab, state, pi, vpi, 'upgrade', '-e', 'upgrade_target=%s' % pi['name'], '-e', 'upgrade_waves=1',
-                   '-e', 'upgrade_timeout=%d' % PANIC_WAIT, '-e', 'upgrade_rollback_timeout=%d' % WAIT,
-                   lab_name=lab_name, show=show)
+    run = upgrade(lab, state, pi, vpi, PANIC_WAIT, '-e', 'upgrade_rollback_timeout=%d' % WAIT, lab_name=lab_name,
+                  show=show)
     report = re.search(r'%s \(serial \S+\): it did not come back on %s@%d within the timeout .*?power-cycled: it '
                        r'is back up' % (re.escape(pi['name']), re.escape(bakeform), broken), run.output)
     if (run.rc == 0 or len(run.boots) != 2 or run.boots[1] is not None or 'Kernel panic' not in str(run.boots[0])
@@ -162,7 +164,7 @@ def broken_upgrade(lab, state, pi, vpi, images, *, current, lab_name, show):
     show('%s: the upgrade to %s@%d failed as it must (its kernel panicked) and rolled the Pi back in %.0f s; its '
          'report: %s' % (pi['name'], bakeform, broken, run.seconds, report.group(0)))
     mine = vpi.ssh(lab['ssh_key'], known, 'cat /root/mine', check=False).stdout.strip()
-    if mine != 'mine' or vpi.ssh(lab['ssh_key'], known, identity).stdout != before:
+    if mine != 'mine' or vpi.ssh(lab['ssh_key'], known, IDENTITY).stdout != identity:
         raise demo.DemoError('%s was rolled back, but not onto its own root as it was (/root/mine: %r, or another '
                              'machine-id or host key)' % (pi['name'], mine))
     show('%s: rolled back to %s@%d on its own (its own root as it was: /root/mine is there, machine-id and host key '

@@ -451,7 +451,7 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
             vpi = real_boot(lab, real[0], state)
         finally:
             try:
-                generations = behind.result()
+                generation = behind.result()
             except BaseException:
                 if vpi is not None:
                     vpi.power_off()
@@ -466,7 +466,7 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
         from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)
         daytwo.day_two(lab, state, real[0], vpi, {'A': images[real[0]['bakeform']], 'B': following[0].result()[0],
                                                   'C': following[1].result()[0]},
-                       generations=generations, lab_name=name, show=say)
+                       generation=generation, lab_name=name, show=say)
     except BaseException:
         vpi.power_off()
         raise
@@ -480,7 +480,7 @@ def boot_steps(lab, state, real, images, following, *, keep, name, total):
 
 
 def meanwhile(lab, state, pi, following, *, name, echo):
-    """While the real Pi boots: day two's next generation (B) registered; ``(the Pi's generation, B's)``."""
+    """While the real Pi boots: day two's next generation (B) registered; its number."""
     nxt, seconds = following[0].result()
     echo('demo: next generation\'s image: %s, ready after %.0f s' % (nxt['path'], seconds))
     from lab import daytwo  # noqa: PLC0415  (daytwo uses this module)

@@ -318,7 +318,6 @@ echo "$state"'''
 # panics (lab/realgen.py), rolled back to B by the upgrade) on the same lab and the same real Pi: D a capture of the
 # Pi itself.
 BAKEFORM = 'realpi-trixie'
-UPGRADE = ['-e', 'upgrade_target=pi-06', '-e', 'upgrade_bakeform=%s' % BAKEFORM, '-e', 'upgrade_waves=1']
 
 
 def marker(lab, name):
@@ -335,10 +334,10 @@ def check_trusted(lab, name, tmp_path):
     assert proc.returncode != 0 and 'Host key verification failed' in proc.stdout + proc.stderr, proc.stdout
 
 
-def upgrade(lab, name, *extra):
-    run = daytwo.switched(lab.lab, lab.state, lab.pis[name], lab.vms[name], 'upgrade', *UPGRADE, *extra,
-                          lab_name=NAME, show=print)
-    TIMINGS['upgrade %s (%d boots)' % (' '.join(extra[1::2]), len(run.boots))] = round(run.seconds, 1)
+def upgrade(lab, name, timeout):
+    run = daytwo.upgrade(lab.lab, lab.state, lab.pis[name], lab.vms[name], timeout, '-e',
+                         'upgrade_bakeform=%s' % BAKEFORM, lab_name=NAME, show=print)
+    TIMINGS['upgrade of %s, timeout %d s (%d boots)' % (name, timeout, len(run.boots))] = round(run.seconds, 1)
     return run
 
 
@@ -416,7 +415,7 @@ def test_a_capture_of_the_pi_boots_it_without_its_identity_after_a_bakery_reboot
         assert set(names('/var/lib/cloud/instances')) <= {'.', '..'}
     assert name not in lab.bakery('debugfs -R "cat /etc/hostname" %s' % image)
     reboot_bakery(lab, name)
-    run = upgrade(lab, name, '-e', 'upgrade_timeout=%d' % daytwo.WAIT)
+    run = upgrade(lab, name, daytwo.WAIT)
     assert run.rc == 0 and run.boots == [None], run.output[-4000:]
     check_running(lab, name)
     assert marker(lab, name)['generation'] == d
