@@ -68,6 +68,8 @@ options:
     description:
       - URL to fetch the image from (with Ansible's URL helpers, streamed, never stored whole).
       - Requires O(checksum). Mutually exclusive with O(src) and O(capture).
+      - A user name and password in the URL (C(https://user:token@host/...)) are used for the download only: the
+        manifest records the URL without them, and they are masked in the module's output.
     type: str
   checksum:
     description:
@@ -379,6 +381,11 @@ class BakeformModule:
                        'swept': []}
         self.max_size = self.work = self.generation = None
         self.references = []
+        # A user name and password in the image's or the checksum's URL never reach the manifest or any output:
+        # the manifest records the URL without them, and the module masks them wherever else they appear.
+        self.url, secrets = _checksum.without_credentials(self.params['url'])
+        checksum_url = str(self.params['checksum'] or '').partition('sha256:')[2].strip()
+        module.no_log_values.update(secrets + _checksum.without_credentials(checksum_url)[1])
 
     def fail(self, msg, **details):
         if self.work is not None and not self.module.check_mode:
@@ -473,7 +480,7 @@ class BakeformModule:
         self.secure_store()
 
     def source(self):
-        return os.path.abspath(self.params['src']) if self.params['src'] else self.params['url']
+        return os.path.abspath(self.params['src']) if self.params['src'] else self.url
 
     def ingest(self, digest, checksum_url):
         src = self.params['src']

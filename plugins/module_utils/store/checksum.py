@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import IngestError
 
@@ -45,6 +45,20 @@ def parse(checksum):
     if match and _URL.fullmatch(rest):
         return None, rest
     raise IngestError('checksum %r is not of the form %s' % (text, _FORM))
+
+
+def without_credentials(url):
+    """``(url without its user name and password, [the secrets it held])``: what a manifest records and results show
+    is the first; the module masks the second wherever else the URL appears (its arguments, a tool's message)."""
+    if not isinstance(url, str) or '://' not in url:
+        return url, []
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition('@')
+    if not at:
+        return url, []
+    user, _colon, password = userinfo.partition(':')
+    secrets = [unquote(password), password] if password else [unquote(user), user]  # a token alone is its user
+    return urlunsplit(parts._replace(netloc=host)), sorted({value for value in secrets if value})
 
 
 def file_name(source):

@@ -14,9 +14,11 @@ import json
 import os
 
 import pytest
+from modrun import run_module as run_process
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import bakeform as _bakeform
 from ansible_collections.pifleet.netboot.plugins.module_utils.store import generations as gen
+from ansible_collections.pifleet.netboot.plugins.module_utils.store.checksum import without_credentials
 from ansible_collections.pifleet.netboot.plugins.modules import bakeform
 
 ZERO = 'sha256:' + '0' * 64
@@ -391,3 +393,28 @@ def test_a_current_that_cannot_be_fails_before_anything_is_made(run_module, top)
     result = run_module(bakeform.main, args(top, src=str(other), current=5))
     assert result.failed and 'current: generation golden@5 not found' in result.result['msg']
     assert result.result['changed'] is False and tree(top) == before
+
+
+@pytest.mark.parametrize(('field', 'url'), [
+    ('url', 'http://mirror-user:s3cr3t-Pass@127.0.0.1:9/x.img.xz'),
+    ('url', 'http://s3cr3t-Pass@127.0.0.1:9/x.img.xz'),  # a token alone, as user name
+    ('checksum', 'http://mirror-user:s3cr3t-Pass@127.0.0.1:9/x.img.xz.sha256'),
+])
+def test_credentials_in_a_url_reach_no_output(tmp_path, field, url):
+    """The module as its own process (Ansible's own masking of what it returns, its arguments included). Port 9 on
+    loopback: nothing listens, so the fetch fails and its message names the URL."""
+    given = {'url': url, 'checksum': 'sha256:' + 'a' * 64} if field == 'url' else {
+        'url': 'http://127.0.0.1:9/x.img.xz', 'checksum': 'sha256:' + url}
+    result = run_process('bakeform', args(tmp_path, **given))
+    assert result.get('failed') and '127.0.0.1:9' in result['msg'], result
+    assert 's3cr3t-Pass' not in json.dumps(result), result
+    if field == 'url':  # the source is named by its URL without the credentials, not only masked
+        assert 'mirror-user' not in result['msg'], result['msg']
+
+
+def test_a_url_is_recorded_without_its_credentials():
+    assert without_credentials('https://u:p%40ss@mirror.example.org:8443/a.img.xz?x=1') == (
+        'https://mirror.example.org:8443/a.img.xz?x=1', ['p%40ss', 'p@ss'])
+    assert without_credentials('https://tok@mirror.example.org/a') == ('https://mirror.example.org/a', ['tok'])
+    assert without_credentials('https://mirror.example.org/a') == ('https://mirror.example.org/a', [])
+    assert without_credentials(None) == (None, []) and without_credentials('/srv/a.img') == ('/srv/a.img', [])
