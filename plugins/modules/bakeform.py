@@ -68,7 +68,7 @@ options:
     description:
       - URL to fetch the image from (with Ansible's URL helpers, streamed, never stored whole).
       - Requires O(checksum). Mutually exclusive with O(src) and O(capture).
-      - A user name and password in the URL (C(https://user:token@host/...)) are used for the download only: the
+      - A user name and password in the URL (C(https://user:token@host/...)) are used for the download only. The
         manifest records the URL without them, and they are masked in the module's output.
     type: str
   checksum:
