@@ -384,8 +384,8 @@ class BakeformModule:
         # A user name and password in the image's or the checksum's URL never reach the manifest or any output:
         # the manifest records the URL without them, and the module masks them wherever else they appear.
         self.url, secrets = _checksum.without_credentials(self.params['url'])
-        checksum_url = str(self.params['checksum'] or '').partition('sha256:')[2].strip()
-        module.no_log_values.update(secrets + _checksum.without_credentials(checksum_url)[1])
+        self.checksum_url = str(self.params['checksum'] or '').partition('sha256:')[2].strip()
+        module.no_log_values.update(secrets + _checksum.without_credentials(self.checksum_url)[1])
 
     def fail(self, msg, **details):
         if self.work is not None and not self.module.check_mode:
@@ -413,6 +413,10 @@ class BakeformModule:
                 self.fail('%s: %d is not a generation number (1, 2, 3 ...)' % (key, self.params[key]))
         if any(number < 1 for number in self.params['pinned'] or []):
             self.fail('pinned: generation numbers are 1, 2, 3 ...; got %s' % self.params['pinned'])
+        for key, url in (('url', self.params['url']), ('checksum', self.checksum_url)):
+            problem = _checksum.url_problem(url) if url and '://' in url else None
+            if problem:
+                self.fail('%s: %s; nothing was fetched' % (key, problem))
         if self.params['capture'] is not None and self.params['checksum']:
             self.fail('parameters are mutually exclusive: capture|checksum (a capture is checked by its own sha256)')
 

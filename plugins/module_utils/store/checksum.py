@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.store.bakeform import IngestError
 
@@ -21,6 +21,8 @@ FILE_LIMIT = 1 << 20  # a SHA256SUMS of a whole release directory is a few KiB
 _HEX = re.compile(r'[0-9a-fA-F]{64}')
 _VALUE = re.compile(r'sha256:(?P<rest>.*)', re.S)
 _URL = re.compile(r'https?://\S+')  # fetched with fetch_url, which answers HTTP status 200
+# A URL's scheme, its authority (userinfo@host:port) and the rest, for without_credentials.
+_AUTHORITY = re.compile(r'(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<netloc>[^/?#]*)(?P<rest>.*)', re.S)
 _BSD = re.compile(r'SHA256 \((?P<name>.+)\) = (?P<hash>[0-9a-fA-F]{64})')
 _FORM = ('"sha256:<64 hex digits>" (the checksum published beside the image) or "sha256:<URL of a checksum '
          'file>", such as sha256:https://downloads.raspberrypi.com/.../image.img.xz.sha256')
@@ -47,18 +49,30 @@ def parse(checksum):
     raise IngestError('checksum %r is not of the form %s' % (text, _FORM))
 
 
+def url_problem(url):
+    """Why ``url`` cannot be fetched as given (a message), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" of an IPv6 host, say
+        return '%s is not a URL that can be fetched: %s' % (without_credentials(url)[0], exc)
+    if parts.scheme not in ('http', 'https', 'ftp', 'file') or not (parts.netloc or parts.scheme == 'file'):
+        return '%s is not a URL that can be fetched: give http(s)://host/path' % without_credentials(url)[0]
+    return None
+
+
 def without_credentials(url):
     """``(url without its user name and password, [the secrets it held])``: what a manifest records and results show
-    is the first; the module masks the second wherever else the URL appears (its arguments, a tool's message)."""
-    if not isinstance(url, str) or '://' not in url:
+    is the first; the module masks the second wherever else the URL appears (its arguments, a tool's message).
+    Read by hand, not with urlsplit, so a URL too broken to fetch loses its credentials too."""
+    match = _AUTHORITY.match(url) if isinstance(url, str) else None
+    if not match:
         return url, []
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition('@')
+    userinfo, at, host = match.group('netloc').rpartition('@')
     if not at:
         return url, []
     user, _colon, password = userinfo.partition(':')
     secrets = [unquote(password), password] if password else [unquote(user), user]  # a token alone is its user
-    return urlunsplit(parts._replace(netloc=host)), sorted({value for value in secrets if value})
+    return match.group('scheme') + host + match.group('rest'), sorted({value for value in secrets if value})
 
 
 def file_name(source):

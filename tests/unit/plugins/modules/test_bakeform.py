@@ -418,3 +418,16 @@ def test_a_url_is_recorded_without_its_credentials():
     assert without_credentials('https://tok@mirror.example.org/a') == ('https://mirror.example.org/a', ['tok'])
     assert without_credentials('https://mirror.example.org/a') == ('https://mirror.example.org/a', [])
     assert without_credentials(None) == (None, []) and without_credentials('/srv/a.img') == ('/srv/a.img', [])
+    assert without_credentials('http://u:p@[::1/a.img') == ('http://[::1/a.img', ['p'])  # too broken to fetch
+
+
+@pytest.mark.parametrize(('given', 'key'), [
+    ({'url': 'http://u:s3cr3t@[::1/x.img.xz', 'checksum': 'sha256:' + 'a' * 64}, 'url'),
+    ({'url': 'http://127.0.0.1:9/x.img.xz', 'checksum': 'sha256:http://u:s3cr3t@[::1/x.sha256'}, 'checksum'),
+])
+def test_a_malformed_url_fails_with_a_message_not_a_traceback(run_module, tmp_path, given, key):
+    result = run_module(bakeform.main, args(tmp_path, **given))
+    assert result.failed and result.result['msg'].startswith('%s: ' % key), result.result
+    assert 'not a URL that can be fetched' in result.result['msg'] and 'nothing was fetched' in result.result['msg']
+    assert 's3cr3t' not in result.result['msg']
+    assert not (tmp_path / 'store').exists()
