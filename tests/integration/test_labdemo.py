@@ -179,7 +179,10 @@ def test_demo_boots_every_pi_of_the_lab_inventory(lab):
     cmdline = re.search(r'^demo: pi-06: kernel command line: (.*)$', output, re.M).group(1).split()
     assert cmdline[-1] == 'console=ttyAMA0' and 'root=/dev/nfs' in cmdline and 'ip=dhcp' in cmdline
     assert not [t for t in cmdline if t.startswith(('init=', 'root=PARTUUID', 'rootfstype='))], cmdline
-    assert re.search(r'^demo: pi-06: console: pi-06 login:$', output, re.M), output[-4000:]
+    # The console's login prompt when it came by 15 s after ssh answered (under CI load the serial getty can come
+    # later: ssh with the Pi's own key is what says it is up); when it came, it names the Pi.
+    assert re.search(r'^demo: pi-06: console: (pi-06 login:|no login prompt \(its serial getty is not up\), ssh '
+                     r'answers)$', output, re.M), output[-4000:]
     assert re.search(r'^demo: \$ ssh pi-06 hostname.*\ndemo: pi-06$', output, re.M), output[-4000:]
     # Day two (lab/daytwo.py): upgraded to the next generation B, another kernel with its own modules, the stray file
     # gone; then to C, whose kernel panics: not back within upgrade_timeout, so the playbook rolled it back to B

@@ -390,6 +390,31 @@ def test_a_migration_killed_between_its_renames_is_undone(lab):
     assert result.get('failed') and 'old layout' in result['msg']
 
 
+def release_once_opened(held, path, hold, timeout=120.0):
+    """Close ``held`` (releasing its lock) ``hold`` seconds after another process has ``path`` open."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not opened_elsewhere(path):
+            time.sleep(0.05)
+        time.sleep(hold)
+    finally:
+        held.close()
+
+
+def opened_elsewhere(path):
+    target = os.path.realpath(path)
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            links = [os.readlink('/proc/%s/fd/%s' % (pid, fd)) for fd in os.listdir('/proc/%s/fd' % pid)]
+        except OSError:  # gone, or not ours to read
+            continue
+        if target in links:
+            return True
+    return False
+
+
 def test_the_bakery_lock_makes_a_second_run_wait(lab):
     task = base(lab, serial='10c10c10', name='data', size='16M')
     lab['lock'].write_text('')
@@ -397,8 +422,12 @@ def test_the_bakery_lock_makes_a_second_run_wait(lab):
     fcntl.flock(held, fcntl.LOCK_EX)
     held.write('pid 4242, pi_root\n')
     held.flush()
-    threading.Timer(1.5, held.close).start()
+    # Released 1.5 s after the module has opened the lock file (and so started its clock), not after a fixed time
+    # from here: a loaded machine can take longer than that to start the module at all.
+    releaser = threading.Thread(target=release_once_opened, args=(held, lab['lock'], 1.5))
+    releaser.start()
     done = run_module('pi_disk', task)
+    releaser.join()
     assert not done.get('failed'), done
     assert done['lock_waited'] >= 1.0 and 'held by another pifleet run (pid 4242, pi_root)' in json.dumps(
         done['warnings'])
