@@ -12,6 +12,7 @@ import time
 import pytest
 from fstree import loops_backed_by
 
+from ansible_collections.pifleet.netboot.plugins.module_utils.common import atomic as _atomic
 from ansible_collections.pifleet.netboot.plugins.module_utils.common import loopfs as _loopfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='loop devices and mount(2) need root')
@@ -138,3 +139,28 @@ def test_an_image_still_mounted_elsewhere_is_never_mounted_through_a_second_loop
         holder.kill()
         holder.wait()
     assert gone(tmp_path)
+
+
+@pytest.mark.parametrize('where', ['mnt', 'deep/er/mnt', '.'])
+def test_a_scratch_directory_unmounts_what_is_mounted_in_it_before_it_is_removed(tmp_path, image, where):
+    """ScratchDir.close finds a mount inside (or the scratch directory mounted over) by st_dev alone, without
+    reading mountinfo, and unmounts it before rmtree could reach the image's files."""
+    parent = tmp_path / 'roots'
+    parent.mkdir()
+    scratch = _atomic.ScratchDir(str(parent), 'test')
+    point = os.path.normpath(scratch.join(where))
+    os.makedirs(point, exist_ok=True)
+    assert not _atomic.holds_other_file_systems(scratch.path)
+    _loopfs.attach_and_mount(str(image), point, _loopfs.ROOT_OPTIONS)
+    assert _atomic.holds_other_file_systems(scratch.path)
+    unmounted = []
+
+    def unmount(path):
+        unmounted.append(path)
+        subprocess.run(['umount', path], check=True)
+    scratch.close(unmount)
+    assert unmounted == [point] and os.listdir(parent) == []
+    listed = subprocess.run(['debugfs', '-R', 'cat /etc/hostname', str(image)], capture_output=True, text=True,
+                            check=True)
+    assert listed.stdout == 'pi\n'  # what was mounted was not emptied by the removal
+    assert gone(image)

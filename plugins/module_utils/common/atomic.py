@@ -19,6 +19,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 PREFIX = '.pifleet-tmp-'
@@ -57,17 +58,26 @@ class ScratchDir:
 
 def read_mounts(mountinfo='/proc/self/mountinfo'):
     """(mount point, fstype, source) of every mount in this mount namespace."""
-    mounts = []
     with open(mountinfo, encoding='utf-8') as info:
-        for line in info:
-            fields = line.split()
-            sep = fields.index('-')
-            mounts.append((_unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
+        return _parse_mounts(info)
+
+
+def _parse_mounts(lines):
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        sep = fields.index('-')
+        mounts.append((_unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
     return mounts
 
 
 def _unescape(field):
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _escape(path):
+    """``path`` as mountinfo writes it (the kernel's show_path: space, tab, newline and backslash in octal)."""
+    return ''.join('\\%03o' % ord(char) if char in ' \t\n\\' else char for char in path)
 
 
 def read_text(path, errors='replace', universal_newlines=False):
@@ -177,21 +187,60 @@ def write_or_remove(path, text, mode=0o644):
         write_text(path, text, mode)
 
 
-def mounts_under(path):
-    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+def mounts_under(path, mountinfo='/proc/self/mountinfo'):
+    """Mount points at or below ``path`` in this mount namespace, deepest first.
+
+    Mostly asked of a scratch directory that holds no mount any more (once per new root): when mountinfo does not
+    hold ``path`` at all, as its own escaping writes it, nothing is parsed (parsing its line per mounted root, per
+    root, made a first run of 1000 Pis quadratic)."""
     path = os.path.realpath(path)
     try:
-        mounts = read_mounts()
+        with open(mountinfo, encoding='utf-8') as info:
+            text = info.read()
     except OSError:
         return []
+    if _escape(path) not in text:
+        return []
+    mounts = _parse_mounts(text.splitlines())
     found = [point for point, _fstype, _source in mounts if point == path or point.startswith(path + '/')]
     return sorted(found, key=len, reverse=True)
 
 
 def release_mounts(path, unmount):
+    if not holds_other_file_systems(path):
+        return  # the common case, found without reading mountinfo (a line per mounted root, per new root)
     for point in mounts_under(path):
         if unmount is not None:
             unmount(point)
+
+
+def holds_other_file_systems(path):
+    """True when ``path`` is a mount point, a symlink, or holds a directory (symlinks not followed) on another
+    device than its own.
+
+    Every mount pifleet makes is of a file system of its own (an ext4 image through a loop device), so its mount
+    point shows another st_dev. A bind mount of ``path``'s own file system would not show; pifleet makes none. The
+    walk goes into directories only, and a scratch directory is mostly a few entries (the tree a legacy root left
+    is walked here and once more by rmtree)."""
+    try:
+        here = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(here.st_mode) or os.lstat(os.path.dirname(os.path.abspath(path))).st_dev != here.st_dev:
+        return True  # a symlink (mounts_under looks where it leads), or a mount point itself
+    top = here.st_dev
+    folders = [path]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_dev != top:
+                    return True
+                folders.append(entry.path)
+    return False
 
 
 def exchange(a, b):

@@ -64,11 +64,18 @@ class Builder:
             boot_mount=item['boot_mount'], host_keys=facts['host_keys'], certificate=facts['certificate'],
             kernel_packages=facts['kernel_packages'])
 
+    def methods(self, golden):
+        """The clone methods for ``golden``, found once per image and run: each look reads all of mountinfo, which
+        holds a line per mounted root (a look per Pi made a first run of 1000 Pis quadratic)."""
+        if golden not in self.clone_methods:
+            self.clone_methods[golden] = _roots.choose_methods(self.clone_method, golden, self.roots_dir)
+        return self.clone_methods[golden]
+
     def build(self, plan, result):
         item, lay, serial = plan['item'], plan['layout'], plan['serial']
         bake, generation, rebuild = plan['bake'], plan['generation'], plan['action'] == 'rebuild'
         golden = bake.root_image(generation)
-        methods = _roots.choose_methods(self.clone_method, golden, self.roots_dir)
+        methods = self.methods(golden)
         result.update(changed=True, action='rebuilt' if rebuild else 'cloned', clone_method=methods[0])
         identity, keep_identity = self.parts.identity(item, self.old_root(plan))
         keys = _rootfix.authorized_keys_text(item['ssh_authorized_keys'])

@@ -53,7 +53,7 @@ class PiRoots(Builder):
         self.space = space  # a space.Ledger: new roots must fit the data file system in the worst case
         self.parts = Parts(host, store=self.store, roots_dir=self.roots_dir, key_types=key_types, host_ca=host_ca,
                            golden=self.golden)
-        self.goldens, self.diffs, self.kernels = {}, [], {}
+        self.goldens, self.diffs, self.kernels, self.clone_methods = {}, [], {}, {}
         self.needs = _rootneeds.Needs(host)  # the Pis' settings against what their generation's image can do
         self.views = None  # the scratch directory holding the golden views of a real run
         self.mounts = None

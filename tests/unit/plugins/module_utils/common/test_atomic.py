@@ -104,6 +104,41 @@ def test_mounts_under_unescapes(monkeypatch, tmp_path):
     assert _atomic.mounts_under('/mnt/with space') == ['/mnt/with space']
 
 
+@pytest.mark.parametrize('path, expected', [
+    ('/srv/roots/.pifleet-x 1', ['/srv/roots/.pifleet-x 1/mnt/a\\b', '/srv/roots/.pifleet-x 1/mnt']),
+    ('/srv/roots/.pifleet-x', []),  # a prefix of another directory's name, not a parent: parsed, nothing found
+    ('/srv/roots/.pifleet-y', []),  # not in the table at all: nothing parsed
+    ('/srv/tab\there', ['/srv/tab\there']),
+])
+def test_mounts_under_finds_escaped_points_deepest_first(tmp_path, path, expected):
+    info = tmp_path / 'mountinfo'
+    info.write_text('24 1 8:1 / / rw - ext4 /dev/sda1 rw\n'
+                    '40 24 7:1 / /srv/roots/.pifleet-x\\0401/mnt rw - ext4 /dev/loop1 rw\n'
+                    '41 40 7:2 / /srv/roots/.pifleet-x\\0401/mnt/a\\134b rw - ext4 /dev/loop2 rw\n'
+                    '42 24 7:3 / /srv/roots/.pifleet-xz rw - ext4 /dev/loop3 rw\n'
+                    '43 24 7:4 / /srv/tab\\011here rw - ext4 /dev/loop4 rw\n')
+    assert _atomic.mounts_under(path, str(info)) == expected
+
+
+def test_mounts_under_parses_nothing_when_the_path_is_not_in_mountinfo(tmp_path):
+    info = tmp_path / 'mountinfo'
+    info.write_text('24 1 8:1 / / rw - ext4 /dev/sda1 rw\na line no parser takes\n')
+    assert _atomic.mounts_under('/srv/roots/.pifleet-y', str(info)) == []
+    with pytest.raises(ValueError):  # once the path is there, every line is parsed
+        _atomic.mounts_under('/', str(info))
+
+
+def test_a_tree_of_one_file_system_holds_no_other(tmp_path):
+    (tmp_path / 'a' / 'b').mkdir(parents=True)
+    (tmp_path / 'a' / 'file').write_text('x')
+    (tmp_path / 'a' / 'to-proc').symlink_to('/proc')  # a symlink inside is not followed
+    assert not _atomic.holds_other_file_systems(str(tmp_path))
+    assert not _atomic.holds_other_file_systems(str(tmp_path / 'a' / 'file'))
+    assert not _atomic.holds_other_file_systems(str(tmp_path / 'missing'))
+    assert _atomic.holds_other_file_systems(str(tmp_path / 'a' / 'to-proc'))  # itself one: mountinfo decides
+    assert _atomic.holds_other_file_systems('/proc')  # a mount point itself
+
+
 def test_discard_is_never_restored(tmp_path):
     (tmp_path / 'thing').mkdir()
     (tmp_path / 'thing' / 'f').write_text('x')
