@@ -7,12 +7,8 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import (
-    parse_dhcp_log,
-    parse_neighbours,
-    utc_offset_epoch,
-)
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import parse_events, parse_since, summarise
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def _text(value, what):
@@ -24,6 +20,17 @@ def _text(value, what):
 def boot_events_summary(events, fleet_map=None, include_known=False, since=None, *, dhcp_log=None, utc_offset=None,
                         neighbours=None, known_macs=None):
     """Event log text (or a list of its lines) -> one dict per Pi seen, discovered ones only by default."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import (
+        parse_dhcp_log,
+        parse_neighbours,
+        utc_offset_epoch,
+    )
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.events import (
+        parse_events,
+        parse_since,
+        summarise,
+    )
+
     if isinstance(events, (list, tuple)):
         events = '\n'.join(str(line) for line in events) + '\n'
     if not isinstance(events, (str, bytes)):

@@ -42,14 +42,19 @@ _value:
   type: str
 """
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.store import sourcelook as _look
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def fleet_bakeform_lookup(items, store):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.store import sourcelook as _look
+
     return _look.command(list(items or []), str(store))
 
 
 def fleet_bakeforms_stored(stdout, items):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.store import sourcelook as _look
+
     return _look.stored(stdout if isinstance(stdout, str) else '', list(items or []))
 
 

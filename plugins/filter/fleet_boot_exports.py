@@ -46,7 +46,8 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import generations as _gen
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def _plan(plan):
@@ -56,15 +57,21 @@ def _plan(plan):
 
 
 def fleet_boot_exports(plan, roots=None, before=None):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import generations as _gen
+
     plan = _plan(plan)
     return _gen.boot_exports(plan, list(roots or []), dict(before or {}), plan.get('export_scope'))
 
 
 def fleet_boot_generations(boot, roots=None, before=None):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import generations as _gen
+
     return _gen.boot_generations(list(boot or []), list(roots or []), dict(before or {}))
 
 
 def fleet_roots_before(bakeform_results, store):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import generations as _gen
+
     if isinstance(bakeform_results, dict):  # a registered loop
         bakeform_results = bakeform_results.get('results') or []
     return _gen.roots_before(list(bakeform_results or []), store)

@@ -48,10 +48,13 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.sshtrust import known_hosts
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def fleet_known_hosts(plan, roots=None, ca_public=None, comment=None):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.sshtrust import known_hosts
+
     if not isinstance(plan, dict) or 'pis' not in plan:
         raise AnsibleFilterError('fleet_known_hosts expects the fleet plan (pifleet.netboot.fleet_plan)')
     try:

@@ -116,10 +116,8 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan, unbooted, user_data
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
-from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 # Not pi_power: the fleet powers nothing, and reading it would template its secrets (an undefined vault variable
 # fails the run) and print them with the plan at -v.
@@ -132,6 +130,10 @@ KNOWN_PI_VARS = frozenset((*PI_VARS, 'pi_power', 'pi_bakery'))
 def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scope=None, roots_dir='/srv/pifleet/roots',
                disks_dir='/srv/pifleet/disks', nfs_server=None, ssh_authorized_keys=None, bakery=None,
                bakeries=None, models=None, boot_mount='none', store='/srv/pifleet/bakeforms'):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import checks
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import PlanError, plan
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.hosts import owner
+
     problems = []
     declared = checks.bakeforms(bakeforms, problems)
     for name, found in (models or {}).items():
@@ -164,6 +166,9 @@ def fleet_plan(names, hostvars, bakeforms, *, default_bakeform=None, export_scop
 
 def fleet_user_data(roots, hostvars):
     """The plan's roots items with each Pi's user data read from the inventory (documented in fleet_user_data.yml)."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import user_data
+    from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.cloudinit import CloudInitError
+
     names = [item['cloud_init_from'] for item in roots or [] if item.get('cloud_init_from')]
     try:
         return user_data(roots or [], {name: {'pi_cloud_init': hostvars[name].get('pi_cloud_init')} for name in names})
@@ -173,6 +178,8 @@ def fleet_user_data(roots, hostvars):
 
 def fleet_unbooted(pis, models):
     """Names of the plan's Pis whose bakeform does not boot their model (documented in fleet_unbooted.yml)."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.fleet import unbooted
+
     return unbooted(pis, models)
 
 

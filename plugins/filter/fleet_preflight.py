@@ -44,16 +44,21 @@ _value:
 
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight, to_make
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def fleet_preflight(roots, disks=None):
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import preflight
+
     # Module messages and paths are data, never a template.
     return wrap_var(preflight(roots, disks))
 
 
 def fleet_preflight_items(items, before=None):
     """The plan's items of the Pis whose roots this run makes (documented in fleet_preflight_items.yml)."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.preflight import to_make
+
     return to_make(items, before)
 
 

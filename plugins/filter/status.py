@@ -9,13 +9,8 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible.utils.unsafe_proxy import wrap_var
 
-from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
-    normalise_mac,
-    normalise_prefix,
-    normalise_serial,
-)
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import statusview
-from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import address
+# The module_utils are imported where a filter runs, not here: ansible-core loads every filter file of the
+# collection to find any one filter, in each task's worker process, and compiles them from source there.
 
 
 def _or_none(normalise, value):
@@ -27,6 +22,13 @@ def _or_none(normalise, value):
 
 def status_pis(names, hostvars, bakery=None, bakeries=None):
     """The Pis of ``names`` that ``bakery`` serves, as pi_status's ``pis`` (malformed values left out)."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import (
+        normalise_mac,
+        normalise_prefix,
+        normalise_serial,
+    )
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet.bootlogs import address
+
     bakeries = list(bakeries or ([bakery] if bakery else []))
     found = []
     for name in names or []:
@@ -80,12 +82,16 @@ def _models(hostvars, results):
 
 def status_report(status, hostvars=None, power=None, power_errors=None):
     """pi_status's result(s) -> the lines status prints (table, stall hints, power errors, full disks)."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import statusview
+
     results = _results(status)
     return wrap_var(statusview.report_all(results, _models(hostvars, results), power, power_errors))
 
 
 def status_document(status, hostvars=None, power=None, power_errors=None):
     """pi_status's result(s) -> one JSON-ready document for scripts."""
+    from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import statusview
+
     results = _results(status)
     return wrap_var(statusview.document(results, _models(hostvars, results), power, power_errors))
 
