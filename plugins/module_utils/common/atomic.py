@@ -236,10 +236,14 @@ def holds_other_file_systems(path):
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
                 if entry.stat(follow_symlinks=False).st_dev != top:
                     return True
-                folders.append(entry.path)
+            except FileNotFoundError:  # gone since it was listed
+                continue
+            folders.append(entry.path)
     return False
 
 
