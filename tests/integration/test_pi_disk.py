@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from disklab import SERIAL, bakery, base, device, fs_bytes, mount_options, sha, state, superblock, tool
 from fstree import mounts_below
-from modrun import run_module
+from modrun import opened_elsewhere, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import unit_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.diskfs import make_container
@@ -399,20 +399,6 @@ def release_once_opened(held, path, hold, timeout=120.0):
         time.sleep(hold)
     finally:
         held.close()
-
-
-def opened_elsewhere(path):
-    target = os.path.realpath(path)
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        if int(pid) == os.getpid():
-            continue
-        try:
-            links = [os.readlink('/proc/%s/fd/%s' % (pid, fd)) for fd in os.listdir('/proc/%s/fd' % pid)]
-        except OSError:  # gone, or not ours to read
-            continue
-        if target in links:
-            return True
-    return False
 
 
 def test_the_bakery_lock_makes_a_second_run_wait(lab):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from fstree import describe, expected_tree, loop_fs, loops_backed_by, mounted_ro, release_mounts, snapshot
 from genstore import ingest
-from modrun import module_argv, run_module
+from modrun import has_open, module_argv, run_module
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.loopfs import read_superblock, unit_name
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate.roots import Layout
@@ -407,18 +407,6 @@ def test_thirty_pis_in_one_call(lab):
     removed = lab.pi_root(pis=[dict(pi, state='absent') for pi in pis])
     assert [p['action'] for p in removed['pis']] == ['removed'] * 30
     assert lab.mounted() == [] and loops_backed_by(lab.roots) == [] and os.listdir(lab.roots) == []
-
-
-def has_open(pid, path):
-    """Whether process ``pid`` holds ``path`` open (a module run opens the bakery lock just before it tries it)."""
-    fds = '/proc/%d/fd' % pid
-    for name in os.listdir(fds):
-        try:
-            if os.readlink(os.path.join(fds, name)) == path:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def test_two_runs_at_once_take_turns_and_end_consistent(lab):

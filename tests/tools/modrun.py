@@ -57,3 +57,26 @@ def run_module(name, args, check=False, diff=False, timeout=3600):
     except ValueError:
         raise AssertionError('module %s printed no JSON (rc %d):\n%s\n%s'
                              % (name, proc.returncode, proc.stdout, proc.stderr)) from None
+
+
+def has_open(pid, path):
+    """Whether process ``pid`` holds ``path`` open (a module run opens the bakery lock just before it tries it);
+    False once it is gone."""
+    fds = '/proc/%d/fd' % pid
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(os.path.join(fds, name)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def opened_elsewhere(path):
+    """Whether a process other than this one holds ``path`` open (for a module run whose pid is not known)."""
+    target = os.path.realpath(path)
+    return any(has_open(int(pid), target) for pid in os.listdir('/proc') if pid.isdigit() and int(pid) != os.getpid())
