@@ -10,6 +10,9 @@ path in a temp dir under .build/bench/scale/ (like tests/integration/test_fleet.
 then a re-run that must change nothing. The baseline, bench/naive_fleet.yml (one module call per Pi
 in task loops), does the same on a fresh temp dir in the same run, and the two end states are
 compared (roots, disks, exported paths and clients, boot folders and their files, the fleet map).
+After the re-run, the floor under it: ansible-playbook with the same inventory and extra variables and an empty play
+(start-up and inventory alone), and with as many ``debug`` tasks as the re-run ran (what that many tasks cost
+with nothing in them), so a re-run's time reads against what no role on this controller can go below.
 Per-task times come from bench/callback_plugins/bench_times.py (clocks only: ansible-core's junit callback, used
 before, also wrote every result out at the end, seconds of a 1000-Pi re-run that a user's run does not spend).
 A baseline size whose estimate (from the smaller ones) is over --baseline-budget seconds is skipped, unless
@@ -107,10 +110,11 @@ def task_times(path):
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def play(tmp, playbook, label, check=True, args=(), *, profile=None):
+def play(tmp, playbook, label, check=True, args=(), *, profile=None, recap=True):
     """Run ``playbook`` on the bakery; (seconds, recap counters, {task: seconds}). ``check``: a failed run is an
     error (the output is in ``<tmp>/<label>.log`` either way). ``args``: more ansible-playbook arguments.
-    ``profile``: a path for cProfile's statistics of the controller's main process (the workers are not in it)."""
+    ``profile``: a path for cProfile's statistics of the controller's main process (the workers are not in it).
+    ``recap``: whether the bakery has a line in the recap (a play without tasks prints none)."""
     times = tmp / ('times-%s.json' % label)
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING='false', ANSIBLE_NOCOLOR='1',
                ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED='bench_times',
@@ -125,10 +129,10 @@ def play(tmp, playbook, label, check=True, args=(), *, profile=None):
         proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     seconds = time.perf_counter() - start
     text = log.read_text(errors='replace')
-    recap = re.search(r'^%s\s+:\s+(.*)$' % re.escape(BAKERY), text, re.M)
-    if (check and proc.returncode != 0) or not recap:
+    found = re.search(r'^%s\s+:\s+(.*)$' % re.escape(BAKERY), text, re.M)
+    if (check and proc.returncode != 0) or (recap and not found):
         raise SystemExit('%s failed (rc %d), see %s:\n%s' % (label, proc.returncode, log, text[-3000:]))
-    counters = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', recap.group(1))}
+    counters = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', found.group(1))} if found else {}
     return seconds, counters, task_times(times)
 
 
@@ -206,6 +210,19 @@ def estimate(rows, count):
     return per_pi * count
 
 
+def floor(tmp, tasks):
+    """Seconds of an empty play and of a play of ``tasks`` no-op ``debug`` tasks on the same inventory and extra
+    variables: ansible-playbook's own cost at this size, which no role goes below."""
+    seconds = {}
+    for label, count in (('floor-empty', 0), ('floor-tasks', tasks)):
+        playbook = tmp / (label + '.yml')
+        body = [{'name': 'no-op %d' % n, 'ansible.builtin.debug': {'msg': 'no-op'}} for n in range(count)]
+        playbook.write_text(yaml.safe_dump([{'name': 'Floor', 'hosts': 'bakery', 'gather_facts': False,
+                                             'tasks': body}], sort_keys=False))
+        seconds[label] = play(tmp, playbook, label, recap=count > 0)[0]
+    return {'empty_seconds': seconds['floor-empty'], 'tasks': tasks, 'tasks_seconds': seconds['floor-tasks']}
+
+
 def bench_size(count, image, args, rows, scratch):
     pis = fleet_pis(count)
     row = {'pis': count, 'disks': sum(len(p.get('pi_disks', [])) for p in pis.values())}
@@ -214,6 +231,7 @@ def bench_size(count, image, args, rows, scratch):
         prepare(tmp, image, pis)
         print('%d Pis: role ...' % count, flush=True)
         row['role'] = first_and_rerun(tmp, tmp / 'play.yml', 'role', args.profile_rerun)
+        row['floor'] = floor(tmp, len(row['role']['rerun_tasks']))
         role_state = end_state(tmp)
         forecast = estimate(rows, count)
         explicit = args.baseline_sizes is not None and count in args.baseline_sizes
@@ -266,6 +284,10 @@ def print_table(rows):
         growth = large['role']['rerun_seconds'] / small['role']['rerun_seconds']
         print('\nrole re-run growth %d -> %d Pis: %.2fx (goal < %dx)'
               % (small['pis'], large['pis'], growth, GOAL_GROWTH))
+    for row in rows:
+        print('floor at %d Pis: an empty play %.1f s, %d no-op tasks %.1f s (the role\'s re-run ran %d tasks in %.1f s)'
+              % (row['pis'], row['floor']['empty_seconds'], row['floor']['tasks'], row['floor']['tasks_seconds'],
+                 row['floor']['tasks'], row['role']['rerun_seconds']))
     if large['pis'] >= 1000:
         print('role first run of %d Pis: %.1f s (goal <= %d s); re-run: %.1f s (goal <= %d s)' % (
             large['pis'], large['role']['first_seconds'], GOAL_FIRST_SECONDS, large['role']['rerun_seconds'],
