@@ -415,7 +415,8 @@ def _unxz_process(xz_bin, chunks, sink, what, stall):
     if stalled:
         tool = os.path.basename(xz_bin)
         raise IngestError('unpacking %s made no progress for %g s (neither the source nor %s moved), so %s was '
-                          'killed: check the source, or unpack it by hand and give the .img' % (what, stall, tool, tool))
+                          'killed: check the source, or unpack it by hand and give the .img'
+                          % (what, stall, tool, tool))
     if proc.returncode != 0:
         if 'Unexpected end of input' in err:
             raise _truncated(what)

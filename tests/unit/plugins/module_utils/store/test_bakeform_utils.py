@@ -269,7 +269,7 @@ def test_load_manifest_strict_or_not(tmp_path):
 def test_a_hung_xz_is_killed_after_its_stall_time(tmp_path, hang):
     # An xz that never answers: one that takes no input at all, and one that swallows it and writes nothing.
     fake = tmp_path / 'xz'
-    fake.write_text('#!/bin/sh\nexec sleep 600\n' if hang == 'reads-nothing' else '#!/bin/sh\ncat >/dev/null\nexec sleep 600\n')
+    fake.write_text('#!/bin/sh\n%sexec sleep 600\n' % ('' if hang == 'reads-nothing' else 'cat >/dev/null\n'))
     fake.chmod(0o755)
     source = lzma.compress(payload())  # 5 MiB unpacked, far more than a pipe holds
     started = time.monotonic()
