@@ -62,6 +62,8 @@ options:
   src:
     description:
       - Path of the image on the bakery host, raw or xz-compressed (detected from its content).
+      - An xz image is unpacked by the C(xz) program when the bakery has it (else by Python); the program is killed,
+        and the ingest fails, when for 600 seconds it neither takes input nor gives output.
       - Mutually exclusive with O(url) and O(capture).
     type: path
   url:

@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import threading
+import time
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.atomic import write_new
 from ansible_collections.pifleet.netboot.plugins.module_utils.common.identity import is_name
@@ -256,12 +257,16 @@ class ImageSplitter:
             sink.handle.close()
 
 
-def stream_image(reader, out, what, xz_bin=None):
+XZ_STALL_SECONDS = 600  # the xz program is killed when neither its input nor its output moved for this long
+
+
+def stream_image(reader, out, what, xz_bin=None, stall=XZ_STALL_SECONDS):
     """Copy a source stream (``read(n)``) to ``out``: hash it, unpack xz, write sparsely.
 
     ``out`` is a path (the whole image, sparse) or a sink such as ``ImageSplitter``. One pass,
     whatever the source. xz (detected by its magic, not the file name) is unpacked by the ``xz``
-    program when ``xz_bin`` is given, which uses every core, else by Python's lzma.
+    program when ``xz_bin`` is given, which uses every core, else by Python's lzma; the program is killed
+    when for ``stall`` seconds it takes no input and gives no output (an image is too big for one deadline).
     Returns ``(sha256_hex, source_bytes, image_bytes)``.
     """
     digest = hashlib.sha256()
@@ -288,7 +293,7 @@ def stream_image(reader, out, what, xz_bin=None):
             for chunk in chunks():
                 sink.write(chunk)
         elif xz_bin:
-            _unxz_process(xz_bin, chunks(), sink, what)
+            _unxz_process(xz_bin, chunks(), sink, what, stall)
         else:
             _unxz_python(chunks(), sink, what)
         sink.close()
@@ -359,16 +364,17 @@ def _unxz_python(chunks, sink, what):
         raise _truncated(what)
 
 
-def _unxz_process(xz_bin, chunks, sink, what):
+def _unxz_process(xz_bin, chunks, sink, what, stall):
     # A pipe rather than run_command: the image is far bigger than memory and must stream through.
     proc = subprocess.Popen([xz_bin, '--decompress', '--stdout', '--threads=0', '--quiet'],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    failure = []
+    failure, moved, stalled, done = [], [time.monotonic()], [], threading.Event()
 
     def feed():
         try:
             for chunk in chunks:
                 proc.stdin.write(chunk)
+                moved[0] = time.monotonic()
         except BrokenPipeError:
             pass  # xz stopped on bad data; its exit status tells why
         except IngestError as exc:  # a source read error, re-raised in the caller's thread
@@ -380,20 +386,37 @@ def _unxz_process(xz_bin, chunks, sink, what):
             except BrokenPipeError:
                 pass
 
+    def watch():  # a hung xz (or a source that stopped sending) must not hold the bakery's lock for ever
+        while not done.wait(min(1.0, stall / 4.0)):
+            if time.monotonic() - moved[0] > stall:
+                stalled.append(True)
+                proc.kill()
+                return
+
     feeder = threading.Thread(target=feed, daemon=True)
+    watcher = threading.Thread(target=watch, daemon=True)
     feeder.start()
+    watcher.start()
     try:
         for block in iter(lambda: proc.stdout.read(CHUNK), b''):
+            moved[0] = time.monotonic()
             sink.write(block)
     except BaseException:
         proc.kill()  # unblocks the feeder, which may be waiting on a full pipe
         raise
     finally:
-        feeder.join()
+        done.set()
+        watcher.join()
+        feeder.join(5 if stalled else None)  # after a stall it may wait on the source: it ends on its own
         err = proc.stderr.read().decode(errors='replace').strip()
         proc.wait()
     if failure:
         raise failure[0]
+    if stalled:
+        tool = os.path.basename(xz_bin)
+        raise IngestError('unpacking %s made no progress for %g s (neither the source nor %s moved), so %s was '
+                          'killed: check the source, or unpack it by hand and give the .img'
+                          % (what, stall, tool, tool))
     if proc.returncode != 0:
         if 'Unexpected end of input' in err:
             raise _truncated(what)

@@ -7,7 +7,10 @@ exportfs and the Ganesha signal are replaced here; the real ones run in tests/in
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+import time
 
 import pytest
 from ansible.module_utils import basic
@@ -169,6 +172,39 @@ def test_nfs_export_reads_and_writes_under_the_lock(run_module, lab):
     checked = run_module(nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50'],
                                                  lock_file=str(lab / 'run' / 'pifleet.lock')), check_mode=True)
     assert not checked.failed and checked.result['changed'] is True  # check mode takes no lock
+
+
+def _opened(path):
+    """How many of this process's file descriptors are open on ``path``."""
+    return sum(os.path.realpath('/proc/self/fd/' + fd) == str(path) for fd in os.listdir('/proc/self/fd'))
+
+
+def test_a_change_made_while_it_waits_for_the_lock_is_kept(run_module, lab):
+    """Another run writes pi-b's export while this one waits for the lock: this one must read the file after it
+    holds the lock and keep that export (read before the lock, it would write the file back without it)."""
+    target = lab / 'exports.d' / 'pifleet.exports'
+    other = lab / 'other.exports'  # what the other run writes, made by the module itself beforehand
+    run_module(nfs_export.main, kernel(lab, exports_file=str(other), path=str(lab / 'pi-b'), clients=['10.99.20.51']))
+    lock = os.open(str(lab / 'lock'), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # flock: another open of the file waits, in this process too
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(run_module(
+        nfs_export.main, kernel(lab, path=str(lab / 'pi-a'), clients=['10.99.20.50']))))
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while _opened(lab / 'lock') < 2:
+            assert time.monotonic() < deadline, 'the module never opened the lock file'
+            time.sleep(0.02)
+        time.sleep(0.3)  # it holds the lock file open and is polling the lock
+        assert waiter.is_alive()
+        target.write_text(other.read_text())  # the other run's write, while this one waits
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+        waiter.join(30)
+    assert not outcome[0].failed, outcome[0].result
+    assert {line.split()[0] for line in lines(target)} == {str(lab / 'pi-a'), str(lab / 'pi-b')}
 
 
 def test_allow_world_lets_star_through(run_module, lab):

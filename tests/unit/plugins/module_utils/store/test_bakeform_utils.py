@@ -8,6 +8,7 @@ import io
 import lzma
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,32 @@ def test_load_manifest_strict_or_not(tmp_path):
     _bakeform.write_json(str(tmp_path / 'new.json'), {'b': 1, 'a': [2]})
     assert (tmp_path / 'new.json').read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
     assert (tmp_path / 'new.json').stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize('hang', ['reads-nothing', 'reads-and-says-nothing'])
+def test_a_hung_xz_is_killed_after_its_stall_time(tmp_path, hang):
+    # An xz that never answers: one that takes no input at all, and one that swallows it and writes nothing.
+    fake = tmp_path / 'xz'
+    fake.write_text('#!/bin/sh\n%sexec sleep 600\n' % ('' if hang == 'reads-nothing' else 'cat >/dev/null\n'))
+    fake.chmod(0o755)
+    source = lzma.compress(payload())  # 5 MiB unpacked, far more than a pipe holds
+    started = time.monotonic()
+    with pytest.raises(IngestError, match=r'unpacking demo made no progress for 1 s .*so xz was killed'):
+        stream_image(io.BytesIO(source), str(tmp_path / 'i'), 'demo', str(fake), stall=1)
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize('xz_bin', [shutil.which('xz')], ids=['xz-program'])
+def test_a_slow_source_that_keeps_moving_is_not_a_stall(tmp_path, xz_bin):
+    data = os.urandom(200 * 1024)  # does not compress: 50 reads of the source
+    source = lzma.compress(data)
+
+    class Slow(io.BytesIO):  # 4 KiB every 0.05 s: never still for the stall time, 2.5 s in all
+        def read(self, n=-1):
+            time.sleep(0.05)
+            return super().read(min(n, 4096))
+
+    started = time.monotonic()
+    stream_image(Slow(source), str(tmp_path / 'i'), 'demo', xz_bin, stall=1)
+    assert time.monotonic() - started > 2  # longer than the stall time, and not killed
+    assert (tmp_path / 'i').read_bytes() == data
