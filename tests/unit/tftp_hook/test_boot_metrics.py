@@ -1,11 +1,15 @@
 # Copyright: (c) 2026, pifleet maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The boot watcher's textfile line by line for a known input (boot times, retransmits, the Pis' and the data
-file systems)."""
+file systems), and how it is written: whole or not at all, nothing left beside it."""
 
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from bootwatch import load
@@ -100,3 +104,66 @@ pifleet_data_filesystem_avail_bytes{{path="{store}"}} {400 * GIB}
     assert expected in text, text
     assert [line for line in text.splitlines() if line.startswith('pifleet_pi_') and 'pi-03' in line] == []
 
+
+def written(directory):
+    """{name: (inode, mode, text)} of the files in ``directory``, hidden ones too."""
+    found = {}
+    for name in os.listdir(directory):
+        st = os.stat(os.path.join(directory, name))
+        with open(os.path.join(directory, name), encoding='utf-8') as handle:
+            found[name] = (st.st_ino, stat.S_IMODE(st.st_mode), handle.read())
+    return found
+
+
+def test_the_textfile_is_replaced_whole(program, tmp_path, monkeypatch):
+    """A new file renamed over the old one: up to the rename the path holds the old text and the new file is
+    complete; a reader that opened the old file reads it whole; mode 0644 under any umask; nothing left beside it."""
+    target = tmp_path / 'textfile' / 'pifleet.prom'
+    # The new text is smaller than a file's write buffer: renamed before it is closed, the new file would be empty.
+    old, new = 'pifleet_old 1\n' * 5000, 'pifleet_new 2\n' * 300
+    program.write_atomically(str(target), old)
+    (inode, _mode, _text), = written(target.parent).values()
+    seen = []
+    replace = os.replace
+
+    def watched(source, destination):
+        seen.append((target.read_text(), Path(source).read_text()))
+        replace(source, destination)
+
+    monkeypatch.setattr(os, 'replace', watched)
+    umask = os.umask(0o077)
+    try:
+        with open(target, encoding='utf-8') as reader:
+            program.write_atomically(str(target), new)
+            assert reader.read() == old
+    finally:
+        os.umask(umask)
+    assert seen == [(old, new)]
+    assert written(target.parent) == {'pifleet.prom': (os.stat(target).st_ino, 0o644, new)}
+    assert os.stat(target).st_ino != inode
+
+
+# Run in a process of its own: a file size limit makes the write fail part-way, as a full disk does.
+FAILING_WRITE = '''
+import errno, resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+import pifleet_boot_watch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    pifleet_boot_watch.write_atomically(sys.argv[2], 'pifleet_new 2\\n' * 100000)
+except OSError as exc:
+    sys.exit(errno.errorcode[exc.errno])
+'''
+
+
+def test_a_write_that_fails_part_way_leaves_the_old_file_whole_and_nothing_beside_it(program, tmp_path):
+    """The new file fails after its first 64 KiB (a file size limit: EFBIG, as a full disk fails with ENOSPC): the
+    old file keeps its inode, mode and text, and the new one is gone."""
+    target = tmp_path / 'textfile' / 'pifleet.prom'
+    program.write_atomically(str(target), 'pifleet_old 1\n' * 100)
+    before = written(target.parent)
+    proc = subprocess.run([sys.executable, '-I', '-c', FAILING_WRITE, os.path.dirname(program.__file__), str(target)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == 'EFBIG', proc.stderr
+    assert written(target.parent) == before
