@@ -159,7 +159,7 @@ def test_a_long_wait_between_dhcp_and_tftp_is_a_slow_start_line(gap, slow):
     said = [line for line in lines if line.startswith('SLOW START')]
     if slow:
         assert said == ['SLOW START pi-01: %d s between its first DHCP answer and its first TFTP request (1 DHCP '
-                        'answers): a switch port that waits for spanning tree (set it to portfast/edge) or a slow '
+                        'answer): a switch port that waits for spanning tree (set it to portfast/edge) or a slow '
                         'DHCP server on the LAN' % gap], lines
     else:
         assert said == [], lines
