@@ -4,7 +4,8 @@
 
 Host-side checks run ``ip netns exec pfmol-<host> ...`` with facts from the lab's lab.json: pi1 boots
 through the simulator (DHCP proxy answer, every file intact through the hook, NFS root readable),
-a non-PXE client gets no proxy answer, the outsider is refused the export.
+a non-PXE client gets no proxy answer, the outsider is refused the export; then a run of the boot watcher
+(``tftp_hook_watch: true``) counts pi1's boot in its textfile.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SERIAL = '1234abcd'
 HOOK_USER = 'pifleet-tftp'
 HOOK_SERVICE = 'pifleet-tftp-hook'
 EVENTS = '/var/log/pifleet/boot-events.jsonl'
+WATCH = 'pifleet-boot-watch'
+TEXTFILE_DIR = '/var/lib/prometheus/textfile'  # converge.yml's tftp_hook_watch_textfile_dir
 
 
 @pytest.fixture(scope='module')
@@ -93,7 +96,9 @@ def test_hook_unit_hardening(host):
 
 @pytest.mark.parametrize('path', ['/etc/dnsmasq.d/pifleet.conf', '/etc/pifleet/tftp-hook.json',
                                   '/etc/ganesha/pifleet.conf', '/usr/local/lib/pifleet/pifleet_tftp_hook.py',
-                                  '/etc/systemd/system/%s.service' % HOOK_SERVICE])
+                                  '/etc/systemd/system/%s.service' % HOOK_SERVICE, '/etc/pifleet/boot-watch.json',
+                                  '/usr/local/lib/pifleet/boot-watch/pifleet_boot_watch.py',
+                                  '/etc/systemd/system/%s.service' % WATCH, '/etc/systemd/system/%s.timer' % WATCH])
 def test_config_owned_by_root_and_not_writable_by_others(host, path):
     config = host.file(path)
     assert config.is_file, path
@@ -243,3 +248,32 @@ def test_dnsmasq_logs_the_pxe_answer_to_its_own_file(host, boot, lab):
     assert 'PXE(' in text and '%s proxy' % lab['pis']['pi1']['mac'] in text, text[-2000:]
     assert 'vendor class: PXEClient:Arch:00000:UNDI:002001' in text
     assert host.file('/etc/logrotate.d/pifleet-dnsmasq').contains('systemctl kill --kill-whom=main --signal=USR2')
+
+
+# ---------------------------------------------------------------- the boot watcher
+
+
+def test_boot_watcher_timer_enabled_and_its_service_writes_the_textfile_dir_only(host):
+    timer = host.service(WATCH + '.timer')
+    assert timer.is_enabled and timer.is_running, host.run('systemctl status --no-pager %s.timer' % WATCH).stdout
+    props = show(host, WATCH + '.service', 'Type', 'ExecStart', 'ReadWritePaths', 'ProtectSystem')
+    assert props['Type'] == 'oneshot' and '--config /etc/pifleet/boot-watch.json' in props['ExecStart'], props
+    assert props['ProtectSystem'] == 'strict' and TEXTFILE_DIR in props['ReadWritePaths'].split(), props
+
+
+def test_a_run_of_the_boot_watcher_counts_pi1s_boot_in_its_textfile(host, boot):
+    """The watcher's service started by hand after pi1 booted (a oneshot: start returns when the run ended). Started
+    twice: the first start may join a run the timer began before the boot; the second's run began after it."""
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    began = int(host.check_output('date +%s'))
+    for _run in range(2):
+        started = host.run('systemctl start %s.service' % WATCH)
+        assert started.rc == 0, host.run('journalctl -u %s.service --no-pager -n 30' % WATCH).stdout
+    prom = host.file(TEXTFILE_DIR + '/pifleet.prom')
+    assert prom.user == 'root' and prom.mode == 0o644, (prom.user, oct(prom.mode))
+    assert host.check_output('ls -A %s' % TEXTFILE_DIR) == 'pifleet.prom'  # no scratch file left beside it
+    samples = dict(line.rsplit(' ', 1) for line in prom.content_string.splitlines() if not line.startswith('#'))
+    assert float(samples['pifleet_watch_last_run_timestamp_seconds']) >= began, samples
+    assert int(samples['pifleet_boots_total{pi="pi1"}']) >= 1, samples
+    assert int(samples['pifleet_tftp_requests_total{outcome="ok",pi="pi1"}']) >= 5, samples
+    assert samples['pifleet_watch_source_up{source="tftp"}'] == samples['pifleet_watch_source_up{source="dhcp"}'] == '1'

@@ -315,7 +315,7 @@ def _note(summary):
     gap = summary['seconds']['dhcp_to_tftp']
     answers = summary['dhcp']['answers']
     if gap is not None and gap > SLOW_START:
-        return ('%s between its first DHCP answer and its first TFTP request (%d DHCP answers): a switch port that '
+        return ('%s between its first DHCP answer and its first TFTP request (%d DHCP answer%s): a switch port that '
                 'waits for spanning tree (set it to portfast/edge) or a slow DHCP server on the LAN'
-                % (ago(gap), answers))
+                % (ago(gap), answers, '' if answers == 1 else 's'))
     return None

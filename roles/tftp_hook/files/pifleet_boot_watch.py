@@ -351,6 +351,8 @@ def write_atomically(path, text):
     try:
         with os.fdopen(fd, 'w', encoding='utf-8') as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename: a power cut leaves the old state or the new one
         os.chmod(scratch, 0o644)
         os.replace(scratch, path)  # node_exporter never sees half a file
     except BaseException:

@@ -24,10 +24,10 @@ NOW = time.time()
 PROMTOOL = shutil.which('promtool')
 
 
-def event(at, request, outcome='ok', client='10.9.0.51', size=1000):
+def event(at, request, outcome='ok', client='10.9.0.51', size=1000, *, port=4000):
     prefix, path = request.split('/', 1) if '/' in request else ('', request)
     return json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime(at)), 'client': client,
-                       'port': 4000, 'request': request, 'prefix': prefix, 'path': path, 'name': None, 'known': True,
+                       'port': port, 'request': request, 'prefix': prefix, 'path': path, 'name': None, 'known': True,
                        'outcome': outcome, 'bytes': size if outcome == 'ok' else 0, 'duration': 0.5,
                        'retransmits': 1, 'error': None}) + '\n'
 
@@ -124,6 +124,36 @@ def test_a_pi_taken_out_of_the_map_leaves_the_metrics(watch, tmp_path):
     (tmp_path / 'map.json').write_text(json.dumps({'version': 1, 'prefixes': {}}))
     watch.run(watch.test_config, NOW + 1)
     assert 'pi-01' not in metrics(watch)[0]
+
+
+def test_series_stay_the_same_whatever_files_ports_and_prefixes_are_asked_for(watch, tmp_path):
+    """Labels are per Pi, stage, outcome, fs, path, source and bakeform: hundreds of requests for new file names,
+    from new client ports and addresses, under unknown prefixes and with outcomes the watcher does not know, add
+    no series."""
+    events = tmp_path / 'events.jsonl'
+    append(events, boot_set(NOW - 250) + event(NOW - 249, 'deadbeef/start4.elf', 'unknown_prefix', client='10.9.0.77'))
+    watch.run(watch.test_config, NOW - 240)
+    _text, before = metrics(watch)
+    outcomes = ('ok', 'not_found', 'timeout', 'aborted', 'error', 'probe')
+    asked = ''.join(event(NOW - 230 + i / 10, '1234abcd/overlays/f%03d.dtbo' % i, outcomes[i % 6], port=40000 + i)
+                    for i in range(200))
+    odd = ''.join(event(NOW - 200 + i / 10, '1234abcd/x%02d' % i, 'odd-%d' % i, port=45000 + i) for i in range(20))
+    strangers = ''.join(event(NOW - 190 + i / 10, '%08x/start4.elf' % (0xa0000000 + i), 'unknown_prefix',
+                              client='10.9.1.%d' % (i + 1), port=50000 + i) for i in range(100))
+    append(events, asked + odd + strangers)
+    watch.run(watch.test_config, NOW)
+    text, after = metrics(watch)
+    assert sorted(after) == sorted(before)
+    assert after['pifleet_tftp_requests_total{outcome="ok",pi="pi-01"}'] == 2 + 34
+    assert after['pifleet_tftp_requests_total{outcome="other",pi="pi-01"}'] == 20
+    assert after['pifleet_tftp_unknown_prefix_requests_total'] == 101
+    pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text)
+    config = watch.test_config
+    bounded = {'pi': {'pi-01', 'pi-\\"02\\"', 'pi-03'}, 'stage': set(watch.timeline.STAGES),
+               'outcome': {*watch.boot_metrics.OUTCOMES, 'other'}, 'fs': set(watch.boot_metrics.FS_KINDS),
+               'path': {config['store'], config['roots_dir'], config['disks_dir']},
+               'source': {'tftp', 'dhcp', 'nfs', 'ssh'}, 'bakeform': {'lite'}}
+    assert [(key, value) for key, value in pairs if value not in bounded.get(key, ())] == []
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian's prometheus package)")

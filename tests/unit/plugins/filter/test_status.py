@@ -8,7 +8,9 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.pifleet.netboot.plugins.filter.status import status_document, status_pis, status_report
+from ansible_collections.pifleet.netboot.plugins.module_utils.fleet import timeline
 
+T0 = 1_800_000_000.0
 BOOT = {'start': '2026-11-23T10:00:00Z', 'state': 'stalled', 'stage': 'tftp', 'stalled_at': 'nfs',
         'took': {'seconds': 7.4, 'to': 'tftp'}, 'note': None,
         'hint': 'fetched its kernel 3 minutes ago and never mounted its root: check the export and `nfsroot=` in '
@@ -136,3 +138,29 @@ def test_a_generation_whose_root_lacks_what_a_netboot_needs_says_so():
     assert ('BAKEFORM trixie: current trixie@4; generations trixie@1 (its root: not recorded), '
             'trixie@2 (its root: no mount.nfs), trixie@3 (unused), trixie@4 (current), '
             'trixie@5 (its root: no mount.nfs, no cloud-init, no NFS in its initramfs)') in lines, lines
+
+
+def boot_after(gap):
+    """A Pi 4's boot as pi_status summarises it: its DHCP answer, then its boot set from ``gap`` seconds later."""
+    records = [{'kind': 'dhcp', 'time': T0, 'mac': 'dc:a6:32:01:36:c2', 'answer': 'proxy', 'vendor_class': None,
+                'client_id': None}]
+    for offset, path in enumerate(('start4.elf', 'config.txt', 'kernel8.img')):
+        records.append({'kind': 'tftp', 'time': T0 + gap + offset, 'client': '10.0.0.51', 'prefix': '3a4b5c6d',
+                        'path': path, 'outcome': 'ok', 'bytes': 1000, 'duration': 0.2, 'retransmits': 0,
+                        'error': None})
+    return timeline.summarise(records, T0 + gap + 10, observed={})
+
+
+@pytest.mark.parametrize('gap, slow', [(1, False), (9, False), (11, True), (45, True)])
+def test_a_long_wait_between_dhcp_and_tftp_is_a_slow_start_line(gap, slow):
+    """Over 10 s from the DHCP answer to the first TFTP request (a switch port waiting for spanning tree): a
+    SLOW START line under the table; a Pi that asked at once gets none."""
+    lines = status_report(result(pi('pi-01', boot=boot_after(gap))))
+    said = [line for line in lines if line.startswith('SLOW START')]
+    if slow:
+        assert said == ['SLOW START pi-01: %d s between its first DHCP answer and its first TFTP request (1 DHCP '
+                        'answer): a switch port that waits for spanning tree (set it to portfast/edge) or a slow '
+                        'DHCP server on the LAN' % gap], lines
+    else:
+        assert said == [], lines
+    assert lines[1].split()[6:8] == ['booting', '(tftp)']
