@@ -122,7 +122,9 @@ def test_the_textfile_is_replaced_whole(program, tmp_path, monkeypatch):
     # The new text is smaller than a file's write buffer: renamed before it is closed, the new file would be empty.
     old, new = 'pifleet_old 1\n' * 5000, 'pifleet_new 2\n' * 300
     program.write_atomically(str(target), old)
-    (inode, _mode, _text), = written(target.parent).values()
+    before = written(target.parent)
+    assert sorted(before) == ['pifleet.prom'], before
+    inode = before['pifleet.prom'][0]
     seen = []
     replace = os.replace
 
