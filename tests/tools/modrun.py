@@ -59,21 +59,26 @@ def run_module(name, args, check=False, diff=False, timeout=3600):
                              % (name, proc.returncode, proc.stdout, proc.stderr)) from None
 
 
-def has_open(pid, path):
-    """Whether process ``pid`` holds ``path`` open (a module run opens the bakery lock just before it tries it);
-    False once it is gone."""
+def open_count(pid, path):
+    """How many file descriptors of process ``pid`` are open on ``path``; 0 once it is gone."""
     fds = '/proc/%d/fd' % pid
     try:
         names = os.listdir(fds)
     except OSError:
-        return False
+        return 0
+    count = 0
     for name in names:
         try:
-            if os.readlink(os.path.join(fds, name)) == path:
-                return True
+            count += os.readlink(os.path.join(fds, name)) == path
         except OSError:
             continue
-    return False
+    return count
+
+
+def has_open(pid, path):
+    """Whether process ``pid`` holds ``path`` open (a module run opens the bakery lock just before it tries it);
+    False once it is gone."""
+    return open_count(pid, path) > 0
 
 
 def opened_elsewhere(path):

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from ansible.module_utils import basic
+from modrun import open_count  # tests/tools
 
 from ansible_collections.pifleet.netboot.plugins.module_utils.pistate import exports as ex
 from ansible_collections.pifleet.netboot.plugins.modules import nfs_export
@@ -174,11 +175,6 @@ def test_nfs_export_reads_and_writes_under_the_lock(run_module, lab):
     assert not checked.failed and checked.result['changed'] is True  # check mode takes no lock
 
 
-def _opened(path):
-    """How many of this process's file descriptors are open on ``path``."""
-    return sum(os.path.realpath('/proc/self/fd/' + fd) == str(path) for fd in os.listdir('/proc/self/fd'))
-
-
 def test_a_change_made_while_it_waits_for_the_lock_is_kept(run_module, lab):
     """Another run writes pi-b's export while this one waits for the lock: this one must read the file after it
     holds the lock and keep that export (read before the lock, it would write the file back without it)."""
@@ -193,7 +189,7 @@ def test_a_change_made_while_it_waits_for_the_lock_is_kept(run_module, lab):
     try:
         waiter.start()
         deadline = time.monotonic() + 30
-        while _opened(lab / 'lock') < 2:
+        while open_count(os.getpid(), os.path.realpath(lab / 'lock')) < 2:  # the test's own and the module's
             assert time.monotonic() < deadline, 'the module never opened the lock file'
             time.sleep(0.02)
         time.sleep(0.3)  # it holds the lock file open and is polling the lock
